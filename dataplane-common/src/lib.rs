@@ -1,0 +1,247 @@
+//! Types shared by the eBPF programs and the userspace control plane, and the
+//! pure packet logic both sides use.
+//!
+//! Everything here is `no_std` and compiles for `bpfel-unknown-none` and for the
+//! host, so `cargo test -p dataplane-common` covers the packet logic that the
+//! kernel programs run. Map values are `#[repr(C)]` with explicit padding; the
+//! `layout` tests pin their sizes and offsets, and [`LAYOUT_VERSION`] names the
+//! pin directory so a daemon never reuses a pinned map of another layout.
+#![no_std]
+
+pub mod packet;
+
+/// Bump whenever a map's key, value, type or capacity changes. The daemon pins
+/// its maps under `<bpffs>/v<LAYOUT_VERSION>/` and also checks every pinned map's
+/// key size, value size and capacity before reusing it.
+pub const LAYOUT_VERSION: u32 = 1;
+
+/// Capacity of `ENDPOINTS` and `IFACES`.
+pub const MAX_ENDPOINTS: u32 = 16_384;
+/// Capacity of `NETWORKS`.
+pub const MAX_NETWORKS: u32 = 1_024;
+
+/// An IPv4 address as the kernel sees it in a packet: the four wire bytes read
+/// as a native `u32`. Map keys and values use this form on both sides.
+pub type Ipv4Wire = u32;
+
+/// Converts dotted-quad octets to the [`Ipv4Wire`] form.
+#[inline(always)]
+pub const fn ipv4_wire(octets: [u8; 4]) -> Ipv4Wire {
+    u32::from_ne_bytes(octets)
+}
+
+/// The octets of an [`Ipv4Wire`] address.
+#[inline(always)]
+pub const fn ipv4_octets(ip: Ipv4Wire) -> [u8; 4] {
+    ip.to_ne_bytes()
+}
+
+/// One container endpoint: the value of `ENDPOINTS` (keyed by the endpoint's
+/// IPv4 address) and of `IFACES` (keyed by the ifindex of its host-side veth).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// ifindex of the host-side veth (in the daemon's network namespace).
+    pub ifindex: u32,
+    /// The network's small numeric id (key of `NETWORKS`).
+    pub network_id: u32,
+    /// The endpoint's IPv4 address ([`Ipv4Wire`]).
+    pub ip: Ipv4Wire,
+    /// MAC of the container side (`eth0` in the sandbox).
+    pub mac: [u8; 6],
+    /// MAC of the host side: the gateway's MAC as this container sees it.
+    pub host_mac: [u8; 6],
+    /// `EP_*` flags; none defined yet.
+    pub flags: u32,
+}
+
+/// One network: the value of `NETWORKS`, keyed by the network's numeric id.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// Subnet address ([`Ipv4Wire`]), already masked.
+    pub subnet: Ipv4Wire,
+    /// Subnet mask ([`Ipv4Wire`]).
+    pub mask: Ipv4Wire,
+    /// Gateway address ([`Ipv4Wire`]); answered by the ARP responder.
+    pub gateway: Ipv4Wire,
+    /// `NET_*` flags.
+    pub flags: u32,
+}
+
+/// `--internal`: nothing leaves the subnet.
+pub const NET_INTERNAL: u32 = 1 << 0;
+
+impl Network {
+    /// Whether `ip` lies inside this network's subnet.
+    #[inline(always)]
+    pub const fn contains(&self, ip: Ipv4Wire) -> bool {
+        ip & self.mask == self.subnet
+    }
+}
+
+/// Why a packet was dropped. The value indexes [`Counters::drops`].
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DropReason {
+    /// Shorter than the headers its ethertype promises, or a bad IHL.
+    Malformed = 1,
+    /// Arrived on an interface that carries no endpoint.
+    UnknownInterface = 2,
+    /// Ethernet source is not the endpoint's own MAC.
+    SpoofedMac = 3,
+    /// IPv4 or ARP sender address is not the endpoint's own IP.
+    SpoofedIp = 4,
+    /// Destination is a container on another network.
+    CrossNetwork = 5,
+    /// `--internal` network and a destination outside its subnet.
+    InternalNetwork = 6,
+    /// Ethertype this datapath does not carry (IPv6 is not enabled yet).
+    UnsupportedProtocol = 7,
+    /// ARP request for an address that is neither the gateway nor a
+    /// container of the same network.
+    ArpUnknownTarget = 8,
+    /// A packet for a known endpoint whose network entry is missing.
+    MissingNetwork = 9,
+    /// ARP that is not Ethernet/IPv4 or not a request/reply.
+    BadArp = 10,
+}
+
+/// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
+/// without a layout change.
+pub const DROP_REASON_SLOTS: usize = 32;
+
+impl DropReason {
+    /// Every reason, in code order, for userspace to name counters.
+    pub const ALL: [DropReason; 10] = [
+        DropReason::Malformed,
+        DropReason::UnknownInterface,
+        DropReason::SpoofedMac,
+        DropReason::SpoofedIp,
+        DropReason::CrossNetwork,
+        DropReason::InternalNetwork,
+        DropReason::UnsupportedProtocol,
+        DropReason::ArpUnknownTarget,
+        DropReason::MissingNetwork,
+        DropReason::BadArp,
+    ];
+
+    /// The counter name shown by `dataplane stats`.
+    pub const fn name(self) -> &'static str {
+        match self {
+            DropReason::Malformed => "malformed",
+            DropReason::UnknownInterface => "unknown_interface",
+            DropReason::SpoofedMac => "spoofed_mac",
+            DropReason::SpoofedIp => "spoofed_ip",
+            DropReason::CrossNetwork => "cross_network",
+            DropReason::InternalNetwork => "internal_network",
+            DropReason::UnsupportedProtocol => "unsupported_protocol",
+            DropReason::ArpUnknownTarget => "arp_unknown_target",
+            DropReason::MissingNetwork => "missing_network",
+            DropReason::BadArp => "bad_arp",
+        }
+    }
+}
+
+/// Per-program, per-CPU counters: the value of the `STATS` per-CPU array,
+/// indexed by `PROG_*`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Counters {
+    /// Packets seen.
+    pub packets: u64,
+    /// Bytes seen.
+    pub bytes: u64,
+    /// Redirected straight into another endpoint's namespace.
+    pub redirected: u64,
+    /// Handed to the host stack (gateway, host, outside).
+    pub passed: u64,
+    /// ARP requests answered by the program itself.
+    pub arp_replies: u64,
+    /// Drops, indexed by [`DropReason`] code.
+    pub drops: [u64; DROP_REASON_SLOTS],
+}
+
+impl Counters {
+    pub const ZERO: Counters = Counters {
+        packets: 0,
+        bytes: 0,
+        redirected: 0,
+        passed: 0,
+        arp_replies: 0,
+        drops: [0; DROP_REASON_SLOTS],
+    };
+}
+
+/// Index in `STATS` of the TC program on the host side of each endpoint veth
+/// (the container's egress).
+pub const PROG_FROM_CONTAINER: u32 = 0;
+/// Number of program slots in `STATS`.
+pub const PROG_SLOTS: u32 = 4;
+/// Program names, by `PROG_*` index, as `dataplane stats` prints them.
+pub const PROG_NAMES: [&str; 1] = ["from_container"];
+
+#[cfg(feature = "user")]
+mod pod {
+    // SAFETY: all three are #[repr(C)], contain only integers and byte arrays,
+    // and have no implicit padding (checked by the layout tests).
+    unsafe impl aya::Pod for super::Endpoint {}
+    unsafe impl aya::Pod for super::Network {}
+    unsafe impl aya::Pod for super::Counters {}
+}
+
+#[cfg(test)]
+mod layout {
+    extern crate std;
+    use core::mem::{offset_of, size_of};
+
+    use super::*;
+
+    #[test]
+    fn endpoint_layout() {
+        assert_eq!(size_of::<Endpoint>(), 28);
+        assert_eq!(offset_of!(Endpoint, ifindex), 0);
+        assert_eq!(offset_of!(Endpoint, network_id), 4);
+        assert_eq!(offset_of!(Endpoint, ip), 8);
+        assert_eq!(offset_of!(Endpoint, mac), 12);
+        assert_eq!(offset_of!(Endpoint, host_mac), 18);
+        assert_eq!(offset_of!(Endpoint, flags), 24);
+    }
+
+    #[test]
+    fn network_layout() {
+        assert_eq!(size_of::<Network>(), 16);
+        assert_eq!(offset_of!(Network, subnet), 0);
+        assert_eq!(offset_of!(Network, mask), 4);
+        assert_eq!(offset_of!(Network, gateway), 8);
+        assert_eq!(offset_of!(Network, flags), 12);
+    }
+
+    #[test]
+    fn counters_layout() {
+        assert_eq!(size_of::<Counters>(), 8 * (5 + DROP_REASON_SLOTS));
+        assert_eq!(offset_of!(Counters, drops), 40);
+    }
+
+    #[test]
+    fn drop_reasons_fit_and_are_unique() {
+        for (i, r) in DropReason::ALL.iter().enumerate() {
+            assert_eq!(*r as usize, i + 1, "codes are dense from 1");
+            assert!((*r as usize) < DROP_REASON_SLOTS);
+        }
+    }
+
+    #[test]
+    fn wire_form_round_trips() {
+        let ip = ipv4_wire([172, 18, 0, 2]);
+        assert_eq!(ipv4_octets(ip), [172, 18, 0, 2]);
+        let net = Network {
+            subnet: ipv4_wire([172, 18, 0, 0]),
+            mask: ipv4_wire([255, 255, 0, 0]),
+            gateway: ipv4_wire([172, 18, 0, 1]),
+            flags: 0,
+        };
+        assert!(net.contains(ip));
+        assert!(!net.contains(ipv4_wire([172, 19, 0, 2])));
+    }
+}

@@ -1,0 +1,272 @@
+//! The switching decision for a frame a container sent (it arrives on the
+//! ingress of the host side of the container's veth).
+
+use super::arp::{self, Arp};
+use crate::{DropReason, Endpoint, Ipv4Wire, Network, NET_INTERNAL};
+
+/// What to do with an IPv4 frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Deliver straight into the namespace of the endpoint behind host-side
+    /// veth `ifindex` (bpf_redirect_peer), with destination MAC `mac`.
+    Redirect { ifindex: u32, mac: [u8; 6] },
+    /// Hand to the host stack: the gateway, the host, or beyond.
+    Pass,
+    Drop(DropReason),
+}
+
+/// What to do with an ARP frame.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ArpVerdict {
+    /// Answer it ourselves: `ip is-at mac`, sent back to the asker.
+    Reply { mac: [u8; 6], ip: Ipv4Wire },
+    /// Hand to the host stack (replies to the host's own requests, gratuitous ARP).
+    Pass,
+    Drop(DropReason),
+}
+
+/// Decides an IPv4 frame from endpoint `me` (on `net`), addressed `src -> dst`,
+/// where `peer` is the endpoint that owns `dst`, if any.
+#[inline(always)]
+pub fn decide_ipv4(
+    me: &Endpoint,
+    net: &Network,
+    src: Ipv4Wire,
+    dst: Ipv4Wire,
+    peer: Option<&Endpoint>,
+) -> Verdict {
+    if src != me.ip {
+        return Verdict::Drop(DropReason::SpoofedIp);
+    }
+    if let Some(peer) = peer {
+        if peer.network_id != me.network_id {
+            return Verdict::Drop(DropReason::CrossNetwork);
+        }
+        return Verdict::Redirect {
+            ifindex: peer.ifindex,
+            mac: peer.mac,
+        };
+    }
+    if net.flags & NET_INTERNAL != 0 && !net.contains(dst) {
+        return Verdict::Drop(DropReason::InternalNetwork);
+    }
+    Verdict::Pass
+}
+
+/// Decides an ARP frame from endpoint `me` (on `net`); `target` is the endpoint
+/// that owns the requested address, if any.
+#[inline(always)]
+pub fn decide_arp(me: &Endpoint, net: &Network, a: &Arp, target: Option<&Endpoint>) -> ArpVerdict {
+    if a.sha != me.mac {
+        return ArpVerdict::Drop(DropReason::SpoofedMac);
+    }
+    // A zero sender address is an RFC 5227 address probe; anything else must
+    // be the endpoint's own address.
+    if a.spa != me.ip && a.spa != 0 {
+        return ArpVerdict::Drop(DropReason::SpoofedIp);
+    }
+    if a.op == arp::OP_REPLY || a.tpa == me.ip {
+        return ArpVerdict::Pass;
+    }
+    if a.tpa == net.gateway {
+        return ArpVerdict::Reply {
+            mac: me.host_mac,
+            ip: a.tpa,
+        };
+    }
+    match target {
+        Some(t) if t.network_id == me.network_id => ArpVerdict::Reply {
+            mac: t.mac,
+            ip: a.tpa,
+        },
+        _ => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    extern crate std;
+
+    use super::*;
+    use crate::{ipv4_wire, packet::arp::FRAME_LEN};
+
+    const NET: Network = Network {
+        subnet: ipv4_wire([172, 18, 0, 0]),
+        mask: ipv4_wire([255, 255, 0, 0]),
+        gateway: ipv4_wire([172, 18, 0, 1]),
+        flags: 0,
+    };
+
+    fn ep(last: u8, network_id: u32, ifindex: u32) -> Endpoint {
+        Endpoint {
+            ifindex,
+            network_id,
+            ip: ipv4_wire([172, 18, 0, last]),
+            mac: [0x02, 0x42, 0xac, 0x12, 0, last],
+            host_mac: [0x0e, 0, 0, 0, 0, last],
+            flags: 0,
+        }
+    }
+
+    #[test]
+    fn same_network_peer_is_redirected_with_its_mac() {
+        let (a, b) = (ep(2, 1, 10), ep(3, 1, 11));
+        assert_eq!(
+            decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b)),
+            Verdict::Redirect {
+                ifindex: 11,
+                mac: b.mac
+            }
+        );
+    }
+
+    #[test]
+    fn other_network_peer_is_dropped() {
+        let (a, b) = (ep(2, 1, 10), ep(3, 2, 11));
+        assert_eq!(
+            decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b)),
+            Verdict::Drop(DropReason::CrossNetwork)
+        );
+    }
+
+    #[test]
+    fn spoofed_source_is_dropped_even_towards_a_peer() {
+        let (a, b) = (ep(2, 1, 10), ep(3, 1, 11));
+        let forged = ipv4_wire([172, 18, 0, 99]);
+        assert_eq!(
+            decide_ipv4(&a, &NET, forged, b.ip, Some(&b)),
+            Verdict::Drop(DropReason::SpoofedIp)
+        );
+    }
+
+    #[test]
+    fn gateway_host_and_outside_go_to_the_stack() {
+        let a = ep(2, 1, 10);
+        assert_eq!(decide_ipv4(&a, &NET, a.ip, NET.gateway, None), Verdict::Pass);
+        assert_eq!(
+            decide_ipv4(&a, &NET, a.ip, ipv4_wire([10, 0, 0, 1]), None),
+            Verdict::Pass
+        );
+    }
+
+    #[test]
+    fn internal_network_keeps_traffic_in_its_subnet() {
+        let a = ep(2, 1, 10);
+        let internal = Network {
+            flags: NET_INTERNAL,
+            ..NET
+        };
+        assert_eq!(
+            decide_ipv4(&a, &internal, a.ip, internal.gateway, None),
+            Verdict::Pass
+        );
+        assert_eq!(
+            decide_ipv4(&a, &internal, a.ip, ipv4_wire([10, 0, 0, 1]), None),
+            Verdict::Drop(DropReason::InternalNetwork)
+        );
+    }
+
+    fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> [u8; FRAME_LEN] {
+        let mut f = [0u8; FRAME_LEN];
+        f[0..6].copy_from_slice(&[0xff; 6]);
+        f[6..12].copy_from_slice(&sha);
+        f[12..14].copy_from_slice(&[0x08, 0x06]);
+        f[14..22].copy_from_slice(&[0, 1, 0x08, 0, 6, 4, 0, 1]);
+        f[22..28].copy_from_slice(&sha);
+        f[28..32].copy_from_slice(&spa);
+        f[38..42].copy_from_slice(&tpa);
+        f
+    }
+
+    #[test]
+    fn arp_for_gateway_is_answered_with_host_mac() {
+        let a = ep(2, 1, 10);
+        let f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 1]);
+        let parsed = arp::parse(&f).unwrap();
+        assert_eq!(
+            decide_arp(&a, &NET, &parsed, None),
+            ArpVerdict::Reply {
+                mac: a.host_mac,
+                ip: NET.gateway
+            }
+        );
+    }
+
+    #[test]
+    fn arp_for_peer_is_answered_only_on_the_same_network() {
+        let (a, b, c) = (ep(2, 1, 10), ep(3, 1, 11), ep(4, 2, 12));
+        let f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 3]);
+        let parsed = arp::parse(&f).unwrap();
+        assert_eq!(
+            decide_arp(&a, &NET, &parsed, Some(&b)),
+            ArpVerdict::Reply {
+                mac: b.mac,
+                ip: b.ip
+            }
+        );
+        assert_eq!(
+            decide_arp(&a, &NET, &parsed, Some(&c)),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+        assert_eq!(
+            decide_arp(&a, &NET, &parsed, None),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+    }
+
+    #[test]
+    fn arp_with_forged_sender_is_dropped() {
+        let a = ep(2, 1, 10);
+        let f = arp_request([2, 0, 0, 0, 0, 9], [172, 18, 0, 2], [172, 18, 0, 1]);
+        assert_eq!(
+            decide_arp(&a, &NET, &arp::parse(&f).unwrap(), None),
+            ArpVerdict::Drop(DropReason::SpoofedMac)
+        );
+        let f = arp_request(a.mac, [172, 18, 0, 9], [172, 18, 0, 1]);
+        assert_eq!(
+            decide_arp(&a, &NET, &arp::parse(&f).unwrap(), None),
+            ArpVerdict::Drop(DropReason::SpoofedIp)
+        );
+    }
+
+    #[test]
+    fn arp_reply_is_written_in_place() {
+        let a = ep(2, 1, 10);
+        let mut f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 1]);
+        arp::write_reply(&mut f, &a.host_mac, NET.gateway);
+        assert_eq!(&f[0..6], &a.mac, "back to the asker");
+        assert_eq!(&f[6..12], &a.host_mac);
+        assert_eq!(&f[20..22], &[0, 2], "op reply");
+        assert_eq!(&f[22..28], &a.host_mac, "sha");
+        assert_eq!(&f[28..32], &[172, 18, 0, 1], "spa");
+        assert_eq!(&f[32..38], &a.mac, "tha");
+        assert_eq!(&f[38..42], &[172, 18, 0, 2], "tpa");
+    }
+
+    #[test]
+    fn non_ethernet_arp_is_refused() {
+        let a = ep(2, 1, 10);
+        let mut f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 1]);
+        f[15] = 6; // htype 6 (IEEE 802)
+        assert_eq!(arp::parse(&f), Err(DropReason::BadArp));
+        let mut f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 1]);
+        f[21] = 9; // op 9
+        assert_eq!(arp::parse(&f), Err(DropReason::BadArp));
+    }
+
+    #[test]
+    fn bad_ipv4_header_is_malformed() {
+        let mut f = [0u8; crate::packet::ipv4::FRAME_MIN];
+        f[14] = 0x44; // IHL 4
+        assert_eq!(crate::packet::ipv4::addrs(&f), Err(DropReason::Malformed));
+        f[14] = 0x65; // version 6
+        assert_eq!(crate::packet::ipv4::addrs(&f), Err(DropReason::Malformed));
+        f[14] = 0x45;
+        f[26..30].copy_from_slice(&[172, 18, 0, 2]);
+        f[30..34].copy_from_slice(&[172, 18, 0, 3]);
+        assert_eq!(
+            crate::packet::ipv4::addrs(&f),
+            Ok((ipv4_wire([172, 18, 0, 2]), ipv4_wire([172, 18, 0, 3])))
+        );
+    }
+}

@@ -1,0 +1,23 @@
+//! IPv4 header fields the switch reads.
+
+use super::eth;
+use crate::{DropReason, Ipv4Wire};
+
+/// Length of an Ethernet frame carrying a minimal (IHL 5) IPv4 header.
+pub const FRAME_MIN: usize = eth::HLEN + 20;
+
+/// Source and destination of an IPv4 frame (Ethernet header included), after
+/// checking the version and the header length field.
+#[inline(always)]
+pub fn addrs(frame: &[u8; FRAME_MIN]) -> Result<(Ipv4Wire, Ipv4Wire), DropReason> {
+    let vihl = frame[eth::HLEN];
+    if vihl >> 4 != 4 || vihl & 0x0f < 5 {
+        return Err(DropReason::Malformed);
+    }
+    let s = eth::HLEN + 12;
+    let d = eth::HLEN + 16;
+    Ok((
+        u32::from_ne_bytes([frame[s], frame[s + 1], frame[s + 2], frame[s + 3]]),
+        u32::from_ne_bytes([frame[d], frame[d + 1], frame[d + 2], frame[d + 3]]),
+    ))
+}

@@ -1,0 +1,26 @@
+//! Every map of the datapath, pinned by name under the daemon's
+//! `<bpffs>/v<LAYOUT_VERSION>/maps` so that they outlive the daemon.
+
+use aya_ebpf::{
+    macros::map,
+    maps::{HashMap, PerCpuArray},
+};
+use dataplane_common::{
+    Counters, Endpoint, Ipv4Wire, Network, MAX_ENDPOINTS, MAX_NETWORKS, PROG_SLOTS,
+};
+
+/// Container IPv4 address -> its endpoint.
+#[map]
+pub static ENDPOINTS: HashMap<Ipv4Wire, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// ifindex of a host-side veth -> the endpoint behind it.
+#[map]
+pub static IFACES: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Network id -> subnet, gateway and flags.
+#[map]
+pub static NETWORKS: HashMap<u32, Network> = HashMap::pinned(MAX_NETWORKS, 0);
+
+/// Per-program counters, indexed by `PROG_*`.
+#[map]
+pub static STATS: PerCpuArray<Counters> = PerCpuArray::pinned(PROG_SLOTS, 0);

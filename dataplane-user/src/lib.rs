@@ -1,0 +1,8 @@
+//! The dataplane control plane: model, store, IPAM, namespace plumbing, BPF
+//! loading and projection, the HTTP API and its client.
+//!
+//! Data flows one way: a CLI call -> API -> model change committed in the
+//! store -> projected into netlink objects and BPF maps. Packets never wait on
+//! userspace.
+
+pub mod bpf;

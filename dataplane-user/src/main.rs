@@ -1,0 +1,3 @@
+fn main() {
+    println!("{}", dataplane_user::bpf::EBPF_OBJECT.len());
+}

@@ -1,5 +1,385 @@
 //! Loading the eBPF object, pinning, and projecting the model into maps.
+//!
+//! Pins live under `<bpffs>/v<LAYOUT_VERSION>/`: `maps/<NAME>` (reused by name
+//! across daemon restarts) and `links/<host ifname>` (the TCX link of each
+//! endpoint veth, so the program stays attached while no daemon runs). A
+//! restarted daemon loads the new program and swaps it into every pinned link
+//! atomically (`BPF_LINK_UPDATE`), so traffic never sees a gap.
+
+use std::{
+    mem::size_of,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use aya::{
+    maps::{HashMap, MapInfo, MapType, PerCpuArray},
+    programs::{
+        links::{FdLink, PinnedLink},
+        tc::{SchedClassifierLink, TcAttachOptions},
+        LinkOrder, SchedClassifier, TcAttachType, TestRun as _,
+    },
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{
+    Counters, DropReason, Endpoint, Ipv4Wire, Network, LAYOUT_VERSION, MAX_ENDPOINTS, MAX_NETWORKS,
+    PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
+};
+use serde::Serialize;
 
 /// The eBPF object built by `build.rs` (aya-build), embedded in the binary.
 pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// The layout every pinned map must have: (name, type, key size, value size,
+/// capacity).
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 4] {
+    [
+        (
+            "ENDPOINTS",
+            MapType::Hash,
+            size_of::<Ipv4Wire>() as u32,
+            size_of::<Endpoint>() as u32,
+            MAX_ENDPOINTS,
+        ),
+        (
+            "IFACES",
+            MapType::Hash,
+            4,
+            size_of::<Endpoint>() as u32,
+            MAX_ENDPOINTS,
+        ),
+        (
+            "NETWORKS",
+            MapType::Hash,
+            4,
+            size_of::<Network>() as u32,
+            MAX_NETWORKS,
+        ),
+        (
+            "STATS",
+            MapType::PerCpuArray,
+            4,
+            size_of::<Counters>() as u32,
+            PROG_SLOTS,
+        ),
+    ]
+}
+
+pub struct Datapath {
+    ebpf: Ebpf,
+    links_dir: PathBuf,
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p)
+        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .unwrap_or(false)
+}
+
+/// The standard bpffs mount point.
+const SYS_FS_BPF: &str = "/sys/fs/bpf";
+
+/// Makes sure `dir` is on a bpf filesystem. A fresh machine may have no bpffs
+/// on /sys/fs/bpf: then one is mounted there (for a `dir` below it) or on
+/// `dir` itself (anywhere else).
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let sys = Path::new(SYS_FS_BPF);
+    if dir.starts_with(sys) && sys.is_dir() && !is_bpffs(sys) {
+        nix::mount::mount(
+            Some("bpf"),
+            sys,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .with_context(|| format!("mounting a bpf filesystem at {SYS_FS_BPF}"))?;
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    if is_bpffs(dir) {
+        return Ok(());
+    }
+    nix::mount::mount(
+        Some("bpf"),
+        dir,
+        Some("bpf"),
+        nix::mount::MsFlags::empty(),
+        None::<&str>,
+    )
+    .with_context(|| format!("mounting a bpf filesystem at {}", dir.display()))?;
+    Ok(())
+}
+
+/// Refuses to reuse a pinned map whose layout differs from this build's.
+fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
+    for (name, ty, key, value, cap) in expected_maps() {
+        let pin = maps_dir.join(name);
+        if !pin.exists() {
+            continue;
+        }
+        let info = MapInfo::from_pin(&pin)
+            .with_context(|| format!("reading pinned map {}", pin.display()))?;
+        let got_ty = info.map_type().map_err(|e| anyhow!("{e}"))?;
+        if got_ty != ty
+            || info.key_size() != key
+            || info.value_size() != value
+            || info.max_entries() != cap
+        {
+            bail!(
+                "pinned map {} has type {:?}, key {} B, value {} B, {} entries, but this daemon needs {:?}, {} B, {} B, {}: \
+                 its layout changed without a LAYOUT_VERSION bump; remove {} once no traffic depends on it",
+                pin.display(),
+                got_ty,
+                info.key_size(),
+                info.value_size(),
+                info.max_entries(),
+                ty,
+                key,
+                value,
+                cap,
+                maps_dir.display()
+            );
+        }
+    }
+    Ok(())
+}
+
+/// One program's counters, summed over CPUs.
+#[derive(Debug, Serialize, serde::Deserialize, Clone)]
+pub struct ProgramStats {
+    pub name: String,
+    pub packets: u64,
+    pub bytes: u64,
+    pub redirected: u64,
+    pub passed: u64,
+    pub arp_replies: u64,
+    pub drops: std::collections::BTreeMap<String, u64>,
+}
+
+impl Datapath {
+    /// Loads the programs, reusing (after a layout check) or creating the
+    /// pinned maps under `<bpffs>/v<LAYOUT_VERSION>`.
+    pub fn load(bpffs: &Path) -> Result<Self> {
+        ensure_bpffs(bpffs)?;
+        let root = bpffs.join(format!("v{LAYOUT_VERSION}"));
+        let maps_dir = root.join("maps");
+        let links_dir = root.join("links");
+        std::fs::create_dir_all(&maps_dir)?;
+        std::fs::create_dir_all(&links_dir)?;
+        check_pinned_layout(&maps_dir)?;
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&maps_dir)
+            .load(EBPF_OBJECT)
+            .context("loading the eBPF object")?;
+        for name in ["from_container", "noop"] {
+            let prog: &mut SchedClassifier = ebpf
+                .program_mut(name)
+                .ok_or_else(|| anyhow!("program {name} missing from the object"))?
+                .try_into()?;
+            prog.load()
+                .with_context(|| format!("verifying program {name}"))?;
+        }
+        Ok(Self { ebpf, links_dir })
+    }
+
+    fn prog(&mut self, name: &str) -> Result<&mut SchedClassifier> {
+        Ok(self
+            .ebpf
+            .program_mut(name)
+            .ok_or_else(|| anyhow!("program {name} missing"))?
+            .try_into()?)
+    }
+
+    /// Attaches `from_container` to TC ingress of `ifname` and pins the link.
+    /// If a pinned link is already there (a previous daemon made it), the new
+    /// program replaces the old one in it atomically.
+    pub fn attach(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.links_dir.join(ifname);
+        let prog = self.prog("from_container")?;
+        let id = match PinnedLink::from_pin(&pin) {
+            Ok(old) => {
+                let link: SchedClassifierLink = FdLink::from(old).try_into()?;
+                prog.attach_to_link(link)
+                    .with_context(|| format!("updating the program on {ifname}"))?
+            }
+            Err(_) => prog
+                .attach_with_options(
+                    ifname,
+                    TcAttachType::Ingress,
+                    TcAttachOptions::TcxOrder(LinkOrder::default()),
+                )
+                .with_context(|| format!("attaching to {ifname}"))?,
+        };
+        let link: FdLink = prog.take_link(id)?.try_into()?;
+        // The old pin (if any) still names the same link; re-pin after it goes.
+        let _ = std::fs::remove_file(&pin);
+        link.pin(&pin)
+            .with_context(|| format!("pinning the link of {ifname}"))?;
+        Ok(())
+    }
+
+    /// Whether a pinned link exists for `ifname`.
+    pub fn is_attached(&self, ifname: &str) -> bool {
+        self.links_dir.join(ifname).exists()
+    }
+
+    /// Drops the pinned link of `ifname` (the program detaches when the last
+    /// reference goes; deleting the veth does that as well).
+    pub fn detach(&mut self, ifname: &str) -> Result<()> {
+        let pin = self.links_dir.join(ifname);
+        match std::fs::remove_file(&pin) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                Err(e).with_context(|| format!("unpinning {}", pin.display()))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// Names of the interfaces with a pinned link.
+    pub fn pinned_links(&self) -> Vec<String> {
+        std::fs::read_dir(&self.links_dir)
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn hash<V: aya::Pod>(
+        &mut self,
+        name: &str,
+    ) -> Result<HashMap<&mut aya::maps::MapData, u32, V>> {
+        let map = self
+            .ebpf
+            .map_mut(name)
+            .ok_or_else(|| anyhow!("map {name} missing"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    pub fn set_network(&mut self, num: u32, net: Network) -> Result<()> {
+        self.hash::<Network>("NETWORKS")?
+            .insert(num, net, 0)
+            .context("NETWORKS map full or unavailable")
+    }
+
+    pub fn remove_network(&mut self, num: u32) -> Result<()> {
+        let _ = self.hash::<Network>("NETWORKS")?.remove(&num);
+        Ok(())
+    }
+
+    /// Installs an endpoint under both its address and its host ifindex.
+    pub fn set_endpoint(&mut self, ep: Endpoint) -> Result<()> {
+        self.hash::<Endpoint>("ENDPOINTS")?
+            .insert(ep.ip, ep, 0)
+            .context("ENDPOINTS map full")?;
+        if let Err(e) = self.hash::<Endpoint>("IFACES")?.insert(ep.ifindex, ep, 0) {
+            let _ = self.hash::<Endpoint>("ENDPOINTS")?.remove(&ep.ip);
+            return Err(e).context("IFACES map full");
+        }
+        Ok(())
+    }
+
+    pub fn remove_endpoint(&mut self, ip: Ipv4Wire, ifindex: u32) -> Result<()> {
+        let _ = self.hash::<Endpoint>("ENDPOINTS")?.remove(&ip);
+        let _ = self.hash::<Endpoint>("IFACES")?.remove(&ifindex);
+        Ok(())
+    }
+
+    /// Makes the maps hold exactly `networks` and `endpoints`: writes every
+    /// desired entry (a no-op for traffic when unchanged) and deletes the rest.
+    pub fn reconcile(&mut self, networks: &[(u32, Network)], endpoints: &[Endpoint]) -> Result<()> {
+        for (num, net) in networks {
+            self.set_network(*num, *net)?;
+        }
+        for ep in endpoints {
+            self.set_endpoint(*ep)?;
+        }
+        let stale_nets: Vec<u32> = {
+            let m = self.hash::<Network>("NETWORKS")?;
+            m.keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !networks.iter().any(|(n, _)| n == k))
+                .collect()
+        };
+        for k in stale_nets {
+            self.remove_network(k)?;
+        }
+        for (map, key_of) in [
+            ("ENDPOINTS", (|e: &Endpoint| e.ip) as fn(&Endpoint) -> u32),
+            ("IFACES", |e: &Endpoint| e.ifindex),
+        ] {
+            let mut m = self.hash::<Endpoint>(map)?;
+            let stale: Vec<u32> = m
+                .keys()
+                .filter_map(|k| k.ok())
+                .filter(|k| !endpoints.iter().any(|e| key_of(e) == *k))
+                .collect();
+            for k in stale {
+                let _ = m.remove(&k);
+            }
+        }
+        Ok(())
+    }
+
+    /// Per-program counters summed over CPUs.
+    pub fn stats(&self) -> Result<Vec<ProgramStats>> {
+        let map = self
+            .ebpf
+            .map("STATS")
+            .ok_or_else(|| anyhow!("map STATS missing"))?;
+        let stats: PerCpuArray<_, Counters> = PerCpuArray::try_from(map)?;
+        let mut out = Vec::new();
+        for (i, name) in PROG_NAMES.iter().enumerate() {
+            let per_cpu = stats.get(&(i as u32), 0)?;
+            let mut sum = Counters::ZERO;
+            for c in per_cpu.iter() {
+                sum.packets += c.packets;
+                sum.bytes += c.bytes;
+                sum.redirected += c.redirected;
+                sum.passed += c.passed;
+                sum.arp_replies += c.arp_replies;
+                for (s, d) in sum.drops.iter_mut().zip(c.drops.iter()) {
+                    *s += d;
+                }
+            }
+            out.push(ProgramStats {
+                name: (*name).to_string(),
+                packets: sum.packets,
+                bytes: sum.bytes,
+                redirected: sum.redirected,
+                passed: sum.passed,
+                arp_replies: sum.arp_replies,
+                drops: DropReason::ALL
+                    .iter()
+                    .map(|r| (r.name().to_string(), sum.drops[*r as usize]))
+                    .collect(),
+            });
+        }
+        debug_assert_eq!(PROG_FROM_CONTAINER, 0);
+        Ok(out)
+    }
+
+    /// Mean nanoseconds per run of `prog` on `frame` through
+    /// BPF_PROG_TEST_RUN with `repeat` (for `bench-prog`).
+    pub fn time_program(
+        &mut self,
+        prog: &str,
+        frame: &[u8],
+        ctx: &[u8],
+        repeat: u32,
+    ) -> Result<u32> {
+        let p = self.prog(prog)?;
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = p.test_run(aya::programs::TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(ctx),
+            repeat,
+            ..Default::default()
+        })?;
+        Ok(r.duration.as_nanos() as u32)
+    }
+}

@@ -5,4 +5,11 @@
 //! store -> projected into netlink objects and BPF maps. Packets never wait on
 //! userspace.
 
+pub mod api;
 pub mod bpf;
+pub mod cli;
+pub mod daemon;
+pub mod ipam;
+pub mod model;
+pub mod netns;
+pub mod store;

@@ -1,3 +1,111 @@
+//! `dataplane`: the daemon and its Docker-shaped CLI.
+
+use std::sync::{Arc, Mutex};
+
+use anyhow::{bail, Context as _, Result};
+use clap::Parser as _;
+use dataplane_user::{
+    api::server,
+    cli::{self, Cli, Cmd, DaemonArgs},
+    daemon::{Config, Daemon},
+    netns,
+    store::RedbStore,
+};
+use tracing::info;
+
 fn main() {
-    println!("{}", dataplane_user::bpf::EBPF_OBJECT.len());
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            use clap::error::ErrorKind;
+            if matches!(
+                e.kind(),
+                ErrorKind::DisplayHelp
+                    | ErrorKind::DisplayVersion
+                    | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+            ) {
+                e.exit();
+            }
+            // One line, as for every other bad input.
+            let text = e.render().to_string();
+            eprintln!("{}", text.lines().next().unwrap_or("invalid arguments"));
+            std::process::exit(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("Error: starting the runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    let code = rt.block_on(async move {
+        match cli.cmd {
+            Cmd::Daemon(args) => daemon(args).await.map(|()| 0),
+            cmd => cli::run_client(&cli.host, cmd).await,
+        }
+    });
+    match code {
+        Ok(c) => std::process::exit(c),
+        Err(e) => {
+            eprintln!("Error: {}", format!("{e:#}").replace('\n', " "));
+            std::process::exit(1);
+        }
+    }
+}
+
+async fn daemon(args: DaemonArgs) -> Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    if netns::in_ip_netns_exec_mount_ns() {
+        bail!(
+            "the daemon is running in a private mount namespace with /sys remounted (as `ip netns exec` makes): \
+             its bpffs pins would die with it; start it with `nsenter --net=/var/run/netns/NAME dataplane daemon` instead"
+        );
+    }
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("creating {}", args.state_dir.display()))?;
+    let socket = args.run_dir.join("api.sock");
+    let listener = server::bind(&socket)?;
+    let started = async {
+        let store = RedbStore::open(&args.state_dir.join("dataplane.redb"))?;
+        let cfg = Config {
+            state_dir: args.state_dir.clone(),
+            bpffs: args.bpffs.clone(),
+        };
+        tokio::task::spawn_blocking(move || Daemon::start(cfg, Box::new(store))).await?
+    };
+    let d = match started.await {
+        Ok(d) => d,
+        Err(e) => {
+            // Leave no socket behind that would look like a live daemon.
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
+    let state = Arc::new(Mutex::new(d));
+    info!(socket = %socket.display(), bpffs = %args.bpffs.display(), "daemon ready");
+    let shutdown = async {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = tokio::signal::ctrl_c() => {},
+        }
+        info!("shutting down; containers and their traffic keep running");
+    };
+    axum::serve(listener, server::router(state))
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    let _ = std::fs::remove_file(&socket);
+    Ok(())
 }

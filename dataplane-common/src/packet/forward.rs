@@ -9,7 +9,10 @@ use crate::{DropReason, Endpoint, Ipv4Wire, Network, NET_INTERNAL};
 pub enum Verdict {
     /// Deliver straight into the namespace of the endpoint behind host-side
     /// veth `ifindex` (bpf_redirect_peer), with destination MAC `mac`.
-    Redirect { ifindex: u32, mac: [u8; 6] },
+    Redirect {
+        ifindex: u32,
+        mac: [u8; 6],
+    },
     /// Hand to the host stack: the gateway, the host, or beyond.
     Pass,
     Drop(DropReason),
@@ -19,7 +22,10 @@ pub enum Verdict {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ArpVerdict {
     /// Answer it ourselves: `ip is-at mac`, sent back to the asker.
-    Reply { mac: [u8; 6], ip: Ipv4Wire },
+    Reply {
+        mac: [u8; 6],
+        ip: Ipv4Wire,
+    },
     /// Hand to the host stack (replies to the host's own requests, gratuitous ARP).
     Pass,
     Drop(DropReason),
@@ -142,7 +148,10 @@ mod tests {
     #[test]
     fn gateway_host_and_outside_go_to_the_stack() {
         let a = ep(2, 1, 10);
-        assert_eq!(decide_ipv4(&a, &NET, a.ip, NET.gateway, None), Verdict::Pass);
+        assert_eq!(
+            decide_ipv4(&a, &NET, a.ip, NET.gateway, None),
+            Verdict::Pass
+        );
         assert_eq!(
             decide_ipv4(&a, &NET, a.ip, ipv4_wire([10, 0, 0, 1]), None),
             Verdict::Pass

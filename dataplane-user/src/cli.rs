@@ -1,0 +1,456 @@
+//! The Docker-shaped command line. Every subcommand but `daemon` is a client
+//! of the daemon's API.
+
+use std::{collections::BTreeMap, path::PathBuf};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use hyper::Method;
+use serde_json::{json, Value};
+
+use crate::api::{
+    client::{seg, Client},
+    DEFAULT_SOCKET,
+};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "dataplane",
+    version,
+    about = "eBPF container networking: Docker-style networks without a Linux bridge, iptables or docker-proxy"
+)]
+pub struct Cli {
+    /// Daemon socket to talk to, as unix:///PATH (like `docker -H`).
+    #[arg(short = 'H', long, global = true, env = "DATAPLANE_HOST", default_value_t = format!("unix://{DEFAULT_SOCKET}"))]
+    pub host: String,
+    #[command(subcommand)]
+    pub cmd: Cmd,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Cmd {
+    /// Run the daemon (API server, BPF loader, IPAM).
+    Daemon(DaemonArgs),
+    /// Manage networks.
+    #[command(subcommand)]
+    Network(NetworkCmd),
+    /// Create a sandbox on a network and start a command in it, detached.
+    Run(RunArgs),
+    /// List containers.
+    Ps {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show a container as JSON (SandboxKey is its netns path).
+    Inspect { name: String },
+    /// Run a command inside a container's sandbox; exits with its status.
+    Exec {
+        name: String,
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// Print a container's output.
+    Logs { name: String },
+    /// Remove containers (with -f, stop them first).
+    Rm {
+        #[arg(short, long)]
+        force: bool,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Per-program packet, byte and drop-by-reason counters.
+    Stats {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct DaemonArgs {
+    /// Directory of the API socket (api.sock).
+    #[arg(long, default_value = "/run/dataplane")]
+    pub run_dir: PathBuf,
+    /// Directory of the state database and container logs.
+    #[arg(long, default_value = "/var/lib/dataplane")]
+    pub state_dir: PathBuf,
+    /// bpffs directory for pinned maps and links (mounted if missing).
+    #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
+    pub bpffs: PathBuf,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NetworkCmd {
+    /// Create a network.
+    Create {
+        #[arg(short, long, default_value = "bridge")]
+        driver: String,
+        #[arg(long)]
+        subnet: Option<String>,
+        #[arg(long)]
+        gateway: Option<String>,
+        #[arg(long)]
+        ip_range: Option<String>,
+        /// Addresses IPAM must not hand out, NAME=IP.
+        #[arg(long = "aux-address")]
+        aux_address: Vec<String>,
+        /// No traffic leaves the subnet.
+        #[arg(long)]
+        internal: bool,
+        /// Driver options, KEY=VALUE.
+        #[arg(short, long = "opt")]
+        opt: Vec<String>,
+        name: String,
+    },
+    /// List networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show networks as JSON, shaped like `docker network inspect`.
+    Inspect { names: Vec<String> },
+    /// Remove networks (refused while endpoints are attached).
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Attach a container to a network (adds eth1, eth2, ...).
+    Connect {
+        #[arg(long)]
+        ip: Option<String>,
+        network: String,
+        container: String,
+    },
+    /// Detach a container from a network.
+    Disconnect { network: String, container: String },
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Detached (the only mode: output goes to `dataplane logs`).
+    #[arg(short, long)]
+    pub detach: bool,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, alias = "net")]
+    pub network: Option<String>,
+    #[arg(long)]
+    pub ip: Option<String>,
+    #[arg(long)]
+    pub hostname: Option<String>,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub cmd: Vec<String>,
+}
+
+fn socket_of(host: &str) -> Result<PathBuf> {
+    match host.strip_prefix("unix://") {
+        Some(p) if !p.is_empty() => Ok(PathBuf::from(p)),
+        _ => bail!("invalid --host {host:?}: expected unix:///PATH"),
+    }
+}
+
+fn key_values(items: &[String], what: &str) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| match kv.split_once('=') {
+            Some((k, v)) if !k.is_empty() => Ok((k.to_string(), v.to_string())),
+            _ => Err(anyhow!("invalid {what} {kv:?}: expected KEY=VALUE")),
+        })
+        .collect()
+}
+
+fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
+    let mut widths: Vec<usize> = headers.iter().map(|h| h.len()).collect();
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.len());
+        }
+    }
+    let line = |cells: Vec<String>| {
+        let s: Vec<String> = cells
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        println!("{}", s.join("   ").trim_end());
+    };
+    line(headers.iter().map(|h| h.to_string()).collect());
+    for r in rows {
+        line(r);
+    }
+}
+
+fn s(v: &Value) -> String {
+    match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    }
+}
+
+fn short(id: &Value) -> String {
+    s(id).chars().take(12).collect()
+}
+
+/// Runs a client subcommand; returns the process exit code.
+pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
+    let c = Client::new(&socket_of(host)?);
+    match cmd {
+        Cmd::Daemon(_) => unreachable!("handled in main"),
+        Cmd::Network(n) => network(&c, n).await?,
+        Cmd::Run(r) => {
+            let v = c
+                .json(
+                    Method::POST,
+                    "/containers",
+                    Some(json!({"name": r.name, "network": r.network, "ip": r.ip, "hostname": r.hostname, "cmd": r.cmd})),
+                )
+                .await?;
+            println!("{}", s(&v["Id"]));
+        }
+        Cmd::Ps { format } => {
+            let v = c.json(Method::GET, "/containers", None).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|c| {
+                        let nets: Vec<String> = c["Networks"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .map(s)
+                            .collect();
+                        vec![
+                            short(&c["Id"]),
+                            s(&c["Name"]),
+                            s(&c["State"]),
+                            nets.join(","),
+                            s(&c["Command"]),
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "COMMAND"],
+                    rows,
+                );
+            }
+        }
+        Cmd::Inspect { name } => {
+            let v = c
+                .json(Method::GET, &format!("/containers/{}", seg(&name)), None)
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Cmd::Exec { name, cmd } => return exec(&c, &name, &cmd).await,
+        Cmd::Logs { name } => {
+            let b = c
+                .call(
+                    Method::GET,
+                    &format!("/containers/{}/logs", seg(&name)),
+                    None,
+                )
+                .await?;
+            print!("{}", String::from_utf8_lossy(&b));
+        }
+        Cmd::Rm { force, names } => {
+            let mut failed = false;
+            for n in names {
+                match c
+                    .call(
+                        Method::DELETE,
+                        &format!("/containers/{}?force={force}", seg(&n)),
+                        None,
+                    )
+                    .await
+                {
+                    Ok(_) => println!("{n}"),
+                    Err(e) => {
+                        eprintln!("Error: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            return Ok(i32::from(failed));
+        }
+        Cmd::Stats { format } => {
+            let v = c.json(Method::GET, "/stats", None).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows = v["programs"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|p| {
+                        let drops: Vec<String> = p["drops"]
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .filter(|(_, n)| n.as_u64() != Some(0))
+                            .map(|(k, n)| format!("{k}={n}"))
+                            .collect();
+                        vec![
+                            s(&p["name"]),
+                            s(&p["packets"]),
+                            s(&p["bytes"]),
+                            s(&p["redirected"]),
+                            s(&p["passed"]),
+                            s(&p["arp_replies"]),
+                            if drops.is_empty() {
+                                "0".into()
+                            } else {
+                                drops.join(" ")
+                            },
+                        ]
+                    })
+                    .collect();
+                print_table(
+                    &[
+                        "PROGRAM",
+                        "PACKETS",
+                        "BYTES",
+                        "REDIRECTED",
+                        "PASSED",
+                        "ARP REPLIES",
+                        "DROPS",
+                    ],
+                    rows,
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
+    match cmd {
+        NetworkCmd::Create {
+            driver,
+            subnet,
+            gateway,
+            ip_range,
+            aux_address,
+            internal,
+            opt,
+            name,
+        } => {
+            let body = json!({
+                "name": name, "driver": driver, "subnet": subnet, "gateway": gateway, "ip_range": ip_range,
+                "aux_addresses": key_values(&aux_address, "--aux-address")?,
+                "internal": internal, "options": key_values(&opt, "--opt")?,
+            });
+            let v = c.json(Method::POST, "/networks", Some(body)).await?;
+            println!("{}", s(&v["Id"]));
+        }
+        NetworkCmd::Ls { format } => {
+            let v = c.json(Method::GET, "/networks", None).await?;
+            if format == Format::Json {
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                let rows = v
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|n| {
+                        vec![
+                            short(&n["Id"]),
+                            s(&n["Name"]),
+                            s(&n["Driver"]),
+                            s(&n["Scope"]),
+                            s(&n["Subnet"]),
+                        ]
+                    })
+                    .collect();
+                print_table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"], rows);
+            }
+        }
+        NetworkCmd::Inspect { names } => {
+            if names.is_empty() {
+                bail!("network inspect needs at least one network name");
+            }
+            let mut all = Vec::new();
+            for n in names {
+                let v = c
+                    .json(Method::GET, &format!("/networks/{}", seg(&n)), None)
+                    .await?;
+                all.extend(v.as_array().cloned().unwrap_or_default());
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        NetworkCmd::Rm { names } => {
+            for n in names {
+                c.call(Method::DELETE, &format!("/networks/{}", seg(&n)), None)
+                    .await?;
+                println!("{n}");
+            }
+        }
+        NetworkCmd::Connect {
+            ip,
+            network,
+            container,
+        } => {
+            c.call(
+                Method::POST,
+                &format!("/networks/{}/connect", seg(&network)),
+                Some(json!({"container": container, "ip": ip})),
+            )
+            .await?;
+        }
+        NetworkCmd::Disconnect { network, container } => {
+            c.call(
+                Method::POST,
+                &format!("/networks/{}/disconnect", seg(&network)),
+                Some(json!({"container": container})),
+            )
+            .await?;
+        }
+    }
+    Ok(())
+}
+
+/// Runs `cmd` in the container's sandbox from this process, the way
+/// `ip netns exec` does (so `/etc/netns/<sandbox>/` files apply), inside the
+/// container's UTS namespace when its process is alive.
+async fn exec(c: &Client, name: &str, cmd: &[String]) -> Result<i32> {
+    let v = c
+        .json(Method::GET, &format!("/containers/{}", seg(name)), None)
+        .await?;
+    let info = &v[0];
+    let sandbox = info["NetworkSettings"]["SandboxID"]
+        .as_str()
+        .ok_or_else(|| anyhow!("container {name} has no sandbox"))?
+        .to_string();
+    let pid = info["State"]["Pid"].as_u64().unwrap_or(0);
+    let mut command = std::process::Command::new("ip");
+    command.args(["netns", "exec", &sandbox]).args(cmd);
+    if pid > 0 {
+        let uts = std::fs::File::open(format!("/proc/{pid}/ns/uts")).ok();
+        if let Some(uts) = uts {
+            use std::os::unix::process::CommandExt as _;
+            // SAFETY: setns is async-signal-safe.
+            unsafe {
+                command.pre_exec(move || {
+                    nix::sched::setns(&uts, nix::sched::CloneFlags::CLONE_NEWUTS)
+                        .map_err(std::io::Error::from)
+                });
+            }
+        }
+    }
+    let status = command.status().context("running ip netns exec")?;
+    use std::os::unix::process::ExitStatusExt as _;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}

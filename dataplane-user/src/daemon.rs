@@ -1,0 +1,875 @@
+//! The daemon's state and every operation on it.
+//!
+//! The in-memory maps mirror the store; each operation validates first, then
+//! changes the kernel (netns, veth, routes, BPF maps) step by step, recording
+//! how to undo each step, and commits the store last. If any step fails, the
+//! completed ones are undone in reverse, so a failed call leaves nothing
+//! behind: no half-created network, no leaked address, netns, veth or pin.
+
+use std::{
+    collections::{BTreeMap, HashSet},
+    net::Ipv4Addr,
+    os::unix::process::CommandExt as _,
+    path::{Path, PathBuf},
+    process::{Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _};
+use ipnetwork::Ipv4Network;
+use serde_json::{json, Value};
+use tracing::{info, warn};
+
+use crate::{
+    api::{Connect, ContainerCreate, NetworkCreate},
+    bpf::Datapath,
+    ipam,
+    model::{self, Container, Endpoint, Mac, Network},
+    netns,
+    store::{Store, Txn},
+};
+
+/// An API-visible failure: the message is the one line the CLI prints.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{0}")]
+    BadRequest(String),
+    #[error("{0}")]
+    NotFound(String),
+    #[error("{0}")]
+    Conflict(String),
+    #[error("{0:#}")]
+    Internal(#[from] anyhow::Error),
+}
+
+impl From<ipam::IpamError> for ApiError {
+    fn from(e: ipam::IpamError) -> Self {
+        match e {
+            ipam::IpamError::InUse(..) | ipam::IpamError::Overlap { .. } => {
+                ApiError::Conflict(e.to_string())
+            }
+            ipam::IpamError::Exhausted(_) | ipam::IpamError::PoolExhausted => {
+                ApiError::Conflict(e.to_string())
+            }
+            _ => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+pub type ApiResult<T> = Result<T, ApiError>;
+
+fn bad(msg: impl Into<String>) -> ApiError {
+    ApiError::BadRequest(msg.into())
+}
+
+/// Steps to undo, run in reverse unless disarmed.
+#[derive(Default)]
+struct Undo(Vec<Box<dyn FnOnce(&mut Datapath) + Send>>);
+
+impl Undo {
+    fn push(&mut self, f: impl FnOnce(&mut Datapath) + Send + 'static) {
+        self.0.push(Box::new(f));
+    }
+    fn run(self, dp: &mut Datapath) {
+        for f in self.0.into_iter().rev() {
+            f(dp);
+        }
+    }
+}
+
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+pub struct Daemon {
+    store: Box<dyn Store>,
+    dp: Datapath,
+    state_dir: PathBuf,
+    networks: BTreeMap<String, Network>,
+    endpoints: BTreeMap<String, Endpoint>,
+    containers: BTreeMap<String, Container>,
+}
+
+fn load_all<T: serde::de::DeserializeOwned>(
+    store: &dyn Store,
+    prefix: &str,
+) -> anyhow::Result<BTreeMap<String, T>> {
+    store
+        .list(prefix)?
+        .into_iter()
+        .map(|(k, v)| {
+            let t = serde_json::from_slice(&v).with_context(|| format!("decoding {k}"))?;
+            Ok((k[prefix.len()..].to_string(), t))
+        })
+        .collect()
+}
+
+fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
+        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
+        && name.len() <= 64
+}
+
+fn parse_ip(s: &str, what: &str) -> ApiResult<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| bad(format!("invalid {what} {s:?}: not an IPv4 address")))
+}
+
+fn parse_cidr(s: &str, what: &str) -> ApiResult<Ipv4Network> {
+    if !s.contains('/') {
+        return Err(bad(format!(
+            "invalid {what} {s:?}: expected CIDR like 10.1.0.0/16"
+        )));
+    }
+    s.parse().map_err(|_| {
+        bad(format!(
+            "invalid {what} {s:?}: expected CIDR like 10.1.0.0/16"
+        ))
+    })
+}
+
+/// Whether `pid` is alive (and not a zombie).
+pub fn process_alive(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(s) => s
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .is_some_and(|state| state != "Z" && state != "X"),
+        Err(_) => false,
+    }
+}
+
+/// Finds `cmd` the way execvp would, so that `run` fails up front (and
+/// creates nothing) for a command that does not exist.
+fn resolve_command(cmd: &str) -> Option<PathBuf> {
+    let is_exec = |p: &Path| {
+        use std::os::unix::fs::PermissionsExt as _;
+        p.metadata()
+            .map(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            .unwrap_or(false)
+    };
+    if cmd.contains('/') {
+        let p = PathBuf::from(cmd);
+        return is_exec(&p).then_some(p);
+    }
+    std::env::var("PATH")
+        .unwrap_or_else(|_| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())
+        .split(':')
+        .map(|d| Path::new(d).join(cmd))
+        .find(|p| is_exec(p))
+}
+
+impl Daemon {
+    /// Opens the store, loads the programs (reusing pins), makes sure the
+    /// default `bridge` network exists and projects the model into the
+    /// kernel again.
+    pub fn start(cfg: Config, store: Box<dyn Store>) -> anyhow::Result<Self> {
+        let dp = Datapath::load(&cfg.bpffs)?;
+        let mut d = Daemon {
+            networks: load_all(store.as_ref(), model::NETWORKS)?,
+            endpoints: load_all(store.as_ref(), model::ENDPOINTS)?,
+            containers: load_all(store.as_ref(), model::CONTAINERS)?,
+            store,
+            dp,
+            state_dir: cfg.state_dir,
+        };
+        if !d.networks.values().any(|n| n.name == "bridge") {
+            d.create_network(NetworkCreate {
+                name: "bridge".into(),
+                subnet: Some("172.17.0.0/16".into()),
+                gateway: Some("172.17.0.1".into()),
+                ..Default::default()
+            })
+            .map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
+        }
+        d.restore()?;
+        Ok(d)
+    }
+
+    /// Re-projects the stored model into the kernel after a (re)start:
+    /// gateways, program links (swapped atomically where pinned) and maps.
+    fn restore(&mut self) -> anyhow::Result<()> {
+        for n in self.networks.values() {
+            netns::ensure_gateway(n.gateway)?;
+        }
+        let mut bpf_eps = Vec::new();
+        let eps: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        for ep in &eps {
+            let Some(ifindex) = ifindex_of(&ep.host_ifname) else {
+                warn!(endpoint = %ep.id, veth = %ep.host_ifname, "host veth is gone; endpoint left out of the datapath");
+                continue;
+            };
+            self.dp.attach(&ep.host_ifname)?;
+            bpf_eps.push(self.bpf_endpoint(ep, ifindex)?);
+        }
+        let known: HashSet<&str> = eps.iter().map(|e| e.host_ifname.as_str()).collect();
+        for stale in self.dp.pinned_links() {
+            if !known.contains(stale.as_str()) {
+                info!(link = %stale, "removing a pinned link no endpoint owns");
+                self.dp.detach(&stale)?;
+            }
+        }
+        let nets: Vec<(u32, dataplane_common::Network)> = self
+            .networks
+            .values()
+            .map(|n| (n.num, n.to_bpf()))
+            .collect();
+        self.dp.reconcile(&nets, &bpf_eps)?;
+        info!(
+            networks = self.networks.len(),
+            endpoints = bpf_eps.len(),
+            containers = self.containers.len(),
+            "state restored"
+        );
+        Ok(())
+    }
+
+    fn bpf_endpoint(
+        &self,
+        ep: &Endpoint,
+        ifindex: u32,
+    ) -> anyhow::Result<dataplane_common::Endpoint> {
+        let net = self
+            .networks
+            .get(&ep.network_id)
+            .ok_or_else(|| anyhow!("endpoint {} names a missing network", ep.id))?;
+        Ok(dataplane_common::Endpoint {
+            ifindex,
+            network_id: net.num,
+            ip: dataplane_common::ipv4_wire(ep.ip.octets()),
+            mac: ep.mac.0,
+            host_mac: ep.host_mac.0,
+            flags: 0,
+        })
+    }
+
+    // ----- lookups -------------------------------------------------------
+
+    fn network_id(&self, name_or_id: &str) -> ApiResult<String> {
+        if let Some(n) = self.networks.values().find(|n| n.name == name_or_id) {
+            return Ok(n.id.clone());
+        }
+        let matches: Vec<&Network> = self
+            .networks
+            .values()
+            .filter(|n| !name_or_id.is_empty() && n.id.starts_with(name_or_id))
+            .collect();
+        match matches.as_slice() {
+            [n] => Ok(n.id.clone()),
+            [] => Err(ApiError::NotFound(format!(
+                "network {name_or_id} not found"
+            ))),
+            _ => Err(bad(format!("network id prefix {name_or_id} is ambiguous"))),
+        }
+    }
+
+    fn container_id(&self, name_or_id: &str) -> ApiResult<String> {
+        if let Some(c) = self.containers.values().find(|c| c.name == name_or_id) {
+            return Ok(c.id.clone());
+        }
+        let matches: Vec<&Container> = self
+            .containers
+            .values()
+            .filter(|c| !name_or_id.is_empty() && c.id.starts_with(name_or_id))
+            .collect();
+        match matches.as_slice() {
+            [c] => Ok(c.id.clone()),
+            [] => Err(ApiError::NotFound(format!(
+                "no such container: {name_or_id}"
+            ))),
+            _ => Err(bad(format!(
+                "container id prefix {name_or_id} is ambiguous"
+            ))),
+        }
+    }
+
+    fn endpoints_of_container(&self, cid: &str) -> Vec<Endpoint> {
+        let mut v: Vec<Endpoint> = self
+            .endpoints
+            .values()
+            .filter(|e| e.container_id == cid)
+            .cloned()
+            .collect();
+        v.sort_by_key(|e| e.ifname[3..].parse::<u32>().unwrap_or(0));
+        v
+    }
+
+    fn endpoints_of_network(&self, nid: &str) -> Vec<&Endpoint> {
+        self.endpoints
+            .values()
+            .filter(|e| e.network_id == nid)
+            .collect()
+    }
+
+    // ----- networks ------------------------------------------------------
+
+    pub fn create_network(&mut self, req: NetworkCreate) -> ApiResult<String> {
+        if !valid_name(&req.name) {
+            return Err(bad(format!(
+                "invalid network name {:?}: use letters, digits, '_', '.', '-', starting with a letter or digit",
+                req.name
+            )));
+        }
+        if self.networks.values().any(|n| n.name == req.name) {
+            return Err(ApiError::Conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
+        }
+        let driver = req.driver.clone().unwrap_or_else(|| "bridge".into());
+        if driver != "bridge" {
+            return Err(bad(format!(
+                "driver {driver:?} is not supported yet (available: bridge)"
+            )));
+        }
+        let subnet = req
+            .subnet
+            .as_deref()
+            .map(|s| parse_cidr(s, "subnet"))
+            .transpose()?;
+        let gateway = req
+            .gateway
+            .as_deref()
+            .map(|s| parse_ip(s, "gateway"))
+            .transpose()?;
+        let ip_range = req
+            .ip_range
+            .as_deref()
+            .map(|s| parse_cidr(s, "ip-range"))
+            .transpose()?;
+        if subnet.is_none()
+            && (gateway.is_some() || ip_range.is_some() || !req.aux_addresses.is_empty())
+        {
+            return Err(bad("--gateway, --ip-range and --aux-address need --subnet"));
+        }
+        let mut aux = BTreeMap::new();
+        for (k, v) in &req.aux_addresses {
+            if k.is_empty() {
+                return Err(bad(format!(
+                    "invalid aux-address {k}={v}: expected NAME=IP"
+                )));
+            }
+            aux.insert(k.clone(), parse_ip(v, "aux-address")?);
+        }
+        for k in req.options.keys() {
+            if k.is_empty() {
+                return Err(bad("invalid --opt: expected KEY=VALUE"));
+            }
+        }
+        let existing: Vec<(String, Ipv4Network)> = self
+            .networks
+            .values()
+            .map(|n| (n.name.clone(), n.subnet))
+            .collect();
+        let (subnet, gateway) = ipam::plan_network(
+            &ipam::NetworkRequest {
+                subnet,
+                gateway,
+                ip_range,
+                aux_addresses: aux.clone(),
+            },
+            &existing,
+            &ipam::host_routes(),
+        )?;
+        let num = (1u32..)
+            .find(|i| !self.networks.values().any(|n| n.num == *i))
+            .expect("u32 space");
+        if num > dataplane_common::MAX_NETWORKS {
+            return Err(ApiError::Conflict("too many networks".into()));
+        }
+        let net = Network {
+            id: model::new_id(),
+            name: req.name,
+            driver,
+            num,
+            subnet,
+            gateway,
+            ip_range,
+            aux_addresses: aux,
+            internal: req.internal,
+            options: req.options,
+            created: model::now_rfc3339(),
+        };
+        let mut undo = Undo::default();
+        let res = (|| -> anyhow::Result<()> {
+            netns::ensure_gateway(net.gateway)?;
+            let gw = net.gateway;
+            undo.push(move |_| {
+                let _ = netns::remove_gateway(gw);
+            });
+            self.dp.set_network(net.num, net.to_bpf())?;
+            let num = net.num;
+            undo.push(move |dp| {
+                let _ = dp.remove_network(num);
+            });
+            let mut t = Txn::default();
+            t.put(net.key(), serde_json::to_vec(&net)?);
+            self.store.commit(t)
+        })();
+        if let Err(e) = res {
+            undo.run(&mut self.dp);
+            return Err(e.into());
+        }
+        info!(network = %net.name, subnet = %net.subnet, "network created");
+        let id = net.id.clone();
+        self.networks.insert(id.clone(), net);
+        Ok(id)
+    }
+
+    pub fn remove_network(&mut self, name: &str) -> ApiResult<()> {
+        let id = self.network_id(name)?;
+        let net = self.networks[&id].clone();
+        if net.name == "bridge" {
+            return Err(ApiError::Conflict(
+                "bridge is a pre-defined network and cannot be removed".into(),
+            ));
+        }
+        let attached: Vec<String> = self
+            .endpoints_of_network(&id)
+            .iter()
+            .filter_map(|e| self.containers.get(&e.container_id).map(|c| c.name.clone()))
+            .collect();
+        if !attached.is_empty() {
+            return Err(ApiError::Conflict(format!(
+                "network {} has active endpoints ({})",
+                net.name,
+                attached.join(", ")
+            )));
+        }
+        let mut t = Txn::default();
+        t.delete(net.key());
+        self.store.commit(t)?;
+        self.networks.remove(&id);
+        self.dp.remove_network(net.num)?;
+        netns::remove_gateway(net.gateway)?;
+        info!(network = %net.name, "network removed");
+        Ok(())
+    }
+
+    pub fn list_networks(&self) -> Value {
+        Value::Array(
+            self.networks
+                .values()
+                .map(|n| {
+                    json!({
+                        "Name": n.name, "Id": n.id, "Driver": n.driver, "Scope": "local",
+                        "Internal": n.internal, "Subnet": n.subnet.to_string(),
+                        "Gateway": n.gateway.to_string(), "Created": n.created,
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn inspect_network(&self, name: &str) -> ApiResult<Value> {
+        let id = self.network_id(name)?;
+        let n = &self.networks[&id];
+        let mut config = json!({"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()});
+        if let Some(r) = n.ip_range {
+            config["IPRange"] = json!(r.to_string());
+        }
+        if !n.aux_addresses.is_empty() {
+            config["AuxiliaryAddresses"] = json!(n
+                .aux_addresses
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_string()))
+                .collect::<BTreeMap<_, _>>());
+        }
+        let containers: serde_json::Map<String, Value> = self
+            .endpoints_of_network(&id)
+            .iter()
+            .filter_map(|e| {
+                let c = self.containers.get(&e.container_id)?;
+                Some((
+                    c.id.clone(),
+                    json!({
+                        "Name": c.name, "EndpointID": e.id, "MacAddress": e.mac.to_string(),
+                        "IPv4Address": format!("{}/{}", e.ip, n.subnet.prefix()), "IPv6Address": "",
+                    }),
+                ))
+            })
+            .collect();
+        Ok(json!([{
+            "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
+            "EnableIPv6": false, "Internal": n.internal, "Attachable": false,
+            "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+            "Containers": containers, "Options": n.options, "Labels": {},
+        }]))
+    }
+
+    // ----- endpoints -----------------------------------------------------
+
+    /// Plumbs a new endpoint of `cid` on network `nid` (veth, addresses,
+    /// routes, program link, map entries) and returns its record. Every step
+    /// is added to `undo`.
+    fn add_endpoint(
+        &mut self,
+        cid: &str,
+        netns_path: &Path,
+        nid: &str,
+        requested_ip: Option<Ipv4Addr>,
+        ifname: String,
+        undo: &mut Undo,
+    ) -> ApiResult<Endpoint> {
+        let net = self.networks[nid].clone();
+        let used: HashSet<Ipv4Addr> = self
+            .endpoints_of_network(nid)
+            .iter()
+            .map(|e| e.ip)
+            .collect();
+        let ip = ipam::allocate(&net, &used, requested_ip)?;
+        let id = model::new_id();
+        let ep = Endpoint {
+            host_ifname: format!("dp{}", &id[..12]),
+            id,
+            network_id: nid.to_string(),
+            container_id: cid.to_string(),
+            ip,
+            mac: Mac::for_container(ip),
+            host_mac: Mac::random_local(),
+            ifname,
+        };
+        let plan = netns::VethPlan {
+            host_ifname: ep.host_ifname.clone(),
+            host_mac: ep.host_mac,
+            netns: netns_path.to_path_buf(),
+            ifname: ep.ifname.clone(),
+            mac: ep.mac,
+            ip,
+            prefix: net.subnet.prefix(),
+            gateway: net.gateway,
+            default_route: ep.ifname == "eth0" && !net.internal,
+        };
+        netns::ensure_gateway(net.gateway)?;
+        let ifindex = netns::create_endpoint(&plan)?;
+        let host = ep.host_ifname.clone();
+        undo.push(move |_| {
+            let _ = netns::delete_link(&host);
+        });
+        self.dp.attach(&ep.host_ifname)?;
+        let host = ep.host_ifname.clone();
+        undo.push(move |dp| {
+            let _ = dp.detach(&host);
+        });
+        let bpf = self.bpf_endpoint(&ep, ifindex)?;
+        self.dp.set_endpoint(bpf)?;
+        undo.push(move |dp| {
+            let _ = dp.remove_endpoint(bpf.ip, bpf.ifindex);
+        });
+        Ok(ep)
+    }
+
+    /// Removes an endpoint's kernel state (map entries, link pin, veth).
+    fn drop_endpoint_kernel_state(&mut self, ep: &Endpoint) {
+        if let Some(ifindex) = ifindex_of(&ep.host_ifname) {
+            let _ = self
+                .dp
+                .remove_endpoint(dataplane_common::ipv4_wire(ep.ip.octets()), ifindex);
+        }
+        let _ = self.dp.detach(&ep.host_ifname);
+        if let Err(e) = netns::delete_link(&ep.host_ifname) {
+            warn!(veth = %ep.host_ifname, "deleting veth: {e:#}");
+        }
+    }
+
+    // ----- containers ----------------------------------------------------
+
+    pub fn run(&mut self, req: ContainerCreate) -> ApiResult<String> {
+        let id = model::new_id();
+        let name = req
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("dp_{}", &id[..8]));
+        if !valid_name(&name) {
+            return Err(bad(format!("invalid container name {name:?}")));
+        }
+        if self.containers.values().any(|c| c.name == name) {
+            return Err(ApiError::Conflict(format!(
+                "container name {name} is already in use"
+            )));
+        }
+        if req.cmd.is_empty() {
+            return Err(bad(
+                "no command given: dataplane run [OPTIONS] -- CMD [ARGS...]",
+            ));
+        }
+        if resolve_command(&req.cmd[0]).is_none() {
+            return Err(bad(format!("executable file not found: {}", req.cmd[0])));
+        }
+        let nid = self.network_id(req.network.as_deref().unwrap_or("bridge"))?;
+        let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
+        let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+        if hostname.is_empty() || hostname.len() > 64 || hostname.contains(char::is_whitespace) {
+            return Err(bad(format!("invalid hostname {hostname:?}")));
+        }
+        let ns_name = format!("dp-{}", &id[..12]);
+        let dir = self.state_dir.join("containers").join(&id);
+        let mut ctr = Container {
+            id: id.clone(),
+            name,
+            hostname,
+            cmd: req.cmd,
+            netns: ns_name.clone(),
+            pid: None,
+            log_path: dir.join("log").display().to_string(),
+            created: model::now_rfc3339(),
+        };
+        // Refuse an impossible address before creating anything.
+        {
+            let net = &self.networks[&nid];
+            let used: HashSet<Ipv4Addr> = self
+                .endpoints_of_network(&nid)
+                .iter()
+                .map(|e| e.ip)
+                .collect();
+            ipam::allocate(net, &used, ip)?;
+        }
+        let mut undo = Undo::default();
+        let res = (|| -> ApiResult<Endpoint> {
+            std::fs::create_dir_all(&dir).context("creating the container directory")?;
+            let d = dir.clone();
+            undo.push(move |_| {
+                let _ = std::fs::remove_dir_all(&d);
+            });
+            let path = netns::create(&ns_name)?;
+            let n = ns_name.clone();
+            undo.push(move |_| {
+                let _ = netns::delete(&n);
+            });
+            netns::prepare_sandbox(&path)?;
+            let ep = self.add_endpoint(&id, &path, &nid, ip, "eth0".into(), &mut undo)?;
+            let pid = spawn_in_sandbox(&ctr)?;
+            undo.push(move |_| kill_group(pid, Duration::from_secs(1)));
+            ctr.pid = Some(pid);
+            let mut t = Txn::default();
+            t.put(ctr.key(), serde_json::to_vec(&ctr).context("encoding")?)
+                .put(ep.key(), serde_json::to_vec(&ep).context("encoding")?);
+            self.store.commit(t)?;
+            Ok(ep)
+        })();
+        match res {
+            Ok(ep) => {
+                info!(container = %ctr.name, ip = %ep.ip, "container started");
+                self.endpoints.insert(ep.id.clone(), ep);
+                self.containers.insert(id.clone(), ctr);
+                Ok(id)
+            }
+            Err(e) => {
+                undo.run(&mut self.dp);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn connect(&mut self, network: &str, req: Connect) -> ApiResult<()> {
+        let nid = self.network_id(network)?;
+        let cid = self.container_id(&req.container)?;
+        let eps = self.endpoints_of_container(&cid);
+        if eps.iter().any(|e| e.network_id == nid) {
+            return Err(ApiError::Conflict(format!(
+                "container {} is already attached to network {}",
+                self.containers[&cid].name, self.networks[&nid].name
+            )));
+        }
+        let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
+        let ifname = (0u32..)
+            .map(|i| format!("eth{i}"))
+            .find(|n| !eps.iter().any(|e| &e.ifname == n))
+            .expect("free ethN");
+        let path = PathBuf::from(self.containers[&cid].sandbox_key());
+        let mut undo = Undo::default();
+        let res = (|| -> ApiResult<Endpoint> {
+            let ep = self.add_endpoint(&cid, &path, &nid, ip, ifname, &mut undo)?;
+            let mut t = Txn::default();
+            t.put(ep.key(), serde_json::to_vec(&ep).context("encoding")?);
+            self.store.commit(t)?;
+            Ok(ep)
+        })();
+        match res {
+            Ok(ep) => {
+                self.endpoints.insert(ep.id.clone(), ep);
+                Ok(())
+            }
+            Err(e) => {
+                undo.run(&mut self.dp);
+                Err(e)
+            }
+        }
+    }
+
+    pub fn disconnect(&mut self, network: &str, container: &str) -> ApiResult<()> {
+        let nid = self.network_id(network)?;
+        let cid = self.container_id(container)?;
+        let ep = self
+            .endpoints_of_container(&cid)
+            .into_iter()
+            .find(|e| e.network_id == nid)
+            .ok_or_else(|| {
+                ApiError::Conflict(format!(
+                    "container {} is not connected to network {}",
+                    self.containers[&cid].name, self.networks[&nid].name
+                ))
+            })?;
+        let mut t = Txn::default();
+        t.delete(ep.key());
+        self.store.commit(t)?;
+        self.endpoints.remove(&ep.id);
+        self.drop_endpoint_kernel_state(&ep);
+        Ok(())
+    }
+
+    pub fn remove_container(&mut self, name: &str, force: bool) -> ApiResult<()> {
+        let cid = self.container_id(name)?;
+        let ctr = self.containers[&cid].clone();
+        let running = ctr.pid.is_some_and(process_alive);
+        if running && !force {
+            return Err(ApiError::Conflict(format!(
+                "container {} is running: stop it first or use rm -f",
+                ctr.name
+            )));
+        }
+        if let Some(pid) = ctr.pid.filter(|_| running) {
+            kill_group(pid, Duration::from_secs(3));
+        }
+        let eps = self.endpoints_of_container(&cid);
+        let mut t = Txn::default();
+        t.delete(ctr.key());
+        for e in &eps {
+            t.delete(e.key());
+        }
+        self.store.commit(t)?;
+        for e in &eps {
+            self.endpoints.remove(&e.id);
+            self.drop_endpoint_kernel_state(e);
+        }
+        self.containers.remove(&cid);
+        if let Err(e) = netns::delete(&ctr.netns) {
+            warn!(netns = %ctr.netns, "deleting netns: {e:#}");
+        }
+        let _ = std::fs::remove_dir_all(self.state_dir.join("containers").join(&cid));
+        info!(container = %ctr.name, "container removed");
+        Ok(())
+    }
+
+    fn container_networks(&self, cid: &str) -> serde_json::Map<String, Value> {
+        self.endpoints_of_container(cid)
+            .iter()
+            .filter_map(|e| {
+                let n = self.networks.get(&e.network_id)?;
+                Some((
+                    n.name.clone(),
+                    json!({
+                        "NetworkID": n.id, "EndpointID": e.id, "Gateway": n.gateway.to_string(),
+                        "IPAddress": e.ip.to_string(), "IPPrefixLen": n.subnet.prefix(),
+                        "MacAddress": e.mac.to_string(), "InterfaceName": e.ifname,
+                        "HostInterfaceName": e.host_ifname,
+                    }),
+                ))
+            })
+            .collect()
+    }
+
+    pub fn list_containers(&self) -> Value {
+        Value::Array(
+            self.containers
+                .values()
+                .map(|c| {
+                    let running = c.pid.is_some_and(process_alive);
+                    json!({
+                        "Id": c.id, "Name": c.name, "Command": c.cmd.join(" "), "Created": c.created,
+                        "State": if running { "running" } else { "exited" },
+                        "Networks": self.container_networks(&c.id).keys().cloned().collect::<Vec<_>>(),
+                    })
+                })
+                .collect(),
+        )
+    }
+
+    pub fn inspect_container(&self, name: &str) -> ApiResult<Value> {
+        let cid = self.container_id(name)?;
+        let c = &self.containers[&cid];
+        let running = c.pid.is_some_and(process_alive);
+        Ok(json!([{
+            "Id": c.id, "Name": c.name, "Created": c.created, "Path": c.cmd[0], "Args": c.cmd[1..],
+            "State": {"Status": if running {"running"} else {"exited"}, "Running": running, "Pid": if running { c.pid.unwrap_or(0) } else { 0 }},
+            "Config": {"Hostname": c.hostname, "Cmd": c.cmd},
+            "LogPath": c.log_path,
+            "NetworkSettings": {"SandboxKey": c.sandbox_key(), "SandboxID": c.netns, "Networks": self.container_networks(&cid)},
+        }]))
+    }
+
+    pub fn logs(&self, name: &str) -> ApiResult<String> {
+        let cid = self.container_id(name)?;
+        let path = &self.containers[&cid].log_path;
+        Ok(std::fs::read_to_string(path).unwrap_or_default())
+    }
+
+    pub fn stats(&self) -> ApiResult<Value> {
+        Ok(json!({"programs": self.dp.stats()?}))
+    }
+}
+
+/// ifindex of `name` in the daemon's namespace.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+/// Starts the container's command in its sandbox, detached (own session),
+/// with its own UTS namespace carrying the hostname, output to its log.
+/// `ip netns exec` is used so that the sandbox sees `/etc/netns/<name>/`
+/// files exactly as `ip netns exec` users do.
+fn spawn_in_sandbox(c: &Container) -> anyhow::Result<u32> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&c.log_path)
+        .with_context(|| format!("opening {}", c.log_path))?;
+    let hostname = c.hostname.clone();
+    let mut cmd = Command::new("ip");
+    cmd.args(["netns", "exec", &c.netns])
+        .args(&c.cmd)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    // SAFETY: only async-signal-safe calls (setsid, unshare, sethostname)
+    // between fork and exec.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::unistd::setsid().map_err(std::io::Error::from)?;
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWUTS)
+                .map_err(std::io::Error::from)?;
+            nix::unistd::sethostname(&hostname).map_err(std::io::Error::from)?;
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().context("starting the container command")?;
+    let pid = child.id();
+    // Reap it when it exits (after a daemon restart, init does).
+    std::thread::spawn(move || {
+        let _ = child.wait();
+    });
+    Ok(pid)
+}
+
+/// SIGTERM to the container's process group, SIGKILL after `grace`.
+fn kill_group(pid: u32, grace: Duration) {
+    use nix::{
+        sys::signal::{killpg, Signal},
+        unistd::Pid,
+    };
+    let pg = Pid::from_raw(pid as i32);
+    let _ = killpg(pg, Signal::SIGTERM);
+    let t = Instant::now();
+    while process_alive(pid) && t.elapsed() < grace {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    if process_alive(pid) {
+        let _ = killpg(pg, Signal::SIGKILL);
+        let t = Instant::now();
+        while process_alive(pid) && t.elapsed() < Duration::from_secs(2) {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+    }
+}

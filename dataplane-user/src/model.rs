@@ -1,0 +1,211 @@
+//! Docker's Container Network Model: networks, endpoints and sandboxes
+//! (containers). These records are what the store holds; everything in the
+//! kernel (netns, veths, routes, BPF map entries) is derived from them.
+
+use std::{collections::BTreeMap, net::Ipv4Addr};
+
+use ipnetwork::Ipv4Network;
+use serde::{Deserialize, Serialize};
+
+/// Key prefixes in the store.
+pub const NETWORKS: &str = "networks/";
+pub const ENDPOINTS: &str = "endpoints/";
+pub const CONTAINERS: &str = "containers/";
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Network {
+    pub id: String,
+    pub name: String,
+    pub driver: String,
+    /// Small number naming the network in BPF maps.
+    pub num: u32,
+    pub subnet: Ipv4Network,
+    pub gateway: Ipv4Addr,
+    pub ip_range: Option<Ipv4Network>,
+    pub aux_addresses: BTreeMap<String, Ipv4Addr>,
+    pub internal: bool,
+    pub options: BTreeMap<String, String>,
+    pub created: String,
+}
+
+impl Network {
+    pub fn key(&self) -> String {
+        format!("{NETWORKS}{}", self.id)
+    }
+
+    /// The record as the BPF `NETWORKS` map holds it.
+    pub fn to_bpf(&self) -> dataplane_common::Network {
+        dataplane_common::Network {
+            subnet: dataplane_common::ipv4_wire(self.subnet.network().octets()),
+            mask: dataplane_common::ipv4_wire(self.subnet.mask().octets()),
+            gateway: dataplane_common::ipv4_wire(self.gateway.octets()),
+            flags: if self.internal {
+                dataplane_common::NET_INTERNAL
+            } else {
+                0
+            },
+        }
+    }
+}
+
+/// A network attachment: a veth pair, one end in the sandbox.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Endpoint {
+    pub id: String,
+    pub network_id: String,
+    pub container_id: String,
+    pub ip: Ipv4Addr,
+    /// MAC of the sandbox side.
+    pub mac: Mac,
+    /// MAC of the host side (the gateway MAC the sandbox sees).
+    pub host_mac: Mac,
+    /// Name of the host-side veth in the daemon's namespace.
+    pub host_ifname: String,
+    /// Name inside the sandbox: eth0, eth1, ...
+    pub ifname: String,
+}
+
+impl Endpoint {
+    pub fn key(&self) -> String {
+        format!("{ENDPOINTS}{}", self.id)
+    }
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Container {
+    pub id: String,
+    pub name: String,
+    pub hostname: String,
+    pub cmd: Vec<String>,
+    /// Name of the sandbox netns under /var/run/netns.
+    pub netns: String,
+    pub pid: Option<u32>,
+    pub log_path: String,
+    pub created: String,
+}
+
+impl Container {
+    pub fn key(&self) -> String {
+        format!("{CONTAINERS}{}", self.id)
+    }
+
+    pub fn sandbox_key(&self) -> String {
+        format!("{}/{}", crate::netns::NETNS_DIR, self.netns)
+    }
+}
+
+/// A MAC address, stored as `aa:bb:cc:dd:ee:ff`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct Mac(pub [u8; 6]);
+
+impl std::fmt::Display for Mac {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let m = self.0;
+        write!(
+            f,
+            "{:02x}:{:02x}:{:02x}:{:02x}:{:02x}:{:02x}",
+            m[0], m[1], m[2], m[3], m[4], m[5]
+        )
+    }
+}
+
+impl std::str::FromStr for Mac {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut out = [0u8; 6];
+        let parts: Vec<&str> = s.split(':').collect();
+        if parts.len() != 6 {
+            return Err(format!("invalid MAC address {s:?}"));
+        }
+        for (o, p) in out.iter_mut().zip(parts) {
+            *o = u8::from_str_radix(p, 16).map_err(|_| format!("invalid MAC address {s:?}"))?;
+        }
+        Ok(Mac(out))
+    }
+}
+
+impl Serialize for Mac {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Mac {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl Mac {
+    /// Docker's container MAC: 02:42 followed by the IPv4 address.
+    pub fn for_container(ip: Ipv4Addr) -> Mac {
+        let o = ip.octets();
+        Mac([0x02, 0x42, o[0], o[1], o[2], o[3]])
+    }
+
+    /// A locally administered unicast MAC for the host side of a veth.
+    pub fn random_local() -> Mac {
+        let mut m: [u8; 6] = rand::random();
+        m[0] = (m[0] & 0xfe) | 0x02;
+        Mac(m)
+    }
+}
+
+/// A random 64-hex-digit id, as Docker uses.
+pub fn new_id() -> String {
+    let bytes: [u8; 32] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// RFC 3339 UTC timestamp of now, without pulling in a date crate.
+pub fn now_rfc3339() -> String {
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days as i64);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60
+    )
+}
+
+/// Howard Hinnant's days-to-civil algorithm.
+fn civil_from_days(z: i64) -> (i64, u32, u32) {
+    let z = z + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let y = yoe + era * 400;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (if m <= 2 { y + 1 } else { y }, m, d)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mac_round_trips_and_container_mac_follows_docker() {
+        let m = Mac::for_container("172.18.0.2".parse().unwrap());
+        assert_eq!(m.to_string(), "02:42:ac:12:00:02");
+        assert_eq!("02:42:ac:12:00:02".parse::<Mac>().unwrap(), m);
+        assert!("02:42:zz:12:00:02".parse::<Mac>().is_err());
+        let r = Mac::random_local();
+        assert_eq!(r.0[0] & 0x03, 0x02, "local, unicast");
+    }
+
+    #[test]
+    fn civil_dates() {
+        assert_eq!(civil_from_days(0), (1970, 1, 1));
+        assert_eq!(civil_from_days(20_517), (2026, 3, 4));
+    }
+}

@@ -1,0 +1,331 @@
+//! Network namespaces and the netlink work on them: sandboxes, veth pairs,
+//! addresses and routes.
+//!
+//! Netlink sockets talk to the namespace of the thread that opened them, so
+//! every operation inside a sandbox runs on a short-lived thread that first
+//! `setns`es into it and opens its own rtnetlink connection there. The
+//! daemon's own namespace is the one it was started in (`nsenter --net=...`).
+
+use std::{
+    fs::File,
+    future::Future,
+    net::{IpAddr, Ipv4Addr},
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use futures::TryStreamExt as _;
+use nix::{
+    mount::{mount, umount2, MntFlags, MsFlags},
+    sched::{setns, unshare, CloneFlags},
+};
+use rtnetlink::{
+    packet_route::{
+        link::{InfoData, InfoKind, InfoVeth},
+        route::RouteScope,
+    },
+    Handle, LinkMessageBuilder, LinkUnspec, LinkVeth, RouteMessageBuilder,
+};
+
+use crate::model::Mac;
+
+/// Where named network namespaces live, as `ip netns` keeps them.
+pub const NETNS_DIR: &str = "/var/run/netns";
+
+pub fn path_of(name: &str) -> PathBuf {
+    Path::new(NETNS_DIR).join(name)
+}
+
+/// Runs `f` on a fresh thread inside the network namespace at `netns` (or the
+/// daemon's own when `None`), with an rtnetlink handle bound to it.
+pub fn with_netlink<T, F, Fut>(netns: Option<&Path>, f: F) -> Result<T>
+where
+    T: Send + 'static,
+    F: FnOnce(Handle) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<T>>,
+{
+    let netns = netns.map(Path::to_path_buf);
+    std::thread::spawn(move || -> Result<T> {
+        if let Some(p) = &netns {
+            enter(p)?;
+        }
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        rt.block_on(async move {
+            let (conn, handle, _) = rtnetlink::new_connection().context("opening netlink")?;
+            tokio::spawn(conn);
+            f(handle).await
+        })
+    })
+    .join()
+    .map_err(|_| anyhow!("netlink worker thread panicked"))?
+}
+
+/// Moves the calling thread into the network namespace at `path`.
+fn enter(path: &Path) -> Result<()> {
+    let f = File::open(path).with_context(|| format!("opening netns {}", path.display()))?;
+    setns(f, CloneFlags::CLONE_NEWNET).with_context(|| format!("entering netns {}", path.display()))
+}
+
+/// Creates the named network namespace `NETNS_DIR/name`, as `ip netns add`
+/// does: a new namespace kept alive by a bind mount.
+pub fn create(name: &str) -> Result<PathBuf> {
+    std::fs::create_dir_all(NETNS_DIR)?;
+    let path = path_of(name);
+    File::options()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    let target = path.clone();
+    let made = std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
+        mount(
+            Some("/proc/thread-self/ns/net"),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .context("bind-mounting the new netns")?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("netns thread panicked"))?;
+    if let Err(e) = made {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(path)
+}
+
+/// Deletes a named network namespace (unmount and remove its file). A missing
+/// one is not an error.
+pub fn delete(name: &str) -> Result<()> {
+    let path = path_of(name);
+    if !path.exists() {
+        return Ok(());
+    }
+    let _ = umount2(&path, MntFlags::MNT_DETACH);
+    std::fs::remove_file(&path).with_context(|| format!("removing {}", path.display()))
+}
+
+/// Writes a sysctl under /proc/sys/net in the namespace of the calling thread.
+fn sysctl(key: &str, value: &str) -> Result<()> {
+    let p = format!("/proc/sys/{}", key.replace('.', "/"));
+    std::fs::write(&p, value).with_context(|| format!("writing {p}"))
+}
+
+async fn index_of(h: &Handle, name: &str) -> Result<u32> {
+    let mut links = h.link().get().match_name(name.to_string()).execute();
+    let msg = links
+        .try_next()
+        .await
+        .with_context(|| format!("looking up link {name}"))?
+        .ok_or_else(|| anyhow!("no link named {name}"))?;
+    Ok(msg.header.index)
+}
+
+async fn set_up(h: &Handle, index: u32) -> Result<()> {
+    h.link()
+        .set(LinkUnspec::new_with_index(index).up().build())
+        .execute()
+        .await?;
+    Ok(())
+}
+
+/// Brings up `lo` in a fresh sandbox and turns off IPv6 there (this datapath
+/// carries IPv4 only for now, and IPv6 router solicitations would only be
+/// counted as drops).
+pub fn prepare_sandbox(netns: &Path) -> Result<()> {
+    with_netlink(Some(netns), |h| async move {
+        sysctl("net.ipv6.conf.all.disable_ipv6", "1")?;
+        sysctl("net.ipv6.conf.default.disable_ipv6", "1")?;
+        set_up(&h, index_of(&h, "lo").await?).await
+    })
+}
+
+/// Everything needed to plumb one endpoint.
+#[derive(Clone, Debug)]
+pub struct VethPlan {
+    pub host_ifname: String,
+    pub host_mac: Mac,
+    pub netns: PathBuf,
+    pub ifname: String,
+    pub mac: Mac,
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    /// Install the default route via the gateway (first non-internal network).
+    pub default_route: bool,
+}
+
+/// Creates the veth pair (host side in the daemon's namespace, the other end
+/// directly in the sandbox), configures both ends and the host route to the
+/// endpoint. Returns the host side's ifindex. On error, nothing is left.
+pub fn create_endpoint(plan: &VethPlan) -> Result<u32> {
+    let p = plan.clone();
+    let tmp_peer = format!("{}p", p.host_ifname);
+    let ns_file = File::open(&p.netns).with_context(|| format!("opening {}", p.netns.display()))?;
+    let peer_tmp = tmp_peer.clone();
+    let host_index = with_netlink(None, move |h| async move {
+        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+            .name(peer_tmp)
+            .address(p.mac.0.to_vec())
+            .setns_by_fd(ns_file.as_raw_fd())
+            .build();
+        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .name(p.host_ifname.clone())
+            .address(p.host_mac.0.to_vec())
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .build();
+        h.link()
+            .add(veth)
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {}", p.host_ifname))?;
+        drop(ns_file);
+        index_of(&h, &p.host_ifname).await
+    })?;
+    let res = configure_endpoint(plan, &tmp_peer, host_index);
+    if res.is_err() {
+        let _ = delete_link(&plan.host_ifname);
+    }
+    res.map(|()| host_index)
+}
+
+fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Result<()> {
+    let p = plan.clone();
+    let tmp_peer = tmp_peer.to_string();
+    with_netlink(Some(&plan.netns.clone()), move |h| async move {
+        let idx = index_of(&h, &tmp_peer).await?;
+        h.link()
+            .set(
+                LinkUnspec::new_with_index(idx)
+                    .name(p.ifname.clone())
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("renaming {tmp_peer} to {}", p.ifname))?;
+        h.address()
+            .add(idx, IpAddr::V4(p.ip), p.prefix)
+            .execute()
+            .await
+            .with_context(|| format!("adding {}/{} to {}", p.ip, p.prefix, p.ifname))?;
+        set_up(&h, idx).await?;
+        if p.default_route {
+            h.route()
+                .add(
+                    RouteMessageBuilder::<Ipv4Addr>::new()
+                        .gateway(p.gateway)
+                        .output_interface(idx)
+                        .build(),
+                )
+                .execute()
+                .await
+                .context("adding the default route")?;
+        }
+        Ok(())
+    })?;
+    let p = plan.clone();
+    with_netlink(None, move |h| async move {
+        sysctl(
+            &format!("net.ipv6.conf.{}.disable_ipv6", p.host_ifname),
+            "1",
+        )?;
+        set_up(&h, host_index).await?;
+        // The host reaches the endpoint through its veth, from the gateway
+        // address (which sits on `lo`, see `ensure_gateway`).
+        h.route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(p.ip, 32)
+                    .output_interface(host_index)
+                    .pref_source(p.gateway)
+                    .scope(RouteScope::Link)
+                    .build(),
+            )
+            .execute()
+            .await
+            .with_context(|| format!("adding the host route to {}", p.ip))?;
+        Ok(())
+    })
+}
+
+/// Deletes a link in the daemon's namespace (deleting one end of a veth
+/// deletes both). A missing link is not an error.
+pub fn delete_link(name: &str) -> Result<()> {
+    let name = name.to_string();
+    with_netlink(None, move |h| async move {
+        let Ok(idx) = index_of(&h, &name).await else {
+            return Ok(());
+        };
+        h.link()
+            .del(idx)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {name}"))?;
+        Ok(())
+    })
+}
+
+/// Puts the gateway address on `lo` of the daemon's namespace, so that the
+/// host answers for it and sources its packets to containers from it. There
+/// is no bridge device to carry it. Idempotent.
+pub fn ensure_gateway(gw: Ipv4Addr) -> Result<()> {
+    with_netlink(None, move |h| async move {
+        match h.address().add(1, IpAddr::V4(gw), 32).execute().await {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding gateway {gw} to lo")),
+        }
+    })
+}
+
+/// Removes a gateway address from `lo`. A missing one is not an error.
+pub fn remove_gateway(gw: Ipv4Addr) -> Result<()> {
+    with_netlink(None, move |h| async move {
+        let mut addrs = h.address().get().set_link_index_filter(1).execute();
+        while let Some(msg) = addrs.try_next().await? {
+            let is_gw = msg.attributes.iter().any(|a| {
+                matches!(a, rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip)) if *ip == gw)
+            });
+            if is_gw {
+                h.address().del(msg).execute().await?;
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Whether this process runs in a private mount namespace where `/sys` was
+/// remounted, as `ip netns exec` does. Pins made there die with the process.
+pub fn in_ip_netns_exec_mount_ns() -> bool {
+    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
+    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
+    if ours.is_none() || ours == init {
+        return false;
+    }
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    // `ip netns exec` mounts a fresh sysfs on /sys, hiding /sys/fs/cgroup.
+    !mounts.lines().any(|l| {
+        l.split_whitespace()
+            .nth(4)
+            .is_some_and(|m| m.starts_with("/sys/fs/cgroup"))
+    })
+}
+
+/// Checks that `name` is usable as a Linux interface name.
+pub fn check_ifname(name: &str) -> Result<()> {
+    if name.is_empty()
+        || name.len() > 15
+        || name.contains('/')
+        || name.contains(char::is_whitespace)
+    {
+        bail!("invalid interface name {name:?}");
+    }
+    Ok(())
+}

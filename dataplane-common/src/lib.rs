@@ -17,7 +17,7 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Capacity of `ENDPOINTS` and `IFACES`.
 pub const MAX_ENDPOINTS: u32 = 16_384;
-/// Capacity of `NETWORKS`.
+/// Most networks one daemon manages (numeric ids 1..=MAX_NETWORKS).
 pub const MAX_NETWORKS: u32 = 1_024;
 
 /// An IPv4 address as the kernel sees it in a packet: the four wire bytes read
@@ -43,7 +43,7 @@ pub const fn ipv4_octets(ip: Ipv4Wire) -> [u8; 4] {
 pub struct Endpoint {
     /// ifindex of the host-side veth (in the daemon's network namespace).
     pub ifindex: u32,
-    /// The network's small numeric id (key of `NETWORKS`).
+    /// The network's small numeric id (same network <=> same id).
     pub network_id: u32,
     /// The endpoint's IPv4 address ([`Ipv4Wire`]).
     pub ip: Ipv4Wire,
@@ -53,9 +53,13 @@ pub struct Endpoint {
     pub host_mac: [u8; 6],
     /// `EP_*` flags; none defined yet.
     pub flags: u32,
+    /// The endpoint's network, inlined so that the per-packet path needs one
+    /// lookup for the sender (`IFACES`) and one for the destination
+    /// (`ENDPOINTS`), not a third for the network.
+    pub net: Network,
 }
 
-/// One network: the value of `NETWORKS`, keyed by the network's numeric id.
+/// One network's subnet, gateway and flags, as inlined in every [`Endpoint`].
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Network {
@@ -101,10 +105,8 @@ pub enum DropReason {
     /// ARP request for an address that is neither the gateway nor a
     /// container of the same network.
     ArpUnknownTarget = 8,
-    /// A packet for a known endpoint whose network entry is missing.
-    MissingNetwork = 9,
     /// ARP that is not Ethernet/IPv4 or not a request/reply.
-    BadArp = 10,
+    BadArp = 9,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -113,7 +115,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 9] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -122,7 +124,6 @@ impl DropReason {
         DropReason::InternalNetwork,
         DropReason::UnsupportedProtocol,
         DropReason::ArpUnknownTarget,
-        DropReason::MissingNetwork,
         DropReason::BadArp,
     ];
 
@@ -137,7 +138,6 @@ impl DropReason {
             DropReason::InternalNetwork => "internal_network",
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::ArpUnknownTarget => "arp_unknown_target",
-            DropReason::MissingNetwork => "missing_network",
             DropReason::BadArp => "bad_arp",
         }
     }
@@ -199,13 +199,14 @@ mod layout {
 
     #[test]
     fn endpoint_layout() {
-        assert_eq!(size_of::<Endpoint>(), 28);
+        assert_eq!(size_of::<Endpoint>(), 44);
         assert_eq!(offset_of!(Endpoint, ifindex), 0);
         assert_eq!(offset_of!(Endpoint, network_id), 4);
         assert_eq!(offset_of!(Endpoint, ip), 8);
         assert_eq!(offset_of!(Endpoint, mac), 12);
         assert_eq!(offset_of!(Endpoint, host_mac), 18);
         assert_eq!(offset_of!(Endpoint, flags), 24);
+        assert_eq!(offset_of!(Endpoint, net), 28);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use dataplane_common::{
     packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
     Counters, DropReason, PROG_FROM_CONTAINER,
 };
-use maps::{ENDPOINTS, IFACES, NETWORKS, STATS};
+use maps::{ENDPOINTS, IFACES, STATS};
 
 /// Outcome of a frame, for the counters.
 enum Action {
@@ -105,7 +105,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
     if eth::src(hdr) != me.mac {
         return Err(DropReason::SpoofedMac);
     }
-    let net = *unsafe { NETWORKS.get(&me.network_id) }.ok_or(DropReason::MissingNetwork)?;
+    let net = me.net;
 
     match eth::proto(hdr) {
         eth::P_IPV4 => {

@@ -5,9 +5,7 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use dataplane_common::{
-    Counters, Endpoint, Ipv4Wire, Network, MAX_ENDPOINTS, MAX_NETWORKS, PROG_SLOTS,
-};
+use dataplane_common::{Counters, Endpoint, Ipv4Wire, MAX_ENDPOINTS, PROG_SLOTS};
 
 /// Container IPv4 address -> its endpoint.
 #[map]
@@ -16,10 +14,6 @@ pub static ENDPOINTS: HashMap<Ipv4Wire, Endpoint> = HashMap::pinned(MAX_ENDPOINT
 /// ifindex of a host-side veth -> the endpoint behind it.
 #[map]
 pub static IFACES: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
-
-/// Network id -> subnet, gateway and flags.
-#[map]
-pub static NETWORKS: HashMap<u32, Network> = HashMap::pinned(MAX_NETWORKS, 0);
 
 /// Per-program counters, indexed by `PROG_*`.
 #[map]

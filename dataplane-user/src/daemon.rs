@@ -211,12 +211,7 @@ impl Daemon {
                 self.dp.detach(&stale)?;
             }
         }
-        let nets: Vec<(u32, dataplane_common::Network)> = self
-            .networks
-            .values()
-            .map(|n| (n.num, n.to_bpf()))
-            .collect();
-        self.dp.reconcile(&nets, &bpf_eps)?;
+        self.dp.reconcile(&bpf_eps)?;
         info!(
             networks = self.networks.len(),
             endpoints = bpf_eps.len(),
@@ -242,6 +237,7 @@ impl Daemon {
             mac: ep.mac.0,
             host_mac: ep.host_mac.0,
             flags: 0,
+            net: net.to_bpf(),
         })
     }
 
@@ -399,11 +395,6 @@ impl Daemon {
             undo.push(move |_| {
                 let _ = netns::remove_gateway(gw);
             });
-            self.dp.set_network(net.num, net.to_bpf())?;
-            let num = net.num;
-            undo.push(move |dp| {
-                let _ = dp.remove_network(num);
-            });
             let mut t = Txn::default();
             t.put(net.key(), serde_json::to_vec(&net)?);
             self.store.commit(t)
@@ -442,7 +433,6 @@ impl Daemon {
         t.delete(net.key());
         self.store.commit(t)?;
         self.networks.remove(&id);
-        self.dp.remove_network(net.num)?;
         netns::remove_gateway(net.gateway)?;
         info!(network = %net.name, "network removed");
         Ok(())

@@ -111,6 +111,7 @@ mod tests {
             mac: [0x02, 0x42, 0xac, 0x12, 0, last],
             host_mac: [0x0e, 0, 0, 0, 0, last],
             flags: 0,
+            net: NET,
         }
     }
 

@@ -96,16 +96,17 @@ pub fn from_container(ctx: TcContext) -> i32 {
 fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
     // SAFETY: reading a field of the context the kernel handed us.
     let ifindex = unsafe { (*ctx.skb.skb).ifindex };
-    // SAFETY: map values are plain data; no concurrent writer touches them in place.
-    let me = *unsafe { IFACES.get(&ifindex) }.ok_or(DropReason::UnknownInterface)?;
+    // Map values are borrowed in place, not copied: the pointers stay valid
+    // for this run of the program. SAFETY: plain data; userspace replaces
+    // entries whole.
+    let me = unsafe { IFACES.get(&ifindex) }.ok_or(DropReason::UnknownInterface)?;
 
     let hdr = frame::<{ eth::HLEN }>(ctx)?;
     // SAFETY: `frame` checked that HLEN bytes are in the linear area.
     let hdr = unsafe { &*hdr };
-    if eth::src(hdr) != me.mac {
+    if !eth::src_is(hdr, &me.mac) {
         return Err(DropReason::SpoofedMac);
     }
-    let net = me.net;
 
     match eth::proto(hdr) {
         eth::P_IPV4 => {
@@ -113,12 +114,12 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             // SAFETY: bounds checked by `frame`.
             let f = unsafe { &mut *f };
             let (src, dst) = ipv4::addrs(f)?;
-            let peer = unsafe { ENDPOINTS.get(&dst) }.copied();
-            match decide_ipv4(&me, &net, src, dst, peer.as_ref()) {
+            let peer = unsafe { ENDPOINTS.get(&dst) };
+            match decide_ipv4(me, &me.net, src, dst, peer) {
                 Verdict::Redirect { ifindex, mac } => {
                     // SAFETY: the first HLEN bytes of `f` are the Ethernet header.
                     let hdr = unsafe { &mut *(f.as_mut_ptr() as *mut [u8; eth::HLEN]) };
-                    if eth::dst(hdr) != mac {
+                    if !eth::dst_is(hdr, &mac) {
                         eth::set_dst(hdr, &mac);
                     }
                     // SAFETY: helper call with plain arguments.
@@ -134,8 +135,8 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             // SAFETY: bounds checked by `frame`.
             let f = unsafe { &mut *f };
             let a = arp::parse(f)?;
-            let target = unsafe { ENDPOINTS.get(&a.tpa) }.copied();
-            match decide_arp(&me, &net, &a, target.as_ref()) {
+            let target = unsafe { ENDPOINTS.get(&a.tpa) };
+            match decide_arp(me, &me.net, &a, target) {
                 ArpVerdict::Reply { mac, ip } => {
                     arp::write_reply(f, &mac, ip);
                     // Back out of the same veth, to the asking container.

@@ -16,7 +16,19 @@ pub const P_IPV6: u16 = 0x86dd;
 /// The ethertype of a frame that has at least a full Ethernet header.
 #[inline(always)]
 pub fn proto(frame: &[u8; HLEN]) -> u16 {
-    u16::from_be_bytes([frame[PROTO], frame[PROTO + 1]])
+    super::load::be16(frame, PROTO)
+}
+
+/// Whether the source MAC is `mac`.
+#[inline(always)]
+pub fn src_is(frame: &[u8; HLEN], mac: &[u8; 6]) -> bool {
+    super::load::mac_eq(frame, SRC, mac)
+}
+
+/// Whether the destination MAC is `mac`.
+#[inline(always)]
+pub fn dst_is(frame: &[u8; HLEN], mac: &[u8; 6]) -> bool {
+    super::load::mac_eq(frame, DST, mac)
 }
 
 /// The source MAC.

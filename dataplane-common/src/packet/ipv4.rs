@@ -14,10 +14,8 @@ pub fn addrs(frame: &[u8; FRAME_MIN]) -> Result<(Ipv4Wire, Ipv4Wire), DropReason
     if vihl >> 4 != 4 || vihl & 0x0f < 5 {
         return Err(DropReason::Malformed);
     }
-    let s = eth::HLEN + 12;
-    let d = eth::HLEN + 16;
     Ok((
-        u32::from_ne_bytes([frame[s], frame[s + 1], frame[s + 2], frame[s + 3]]),
-        u32::from_ne_bytes([frame[d], frame[d + 1], frame[d + 2], frame[d + 3]]),
+        super::load::ne32(frame, eth::HLEN + 12),
+        super::load::ne32(frame, eth::HLEN + 16),
     ))
 }

@@ -8,5 +8,6 @@ pub mod arp;
 pub mod eth;
 pub mod forward;
 pub mod ipv4;
+pub mod load;
 
 pub use forward::{decide_arp, decide_ipv4, ArpVerdict, Verdict};

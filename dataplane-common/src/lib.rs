@@ -17,6 +17,8 @@ pub const LAYOUT_VERSION: u32 = 1;
 
 /// Capacity of `ENDPOINTS` and `IFACES`.
 pub const MAX_ENDPOINTS: u32 = 16_384;
+/// Capacity of `LINKS` (directed pairs allowed through `icc=false`).
+pub const MAX_LINKS: u32 = 16_384;
 /// Most networks one daemon manages (numeric ids 1..=MAX_NETWORKS).
 pub const MAX_NETWORKS: u32 = 1_024;
 
@@ -75,6 +77,18 @@ pub struct Network {
 
 /// `--internal`: nothing leaves the subnet.
 pub const NET_INTERNAL: u32 = 1 << 0;
+/// `icc=false`: containers of the network may not talk to each other, except
+/// pairs joined by `--link` (listed in `LINKS`).
+pub const NET_ICC_DISABLED: u32 = 1 << 1;
+
+/// Key of `LINKS`: one allowed direction between two endpoints of an
+/// `icc=false` network. The value is unused (`u32` 1).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct LinkKey {
+    pub src: Ipv4Wire,
+    pub dst: Ipv4Wire,
+}
 
 impl Network {
     /// Whether `ip` lies inside this network's subnet.
@@ -107,6 +121,8 @@ pub enum DropReason {
     ArpUnknownTarget = 8,
     /// ARP that is not Ethernet/IPv4 or not a request/reply.
     BadArp = 9,
+    /// Container to container on an `icc=false` network, not `--link`ed.
+    IccDenied = 10,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -115,7 +131,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 9] = [
+    pub const ALL: [DropReason; 10] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -125,6 +141,7 @@ impl DropReason {
         DropReason::UnsupportedProtocol,
         DropReason::ArpUnknownTarget,
         DropReason::BadArp,
+        DropReason::IccDenied,
     ];
 
     /// The counter name shown by `dataplane stats`.
@@ -139,6 +156,7 @@ impl DropReason {
             DropReason::UnsupportedProtocol => "unsupported_protocol",
             DropReason::ArpUnknownTarget => "arp_unknown_target",
             DropReason::BadArp => "bad_arp",
+            DropReason::IccDenied => "icc_denied",
         }
     }
 }
@@ -188,6 +206,7 @@ mod pod {
     unsafe impl aya::Pod for super::Endpoint {}
     unsafe impl aya::Pod for super::Network {}
     unsafe impl aya::Pod for super::Counters {}
+    unsafe impl aya::Pod for super::LinkKey {}
 }
 
 #[cfg(test)]
@@ -216,6 +235,12 @@ mod layout {
         assert_eq!(offset_of!(Network, mask), 4);
         assert_eq!(offset_of!(Network, gateway), 8);
         assert_eq!(offset_of!(Network, flags), 12);
+    }
+
+    #[test]
+    fn link_key_layout() {
+        assert_eq!(size_of::<LinkKey>(), 8);
+        assert_eq!(offset_of!(LinkKey, dst), 4);
     }
 
     #[test]

@@ -21,9 +21,9 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
-    Counters, DropReason, PROG_FROM_CONTAINER,
+    Counters, DropReason, LinkKey, PROG_FROM_CONTAINER,
 };
-use maps::{ENDPOINTS, IFACES, STATS};
+use maps::{ENDPOINTS, IFACES, LINKS, STATS};
 
 /// Outcome of a frame, for the counters.
 enum Action {
@@ -115,7 +115,8 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let f = unsafe { &mut *f };
             let (src, dst) = ipv4::addrs(f)?;
             let peer = unsafe { ENDPOINTS.get(&dst) };
-            match decide_ipv4(me, &me.net, src, dst, peer) {
+            let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
+            match decide_ipv4(me, &me.net, src, dst, peer, linked) {
                 Verdict::Redirect { ifindex, mac } => {
                     // SAFETY: the first HLEN bytes of `f` are the Ethernet header.
                     let hdr = unsafe { &mut *(f.as_mut_ptr() as *mut [u8; eth::HLEN]) };

@@ -5,7 +5,9 @@ use aya_ebpf::{
     macros::map,
     maps::{HashMap, PerCpuArray},
 };
-use dataplane_common::{Counters, Endpoint, Ipv4Wire, MAX_ENDPOINTS, PROG_SLOTS};
+use dataplane_common::{
+    Counters, Endpoint, Ipv4Wire, LinkKey, MAX_ENDPOINTS, MAX_LINKS, PROG_SLOTS,
+};
 
 /// Container IPv4 address -> its endpoint.
 #[map]
@@ -14,6 +16,10 @@ pub static ENDPOINTS: HashMap<Ipv4Wire, Endpoint> = HashMap::pinned(MAX_ENDPOINT
 /// ifindex of a host-side veth -> the endpoint behind it.
 #[map]
 pub static IFACES: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
+/// Directed pairs allowed to talk on `icc=false` networks (`--link`).
+#[map]
+pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(MAX_LINKS, 0);
 
 /// Per-program counters, indexed by `PROG_*`.
 #[map]

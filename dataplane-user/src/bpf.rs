@@ -22,8 +22,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    Counters, DropReason, Endpoint, Ipv4Wire, Network, LAYOUT_VERSION, MAX_ENDPOINTS,
-    PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
+    Counters, DropReason, Endpoint, Ipv4Wire, LinkKey, Network, LAYOUT_VERSION, MAX_ENDPOINTS,
+    MAX_LINKS, PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
 };
 use serde::Serialize;
 
@@ -35,8 +35,15 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 3] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 4] {
     [
+        (
+            "LINKS",
+            MapType::Hash,
+            size_of::<LinkKey>() as u32,
+            4,
+            MAX_LINKS,
+        ),
         (
             "ENDPOINTS",
             MapType::Hash,
@@ -68,7 +75,7 @@ pub struct Datapath {
 
 fn is_bpffs(p: &Path) -> bool {
     nix::sys::statfs::statfs(p)
-        .map(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+        .map(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
         .unwrap_or(false)
 }
 
@@ -270,12 +277,46 @@ impl Datapath {
         Ok(())
     }
 
-    /// Makes the maps hold exactly `endpoints`: writes every desired entry
-    /// (a no-op for traffic when unchanged) and deletes the rest.
-    pub fn reconcile(&mut self, endpoints: &[Endpoint]) -> Result<()> {
+    fn links(&mut self) -> Result<HashMap<&mut aya::maps::MapData, LinkKey, u32>> {
+        let map = self
+            .ebpf
+            .map_mut("LINKS")
+            .ok_or_else(|| anyhow!("map LINKS missing"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Allows `a <-> b` (both directions) through `icc=false`.
+    pub fn set_link(&mut self, a: Ipv4Wire, b: Ipv4Wire) -> Result<()> {
+        let mut m = self.links()?;
+        m.insert(LinkKey { src: a, dst: b }, 1, 0)
+            .context("LINKS map full")?;
+        if let Err(e) = m.insert(LinkKey { src: b, dst: a }, 1, 0) {
+            let _ = m.remove(&LinkKey { src: a, dst: b });
+            return Err(e).context("LINKS map full");
+        }
+        Ok(())
+    }
+
+    /// Withdraws `a <-> b`.
+    pub fn remove_link(&mut self, a: Ipv4Wire, b: Ipv4Wire) -> Result<()> {
+        let mut m = self.links()?;
+        let _ = m.remove(&LinkKey { src: a, dst: b });
+        let _ = m.remove(&LinkKey { src: b, dst: a });
+        Ok(())
+    }
+
+    /// Makes the maps hold exactly `endpoints` and the `links` pairs (each
+    /// allowed both ways): writes every desired entry (a no-op for traffic
+    /// when unchanged) and deletes the rest.
+    pub fn reconcile(
+        &mut self,
+        endpoints: &[Endpoint],
+        links: &[(Ipv4Wire, Ipv4Wire)],
+    ) -> Result<()> {
         for ep in endpoints {
             self.set_endpoint(*ep)?;
         }
+        self.sync_links(links)?;
         for (map, key_of) in [
             ("ENDPOINTS", (|e: &Endpoint| e.ip) as fn(&Endpoint) -> u32),
             ("IFACES", |e: &Endpoint| e.ifindex),
@@ -289,6 +330,27 @@ impl Datapath {
             for k in stale {
                 let _ = m.remove(&k);
             }
+        }
+        Ok(())
+    }
+
+    /// Makes `LINKS` hold exactly the `links` pairs, each both ways.
+    pub fn sync_links(&mut self, links: &[(Ipv4Wire, Ipv4Wire)]) -> Result<()> {
+        for (a, b) in links {
+            self.set_link(*a, *b)?;
+        }
+        let mut m = self.links()?;
+        let stale: Vec<LinkKey> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| {
+                !links
+                    .iter()
+                    .any(|(a, b)| (k.src, k.dst) == (*a, *b) || (k.src, k.dst) == (*b, *a))
+            })
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
         }
         Ok(())
     }

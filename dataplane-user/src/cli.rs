@@ -137,6 +137,9 @@ pub enum NetworkCmd {
     Connect {
         #[arg(long)]
         ip: Option<String>,
+        /// Alias on this network (repeatable).
+        #[arg(long)]
+        alias: Vec<String>,
         network: String,
         container: String,
     },
@@ -157,6 +160,21 @@ pub struct RunArgs {
     pub ip: Option<String>,
     #[arg(long)]
     pub hostname: Option<String>,
+    /// Name this container also answers to on its network (repeatable).
+    #[arg(long = "network-alias", alias = "net-alias")]
+    pub network_alias: Vec<String>,
+    /// Upstream DNS server for this container (repeatable).
+    #[arg(long)]
+    pub dns: Vec<String>,
+    /// Link to another container: NAME[:ALIAS] (repeatable).
+    #[arg(long)]
+    pub link: Vec<String>,
+    /// Environment variable KEY=VALUE (repeatable).
+    #[arg(short, long)]
+    pub env: Vec<String>,
+    /// Port the container offers, PORT[/tcp|udp] (repeatable).
+    #[arg(long)]
+    pub expose: Vec<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub cmd: Vec<String>,
 }
@@ -250,7 +268,11 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
                 .json(
                     Method::POST,
                     "/containers",
-                    Some(json!({"name": r.name, "network": r.network, "ip": r.ip, "hostname": r.hostname, "cmd": r.cmd})),
+                    Some(json!({
+                        "name": r.name, "network": r.network, "ip": r.ip, "hostname": r.hostname,
+                        "network_aliases": r.network_alias, "dns": r.dns, "links": r.link,
+                        "env": r.env, "expose": r.expose, "cmd": r.cmd,
+                    })),
                 )
                 .await?;
             println!("{}", s(&v["Id"]));
@@ -437,13 +459,14 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
         }
         NetworkCmd::Connect {
             ip,
+            alias,
             network,
             container,
         } => {
             c.call(
                 Method::POST,
                 &format!("/networks/{}/connect", seg(&network)),
-                Some(json!({"container": container, "ip": ip})),
+                Some(json!({"container": container, "ip": ip, "aliases": alias})),
             )
             .await?;
         }

@@ -7,7 +7,7 @@
 //! behind: no half-created network, no leaked address, netns, veth or pin.
 
 use std::{
-    collections::{BTreeMap, HashSet},
+    collections::{BTreeMap, HashMap, HashSet},
     net::Ipv4Addr,
     os::unix::process::CommandExt as _,
     path::{Path, PathBuf},
@@ -23,6 +23,7 @@ use tracing::{info, warn};
 use crate::{
     api::{Connect, ContainerCreate, NetworkCreate},
     bpf::Datapath,
+    dns::{Dns, NameEntry, Names, NetworkNames, SandboxServer},
     ipam,
     model::{self, Container, Endpoint, Mac, Network},
     netns,
@@ -64,7 +65,17 @@ fn bad(msg: impl Into<String>) -> ApiError {
 
 /// Steps to undo, run in reverse unless disarmed.
 #[derive(Default)]
-struct Undo(Vec<Box<dyn FnOnce(&mut Datapath) + Send>>);
+struct Undo(Vec<UndoStep>);
+
+type UndoStep = Box<dyn FnOnce(&mut Datapath) + Send>;
+
+/// What a new endpoint asks for, beside its sandbox.
+struct EndpointRequest {
+    network_id: String,
+    ip: Option<Ipv4Addr>,
+    ifname: String,
+    aliases: Vec<String>,
+}
 
 impl Undo {
     fn push(&mut self, f: impl FnOnce(&mut Datapath) + Send + 'static) {
@@ -89,6 +100,9 @@ pub struct Daemon {
     networks: BTreeMap<String, Network>,
     endpoints: BTreeMap<String, Endpoint>,
     containers: BTreeMap<String, Container>,
+    /// The embedded resolver, and its per-sandbox sockets (by container id).
+    dns: Dns,
+    dns_servers: HashMap<String, SandboxServer>,
 }
 
 fn load_all<T: serde::de::DeserializeOwned>(
@@ -128,6 +142,38 @@ fn parse_cidr(s: &str, what: &str) -> ApiResult<Ipv4Network> {
             "invalid {what} {s:?}: expected CIDR like 10.1.0.0/16"
         ))
     })
+}
+
+fn valid_hostname(h: &str) -> bool {
+    !h.is_empty()
+        && h.len() <= 63
+        && h.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
+        && !h.starts_with('-')
+}
+
+fn check_aliases(aliases: &[String]) -> ApiResult<Vec<String>> {
+    for a in aliases {
+        if !valid_hostname(a) {
+            return Err(bad(format!("invalid network alias {a:?}")));
+        }
+    }
+    Ok(aliases.to_vec())
+}
+
+/// `80`, `80/tcp` or `53/udp` -> `80/tcp`, `53/udp`.
+fn parse_port_proto(s: &str) -> ApiResult<String> {
+    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| bad(format!("invalid port {s:?}: expected PORT[/tcp|udp]")))?;
+    let proto = proto.to_ascii_lowercase();
+    if proto != "tcp" && proto != "udp" {
+        return Err(bad(format!("invalid protocol in {s:?}: tcp or udp")));
+    }
+    Ok(format!("{port}/{proto}"))
 }
 
 /// Whether `pid` is alive (and not a zombie).
@@ -174,6 +220,10 @@ impl Daemon {
             store,
             dp,
             state_dir: cfg.state_dir,
+            dns: Dns::new(Dns::upstreams_from_resolv_conf(
+                &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+            )),
+            dns_servers: HashMap::new(),
         };
         if !d.networks.values().any(|n| n.name == "bridge") {
             d.create_network(NetworkCreate {
@@ -211,13 +261,251 @@ impl Daemon {
                 self.dp.detach(&stale)?;
             }
         }
-        self.dp.reconcile(&bpf_eps)?;
+        self.dp.reconcile(&bpf_eps, &self.link_pairs())?;
+        self.refresh_names();
+        let ids: Vec<String> = self.containers.keys().cloned().collect();
+        for id in ids {
+            self.start_dns(&id);
+        }
         info!(
             networks = self.networks.len(),
             endpoints = bpf_eps.len(),
             containers = self.containers.len(),
             "state restored"
         );
+        Ok(())
+    }
+
+    /// Projects what every change may affect beyond its own endpoint: the
+    /// `--link` pairs allowed through `icc=false`, and the resolver's names.
+    fn after_change(&mut self) {
+        let pairs = self.link_pairs();
+        if let Err(e) = self.dp.sync_links(&pairs) {
+            warn!("updating the link table: {e:#}");
+        }
+        self.refresh_names();
+    }
+
+    /// Both addresses of every `--link`ed pair of endpoints sharing a network.
+    fn link_pairs(&self) -> Vec<(dataplane_common::Ipv4Wire, dataplane_common::Ipv4Wire)> {
+        let mut out = Vec::new();
+        for c in self.containers.values() {
+            for l in &c.links {
+                for a in self.endpoints_of_container(&c.id) {
+                    for b in self.endpoints_of_container(&l.container_id) {
+                        if a.network_id == b.network_id {
+                            out.push((
+                                dataplane_common::ipv4_wire(a.ip.octets()),
+                                dataplane_common::ipv4_wire(b.ip.octets()),
+                            ));
+                        }
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    /// Hands the resolver the names of every user-defined network: container
+    /// names, hostnames and aliases. The default `bridge` network keeps
+    /// Docker's behaviour: no names there (use `--link`).
+    fn refresh_names(&self) {
+        let mut names = Names::default();
+        for n in self.networks.values().filter(|n| n.user_defined()) {
+            let entries = self
+                .endpoints_of_network(&n.id)
+                .into_iter()
+                .filter_map(|e| {
+                    let c = self.containers.get(&e.container_id)?;
+                    let mut all = vec![c.name.clone()];
+                    if c.hostname != c.name {
+                        all.push(c.hostname.clone());
+                    }
+                    all.extend(e.aliases.iter().cloned());
+                    Some(NameEntry {
+                        container_id: c.id.clone(),
+                        names: all,
+                        ip: e.ip,
+                    })
+                })
+                .collect();
+            names.networks.insert(
+                n.id.clone(),
+                NetworkNames {
+                    name: n.name.clone(),
+                    entries,
+                },
+            );
+        }
+        self.dns.update(names);
+    }
+
+    /// Opens the resolver's sockets at 127.0.0.11:53 inside the container's
+    /// sandbox (again, after a restart). A failure costs the container its
+    /// name service, not its network: it is logged, not fatal.
+    fn start_dns(&mut self, cid: &str) {
+        let Some(c) = self.containers.get(cid) else {
+            return;
+        };
+        let path = PathBuf::from(c.sandbox_key());
+        if !path.exists() {
+            return;
+        }
+        let upstreams = (!c.dns.is_empty()).then(|| {
+            c.dns
+                .iter()
+                .map(|ip| std::net::SocketAddr::from((*ip, 53)))
+                .collect()
+        });
+        match self.dns.start_sandbox(&path, cid, upstreams) {
+            Ok(server) => {
+                self.dns_servers.insert(cid.to_string(), server);
+            }
+            Err(e) => warn!(container = %c.name, "starting the embedded DNS server: {e:#}"),
+        }
+    }
+
+    /// Resolves `--link NAME[:ALIAS]` arguments: the target must exist and
+    /// share the network `nid` the new container joins.
+    fn parse_links(&self, links: &[String], nid: &str) -> ApiResult<Vec<model::Link>> {
+        links
+            .iter()
+            .map(|l| {
+                let (name, alias) = l.split_once(':').unwrap_or((l.as_str(), l.as_str()));
+                if name.is_empty() || alias.is_empty() || !valid_hostname(alias) {
+                    return Err(bad(format!("invalid --link {l:?}: expected NAME[:ALIAS]")));
+                }
+                let cid = self.container_id(name)?;
+                if !self
+                    .endpoints_of_container(&cid)
+                    .iter()
+                    .any(|e| e.network_id == nid)
+                {
+                    return Err(bad(format!(
+                        "cannot link to {name}: it is not on network {}",
+                        self.networks[nid].name
+                    )));
+                }
+                Ok(model::Link {
+                    container_id: cid,
+                    alias: alias.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    /// Docker's link environment for `c`: for each link ALIAS to a container
+    /// at IP exposing PORT/PROTO, `ALIAS_NAME=/c/alias`,
+    /// `ALIAS_PORT=proto://IP:port` (lowest port) and
+    /// `ALIAS_PORT_<port>_<PROTO>[_ADDR|_PORT|_PROTO]`, plus `-e` variables.
+    fn link_env(&self, c: &Container, nid: &str) -> Vec<(String, String)> {
+        let mut env: Vec<(String, String)> = c
+            .env
+            .iter()
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        for l in &c.links {
+            let Some(t) = self.containers.get(&l.container_id) else {
+                continue;
+            };
+            let Some(ip) = self
+                .endpoints_of_container(&t.id)
+                .into_iter()
+                .find(|e| e.network_id == nid)
+                .map(|e| e.ip)
+            else {
+                continue;
+            };
+            let a = l.alias.to_uppercase().replace(['-', '.'], "_");
+            env.push((format!("{a}_NAME"), format!("/{}/{}", c.name, l.alias)));
+            let mut ports: Vec<(u16, String)> = t
+                .exposed
+                .iter()
+                .filter_map(|p| {
+                    let (n, proto) = p.split_once('/')?;
+                    Some((n.parse().ok()?, proto.to_string()))
+                })
+                .collect();
+            ports.sort();
+            if let Some((port, proto)) = ports.first() {
+                env.push((format!("{a}_PORT"), format!("{proto}://{ip}:{port}")));
+            }
+            for (port, proto) in &ports {
+                let p = format!("{a}_PORT_{port}_{}", proto.to_uppercase());
+                env.push((p.clone(), format!("{proto}://{ip}:{port}")));
+                env.push((format!("{p}_ADDR"), ip.to_string()));
+                env.push((format!("{p}_PORT"), port.to_string()));
+                env.push((format!("{p}_PROTO"), proto.clone()));
+            }
+            for kv in &t.env {
+                if let Some((k, v)) = kv.split_once('=') {
+                    env.push((format!("{a}_ENV_{k}"), v.to_string()));
+                }
+            }
+        }
+        env
+    }
+
+    /// Writes the sandbox's `/etc/netns/<sandbox>/{resolv.conf,hosts}`, which
+    /// `ip netns exec` (and so `run` and `exec`) bind-mounts over /etc. On a
+    /// user-defined network the resolver is the embedded one at 127.0.0.11;
+    /// on the default bridge it is the host's (or `--dns`), as with Docker.
+    fn write_etc_files(&self, c: &Container, ep: &Endpoint) -> anyhow::Result<()> {
+        let dir = c.etc_dir();
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        let host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        let search: Vec<&str> = host_conf
+            .lines()
+            .filter(|l| l.starts_with("search ") || l.starts_with("domain "))
+            .collect();
+        let mut conf = String::from("# written by dataplane\n");
+        if self.networks[&ep.network_id].user_defined() {
+            conf.push_str("nameserver 127.0.0.11\n");
+        } else if !c.dns.is_empty() {
+            for ip in &c.dns {
+                conf.push_str(&format!("nameserver {ip}\n"));
+            }
+        } else {
+            for l in host_conf.lines().filter(|l| l.starts_with("nameserver")) {
+                if !l
+                    .split_whitespace()
+                    .nth(1)
+                    .is_some_and(|ip| ip.starts_with("127."))
+                {
+                    conf.push_str(l);
+                    conf.push('\n');
+                }
+            }
+        }
+        for l in search {
+            conf.push_str(l);
+            conf.push('\n');
+        }
+        conf.push_str("options ndots:0\n");
+        std::fs::write(dir.join("resolv.conf"), conf)?;
+        let mut hosts =
+            String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
+        hosts.push_str(&format!("{}\t{}\n", ep.ip, c.hostname));
+        for l in &c.links {
+            let Some(t) = self.containers.get(&l.container_id) else {
+                continue;
+            };
+            if let Some(e) = self
+                .endpoints_of_container(&t.id)
+                .into_iter()
+                .find(|e| e.network_id == ep.network_id)
+            {
+                let mut names = vec![l.alias.clone()];
+                for n in [&t.name, &t.hostname] {
+                    if !names.contains(n) {
+                        names.push(n.clone());
+                    }
+                }
+                hosts.push_str(&format!("{}\t{}\n", e.ip, names.join(" ")));
+            }
+        }
+        std::fs::write(dir.join("hosts"), hosts)?;
         Ok(())
     }
 
@@ -498,11 +786,16 @@ impl Daemon {
         &mut self,
         cid: &str,
         netns_path: &Path,
-        nid: &str,
-        requested_ip: Option<Ipv4Addr>,
-        ifname: String,
+        req: EndpointRequest,
         undo: &mut Undo,
     ) -> ApiResult<Endpoint> {
+        let EndpointRequest {
+            network_id: nid,
+            ip: requested_ip,
+            ifname,
+            aliases,
+        } = req;
+        let nid = nid.as_str();
         let net = self.networks[nid].clone();
         let used: HashSet<Ipv4Addr> = self
             .endpoints_of_network(nid)
@@ -520,6 +813,7 @@ impl Daemon {
             mac: Mac::for_container(ip),
             host_mac: Mac::random_local(),
             ifname,
+            aliases,
         };
         let plan = netns::VethPlan {
             host_ifname: ep.host_ifname.clone(),
@@ -591,9 +885,26 @@ impl Daemon {
         let nid = self.network_id(req.network.as_deref().unwrap_or("bridge"))?;
         let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
-        if hostname.is_empty() || hostname.len() > 64 || hostname.contains(char::is_whitespace) {
+        if !valid_hostname(&hostname) {
             return Err(bad(format!("invalid hostname {hostname:?}")));
         }
+        let aliases = check_aliases(&req.network_aliases)?;
+        let dns = req
+            .dns
+            .iter()
+            .map(|s| parse_ip(s, "--dns"))
+            .collect::<ApiResult<Vec<_>>>()?;
+        let links = self.parse_links(&req.links, &nid)?;
+        for kv in &req.env {
+            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+                return Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE")));
+            }
+        }
+        let exposed = req
+            .expose
+            .iter()
+            .map(|p| parse_port_proto(p))
+            .collect::<ApiResult<Vec<_>>>()?;
         let ns_name = format!("dp-{}", &id[..12]);
         let dir = self.state_dir.join("containers").join(&id);
         let mut ctr = Container {
@@ -605,6 +916,10 @@ impl Daemon {
             pid: None,
             log_path: dir.join("log").display().to_string(),
             created: model::now_rfc3339(),
+            dns,
+            links,
+            env: req.env,
+            exposed,
         };
         // Refuse an impossible address before creating anything.
         {
@@ -629,8 +944,20 @@ impl Daemon {
                 let _ = netns::delete(&n);
             });
             netns::prepare_sandbox(&path)?;
-            let ep = self.add_endpoint(&id, &path, &nid, ip, "eth0".into(), &mut undo)?;
-            let pid = spawn_in_sandbox(&ctr)?;
+            let req = EndpointRequest {
+                network_id: nid.clone(),
+                ip,
+                ifname: "eth0".into(),
+                aliases,
+            };
+            let ep = self.add_endpoint(&id, &path, req, &mut undo)?;
+            let etc = ctr.etc_dir();
+            undo.push(move |_| {
+                let _ = std::fs::remove_dir_all(&etc);
+            });
+            self.write_etc_files(&ctr, &ep)?;
+            let env = self.link_env(&ctr, &nid);
+            let pid = spawn_in_sandbox(&ctr, &env)?;
             undo.push(move |_| kill_group(pid, Duration::from_secs(1)));
             ctr.pid = Some(pid);
             let mut t = Txn::default();
@@ -644,6 +971,8 @@ impl Daemon {
                 info!(container = %ctr.name, ip = %ep.ip, "container started");
                 self.endpoints.insert(ep.id.clone(), ep);
                 self.containers.insert(id.clone(), ctr);
+                self.after_change();
+                self.start_dns(&id);
                 Ok(id)
             }
             Err(e) => {
@@ -664,6 +993,7 @@ impl Daemon {
             )));
         }
         let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
+        let aliases = check_aliases(&req.aliases)?;
         let ifname = (0u32..)
             .map(|i| format!("eth{i}"))
             .find(|n| !eps.iter().any(|e| &e.ifname == n))
@@ -671,7 +1001,13 @@ impl Daemon {
         let path = PathBuf::from(self.containers[&cid].sandbox_key());
         let mut undo = Undo::default();
         let res = (|| -> ApiResult<Endpoint> {
-            let ep = self.add_endpoint(&cid, &path, &nid, ip, ifname, &mut undo)?;
+            let req = EndpointRequest {
+                network_id: nid.clone(),
+                ip,
+                ifname,
+                aliases,
+            };
+            let ep = self.add_endpoint(&cid, &path, req, &mut undo)?;
             let mut t = Txn::default();
             t.put(ep.key(), serde_json::to_vec(&ep).context("encoding")?);
             self.store.commit(t)?;
@@ -680,6 +1016,7 @@ impl Daemon {
         match res {
             Ok(ep) => {
                 self.endpoints.insert(ep.id.clone(), ep);
+                self.after_change();
                 Ok(())
             }
             Err(e) => {
@@ -707,6 +1044,7 @@ impl Daemon {
         self.store.commit(t)?;
         self.endpoints.remove(&ep.id);
         self.drop_endpoint_kernel_state(&ep);
+        self.after_change();
         Ok(())
     }
 
@@ -735,9 +1073,13 @@ impl Daemon {
             self.drop_endpoint_kernel_state(e);
         }
         self.containers.remove(&cid);
+        // Closes the resolver's sockets inside the sandbox.
+        self.dns_servers.remove(&cid);
+        self.after_change();
         if let Err(e) = netns::delete(&ctr.netns) {
             warn!(netns = %ctr.netns, "deleting netns: {e:#}");
         }
+        let _ = std::fs::remove_dir_all(ctr.etc_dir());
         let _ = std::fs::remove_dir_all(self.state_dir.join("containers").join(&cid));
         info!(container = %ctr.name, "container removed");
         Ok(())
@@ -810,7 +1152,7 @@ pub fn ifindex_of(name: &str) -> Option<u32> {
 /// with its own UTS namespace carrying the hostname, output to its log.
 /// `ip netns exec` is used so that the sandbox sees `/etc/netns/<name>/`
 /// files exactly as `ip netns exec` users do.
-fn spawn_in_sandbox(c: &Container) -> anyhow::Result<u32> {
+fn spawn_in_sandbox(c: &Container, env: &[(String, String)]) -> anyhow::Result<u32> {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -820,6 +1162,8 @@ fn spawn_in_sandbox(c: &Container) -> anyhow::Result<u32> {
     let mut cmd = Command::new("ip");
     cmd.args(["netns", "exec", &c.netns])
         .args(&c.cmd)
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .env("HOSTNAME", &c.hostname)
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);

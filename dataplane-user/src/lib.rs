@@ -9,6 +9,7 @@ pub mod api;
 pub mod bpf;
 pub mod cli;
 pub mod daemon;
+pub mod dns;
 pub mod ipam;
 pub mod model;
 pub mod netns;

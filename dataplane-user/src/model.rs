@@ -33,7 +33,19 @@ impl Network {
         format!("{NETWORKS}{}", self.id)
     }
 
-    /// The record as the BPF `NETWORKS` map holds it.
+    /// `--opt icc=false` (or Docker's own key for it).
+    pub fn icc_disabled(&self) -> bool {
+        ["icc", "com.docker.network.bridge.enable_icc"]
+            .iter()
+            .any(|k| self.options.get(*k).is_some_and(|v| v == "false"))
+    }
+
+    /// Whether this is a user-defined network (names resolve on it).
+    pub fn user_defined(&self) -> bool {
+        self.name != "bridge"
+    }
+
+    /// The network as every endpoint entry in the BPF maps carries it.
     pub fn to_bpf(&self) -> dataplane_common::Network {
         dataplane_common::Network {
             subnet: dataplane_common::ipv4_wire(self.subnet.network().octets()),
@@ -41,6 +53,10 @@ impl Network {
             gateway: dataplane_common::ipv4_wire(self.gateway.octets()),
             flags: if self.internal {
                 dataplane_common::NET_INTERNAL
+            } else {
+                0
+            } | if self.icc_disabled() {
+                dataplane_common::NET_ICC_DISABLED
             } else {
                 0
             },
@@ -63,6 +79,9 @@ pub struct Endpoint {
     pub host_ifname: String,
     /// Name inside the sandbox: eth0, eth1, ...
     pub ifname: String,
+    /// Network-scoped aliases (`--network-alias`, `network connect --alias`).
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 impl Endpoint {
@@ -82,6 +101,25 @@ pub struct Container {
     pub pid: Option<u32>,
     pub log_path: String,
     pub created: String,
+    /// `--dns`: this container's own upstream resolvers.
+    #[serde(default)]
+    pub dns: Vec<Ipv4Addr>,
+    /// `--link NAME:ALIAS`.
+    #[serde(default)]
+    pub links: Vec<Link>,
+    /// `-e KEY=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `--expose PORT[/PROTO]`, normalised to `80/tcp`.
+    #[serde(default)]
+    pub exposed: Vec<String>,
+}
+
+/// A legacy link to another container, under an alias.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Link {
+    pub container_id: String,
+    pub alias: String,
 }
 
 impl Container {
@@ -91,6 +129,11 @@ impl Container {
 
     pub fn sandbox_key(&self) -> String {
         format!("{}/{}", crate::netns::NETNS_DIR, self.netns)
+    }
+
+    /// Where `ip netns exec` (and so the container) finds its own /etc files.
+    pub fn etc_dir(&self) -> std::path::PathBuf {
+        std::path::Path::new("/etc/netns").join(&self.netns)
     }
 }
 
@@ -206,6 +249,6 @@ mod tests {
     #[test]
     fn civil_dates() {
         assert_eq!(civil_from_days(0), (1970, 1, 1));
-        assert_eq!(civil_from_days(20_517), (2026, 3, 4));
+        assert_eq!(civil_from_days(20_517), (2026, 3, 5));
     }
 }

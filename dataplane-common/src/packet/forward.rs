@@ -2,7 +2,7 @@
 //! ingress of the host side of the container's veth).
 
 use super::arp::{self, Arp};
-use crate::{DropReason, Endpoint, Ipv4Wire, Network, NET_INTERNAL};
+use crate::{DropReason, Endpoint, Ipv4Wire, Network, NET_ICC_DISABLED, NET_INTERNAL};
 
 /// What to do with an IPv4 frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -32,7 +32,9 @@ pub enum ArpVerdict {
 }
 
 /// Decides an IPv4 frame from endpoint `me` (on `net`), addressed `src -> dst`,
-/// where `peer` is the endpoint that owns `dst`, if any.
+/// where `peer` is the endpoint that owns `dst`, if any. `linked` says whether
+/// `src -> dst` is a `--link`ed pair; it is asked only on `icc=false`
+/// networks, so other networks pay no lookup for it.
 #[inline(always)]
 pub fn decide_ipv4(
     me: &Endpoint,
@@ -40,6 +42,7 @@ pub fn decide_ipv4(
     src: Ipv4Wire,
     dst: Ipv4Wire,
     peer: Option<&Endpoint>,
+    linked: impl FnOnce() -> bool,
 ) -> Verdict {
     if src != me.ip {
         return Verdict::Drop(DropReason::SpoofedIp);
@@ -47,6 +50,9 @@ pub fn decide_ipv4(
     if let Some(peer) = peer {
         if peer.network_id != me.network_id {
             return Verdict::Drop(DropReason::CrossNetwork);
+        }
+        if net.flags & NET_ICC_DISABLED != 0 && !linked() {
+            return Verdict::Drop(DropReason::IccDenied);
         }
         return Verdict::Redirect {
             ifindex: peer.ifindex,
@@ -119,7 +125,7 @@ mod tests {
     fn same_network_peer_is_redirected_with_its_mac() {
         let (a, b) = (ep(2, 1, 10), ep(3, 1, 11));
         assert_eq!(
-            decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b)),
+            decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b), || false),
             Verdict::Redirect {
                 ifindex: 11,
                 mac: b.mac
@@ -131,7 +137,7 @@ mod tests {
     fn other_network_peer_is_dropped() {
         let (a, b) = (ep(2, 1, 10), ep(3, 2, 11));
         assert_eq!(
-            decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b)),
+            decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b), || false),
             Verdict::Drop(DropReason::CrossNetwork)
         );
     }
@@ -141,7 +147,7 @@ mod tests {
         let (a, b) = (ep(2, 1, 10), ep(3, 1, 11));
         let forged = ipv4_wire([172, 18, 0, 99]);
         assert_eq!(
-            decide_ipv4(&a, &NET, forged, b.ip, Some(&b)),
+            decide_ipv4(&a, &NET, forged, b.ip, Some(&b), || false),
             Verdict::Drop(DropReason::SpoofedIp)
         );
     }
@@ -150,13 +156,45 @@ mod tests {
     fn gateway_host_and_outside_go_to_the_stack() {
         let a = ep(2, 1, 10);
         assert_eq!(
-            decide_ipv4(&a, &NET, a.ip, NET.gateway, None),
+            decide_ipv4(&a, &NET, a.ip, NET.gateway, None, || false),
             Verdict::Pass
         );
         assert_eq!(
-            decide_ipv4(&a, &NET, a.ip, ipv4_wire([10, 0, 0, 1]), None),
+            decide_ipv4(&a, &NET, a.ip, ipv4_wire([10, 0, 0, 1]), None, || false),
             Verdict::Pass
         );
+    }
+
+    #[test]
+    fn icc_disabled_allows_only_linked_pairs() {
+        let (a, b) = (ep(2, 1, 10), ep(3, 1, 11));
+        let no_icc = Network {
+            flags: NET_ICC_DISABLED,
+            ..NET
+        };
+        assert_eq!(
+            decide_ipv4(&a, &no_icc, a.ip, b.ip, Some(&b), || false),
+            Verdict::Drop(DropReason::IccDenied)
+        );
+        assert_eq!(
+            decide_ipv4(&a, &no_icc, a.ip, b.ip, Some(&b), || true),
+            Verdict::Redirect {
+                ifindex: 11,
+                mac: b.mac
+            }
+        );
+        // The gateway and the host stay reachable.
+        assert_eq!(
+            decide_ipv4(&a, &no_icc, a.ip, no_icc.gateway, None, || false),
+            Verdict::Pass
+        );
+        // With icc on, the link table is never consulted.
+        let asked = core::cell::Cell::new(false);
+        let _ = decide_ipv4(&a, &NET, a.ip, b.ip, Some(&b), || {
+            asked.set(true);
+            false
+        });
+        assert!(!asked.get());
     }
 
     #[test]
@@ -167,11 +205,13 @@ mod tests {
             ..NET
         };
         assert_eq!(
-            decide_ipv4(&a, &internal, a.ip, internal.gateway, None),
+            decide_ipv4(&a, &internal, a.ip, internal.gateway, None, || false),
             Verdict::Pass
         );
         assert_eq!(
-            decide_ipv4(&a, &internal, a.ip, ipv4_wire([10, 0, 0, 1]), None),
+            decide_ipv4(&a, &internal, a.ip, ipv4_wire([10, 0, 0, 1]), None, || {
+                false
+            }),
             Verdict::Drop(DropReason::InternalNetwork)
         );
     }

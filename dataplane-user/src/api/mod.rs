@@ -41,6 +41,21 @@ pub struct ContainerCreate {
     pub ip: Option<String>,
     #[serde(default)]
     pub hostname: Option<String>,
+    /// Aliases on the network joined at run (`--network-alias`).
+    #[serde(default)]
+    pub network_aliases: Vec<String>,
+    /// Upstream resolvers for this container (`--dns`).
+    #[serde(default)]
+    pub dns: Vec<String>,
+    /// `--link NAME[:ALIAS]`.
+    #[serde(default)]
+    pub links: Vec<String>,
+    /// `-e KEY=VALUE`.
+    #[serde(default)]
+    pub env: Vec<String>,
+    /// `--expose PORT[/PROTO]`.
+    #[serde(default)]
+    pub expose: Vec<String>,
     pub cmd: Vec<String>,
 }
 
@@ -49,6 +64,8 @@ pub struct Connect {
     pub container: String,
     #[serde(default)]
     pub ip: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -1,0 +1,881 @@
+//! `from_container` as the kernel runs it: crafted frames go through
+//! BPF_PROG_TEST_RUN on the loaded object, and each case checks the verdict,
+//! the output bytes (when the frame is rewritten or must stay untouched) and,
+//! at the end, the per-reason counters in `STATS`.
+//!
+//! Root only. Each test runs in a thread of its own with a private network
+//! namespace (veth pairs created there give every endpoint a real ifindex and
+//! vanish with the thread) and its own pin directory on bpffs (removed by a
+//! Drop guard, even when the test panics).
+//!
+//! How the sender's ifindex reaches the program (found by experiment on
+//! kernel 6.18, matching net/bpf/test_run.c): the program reads
+//! `skb->ifindex`, i.e. `skb->dev->ifindex`. `bpf_prog_test_run_skb` sets
+//! `skb->dev` to the loopback device unless the `__sk_buff` passed as
+//! `ctx_in` has `ifindex > 1`, in which case it looks that index up in the
+//! caller's network namespace and fails with ENODEV if there is no such
+//! device. So `ctx_in.ifindex` is honoured, but only for real devices: hence
+//! the veth pairs. With `ifindex` 0 the program sees 1 (`lo`).
+
+use std::{
+    io,
+    path::{Path, PathBuf},
+    process::Command,
+};
+
+use aya::{
+    maps::{HashMap, PerCpuArray},
+    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions},
+    sys::SyscallError,
+    Ebpf, EbpfLoader,
+};
+use dataplane_common::{
+    ipv4_octets, ipv4_wire,
+    packet::{arp, eth},
+    Counters, DropReason, Endpoint, LinkKey, Network, NET_ICC_DISABLED, NET_INTERNAL,
+    PROG_FROM_CONTAINER,
+};
+
+// TC verdicts (include/uapi/linux/pkt_cls.h).
+const TC_ACT_OK: u32 = 0;
+const TC_ACT_SHOT: u32 = 2;
+/// What both `bpf_redirect` and `bpf_redirect_peer` return on success. Under
+/// BPF_PROG_TEST_RUN the redirect itself never happens (the kernel frees the
+/// skb after the run), so the target ifindex is not observable here; the
+/// `redirected` / `arp_replies` counters tell the two helpers apart.
+const TC_ACT_REDIRECT: u32 = 7;
+
+/// `sizeof(struct __sk_buff)` on this kernel (BTF: 192 bytes); the kernel
+/// accepts a shorter context, but a full one makes the intent plain.
+const SK_BUFF_LEN: usize = 192;
+/// Offset of `__u32 ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
+const SK_BUFF_IFINDEX: usize = 40;
+
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+const BROADCAST: [u8; 6] = [0xff; 6];
+
+// ---------------------------------------------------------------------------
+// Frame builders. They build the wire format from the RFCs independently of
+// the code under test, so expected outputs are not derived from the program's
+// own rewriting helpers.
+// ---------------------------------------------------------------------------
+
+/// An Ethernet II frame.
+fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
+    let mut f = Vec::with_capacity(eth::HLEN + payload.len());
+    f.extend_from_slice(&dst);
+    f.extend_from_slice(&src);
+    f.extend_from_slice(&ethertype.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// The 28-byte Ethernet/IPv4 ARP packet (RFC 826).
+fn arp_packet(op: u16, sha: [u8; 6], spa: [u8; 4], tha: [u8; 6], tpa: [u8; 4]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(28);
+    p.extend_from_slice(&1u16.to_be_bytes()); // htype: Ethernet
+    p.extend_from_slice(&eth::P_IPV4.to_be_bytes()); // ptype
+    p.extend_from_slice(&[6, 4]); // hlen, plen
+    p.extend_from_slice(&op.to_be_bytes());
+    p.extend_from_slice(&sha);
+    p.extend_from_slice(&spa);
+    p.extend_from_slice(&tha);
+    p.extend_from_slice(&tpa);
+    p
+}
+
+/// "Who has `tpa`? Tell `spa`", broadcast by `sha`.
+fn arp_request(sha: [u8; 6], spa: [u8; 4], tpa: [u8; 4]) -> Vec<u8> {
+    ethernet(
+        BROADCAST,
+        sha,
+        eth::P_ARP,
+        &arp_packet(arp::OP_REQUEST, sha, spa, [0; 6], tpa),
+    )
+}
+
+/// "`ip` is at `mac`", sent to `to_mac` / `to_ip`.
+fn arp_reply(mac: [u8; 6], ip: [u8; 4], to_mac: [u8; 6], to_ip: [u8; 4]) -> Vec<u8> {
+    ethernet(
+        to_mac,
+        mac,
+        eth::P_ARP,
+        &arp_packet(arp::OP_REPLY, mac, ip, to_mac, to_ip),
+    )
+}
+
+/// A minimal IPv4/UDP datagram (IHL 5, valid header checksum, 4-byte payload).
+fn ipv4_udp(src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    const UDP_LEN: u16 = 8 + 4;
+    let mut p = Vec::with_capacity(20 + usize::from(UDP_LEN));
+    p.extend_from_slice(&[0x45, 0]); // version 4, IHL 5; DSCP/ECN
+    p.extend_from_slice(&(20 + UDP_LEN).to_be_bytes()); // total length
+    p.extend_from_slice(&[0, 0, 0x40, 0]); // id; flags DF, fragment offset
+    p.extend_from_slice(&[64, 17, 0, 0]); // TTL, protocol UDP, checksum (below)
+    p.extend_from_slice(&src);
+    p.extend_from_slice(&dst);
+    let sum = ipv4_checksum(&p);
+    p[10..12].copy_from_slice(&sum.to_be_bytes());
+    p.extend_from_slice(&4000u16.to_be_bytes());
+    p.extend_from_slice(&5201u16.to_be_bytes());
+    p.extend_from_slice(&UDP_LEN.to_be_bytes());
+    p.extend_from_slice(&[0, 0]); // no UDP checksum
+    p.extend_from_slice(b"ping");
+    p
+}
+
+/// RFC 1071 checksum of an IPv4 header.
+fn ipv4_checksum(header: &[u8]) -> u16 {
+    let mut sum: u32 = header
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], w[1]])))
+        .sum();
+    while sum > 0xffff {
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    !(sum as u16)
+}
+
+/// An Ethernet frame carrying [`ipv4_udp`].
+fn ipv4_frame(dst_mac: [u8; 6], src_mac: [u8; 6], src: [u8; 4], dst: [u8; 4]) -> Vec<u8> {
+    ethernet(dst_mac, src_mac, eth::P_IPV4, &ipv4_udp(src, dst))
+}
+
+/// An Ethernet frame carrying an IPv6/UDP datagram (fe80::1 -> ff02::1):
+/// a protocol the datapath does not carry yet. A full 40-byte header matters:
+/// test_run refuses IPv6-ethertype frames shorter than that.
+fn ipv6_frame(dst_mac: [u8; 6], src_mac: [u8; 6]) -> Vec<u8> {
+    let mut p = Vec::with_capacity(40 + 8);
+    p.extend_from_slice(&[0x60, 0, 0, 0]); // version 6, traffic class, flow
+    p.extend_from_slice(&8u16.to_be_bytes()); // payload length
+    p.extend_from_slice(&[17, 64]); // next header UDP, hop limit
+    p.extend_from_slice(&[0xfe, 0x80, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&[0xff, 0x02, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1]);
+    p.extend_from_slice(&[0x0f, 0xa0, 0x14, 0x51, 0, 8, 0, 0]); // UDP 4000 -> 5201
+    ethernet(dst_mac, src_mac, eth::P_IPV6, &p)
+}
+
+/// `frame` with its destination MAC replaced.
+fn with_dst_mac(frame: &[u8], mac: [u8; 6]) -> Vec<u8> {
+    let mut f = frame.to_vec();
+    f[eth::DST..eth::DST + 6].copy_from_slice(&mac);
+    f
+}
+
+// ---------------------------------------------------------------------------
+// Endpoints and networks.
+// ---------------------------------------------------------------------------
+
+fn network(subnet: [u8; 4], prefix: u32, gateway: [u8; 4], flags: u32) -> Network {
+    let mask = (u32::MAX << (32 - prefix)).to_be_bytes();
+    Network {
+        subnet: ipv4_wire(subnet),
+        mask: ipv4_wire(mask),
+        gateway: ipv4_wire(gateway),
+        flags,
+    }
+}
+
+/// An endpoint whose MACs are derived from its address, as Docker does
+/// (02:42:<ip>); the host side gets a distinct, recognisable MAC.
+fn endpoint(ifindex: u32, network_id: u32, net: Network, ip: [u8; 4]) -> Endpoint {
+    Endpoint {
+        ifindex,
+        network_id,
+        ip: ipv4_wire(ip),
+        mac: [0x02, 0x42, ip[0], ip[1], ip[2], ip[3]],
+        host_mac: [0xee, 0xee, ip[0], ip[1], ip[2], ip[3]],
+        flags: 0,
+        net,
+    }
+}
+
+fn ip(ep: &Endpoint) -> [u8; 4] {
+    ipv4_octets(ep.ip)
+}
+
+fn gateway(ep: &Endpoint) -> [u8; 4] {
+    ipv4_octets(ep.net.gateway)
+}
+
+/// The endpoints every test installs.
+struct Topology {
+    /// Network 1 (172.18.0.0/16): `a` is the usual sender, `b` its peer.
+    a: Endpoint,
+    b: Endpoint,
+    /// Network 2 (172.19.0.0/16): a container `a` must not reach.
+    other: Endpoint,
+    /// Network 3, `--internal` (10.30.0.0/24).
+    sealed: Endpoint,
+    /// Network 4, `icc=false` (10.40.0.0/24): `x <-> y` are `--link`ed, `z` is not.
+    x: Endpoint,
+    y: Endpoint,
+    z: Endpoint,
+    /// A real device in the namespace that carries no endpoint (the container
+    /// side of `a`'s veth).
+    stray_ifindex: u32,
+}
+
+// ---------------------------------------------------------------------------
+// Environment: private network namespace, bpffs pin directory.
+// ---------------------------------------------------------------------------
+
+/// Runs `f` on a fresh thread that first moves into a new network namespace
+/// (per thread: `unshare(CLONE_NEWNET)` does not affect the rest of the test
+/// binary). Everything created there dies with the thread. Panics propagate.
+fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET) (tests must run as root)");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    })
+}
+
+/// Creates the veth pair `host`/`container` in the current thread's network
+/// namespace (`ip` inherits it) and returns their ifindexes.
+fn veth(host: &str, container: &str) -> (u32, u32) {
+    let out = Command::new("ip")
+        .args([
+            "link", "add", host, "type", "veth", "peer", "name", container,
+        ])
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip link add {host}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let index = |name: &str| nix::net::if_::if_nametoindex(name).expect(name);
+    (index(host), index(container))
+}
+
+fn is_bpffs(p: &Path) -> bool {
+    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
+}
+
+/// A unique, empty directory on a bpf filesystem for the maps' pins. Dropping
+/// it removes the pins and the directory, and unmounts what it mounted.
+struct PinDir {
+    path: PathBuf,
+    mounted: bool,
+}
+
+impl PinDir {
+    fn new(tag: &str) -> Self {
+        let name = format!("dataplane-prog-test-run-{}-{tag}", std::process::id());
+        let sys = Path::new("/sys/fs/bpf");
+        // Prefer a subdirectory of the standard bpffs; without one, mount a
+        // private bpffs instance under /tmp rather than touch /sys/fs/bpf.
+        let (path, mount) = if is_bpffs(sys) {
+            (sys.join(name), false)
+        } else {
+            (std::env::temp_dir().join(name), true)
+        };
+        let _ = std::fs::remove_dir_all(&path); // leftovers of a killed run
+        std::fs::create_dir_all(&path).expect("creating the pin directory");
+        // The guard exists from here on, so a failed mount still cleans up.
+        let mut dir = PinDir {
+            path,
+            mounted: false,
+        };
+        if mount {
+            nix::mount::mount(
+                Some("bpf"),
+                &dir.path,
+                Some("bpf"),
+                nix::mount::MsFlags::empty(),
+                None::<&str>,
+            )
+            .expect("mounting a bpf filesystem");
+            dir.mounted = true;
+        }
+        dir
+    }
+}
+
+impl Drop for PinDir {
+    fn drop(&mut self) {
+        // Unpin first (removing a pin only drops a reference; the loader's fds
+        // keep the maps alive until `Ebpf` is dropped).
+        if let Ok(entries) = std::fs::read_dir(&self.path) {
+            for e in entries.flatten() {
+                let _ = std::fs::remove_file(e.path());
+            }
+        }
+        if self.mounted {
+            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        if let Err(e) = std::fs::remove_dir(&self.path) {
+            eprintln!("warning: could not remove {}: {e}", self.path.display());
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The lab: loaded program, populated maps, expected counters.
+// ---------------------------------------------------------------------------
+
+/// What a case expects the program to do with a frame.
+enum Expect {
+    /// TC_ACT_SHOT, counted under this reason; the frame is left untouched.
+    Drop(DropReason),
+    /// TC_ACT_OK: to the host stack, byte for byte as sent.
+    Pass,
+    /// `bpf_redirect_peer` into a peer's namespace; the frame as it leaves.
+    Redirect(Vec<u8>),
+    /// `bpf_redirect` back to the sender, carrying this ARP reply.
+    ArpReply(Vec<u8>),
+    /// The syscall itself fails with this errno: the program never runs.
+    Refused(i32),
+    /// An IPv4-ethertype frame too short for an IPv4 header. Kernels with
+    /// the test_run fix of April 2026 (net/bpf/test_run.c: "skb_headlen(skb)
+    /// < sizeof(struct iphdr)" -> -EINVAL, in this machine's 6.18) refuse it
+    /// before the program runs; older ones run it, and then it must be dropped
+    /// for this reason. (On a real veth nothing stops such a frame.)
+    DropUnlessRefused(DropReason),
+}
+
+struct Lab {
+    // Field order is drop order: close the program and maps before unpinning.
+    ebpf: Ebpf,
+    _pins: PinDir,
+    topo: Topology,
+    /// What `STATS[PROG_FROM_CONTAINER]` must add up to.
+    expected: Counters,
+}
+
+impl Lab {
+    /// Loads the object with its maps pinned under a fresh directory, creates
+    /// one veth pair per endpoint and installs the endpoints. Must run inside
+    /// [`in_private_netns`].
+    fn new(tag: &str) -> Self {
+        let pins = PinDir::new(tag);
+        let mut ebpf = EbpfLoader::new()
+            .default_map_pin_directory(&pins.path)
+            .load(dataplane_user::bpf::EBPF_OBJECT)
+            .expect("loading the eBPF object");
+        let prog: &mut SchedClassifier = ebpf
+            .program_mut("from_container")
+            .expect("from_container in the object")
+            .try_into()
+            .expect("from_container is a classifier");
+        prog.load().expect("verifier accepts from_container");
+
+        let net1 = network([172, 18, 0, 0], 16, [172, 18, 0, 1], 0);
+        let net2 = network([172, 19, 0, 0], 16, [172, 19, 0, 1], 0);
+        let net3 = network([10, 30, 0, 0], 24, [10, 30, 0, 1], NET_INTERNAL);
+        let net4 = network([10, 40, 0, 0], 24, [10, 40, 0, 1], NET_ICC_DISABLED);
+        let mut n = 0;
+        let mut host_veth = || {
+            n += 1;
+            veth(&format!("h{n}"), &format!("c{n}"))
+        };
+        let (a_if, stray_ifindex) = host_veth();
+        let topo = Topology {
+            a: endpoint(a_if, 1, net1, [172, 18, 0, 2]),
+            b: endpoint(host_veth().0, 1, net1, [172, 18, 0, 3]),
+            other: endpoint(host_veth().0, 2, net2, [172, 19, 0, 2]),
+            sealed: endpoint(host_veth().0, 3, net3, [10, 30, 0, 2]),
+            x: endpoint(host_veth().0, 4, net4, [10, 40, 0, 2]),
+            y: endpoint(host_veth().0, 4, net4, [10, 40, 0, 3]),
+            z: endpoint(host_veth().0, 4, net4, [10, 40, 0, 4]),
+            stray_ifindex,
+        };
+
+        let eps = [
+            topo.a,
+            topo.b,
+            topo.other,
+            topo.sealed,
+            topo.x,
+            topo.y,
+            topo.z,
+        ];
+        for (map, key_of) in [
+            ("ENDPOINTS", (|e: &Endpoint| e.ip) as fn(&Endpoint) -> u32),
+            ("IFACES", |e: &Endpoint| e.ifindex),
+        ] {
+            let mut m: HashMap<_, u32, Endpoint> =
+                HashMap::try_from(ebpf.map_mut(map).expect(map)).expect(map);
+            for ep in &eps {
+                m.insert(key_of(ep), ep, 0).expect(map);
+            }
+        }
+        let mut links: HashMap<_, LinkKey, u32> =
+            HashMap::try_from(ebpf.map_mut("LINKS").expect("LINKS")).expect("LINKS");
+        for (src, dst) in [(topo.x.ip, topo.y.ip), (topo.y.ip, topo.x.ip)] {
+            links.insert(LinkKey { src, dst }, 1, 0).expect("LINKS");
+        }
+
+        Lab {
+            ebpf,
+            _pins: pins,
+            topo,
+            expected: Counters::ZERO,
+        }
+    }
+
+    /// One BPF_PROG_TEST_RUN of `from_container` on `frame`, as if it arrived
+    /// on the device `ifindex`: (return value, output frame).
+    fn run(&self, ifindex: u32, frame: &[u8]) -> Result<(u32, Vec<u8>), ProgramError> {
+        let prog: &SchedClassifier = self
+            .ebpf
+            .program("from_container")
+            .expect("from_container")
+            .try_into()
+            .expect("classifier");
+        let mut ctx = [0u8; SK_BUFF_LEN];
+        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+        // Room to spare: the kernel fails with ENOSPC if the output is larger
+        // than the buffer, and the program never grows a frame.
+        let mut out = vec![0u8; frame.len() + 64];
+        let r = prog.test_run(TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            ..Default::default()
+        })?;
+        out.truncate(r.data_size_out as usize);
+        Ok((r.return_value, out))
+    }
+
+    /// Runs `frame` from the device `ifindex`, asserts `expect` and books the
+    /// counters it must move.
+    fn case(&mut self, what: &str, ifindex: u32, frame: &[u8], expect: Expect) {
+        let result = self.run(ifindex, frame);
+        let expect = match (expect, &result) {
+            (Expect::DropUnlessRefused(_), Err(e)) if errno(e) == Some(nix::libc::EINVAL) => {
+                Expect::Refused(nix::libc::EINVAL)
+            }
+            (Expect::DropUnlessRefused(reason), _) => Expect::Drop(reason),
+            (expect, _) => expect,
+        };
+        if let Expect::Refused(want) = expect {
+            let got = result.as_ref().err().and_then(errno);
+            assert_eq!(
+                got,
+                Some(want),
+                "{what}: expected the syscall to fail with {}, got {result:?}",
+                io::Error::from_raw_os_error(want)
+            );
+            return;
+        }
+        let (ret, out) =
+            result.unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN failed: {e:?}"));
+        let e = &mut self.expected;
+        e.packets += 1;
+        e.bytes += frame.len() as u64;
+        let (want_ret, want_out) = match expect {
+            Expect::Drop(reason) => {
+                e.drops[reason as usize] += 1;
+                (TC_ACT_SHOT, frame.to_vec())
+            }
+            Expect::Pass => {
+                e.passed += 1;
+                (TC_ACT_OK, frame.to_vec())
+            }
+            Expect::Redirect(f) => {
+                e.redirected += 1;
+                (TC_ACT_REDIRECT, f)
+            }
+            Expect::ArpReply(f) => {
+                e.arp_replies += 1;
+                (TC_ACT_REDIRECT, f)
+            }
+            Expect::Refused(_) | Expect::DropUnlessRefused(_) => unreachable!("resolved above"),
+        };
+        assert_eq!(ret, want_ret, "{what}: verdict");
+        assert_eq!(hex(&out), hex(&want_out), "{what}: output frame");
+    }
+
+    /// Sums `STATS[PROG_FROM_CONTAINER]` over CPUs and checks it against every
+    /// case run so far, reason by reason.
+    fn assert_stats(&self) {
+        let stats: PerCpuArray<_, Counters> =
+            PerCpuArray::try_from(self.ebpf.map("STATS").expect("STATS")).expect("STATS");
+        let mut got = Counters::ZERO;
+        for c in stats
+            .get(&PROG_FROM_CONTAINER, 0)
+            .expect("STATS slot")
+            .iter()
+        {
+            got.packets += c.packets;
+            got.bytes += c.bytes;
+            got.redirected += c.redirected;
+            got.passed += c.passed;
+            got.arp_replies += c.arp_replies;
+            for (g, d) in got.drops.iter_mut().zip(c.drops) {
+                *g += d;
+            }
+        }
+        let want = &self.expected;
+        for r in DropReason::ALL {
+            assert_eq!(
+                got.drops[r as usize],
+                want.drops[r as usize],
+                "drops[{}]",
+                r.name()
+            );
+        }
+        assert_eq!(
+            (
+                got.packets,
+                got.bytes,
+                got.redirected,
+                got.passed,
+                got.arp_replies
+            ),
+            (
+                want.packets,
+                want.bytes,
+                want.redirected,
+                want.passed,
+                want.arp_replies
+            ),
+            "(packets, bytes, redirected, passed, arp_replies)"
+        );
+        // Also the unnamed drop slots (0 and the spare ones).
+        assert_eq!(&got, want);
+        // Every packet is accounted exactly once.
+        let drops: u64 = got.drops.iter().sum();
+        assert_eq!(
+            got.packets,
+            got.redirected + got.passed + got.arp_replies + drops
+        );
+    }
+}
+
+/// The errno of a failed BPF_PROG_TEST_RUN.
+fn errno(e: &ProgramError) -> Option<i32> {
+    match e {
+        ProgramError::SyscallError(SyscallError { io_error, .. }) => io_error.raw_os_error(),
+        _ => None,
+    }
+}
+
+/// Frames as space-separated hex, so a mismatch shows the differing bytes.
+fn hex(f: &[u8]) -> String {
+    f.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// Cases.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn arp_is_answered_for_the_gateway_and_same_network_peers() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("arp");
+        let Topology { a, b, other, .. } = lab.topo;
+        let on = a.ifindex;
+
+        lab.case(
+            "ARP for the gateway",
+            on,
+            &arp_request(a.mac, ip(&a), gateway(&a)),
+            Expect::ArpReply(arp_reply(a.host_mac, gateway(&a), a.mac, ip(&a))),
+        );
+        // Linux re-validates a cached entry with a unicast request.
+        lab.case(
+            "unicast ARP refresh for the gateway",
+            on,
+            &with_dst_mac(&arp_request(a.mac, ip(&a), gateway(&a)), a.host_mac),
+            Expect::ArpReply(arp_reply(a.host_mac, gateway(&a), a.mac, ip(&a))),
+        );
+        lab.case(
+            "ARP for a peer on the same network",
+            on,
+            &arp_request(a.mac, ip(&a), ip(&b)),
+            Expect::ArpReply(arp_reply(b.mac, ip(&b), a.mac, ip(&a))),
+        );
+        lab.case(
+            "ARP for a container of another network",
+            on,
+            &arp_request(a.mac, ip(&a), ip(&other)),
+            Expect::Drop(DropReason::ArpUnknownTarget),
+        );
+        lab.case(
+            "ARP for an unused address of the subnet",
+            on,
+            &arp_request(a.mac, ip(&a), [172, 18, 0, 99]),
+            Expect::Drop(DropReason::ArpUnknownTarget),
+        );
+        // RFC 5227 duplicate-address probe: sender 0.0.0.0, target itself.
+        lab.case(
+            "ARP probe for its own address",
+            on,
+            &arp_request(a.mac, [0; 4], ip(&a)),
+            Expect::Pass,
+        );
+        lab.case(
+            "ARP reply to the host's own request",
+            on,
+            &arp_reply(a.mac, ip(&a), a.host_mac, gateway(&a)),
+            Expect::Pass,
+        );
+
+        let mut bad_op = arp_request(a.mac, ip(&a), gateway(&a));
+        bad_op[eth::HLEN + 7] = 3; // RARP request
+        lab.case("ARP op 3", on, &bad_op, Expect::Drop(DropReason::BadArp));
+        let mut bad_htype = arp_request(a.mac, ip(&a), gateway(&a));
+        bad_htype[eth::HLEN + 1] = 6; // IEEE 802
+        lab.case(
+            "ARP htype 6",
+            on,
+            &bad_htype,
+            Expect::Drop(DropReason::BadArp),
+        );
+
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn ipv4_is_switched_by_network() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("ipv4");
+        let Topology {
+            a,
+            b,
+            other,
+            sealed,
+            x,
+            y,
+            z,
+            ..
+        } = lab.topo;
+        let outside = [1, 1, 1, 1];
+
+        let to_b = ipv4_frame(b.mac, a.mac, ip(&a), ip(&b));
+        lab.case(
+            "to a same-network peer, already addressed to its MAC",
+            a.ifindex,
+            &to_b,
+            Expect::Redirect(to_b.clone()),
+        );
+        // E.g. a stale neighbour entry or a route via the gateway: the frame
+        // must still arrive addressed to the peer, or its stack drops it.
+        lab.case(
+            "to a same-network peer, addressed to the gateway's MAC",
+            a.ifindex,
+            &with_dst_mac(&to_b, a.host_mac),
+            Expect::Redirect(to_b.clone()),
+        );
+        lab.case(
+            "to a container of another network",
+            a.ifindex,
+            &ipv4_frame(a.host_mac, a.mac, ip(&a), ip(&other)),
+            Expect::Drop(DropReason::CrossNetwork),
+        );
+        for (what, dst) in [
+            ("to the gateway", gateway(&a)),
+            ("to the outside", outside),
+            ("to an unused address of the subnet", [172, 18, 0, 99]),
+        ] {
+            lab.case(
+                what,
+                a.ifindex,
+                &ipv4_frame(a.host_mac, a.mac, ip(&a), dst),
+                Expect::Pass,
+            );
+        }
+
+        let from_sealed = |dst| ipv4_frame(sealed.host_mac, sealed.mac, ip(&sealed), dst);
+        lab.case(
+            "internal network to the outside",
+            sealed.ifindex,
+            &from_sealed(outside),
+            Expect::Drop(DropReason::InternalNetwork),
+        );
+        lab.case(
+            "internal network to its gateway",
+            sealed.ifindex,
+            &from_sealed(gateway(&sealed)),
+            Expect::Pass,
+        );
+
+        let to_y = ipv4_frame(y.mac, x.mac, ip(&x), ip(&y));
+        lab.case(
+            "icc=false, to a --linked peer",
+            x.ifindex,
+            &to_y,
+            Expect::Redirect(to_y.clone()),
+        );
+        lab.case(
+            "icc=false, to a peer that is not linked",
+            x.ifindex,
+            &ipv4_frame(z.mac, x.mac, ip(&x), ip(&z)),
+            Expect::Drop(DropReason::IccDenied),
+        );
+        lab.case(
+            "icc=false, to the gateway",
+            x.ifindex,
+            &ipv4_frame(x.host_mac, x.mac, ip(&x), gateway(&x)),
+            Expect::Pass,
+        );
+
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn spoofed_and_unknown_senders_are_dropped() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("spoof");
+        let Topology {
+            a,
+            b,
+            stray_ifindex,
+            ..
+        } = lab.topo;
+        let on = a.ifindex;
+
+        lab.case(
+            "IPv4 with another container's source MAC",
+            on,
+            &ipv4_frame(a.host_mac, b.mac, ip(&a), gateway(&a)),
+            Expect::Drop(DropReason::SpoofedMac),
+        );
+        lab.case(
+            "IPv4 with another container's source IP, to the gateway",
+            on,
+            &ipv4_frame(a.host_mac, a.mac, ip(&b), gateway(&a)),
+            Expect::Drop(DropReason::SpoofedIp),
+        );
+        lab.case(
+            "IPv4 with a forged source IP, to a peer",
+            on,
+            &ipv4_frame(b.mac, a.mac, [172, 18, 0, 99], ip(&b)),
+            Expect::Drop(DropReason::SpoofedIp),
+        );
+        lab.case(
+            "ARP from another container's Ethernet source",
+            on,
+            &arp_request(b.mac, ip(&a), gateway(&a)),
+            Expect::Drop(DropReason::SpoofedMac),
+        );
+        let mut forged_sha = arp_request(a.mac, ip(&a), gateway(&a));
+        forged_sha[eth::HLEN + 8..eth::HLEN + 14].copy_from_slice(&b.mac);
+        lab.case(
+            "ARP whose sender hardware address is another container's",
+            on,
+            &forged_sha,
+            Expect::Drop(DropReason::SpoofedMac),
+        );
+        lab.case(
+            "ARP whose sender IP is another container's",
+            on,
+            &arp_request(a.mac, ip(&b), gateway(&a)),
+            Expect::Drop(DropReason::SpoofedIp),
+        );
+
+        let to_gw = ipv4_frame(a.host_mac, a.mac, ip(&a), gateway(&a));
+        lab.case(
+            "a real device that carries no endpoint",
+            stray_ifindex,
+            &to_gw,
+            Expect::Drop(DropReason::UnknownInterface),
+        );
+        // ctx ifindex 0 leaves skb->dev on the loopback device (ifindex 1).
+        lab.case(
+            "no ifindex in the context (loopback)",
+            0,
+            &to_gw,
+            Expect::Drop(DropReason::UnknownInterface),
+        );
+        // An ifindex with no device behind it never reaches the program.
+        lab.case(
+            "ifindex of no device",
+            999_999,
+            &to_gw,
+            Expect::Refused(nix::libc::ENODEV),
+        );
+
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn malformed_frames_are_dropped() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("malformed");
+        let a = lab.topo.a;
+        let on = a.ifindex;
+        let ipv4 = ipv4_frame(a.host_mac, a.mac, ip(&a), gateway(&a));
+        let arp = arp_request(a.mac, ip(&a), gateway(&a));
+
+        // BPF_PROG_TEST_RUN for skb programs wants a full Ethernet header.
+        for len in 0..eth::HLEN {
+            lab.case(
+                &format!("{len}-byte frame"),
+                on,
+                &ipv4[..len],
+                Expect::Refused(nix::libc::EINVAL),
+            );
+        }
+        // From the bare Ethernet header up to one byte short of the headers
+        // the ethertype promises. This machine's kernel refuses every IPv4
+        // cut itself (see `Expect::DropUnlessRefused`), so only the ARP cuts
+        // reach the program's own length checks here.
+        for len in eth::HLEN..20 + eth::HLEN {
+            lab.case(
+                &format!("IPv4 frame cut to {len} bytes"),
+                on,
+                &ipv4[..len],
+                Expect::DropUnlessRefused(DropReason::Malformed),
+            );
+        }
+        for len in eth::HLEN..arp::FRAME_LEN {
+            lab.case(
+                &format!("ARP frame cut to {len} bytes"),
+                on,
+                &arp[..len],
+                Expect::Drop(DropReason::Malformed),
+            );
+        }
+
+        for ihl in 0..5 {
+            let mut f = ipv4.clone();
+            f[eth::HLEN] = 0x40 | ihl;
+            lab.case(
+                &format!("IPv4 with IHL {ihl}"),
+                on,
+                &f,
+                Expect::Drop(DropReason::Malformed),
+            );
+        }
+        let mut v6_in_v4 = ipv4.clone();
+        v6_in_v4[eth::HLEN] = 0x65;
+        lab.case(
+            "IP version 6 under the IPv4 ethertype",
+            on,
+            &v6_in_v4,
+            Expect::Drop(DropReason::Malformed),
+        );
+
+        lab.case(
+            "IPv6",
+            on,
+            &ipv6_frame(a.host_mac, a.mac),
+            Expect::Drop(DropReason::UnsupportedProtocol),
+        );
+        // The datapath does not parse VLAN tags: the outer ethertype decides.
+        let mut tagged = ipv4.clone();
+        tagged.splice(eth::PROTO..eth::PROTO, [0x81, 0x00, 0x00, 0x05]);
+        lab.case(
+            "802.1Q-tagged IPv4",
+            on,
+            &tagged,
+            Expect::Drop(DropReason::UnsupportedProtocol),
+        );
+
+        lab.assert_stats();
+    });
+}

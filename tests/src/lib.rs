@@ -1,1 +1,939 @@
+//! Harness for the namespace integration tests: they drive the `dataplane`
+//! CLI against a daemon that each test starts in a network namespace of its
+//! own, and every guard here cleans up on drop, also when the test panics.
+//!
+//! - [`NetNs`]: a named network namespace (`ip netns add`/`del`).
+//! - [`Daemon`]: the daemon in its own [`NetNs`], with per-test run, state and
+//!   bpffs directories; on drop it removes every container through the API,
+//!   stops the daemon, then sweeps what the daemon made in this test (sandbox
+//!   netns, pins, temporary files) and fails the test if anything is left.
+//! - [`Proc`] and [`Output`]: child processes with captured output and a time
+//!   limit, so that a hung command fails a test instead of hanging it.
+//!
+//! Waiting is always on a condition with bounded retries ([`retry`]), never a
+//! fixed sleep. Tests only send traffic to loopback and to addresses inside
+//! namespaces they made. They need root and run with `--test-threads=1`.
 
+use std::{
+    cell::RefCell,
+    collections::BTreeMap,
+    fmt,
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::{
+        atomic::{AtomicU32, Ordering},
+        Arc, Mutex,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// How long a CLI call or helper command may take before it is killed.
+pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Readiness: `network ls` must succeed within this many tries, 100 ms apart.
+const READY_ATTEMPTS: u32 = 100;
+
+// ----- small utilities ------------------------------------------------------
+
+/// `<prefix>-<pid>-<n>`: unique across the test binaries running at once and
+/// across the tests of one binary.
+pub fn unique(prefix: &str) -> String {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "{prefix}-{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// Panics unless the tests run as root (namespaces, veths and bpffs need it).
+pub fn require_root() {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let euid = status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .unwrap_or("");
+    assert_eq!(euid, "0", "the dataplane integration tests need root");
+}
+
+/// The `dataplane` binary: `$DATAPLANE_BIN`, else the workspace's debug build.
+pub fn bin() -> PathBuf {
+    let p = std::env::var_os("DATAPLANE_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/dataplane"));
+    assert!(
+        p.is_file(),
+        "no dataplane binary at {} (build it with `cargo build -p dataplane-user` or set DATAPLANE_BIN)",
+        p.display()
+    );
+    p
+}
+
+/// Calls `f` up to `attempts` times, `every` apart, until it returns `Ok`.
+/// Panics with `what` and the last error when it never does.
+pub fn retry<T>(
+    what: &str,
+    attempts: u32,
+    every: Duration,
+    mut f: impl FnMut() -> Result<T, String>,
+) -> T {
+    let mut last = String::new();
+    for i in 0..attempts {
+        match f() {
+            Ok(v) => return v,
+            Err(e) => last = e,
+        }
+        if i + 1 < attempts {
+            std::thread::sleep(every);
+        }
+    }
+    panic!("gave up waiting for {what} after {attempts} attempts: {last}");
+}
+
+/// [`retry`] with the default budget: 100 tries, 100 ms apart.
+pub fn eventually<T>(what: &str, f: impl FnMut() -> Result<T, String>) -> T {
+    retry(what, 100, Duration::from_millis(100), f)
+}
+
+/// Sends `signal` (a `kill -s` name such as `TERM`) to one process id.
+pub fn signal(pid: u32, signal: &str) {
+    let _ = Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// Whether a process with this id exists (and is not a zombie).
+pub fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().next())
+                .is_some_and(|state| state != "Z" && state != "X")
+        })
+        .unwrap_or(false)
+}
+
+/// A directory `<tmp>/dataplane-test-<pid>-<n>`, removed on drop.
+pub struct TempDir(PathBuf);
+
+impl TempDir {
+    pub fn new() -> TempDir {
+        let p = std::env::temp_dir().join(unique("dataplane-test"));
+        std::fs::create_dir_all(&p).expect("creating a tempdir");
+        TempDir(p)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Default for TempDir {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+// ----- processes ------------------------------------------------------------
+
+/// A finished command: exit code (`None` when killed by a signal or the
+/// time limit), stdout and stderr.
+#[derive(Debug, Clone)]
+pub struct Output {
+    pub cmd: String,
+    pub status: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl fmt::Display for Output {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "`{}` -> {}\n--- stdout ---\n{}--- stderr ---\n{}",
+            self.cmd,
+            self.status
+                .map_or("killed or timed out".into(), |c| format!("exit {c}")),
+            self.stdout,
+            self.stderr
+        )
+    }
+}
+
+impl Output {
+    pub fn success(&self) -> bool {
+        self.status == Some(0)
+    }
+
+    /// Panics with the whole output unless the command exited 0.
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert!(self.success(), "command failed: {self}");
+        self
+    }
+
+    /// stdout parsed as JSON; panics with the output when it is not.
+    #[track_caller]
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
+    }
+
+    /// stdout without surrounding whitespace.
+    pub fn text(&self) -> &str {
+        self.stdout.trim()
+    }
+
+    /// Asserts a clean refusal: a non-zero exit (not a crash or a timeout)
+    /// and exactly one non-empty line on stderr, which it returns.
+    #[track_caller]
+    pub fn refused(&self) -> &str {
+        assert!(
+            matches!(self.status, Some(c) if c != 0),
+            "expected a non-zero exit: {self}"
+        );
+        let lines: Vec<&str> = self.stderr.lines().collect();
+        assert!(
+            lines.len() == 1 && !lines[0].trim().is_empty(),
+            "expected exactly one line on stderr: {self}"
+        );
+        lines[0]
+    }
+}
+
+fn describe(cmd: &Command) -> String {
+    std::iter::once(cmd.get_program())
+        .chain(cmd.get_args())
+        .map(|s| s.to_string_lossy().into_owned())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A running child whose stdout and stderr are collected as they come (so a
+/// test can wait for a line while it runs). Killed on drop if still running.
+pub struct Proc {
+    cmd: String,
+    child: Child,
+    out: Arc<Mutex<Vec<u8>>>,
+    err: Arc<Mutex<Vec<u8>>>,
+    readers: Vec<JoinHandle<()>>,
+}
+
+fn collect(mut from: impl std::io::Read + Send + 'static) -> (Arc<Mutex<Vec<u8>>>, JoinHandle<()>) {
+    let buf = Arc::new(Mutex::new(Vec::new()));
+    let b = buf.clone();
+    let h = std::thread::spawn(move || {
+        let mut chunk = [0u8; 4096];
+        while let Ok(n) = from.read(&mut chunk) {
+            if n == 0 {
+                break;
+            }
+            b.lock().unwrap().extend_from_slice(&chunk[..n]);
+        }
+    });
+    (buf, h)
+}
+
+fn text_of(buf: &Mutex<Vec<u8>>) -> String {
+    String::from_utf8_lossy(&buf.lock().unwrap()).into_owned()
+}
+
+impl Proc {
+    /// Starts `cmd` with stdin closed and both outputs captured.
+    pub fn spawn(mut cmd: Command) -> Proc {
+        let desc = describe(&cmd);
+        let mut child = cmd
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting `{desc}`: {e}"));
+        let (out, h1) = collect(child.stdout.take().expect("piped stdout"));
+        let (err, h2) = collect(child.stderr.take().expect("piped stderr"));
+        Proc {
+            cmd: desc,
+            child,
+            out,
+            err,
+            readers: vec![h1, h2],
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// What the child wrote to stdout and stderr so far.
+    pub fn output_so_far(&self) -> String {
+        format!("{}{}", text_of(&self.out), text_of(&self.err))
+    }
+
+    pub fn running(&mut self) -> bool {
+        matches!(self.child.try_wait(), Ok(None))
+    }
+
+    /// Waits for the child to exit, killing it after `timeout`.
+    pub fn wait(mut self, timeout: Duration) -> Output {
+        let deadline = Instant::now() + timeout;
+        let status = loop {
+            match self.child.try_wait() {
+                Ok(Some(st)) => break st.code(),
+                Ok(None) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5))
+                }
+                _ => {
+                    let _ = self.child.kill();
+                    let _ = self.child.wait();
+                    break None;
+                }
+            }
+        };
+        // A grandchild could keep a pipe open: wait for the readers, bounded.
+        let until = Instant::now() + Duration::from_secs(2);
+        while self.readers.iter().any(|h| !h.is_finished()) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Output {
+            cmd: self.cmd.clone(),
+            status,
+            stdout: text_of(&self.out),
+            stderr: text_of(&self.err),
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Runs `cmd` to completion (at most [`COMMAND_TIMEOUT`]).
+pub fn run(cmd: Command) -> Output {
+    Proc::spawn(cmd).wait(COMMAND_TIMEOUT)
+}
+
+/// Runs `program args...` to completion.
+pub fn sh(program: &str, args: &[&str]) -> Output {
+    let mut c = Command::new(program);
+    c.args(args);
+    run(c)
+}
+
+// ----- network namespaces ---------------------------------------------------
+
+/// Names in `ip netns list`.
+pub fn netns_list() -> Vec<String> {
+    sh("ip", &["netns", "list"])
+        .stdout
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .map(str::to_string)
+        .collect()
+}
+
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/var/run/netns").join(name).exists()
+}
+
+/// Kills the processes inside netns `name` (all started by this test: the
+/// daemon, container commands, clients) and deletes it.
+fn kill_and_delete_netns(name: &str) {
+    if !netns_exists(name) {
+        return;
+    }
+    let pids = sh("ip", &["netns", "pids", name]).stdout;
+    for pid in pids
+        .split_whitespace()
+        .filter_map(|p| p.parse::<u32>().ok())
+    {
+        signal(pid, "KILL");
+    }
+    let del = sh("ip", &["netns", "del", name]);
+    if !del.success() {
+        eprintln!("cleanup: {del}");
+    }
+}
+
+/// A network namespace `dpt-<pid>-<n>` with `lo` up, deleted on drop
+/// together with any process still inside it.
+pub struct NetNs {
+    name: String,
+}
+
+impl NetNs {
+    pub fn new() -> NetNs {
+        let name = unique("dpt");
+        sh("ip", &["netns", "add", &name]).ok();
+        let ns = NetNs { name };
+        ns.exec(&["ip", "link", "set", "lo", "up"]).ok();
+        ns
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn path(&self) -> PathBuf {
+        Path::new("/var/run/netns").join(&self.name)
+    }
+
+    /// Runs a command inside this namespace (`ip netns exec`).
+    pub fn exec(&self, args: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.name]).args(args);
+        run(c)
+    }
+}
+
+impl Default for NetNs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Drop for NetNs {
+    fn drop(&mut self) {
+        kill_and_delete_netns(&self.name);
+    }
+}
+
+// ----- the daemon -----------------------------------------------------------
+
+/// What the harness knows of a container, kept so that it can be swept even
+/// when the daemon is no longer there to remove it.
+#[derive(Debug, Clone, Default)]
+struct Tracked {
+    name: String,
+    netns: Option<String>,
+}
+
+/// A daemon in its own network namespace with its own directories, for one
+/// test. Dropping it removes everything the test made (see the module doc).
+pub struct Daemon {
+    ns: Option<NetNs>,
+    ns_name: String,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    child: Option<Child>,
+    tracked: RefCell<BTreeMap<String, Tracked>>,
+}
+
+impl Daemon {
+    /// Starts a daemon and waits until it answers.
+    pub fn start() -> Daemon {
+        require_root();
+        bin();
+        let dir = std::env::temp_dir().join(unique("dataplane-test"));
+        std::fs::create_dir_all(&dir).expect("creating the test's tempdir");
+        let ns = NetNs::new();
+        let mut d = Daemon {
+            ns_name: ns.name().to_string(),
+            ns: Some(ns),
+            bpffs: PathBuf::from("/sys/fs/bpf").join(unique("dataplane-test")),
+            dir,
+            child: None,
+            tracked: RefCell::default(),
+        };
+        d.spawn();
+        d
+    }
+
+    /// The daemon's netns: "the host" for the containers.
+    pub fn ns(&self) -> &NetNs {
+        self.ns
+            .as_ref()
+            .expect("the daemon's netns lives as long as the daemon")
+    }
+
+    pub fn run_dir(&self) -> PathBuf {
+        self.dir.join("run")
+    }
+
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.join("state")
+    }
+
+    pub fn bpffs(&self) -> &Path {
+        &self.bpffs
+    }
+
+    pub fn tempdir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.run_dir().join("api.sock").display())
+    }
+
+    fn log_path(&self) -> PathBuf {
+        self.dir.join("daemon.log")
+    }
+
+    /// Everything the daemon wrote so far (all its runs).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
+    }
+
+    /// The daemon's process id while it runs.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts the daemon (again, with the same directories) through
+    /// `nsenter --net`, output appended to the log, and waits until
+    /// `network ls` succeeds.
+    fn spawn(&mut self) {
+        assert!(self.child.is_none(), "the daemon is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(self.log_path())
+            .expect("opening the daemon log");
+        let child = Command::new("nsenter")
+            .arg(format!("--net={}", self.ns().path().display()))
+            .arg(bin())
+            .arg("daemon")
+            .arg("--run-dir")
+            .arg(self.run_dir())
+            .arg("--state-dir")
+            .arg(self.state_dir())
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting the daemon through nsenter");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Restarts a stopped daemon on the same directories.
+    pub fn restart(&mut self) {
+        self.spawn();
+    }
+
+    fn wait_ready(&mut self) {
+        for _ in 0..READY_ATTEMPTS {
+            if let Some(st) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                self.child = None;
+                panic!("the daemon exited during startup ({st}); its log follows");
+            }
+            if self.cli(&["network", "ls"]).success() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        panic!(
+            "the daemon did not answer `network ls` within {} s; its log follows",
+            READY_ATTEMPTS / 10
+        );
+    }
+
+    /// Stops the daemon with `sig` ("TERM" or "KILL") and waits for it to exit.
+    /// Containers and their traffic are meant to survive this.
+    pub fn stop(&mut self, sig: &str) {
+        self.track();
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        signal(child.id(), sig);
+        let exited = (0..100).any(|_| {
+            let done = matches!(child.try_wait(), Ok(Some(_)));
+            if !done {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            done
+        });
+        if !exited {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("the daemon did not exit within 10 s of SIG{sig}; its log follows");
+        }
+    }
+
+    // ----- the CLI -------------------------------------------------------
+
+    /// A client command against this daemon, e.g. `cli(&["network", "ls"])`.
+    pub fn cli(&self, args: &[&str]) -> Output {
+        run(self.cli_command(args))
+    }
+
+    /// A client command that must succeed; panics with its output and the
+    /// end of the daemon log otherwise.
+    #[track_caller]
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.cli(args);
+        assert!(
+            out.success(),
+            "command failed: {out}\n--- daemon log (end) ---\n{}",
+            tail(&self.log(), 40)
+        );
+        out
+    }
+
+    /// A client command started in the background.
+    pub fn spawn_cli(&self, args: &[&str]) -> Proc {
+        Proc::spawn(self.cli_command(args))
+    }
+
+    fn cli_command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin());
+        c.arg("--host").arg(self.host()).args(args);
+        c.env_remove("DATAPLANE_HOST");
+        c
+    }
+
+    // ----- networks and containers ----------------------------------------
+
+    /// `network create ARGS...`; returns the printed id.
+    #[track_caller]
+    pub fn network_create(&self, args: &[&str]) -> String {
+        let mut full = vec!["network", "create"];
+        full.extend_from_slice(args);
+        self.ok(&full).text().to_string()
+    }
+
+    /// `network inspect NAME`: the one object of the array.
+    #[track_caller]
+    pub fn network_inspect(&self, name: &str) -> Value {
+        only(self.ok(&["network", "inspect", name]).json())
+    }
+
+    /// `run -d --name NAME [--network NET] EXTRA... -- sleep infinity`;
+    /// returns the id.
+    #[track_caller]
+    pub fn run_sleeper(&self, name: &str, network: Option<&str>, extra: &[&str]) -> String {
+        self.run_cmd(name, network, extra, &["sleep", "infinity"])
+    }
+
+    /// `run -d --name NAME [--network NET] EXTRA... -- CMD...`; returns the id.
+    #[track_caller]
+    pub fn run_cmd(
+        &self,
+        name: &str,
+        network: Option<&str>,
+        extra: &[&str],
+        cmd: &[&str],
+    ) -> String {
+        let mut args = vec!["run", "-d", "--name", name];
+        if let Some(n) = network {
+            args.extend(["--network", n]);
+        }
+        args.extend_from_slice(extra);
+        args.push("--");
+        args.extend_from_slice(cmd);
+        let id = self.ok(&args).text().to_string();
+        self.track();
+        id
+    }
+
+    /// `inspect NAME`: the one object of the array.
+    #[track_caller]
+    pub fn inspect(&self, ctr: &str) -> Value {
+        only(self.ok(&["inspect", ctr]).json())
+    }
+
+    /// The container's address on `network`.
+    #[track_caller]
+    pub fn ip(&self, ctr: &str, network: &str) -> String {
+        let v = self.inspect(ctr);
+        let ip = &v["NetworkSettings"]["Networks"][network]["IPAddress"];
+        ip.as_str()
+            .unwrap_or_else(|| panic!("{ctr} has no IPAddress on {network}: {v:#}"))
+            .to_string()
+    }
+
+    /// The container's netns name (from its SandboxKey).
+    #[track_caller]
+    pub fn sandbox(&self, ctr: &str) -> String {
+        let v = self.inspect(ctr);
+        netns_of(&v).unwrap_or_else(|| panic!("{ctr} has no SandboxKey: {v:#}"))
+    }
+
+    /// `exec CTR -- ARGS...`.
+    pub fn exec_in(&self, ctr: &str, args: &[&str]) -> Output {
+        let mut full = vec!["exec", ctr, "--"];
+        full.extend_from_slice(args);
+        self.cli(&full)
+    }
+
+    /// Whether `ctr` gets an answer to a ping of `ip`, retried a few times
+    /// (the first packet may wait for ARP).
+    pub fn pings(&self, ctr: &str, ip: &str) -> bool {
+        (0..5).any(|_| self.exec_in(ctr, &["ping", "-c1", "-W1", ip]).success())
+    }
+
+    /// Asserts that `ctr` reaches `ip`.
+    #[track_caller]
+    pub fn assert_pings(&self, ctr: &str, ip: &str) {
+        if !self.pings(ctr, ip) {
+            let last = self.exec_in(ctr, &["ping", "-c1", "-W1", ip]);
+            panic!(
+                "{ctr} cannot reach {ip}: {last}\n--- daemon log (end) ---\n{}",
+                tail(&self.log(), 40)
+            );
+        }
+    }
+
+    /// Asserts that two pings of `ip` from `ctr` get no answer.
+    #[track_caller]
+    pub fn assert_no_ping(&self, ctr: &str, ip: &str) {
+        let out = self.exec_in(ctr, &["ping", "-c2", "-i0.2", "-W1", ip]);
+        assert!(!out.success(), "{ctr} should not reach {ip}: {out}");
+    }
+
+    /// Polls `logs CTR` until it contains `needle`; returns the logs.
+    #[track_caller]
+    pub fn wait_logs(&self, ctr: &str, needle: &str) -> String {
+        eventually(&format!("{needle:?} in the logs of {ctr}"), || {
+            let out = self.cli(&["logs", ctr]);
+            if out.success() && out.stdout.contains(needle) {
+                Ok(out.stdout)
+            } else {
+                Err(out.to_string())
+            }
+        })
+    }
+
+    /// `stats --format json`.
+    #[track_caller]
+    pub fn stats(&self) -> Value {
+        self.ok(&["stats", "--format", "json"]).json()
+    }
+
+    /// A drop counter (e.g. "cross_network") summed over the programs that
+    /// have it.
+    #[track_caller]
+    pub fn drops(&self, reason: &str) -> u64 {
+        let stats = self.stats();
+        let counts: Vec<u64> = stats["programs"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|p| p["drops"][reason].as_u64())
+            .collect();
+        assert!(!counts.is_empty(), "no drop counter {reason:?}: {stats:#}");
+        counts.iter().sum()
+    }
+
+    /// The stable part of `network ls --format json` and `ps --format json`
+    /// (names, ids, subnets, attachments), to check that a refused command
+    /// or a restart changed nothing.
+    #[track_caller]
+    pub fn snapshot(&self) -> (Value, Value) {
+        let each = |args: &[&str], keys: &[&str]| -> Value {
+            let v = self.ok(args).json();
+            let list = v.as_array().unwrap_or_else(|| panic!("not a list: {v:#}"));
+            list.iter().map(|o| pick(o, keys)).collect()
+        };
+        (
+            each(
+                &["network", "ls", "--format", "json"],
+                &["Name", "Id", "Driver", "Internal", "Subnet", "Gateway"],
+            ),
+            each(&["ps", "--format", "json"], &["Name", "Id", "Networks"]),
+        )
+    }
+
+    /// Asserts that `args` is refused with one line on stderr and that
+    /// networks and containers are unchanged. Returns the stderr line.
+    #[track_caller]
+    pub fn assert_refused(&self, args: &[&str]) -> String {
+        let before = self.snapshot();
+        let out = self.cli(args);
+        let line = out.refused().to_string();
+        println!("refused: {} -> {line}", out.cmd);
+        let after = self.snapshot();
+        assert_eq!(
+            before, after,
+            "`{}` was refused ({line}) but changed the networks or containers",
+            out.cmd
+        );
+        line
+    }
+
+    // ----- cleanup ---------------------------------------------------------
+
+    /// Records every container the daemon lists (name, sandbox netns), so
+    /// that they are swept even if the daemon is gone by the end of the test.
+    pub fn track(&self) {
+        if self.child.is_none() {
+            return;
+        }
+        let ps = self.cli(&["ps", "--format", "json"]);
+        let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&ps.stdout) else {
+            return;
+        };
+        for c in list {
+            let Some(id) = c["Id"].as_str() else { continue };
+            let mut t = Tracked {
+                name: c["Name"].as_str().unwrap_or(id).to_string(),
+                netns: None,
+            };
+            let inspect = self.cli(&["inspect", id]);
+            if let Ok(v) = serde_json::from_str::<Value>(&inspect.stdout) {
+                t.netns = netns_of(&v[0]);
+            }
+            let mut tracked = self.tracked.borrow_mut();
+            let entry = tracked.entry(id.to_string()).or_default();
+            entry.name = t.name;
+            entry.netns = t.netns.or(entry.netns.take());
+        }
+    }
+
+    /// What of this test is still on the machine: netns names and paths.
+    pub fn leftovers(&self) -> Vec<String> {
+        let listed = netns_list();
+        let mut left: Vec<String> = self
+            .tracked
+            .borrow()
+            .values()
+            .filter_map(|t| t.netns.clone())
+            .chain(std::iter::once(self.ns_name.clone()))
+            .filter(|n| listed.contains(n) || netns_exists(n))
+            .map(|n| format!("netns {n}"))
+            .collect();
+        for p in [&self.bpffs, &self.dir] {
+            if p.exists() {
+                left.push(p.display().to_string());
+            }
+        }
+        left
+    }
+
+    fn sweep(&mut self) {
+        // 1. Through the API while the daemon runs: it knows best.
+        if self.child.is_some() {
+            self.track();
+            let names: Vec<String> = self
+                .tracked
+                .borrow()
+                .values()
+                .map(|t| t.name.clone())
+                .collect();
+            for n in names {
+                let out = self.cli(&["rm", "-f", &n]);
+                if !out.success() && !std::thread::panicking() {
+                    eprintln!("cleanup: {out}");
+                }
+            }
+        }
+        // 2. Stop the daemon.
+        if let Some(mut child) = self.child.take() {
+            signal(child.id(), "TERM");
+            let exited = (0..50).any(|_| {
+                let done = matches!(child.try_wait(), Ok(Some(_)));
+                if !done {
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+                done
+            });
+            if !exited {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+        // 3. What the daemon made and did not remove: sandboxes (with the
+        //    container processes inside them) and their /etc/netns files.
+        for t in self.tracked.borrow().values() {
+            if let Some(ns) = &t.netns {
+                kill_and_delete_netns(ns);
+                let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+            }
+        }
+        // 4. The daemon's own netns (its veths go with it), pins, tempdir.
+        drop(self.ns.take());
+        if self.bpffs.exists() {
+            if let Err(e) = std::fs::remove_dir_all(&self.bpffs) {
+                eprintln!("cleanup: removing {}: {e}", self.bpffs.display());
+            }
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.sweep();
+        if std::thread::panicking() {
+            eprintln!(
+                "--- daemon log {} ---\n{}",
+                self.log_path().display(),
+                self.log()
+            );
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        let left = self.leftovers();
+        if !left.is_empty() {
+            if std::thread::panicking() {
+                eprintln!("cleanup left behind: {left:?}");
+            } else {
+                panic!("cleanup left behind: {left:?}");
+            }
+        }
+    }
+}
+
+/// The netns name in an inspect object's NetworkSettings.SandboxKey.
+fn netns_of(inspect: &Value) -> Option<String> {
+    let key = inspect["NetworkSettings"]["SandboxKey"].as_str()?;
+    Path::new(key)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+}
+
+/// An object with only `keys` of `v` (absent ones as null).
+pub fn pick(v: &Value, keys: &[&str]) -> Value {
+    keys.iter()
+        .map(|k| (k.to_string(), v[*k].clone()))
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
+/// The single element of a one-element JSON array.
+#[track_caller]
+pub fn only(v: Value) -> Value {
+    match v {
+        Value::Array(mut a) if a.len() == 1 => a.remove(0),
+        other => panic!("expected an array with one object, got {other:#}"),
+    }
+}
+
+/// The last `n` lines of `s`.
+pub fn tail(s: &str, n: usize) -> String {
+    let lines: Vec<&str> = s.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Whether `ip` (a.b.c.d) lies in `cidr` (a.b.c.d/nn).
+pub fn in_subnet(ip: &str, cidr: &str) -> bool {
+    let parse = |s: &str| s.parse::<std::net::Ipv4Addr>().ok().map(u32::from);
+    let Some((net, len)) = cidr.split_once('/') else {
+        return false;
+    };
+    let (Some(ip), Some(net), Ok(len)) = (parse(ip), parse(net), len.parse::<u32>()) else {
+        return false;
+    };
+    let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
+    len <= 32 && ip & mask == net & mask
+}

@@ -1,1 +1,168 @@
-fn main(){}
+//! `cargo xtask`: setup, build, test, demo and benchmarks of the dataplane.
+
+mod bench;
+mod demo;
+mod lab;
+mod pingpong;
+mod setup;
+mod sh;
+mod testrun;
+
+use std::{
+    path::{Path, PathBuf},
+    process::Command,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+
+#[derive(Parser)]
+#[command(
+    name = "cargo xtask",
+    about = "Setup, build, test, demo and benchmarks of the eBPF dataplane"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
+pub enum Format {
+    #[default]
+    Table,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install what a fresh Debian machine lacks (apt packages, nightly
+    /// rust-src, bpf-linker, bpffs mount); idempotent.
+    Setup,
+    /// Setup, then build the `dataplane` binary (and its eBPF object).
+    Build {
+        #[arg(long)]
+        release: bool,
+    },
+    /// Setup, build, and run every test suite (root; namespaces and BPF).
+    Test,
+    /// Setup, build, and show two sandboxes talking through the eBPF switch.
+    Demo,
+    /// Setup, build (release), and compare veth / bridge / bridge+netfilter /
+    /// eBPF; writes BENCHMARKS.md.
+    Bench(bench::Args),
+    /// (internal) TCP ping-pong server for the latency fallback.
+    #[command(hide = true)]
+    PingpongServer {
+        #[arg(long)]
+        listen: String,
+    },
+    /// (internal) TCP ping-pong client for the latency fallback.
+    #[command(hide = true)]
+    PingpongClient {
+        #[arg(long)]
+        connect: String,
+        #[arg(long, default_value_t = 5)]
+        seconds: u64,
+    },
+}
+
+/// Numbered progress lines on stderr: `==> [2/5] building eBPF object`.
+pub struct Progress {
+    n: usize,
+    total: usize,
+}
+
+impl Progress {
+    pub fn new(total: usize) -> Self {
+        Self { n: 0, total }
+    }
+
+    pub fn step(&mut self, what: &str) {
+        self.n += 1;
+        self.total = self.total.max(self.n);
+        eprintln!("==> [{}/{}] {what}", self.n, self.total);
+    }
+}
+
+/// The workspace root (xtask's parent).
+pub fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+pub fn cargo() -> Command {
+    let mut c = Command::new(std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into()));
+    c.current_dir(root());
+    c
+}
+
+/// The target directory cargo uses for this workspace.
+pub fn target_dir() -> Result<PathBuf> {
+    let out = sh::output(
+        cargo().args(["metadata", "--format-version", "1", "--no-deps"]),
+        Some(Duration::from_secs(120)),
+    )?;
+    let v: serde_json::Value = serde_json::from_str(&out).context("parsing cargo metadata")?;
+    v["target_directory"]
+        .as_str()
+        .map(PathBuf::from)
+        .ok_or_else(|| anyhow!("cargo metadata has no target_directory"))
+}
+
+/// Builds `dataplane` (with its eBPF object); returns the binary's path.
+pub fn build_dataplane(release: bool) -> Result<PathBuf> {
+    let mut c = cargo();
+    c.args(["build", "-p", "dataplane-user"]);
+    if release {
+        c.arg("--release");
+    }
+    sh::run(&mut c, Some(Duration::from_secs(60 * 60)))?;
+    let bin = target_dir()?
+        .join(if release { "release" } else { "debug" })
+        .join("dataplane");
+    if !bin.is_file() {
+        bail!("the build succeeded but {} is missing", bin.display());
+    }
+    Ok(bin)
+}
+
+fn main() {
+    sh::install_signal_handlers();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Setup => {
+            let mut p = Progress::new(4);
+            setup::setup(&mut p).map(|()| {
+                eprintln!("==> setup complete");
+                0
+            })
+        }
+        Cmd::Build { release } => {
+            let mut p = Progress::new(5);
+            setup::setup(&mut p).and_then(|()| {
+                p.step(&format!(
+                    "building dataplane-user and its eBPF object ({})",
+                    if release { "release" } else { "debug" }
+                ));
+                let bin = build_dataplane(release)?;
+                println!("{}", bin.display());
+                Ok(0)
+            })
+        }
+        Cmd::Test => testrun::test(),
+        Cmd::Demo => demo::demo().map(|()| 0),
+        Cmd::Bench(args) => bench::bench(args),
+        Cmd::PingpongServer { listen } => pingpong::server(&listen).map(|()| 0),
+        Cmd::PingpongClient { connect, seconds } => pingpong::client(&connect, seconds).map(|()| 0),
+    };
+    match res {
+        Ok(code) => std::process::exit(code),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}

@@ -1,0 +1,1017 @@
+//! `cargo xtask bench`: the same traffic over four setups, side by side on
+//! identical veth pairs, repetitions interleaved (rep 1: a b c d, rep 2: ...):
+//! (a) a plain veth pair, (b) a Linux bridge, (c) a Linux bridge with
+//! Docker's netfilter rules, (d) the dataplane's eBPF path.
+
+use std::{
+    fmt::Write as _,
+    path::{Path, PathBuf},
+    process::Child,
+    time::Duration,
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde::Serialize;
+use serde_json::Value;
+
+use crate::{
+    build_dataplane,
+    lab::{self, in_netns, Cleanup, Daemon},
+    root, setup, sh, Format, Progress,
+};
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Floor,
+    Bridge,
+    Netfilter,
+    Ebpf,
+}
+
+impl Kind {
+    fn title(self) -> &'static str {
+        match self {
+            Kind::Floor => "(a) floor: veth pair",
+            Kind::Bridge => "(b) Linux bridge",
+            Kind::Netfilter => "(c) bridge + Docker netfilter",
+            Kind::Ebpf => "(d) dataplane eBPF",
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            Kind::Floor => "one veth pair between two namespaces (10.200.1.1 <-> 10.200.1.2)",
+            Kind::Bridge => {
+                "two namespaces, each with a veth into a Linux bridge `br0` in a third namespace \
+                 (10.200.2.0/24; bridge-nf-call-iptables=0 there, so netfilter does not see bridged frames)"
+            }
+            Kind::Netfilter => {
+                "as (b) on 10.200.3.0/24, plus what Docker sets up for a bridge network in the bridge's \
+                 namespace: bridge-nf-call-iptables=1, ip_forward=1, filter FORWARD policy DROP with the \
+                 DOCKER-USER, DOCKER-ISOLATION-STAGE-1/2 and DOCKER chains and the conntrack \
+                 RELATED,ESTABLISHED accept, nat MASQUERADE of the subnet and the DOCKER nat chain"
+            }
+            Kind::Ebpf => {
+                "a `dataplane daemon` in its own namespace (nsenter), `network create --subnet 10.200.4.0/24`, \
+                 two sandboxes from `dataplane run -d ... -- sleep infinity`; their host-side veths are \
+                 switched by the TC program with bpf_redirect_peer (no bridge, no iptables)"
+            }
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LatencyTool {
+    /// sockperf if `sockperf --version` works, else the built-in ping-pong.
+    Auto,
+    Sockperf,
+    /// The built-in 1-byte TCP ping-pong (this binary on both ends).
+    Rust,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct Args {
+    #[arg(long, value_enum, default_value_t)]
+    format: Format,
+    /// Repetitions (each runs every setup once, interleaved).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
+    reps: u32,
+    /// Seconds per iperf3 / latency run.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
+    seconds: u64,
+    /// Setups to measure (comma-separated).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Floor, Kind::Bridge, Kind::Netfilter, Kind::Ebpf])]
+    setups: Vec<Kind>,
+    #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
+    latency: LatencyTool,
+    /// Where to write the report (default: BENCHMARKS.md at the repo root).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Do not write the report file.
+    #[arg(long)]
+    no_write: bool,
+    /// Use this `dataplane` binary instead of building one (release).
+    #[arg(long)]
+    dataplane_bin: Option<PathBuf>,
+}
+
+/// Where traffic goes: client namespace -> server namespace/address.
+struct Pair {
+    kind: Kind,
+    client: String,
+    server: String,
+    server_ip: String,
+}
+
+/// A background server process, killed (its whole group) on drop.
+struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        sh::stop_group(&mut self.0, Duration::from_secs(2));
+    }
+}
+
+fn bg(c: &mut std::process::Command) -> Result<Bg> {
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null());
+    Ok(Bg(sh::spawn(c)?))
+}
+
+const NF_RULES: &str = "\
+*nat
+:PREROUTING ACCEPT [0:0]
+:INPUT ACCEPT [0:0]
+:OUTPUT ACCEPT [0:0]
+:POSTROUTING ACCEPT [0:0]
+:DOCKER - [0:0]
+-A PREROUTING -m addrtype --dst-type LOCAL -j DOCKER
+-A OUTPUT ! -d 127.0.0.0/8 -m addrtype --dst-type LOCAL -j DOCKER
+-A POSTROUTING -s SUBNET ! -o br0 -j MASQUERADE
+-A DOCKER -i br0 -j RETURN
+COMMIT
+*filter
+:INPUT ACCEPT [0:0]
+:FORWARD DROP [0:0]
+:OUTPUT ACCEPT [0:0]
+:DOCKER - [0:0]
+:DOCKER-ISOLATION-STAGE-1 - [0:0]
+:DOCKER-ISOLATION-STAGE-2 - [0:0]
+:DOCKER-USER - [0:0]
+-A FORWARD -j DOCKER-USER
+-A FORWARD -j DOCKER-ISOLATION-STAGE-1
+-A FORWARD -o br0 -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT
+-A FORWARD -o br0 -j DOCKER
+-A FORWARD -i br0 ! -o br0 -j ACCEPT
+-A FORWARD -i br0 -o br0 -j ACCEPT
+-A DOCKER-ISOLATION-STAGE-1 -i br0 ! -o br0 -j DOCKER-ISOLATION-STAGE-2
+-A DOCKER-ISOLATION-STAGE-1 -j RETURN
+-A DOCKER-ISOLATION-STAGE-2 -o br0 -j DROP
+-A DOCKER-ISOLATION-STAGE-2 -j RETURN
+-A DOCKER-USER -j RETURN
+COMMIT
+";
+
+fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+    lab::ip(ns, &["addr", "add", cidr, "dev", dev])?;
+    lab::ip(ns, &["link", "set", dev, "up"])?;
+    Ok(())
+}
+
+fn build_floor(cl: &mut Cleanup, tag: &str) -> Result<Pair> {
+    let (a, b) = (format!("{tag}-fa"), format!("{tag}-fb"));
+    cl.netns(&a)?;
+    cl.netns(&b)?;
+    lab::ip(
+        &a,
+        &[
+            "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", &b,
+        ],
+    )?;
+    addr(&a, "eth0", "10.200.1.1/24")?;
+    addr(&b, "eth0", "10.200.1.2/24")?;
+    Ok(Pair {
+        kind: Kind::Floor,
+        client: a,
+        server: b,
+        server_ip: "10.200.1.2".into(),
+    })
+}
+
+fn build_bridge(
+    cl: &mut Cleanup,
+    tag: &str,
+    netfilter: bool,
+    dir: &Path,
+    notes: &mut Vec<String>,
+) -> Result<Pair> {
+    let (k, kind, net) = if netfilter {
+        ("n", Kind::Netfilter, 3)
+    } else {
+        ("b", Kind::Bridge, 2)
+    };
+    let (a, b, s) = (
+        format!("{tag}-{k}a"),
+        format!("{tag}-{k}b"),
+        format!("{tag}-{k}s"),
+    );
+    for n in [&a, &b, &s] {
+        cl.netns(n)?;
+    }
+    lab::ip(&s, &["link", "add", "br0", "type", "bridge"])?;
+    addr(&s, "br0", &format!("10.200.{net}.254/24"))?;
+    for (ns, port, host) in [(&a, "veth-a", 1), (&b, "veth-b", 2)] {
+        lab::ip(
+            ns,
+            &[
+                "link", "add", "eth0", "type", "veth", "peer", "name", port, "netns", &s,
+            ],
+        )?;
+        lab::ip(&s, &["link", "set", port, "master", "br0", "up"])?;
+        addr(ns, "eth0", &format!("10.200.{net}.{host}/24"))?;
+        lab::ip(
+            ns,
+            &[
+                "route",
+                "add",
+                "default",
+                "via",
+                &format!("10.200.{net}.254"),
+            ],
+        )?;
+    }
+    let call = if netfilter { "1" } else { "0" };
+    let mut brnf = true;
+    for key in [
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+    ] {
+        if lab::sysctl(&s, key, call).is_err() {
+            brnf = false;
+        }
+    }
+    if netfilter {
+        if !brnf {
+            notes.push(
+                "(c): net.bridge.bridge-nf-call-iptables is unavailable here (no br_netfilter), \
+                 so the FORWARD rules do not see bridged traffic"
+                    .into(),
+            );
+        }
+        lab::sysctl(&s, "net.ipv4.ip_forward", "1")?;
+        let rules = dir.join("docker-rules.txt");
+        std::fs::write(
+            &rules,
+            NF_RULES.replace("SUBNET", &format!("10.200.{net}.0/24")),
+        )?;
+        sh::output(
+            in_netns(&s, &["iptables-restore"]).arg(&rules),
+            Some(Duration::from_secs(30)),
+        )
+        .context("loading the Docker-style ruleset with iptables-restore")?;
+    }
+    Ok(Pair {
+        kind,
+        client: a,
+        server: b,
+        server_ip: format!("10.200.{net}.2"),
+    })
+}
+
+fn build_ebpf(cl: &mut Cleanup, tag: &str, bin: &Path, dir: &Path) -> Result<(Daemon, Pair)> {
+    let ns = format!("{tag}-d");
+    let bpffs = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
+    let ddir = dir.join("daemon");
+    cl.path(&bpffs);
+    cl.netns(&ns)?;
+    let mut d = Daemon::start(bin, &ns, &ddir, &bpffs, Duration::from_secs(20))?;
+    d.cli(&["network", "create", "--subnet", "10.200.4.0/24", "bench"])?;
+    let a = d.run("bench-a", "bench", &["sleep", "infinity"])?;
+    let b = d.run("bench-b", "bench", &["sleep", "infinity"])?;
+    Ok((
+        d,
+        Pair {
+            kind: Kind::Ebpf,
+            client: a.netns,
+            server: b.netns,
+            server_ip: b.ip,
+        },
+    ))
+}
+
+fn json_of(out: &str, what: &str) -> Result<Value> {
+    let v: Value = serde_json::from_str(out).with_context(|| format!("parsing {what} JSON"))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("{what}: {e}");
+    }
+    Ok(v)
+}
+
+fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<f64> {
+    let t = secs.to_string();
+    let mut args = vec![
+        "iperf3",
+        "-c",
+        &p.server_ip,
+        "-p",
+        "5201",
+        "-t",
+        &t,
+        "--json",
+        "--connect-timeout",
+        "3000",
+    ];
+    if udp {
+        args.extend(["-u", "-l", "64", "-b", "0"]);
+    }
+    let o = sh::capture(
+        &mut in_netns(&p.client, &args),
+        Some(Duration::from_secs(secs + 30)),
+    )?;
+    let what = if udp { "iperf3 UDP" } else { "iperf3 TCP" };
+    let v = json_of(&o.stdout, what).map_err(|e| anyhow!("{e:#} ({})", sh::tail(&o.stderr, 3)))?;
+    let end = &v["end"];
+    if udp {
+        let s = if end["sum_received"].is_object() {
+            &end["sum_received"]
+        } else {
+            &end["sum"]
+        };
+        let secs = s["seconds"]
+            .as_f64()
+            .filter(|s| *s > 0.0)
+            .ok_or_else(|| anyhow!("{what}: no seconds"))?;
+        let pkts = match (s["packets"].as_f64(), s["lost_packets"].as_f64()) {
+            (Some(n), Some(l)) => n - l,
+            _ => {
+                s["bytes"]
+                    .as_f64()
+                    .ok_or_else(|| anyhow!("{what}: no packets"))?
+                    / 64.0
+            }
+        };
+        Ok(pkts / secs / 1e3)
+    } else {
+        end["sum_received"]["bits_per_second"]
+            .as_f64()
+            .map(|b| b / 1e9)
+            .ok_or_else(|| anyhow!("{what}: no end.sum_received.bits_per_second"))
+    }
+}
+
+fn sockperf_percentile(out: &str, p: &str) -> Option<f64> {
+    out.lines()
+        .find(|l| l.contains(&format!("percentile {p} ")))
+        .and_then(|l| l.rsplit('=').next())
+        .and_then(|v| {
+            v.trim()
+                .trim_end_matches(|c: char| !c.is_ascii_digit())
+                .parse()
+                .ok()
+        })
+}
+
+fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
+    let t = secs.to_string();
+    if tool == LatencyTool::Sockperf {
+        let _srv = bg(&mut in_netns(
+            &p.server,
+            &[
+                "sockperf",
+                "server",
+                "--tcp",
+                "-i",
+                &p.server_ip,
+                "-p",
+                "11111",
+            ],
+        ))?;
+        lab::wait_listening(&p.server, 11111, Duration::from_secs(5))?;
+        let o = sh::capture(
+            &mut in_netns(
+                &p.client,
+                &[
+                    "sockperf",
+                    "ping-pong",
+                    "--tcp",
+                    "--full-rtt",
+                    "-i",
+                    &p.server_ip,
+                    "-p",
+                    "11111",
+                    "-t",
+                    &t,
+                ],
+            ),
+            Some(Duration::from_secs(secs + 30)),
+        )?;
+        let all = format!("{}\n{}", o.stdout, o.stderr);
+        match (
+            sockperf_percentile(&all, "50.000"),
+            sockperf_percentile(&all, "99.000"),
+        ) {
+            (Some(a), Some(b)) if o.ok() => Ok((a, b)),
+            _ => bail!(
+                "sockperf ping-pong gave no percentiles ({}): {}",
+                o.status,
+                sh::tail(&all, 3)
+            ),
+        }
+    } else {
+        let exe = std::env::current_exe()?;
+        let exe = exe
+            .to_str()
+            .ok_or_else(|| anyhow!("non-UTF-8 xtask path"))?;
+        let listen = format!("{}:11112", p.server_ip);
+        let _srv = bg(&mut in_netns(
+            &p.server,
+            &[exe, "pingpong-server", "--listen", &listen],
+        ))?;
+        lab::wait_listening(&p.server, 11112, Duration::from_secs(5))?;
+        let out = sh::output(
+            &mut in_netns(
+                &p.client,
+                &[
+                    exe,
+                    "pingpong-client",
+                    "--connect",
+                    &listen,
+                    "--seconds",
+                    &t,
+                ],
+            ),
+            Some(Duration::from_secs(secs + 30)),
+        )?;
+        let v = json_of(&out, "ping-pong")?;
+        match (v["p50_us"].as_f64(), v["p99_us"].as_f64()) {
+            (Some(a), Some(b)) => Ok((a, b)),
+            _ => bail!("ping-pong printed no percentiles: {out}"),
+        }
+    }
+}
+
+#[derive(Default)]
+struct Samples {
+    tcp: Vec<f64>,
+    udp: Vec<f64>,
+    p50: Vec<f64>,
+    p99: Vec<f64>,
+    errors: Vec<String>,
+}
+
+fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) -> Result<String> {
+    let mut line = Vec::new();
+    let err = |s: &mut Samples, what: &str, e: anyhow::Error| -> Result<()> {
+        sh::check_interrupted()?;
+        let m = format!("rep {rep}: {what}: {e:#}");
+        eprintln!("    error: {m}");
+        s.errors.push(m);
+        Ok(())
+    };
+    {
+        let srv = bg(&mut in_netns(
+            &p.server,
+            &["iperf3", "-s", "-B", &p.server_ip, "-p", "5201"],
+        ))?;
+        match lab::wait_listening(&p.server, 5201, Duration::from_secs(5)) {
+            Err(e) => err(s, "iperf3 server", e)?,
+            Ok(()) => {
+                match iperf(p, secs, false) {
+                    Ok(v) => {
+                        line.push(format!("tcp {v:.2} Gbit/s"));
+                        s.tcp.push(v);
+                    }
+                    Err(e) => err(s, "tcp", e)?,
+                }
+                match iperf(p, secs, true) {
+                    Ok(v) => {
+                        line.push(format!("udp64 {v:.1} kpps"));
+                        s.udp.push(v);
+                    }
+                    Err(e) => err(s, "udp", e)?,
+                }
+            }
+        }
+        drop(srv);
+    }
+    match latency(p, secs, tool) {
+        Ok((a, b)) => {
+            line.push(format!("rr p50 {a:.1} us p99 {b:.1} us"));
+            s.p50.push(a);
+            s.p99.push(b);
+        }
+        Err(e) => err(s, "latency", e)?,
+    }
+    Ok(line.join(", "))
+}
+
+#[derive(Serialize, Clone)]
+struct Stat {
+    median: f64,
+    min: f64,
+    max: f64,
+    samples: Vec<f64>,
+    vs_floor: Option<f64>,
+    vs_bridge: Option<f64>,
+}
+
+fn stat(v: &[f64]) -> Option<Stat> {
+    if v.is_empty() {
+        return None;
+    }
+    let mut s = v.to_vec();
+    s.sort_by(f64::total_cmp);
+    let n = s.len();
+    let median = if n % 2 == 1 {
+        s[n / 2]
+    } else {
+        (s[n / 2 - 1] + s[n / 2]) / 2.0
+    };
+    Some(Stat {
+        median,
+        min: s[0],
+        max: s[n - 1],
+        samples: v.to_vec(),
+        vs_floor: None,
+        vs_bridge: None,
+    })
+}
+
+#[derive(Serialize)]
+struct SetupReport {
+    setup: Kind,
+    title: &'static str,
+    description: &'static str,
+    /// Why the setup could not be built, if it could not.
+    failed: Option<String>,
+    tcp_gbps: Option<Stat>,
+    udp64_kpps: Option<Stat>,
+    rr_p50_us: Option<Stat>,
+    rr_p99_us: Option<Stat>,
+    errors: Vec<String>,
+}
+
+#[derive(Serialize)]
+struct Machine {
+    kernel: String,
+    nproc: usize,
+    cpu: String,
+    iperf3: String,
+    sockperf: String,
+    /// /proc/loadavg when the measurements started (other work skews results).
+    loadavg: String,
+}
+
+#[derive(Serialize)]
+struct Report {
+    command: String,
+    date: String,
+    machine: Machine,
+    reps: u32,
+    seconds: u64,
+    latency_tool: LatencyTool,
+    setups: Vec<SetupReport>,
+    notes: Vec<String>,
+    /// `dataplane bench-prog --format json`, or {"skipped": reason}.
+    bpf_prog: Value,
+}
+
+fn first_line(c: &mut std::process::Command) -> String {
+    sh::capture(c, Some(Duration::from_secs(10)))
+        .ok()
+        .and_then(|o| {
+            format!("{}{}", o.stdout, o.stderr)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn machine() -> Machine {
+    let cpu = std::fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("model name")
+                .and_then(|r| r.split_once(':'))
+                .map(|(_, v)| v.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into());
+    Machine {
+        kernel: first_line(&mut sh::cmd("uname", ["-srvm"])),
+        nproc: std::thread::available_parallelism().map_or(0, usize::from),
+        cpu,
+        iperf3: first_line(&mut sh::cmd("iperf3", ["--version"])),
+        sockperf: first_line(&mut sh::cmd("sockperf", ["--version"])).replace("sockperf, ", ""),
+        loadavg: std::fs::read_to_string("/proc/loadavg")
+            .unwrap_or_default()
+            .split_whitespace()
+            .take(3)
+            .collect::<Vec<_>>()
+            .join(" "),
+    }
+}
+
+fn bpf_prog(bin: &Path) -> Value {
+    let o = sh::capture(
+        &mut sh::cmd(bin, ["bench-prog", "--format", "json"]),
+        Some(Duration::from_secs(600)),
+    );
+    let skipped = |why: String| serde_json::json!({ "skipped": why });
+    match o {
+        Err(e) => skipped(format!("{e:#}")),
+        Ok(o) if !o.ok() => {
+            let err = format!("{}{}", o.stderr, o.stdout);
+            if err.contains("unrecognized subcommand") || err.contains("unexpected argument") {
+                skipped("`dataplane bench-prog` does not exist in this build".into())
+            } else {
+                skipped(format!(
+                    "`dataplane bench-prog` failed ({}): {}",
+                    o.status,
+                    sh::tail(&err, 3)
+                ))
+            }
+        }
+        Ok(o) => match serde_json::from_str::<Value>(&o.stdout) {
+            Ok(v) if v["from_container_median_ns"].is_number() => v,
+            _ => skipped(format!(
+                "unexpected `dataplane bench-prog` output: {}",
+                sh::tail(&o.stdout, 3)
+            )),
+        },
+    }
+}
+
+pub fn bench(args: Args) -> Result<i32> {
+    let mut kinds = Vec::new();
+    for k in [Kind::Floor, Kind::Bridge, Kind::Netfilter, Kind::Ebpf] {
+        if args.setups.contains(&k) {
+            kinds.push(k);
+        }
+    }
+    let mut p = Progress::new(9);
+    setup::setup(&mut p)?;
+    let bin = match &args.dataplane_bin {
+        Some(b) => {
+            p.step(&format!("using {} (not building)", b.display()));
+            std::path::absolute(b)?
+        }
+        None => {
+            p.step("building dataplane-user (release) and its eBPF object");
+            build_dataplane(true)?
+        }
+    };
+
+    let tool = match args.latency {
+        LatencyTool::Auto if sh::succeeds(&mut sh::cmd("sockperf", ["--version"])) => {
+            LatencyTool::Sockperf
+        }
+        LatencyTool::Auto => LatencyTool::Rust,
+        t => t,
+    };
+    let tag = format!("dpb{}", std::process::id());
+    let dir = std::env::temp_dir().join(&tag);
+    let mut cl = Cleanup::default();
+    cl.dir(&dir)?;
+    let mut daemon: Option<Daemon> = None; // dropped before `cl`
+
+    p.step(&format!(
+        "building the setups: {}",
+        kinds
+            .iter()
+            .map(|k| k.title())
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut notes = Vec::new();
+    let mut pairs = Vec::new();
+    let mut failed: Vec<(Kind, String)> = Vec::new();
+    for &k in &kinds {
+        let r = match k {
+            Kind::Floor => build_floor(&mut cl, &tag),
+            Kind::Bridge => build_bridge(&mut cl, &tag, false, &dir, &mut notes),
+            Kind::Netfilter => build_bridge(&mut cl, &tag, true, &dir, &mut notes),
+            Kind::Ebpf => build_ebpf(&mut cl, &tag, &bin, &dir).map(|(d, pair)| {
+                daemon = Some(d);
+                pair
+            }),
+        }
+        .and_then(|pair| {
+            lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
+            Ok(pair)
+        });
+        sh::check_interrupted()?;
+        match r {
+            Ok(pair) => {
+                eprintln!(
+                    "    {}: {} -> {} ({})",
+                    k.title(),
+                    pair.client,
+                    pair.server,
+                    pair.server_ip
+                );
+                pairs.push(pair);
+            }
+            Err(e) => {
+                eprintln!("    error: {} could not be set up: {e:#}", k.title());
+                failed.push((k, format!("{e:#}")));
+            }
+        }
+    }
+
+    let mach = machine();
+    p.step(&format!(
+        "measuring: {} reps x {} setups, {} s per run (TCP, UDP 64 B, request/response via {})",
+        args.reps,
+        pairs.len(),
+        args.seconds,
+        if tool == LatencyTool::Sockperf {
+            "sockperf"
+        } else {
+            "the built-in ping-pong"
+        }
+    ));
+    let mut samples: Vec<Samples> = pairs.iter().map(|_| Samples::default()).collect();
+    for rep in 1..=args.reps {
+        for (pair, s) in pairs.iter().zip(samples.iter_mut()) {
+            let line = measure(pair, args.seconds, tool, s, rep)?;
+            eprintln!("    rep {rep}/{}: {}: {line}", args.reps, pair.kind.title());
+        }
+    }
+
+    p.step("BPF_PROG_TEST_RUN: dataplane bench-prog");
+    let prog = bpf_prog(&bin);
+    if let Some(why) = prog["skipped"].as_str() {
+        eprintln!("    skipped: {why}");
+    }
+
+    p.step("report");
+    let mut setups: Vec<SetupReport> = Vec::new();
+    for &k in &kinds {
+        let mut r = SetupReport {
+            setup: k,
+            title: k.title(),
+            description: k.description(),
+            failed: failed.iter().find(|(f, _)| *f == k).map(|(_, e)| e.clone()),
+            tcp_gbps: None,
+            udp64_kpps: None,
+            rr_p50_us: None,
+            rr_p99_us: None,
+            errors: Vec::new(),
+        };
+        if let Some(i) = pairs.iter().position(|p| p.kind == k) {
+            let s = &mut samples[i];
+            r.tcp_gbps = stat(&s.tcp);
+            r.udp64_kpps = stat(&s.udp);
+            r.rr_p50_us = stat(&s.p50);
+            r.rr_p99_us = stat(&s.p99);
+            r.errors = std::mem::take(&mut s.errors);
+        }
+        setups.push(r);
+    }
+    add_ratios(&mut setups);
+    let mut command = String::from("cargo xtask bench");
+    if args.reps != 5 {
+        command += &format!(" --reps {}", args.reps);
+    }
+    if args.seconds != 5 {
+        command += &format!(" --seconds {}", args.seconds);
+    }
+    if kinds.len() != 4 {
+        let names: Vec<&str> = kinds
+            .iter()
+            .map(|k| match k {
+                Kind::Floor => "floor",
+                Kind::Bridge => "bridge",
+                Kind::Netfilter => "netfilter",
+                Kind::Ebpf => "ebpf",
+            })
+            .collect();
+        command += &format!(" --setups {}", names.join(","));
+    }
+    if args.latency != LatencyTool::Auto {
+        command += &format!(
+            " --latency {}",
+            if tool == LatencyTool::Rust {
+                "rust"
+            } else {
+                "sockperf"
+            }
+        );
+    }
+    let report = Report {
+        command,
+        date: first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"])),
+        machine: mach,
+        reps: args.reps,
+        seconds: args.seconds,
+        latency_tool: tool,
+        setups,
+        notes,
+        bpf_prog: prog,
+    };
+    let md = markdown(&report);
+    if args.format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        println!("{}", tables(&report));
+    }
+    if !args.no_write {
+        let out = args
+            .out
+            .clone()
+            .unwrap_or_else(|| root().join("BENCHMARKS.md"));
+        std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
+        eprintln!("    wrote {}", out.display());
+    }
+    let bad = report
+        .setups
+        .iter()
+        .any(|s| s.failed.is_some() || !s.errors.is_empty());
+    drop(daemon);
+    drop(cl);
+    if bad {
+        eprintln!("error: some setups or measurements failed (see above)");
+        return Ok(1);
+    }
+    Ok(0)
+}
+
+const METRICS: [(&str, &str, usize); 4] = [
+    ("TCP throughput, Gbit/s (iperf3, higher is better)", "Gbit/s", 2),
+    (
+        "UDP 64-byte packets received, kpps (iperf3 -u -l 64 -b 0, receiver side, higher is better)",
+        "kpps",
+        1,
+    ),
+    ("TCP request/response round trip p50, µs (lower is better)", "µs", 1),
+    ("TCP request/response round trip p99, µs (lower is better)", "µs", 1),
+];
+
+fn metric(r: &SetupReport, i: usize) -> Option<&Stat> {
+    [&r.tcp_gbps, &r.udp64_kpps, &r.rr_p50_us, &r.rr_p99_us][i].as_ref()
+}
+
+fn metric_mut(r: &mut SetupReport, i: usize) -> Option<&mut Stat> {
+    match i {
+        0 => r.tcp_gbps.as_mut(),
+        1 => r.udp64_kpps.as_mut(),
+        2 => r.rr_p50_us.as_mut(),
+        _ => r.rr_p99_us.as_mut(),
+    }
+}
+
+fn add_ratios(setups: &mut [SetupReport]) {
+    for i in 0..METRICS.len() {
+        let base = |k: Kind| {
+            setups
+                .iter()
+                .find(|s| s.setup == k)
+                .and_then(|s| metric(s, i))
+                .map(|st| st.median)
+                .filter(|m| *m > 0.0)
+        };
+        let (floor, bridge) = (base(Kind::Floor), base(Kind::Bridge));
+        for s in setups.iter_mut() {
+            if let Some(st) = metric_mut(s, i) {
+                st.vs_floor = floor.map(|f| st.median / f);
+                st.vs_bridge = bridge.map(|b| st.median / b);
+            }
+        }
+    }
+}
+
+fn tables(r: &Report) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "{} rep(s) x {} s; medians, spread is min–max over reps, ratios are this median / the median of (a) floor or (b) bridge.\n",
+        r.reps, r.seconds
+    );
+    for (i, (title, unit, prec)) in METRICS.into_iter().enumerate() {
+        let _ = writeln!(o, "### {title}\n");
+        let _ = writeln!(
+            o,
+            "| setup | median ({unit}) | spread (min–max) | vs floor | vs bridge |"
+        );
+        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: |");
+        for s in &r.setups {
+            let t = s.title;
+            match metric(s, i) {
+                Some(st) => {
+                    let ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}x"));
+                    let _ = writeln!(
+                        o,
+                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |",
+                        st.median,
+                        st.min,
+                        st.max,
+                        ratio(st.vs_floor),
+                        ratio(st.vs_bridge)
+                    );
+                }
+                None => {
+                    let why = if s.failed.is_some() {
+                        "not set up (see Failures)"
+                    } else {
+                        "no sample"
+                    };
+                    let _ = writeln!(o, "| {t} | {why} | | | |");
+                }
+            }
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(
+        o,
+        "### Per-packet cost of the TC programs (BPF_PROG_TEST_RUN)\n"
+    );
+    let b = &r.bpf_prog;
+    if let Some(why) = b["skipped"].as_str() {
+        let _ = writeln!(
+            o,
+            "| program | ns/packet (median) |\n| --- | ---: |\n| from_container vs noop | skipped: {} |\n",
+            why.replace('|', "/")
+        );
+    } else {
+        let runs = format!(
+            "{} rounds x {} repeats",
+            b["rounds"].as_u64().unwrap_or(0),
+            b["repeat"].as_u64().unwrap_or(0)
+        );
+        let _ = writeln!(
+            o,
+            "| program | ns/packet (median of {runs}) |\n| --- | ---: |"
+        );
+        let _ = writeln!(o, "| from_container | {} |", b["from_container_median_ns"]);
+        let _ = writeln!(o, "| noop | {} |", b["noop_median_ns"]);
+        let _ = writeln!(
+            o,
+            "| ratio | {:.2}x |\n",
+            b["ratio"].as_f64().unwrap_or(f64::NAN)
+        );
+    }
+    let problems: Vec<String> = r
+        .setups
+        .iter()
+        .flat_map(|s| {
+            s.failed
+                .iter()
+                .map(move |e| format!("{} could not be set up: {e}", s.title))
+                .chain(s.errors.iter().map(move |e| format!("{}: {e}", s.title)))
+        })
+        .collect();
+    if !problems.is_empty() {
+        let _ = writeln!(o, "### Failures\n");
+        for p in problems {
+            let _ = writeln!(o, "- {}", p.replace('\n', " "));
+        }
+        let _ = writeln!(o);
+    }
+    o
+}
+
+fn markdown(r: &Report) -> String {
+    let m = &r.machine;
+    let mut o = String::new();
+    let _ = writeln!(o, "# Benchmarks\n");
+    let _ = writeln!(
+        o,
+        "Generated by `{}` on {} (rerun it to refresh this file; it needs root and builds, \
+         measures and cleans up everything itself).\n",
+        r.command, r.date
+    );
+    let _ = writeln!(o, "## Machine\n");
+    let _ = writeln!(o, "- kernel: `{}`", m.kernel);
+    let _ = writeln!(o, "- CPUs (nproc): {}; {}", m.nproc, m.cpu);
+    let _ = writeln!(o, "- {}; sockperf {}", m.iperf3, m.sockperf);
+    let _ = writeln!(o, "- load average when measuring started: {}\n", m.loadavg);
+    let _ = writeln!(o, "## Setups\n");
+    let _ = writeln!(
+        o,
+        "Every setup is built at once on identical veth pairs (default settings, MTU 1500) in namespaces \
+         created for the run; the repetitions are interleaved (rep 1: a, b, c, d; rep 2: a, b, c, d; ...) so \
+         that machine noise hits all setups alike. Traffic only flows between those namespaces (10.200.x.y).\n"
+    );
+    for s in &r.setups {
+        let _ = writeln!(o, "- **{}**: {}", s.title, s.description);
+    }
+    let _ = writeln!(o, "\nPer setup and rep: `iperf3 -t {0}` TCP (received bits/s), `iperf3 -u -l 64 -b 0 -t {0}` \
+        (packets the receiver got per second), and a TCP request/response round trip ({1}, {0} s).\n",
+        r.seconds,
+        if r.latency_tool == LatencyTool::Sockperf {
+            "`sockperf ping-pong --tcp --full-rtt`, default 14-byte messages"
+        } else {
+            "the built-in 1-byte ping-pong of `cargo xtask`"
+        });
+    for n in &r.notes {
+        let _ = writeln!(o, "Note: {n}\n");
+    }
+    let _ = writeln!(o, "## Results\n");
+    o.push_str(&tables(r));
+    o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn medians_and_spread() {
+        let s = stat(&[3.0, 1.0, 2.0]).unwrap();
+        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
+        assert_eq!(stat(&[1.0, 2.0, 3.0, 4.0]).unwrap().median, 2.5);
+        assert!(stat(&[]).is_none());
+    }
+
+    #[test]
+    fn sockperf_lines() {
+        let out = "sockperf: ---> percentile 99.000 =   58.008\nsockperf: ---> percentile 50.000 =   29.915\n";
+        assert_eq!(sockperf_percentile(out, "50.000"), Some(29.915));
+        assert_eq!(sockperf_percentile(out, "99.000"), Some(58.008));
+        assert_eq!(sockperf_percentile(out, "90.000"), None);
+    }
+}

@@ -1,0 +1,398 @@
+//! Network namespaces, a dataplane daemon in one of them, and the guards
+//! that tear everything down on any exit path (error, panic or Ctrl-C).
+
+use std::{
+    fs::File,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, bail, Context as _, Result};
+use serde_json::Value;
+
+use crate::sh::{self, cmd};
+
+const SHORT: Duration = Duration::from_secs(30);
+
+/// Cleanup actions, run in reverse order of registration when dropped.
+/// A cleanup step: returns a warning if it did not fully succeed.
+type Action = Box<dyn FnOnce() -> Option<String>>;
+
+#[derive(Default)]
+pub struct Cleanup {
+    actions: Vec<(String, Action)>,
+}
+
+impl Cleanup {
+    /// Registers `f` (returning an optional warning) to run on drop.
+    pub fn push(&mut self, what: impl Into<String>, f: impl FnOnce() -> Option<String> + 'static) {
+        self.actions.push((what.into(), Box::new(f)));
+    }
+
+    /// Creates a namespace (loopback up) that is deleted on drop.
+    pub fn netns(&mut self, name: &str) -> Result<()> {
+        let n = name.to_string();
+        sh::output(&mut cmd("ip", ["netns", "add", name]), Some(SHORT))?;
+        self.push(format!("delete netns {name}"), move || netns_delete(&n));
+        ip(name, &["link", "set", "lo", "up"])?;
+        Ok(())
+    }
+
+    /// A fresh directory removed (with whatever is in it) on drop.
+    pub fn dir(&mut self, path: &Path) -> Result<()> {
+        let _ = sh::remove_path(path);
+        std::fs::create_dir_all(path).with_context(|| format!("creating {}", path.display()))?;
+        let p = path.to_path_buf();
+        self.push(format!("remove {}", path.display()), move || {
+            sh::remove_path(&p)
+        });
+        Ok(())
+    }
+
+    /// A path (e.g. a bpffs pin directory) removed on drop if it exists.
+    pub fn path(&mut self, path: &Path) {
+        let p = path.to_path_buf();
+        self.push(format!("remove {}", path.display()), move || {
+            sh::remove_path(&p)
+        });
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if self.actions.is_empty() {
+            return;
+        }
+        let _c = sh::Cleaning::enter();
+        eprintln!("==> cleaning up");
+        while let Some((what, f)) = self.actions.pop() {
+            if let Some(w) = f() {
+                eprintln!("    warning: {what}: {w}");
+            }
+        }
+    }
+}
+
+/// `ip -n NS ARGS...`, error on failure.
+pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
+    sh::output(cmd("ip", ["-n", ns]).args(args), Some(SHORT))
+}
+
+/// `ip netns exec NS ARGS...` as a command to run.
+pub fn in_netns(ns: &str, args: &[&str]) -> Command {
+    let mut c = cmd("ip", ["netns", "exec", ns]);
+    c.args(args);
+    c
+}
+
+/// Sets a sysctl inside a namespace through its /proc/sys.
+pub fn sysctl(ns: &str, key: &str, val: &str) -> Result<()> {
+    sh::output(
+        &mut in_netns(ns, &["sysctl", "-q", "-w", &format!("{key}={val}")]),
+        Some(SHORT),
+    )?;
+    Ok(())
+}
+
+pub fn netns_exists(name: &str) -> bool {
+    Path::new("/var/run/netns").join(name).exists()
+}
+
+/// Kills every process in the namespace, then deletes it. Only ever called
+/// for namespaces this process created (or its own daemon did).
+pub fn netns_delete(name: &str) -> Option<String> {
+    if !netns_exists(name) {
+        return None;
+    }
+    for _ in 0..3 {
+        let pids = sh::capture(&mut cmd("ip", ["netns", "pids", name]), Some(SHORT))
+            .map(|o| o.stdout)
+            .unwrap_or_default();
+        let pids: Vec<u32> = pids
+            .split_whitespace()
+            .filter_map(|p| p.parse().ok())
+            .filter(|&p| p != std::process::id())
+            .collect();
+        if pids.is_empty() {
+            break;
+        }
+        for p in pids {
+            sh::kill_pid(p, libc::SIGKILL);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    match sh::capture(&mut cmd("ip", ["netns", "del", name]), Some(SHORT)) {
+        Ok(o) if o.ok() => None,
+        Ok(o) => Some(sh::tail(&o.stderr, 3)),
+        Err(e) => Some(format!("{e:#}")),
+    }
+}
+
+/// Polls `f` every `every` until it returns Ok(Some), for at most `limit`.
+pub fn poll<T>(
+    limit: Duration,
+    every: Duration,
+    mut f: impl FnMut() -> Result<Option<T>>,
+) -> Result<Option<T>> {
+    let end = Instant::now() + limit;
+    loop {
+        sh::check_interrupted()?;
+        if let Some(v) = f()? {
+            return Ok(Some(v));
+        }
+        if Instant::now() >= end {
+            return Ok(None);
+        }
+        sh::sleep(every)?;
+    }
+}
+
+/// Waits until something listens on TCP `port` in `ns`.
+pub fn wait_listening(ns: &str, port: u16, limit: Duration) -> Result<()> {
+    let filter = format!("sport = :{port}");
+    let ok = poll(limit, Duration::from_millis(50), || {
+        let o = sh::capture(&mut in_netns(ns, &["ss", "-Hltn", &filter]), Some(SHORT))?;
+        Ok((o.ok() && !o.stdout.trim().is_empty()).then_some(()))
+    })?;
+    ok.ok_or_else(|| {
+        anyhow!(
+            "nothing listens on port {port} in netns {ns} after {} s",
+            limit.as_secs()
+        )
+    })
+}
+
+/// Waits until `ping` from `ns` reaches `ip`.
+pub fn wait_reachable(ns: &str, ip: &str, limit: Duration) -> Result<()> {
+    let ok = poll(limit, Duration::from_millis(200), || {
+        Ok(sh::succeeds(&mut in_netns(ns, &["ping", "-c", "1", "-W", "1", ip])).then_some(()))
+    })?;
+    ok.ok_or_else(|| {
+        anyhow!(
+            "{ip} is not reachable from netns {ns} after {} s",
+            limit.as_secs()
+        )
+    })
+}
+
+/// A sandbox made by `dataplane run`.
+#[derive(Clone, Debug)]
+pub struct Sandbox {
+    pub name: String,
+    /// Basename of SandboxKey: usable with `ip netns exec`.
+    pub netns: String,
+    pub ip: String,
+}
+
+/// A `dataplane daemon` running in a namespace through nsenter. Dropping it
+/// removes the containers it was asked to run, stops it, and deletes any
+/// sandbox namespace of those containers that is left.
+pub struct Daemon {
+    pub bin: PathBuf,
+    pub sock: PathBuf,
+    pub log: PathBuf,
+    child: Option<Child>,
+    containers: Vec<String>,
+    sandboxes: Vec<String>,
+}
+
+impl Daemon {
+    /// Starts the daemon in `ns` with run/state dirs under `dir` and pins
+    /// under `bpffs`, and waits (up to `ready_within`) until it answers.
+    pub fn start(
+        bin: &Path,
+        ns: &str,
+        dir: &Path,
+        bpffs: &Path,
+        ready_within: Duration,
+    ) -> Result<Self> {
+        let run = dir.join("run");
+        let state = dir.join("state");
+        std::fs::create_dir_all(&run)?;
+        std::fs::create_dir_all(&state)?;
+        let log = dir.join("daemon.log");
+        let f = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut c = cmd("nsenter", [format!("--net=/var/run/netns/{ns}")]);
+        c.arg(bin)
+            .arg("daemon")
+            .arg("--run-dir")
+            .arg(&run)
+            .arg("--state-dir")
+            .arg(&state)
+            .arg("--bpffs")
+            .arg(bpffs)
+            .env_remove("DATAPLANE_HOST")
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f));
+        let child = sh::spawn(&mut c)?;
+        let mut d = Self {
+            bin: bin.to_path_buf(),
+            sock: run.join("api.sock"),
+            log,
+            child: Some(child),
+            containers: Vec::new(),
+            sandboxes: Vec::new(),
+        };
+        d.wait_ready(ready_within)?;
+        Ok(d)
+    }
+
+    pub fn host(&self) -> String {
+        format!("unix://{}", self.sock.display())
+    }
+
+    fn log_tail(&self) -> String {
+        sh::tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 8)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let start = Instant::now();
+        let end = start + limit;
+        loop {
+            sh::check_interrupted()?;
+            if let Some(ch) = self.child.as_mut() {
+                if let Some(st) = ch.try_wait()? {
+                    self.child = None;
+                    bail!(
+                        "the daemon exited ({st}) before it was ready: {}",
+                        self.log_tail()
+                    );
+                }
+            }
+            let o = sh::capture(
+                &mut self.client(&["network", "ls"]),
+                Some(Duration::from_secs(5)),
+            );
+            if matches!(o, Ok(ref o) if o.ok()) {
+                eprintln!("    daemon ready in {:.1} s", start.elapsed().as_secs_f64());
+                return Ok(());
+            }
+            if Instant::now() >= end {
+                bail!(
+                    "the daemon did not answer on {} within {} s (`dataplane network ls` kept failing); its log: {}",
+                    self.sock.display(),
+                    limit.as_secs(),
+                    self.log_tail()
+                );
+            }
+            sh::sleep(Duration::from_millis(200))?;
+        }
+    }
+
+    /// `dataplane --host unix://SOCK ARGS...`
+    pub fn client(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.arg("--host")
+            .arg(self.host())
+            .args(args)
+            .env_remove("DATAPLANE_HOST");
+        c
+    }
+
+    /// Runs a client command; its stdout, or an error with its stderr.
+    pub fn cli(&self, args: &[&str]) -> Result<String> {
+        sh::output(&mut self.client(args), Some(Duration::from_secs(60)))
+    }
+
+    /// `run -d --name NAME --network NET -- CMD...`, then inspect for its
+    /// sandbox namespace and address.
+    pub fn run(&mut self, name: &str, network: &str, command: &[&str]) -> Result<Sandbox> {
+        self.containers.push(name.to_string());
+        let mut args = vec!["run", "-d", "--name", name, "--network", network, "--"];
+        args.extend_from_slice(command);
+        self.cli(&args)?;
+        let out = self.cli(&["inspect", name])?;
+        let v: Value =
+            serde_json::from_str(&out).with_context(|| format!("parsing `inspect {name}`"))?;
+        let (key, ip) =
+            sandbox_of(&v, network).with_context(|| format!("reading `inspect {name}`: {out}"))?;
+        let netns = Path::new(&key)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .ok_or_else(|| anyhow!("bad SandboxKey {key:?}"))?
+            .to_string();
+        self.sandboxes.push(netns.clone());
+        Ok(Sandbox {
+            name: name.to_string(),
+            netns,
+            ip,
+        })
+    }
+
+    fn alive(&mut self) -> bool {
+        self.child
+            .as_mut()
+            .is_some_and(|c| matches!(c.try_wait(), Ok(None)))
+    }
+}
+
+/// SandboxKey and IPAddress from `inspect` output (object or one-element
+/// array; SandboxKey at the top or under NetworkSettings).
+pub fn sandbox_of(v: &Value, network: &str) -> Result<(String, String)> {
+    let c = match v {
+        Value::Array(a) => a.first().ok_or_else(|| anyhow!("empty inspect array"))?,
+        other => other,
+    };
+    let key = c["SandboxKey"]
+        .as_str()
+        .or_else(|| c["NetworkSettings"]["SandboxKey"].as_str())
+        .filter(|k| !k.is_empty())
+        .ok_or_else(|| anyhow!("no SandboxKey"))?
+        .to_string();
+    let nets = &c["NetworkSettings"]["Networks"];
+    let ip = nets[network]["IPAddress"]
+        .as_str()
+        .or_else(|| {
+            nets.as_object()
+                .and_then(|o| o.values().find_map(|n| n["IPAddress"].as_str()))
+        })
+        .filter(|ip| !ip.is_empty())
+        .ok_or_else(|| anyhow!("no NetworkSettings.Networks.{network}.IPAddress"))?
+        .to_string();
+    Ok((key, ip))
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _c = sh::Cleaning::enter();
+        eprintln!("==> stopping the daemon and its containers");
+        if self.alive() && !self.containers.is_empty() {
+            let mut args = vec!["rm", "-f"];
+            args.extend(self.containers.iter().map(String::as_str));
+            let c = sh::capture(&mut self.client(&args), Some(Duration::from_secs(60)));
+            if let Ok(o) = c {
+                if !o.ok() {
+                    eprintln!("    warning: rm -f: {}", sh::tail(&o.stderr, 3));
+                }
+            }
+        }
+        if let Some(mut ch) = self.child.take() {
+            sh::stop_group(&mut ch, Duration::from_secs(10));
+        }
+        for ns in &self.sandboxes {
+            if let Some(w) = netns_delete(ns) {
+                eprintln!("    warning: deleting sandbox netns {ns}: {w}");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn inspect_shapes() {
+        let a = json!([{"NetworkSettings": {"SandboxKey": "/var/run/netns/dp-0123456789ab",
+            "Networks": {"demo": {"IPAddress": "10.88.0.2"}}}}]);
+        assert_eq!(
+            sandbox_of(&a, "demo").unwrap(),
+            ("/var/run/netns/dp-0123456789ab".into(), "10.88.0.2".into())
+        );
+        let o = json!({"SandboxKey": "/var/run/netns/dp-x", "NetworkSettings": {"Networks": {"n": {"IPAddress": "10.0.0.3"}}}});
+        assert_eq!(sandbox_of(&o, "other").unwrap().1, "10.0.0.3");
+        assert!(sandbox_of(&json!([]), "n").is_err());
+    }
+}

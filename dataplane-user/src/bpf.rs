@@ -13,7 +13,7 @@ use std::{
 
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::{
-    maps::{HashMap, MapInfo, MapType, PerCpuArray},
+    maps::{Array, HashMap, MapInfo, MapType, PerCpuArray},
     programs::{
         links::{FdLink, PinnedLink},
         tc::{SchedClassifierLink, TcAttachOptions},
@@ -22,8 +22,8 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    Counters, DropReason, Endpoint, Ipv4Wire, LinkKey, Network, LAYOUT_VERSION, MAX_ENDPOINTS,
-    MAX_LINKS, PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
+    iface_slot, Counters, DropReason, Endpoint, Ipv4Wire, LinkKey, Network, IFINDEX_BASE,
+    LAYOUT_VERSION, MAX_ENDPOINTS, MAX_LINKS, PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
 };
 use serde::Serialize;
 
@@ -32,6 +32,22 @@ pub static EBPF_OBJECT: &[u8] =
     aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/dataplane-ebpf"));
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// What an unused `IFACES` slot holds.
+const EMPTY_ENDPOINT: Endpoint = Endpoint {
+    ifindex: 0,
+    network_id: 0,
+    ip: 0,
+    mac: [0; 6],
+    host_mac: [0; 6],
+    flags: 0,
+    net: Network {
+        subnet: 0,
+        mask: 0,
+        gateway: 0,
+        flags: 0,
+    },
+};
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
@@ -53,7 +69,7 @@ fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 4] {
         ),
         (
             "IFACES",
-            MapType::Hash,
+            MapType::Array,
             4,
             size_of::<Endpoint>() as u32,
             MAX_ENDPOINTS,
@@ -259,21 +275,39 @@ impl Datapath {
         Ok(HashMap::try_from(map)?)
     }
 
-    /// Installs an endpoint under both its address and its host ifindex.
+    fn ifaces(&mut self) -> Result<Array<&mut aya::maps::MapData, Endpoint>> {
+        let map = self
+            .ebpf
+            .map_mut("IFACES")
+            .ok_or_else(|| anyhow!("map IFACES missing"))?;
+        Ok(Array::try_from(map)?)
+    }
+
+    /// Installs an endpoint under its address (`ENDPOINTS`) and in the
+    /// `IFACES` slot of its host-side veth.
     pub fn set_endpoint(&mut self, ep: Endpoint) -> Result<()> {
+        let slot = iface_slot(ep.ifindex).ok_or_else(|| {
+            anyhow!(
+                "host veth ifindex {} is outside the endpoint range {IFINDEX_BASE}..{}",
+                ep.ifindex,
+                IFINDEX_BASE + MAX_ENDPOINTS
+            )
+        })?;
         self.hash::<Endpoint>("ENDPOINTS")?
             .insert(ep.ip, ep, 0)
             .context("ENDPOINTS map full")?;
-        if let Err(e) = self.hash::<Endpoint>("IFACES")?.insert(ep.ifindex, ep, 0) {
+        if let Err(e) = self.ifaces()?.set(slot, ep, 0) {
             let _ = self.hash::<Endpoint>("ENDPOINTS")?.remove(&ep.ip);
-            return Err(e).context("IFACES map full");
+            return Err(e).context("writing IFACES");
         }
         Ok(())
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Wire, ifindex: u32) -> Result<()> {
         let _ = self.hash::<Endpoint>("ENDPOINTS")?.remove(&ip);
-        let _ = self.hash::<Endpoint>("IFACES")?.remove(&ifindex);
+        if let Some(slot) = iface_slot(ifindex) {
+            self.ifaces()?.set(slot, EMPTY_ENDPOINT, 0)?;
+        }
         Ok(())
     }
 
@@ -317,19 +351,25 @@ impl Datapath {
             self.set_endpoint(*ep)?;
         }
         self.sync_links(links)?;
-        for (map, key_of) in [
-            ("ENDPOINTS", (|e: &Endpoint| e.ip) as fn(&Endpoint) -> u32),
-            ("IFACES", |e: &Endpoint| e.ifindex),
-        ] {
-            let mut m = self.hash::<Endpoint>(map)?;
-            let stale: Vec<u32> = m
-                .keys()
-                .filter_map(|k| k.ok())
-                .filter(|k| !endpoints.iter().any(|e| key_of(e) == *k))
-                .collect();
-            for k in stale {
-                let _ = m.remove(&k);
-            }
+        let mut m = self.hash::<Endpoint>("ENDPOINTS")?;
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !endpoints.iter().any(|e| e.ip == *k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        let mut ifaces = self.ifaces()?;
+        let stale: Vec<u32> = (0..MAX_ENDPOINTS)
+            .filter(|slot| {
+                ifaces.get(slot, 0).is_ok_and(|e| {
+                    e.ifindex != 0 && !endpoints.iter().any(|d| d.ifindex == e.ifindex)
+                })
+            })
+            .collect();
+        for slot in stale {
+            ifaces.set(slot, EMPTY_ENDPOINT, 0)?;
         }
         Ok(())
     }
@@ -451,8 +491,9 @@ fn median(v: &[u32]) -> u32 {
 /// `repeat` feeds identical input every time).
 pub fn bench_frame() -> (Vec<u8>, Endpoint, Endpoint) {
     let me = Endpoint {
-        // BPF_PROG_TEST_RUN runs skb programs on the loopback device.
-        ifindex: 1,
+        // A veth `bench_programs` creates at this index in a private netns:
+        // BPF_PROG_TEST_RUN honours a context ifindex only for a real device.
+        ifindex: IFINDEX_BASE,
         network_id: 1,
         ip: dataplane_common::ipv4_wire([10, 0, 0, 2]),
         mac: [0x02, 0x42, 10, 0, 0, 2],
@@ -492,12 +533,21 @@ pub fn bench_programs(repeat: u32, rounds: usize) -> Result<ProgBench> {
         "/sys/fs/bpf/dataplane-bench-{}",
         std::process::id()
     ));
-    let res = (|| {
+    // Everything runs on a thread in a network namespace of its own, which
+    // holds the sender's veth and vanishes with the thread.
+    let pins = dir.clone();
+    let run = move || -> Result<ProgBench> {
+        let dir = pins;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+            .context("unshare(CLONE_NEWNET)")?;
+        crate::netns::add_veth("dpbench0", "dpbench1", IFINDEX_BASE)?;
         let mut dp = Datapath::load(&dir)?;
         let (frame, me, peer) = bench_frame();
         dp.set_endpoint(me)?;
         dp.hash::<Endpoint>("ENDPOINTS")?.insert(peer.ip, peer, 0)?;
-        let ctx = vec![0u8; 192]; // a zeroed struct __sk_buff
+        // A zeroed struct __sk_buff but for `ifindex` (offset 40).
+        let mut ctx = vec![0u8; 192];
+        ctx[40..44].copy_from_slice(&me.ifindex.to_ne_bytes());
         let (ret, _) = dp.run_program("from_container", &frame, &ctx, 1)?;
         if ret != 7 {
             bail!("the bench frame did not take the redirect path (verdict {ret}, want TC_ACT_REDIRECT)");
@@ -518,7 +568,10 @@ pub fn bench_programs(repeat: u32, rounds: usize) -> Result<ProgBench> {
             from_container_ns: fc,
             noop_ns: noop,
         })
-    })();
+    };
+    let res = std::thread::spawn(run)
+        .join()
+        .map_err(|_| anyhow!("bench thread panicked"))?;
     let _ = std::fs::remove_dir_all(&dir);
     res
 }

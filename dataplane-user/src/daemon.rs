@@ -269,6 +269,10 @@ impl Daemon {
                 warn!(endpoint = %ep.id, veth = %ep.host_ifname, "host veth is gone; endpoint left out of the datapath");
                 continue;
             };
+            if dataplane_common::iface_slot(ifindex).is_none() {
+                warn!(endpoint = %ep.id, veth = %ep.host_ifname, ifindex, "host veth predates the endpoint ifindex range; recreate its container");
+                continue;
+            }
             self.dp.attach(&ep.host_ifname)?;
             bpf_eps.push(self.bpf_endpoint(ep, ifindex)?);
         }
@@ -827,8 +831,9 @@ impl Daemon {
             ifname,
             aliases,
         };
-        let plan = netns::VethPlan {
+        let mut plan = netns::VethPlan {
             host_ifname: ep.host_ifname.clone(),
+            host_ifindex: 0,
             host_mac: ep.host_mac,
             netns: netns_path.to_path_buf(),
             ifname: ep.ifname.clone(),
@@ -839,7 +844,7 @@ impl Daemon {
             default_route: ep.ifname == "eth0" && !net.internal,
         };
         netns::ensure_gateway(net.gateway)?;
-        let ifindex = netns::create_endpoint(&plan)?;
+        let ifindex = self.create_veth_in_range(&mut plan)?;
         let host = ep.host_ifname.clone();
         undo.push(move |_| {
             let _ = netns::delete_link(&host);
@@ -855,6 +860,33 @@ impl Daemon {
             let _ = dp.remove_endpoint(bpf.ip, bpf.ifindex);
         });
         Ok(ep)
+    }
+
+    /// Creates the endpoint's veth with a host-side ifindex from the
+    /// `IFACES` range (lowest free slot first), skipping indexes that a
+    /// device unknown to us turns out to hold.
+    fn create_veth_in_range(&self, plan: &mut netns::VethPlan) -> ApiResult<u32> {
+        let used: HashSet<u32> = self
+            .endpoints
+            .values()
+            .filter_map(|e| ifindex_of(&e.host_ifname))
+            .collect();
+        let mut free = (0..dataplane_common::MAX_ENDPOINTS)
+            .map(|slot| dataplane_common::IFINDEX_BASE + slot)
+            .filter(|i| !used.contains(i));
+        for _ in 0..64 {
+            let Some(ifindex) = free.next() else { break };
+            plan.host_ifindex = ifindex;
+            match netns::create_endpoint(plan) {
+                Ok(i) => return Ok(i),
+                Err(e) if netns::is_ifindex_taken(&e) => continue,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Conflict(format!(
+            "no free interface index left for endpoints (at most {} per host)",
+            dataplane_common::MAX_ENDPOINTS
+        )))
     }
 
     /// Removes an endpoint's kernel state (map entries, link pin, veth).

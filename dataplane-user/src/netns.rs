@@ -151,6 +151,8 @@ pub fn prepare_sandbox(netns: &Path) -> Result<()> {
 #[derive(Clone, Debug)]
 pub struct VethPlan {
     pub host_ifname: String,
+    /// ifindex to create the host side with (see `dataplane_common::IFINDEX_BASE`).
+    pub host_ifindex: u32,
     pub host_mac: Mac,
     pub netns: PathBuf,
     pub ifname: String,
@@ -177,6 +179,7 @@ pub fn create_endpoint(plan: &VethPlan) -> Result<u32> {
             .setns_by_fd(ns_file.as_raw_fd())
             .build();
         let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .index(p.host_ifindex)
             .name(p.host_ifname.clone())
             .address(p.host_mac.0.to_vec())
             .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
@@ -252,6 +255,32 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
             .await
             .with_context(|| format!("adding the host route to {}", p.ip))?;
         Ok(())
+    })
+}
+
+/// Creates a veth pair `name`/`peer` in the calling thread's namespace, with
+/// `name` at ifindex `index` (used by `bench-prog`).
+pub fn add_veth(name: &str, peer: &str, index: u32) -> Result<()> {
+    let (name, peer) = (name.to_string(), peer.to_string());
+    with_netlink(None, move |h| async move {
+        h.link()
+            .add(LinkVeth::new(&name, &peer).index(index).build())
+            .execute()
+            .await
+            .with_context(|| format!("creating veth {name} at ifindex {index}"))?;
+        Ok(())
+    })
+}
+
+/// Whether `e` says a link could not be created because its requested
+/// ifindex is taken (by a device this daemon does not know of).
+pub fn is_ifindex_taken(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| {
+        matches!(
+            c.downcast_ref::<rtnetlink::Error>(),
+            Some(rtnetlink::Error::NetlinkError(m))
+                if m.raw_code() == -libc::EEXIST || m.raw_code() == -libc::EBUSY
+        )
     })
 }
 

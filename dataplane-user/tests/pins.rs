@@ -73,7 +73,7 @@ fn a_pinned_map_of_another_layout_is_refused() {
 fn matching_pins_are_reused_with_their_contents() {
     let s = Scratch::new("reuse");
     let ep = Endpoint {
-        ifindex: 4242,
+        ifindex: dataplane_common::IFINDEX_BASE + 7,
         network_id: 7,
         ip: dataplane_common::ipv4_wire([10, 9, 8, 7]),
         mac: [2, 0x42, 10, 9, 8, 7],

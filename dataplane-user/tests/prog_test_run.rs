@@ -24,15 +24,15 @@ use std::{
 };
 
 use aya::{
-    maps::{HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray},
     programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    ipv4_octets, ipv4_wire,
+    iface_slot, ipv4_octets, ipv4_wire,
     packet::{arp, eth},
-    Counters, DropReason, Endpoint, LinkKey, Network, NET_ICC_DISABLED, NET_INTERNAL,
+    Counters, DropReason, Endpoint, LinkKey, Network, IFINDEX_BASE, NET_ICC_DISABLED, NET_INTERNAL,
     PROG_FROM_CONTAINER,
 };
 
@@ -214,6 +214,8 @@ struct Topology {
     /// A real device in the namespace that carries no endpoint (the container
     /// side of `a`'s veth).
     stray_ifindex: u32,
+    /// A device inside the endpoint ifindex range whose `IFACES` slot is empty.
+    empty_slot_ifindex: u32,
 }
 
 // ---------------------------------------------------------------------------
@@ -236,11 +238,23 @@ fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
 }
 
 /// Creates the veth pair `host`/`container` in the current thread's network
-/// namespace (`ip` inherits it) and returns their ifindexes.
-fn veth(host: &str, container: &str) -> (u32, u32) {
+/// namespace (`ip` inherits it), the host side at ifindex `host_index` (the
+/// daemon picks host-side indexes from `IFINDEX_BASE..`, which `IFACES` is
+/// indexed by), and returns their ifindexes.
+fn veth(host: &str, host_index: u32, container: &str) -> (u32, u32) {
+    let host_index = host_index.to_string();
     let out = Command::new("ip")
         .args([
-            "link", "add", host, "type", "veth", "peer", "name", container,
+            "link",
+            "add",
+            host,
+            "index",
+            &host_index,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            container,
         ])
         .output()
         .expect("running ip (iproute2)");
@@ -372,7 +386,7 @@ impl Lab {
         let mut n = 0;
         let mut host_veth = || {
             n += 1;
-            veth(&format!("h{n}"), &format!("c{n}"))
+            veth(&format!("h{n}"), IFINDEX_BASE + n, &format!("c{n}"))
         };
         let (a_if, stray_ifindex) = host_veth();
         let topo = Topology {
@@ -384,6 +398,7 @@ impl Lab {
             y: endpoint(host_veth().0, 4, net4, [10, 40, 0, 3]),
             z: endpoint(host_veth().0, 4, net4, [10, 40, 0, 4]),
             stray_ifindex,
+            empty_slot_ifindex: veth("h99", IFINDEX_BASE + 99, "c99").0,
         };
 
         let eps = [
@@ -395,15 +410,16 @@ impl Lab {
             topo.y,
             topo.z,
         ];
-        for (map, key_of) in [
-            ("ENDPOINTS", (|e: &Endpoint| e.ip) as fn(&Endpoint) -> u32),
-            ("IFACES", |e: &Endpoint| e.ifindex),
-        ] {
-            let mut m: HashMap<_, u32, Endpoint> =
-                HashMap::try_from(ebpf.map_mut(map).expect(map)).expect(map);
-            for ep in &eps {
-                m.insert(key_of(ep), ep, 0).expect(map);
-            }
+        let mut endpoints: HashMap<_, u32, Endpoint> =
+            HashMap::try_from(ebpf.map_mut("ENDPOINTS").expect("ENDPOINTS")).expect("ENDPOINTS");
+        for ep in &eps {
+            endpoints.insert(ep.ip, ep, 0).expect("ENDPOINTS");
+        }
+        let mut ifaces: Array<_, Endpoint> =
+            Array::try_from(ebpf.map_mut("IFACES").expect("IFACES")).expect("IFACES");
+        for ep in &eps {
+            let slot = iface_slot(ep.ifindex).expect("host veths are in the range");
+            ifaces.set(slot, ep, 0).expect("IFACES");
         }
         let mut links: HashMap<_, LinkKey, u32> =
             HashMap::try_from(ebpf.map_mut("LINKS").expect("LINKS")).expect("LINKS");
@@ -733,6 +749,7 @@ fn spoofed_and_unknown_senders_are_dropped() {
             a,
             b,
             stray_ifindex,
+            empty_slot_ifindex,
             ..
         } = lab.topo;
         let on = a.ifindex;
@@ -780,6 +797,12 @@ fn spoofed_and_unknown_senders_are_dropped() {
         lab.case(
             "a real device that carries no endpoint",
             stray_ifindex,
+            &to_gw,
+            Expect::Drop(DropReason::UnknownInterface),
+        );
+        lab.case(
+            "a device in the endpoint range whose IFACES slot is empty",
+            empty_slot_ifindex,
             &to_gw,
             Expect::Drop(DropReason::UnknownInterface),
         );

@@ -359,6 +359,26 @@ impl Daemon {
                 },
             );
         }
+        for c in self.containers.values() {
+            for l in &c.links {
+                let mut seen = Vec::new();
+                for a in self.endpoints_of_container(&c.id) {
+                    if !self.networks[&a.network_id].user_defined() {
+                        continue;
+                    }
+                    for b in self.endpoints_of_container(&l.container_id) {
+                        if b.network_id == a.network_id && !seen.contains(&b.ip) {
+                            seen.push(b.ip);
+                            names
+                                .links
+                                .entry(c.id.clone())
+                                .or_default()
+                                .push((l.alias.clone(), b.ip));
+                        }
+                    }
+                }
+            }
+        }
         self.dns.update(names);
     }
 

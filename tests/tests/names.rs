@@ -687,6 +687,13 @@ fn links_write_hosts_entries_and_environment() {
         assert!(cache_line.iter().any(|x| x == w), "{w}: {cache_line:?}");
     }
     assert_eq!(getent(&d, "web", "database"), Some(db.clone()));
+    // On a user-defined network the embedded resolver answers link aliases
+    // too, for the linking container only (as Docker does).
+    assert_eq!(resolve(&d, "web", "database"), [db.clone()]);
+    assert!(
+        query(&d, "cache", "database", "A").answers.is_empty(),
+        "only web linked db as database"
+    );
 
     let logs = d.wait_logs("web", "env-done");
     let env: Vec<&str> = logs.lines().collect();

@@ -76,6 +76,11 @@ impl Names {
     fn addresses(&self, asker: &str, qname: &str) -> Vec<Ipv4Addr> {
         let qname = without_root(qname);
         let mut ips = Vec::new();
+        for (alias, ip) in self.links.get(asker).into_iter().flatten() {
+            if qname.eq_ignore_ascii_case(without_root(alias)) && !ips.contains(ip) {
+                ips.push(*ip);
+            }
+        }
         for net in self.networks_of(asker) {
             for entry in &net.entries {
                 let known = entry
@@ -214,6 +219,22 @@ mod tests {
         );
         assert!(ask("3.1.0.10.in-addr.arpa.", RecordType::PTR).is_none());
         assert!(ask("0.10.in-addr.arpa.", RecordType::PTR).is_none());
+    }
+
+    #[test]
+    fn link_aliases_resolve_for_the_linking_container_only() {
+        let mut table = names();
+        table.links.insert(
+            "asker".into(),
+            vec![("database".into(), Ipv4Addr::new(10, 0, 0, 3))],
+        );
+        let query = Query::query(Name::from_ascii("Database.").unwrap(), RecordType::A);
+        let answer = local_answer(&table, "asker", &query).expect("the linker resolves its alias");
+        assert_eq!(a_records(&answer), [Ipv4Addr::new(10, 0, 0, 3)]);
+        assert!(
+            local_answer(&table, "web", &query).is_none(),
+            "nobody else does"
+        );
     }
 
     #[test]

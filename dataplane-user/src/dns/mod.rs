@@ -44,6 +44,9 @@ const DNS_PORT: u16 = 53;
 /// connections cannot pile up in the daemon.
 const TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Receive buffer of the UDP socket (the kernel doubles it for bookkeeping).
+const UDP_RCVBUF: usize = 1 << 20;
+
 /// Responses queued per TCP connection (hickory's own default).
 const TCP_RESPONSE_QUEUE: usize = 32;
 
@@ -70,6 +73,9 @@ pub struct NetworkNames {
 #[derive(Debug, Clone, Default)]
 pub struct Names {
     pub networks: HashMap<String, NetworkNames>,
+    /// `--link` aliases, by the id of the linking container: only that
+    /// container resolves them (as Docker does on user-defined networks).
+    pub links: HashMap<String, Vec<(String, Ipv4Addr)>>,
 }
 
 /// The daemon's DNS service: the shared name table, the default upstream
@@ -171,6 +177,10 @@ impl Drop for SandboxServer {
 fn bind_dns_sockets() -> io::Result<(UdpSocket, TcpListener)> {
     let udp = UdpSocket::bind(DNS_ADDR)?;
     udp.set_nonblocking(true)?;
+    // A burst of queries (a container starting many lookups at once) should
+    // queue, not overflow the default receive buffer and be lost.
+    nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &UDP_RCVBUF)
+        .map_err(io::Error::from)?;
     let tcp = TcpListener::bind(DNS_ADDR)?;
     tcp.set_nonblocking(true)?;
     Ok((udp, tcp))

@@ -1,7 +1,9 @@
 //! `cargo xtask bench`: the same traffic over four setups, side by side on
 //! identical veth pairs, repetitions interleaved (rep 1: a b c d, rep 2: ...):
 //! (a) a plain veth pair, (b) a Linux bridge, (c) a Linux bridge with
-//! Docker's netfilter rules, (d) the dataplane's eBPF path.
+//! Docker's netfilter rules, (d) the dataplane's eBPF path. Plus `dns`:
+//! name lookups from inside a sandbox of (d), through the embedded resolver
+//! against a `--link` hosts-file entry (see `dnsbench`).
 
 use std::{
     fmt::Write as _,
@@ -15,7 +17,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    build_dataplane,
+    build_dataplane, dnsbench,
     lab::{self, in_netns, Cleanup, Daemon},
     root, setup, sh, Format, Progress,
 };
@@ -27,6 +29,9 @@ pub enum Kind {
     Bridge,
     Netfilter,
     Ebpf,
+    /// Not a network setup: DNS lookups inside (d)'s first sandbox (builds
+    /// (d) even when `ebpf` is not selected).
+    Dns,
 }
 
 impl Kind {
@@ -36,6 +41,7 @@ impl Kind {
             Kind::Bridge => "(b) Linux bridge",
             Kind::Netfilter => "(c) bridge + Docker netfilter",
             Kind::Ebpf => "(d) dataplane eBPF",
+            Kind::Dns => "DNS: embedded resolver vs hosts file",
         }
     }
 
@@ -55,8 +61,10 @@ impl Kind {
             Kind::Ebpf => {
                 "a `dataplane daemon` in its own namespace (nsenter), `network create --subnet 10.200.4.0/24`, \
                  two sandboxes from `dataplane run -d ... -- sleep infinity`; their host-side veths are \
-                 switched by the TC program with bpf_redirect_peer (no bridge, no iptables)"
+                 switched by the TC program with bpf_redirect_peer (no bridge, no iptables); the first \
+                 is created with `--link <second>:peerlink`"
             }
+            Kind::Dns => "name lookups inside (d)'s first sandbox (see the DNS section)",
         }
     }
 }
@@ -78,11 +86,12 @@ pub struct Args {
     /// Repetitions (each runs every setup once, interleaved).
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=100))]
     reps: u32,
-    /// Seconds per iperf3 / latency run.
+    /// Seconds per iperf3 / latency run, and per DNS lookup kind.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     seconds: u64,
-    /// Setups to measure (comma-separated).
-    #[arg(long, value_enum, value_delimiter = ',', default_values_t = [Kind::Floor, Kind::Bridge, Kind::Netfilter, Kind::Ebpf])]
+    /// Setups to measure (comma-separated); `dns` alone reruns only the DNS
+    /// section of the report (it needs (d)'s daemon, which it builds).
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = ALL)]
     setups: Vec<Kind>,
     #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
     latency: LatencyTool,
@@ -96,6 +105,14 @@ pub struct Args {
     #[arg(long)]
     dataplane_bin: Option<PathBuf>,
 }
+
+const ALL: [Kind; 5] = [
+    Kind::Floor,
+    Kind::Bridge,
+    Kind::Netfilter,
+    Kind::Ebpf,
+    Kind::Dns,
+];
 
 /// Where traffic goes: client namespace -> server namespace/address.
 struct Pair {
@@ -260,7 +277,12 @@ fn build_bridge(
     })
 }
 
-fn build_ebpf(cl: &mut Cleanup, tag: &str, bin: &Path, dir: &Path) -> Result<(Daemon, Pair)> {
+fn build_ebpf(
+    cl: &mut Cleanup,
+    tag: &str,
+    bin: &Path,
+    dir: &Path,
+) -> Result<(Daemon, Pair, dnsbench::Target)> {
     let ns = format!("{tag}-d");
     let bpffs = PathBuf::from(format!("/sys/fs/bpf/{tag}"));
     let ddir = dir.join("daemon");
@@ -268,8 +290,25 @@ fn build_ebpf(cl: &mut Cleanup, tag: &str, bin: &Path, dir: &Path) -> Result<(Da
     cl.netns(&ns)?;
     let mut d = Daemon::start(bin, &ns, &ddir, &bpffs, Duration::from_secs(20))?;
     d.cli(&["network", "create", "--subnet", "10.200.4.0/24", "bench"])?;
-    let a = d.run("bench-a", "bench", &["sleep", "infinity"])?;
+    // b first: a links to it, so a's /etc/hosts names b (the DNS lookups).
     let b = d.run("bench-b", "bench", &["sleep", "infinity"])?;
+    let a = d.run_with(
+        "bench-a",
+        "bench",
+        &["--link", "bench-b:peerlink"],
+        &["sleep", "infinity"],
+    )?;
+    let target = dnsbench::Target {
+        netns: a.netns.clone(),
+        client: a.name.clone(),
+        peer: b.name.clone(),
+        peer_ip: b
+            .ip
+            .parse()
+            .with_context(|| format!("bench-b's address {:?}", b.ip))?,
+        network: "bench".into(),
+        alias: "peerlink".into(),
+    };
     Ok((
         d,
         Pair {
@@ -278,6 +317,7 @@ fn build_ebpf(cl: &mut Cleanup, tag: &str, bin: &Path, dir: &Path) -> Result<(Da
             server: b.netns,
             server_ip: b.ip,
         },
+        target,
     ))
 }
 
@@ -488,16 +528,16 @@ fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) ->
 }
 
 #[derive(Serialize, Clone)]
-struct Stat {
-    median: f64,
-    min: f64,
-    max: f64,
-    samples: Vec<f64>,
+pub(crate) struct Stat {
+    pub(crate) median: f64,
+    pub(crate) min: f64,
+    pub(crate) max: f64,
+    pub(crate) samples: Vec<f64>,
     vs_floor: Option<f64>,
     vs_bridge: Option<f64>,
 }
 
-fn stat(v: &[f64]) -> Option<Stat> {
+pub(crate) fn stat(v: &[f64]) -> Option<Stat> {
     if v.is_empty() {
         return None;
     }
@@ -556,6 +596,8 @@ struct Report {
     notes: Vec<String>,
     /// `dataplane bench-prog --format json`, or {"skipped": reason}.
     bpf_prog: Value,
+    /// The DNS lookups (`--setups dns`), if they were asked for.
+    dns: Option<dnsbench::Report>,
 }
 
 fn first_line(c: &mut std::process::Command) -> String {
@@ -626,13 +668,19 @@ fn bpf_prog(bin: &Path) -> Value {
 }
 
 pub fn bench(args: Args) -> Result<i32> {
+    // The network setups measured; the DNS lookups need (d) built anyway.
     let mut kinds = Vec::new();
     for k in [Kind::Floor, Kind::Bridge, Kind::Netfilter, Kind::Ebpf] {
         if args.setups.contains(&k) {
             kinds.push(k);
         }
     }
-    let mut p = Progress::new(9);
+    let want_dns = args.setups.contains(&Kind::Dns);
+    let mut build = kinds.clone();
+    if want_dns && !build.contains(&Kind::Ebpf) {
+        build.push(Kind::Ebpf);
+    }
+    let mut p = Progress::new(8 + usize::from(want_dns) + usize::from(!kinds.is_empty()));
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
         Some(b) => {
@@ -643,6 +691,14 @@ pub fn bench(args: Args) -> Result<i32> {
             p.step("building dataplane-user (release) and its eBPF object");
             build_dataplane(true)?
         }
+    };
+    // The DNS client loops in optimized code, so that its own cost per
+    // lookup (hickory-proto encoding and parsing) is not a debug build's.
+    let dns_client = if want_dns {
+        p.step("building the DNS client (xtask, release)");
+        Some(dnsbench::build_client()?)
+    } else {
+        None
     };
 
     let tool = match args.latency {
@@ -660,7 +716,7 @@ pub fn bench(args: Args) -> Result<i32> {
 
     p.step(&format!(
         "building the setups: {}",
-        kinds
+        build
             .iter()
             .map(|k| k.title())
             .collect::<Vec<_>>()
@@ -669,15 +725,19 @@ pub fn bench(args: Args) -> Result<i32> {
     let mut notes = Vec::new();
     let mut pairs = Vec::new();
     let mut failed: Vec<(Kind, String)> = Vec::new();
-    for &k in &kinds {
+    let mut dns_target: Option<dnsbench::Target> = None;
+    let mut dns_failed: Option<String> = None;
+    for &k in &build {
         let r = match k {
             Kind::Floor => build_floor(&mut cl, &tag),
             Kind::Bridge => build_bridge(&mut cl, &tag, false, &dir, &mut notes),
             Kind::Netfilter => build_bridge(&mut cl, &tag, true, &dir, &mut notes),
-            Kind::Ebpf => build_ebpf(&mut cl, &tag, &bin, &dir).map(|(d, pair)| {
+            Kind::Ebpf => build_ebpf(&mut cl, &tag, &bin, &dir).map(|(d, pair, t)| {
                 daemon = Some(d);
+                dns_target = want_dns.then_some(t);
                 pair
             }),
+            Kind::Dns => Err(anyhow!("dns is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -693,40 +753,72 @@ pub fn bench(args: Args) -> Result<i32> {
                     pair.server,
                     pair.server_ip
                 );
-                pairs.push(pair);
+                if kinds.contains(&k) {
+                    pairs.push(pair);
+                }
             }
             Err(e) => {
                 eprintln!("    error: {} could not be set up: {e:#}", k.title());
-                failed.push((k, format!("{e:#}")));
+                if k == Kind::Ebpf && want_dns {
+                    dns_target = None;
+                    dns_failed = Some(format!("{e:#}"));
+                }
+                if kinds.contains(&k) {
+                    failed.push((k, format!("{e:#}")));
+                }
             }
         }
     }
 
     let mach = machine();
+    let mut what = Vec::new();
+    if !kinds.is_empty() {
+        what.push(format!(
+            "{} setups, {} s per run (TCP, UDP 64 B, request/response via {})",
+            pairs.len(),
+            args.seconds,
+            if tool == LatencyTool::Sockperf {
+                "sockperf"
+            } else {
+                "the built-in ping-pong"
+            }
+        ));
+    }
+    if want_dns {
+        what.push(format!(
+            "DNS lookups in (d)'s first sandbox, {} s per kind (embedded raw, embedded via getaddrinfo, hosts file)",
+            args.seconds
+        ));
+    }
     p.step(&format!(
-        "measuring: {} reps x {} setups, {} s per run (TCP, UDP 64 B, request/response via {})",
+        "measuring: {} reps x {}",
         args.reps,
-        pairs.len(),
-        args.seconds,
-        if tool == LatencyTool::Sockperf {
-            "sockperf"
-        } else {
-            "the built-in ping-pong"
-        }
+        what.join("; ")
     ));
     let mut samples: Vec<Samples> = pairs.iter().map(|_| Samples::default()).collect();
+    let mut dns_samples = dnsbench::Samples::default();
     for rep in 1..=args.reps {
         for (pair, s) in pairs.iter().zip(samples.iter_mut()) {
             let line = measure(pair, args.seconds, tool, s, rep)?;
             eprintln!("    rep {rep}/{}: {}: {line}", args.reps, pair.kind.title());
         }
+        if let (Some(t), Some(exe)) = (&dns_target, &dns_client) {
+            let line = dnsbench::measure(t, exe, args.seconds, &mut dns_samples, rep)?;
+            eprintln!("    rep {rep}/{}: DNS: {line}", args.reps);
+        }
     }
 
-    p.step("BPF_PROG_TEST_RUN: dataplane bench-prog");
-    let prog = bpf_prog(&bin);
-    if let Some(why) = prog["skipped"].as_str() {
-        eprintln!("    skipped: {why}");
-    }
+    // The per-packet program cost belongs to the network figures.
+    let prog = if kinds.is_empty() {
+        serde_json::json!({ "skipped": "no network setup was measured (--setups)" })
+    } else {
+        p.step("BPF_PROG_TEST_RUN: dataplane bench-prog");
+        let prog = bpf_prog(&bin);
+        if let Some(why) = prog["skipped"].as_str() {
+            eprintln!("    skipped: {why}");
+        }
+        prog
+    };
 
     p.step("report");
     let mut setups: Vec<SetupReport> = Vec::new();
@@ -760,14 +852,16 @@ pub fn bench(args: Args) -> Result<i32> {
     if args.seconds != 5 {
         command += &format!(" --seconds {}", args.seconds);
     }
-    if kinds.len() != 4 {
-        let names: Vec<&str> = kinds
+    if ALL.iter().any(|k| !args.setups.contains(k)) {
+        let names: Vec<&str> = ALL
             .iter()
+            .filter(|k| args.setups.contains(k))
             .map(|k| match k {
                 Kind::Floor => "floor",
                 Kind::Bridge => "bridge",
                 Kind::Netfilter => "netfilter",
                 Kind::Ebpf => "ebpf",
+                Kind::Dns => "dns",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -782,9 +876,21 @@ pub fn bench(args: Args) -> Result<i32> {
             }
         );
     }
+    let date = first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"]));
+    let dns = want_dns.then(|| {
+        let meta = dnsbench::Meta {
+            command: command.clone(),
+            date: date.clone(),
+            reps: args.reps,
+            seconds: args.seconds,
+            kernel: mach.kernel.clone(),
+            loadavg: mach.loadavg.clone(),
+        };
+        dnsbench::report(meta, dns_target.as_ref(), dns_failed, dns_samples)
+    });
     let report = Report {
         command,
-        date: first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"])),
+        date,
         machine: mach,
         reps: args.reps,
         seconds: args.seconds,
@@ -792,25 +898,39 @@ pub fn bench(args: Args) -> Result<i32> {
         setups,
         notes,
         bpf_prog: prog,
+        dns,
     };
-    let md = markdown(&report);
+    // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
+    // replaces the DNS section and keeps the network figures, and a run
+    // without `dns` keeps the DNS section it finds.
+    let main_md = (!kinds.is_empty()).then(|| markdown(&report));
+    let dns_md = report.dns.as_ref().map(dnsbench::markdown);
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
-        println!("{}", tables(&report));
+        if !kinds.is_empty() {
+            println!("{}", tables(&report));
+        }
+        if let Some(d) = &report.dns {
+            println!("### DNS lookups from inside a sandbox of (d)\n");
+            println!("{}", dnsbench::table(d));
+        }
     }
     if !args.no_write {
         let out = args
             .out
             .clone()
             .unwrap_or_else(|| root().join("BENCHMARKS.md"));
+        let existing = std::fs::read_to_string(&out).unwrap_or_default();
+        let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
     let bad = report
         .setups
         .iter()
-        .any(|s| s.failed.is_some() || !s.errors.is_empty());
+        .any(|s| s.failed.is_some() || !s.errors.is_empty())
+        || report.dns.as_ref().is_some_and(dnsbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {

@@ -298,8 +298,21 @@ impl Daemon {
     /// `run -d --name NAME --network NET -- CMD...`, then inspect for its
     /// sandbox namespace and address.
     pub fn run(&mut self, name: &str, network: &str, command: &[&str]) -> Result<Sandbox> {
+        self.run_with(name, network, &[], command)
+    }
+
+    /// As `run`, with more `run` options (e.g. `--link NAME:ALIAS`) before `--`.
+    pub fn run_with(
+        &mut self,
+        name: &str,
+        network: &str,
+        options: &[&str],
+        command: &[&str],
+    ) -> Result<Sandbox> {
         self.containers.push(name.to_string());
-        let mut args = vec!["run", "-d", "--name", name, "--network", network, "--"];
+        let mut args = vec!["run", "-d", "--name", name, "--network", network];
+        args.extend_from_slice(options);
+        args.push("--");
         args.extend_from_slice(command);
         self.cli(&args)?;
         let out = self.cli(&["inspect", name])?;

@@ -2,6 +2,7 @@
 
 mod bench;
 mod demo;
+mod dnsbench;
 mod lab;
 mod pingpong;
 mod setup;
@@ -49,7 +50,8 @@ enum Cmd {
     /// Setup, build, and show two sandboxes talking through the eBPF switch.
     Demo,
     /// Setup, build (release), and compare veth / bridge / bridge+netfilter /
-    /// eBPF; writes BENCHMARKS.md.
+    /// eBPF, and the embedded DNS resolver against a hosts-file lookup;
+    /// writes BENCHMARKS.md.
     Bench(bench::Args),
     /// (internal) TCP ping-pong server for the latency fallback.
     #[command(hide = true)]
@@ -57,6 +59,10 @@ enum Cmd {
         #[arg(long)]
         listen: String,
     },
+    /// (internal) DNS lookup loop for the DNS benchmark (run inside a
+    /// sandbox with `ip netns exec`).
+    #[command(hide = true)]
+    DnsClient(dnsbench::ClientArgs),
     /// (internal) TCP ping-pong client for the latency fallback.
     #[command(hide = true)]
     PingpongClient {
@@ -156,6 +162,7 @@ fn main() {
         Cmd::Demo => demo::demo().map(|()| 0),
         Cmd::Bench(args) => bench::bench(args),
         Cmd::PingpongServer { listen } => pingpong::server(&listen).map(|()| 0),
+        Cmd::DnsClient(args) => dnsbench::client(&args).map(|()| 0),
         Cmd::PingpongClient { connect, seconds } => pingpong::client(&connect, seconds).map(|()| 0),
     };
     match res {

@@ -23,6 +23,8 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",
     "protobuf-compiler",
     "util-linux",
+    // The namespace tests' DNS clients and fake upstream are python3 scripts.
+    "python3",
 ];
 
 const MIN: Duration = Duration::from_secs(60);

@@ -162,6 +162,16 @@ fn resolve_name<'a>(
     }
 }
 
+/// Whether `name` has the shape of the host-side veths this daemon makes
+/// (`dp` and 12 hex digits of an endpoint id).
+fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("dp")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
 fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 63
@@ -258,7 +268,38 @@ impl Daemon {
 
     /// Re-projects the stored model into the kernel after a (re)start:
     /// gateways, program links (swapped atomically where pinned) and maps.
+    /// Removes what operations of a daemon that died half-way left: the
+    /// sandbox of every pending `run` (its processes, netns, files), and host
+    /// veths that no endpoint owns (a `connect` cut short).
+    fn collect_garbage(&mut self) -> anyhow::Result<()> {
+        for (key, value) in self.store.list(model::PENDING)? {
+            let p: model::Pending = serde_json::from_slice(&value)?;
+            warn!(container = %p.container_id, netns = %p.netns, "cleaning up a run the previous daemon did not finish");
+            netns::kill_processes_in(&p.netns);
+            netns::delete(&p.netns)?;
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&p.netns));
+            let _ =
+                std::fs::remove_dir_all(self.state_dir.join("containers").join(&p.container_id));
+            let mut t = Txn::default();
+            t.delete(key);
+            self.store.commit(t)?;
+        }
+        let owned: HashSet<&str> = self
+            .endpoints
+            .values()
+            .map(|e| e.host_ifname.as_str())
+            .collect();
+        for name in netns::link_names()? {
+            if is_host_veth_name(&name) && !owned.contains(name.as_str()) {
+                warn!(veth = %name, "deleting a host veth no endpoint owns");
+                netns::delete_link(&name)?;
+            }
+        }
+        Ok(())
+    }
+
     fn restore(&mut self) -> anyhow::Result<()> {
+        self.collect_garbage()?;
         for n in self.networks.values() {
             netns::ensure_gateway(n.gateway)?;
         }
@@ -995,6 +1036,16 @@ impl Daemon {
                 .collect();
             ipam::allocate(net, &used, ip)?;
         }
+        let pending = model::Pending {
+            container_id: id.clone(),
+            netns: ns_name.clone(),
+        };
+        let mut t = Txn::default();
+        t.put(
+            pending.key(),
+            serde_json::to_vec(&pending).context("encoding")?,
+        );
+        self.store.commit(t)?;
         let mut undo = Undo::default();
         let res = (|| -> ApiResult<Endpoint> {
             std::fs::create_dir_all(&dir).context("creating the container directory")?;
@@ -1024,9 +1075,11 @@ impl Daemon {
             let pid = spawn_in_sandbox(&ctr, &env)?;
             undo.push(move |_| kill_group(pid, Duration::from_secs(1)));
             ctr.pid = Some(pid);
+            crate::fault::point("run-before-commit");
             let mut t = Txn::default();
             t.put(ctr.key(), serde_json::to_vec(&ctr).context("encoding")?)
-                .put(ep.key(), serde_json::to_vec(&ep).context("encoding")?);
+                .put(ep.key(), serde_json::to_vec(&ep).context("encoding")?)
+                .delete(pending.key());
             self.store.commit(t)?;
             Ok(ep)
         })();
@@ -1041,6 +1094,11 @@ impl Daemon {
             }
             Err(e) => {
                 undo.run(&mut self.dp);
+                let mut t = Txn::default();
+                t.delete(pending.key());
+                if let Err(e) = self.store.commit(t) {
+                    warn!("dropping the intent record of a failed run: {e:#}");
+                }
                 Err(e)
             }
         }
@@ -1072,6 +1130,7 @@ impl Daemon {
                 aliases,
             };
             let ep = self.add_endpoint(&cid, &path, req, &mut undo)?;
+            crate::fault::point("connect-before-commit");
             let mut t = Txn::default();
             t.put(ep.key(), serde_json::to_vec(&ep).context("encoding")?);
             self.store.commit(t)?;

@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod cli;
 pub mod daemon;
 pub mod dns;
+pub mod fault;
 pub mod ipam;
 pub mod model;
 pub mod netns;

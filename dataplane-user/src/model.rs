@@ -11,6 +11,23 @@ use serde::{Deserialize, Serialize};
 pub const NETWORKS: &str = "networks/";
 pub const ENDPOINTS: &str = "endpoints/";
 pub const CONTAINERS: &str = "containers/";
+pub const PENDING: &str = "pending/";
+
+/// The intent of a `run` in progress, committed before the first kernel
+/// change and deleted by the commit that records the container. A daemon
+/// that finds one at start died half-way and removes what it names.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pending {
+    pub container_id: String,
+    /// The sandbox netns the run creates.
+    pub netns: String,
+}
+
+impl Pending {
+    pub fn key(&self) -> String {
+        format!("{PENDING}{}", self.container_id)
+    }
+}
 
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Network {

@@ -272,6 +272,47 @@ pub fn add_veth(name: &str, peer: &str, index: u32) -> Result<()> {
     })
 }
 
+/// Names of every link in the daemon's namespace.
+pub fn link_names() -> Result<Vec<String>> {
+    with_netlink(None, |h| async move {
+        let mut links = h.link().get().execute();
+        let mut names = Vec::new();
+        while let Some(msg) = links.try_next().await? {
+            for a in msg.attributes {
+                if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = a {
+                    names.push(n);
+                }
+            }
+        }
+        Ok(names)
+    })
+}
+
+/// SIGKILLs every process whose network namespace is the named one, so that
+/// the namespace can go away when it is deleted.
+pub fn kill_processes_in(name: &str) {
+    use std::os::unix::fs::MetadataExt as _;
+    let Ok(target) = std::fs::metadata(path_of(name)) else {
+        return;
+    };
+    let Ok(procs) = std::fs::read_dir("/proc") else {
+        return;
+    };
+    for entry in procs.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let same = std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .is_ok_and(|m| m.ino() == target.ino() && m.dev() == target.dev());
+        if same {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
 /// Whether `e` says a link could not be created because its requested
 /// ifindex is taken (by a device this daemon does not know of).
 pub fn is_ifindex_taken(e: &anyhow::Error) -> bool {

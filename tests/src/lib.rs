@@ -432,6 +432,8 @@ pub struct Daemon {
     bpffs: PathBuf,
     child: Option<Child>,
     tracked: RefCell<BTreeMap<String, Tracked>>,
+    /// Extra environment of the next start (e.g. `DATAPLANE_CRASH_AT`).
+    env: Vec<(String, String)>,
 }
 
 impl Daemon {
@@ -449,6 +451,7 @@ impl Daemon {
             dir,
             child: None,
             tracked: RefCell::default(),
+            env: Vec::new(),
         };
         d.spawn();
         d
@@ -515,6 +518,7 @@ impl Daemon {
             .arg(self.state_dir())
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -526,6 +530,16 @@ impl Daemon {
 
     /// Restarts a stopped daemon on the same directories.
     pub fn restart(&mut self) {
+        self.env.clear();
+        self.spawn();
+    }
+
+    /// Restarts a stopped daemon with extra environment variables.
+    pub fn restart_with_env(&mut self, env: &[(&str, &str)]) {
+        self.env = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         self.spawn();
     }
 

@@ -202,3 +202,98 @@ fn the_daemon_refuses_to_run_under_ip_netns_exec() {
     );
     assert!(!run_dir.join("api.sock").exists(), "no socket left behind");
 }
+
+/// Sandbox netns names (`dp-...`) that exist now.
+fn sandboxes() -> Vec<String> {
+    dataplane_tests::netns_list()
+        .into_iter()
+        .filter(|n| n.starts_with("dp-"))
+        .collect()
+}
+
+/// Host-side veths (`dp` + 12 hex) in the daemon's namespace.
+fn host_veths(d: &Daemon) -> Vec<String> {
+    d.ns()
+        .exec(&["ip", "-o", "link", "show"])
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.len() == 14 && n.starts_with("dp"))
+        .collect()
+}
+
+/// A daemon that dies between creating a sandbox and recording it leaves a
+/// netns, a veth pair, a process and files behind; the restarted daemon
+/// finds its intent record and removes all of them, and the address is free
+/// again.
+#[test]
+fn a_daemon_dying_in_the_middle_of_run_leaves_nothing_after_restart() {
+    let mut d = Daemon::start();
+    d.network_create(&["--subnet", "10.31.0.0/24", "n"]);
+    let before = sandboxes();
+    d.stop("TERM");
+    d.restart_with_env(&[("DATAPLANE_CRASH_AT", "run-before-commit")]);
+    let out = d.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "doomed",
+        "--network",
+        "n",
+        "--",
+        "sleep",
+        "infinity",
+    ]);
+    assert!(
+        !out.success(),
+        "the daemon died in the middle of run: {out}"
+    );
+    let leaked: Vec<String> = sandboxes()
+        .into_iter()
+        .filter(|n| !before.contains(n))
+        .collect();
+    assert_eq!(
+        leaked.len(),
+        1,
+        "the half-made sandbox is there before the restart"
+    );
+    assert_eq!(host_veths(&d).len(), 1, "and so is its host veth");
+    d.stop("KILL");
+    d.restart();
+    assert!(!sandboxes().contains(&leaked[0]), "{} removed", leaked[0]);
+    assert!(host_veths(&d).is_empty(), "the host veth went with it");
+    assert!(!std::path::Path::new("/etc/netns").join(&leaked[0]).exists());
+    assert!(
+        d.log().contains("did not finish"),
+        "the restart says what it cleaned"
+    );
+    // Nothing was recorded, and the address is free for the next run.
+    assert_eq!(
+        d.ok(&["ps", "--format", "json"]).json(),
+        serde_json::json!([])
+    );
+    d.run_sleeper("c1", Some("n"), &[]);
+    assert_eq!(d.ip("c1", "n"), "10.31.0.2");
+}
+
+/// A `network connect` cut short leaves a veth pair; the restarted daemon
+/// deletes host veths that no endpoint owns.
+#[test]
+fn a_daemon_dying_in_the_middle_of_connect_leaves_no_veth_after_restart() {
+    let mut d = Daemon::start();
+    d.network_create(&["--subnet", "10.32.0.0/24", "a"]);
+    d.network_create(&["--subnet", "10.33.0.0/24", "b"]);
+    d.run_sleeper("c1", Some("a"), &[]);
+    d.stop("TERM");
+    d.restart_with_env(&[("DATAPLANE_CRASH_AT", "connect-before-commit")]);
+    assert!(!d.cli(&["network", "connect", "b", "c1"]).success());
+    assert_eq!(host_veths(&d).len(), 2, "c1's own veth and the orphan");
+    d.stop("KILL");
+    d.restart();
+    assert_eq!(host_veths(&d).len(), 1, "only c1's own veth is left");
+    assert!(!d.exec_in("c1", &["ip", "link", "show", "eth1"]).success());
+    // c1 still works and can be connected for real now.
+    d.ok(&["network", "connect", "b", "c1"]);
+    assert!(d.exec_in("c1", &["ip", "link", "show", "eth1"]).success());
+}

@@ -236,11 +236,6 @@ impl Datapath {
         Ok(())
     }
 
-    /// Whether a pinned link exists for `ifname`.
-    pub fn is_attached(&self, ifname: &str) -> bool {
-        self.links_dir.join(ifname).exists()
-    }
-
     /// Drops the pinned link of `ifname` (the program detaches when the last
     /// reference goes; deleting the veth does that as well).
     pub fn detach(&mut self, ifname: &str) -> Result<()> {
@@ -328,14 +323,6 @@ impl Datapath {
             let _ = m.remove(&LinkKey { src: a, dst: b });
             return Err(e).context("LINKS map full");
         }
-        Ok(())
-    }
-
-    /// Withdraws `a <-> b`.
-    pub fn remove_link(&mut self, a: Ipv4Wire, b: Ipv4Wire) -> Result<()> {
-        let mut m = self.links()?;
-        let _ = m.remove(&LinkKey { src: a, dst: b });
-        let _ = m.remove(&LinkKey { src: b, dst: a });
         Ok(())
     }
 

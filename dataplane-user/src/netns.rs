@@ -14,7 +14,7 @@ use std::{
     path::{Path, PathBuf},
 };
 
-use anyhow::{anyhow, bail, Context as _, Result};
+use anyhow::{anyhow, Context as _, Result};
 use futures::TryStreamExt as _;
 use nix::{
     mount::{mount, umount2, MntFlags, MsFlags},
@@ -386,16 +386,4 @@ pub fn in_ip_netns_exec_mount_ns() -> bool {
             .nth(4)
             .is_some_and(|m| m.starts_with("/sys/fs/cgroup"))
     })
-}
-
-/// Checks that `name` is usable as a Linux interface name.
-pub fn check_ifname(name: &str) -> Result<()> {
-    if name.is_empty()
-        || name.len() > 15
-        || name.contains('/')
-        || name.contains(char::is_whitespace)
-    {
-        bail!("invalid interface name {name:?}");
-    }
-    Ok(())
 }

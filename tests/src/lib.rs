@@ -323,6 +323,19 @@ impl Drop for Proc {
     }
 }
 
+/// Sends `sig` to `child` and waits up to `attempts` x 100 ms for it to
+/// exit; whether it did.
+fn signal_and_wait(child: &mut Child, sig: &str, attempts: u32) -> bool {
+    signal(child.id(), sig);
+    (0..attempts).any(|_| {
+        let done = matches!(child.try_wait(), Ok(Some(_)));
+        if !done {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    })
+}
+
 /// Runs `cmd` to completion (at most [`COMMAND_TIMEOUT`]).
 pub fn run(cmd: Command) -> Output {
     Proc::spawn(cmd).wait(COMMAND_TIMEOUT)
@@ -571,15 +584,7 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        signal(child.id(), sig);
-        let exited = (0..100).any(|_| {
-            let done = matches!(child.try_wait(), Ok(Some(_)));
-            if !done {
-                std::thread::sleep(Duration::from_millis(100));
-            }
-            done
-        });
-        if !exited {
+        if !signal_and_wait(&mut child, sig, 100) {
             let _ = child.kill();
             let _ = child.wait();
             panic!("the daemon did not exit within 10 s of SIG{sig}; its log follows");
@@ -855,15 +860,7 @@ impl Daemon {
         }
         // 2. Stop the daemon.
         if let Some(mut child) = self.child.take() {
-            signal(child.id(), "TERM");
-            let exited = (0..50).any(|_| {
-                let done = matches!(child.try_wait(), Ok(Some(_)));
-                if !done {
-                    std::thread::sleep(Duration::from_millis(100));
-                }
-                done
-            });
-            if !exited {
+            if !signal_and_wait(&mut child, "TERM", 50) {
                 let _ = child.kill();
                 let _ = child.wait();
             }

@@ -112,10 +112,8 @@ fn networks_are_isolated_and_the_drops_counted() {
     assert_counted(&d, "cross_network", || d.assert_no_ping("d1", &b1));
 }
 
-#[test]
-fn a_container_reaches_its_gateway_and_the_host_reaches_it() {
-    let d = Daemon::start();
-    pair(&d, "10.23.0.0/24", &[]);
+/// Gives the daemon's namespace ("the host") a second address, HOST_OTHER.
+fn add_host_other(d: &Daemon) {
     d.ns()
         .exec(&[
             "ip",
@@ -126,6 +124,13 @@ fn a_container_reaches_its_gateway_and_the_host_reaches_it() {
             "lo",
         ])
         .ok();
+}
+
+#[test]
+fn a_container_reaches_its_gateway_and_the_host_reaches_it() {
+    let d = Daemon::start();
+    pair(&d, "10.23.0.0/24", &[]);
+    add_host_other(&d);
     d.assert_pings("c1", "10.23.0.1");
     d.assert_pings("c1", HOST_OTHER);
     let ip = d.ip("c1", "n");
@@ -169,16 +174,7 @@ fn an_internal_network_has_no_way_out() {
     pair(&d, "10.25.0.0/24", &["--internal"]);
     d.network_create(&["--subnet", "10.26.0.0/24", "open"]);
     d.run_sleeper("o1", Some("open"), &[]);
-    d.ns()
-        .exec(&[
-            "ip",
-            "addr",
-            "add",
-            &format!("{HOST_OTHER}/32"),
-            "dev",
-            "lo",
-        ])
-        .ok();
+    add_host_other(&d);
     assert_eq!(d.network_inspect("n")["Internal"], true);
 
     let routes = d.exec_in("c1", &["ip", "route", "show"]).ok();

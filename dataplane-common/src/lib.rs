@@ -13,7 +13,7 @@ pub mod packet;
 /// Bump whenever a map's key, value, type or capacity changes. The daemon pins
 /// its maps under `<bpffs>/v<LAYOUT_VERSION>/` and also checks every pinned map's
 /// key size, value size and capacity before reusing it.
-pub const LAYOUT_VERSION: u32 = 2;
+pub const LAYOUT_VERSION: u32 = 3;
 
 /// Capacity of `ENDPOINTS` and `IFACES`.
 pub const MAX_ENDPOINTS: u32 = 16_384;
@@ -144,6 +144,16 @@ pub enum DropReason {
     BadArp = 9,
     /// Container to container on an `icc=false` network, not `--link`ed.
     IccDenied = 10,
+    /// A fragment of a flow that needs address translation: only the first
+    /// fragment carries ports, so later ones cannot be matched to a flow.
+    Fragment = 11,
+    /// No free source port for a new translated flow (eight candidates taken).
+    NatExhausted = 12,
+    /// The conntrack map refused a new entry.
+    CtFull = 13,
+    /// A translated flow whose headers are cut short (IHL other than 5, or
+    /// shorter than its L4 header).
+    NatMalformed = 14,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -152,7 +162,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 10] = [
+    pub const ALL: [DropReason; 14] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -163,6 +173,10 @@ impl DropReason {
         DropReason::ArpUnknownTarget,
         DropReason::BadArp,
         DropReason::IccDenied,
+        DropReason::Fragment,
+        DropReason::NatExhausted,
+        DropReason::CtFull,
+        DropReason::NatMalformed,
     ];
 
     /// The counter name shown by `dataplane stats`.
@@ -178,6 +192,10 @@ impl DropReason {
             DropReason::ArpUnknownTarget => "arp_unknown_target",
             DropReason::BadArp => "bad_arp",
             DropReason::IccDenied => "icc_denied",
+            DropReason::Fragment => "fragment",
+            DropReason::NatExhausted => "nat_port_exhausted",
+            DropReason::CtFull => "conntrack_full",
+            DropReason::NatMalformed => "nat_malformed",
         }
     }
 }
@@ -197,6 +215,12 @@ pub struct Counters {
     pub passed: u64,
     /// ARP requests answered by the program itself.
     pub arp_replies: u64,
+    /// Packets whose addresses or ports were rewritten (NAT).
+    pub translated: u64,
+    /// Conntrack entry pairs created (new translated flows).
+    pub ct_created: u64,
+    /// New flows that found no free NAT port (also counted as drops).
+    pub alloc_failed: u64,
     /// Drops, indexed by [`DropReason`] code.
     pub drops: [u64; DROP_REASON_SLOTS],
 }
@@ -208,6 +232,9 @@ impl Counters {
         redirected: 0,
         passed: 0,
         arp_replies: 0,
+        translated: 0,
+        ct_created: 0,
+        alloc_failed: 0,
         drops: [0; DROP_REASON_SLOTS],
     };
 }
@@ -215,10 +242,19 @@ impl Counters {
 /// Index in `STATS` of the TC program on the host side of each endpoint veth
 /// (the container's egress).
 pub const PROG_FROM_CONTAINER: u32 = 0;
+/// Index in `STATS` of the TC program on ingress of the host's own
+/// interfaces (uplinks): published ports and replies to masqueraded flows.
+pub const PROG_FROM_UPLINK: u32 = 1;
+/// Index in `STATS` of the cgroup socket programs (host processes reaching
+/// published ports without a proxy).
+pub const PROG_SOCK: u32 = 2;
 /// Number of program slots in `STATS`.
 pub const PROG_SLOTS: u32 = 4;
 /// Program names, by `PROG_*` index, as `dataplane stats` prints them.
-pub const PROG_NAMES: [&str; 1] = ["from_container"];
+pub const PROG_NAMES: [&str; 3] = ["from_container", "from_uplink", "sock_addr"];
+
+pub mod nat;
+pub use nat::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -228,6 +264,11 @@ mod pod {
     unsafe impl aya::Pod for super::Network {}
     unsafe impl aya::Pod for super::Counters {}
     unsafe impl aya::Pod for super::LinkKey {}
+    unsafe impl aya::Pod for super::CtKey {}
+    unsafe impl aya::Pod for super::CtEntry {}
+    unsafe impl aya::Pod for super::PortKey {}
+    unsafe impl aya::Pod for super::NatAddr {}
+    unsafe impl aya::Pod for super::SockRevKey {}
 }
 
 #[cfg(test)]
@@ -266,8 +307,26 @@ mod layout {
 
     #[test]
     fn counters_layout() {
-        assert_eq!(size_of::<Counters>(), 8 * (5 + DROP_REASON_SLOTS));
-        assert_eq!(offset_of!(Counters, drops), 40);
+        assert_eq!(size_of::<Counters>(), 8 * (8 + DROP_REASON_SLOTS));
+        assert_eq!(offset_of!(Counters, drops), 64);
+    }
+
+    #[test]
+    fn nat_layouts() {
+        assert_eq!(size_of::<CtKey>(), 16);
+        assert_eq!(offset_of!(CtKey, sport), 8);
+        assert_eq!(offset_of!(CtKey, dport), 10);
+        assert_eq!(offset_of!(CtKey, proto), 12);
+        assert_eq!(size_of::<CtEntry>(), 24);
+        assert_eq!(offset_of!(CtEntry, flags), 12);
+        assert_eq!(offset_of!(CtEntry, seen), 14);
+        assert_eq!(offset_of!(CtEntry, last_seen), 16);
+        assert_eq!(size_of::<PortKey>(), 8);
+        assert_eq!(offset_of!(PortKey, port), 4);
+        assert_eq!(offset_of!(PortKey, proto), 6);
+        assert_eq!(size_of::<NatAddr>(), 8);
+        assert_eq!(size_of::<SockRevKey>(), 16);
+        assert_eq!(offset_of!(SockRevKey, addr), 8);
     }
 
     #[test]

@@ -3,10 +3,12 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Counters, Endpoint, Ipv4Wire, LinkKey, MAX_ENDPOINTS, MAX_LINKS, PROG_SLOTS,
+    Counters, CtEntry, CtKey, Endpoint, Ipv4Wire, LinkKey, NatAddr, PortKey, SockRevKey,
+    CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV,
+    PROG_SLOTS,
 };
 
 /// Container IPv4 address -> its endpoint.
@@ -24,3 +26,27 @@ pub static LINKS: HashMap<LinkKey, u32> = HashMap::pinned(MAX_LINKS, 0);
 /// Per-program counters, indexed by `PROG_*`.
 #[map]
 pub static STATS: PerCpuArray<Counters> = PerCpuArray::pinned(PROG_SLOTS, 0);
+
+/// Connection tracking of translated flows: one entry per direction, keyed
+/// by the tuple a program sees, holding the tuple to rewrite to. LRU: when
+/// full, the least recently used flow gives way instead of new flows failing.
+#[map]
+pub static CT: LruHashMap<CtKey, CtEntry> = LruHashMap::pinned(MAX_CT, 0);
+
+/// Published ports: (proto, host address or 0 for all, host port) -> the
+/// container address and port.
+#[map]
+pub static PORTS: HashMap<PortKey, NatAddr> = HashMap::pinned(MAX_PORTS, 0);
+
+/// The daemon's own IPv4 addresses (uplinks, gateways): destinations a port
+/// published on every address answers on.
+#[map]
+pub static LOCAL_ADDRS: HashMap<Ipv4Wire, u32> = HashMap::pinned(MAX_LOCAL_ADDRS, 0);
+
+/// Socket-level translations of UDP sockets, for `recvmsg`/`getpeername`.
+#[map]
+pub static SOCK_REV: LruHashMap<SockRevKey, NatAddr> = LruHashMap::pinned(MAX_SOCK_REV, 0);
+
+/// Settings the daemon writes once (`CFG_*` slots).
+#[map]
+pub static CONFIG: Array<u64> = Array::pinned(CONFIG_SLOTS, 0);

@@ -22,8 +22,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    iface_slot, Counters, DropReason, Endpoint, Ipv4Wire, LinkKey, Network, IFINDEX_BASE,
-    LAYOUT_VERSION, MAX_ENDPOINTS, MAX_LINKS, PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
+    iface_slot, Counters, CtEntry, CtKey, DropReason, Endpoint, Ipv4Wire, LinkKey, NatAddr,
+    Network, PortKey, SockRevKey, CONFIG_SLOTS, IFINDEX_BASE, LAYOUT_VERSION, MAX_CT,
+    MAX_ENDPOINTS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV, PROG_FROM_CONTAINER,
+    PROG_NAMES, PROG_SLOTS,
 };
 use serde::Serialize;
 
@@ -51,8 +53,31 @@ const EMPTY_ENDPOINT: Endpoint = Endpoint {
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 4] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 9] {
     [
+        (
+            "CT",
+            MapType::LruHash,
+            size_of::<CtKey>() as u32,
+            size_of::<CtEntry>() as u32,
+            MAX_CT,
+        ),
+        (
+            "PORTS",
+            MapType::Hash,
+            size_of::<PortKey>() as u32,
+            size_of::<NatAddr>() as u32,
+            MAX_PORTS,
+        ),
+        ("LOCAL_ADDRS", MapType::Hash, 4, 4, MAX_LOCAL_ADDRS),
+        (
+            "SOCK_REV",
+            MapType::LruHash,
+            size_of::<SockRevKey>() as u32,
+            size_of::<NatAddr>() as u32,
+            MAX_SOCK_REV,
+        ),
+        ("CONFIG", MapType::Array, 4, 8, CONFIG_SLOTS),
         (
             "LINKS",
             MapType::Hash,
@@ -171,6 +196,12 @@ pub struct ProgramStats {
     pub redirected: u64,
     pub passed: u64,
     pub arp_replies: u64,
+    #[serde(default)]
+    pub translated: u64,
+    #[serde(default)]
+    pub ct_created: u64,
+    #[serde(default)]
+    pub alloc_failed: u64,
     pub drops: std::collections::BTreeMap<String, u64>,
 }
 
@@ -382,6 +413,123 @@ impl Datapath {
         Ok(())
     }
 
+    fn ports(&mut self) -> Result<HashMap<&mut aya::maps::MapData, PortKey, NatAddr>> {
+        let map = self
+            .ebpf
+            .map_mut("PORTS")
+            .ok_or_else(|| anyhow!("map PORTS missing"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Publishes `key` (proto, host address or 0, host port) onto `to`.
+    pub fn set_port(&mut self, key: PortKey, to: NatAddr) -> Result<()> {
+        self.ports()?.insert(key, to, 0).context("PORTS map full")?;
+        Ok(())
+    }
+
+    /// Unpublishes `key` (absent is fine).
+    pub fn remove_port(&mut self, key: &PortKey) -> Result<()> {
+        let _ = self.ports()?.remove(key);
+        Ok(())
+    }
+
+    /// Makes `PORTS` hold exactly `ports`.
+    pub fn sync_ports(&mut self, ports: &[(PortKey, NatAddr)]) -> Result<()> {
+        let mut m = self.ports()?;
+        for (k, v) in ports {
+            if m.get(k, 0).ok() != Some(*v) {
+                m.insert(*k, *v, 0).context("PORTS map full")?;
+            }
+        }
+        let want: std::collections::HashSet<PortKey> = ports.iter().map(|(k, _)| *k).collect();
+        let stale: Vec<PortKey> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !want.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
+    fn ct(&mut self) -> Result<HashMap<&mut aya::maps::MapData, CtKey, CtEntry>> {
+        let map = self
+            .ebpf
+            .map_mut("CT")
+            .ok_or_else(|| anyhow!("map CT missing"))?;
+        Ok(HashMap::try_from(map)?)
+    }
+
+    /// Deletes every conntrack entry whose key or rewrite involves `ip` (a
+    /// container going away); returns how many went.
+    pub fn flush_conntrack(&mut self, ip: Ipv4Wire) -> Result<usize> {
+        self.delete_ct_where(|k, e| {
+            k.saddr == ip || k.daddr == ip || e.saddr == ip || e.daddr == ip
+        })
+    }
+
+    /// Deletes conntrack entries idle past their protocol's timeout, as of
+    /// `now` (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`).
+    pub fn expire_conntrack(&mut self, now: u64) -> Result<usize> {
+        self.delete_ct_where(|k, e| !dataplane_common::ct_alive(e, k.proto, now))
+    }
+
+    fn delete_ct_where(&mut self, f: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
+        let mut m = self.ct()?;
+        let doomed: Vec<CtKey> = m
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, e)| f(k, e))
+            .map(|(k, _)| k)
+            .collect();
+        let n = doomed.len();
+        for k in doomed {
+            let _ = m.remove(&k);
+        }
+        Ok(n)
+    }
+
+    /// Live conntrack entries (both directions of a flow count).
+    pub fn conntrack_entries(&self) -> Result<usize> {
+        let map = self
+            .ebpf
+            .map("CT")
+            .ok_or_else(|| anyhow!("map CT missing"))?;
+        let m: HashMap<_, CtKey, CtEntry> = HashMap::try_from(map)?;
+        Ok(m.keys().filter(|k| k.is_ok()).count())
+    }
+
+    /// Makes `LOCAL_ADDRS` hold exactly `addrs`.
+    pub fn sync_local_addrs(&mut self, addrs: &[Ipv4Wire]) -> Result<()> {
+        let mut m = self.hash::<u32>("LOCAL_ADDRS")?;
+        for a in addrs {
+            if m.get(a, 0).is_err() {
+                m.insert(*a, 1, 0).context("LOCAL_ADDRS map full")?;
+            }
+        }
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !addrs.contains(k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
+    /// Writes `CONFIG[slot]`.
+    pub fn set_config(&mut self, slot: u32, value: u64) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("CONFIG")
+            .ok_or_else(|| anyhow!("map CONFIG missing"))?;
+        let mut a: Array<_, u64> = Array::try_from(map)?;
+        a.set(slot, value, 0)?;
+        Ok(())
+    }
+
     /// Per-program counters summed over CPUs.
     pub fn stats(&self) -> Result<Vec<ProgramStats>> {
         let map = self
@@ -399,6 +547,9 @@ impl Datapath {
                 sum.redirected += c.redirected;
                 sum.passed += c.passed;
                 sum.arp_replies += c.arp_replies;
+                sum.translated += c.translated;
+                sum.ct_created += c.ct_created;
+                sum.alloc_failed += c.alloc_failed;
                 for (s, d) in sum.drops.iter_mut().zip(c.drops.iter()) {
                     *s += d;
                 }
@@ -410,6 +561,9 @@ impl Datapath {
                 redirected: sum.redirected,
                 passed: sum.passed,
                 arp_replies: sum.arp_replies,
+                translated: sum.translated,
+                ct_created: sum.ct_created,
+                alloc_failed: sum.alloc_failed,
                 drops: DropReason::ALL
                     .iter()
                     .map(|r| (r.name().to_string(), sum.drops[*r as usize]))

@@ -9,5 +9,6 @@ pub mod eth;
 pub mod forward;
 pub mod ipv4;
 pub mod load;
+pub mod nat;
 
 pub use forward::{decide_arp, decide_ipv4, ArpVerdict, Verdict};

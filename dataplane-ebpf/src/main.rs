@@ -12,6 +12,7 @@
 #![no_main]
 
 mod maps;
+mod sock;
 
 use aya_ebpf::{
     bindings::{TC_ACT_OK, TC_ACT_SHOT},

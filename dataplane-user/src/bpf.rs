@@ -112,6 +112,7 @@ fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 9] {
 pub struct Datapath {
     ebpf: Ebpf,
     links_dir: PathBuf,
+    root: PathBuf,
 }
 
 fn is_bpffs(p: &Path) -> bool {
@@ -228,7 +229,22 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifying program {name}"))?;
         }
-        Ok(Self { ebpf, links_dir })
+        Ok(Self {
+            ebpf,
+            links_dir,
+            root,
+        })
+    }
+
+    /// The loaded object, for code that attaches programs of its own kind
+    /// (the cgroup socket hooks).
+    pub fn ebpf_mut(&mut self) -> &mut Ebpf {
+        &mut self.ebpf
+    }
+
+    /// `<bpffs>/v<LAYOUT_VERSION>`: the directory under which pins live.
+    pub fn pin_root(&self) -> &Path {
+        &self.root
     }
 
     fn prog(&mut self, name: &str) -> Result<&mut SchedClassifier> {

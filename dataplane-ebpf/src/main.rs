@@ -12,6 +12,7 @@
 #![no_main]
 
 mod maps;
+mod nat;
 mod sock;
 
 use aya_ebpf::{
@@ -23,21 +24,38 @@ use aya_ebpf::{
 use dataplane_common::{
     iface_slot,
     packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
-    Counters, DropReason, LinkKey, PROG_FROM_CONTAINER,
+    Counters, DropReason, LinkKey, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
 };
 use maps::{ENDPOINTS, IFACES, LINKS, STATS};
 
 /// Outcome of a frame, for the counters.
-enum Action {
+pub(crate) enum Action {
     Redirected(i32),
     Passed,
     ArpReplied(i32),
+    /// A packet of a known translated flow, rewritten and redirected.
+    Translated(i32),
+    /// The first packet of a new translated flow, rewritten and redirected.
+    New(i32),
+    /// Rewritten, then left to the host stack (no direct way out).
+    TranslatedPassed,
+}
+
+impl Action {
+    /// The TC verdict.
+    #[inline(always)]
+    pub(crate) fn verdict(&self) -> i32 {
+        match self {
+            Action::Redirected(a) | Action::ArpReplied(a) | Action::Translated(a) | Action::New(a) => *a,
+            Action::Passed | Action::TranslatedPassed => TC_ACT_OK as i32,
+        }
+    }
 }
 
 /// Bounds-checked view of the first `N` bytes of the frame, pulling
 /// non-linear data into the linear area once if needed.
 #[inline(always)]
-fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], DropReason> {
+pub(crate) fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], DropReason> {
     if ctx.data() + N > ctx.data_end() {
         if (ctx.len() as usize) < N || ctx.pull_data(N as u32).is_err() {
             return Err(DropReason::Malformed);
@@ -50,41 +68,49 @@ fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], DropReason> {
 }
 
 #[inline(always)]
-fn counters() -> Option<&'static mut Counters> {
+fn counters(prog: u32) -> Option<&'static mut Counters> {
     // SAFETY: per-CPU slot; the program is not re-entered on one CPU.
-    STATS
-        .get_ptr_mut(PROG_FROM_CONTAINER)
-        .map(|p| unsafe { &mut *p })
+    STATS.get_ptr_mut(prog).map(|p| unsafe { &mut *p })
 }
 
-#[classifier]
-pub fn from_container(ctx: TcContext) -> i32 {
-    let c = counters();
-    let result = try_from_container(&ctx);
-    let Some(c) = c else {
+/// Counts the outcome of one run of program `prog` and returns its verdict.
+#[inline(always)]
+fn account(ctx: &TcContext, prog: u32, result: Result<Action, DropReason>) -> i32 {
+    let Some(c) = counters(prog) else {
         // STATS is a fixed-size array: this cannot miss. Keep the verdict.
         return match result {
-            Ok(Action::Redirected(a) | Action::ArpReplied(a)) => a,
-            Ok(Action::Passed) => TC_ACT_OK as i32,
+            Ok(a) => a.verdict(),
             Err(_) => TC_ACT_SHOT as i32,
         };
     };
     c.packets += 1;
     c.bytes += ctx.len() as u64;
     match result {
-        Ok(Action::Redirected(a)) => {
-            c.redirected += 1;
-            a
-        }
-        Ok(Action::ArpReplied(a)) => {
-            c.arp_replies += 1;
-            a
-        }
-        Ok(Action::Passed) => {
-            c.passed += 1;
-            TC_ACT_OK as i32
+        Ok(a) => {
+            match a {
+                Action::Redirected(_) => c.redirected += 1,
+                Action::ArpReplied(_) => c.arp_replies += 1,
+                Action::Passed => c.passed += 1,
+                Action::Translated(_) => {
+                    c.translated += 1;
+                    c.redirected += 1;
+                }
+                Action::New(_) => {
+                    c.translated += 1;
+                    c.ct_created += 1;
+                    c.redirected += 1;
+                }
+                Action::TranslatedPassed => {
+                    c.translated += 1;
+                    c.passed += 1;
+                }
+            }
+            a.verdict()
         }
         Err(reason) => {
+            if reason as u32 == DropReason::NatExhausted as u32 {
+                c.alloc_failed += 1;
+            }
             let i = reason as usize;
             if i < c.drops.len() {
                 c.drops[i] += 1;
@@ -92,6 +118,40 @@ pub fn from_container(ctx: TcContext) -> i32 {
             TC_ACT_SHOT as i32
         }
     }
+}
+
+#[classifier]
+pub fn from_container(ctx: TcContext) -> i32 {
+    let r = try_from_container(&ctx);
+    account(&ctx, PROG_FROM_CONTAINER, r)
+}
+
+/// TC ingress of the host's own interfaces (uplinks): published ports and
+/// the replies of masqueraded flows go straight into containers; everything
+/// else goes to the host untouched.
+#[classifier]
+pub fn from_uplink(ctx: TcContext) -> i32 {
+    let r = try_from_uplink(&ctx);
+    account(&ctx, PROG_FROM_UPLINK, r)
+}
+
+#[inline(always)]
+fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
+    let Ok(hdr) = frame::<{ eth::HLEN }>(ctx) else {
+        return Ok(Action::Passed);
+    };
+    // SAFETY: `frame` checked that HLEN bytes are in the linear area.
+    if eth::proto(unsafe { &*hdr }) != eth::P_IPV4 {
+        return Ok(Action::Passed);
+    }
+    let Ok(f) = frame::<{ ipv4::FRAME_MIN }>(ctx) else {
+        return Ok(Action::Passed);
+    };
+    // SAFETY: bounds checked by `frame`.
+    let Ok((_, dst)) = ipv4::addrs(unsafe { &*f }) else {
+        return Ok(Action::Passed);
+    };
+    nat::from_uplink(ctx, dst)
 }
 
 #[inline(always)]
@@ -134,7 +194,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
                     let a = unsafe { bpf_redirect_peer(ifindex, 0) };
                     Ok(Action::Redirected(a as i32))
                 }
-                Verdict::Pass => Ok(Action::Passed),
+                Verdict::Pass => nat::from_container(ctx, me, dst),
                 Verdict::Drop(r) => Err(r),
             }
         }

@@ -221,7 +221,7 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
-        for name in ["from_container", "noop"] {
+        for name in ["from_container", "from_uplink", "noop"] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -260,8 +260,41 @@ impl Datapath {
     /// program replaces the old one in it atomically.
     pub fn attach(&mut self, ifname: &str) -> Result<()> {
         let pin = self.links_dir.join(ifname);
-        let prog = self.prog("from_container")?;
-        let id = match PinnedLink::from_pin(&pin) {
+        self.attach_pinned("from_container", ifname, &pin)
+    }
+
+    fn uplinks_dir(&self) -> PathBuf {
+        self.root.join("uplinks")
+    }
+
+    /// Attaches `from_uplink` to TC ingress of host interface `ifname`
+    /// (ifindex `ifindex`), pinned as `uplinks/<ifindex>` (or swapped into
+    /// that pin).
+    pub fn attach_uplink(&mut self, ifname: &str, ifindex: u32) -> Result<()> {
+        let dir = self.uplinks_dir();
+        std::fs::create_dir_all(&dir)?;
+        self.attach_pinned("from_uplink", ifname, &dir.join(ifindex.to_string()))
+    }
+
+    /// ifindexes of host interfaces with a pinned `from_uplink` link.
+    pub fn pinned_uplinks(&self) -> Vec<u32> {
+        std::fs::read_dir(self.uplinks_dir())
+            .map(|d| {
+                d.filter_map(|e| e.ok())
+                    .filter_map(|e| e.file_name().to_string_lossy().parse().ok())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// Drops the pinned uplink link of `ifindex` (gone interfaces).
+    pub fn detach_uplink(&mut self, ifindex: u32) {
+        let _ = std::fs::remove_file(self.uplinks_dir().join(ifindex.to_string()));
+    }
+
+    fn attach_pinned(&mut self, prog_name: &str, ifname: &str, pin: &Path) -> Result<()> {
+        let prog = self.prog(prog_name)?;
+        let id = match PinnedLink::from_pin(pin) {
             Ok(old) => {
                 let link: SchedClassifierLink = FdLink::from(old).try_into()?;
                 prog.attach_to_link(link)
@@ -273,12 +306,12 @@ impl Datapath {
                     TcAttachType::Ingress,
                     TcAttachOptions::TcxOrder(LinkOrder::default()),
                 )
-                .with_context(|| format!("attaching to {ifname}"))?,
+                .with_context(|| format!("attaching {prog_name} to {ifname}"))?,
         };
         let link: FdLink = prog.take_link(id)?.try_into()?;
         // The old pin (if any) still names the same link; re-pin after it goes.
-        let _ = std::fs::remove_file(&pin);
-        link.pin(&pin)
+        let _ = std::fs::remove_file(pin);
+        link.pin(pin)
             .with_context(|| format!("pinning the link of {ifname}"))?;
         Ok(())
     }

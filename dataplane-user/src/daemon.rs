@@ -103,6 +103,8 @@ pub struct Daemon {
     /// The embedded resolver, and its per-sandbox sockets (by container id).
     dns: Dns,
     dns_servers: HashMap<String, SandboxServer>,
+    /// Host interfaces this daemon attached `from_uplink` to (by ifindex).
+    uplinks: HashSet<u32>,
 }
 
 fn load_all<T: serde::de::DeserializeOwned>(
@@ -252,7 +254,9 @@ impl Daemon {
                 &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             )),
             dns_servers: HashMap::new(),
+            uplinks: HashSet::new(),
         };
+        netns::enable_forwarding()?;
         if !d.networks.values().any(|n| n.name == "bridge") {
             d.create_network(NetworkCreate {
                 name: "bridge".into(),
@@ -263,7 +267,26 @@ impl Daemon {
             .map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
         }
         d.restore()?;
+        d.maintain();
         Ok(d)
+    }
+
+    /// Periodic upkeep (every second): `from_uplink` on new host
+    /// interfaces, `LOCAL_ADDRS` in step with the host's addresses.
+    pub fn maintain(&mut self) {
+        if let Err(e) = crate::uplink::sync(&mut self.dp, &mut self.uplinks) {
+            warn!("syncing uplinks and host addresses: {e:#}");
+        }
+    }
+
+    /// Deletes conntrack entries idle past their timeout (the LRU map would
+    /// evict them under pressure anyway; this keeps the count honest).
+    pub fn expire_conntrack(&mut self) {
+        match self.dp.expire_conntrack(crate::uplink::monotonic_ns()) {
+            Ok(0) => {}
+            Ok(n) => tracing::debug!(entries = n, "expired conntrack entries"),
+            Err(e) => warn!("expiring conntrack entries: {e:#}"),
+        }
     }
 
     /// Re-projects the stored model into the kernel after a (re)start:
@@ -1262,7 +1285,10 @@ impl Daemon {
     }
 
     pub fn stats(&self) -> ApiResult<Value> {
-        Ok(json!({"programs": self.dp.stats()?}))
+        Ok(json!({
+            "programs": self.dp.stats()?,
+            "conntrack": {"entries": self.dp.conntrack_entries()?},
+        }))
     }
 }
 

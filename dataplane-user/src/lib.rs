@@ -15,3 +15,4 @@ pub mod ipam;
 pub mod model;
 pub mod netns;
 pub mod store;
+pub mod uplink;

@@ -103,6 +103,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         }
     };
     let state = Arc::new(Mutex::new(d));
+    tokio::spawn(upkeep(state.clone()));
     info!(socket = %socket.display(), bpffs = %args.bpffs.display(), "daemon ready");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -118,4 +119,24 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         .await?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// Every second: uplinks and host addresses; every ten: conntrack expiry.
+async fn upkeep(state: Arc<Mutex<Daemon>>) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut n: u64 = 0;
+    loop {
+        tick.tick().await;
+        n += 1;
+        let s = state.clone();
+        let _ = tokio::task::spawn_blocking(move || {
+            let mut d = s.lock().unwrap_or_else(|p| p.into_inner());
+            d.maintain();
+            if n % 10 == 0 {
+                d.expire_conntrack();
+            }
+        })
+        .await;
+    }
 }

@@ -387,3 +387,43 @@ pub fn in_ip_netns_exec_mount_ns() -> bool {
             .is_some_and(|m| m.starts_with("/sys/fs/cgroup"))
     })
 }
+
+/// Every link of the daemon's namespace: (name, ifindex).
+pub fn links() -> Result<Vec<(String, u32)>> {
+    with_netlink(None, |h| async move {
+        let mut links = h.link().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = links.try_next().await? {
+            for a in msg.attributes {
+                if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = a {
+                    out.push((n, msg.header.index));
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Every IPv4 address of the daemon's namespace (gateways on `lo` included).
+pub fn addresses() -> Result<Vec<Ipv4Addr>> {
+    with_netlink(None, |h| async move {
+        let mut addrs = h.address().get().execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            for a in msg.attributes {
+                if let rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip)) = a
+                {
+                    out.push(ip);
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Turns IPv4 forwarding on in the daemon's namespace (as Docker does): the
+/// translated paths route between containers and uplinks, and the kernel's
+/// FIB lookup for BPF refuses to route from a device that does not forward.
+pub fn enable_forwarding() -> Result<()> {
+    sysctl("net.ipv4.ip_forward", "1")
+}

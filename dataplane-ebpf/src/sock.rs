@@ -1,2 +1,185 @@
-//! cgroup sock_addr programs: host processes reaching published ports
-//! (placeholder; filled in by the socket-translation work).
+//! cgroup sock_addr programs: host processes reach published ports without a
+//! proxy (what docker-proxy does for Docker), by translating at the socket
+//! level as Cilium's socket LB does.
+//!
+//! - `connect4` (TCP and UDP) and `sendmsg4` (unconnected UDP): a destination
+//!   in 127.0.0.0/8 or in `LOCAL_ADDRS` whose port is published in `PORTS`
+//!   (exact host address first, then the wildcard 0) is rewritten to the
+//!   container's address and port, and the original is recorded in
+//!   `SOCK_REV` under (socket cookie, container address, container port).
+//! - `recvmsg4` (UDP) and `getpeername4` (TCP and connected UDP): an address
+//!   found in `SOCK_REV` for this socket is rewritten back, so the
+//!   application sees the address it asked for.
+//!
+//! The hooks sit on the cgroup v2 root and so see every network namespace of
+//! the machine: each program acts only when the socket's netns cookie is the
+//! one the daemon wrote into `CONFIG[CFG_NETNS_COOKIE]` (and that is set), so
+//! daemons in different namespaces never see each other's mappings. Every
+//! program always returns 1 (allow): recvmsg4/getpeername4 may return nothing
+//! else, and a miss must leave the call alone.
+//!
+//! Context fields are read and written with 4-byte volatile accesses: the
+//! kernel accepts only full-width writes to `user_ip4`/`user_port`, and
+//! volatile keeps LLVM from merging or narrowing the accesses.
+
+use core::{
+    ffi::c_void,
+    ptr::{addr_of, addr_of_mut},
+};
+
+use aya_ebpf::{
+    bindings::bpf_sock_addr,
+    helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
+    macros::cgroup_sock_addr,
+    programs::SockAddrContext,
+};
+use dataplane_common::{
+    is_loopback, Counters, Ipv4Wire, NatAddr, PortKey, PortWire, SockRevKey, CFG_NETNS_COOKIE,
+    IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
+};
+
+use crate::maps::{CONFIG, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
+
+/// The only verdict these programs give: let the call proceed.
+const ALLOW: i32 = 1;
+
+#[inline(always)]
+fn counters() -> Option<&'static mut Counters> {
+    // SAFETY: per-CPU slot. cgroup programs run with migration disabled; a
+    // task preempted mid-increment on the same CPU can lose a count, which
+    // is acceptable for statistics.
+    STATS.get_ptr_mut(PROG_SOCK).map(|p| unsafe { &mut *p })
+}
+
+/// Whether the socket belongs to the daemon's network namespace.
+#[inline(always)]
+fn in_our_netns(sa: *mut bpf_sock_addr) -> bool {
+    let want = match CONFIG.get(CFG_NETNS_COOKIE) {
+        Some(v) => *v,
+        None => return false,
+    };
+    // SAFETY: helper call on the context the kernel handed us.
+    want != 0 && unsafe { bpf_get_netns_cookie(sa as *mut c_void) } == want
+}
+
+#[inline(always)]
+fn user_ip4(sa: *mut bpf_sock_addr) -> Ipv4Wire {
+    // SAFETY: `sa` is the program's context; 4-byte read of a readable field.
+    unsafe { addr_of!((*sa).user_ip4).read_volatile() }
+}
+
+#[inline(always)]
+fn user_port(sa: *mut bpf_sock_addr) -> PortWire {
+    // SAFETY: as above. The port sits in the low 16 bits in wire order.
+    unsafe { addr_of!((*sa).user_port).read_volatile() as PortWire }
+}
+
+#[inline(always)]
+fn set_user_addr(sa: *mut bpf_sock_addr, to: &NatAddr) {
+    // SAFETY: 4-byte writes of fields every attach type here may write.
+    unsafe {
+        addr_of_mut!((*sa).user_ip4).write_volatile(to.addr);
+        addr_of_mut!((*sa).user_port).write_volatile(to.port as u32);
+    }
+}
+
+#[inline(always)]
+fn socket_cookie(sa: *mut bpf_sock_addr) -> u64 {
+    // SAFETY: helper call on the context the kernel handed us.
+    unsafe { bpf_get_socket_cookie(sa as *mut c_void) }
+}
+
+/// connect4 / sendmsg4: a local destination whose port is published goes to
+/// the container instead.
+#[inline(always)]
+fn forward(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    if !in_our_netns(sa) {
+        return ALLOW;
+    }
+    let mut c = counters();
+    if let Some(c) = c.as_deref_mut() {
+        c.packets += 1;
+    }
+    // SAFETY: 4-byte read of a readable context field.
+    let proto = unsafe { addr_of!((*sa).protocol).read_volatile() };
+    if proto != IPPROTO_TCP as u32 && proto != IPPROTO_UDP as u32 {
+        return ALLOW;
+    }
+    let proto = proto as u8;
+    let dst = user_ip4(sa);
+    // SAFETY: plain data; userspace replaces entries whole.
+    if !is_loopback(dst) && unsafe { LOCAL_ADDRS.get(&dst) }.is_none() {
+        return ALLOW;
+    }
+    let port = user_port(sa);
+    // SAFETY: as above.
+    let to = match unsafe { PORTS.get(&PortKey::new(proto, dst, port)) } {
+        Some(to) => *to,
+        None => match unsafe { PORTS.get(&PortKey::new(proto, 0, port)) } {
+            Some(to) => *to,
+            None => return ALLOW,
+        },
+    };
+    let key = SockRevKey {
+        cookie: socket_cookie(sa),
+        addr: to.addr,
+        port: to.port,
+        _pad: 0,
+    };
+    // A full LRU map evicts; an error here only costs the reverse view.
+    let _ = SOCK_REV.insert(&key, &NatAddr::new(dst, port), 0);
+    set_user_addr(sa, &to);
+    if let Some(c) = c {
+        c.translated += 1;
+    }
+    ALLOW
+}
+
+/// recvmsg4 / getpeername4: show the address the application asked for.
+#[inline(always)]
+fn reverse(ctx: &SockAddrContext) -> i32 {
+    let sa = ctx.sock_addr;
+    if !in_our_netns(sa) {
+        return ALLOW;
+    }
+    let mut c = counters();
+    if let Some(c) = c.as_deref_mut() {
+        c.packets += 1;
+    }
+    let key = SockRevKey {
+        cookie: socket_cookie(sa),
+        addr: user_ip4(sa),
+        port: user_port(sa),
+        _pad: 0,
+    };
+    // SAFETY: plain data; entries are replaced whole.
+    if let Some(orig) = unsafe { SOCK_REV.get(&key) } {
+        let orig = *orig;
+        set_user_addr(sa, &orig);
+        if let Some(c) = c {
+            c.translated += 1;
+        }
+    }
+    ALLOW
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    reverse(&ctx)
+}

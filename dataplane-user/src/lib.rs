@@ -14,5 +14,6 @@ pub mod fault;
 pub mod ipam;
 pub mod model;
 pub mod netns;
+pub mod sockhook;
 pub mod store;
 pub mod uplink;

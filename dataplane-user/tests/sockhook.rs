@@ -1,0 +1,386 @@
+//! The cgroup socket hooks for real: host processes reach a published port
+//! on loopback and on a local address without a proxy, see the address they
+//! asked for in `getpeername`/`recvfrom`, and sockets of another network
+//! namespace are left alone.
+//!
+//! Root only. Everything runs in network namespaces this test creates with
+//! `unshare` on threads and keeps alive by file descriptor (they vanish with
+//! the descriptors, even when the test panics):
+//! - "host": the daemon's namespace (`lo`, one end of a veth, 10.231.77.1/24);
+//! - "container": the other end of the veth (10.231.77.2/24) with TCP and UDP
+//!   servers on port 80;
+//! - "stranger": a third namespace with only `lo`, whose sockets must not be
+//!   translated (another netns cookie).
+//!
+//! The hooks are attached to the machine's cgroup v2 root (they cannot be
+//! scoped to a namespace any other way); they act only on sockets of the
+//! "host" namespace and go away when the scratch pin directory is removed.
+
+use std::{
+    fs::File,
+    io::{self, Read as _, Write as _},
+    net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
+    os::fd::AsFd as _,
+    path::PathBuf,
+    process::Command,
+    sync::atomic::{AtomicBool, Ordering},
+    time::{Duration, Instant},
+};
+
+use dataplane_common::{
+    ipv4_wire, port_wire, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP, LAYOUT_VERSION,
+};
+use dataplane_user::{bpf::Datapath, sockhook};
+use nix::sched::{setns, unshare, CloneFlags};
+
+const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 77, 1);
+const CONTAINER_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 77, 2);
+/// Published on every address: TCP and UDP.
+const WILD_PORT: u16 = 18080;
+/// Published on 127.0.0.1 only (TCP).
+const LO_PORT: u16 = 18081;
+const TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A scratch pin directory under /sys/fs/bpf, removed on drop even if the
+/// test fails (which unpins the links, so the hooks detach).
+struct Scratch(PathBuf);
+
+impl Scratch {
+    fn new(tag: &str) -> Self {
+        let p = PathBuf::from(format!(
+            "/sys/fs/bpf/dataplane-test-{tag}-{}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        dataplane_user::bpf::ensure_bpffs(&p).expect("bpffs");
+        Scratch(p)
+    }
+    fn sock_pin(&self, name: &str) -> PathBuf {
+        self.0
+            .join(format!("v{LAYOUT_VERSION}"))
+            .join("sock")
+            .join(name)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A new network namespace with `lo` up, held by an open descriptor.
+fn new_netns() -> File {
+    std::thread::spawn(|| {
+        unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+        ip(&["link", "set", "lo", "up"]);
+        File::open("/proc/thread-self/ns/net").expect("opening the new netns")
+    })
+    .join()
+    .expect("netns thread")
+}
+
+/// Runs `f` on a thread inside `ns` and waits for it.
+fn run_in<T: Send>(ns: &File, f: impl FnOnce() -> T + Send) -> T {
+    std::thread::scope(|s| {
+        s.spawn(move || {
+            setns(ns.as_fd(), CloneFlags::CLONE_NEWNET).expect("setns");
+            f()
+        })
+        .join()
+        .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    })
+}
+
+/// `ip ARGS` in the calling thread's namespace (the child inherits it).
+fn ip(args: &[&str]) {
+    let out = Command::new("ip").args(args).output().expect("running ip");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The `/proc` path of an open namespace descriptor, for `ip ... netns`.
+fn fd_path(f: &File) -> String {
+    use std::os::fd::AsRawFd as _;
+    format!("/proc/{}/fd/{}", std::process::id(), f.as_raw_fd())
+}
+
+/// Sets `stop` when dropped, so the servers end even when the test panics.
+struct StopOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for StopOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The container's TCP server: reads a request to EOF and answers
+/// `<request> from <peer address>`.
+fn tcp_server(l: TcpListener, stop: &AtomicBool) {
+    l.set_nonblocking(true).unwrap();
+    while !stop.load(Ordering::SeqCst) {
+        match l.accept() {
+            Ok((mut s, peer)) => {
+                s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
+                let mut req = String::new();
+                if s.read_to_string(&mut req).is_ok() {
+                    let _ = write!(s, "{req} from {}", peer.ip());
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(20))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// The container's UDP server: echoes `echo:<datagram>` to the sender.
+fn udp_server(u: UdpSocket, stop: &AtomicBool) {
+    u.set_read_timeout(Some(Duration::from_millis(100)))
+        .unwrap();
+    let mut buf = [0u8; 512];
+    while !stop.load(Ordering::SeqCst) {
+        match u.recv_from(&mut buf) {
+            Ok((n, from)) => {
+                let mut reply = b"echo:".to_vec();
+                reply.extend_from_slice(&buf[..n]);
+                u.send_to(&reply, from).unwrap();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("recv_from: {e}"),
+        }
+    }
+}
+
+/// Connects to `to`, sends `msg`, and returns the answer and the peer
+/// address `getpeername` shows.
+fn tcp_request(to: SocketAddr, msg: &str) -> io::Result<(String, SocketAddr)> {
+    let mut s = TcpStream::connect_timeout(&to, TIMEOUT)?;
+    s.set_read_timeout(Some(TIMEOUT))?;
+    let peer = s.peer_addr()?;
+    s.write_all(msg.as_bytes())?;
+    s.shutdown(Shutdown::Write)?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    Ok((answer, peer))
+}
+
+fn v4(ip: Ipv4Addr, port: u16) -> SocketAddr {
+    SocketAddr::V4(SocketAddrV4::new(ip, port))
+}
+
+fn sock_translated(dp: &Datapath) -> u64 {
+    dp.stats()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name == "sock_addr")
+        .expect("sock_addr stats")
+        .translated
+}
+
+#[test]
+fn host_processes_reach_published_ports_without_a_proxy() {
+    let scratch = Scratch::new("sockhook");
+    let host = new_netns();
+    let container = new_netns();
+    let stranger = new_netns();
+
+    // The veth between "host" and "container".
+    let cpath = fd_path(&container);
+    run_in(&host, || {
+        ip(&[
+            "link", "add", "dpsk-h", "type", "veth", "peer", "name", "dpsk-c", "netns", &cpath,
+        ]);
+        ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "dpsk-h"]);
+        ip(&["link", "set", "dpsk-h", "up"]);
+    });
+    let (tcp, udp) = run_in(&container, || {
+        ip(&[
+            "addr",
+            "add",
+            &format!("{CONTAINER_IP}/24"),
+            "dev",
+            "dpsk-c",
+        ]);
+        ip(&["link", "set", "dpsk-c", "up"]);
+        (
+            TcpListener::bind(v4(Ipv4Addr::UNSPECIFIED, 80)).unwrap(),
+            UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 80)).unwrap(),
+        )
+    });
+
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        // The servers' sockets already live in "container"; any thread serves them.
+        s.spawn(|| tcp_server(tcp, &stop));
+        s.spawn(|| udp_server(udp, &stop));
+        let _stop = StopOnDrop(&stop);
+
+        let dp = run_in(&host, || host_side(&scratch));
+
+        // A third namespace: same cgroup, same hooks, another cookie.
+        run_in(&stranger, || {
+            let err = TcpStream::connect_timeout(&v4(Ipv4Addr::LOCALHOST, WILD_PORT), TIMEOUT)
+                .expect_err("a socket of another namespace must not be translated");
+            assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+        });
+
+        // A restarted daemon: new programs swapped into the pinned links.
+        let before: Vec<_> = sockhook::PROGRAMS
+            .iter()
+            .map(|(n, _)| sockhook::pinned_link_info(&scratch.sock_pin(n)).unwrap())
+            .collect();
+        let dp2 = run_in(&host, || {
+            let mut dp2 = Datapath::load(&scratch.0).unwrap();
+            sockhook::attach(&mut dp2).unwrap();
+            dp2
+        });
+        drop(dp);
+        for ((name, _), old) in sockhook::PROGRAMS.iter().zip(&before) {
+            let new = sockhook::pinned_link_info(&scratch.sock_pin(name)).unwrap();
+            assert_eq!(new.link_id, old.link_id, "{name}: the same link is kept");
+            assert_ne!(new.prog_id, old.prog_id, "{name}: the new program runs");
+        }
+        run_in(&host, || {
+            let (answer, peer) =
+                tcp_request(v4(Ipv4Addr::LOCALHOST, WILD_PORT), "after restart").unwrap();
+            assert_eq!(answer, format!("after restart from {HOST_IP}"));
+            assert_eq!(peer, v4(Ipv4Addr::LOCALHOST, WILD_PORT));
+        });
+
+        // A pin that is not a usable link (here a map) is replaced by a
+        // fresh attachment.
+        let pin = scratch.sock_pin("connect4");
+        std::fs::remove_file(&pin).unwrap();
+        let out = Command::new("bpftool")
+            .args(["map", "create"])
+            .arg(&pin)
+            .args(["type", "array", "key", "4", "value", "4", "entries", "1"])
+            .args(["name", "bogus"])
+            .output()
+            .expect("bpftool (installed by cargo xtask setup)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut dp2 = dp2;
+        run_in(&host, || sockhook::attach(&mut dp2)).unwrap();
+        let info = sockhook::pinned_link_info(&pin).unwrap();
+        assert_eq!((info.link_type, info.attach_type), (3, 10), "{info:?}");
+        run_in(&host, || {
+            let (answer, _) = tcp_request(v4(Ipv4Addr::LOCALHOST, WILD_PORT), "fresh").unwrap();
+            assert_eq!(answer, format!("fresh from {HOST_IP}"));
+        });
+
+        // Full teardown: the pins go, and so do the hooks.
+        sockhook::detach(&dp2).unwrap();
+        assert!(!scratch.sock_pin("connect4").exists());
+        run_in(&host, || {
+            // Link release is deferred to a kernel work item: allow a moment.
+            let deadline = Instant::now() + TIMEOUT;
+            loop {
+                match TcpStream::connect_timeout(&v4(Ipv4Addr::LOCALHOST, WILD_PORT), TIMEOUT) {
+                    Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => break,
+                    r => assert!(
+                        Instant::now() < deadline,
+                        "still translated after detach: {r:?}"
+                    ),
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+    });
+}
+
+/// Everything the "host" namespace does while the hooks are attached: loads
+/// the datapath, attaches, publishes, and checks every way in. Returns the
+/// datapath (its programs stay loaded) for the restart check.
+fn host_side(scratch: &Scratch) -> Datapath {
+    let mut dp = Datapath::load(&scratch.0).expect("loading the datapath");
+    sockhook::attach(&mut dp).expect("attaching the socket hooks");
+    for (name, _) in sockhook::PROGRAMS {
+        assert!(scratch.sock_pin(name).exists(), "{name} is pinned");
+    }
+    let container = NatAddr::new(ipv4_wire(CONTAINER_IP.octets()), port_wire(80));
+    for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+        dp.set_port(PortKey::new(proto, 0, port_wire(WILD_PORT)), container)
+            .unwrap();
+    }
+    dp.set_port(
+        PortKey::new(
+            IPPROTO_TCP,
+            ipv4_wire(Ipv4Addr::LOCALHOST.octets()),
+            port_wire(LO_PORT),
+        ),
+        container,
+    )
+    .unwrap();
+    dp.sync_local_addrs(&[ipv4_wire(HOST_IP.octets())]).unwrap();
+    let translated = sock_translated(&dp);
+
+    // TCP to loopback and to a local address; the container sees the
+    // address of the route to it (here the veth's, on a daemon the gateway).
+    for (to, msg) in [
+        (v4(Ipv4Addr::LOCALHOST, WILD_PORT), "via loopback"),
+        (v4(Ipv4Addr::new(127, 0, 0, 9), WILD_PORT), "via 127.0.0.9"),
+        (v4(HOST_IP, WILD_PORT), "via a local address"),
+        (v4(Ipv4Addr::LOCALHOST, LO_PORT), "via 127.0.0.1 only"),
+    ] {
+        let (answer, peer) = tcp_request(to, msg).unwrap_or_else(|e| panic!("{to}: {e}"));
+        assert_eq!(answer, format!("{msg} from {HOST_IP}"), "{to}");
+        assert_eq!(peer, to, "getpeername shows the address asked for");
+    }
+    // A port published on 127.0.0.1 only does not answer elsewhere.
+    for to in [
+        v4(Ipv4Addr::new(127, 0, 0, 2), LO_PORT),
+        v4(HOST_IP, LO_PORT),
+    ] {
+        let err = tcp_request(to, "nope").expect_err("published on 127.0.0.1 only");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{to}: {err}");
+    }
+    // An unpublished port is left alone.
+    let err = tcp_request(v4(Ipv4Addr::LOCALHOST, WILD_PORT + 7), "x").unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+
+    // UDP, unconnected: sendto + recvfrom show the published address.
+    let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    u.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut buf = [0u8; 512];
+    for to in [v4(Ipv4Addr::LOCALHOST, WILD_PORT), v4(HOST_IP, WILD_PORT)] {
+        u.send_to(b"ping", to).unwrap();
+        let (n, from) = u
+            .recv_from(&mut buf)
+            .unwrap_or_else(|e| panic!("UDP {to}: {e}"));
+        assert_eq!(&buf[..n], b"echo:ping");
+        assert_eq!(from, to, "recvfrom shows the address sent to");
+    }
+    // UDP, connected: connect4 translates, getpeername and recvfrom reverse.
+    let c = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+    c.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let to = v4(Ipv4Addr::LOCALHOST, WILD_PORT);
+    c.connect(to).unwrap();
+    assert_eq!(c.peer_addr().unwrap(), to);
+    c.send(b"hello").unwrap();
+    let (n, from) = c.recv_from(&mut buf).unwrap();
+    assert_eq!((&buf[..n], from), (&b"echo:hello"[..], to));
+
+    // 4 TCP + 2 unconnected sends + 2 recvfrom + connect, getpeername and
+    // recvfrom of the connected socket, plus 4 getpeername of TCP.
+    let got = sock_translated(&dp) - translated;
+    assert!(
+        got >= 15,
+        "sock_addr translated {got} times, want at least 15"
+    );
+    dp
+}

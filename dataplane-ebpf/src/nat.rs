@@ -44,6 +44,7 @@ pub struct Pkt {
     pub key: CtKey,
     pub kind: Kind,
     pub tcp_flags: u8,
+    pub ttl: u8,
 }
 
 /// Reads the flow of the IPv4 frame in `ctx`. `Ok(None)`: a protocol
@@ -52,7 +53,9 @@ pub struct Pkt {
 pub fn read(ctx: &TcContext) -> Result<Option<Pkt>, DropReason> {
     let f = frame::<L4_FRAME>(ctx).map_err(|_| DropReason::NatMalformed)?;
     // SAFETY: bounds checked by `frame`.
-    let Some(fl) = pn::flow(unsafe { &*f })? else {
+    let f = unsafe { &*f };
+    let ttl = f[IP_TTL];
+    let Some(fl) = pn::flow(f)? else {
         return Ok(None);
     };
     let tcp_flags = if fl.kind == Kind::Tcp {
@@ -66,6 +69,7 @@ pub fn read(ctx: &TcContext) -> Result<Option<Pkt>, DropReason> {
         key: fl.key,
         kind: fl.kind,
         tcp_flags,
+        ttl,
     }))
 }
 
@@ -96,6 +100,15 @@ pub fn ct_get(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     Some(*e)
 }
 
+/// Whether `key` has a live entry, without touching it (probing for a free
+/// tuple must not refresh someone else's flow).
+#[inline(always)]
+fn ct_live(key: &CtKey) -> Option<CtEntry> {
+    // SAFETY: read-only lookup of plain data.
+    let e = unsafe { CT.get(key) }?;
+    ct_alive(e, key.proto, now()).then_some(*e)
+}
+
 #[inline(always)]
 fn is_local(addr: u32) -> bool {
     // SAFETY: read-only lookup.
@@ -122,7 +135,7 @@ fn ct_create(orig: &CtKey, new: &CtKey, flags: u16, tcp_flags: u8) -> Result<(),
     let (fwd, reply_key, rev) = nat_pair(orig, new, flags, seen_bits(orig.proto, tcp_flags), now());
     if CT.insert(&reply_key, &rev, BPF_NOEXIST as u64).is_err() {
         // Taken: only a dead flow may be replaced.
-        if ct_get(&reply_key, 0).is_some() {
+        if ct_live(&reply_key).is_some() {
             return Err(DropReason::NatExhausted);
         }
         CT.insert(&reply_key, &rev, 0)
@@ -138,7 +151,7 @@ fn ct_create(orig: &CtKey, new: &CtKey, flags: u16, tcp_flags: u8) -> Result<(),
 /// Whether the reply tuple of `orig` rewritten to `new` is free.
 #[inline(always)]
 fn reply_free(new: &CtKey) -> bool {
-    ct_get(&new.reversed(), 0).is_none()
+    ct_live(&new.reversed()).is_none()
 }
 
 /// A source port (or echo id) for `orig` leaving as `saddr`, such that the
@@ -278,6 +291,11 @@ fn deliver(ctx: &TcContext, saddr: u32, daddr: u32) -> Result<Option<Action>, Dr
 
 #[inline(always)]
 fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> Result<Action, DropReason> {
+    // Routed through the host: one hop. (TTL 1 was sent to the stack before
+    // any rewrite, see `from_container`/`from_uplink`.)
+    if !dec_ttl(ctx)? {
+        return Ok(Action::TranslatedPassed);
+    }
     let e = |_| DropReason::NatMalformed;
     ctx.store(0, &ep.mac, 0).map_err(e)?;
     ctx.store(6, &ep.host_mac, 0).map_err(e)?;
@@ -351,6 +369,11 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Action
         Ok(None) => return Err(DropReason::UnsupportedProtocol),
         Err(r) => return Err(r),
     };
+    if p.ttl <= 1 {
+        // About to expire: the host stack answers time exceeded, and the
+        // packet must reach it untranslated for that answer to find its way.
+        return Ok(Action::Passed);
+    }
     if p.kind == Kind::IcmpError {
         // Errors a container sends about flows it received (e.g. port
         // unreachable toward a client of a published port).
@@ -441,6 +464,9 @@ pub fn from_uplink(ctx: &TcContext, dst: u32) -> Result<Action, DropReason> {
         // Not ours to judge: the host's own traffic goes on untouched.
         Ok(None) | Err(_) => return Ok(Action::Passed),
     };
+    if p.ttl <= 1 {
+        return Ok(Action::Passed);
+    }
     if p.kind == Kind::IcmpError {
         return icmp_error(ctx, &p);
     }
@@ -465,9 +491,6 @@ pub fn from_uplink(ctx: &TcContext, dst: u32) -> Result<Action, DropReason> {
     let new = CtKey::new(p.key.proto, p.key.saddr, p.key.sport, t.addr, t.port);
     ct_create(&p.key, &new, CT_DNAT | CT_PUBLISHED, p.tcp_flags)?;
     rewrite(ctx, &p, &new)?;
-    if !dec_ttl(ctx)? {
-        return Ok(Action::TranslatedPassed);
-    }
     let a = to_endpoint(ctx, c)?;
     Ok(Action::New(a.verdict()))
 }
@@ -489,7 +512,7 @@ fn icmp_error(ctx: &TcContext, p: &Pkt) -> Result<Action, DropReason> {
         },
         Err(_) => return Ok(Action::Passed),
     };
-    let Some(e) = ct_get(&key, 0) else {
+    let Some(e) = ct_live(&key) else {
         return Ok(Action::Passed);
     };
     let err = |_| DropReason::NatMalformed;

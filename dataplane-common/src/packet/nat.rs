@@ -11,8 +11,8 @@ pub const IP: usize = eth::HLEN;
 pub const L4: usize = IP + 20;
 /// Frame bytes holding the ports (or the ICMP type, code, checksum and id).
 pub const L4_FRAME: usize = L4 + 8;
-/// Frame bytes holding the TCP flags.
-pub const TCP_FRAME: usize = L4 + 14;
+/// Frame bytes holding a minimal TCP header (flags and checksum included).
+pub const TCP_FRAME: usize = L4 + 20;
 /// Frame bytes holding an ICMP error's quoted IPv4 header and 8 L4 bytes.
 pub const ICMP_ERR_FRAME: usize = L4 + 8 + 20 + 8;
 /// Offset of the quoted IPv4 header of an ICMP error.

@@ -8,9 +8,12 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use hyper::Method;
 use serde_json::{json, Value};
 
-use crate::api::{
-    client::{seg, Client},
-    DEFAULT_SOCKET,
+use crate::{
+    api::{
+        client::{seg, Client},
+        PublishedPort, DEFAULT_SOCKET,
+    },
+    ports,
 };
 
 #[derive(Parser, Debug)]
@@ -58,6 +61,15 @@ pub enum Cmd {
     },
     /// Print a container's output.
     Logs { name: String },
+    /// List a container's published ports (`80/tcp -> 0.0.0.0:8080`), or
+    /// the host addresses of one of its ports.
+    Port {
+        name: String,
+        /// PRIVATE_PORT[/tcp|udp]
+        port: Option<String>,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
     /// Remove containers (with -f, stop them first).
     Rm {
         #[arg(short, long)]
@@ -175,6 +187,14 @@ pub struct RunArgs {
     /// Port the container offers, PORT[/tcp|udp] (repeatable).
     #[arg(long)]
     pub expose: Vec<String>,
+    /// Publish a container port on the host,
+    /// [[IP:][HOSTPORT]:]CONTAINERPORT[/tcp|udp], ports or ranges
+    /// (repeatable).
+    #[arg(short = 'p', long = "publish")]
+    pub publish: Vec<String>,
+    /// Publish every exposed port onto a free host port.
+    #[arg(short = 'P', long = "publish-all")]
+    pub publish_all: bool,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub cmd: Vec<String>,
 }
@@ -289,7 +309,8 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
                     Some(json!({
                         "name": r.name, "network": r.network, "ip": r.ip, "hostname": r.hostname,
                         "network_aliases": r.network_alias, "dns": r.dns, "links": r.link,
-                        "env": r.env, "expose": r.expose, "cmd": r.cmd,
+                        "env": r.env, "expose": r.expose, "publish": r.publish,
+                        "publish_all": r.publish_all, "cmd": r.cmd,
                     })),
                 )
                 .await?;
@@ -297,7 +318,14 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
         }
         Cmd::Ps { format } => {
             let v = c.json(Method::GET, "/containers", None).await?;
-            let headers = ["CONTAINER ID", "NAME", "STATUS", "NETWORKS", "COMMAND"];
+            let headers = [
+                "CONTAINER ID",
+                "NAME",
+                "STATUS",
+                "PORTS",
+                "NETWORKS",
+                "COMMAND",
+            ];
             print_listing(&v, &v, format, &headers, |c| {
                 let nets: Vec<String> = c["Networks"]
                     .as_array()
@@ -309,6 +337,7 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
                     short(&c["Id"]),
                     s(&c["Name"]),
                     s(&c["State"]),
+                    s(&c["Ports"]),
                     nets.join(","),
                     s(&c["Command"]),
                 ]
@@ -321,6 +350,7 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Cmd::Exec { name, cmd } => return exec(&c, &name, &cmd).await,
+        Cmd::Port { name, port, format } => port_cmd(&c, &name, port.as_deref(), format).await?,
         Cmd::Logs { name } => {
             let b = c
                 .call(
@@ -464,6 +494,39 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
                 Some(json!({"container": container})),
             )
             .await?;
+        }
+    }
+    Ok(())
+}
+
+/// `port NAME [PRIVATE_PORT[/PROTO]]`, printed as Docker does.
+async fn port_cmd(c: &Client, name: &str, port: Option<&str>, format: Format) -> Result<()> {
+    let filter = port
+        .map(ports::parse_private_port)
+        .transpose()
+        .map_err(|e| anyhow!(e))?;
+    let v = c
+        .json(
+            Method::GET,
+            &format!("/containers/{}/ports", seg(name)),
+            None,
+        )
+        .await?;
+    let mut list: Vec<PublishedPort> =
+        serde_json::from_value(v).context("decoding the daemon's port list")?;
+    if let Some((p, proto)) = &filter {
+        list.retain(|x| x.private_port == *p && x.proto == *proto);
+        if list.is_empty() {
+            bail!("no public port '{p}/{proto}' published for {name}");
+        }
+    }
+    ports::sort_published(&mut list);
+    if format == Format::Json {
+        println!("{}", serde_json::to_string_pretty(&list)?);
+    } else {
+        let filter = filter.as_ref().map(|(p, proto)| (*p, proto.as_str()));
+        for line in ports::port_lines(&list, filter) {
+            println!("{line}");
         }
     }
     Ok(())

@@ -21,12 +21,13 @@ use serde_json::{json, Value};
 use tracing::{info, warn};
 
 use crate::{
-    api::{Connect, ContainerCreate, NetworkCreate},
+    api::{Connect, ContainerCreate, NetworkCreate, PublishedPort},
     bpf::Datapath,
     dns::{Dns, NameEntry, Names, NetworkNames, SandboxServer},
     ipam,
     model::{self, Container, Endpoint, Mac, Network},
     netns,
+    ports::{self, PortError, Reservation, Taken},
     store::{Store, Txn},
 };
 
@@ -53,6 +54,16 @@ impl From<ipam::IpamError> for ApiError {
                 ApiError::Conflict(e.to_string())
             }
             _ => ApiError::BadRequest(e.to_string()),
+        }
+    }
+}
+
+impl From<PortError> for ApiError {
+    fn from(e: PortError) -> Self {
+        match e {
+            PortError::Invalid(m) => ApiError::BadRequest(m),
+            PortError::Conflict(m) => ApiError::Conflict(m),
+            PortError::Internal(m) => ApiError::Internal(anyhow!(m)),
         }
     }
 }
@@ -103,6 +114,9 @@ pub struct Daemon {
     /// The embedded resolver, and its per-sandbox sockets (by container id).
     dns: Dns,
     dns_servers: HashMap<String, SandboxServer>,
+    /// The sockets holding each container's published host ports (by
+    /// container id).
+    port_reservations: HashMap<String, Vec<Reservation>>,
     /// Host interfaces this daemon attached `from_uplink` to (by ifindex).
     uplinks: HashSet<u32>,
 }
@@ -242,7 +256,10 @@ impl Daemon {
     /// default `bridge` network exists and projects the model into the
     /// kernel again.
     pub fn start(cfg: Config, store: Box<dyn Store>) -> anyhow::Result<Self> {
-        let dp = Datapath::load(&cfg.bpffs)?;
+        let mut dp = Datapath::load(&cfg.bpffs)?;
+        // Host processes reach published ports through socket-level
+        // translation (no proxy process); only this namespace's sockets.
+        crate::sockhook::attach(&mut dp)?;
         let mut d = Daemon {
             networks: load_all(store.as_ref(), model::NETWORKS)?,
             endpoints: load_all(store.as_ref(), model::ENDPOINTS)?,
@@ -254,6 +271,7 @@ impl Daemon {
                 &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
             )),
             dns_servers: HashMap::new(),
+            port_reservations: HashMap::new(),
             uplinks: HashSet::new(),
         };
         netns::enable_forwarding()?;
@@ -348,6 +366,7 @@ impl Daemon {
             }
         }
         self.dp.reconcile(&bpf_eps, &self.link_pairs())?;
+        self.restore_ports()?;
         self.refresh_names();
         let ids: Vec<String> = self.containers.keys().cloned().collect();
         for id in ids {
@@ -370,6 +389,56 @@ impl Daemon {
             warn!("updating the link table: {e:#}");
         }
         self.refresh_names();
+    }
+
+    /// Every published host port of every container.
+    fn taken_ports(&self) -> Taken {
+        Taken::new(self.containers.values().flat_map(|c| &c.ports))
+    }
+
+    /// The `PORTS` entries of container `cid`: its published ports, leading
+    /// to its `eth0` endpoint (none while it has no `eth0`).
+    fn port_entries(
+        &self,
+        cid: &str,
+    ) -> Vec<(dataplane_common::PortKey, dataplane_common::NatAddr)> {
+        let Some(c) = self.containers.get(cid) else {
+            return Vec::new();
+        };
+        let Some(eth0) = self
+            .endpoints_of_container(cid)
+            .into_iter()
+            .find(|e| e.ifname == "eth0")
+        else {
+            return Vec::new();
+        };
+        c.ports.iter().map(|b| b.to_bpf(eth0.ip)).collect()
+    }
+
+    /// After a (re)start: reserves every published host port again (a port
+    /// taken meanwhile is logged, the binding kept) and makes `PORTS` the
+    /// projection of the stored bindings.
+    fn restore_ports(&mut self) -> anyhow::Result<()> {
+        let mut entries = Vec::new();
+        for c in self.containers.values() {
+            let mut held = Vec::new();
+            for b in &c.ports {
+                match ports::reserve(&b.proto, b.host_ip, b.host_port) {
+                    Ok((r, _)) => held.push(r),
+                    Err(e) => warn!(
+                        container = %c.name,
+                        "cannot reserve published port {}:{}/{} again: {}",
+                        b.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), b.host_port, b.proto, e.desc()
+                    ),
+                }
+            }
+            self.port_reservations.insert(c.id.clone(), held);
+            entries.extend(self.port_entries(&c.id));
+        }
+        self.dp
+            .sync_ports(&entries)
+            .context("rewriting the published ports")?;
+        Ok(())
     }
 
     /// Both addresses of every `--link`ed pair of endpoints sharing a network.
@@ -525,15 +594,8 @@ impl Daemon {
             };
             let a = l.alias.to_uppercase().replace(['-', '.'], "_");
             env.push((format!("{a}_NAME"), format!("/{}/{}", c.name, l.alias)));
-            let mut ports: Vec<(u16, String)> = t
-                .exposed
-                .iter()
-                .filter_map(|p| {
-                    let (n, proto) = p.split_once('/')?;
-                    Some((n.parse().ok()?, proto.to_string()))
-                })
-                .collect();
-            ports.sort();
+            // Published ports count as exposed, as with Docker.
+            let ports = ports::exposed_ports(&t.exposed, &t.ports);
             if let Some((port, proto)) = ports.first() {
                 env.push((format!("{a}_PORT"), format!("{proto}://{ip}:{port}")));
             }
@@ -1033,6 +1095,17 @@ impl Daemon {
             .iter()
             .map(|p| parse_port_proto(p))
             .collect::<ApiResult<Vec<_>>>()?;
+        let mut port_reqs = Vec::new();
+        for spec in &req.publish {
+            port_reqs.extend(ports::parse_publish(spec).map_err(bad)?);
+        }
+        if req.publish_all {
+            let all = ports::publish_all_requests(&exposed, &port_reqs);
+            port_reqs.extend(all);
+        }
+        // Refuse a published port that is taken before creating anything.
+        let taken = self.taken_ports();
+        ports::precheck(&port_reqs, &taken)?;
         let ns_name = format!("dp-{}", &id[..12]);
         let dir = self.state_dir.join("containers").join(&id);
         let mut ctr = Container {
@@ -1048,6 +1121,9 @@ impl Daemon {
             links,
             env: req.env,
             exposed,
+            ports: Vec::new(),
+            publish: req.publish,
+            publish_all: req.publish_all,
         };
         // Refuse an impossible address before creating anything.
         {
@@ -1070,7 +1146,10 @@ impl Daemon {
         );
         self.store.commit(t)?;
         let mut undo = Undo::default();
-        let res = (|| -> ApiResult<Endpoint> {
+        let res = (|| -> ApiResult<(Endpoint, Vec<Reservation>)> {
+            // The host ports first: held from here on, released on failure.
+            let (bindings, reserved) = ports::allocate(&port_reqs, &taken)?;
+            ctr.ports = bindings;
             std::fs::create_dir_all(&dir).context("creating the container directory")?;
             let d = dir.clone();
             undo.push(move |_| {
@@ -1089,6 +1168,13 @@ impl Daemon {
                 aliases,
             };
             let ep = self.add_endpoint(&id, &path, req, &mut undo)?;
+            for b in &ctr.ports {
+                let (key, to) = b.to_bpf(ep.ip);
+                self.dp.set_port(key, to)?;
+                undo.push(move |dp| {
+                    let _ = dp.remove_port(&key);
+                });
+            }
             let etc = ctr.etc_dir();
             undo.push(move |_| {
                 let _ = std::fs::remove_dir_all(&etc);
@@ -1104,11 +1190,12 @@ impl Daemon {
                 .put(ep.key(), serde_json::to_vec(&ep).context("encoding")?)
                 .delete(pending.key());
             self.store.commit(t)?;
-            Ok(ep)
+            Ok((ep, reserved))
         })();
         match res {
-            Ok(ep) => {
+            Ok((ep, reserved)) => {
                 info!(container = %ctr.name, ip = %ep.ip, "container started");
+                self.port_reservations.insert(id.clone(), reserved);
                 self.endpoints.insert(ep.id.clone(), ep);
                 self.containers.insert(id.clone(), ctr);
                 self.after_change();
@@ -1161,7 +1248,16 @@ impl Daemon {
         })();
         match res {
             Ok(ep) => {
+                let eth0 = ep.ifname == "eth0";
                 self.endpoints.insert(ep.id.clone(), ep);
+                if eth0 {
+                    // Back on an eth0: its published ports lead there again.
+                    for (key, to) in self.port_entries(&cid) {
+                        if let Err(e) = self.dp.set_port(key, to) {
+                            warn!("publishing a port again: {e:#}");
+                        }
+                    }
+                }
                 self.after_change();
                 Ok(())
             }
@@ -1188,8 +1284,21 @@ impl Daemon {
         let mut t = Txn::default();
         t.delete(ep.key());
         self.store.commit(t)?;
+        // Published ports lead to eth0: without it they lead nowhere (the
+        // bindings and their host ports stay the container's).
+        let unpublish = if ep.ifname == "eth0" {
+            self.port_entries(&cid)
+        } else {
+            Vec::new()
+        };
+        for (key, _) in &unpublish {
+            let _ = self.dp.remove_port(key);
+        }
         self.endpoints.remove(&ep.id);
         self.drop_endpoint_kernel_state(&ep);
+        if !unpublish.is_empty() {
+            self.flush_conntrack(ep.ip);
+        }
         self.after_change();
         Ok(())
     }
@@ -1208,16 +1317,23 @@ impl Daemon {
             kill_group(pid, Duration::from_secs(3));
         }
         let eps = self.endpoints_of_container(&cid);
+        let published = self.port_entries(&cid);
         let mut t = Txn::default();
         t.delete(ctr.key());
         for e in &eps {
             t.delete(e.key());
         }
         self.store.commit(t)?;
+        for (key, _) in &published {
+            let _ = self.dp.remove_port(key);
+        }
         for e in &eps {
             self.endpoints.remove(&e.id);
             self.drop_endpoint_kernel_state(e);
+            self.flush_conntrack(e.ip);
         }
+        // Frees the host ports.
+        self.port_reservations.remove(&cid);
         self.containers.remove(&cid);
         // Closes the resolver's sockets inside the sandbox.
         self.dns_servers.remove(&cid);
@@ -1259,6 +1375,7 @@ impl Daemon {
                         "Id": c.id, "Name": c.name, "Command": c.cmd.join(" "), "Created": c.created,
                         "State": if running { "running" } else { "exited" },
                         "Networks": self.container_networks(&c.id).keys().cloned().collect::<Vec<_>>(),
+                        "Ports": ports::ps_ports(&c.exposed, &c.ports),
                     })
                 })
                 .collect(),
@@ -1272,10 +1389,30 @@ impl Daemon {
         Ok(json!([{
             "Id": c.id, "Name": c.name, "Created": c.created, "Path": c.cmd[0], "Args": c.cmd[1..],
             "State": {"Status": if running {"running"} else {"exited"}, "Running": running, "Pid": if running { c.pid.unwrap_or(0) } else { 0 }},
-            "Config": {"Hostname": c.hostname, "Cmd": c.cmd},
+            "Config": {"Hostname": c.hostname, "Cmd": c.cmd, "ExposedPorts": ports::exposed_ports_json(&c.exposed, &c.ports)},
+            "HostConfig": {"PortBindings": ports::host_config_port_bindings(&c.publish), "PublishAllPorts": c.publish_all},
             "LogPath": c.log_path,
-            "NetworkSettings": {"SandboxKey": c.sandbox_key(), "SandboxID": c.netns, "Networks": self.container_networks(&cid)},
+            "NetworkSettings": {
+                "SandboxKey": c.sandbox_key(), "SandboxID": c.netns, "Networks": self.container_networks(&cid),
+                "Ports": ports::network_settings_ports(&c.exposed, &c.ports),
+            },
         }]))
+    }
+
+    /// The container's published ports, as Docker's API lists them.
+    pub fn container_ports(&self, name: &str) -> ApiResult<Vec<PublishedPort>> {
+        let cid = self.container_id(name)?;
+        Ok(ports::api_ports(&self.containers[&cid].ports))
+    }
+
+    /// Deletes the conntrack entries of a container address going away.
+    fn flush_conntrack(&mut self, ip: Ipv4Addr) {
+        if let Err(e) = self
+            .dp
+            .flush_conntrack(dataplane_common::ipv4_wire(ip.octets()))
+        {
+            warn!(%ip, "flushing conntrack entries: {e:#}");
+        }
     }
 
     pub fn logs(&self, name: &str) -> ApiResult<String> {

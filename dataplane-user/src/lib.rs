@@ -14,6 +14,7 @@ pub mod fault;
 pub mod ipam;
 pub mod model;
 pub mod netns;
+pub mod ports;
 pub mod sockhook;
 pub mod store;
 pub mod uplink;

@@ -8,10 +8,10 @@ use dataplane_user::{
     api::server,
     cli::{self, Cli, Cmd, DaemonArgs},
     daemon::{Config, Daemon},
-    netns,
+    netns, ports,
     store::RedbStore,
 };
-use tracing::info;
+use tracing::{info, warn};
 
 fn main() {
     let cli = match Cli::try_parse() {
@@ -81,6 +81,11 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             "the daemon is running in a private mount namespace with /sys remounted (as `ip netns exec` makes): \
              its bpffs pins would die with it; start it with `nsenter --net=/var/run/netns/NAME dataplane daemon` instead"
         );
+    }
+    // Every published port holds a socket: allow as many as the hard limit.
+    match ports::raise_nofile_limit() {
+        Ok(n) => info!(limit = n, "open file limit"),
+        Err(e) => warn!("raising the open file limit: {e}"),
     }
     std::fs::create_dir_all(&args.state_dir)
         .with_context(|| format!("creating {}", args.state_dir.display()))?;

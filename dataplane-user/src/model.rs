@@ -130,6 +130,55 @@ pub struct Container {
     /// `--expose PORT[/PROTO]`, normalised to `80/tcp`.
     #[serde(default)]
     pub exposed: Vec<String>,
+    /// Published ports (`-p`, `-P`), resolved: with the host ports chosen.
+    /// They lead to the address of the container's `eth0` endpoint.
+    #[serde(default)]
+    pub ports: Vec<PortBinding>,
+    /// The `-p` arguments as given (validated), for `HostConfig`.
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// `-P`: every exposed port onto a free host port.
+    #[serde(default)]
+    pub publish_all: bool,
+}
+
+/// A published port: host `host_ip:host_port` (`None`: every address,
+/// 0.0.0.0) leads to `container_port` of the container.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
+pub struct PortBinding {
+    /// `tcp` or `udp`.
+    pub proto: String,
+    pub host_ip: Option<Ipv4Addr>,
+    pub host_port: u16,
+    pub container_port: u16,
+}
+
+impl PortBinding {
+    /// The binding as the `PORTS` map holds it, leading to `container_ip`.
+    pub fn to_bpf(
+        &self,
+        container_ip: Ipv4Addr,
+    ) -> (dataplane_common::PortKey, dataplane_common::NatAddr) {
+        let proto = if self.proto == "udp" {
+            dataplane_common::IPPROTO_UDP
+        } else {
+            dataplane_common::IPPROTO_TCP
+        };
+        let addr = self
+            .host_ip
+            .map_or(0, |ip| dataplane_common::ipv4_wire(ip.octets()));
+        (
+            dataplane_common::PortKey::new(
+                proto,
+                addr,
+                dataplane_common::port_wire(self.host_port),
+            ),
+            dataplane_common::NatAddr::new(
+                dataplane_common::ipv4_wire(container_ip.octets()),
+                dataplane_common::port_wire(self.container_port),
+            ),
+        )
+    }
 }
 
 /// A legacy link to another container, under an alias.
@@ -261,6 +310,34 @@ mod tests {
         assert!("02:42:zz:12:00:02".parse::<Mac>().is_err());
         let r = Mac::random_local();
         assert_eq!(r.0[0] & 0x03, 0x02, "local, unicast");
+    }
+
+    #[test]
+    fn port_bindings_project_to_ports_entries() {
+        use dataplane_common::{ipv4_wire, port_wire, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP};
+        let ctr: Ipv4Addr = "172.17.0.2".parse().unwrap();
+        let b = PortBinding {
+            proto: "tcp".into(),
+            host_ip: None,
+            host_port: 8080,
+            container_port: 80,
+        };
+        assert_eq!(
+            b.to_bpf(ctr),
+            (
+                PortKey::new(IPPROTO_TCP, 0, port_wire(8080)),
+                NatAddr::new(ipv4_wire([172, 17, 0, 2]), port_wire(80))
+            )
+        );
+        let u = PortBinding {
+            proto: "udp".into(),
+            host_ip: Some(Ipv4Addr::LOCALHOST),
+            ..b
+        };
+        assert_eq!(
+            u.to_bpf(ctr).0,
+            PortKey::new(IPPROTO_UDP, ipv4_wire([127, 0, 0, 1]), port_wire(8080))
+        );
     }
 
     #[test]

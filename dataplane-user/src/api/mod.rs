@@ -56,7 +56,30 @@ pub struct ContainerCreate {
     /// `--expose PORT[/PROTO]`.
     #[serde(default)]
     pub expose: Vec<String>,
+    /// `-p SPEC` in any form Docker accepts (parsed by the daemon:
+    /// `crate::ports::parse_publish`).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// `-P`: every exposed port onto a free host port on every address.
+    #[serde(default)]
+    pub publish_all: bool,
     pub cmd: Vec<String>,
+}
+
+/// One published port as Docker's API lists it
+/// (`GET /containers/{name}/ports`, `dataplane port --format json`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishedPort {
+    #[serde(rename = "PrivatePort")]
+    pub private_port: u16,
+    /// `tcp` or `udp`.
+    #[serde(rename = "Type")]
+    pub proto: String,
+    /// The host address, `0.0.0.0` for every address.
+    #[serde(rename = "IP")]
+    pub ip: String,
+    #[serde(rename = "PublicPort")]
+    pub public_port: u16,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -16,7 +16,9 @@ use axum::{
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Connect, ContainerCreate, Created, Disconnect, ErrorBody, NetworkCreate};
+use super::{
+    Connect, ContainerCreate, Created, Disconnect, ErrorBody, NetworkCreate, PublishedPort,
+};
 use crate::daemon::{ApiError, ApiResult, Daemon};
 
 pub type Shared = Arc<Mutex<Daemon>>;
@@ -138,6 +140,14 @@ async fn container_logs(
     with(s, move |d| d.logs(&name)).await
 }
 
+/// The container's published ports (Docker's `Port` objects).
+async fn container_ports(
+    State(s): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<Json<Vec<PublishedPort>>> {
+    with(s, move |d| d.container_ports(&name).map(Json)).await
+}
+
 async fn stats(State(s): State<Shared>) -> JsonResult {
     with(s, |d| d.stats().map(Json)).await
 }
@@ -155,6 +165,7 @@ pub fn router(state: Shared) -> Router {
             get(container_inspect).delete(container_rm),
         )
         .route("/containers/{name}/logs", get(container_logs))
+        .route("/containers/{name}/ports", get(container_ports))
         .route("/stats", get(stats))
         .with_state(state)
 }

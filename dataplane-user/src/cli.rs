@@ -390,6 +390,9 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
                 "REDIRECTED",
                 "PASSED",
                 "ARP REPLIES",
+                "TRANSLATED",
+                "NEW FLOWS",
+                "ALLOC FAILED",
                 "DROPS",
             ];
             print_listing(&v, &v["programs"], format, &headers, |p| {
@@ -413,9 +416,18 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
                     counter("redirected"),
                     counter("passed"),
                     counter("arp_replies"),
+                    counter("translated"),
+                    counter("ct_created"),
+                    counter("alloc_failed"),
                     drops,
                 ]
             })?;
+            if format != Format::Json {
+                println!(
+                    "conntrack entries: {} (one per direction of each translated flow)",
+                    s(&v["conntrack"]["entries"])
+                );
+            }
         }
     }
     Ok(0)

@@ -35,7 +35,7 @@ fn redirected(d: &Daemon) -> Result<u64> {
 }
 
 pub fn demo() -> Result<()> {
-    let mut p = Progress::new(12);
+    let mut p = Progress::new(17);
     setup::setup(&mut p)?;
     p.step("building dataplane-user and its eBPF object");
     let bin = build_dataplane(false)?;
@@ -102,6 +102,97 @@ pub fn demo() -> Result<()> {
         &got,
     );
 
+    // ----- NAT: the same daemon, seen from "outside" -----------------------
+    let out_ns = format!("dpdemo-{pid}-out");
+    p.step(&format!(
+        "an outside namespace {out_ns}, joined to the host by a veth"
+    ));
+    cleanup.netns(&out_ns)?;
+    let (up, down) = (format!("dpu{pid}"), format!("dpo{pid}"));
+    sh::output(
+        &mut crate::sh::cmd(
+            "ip",
+            [
+                "link",
+                "add",
+                up.as_str(),
+                "netns",
+                ns.as_str(),
+                "type",
+                "veth",
+                "peer",
+                "name",
+                down.as_str(),
+                "netns",
+                out_ns.as_str(),
+            ],
+        ),
+        Some(Duration::from_secs(10)),
+    )?;
+    lab::ip(&ns, &["addr", "add", "198.51.100.1/24", "dev", &up])?;
+    lab::ip(&ns, &["link", "set", &up, "up"])?;
+    lab::ip(&out_ns, &["addr", "add", "198.51.100.2/24", "dev", &down])?;
+    lab::ip(&out_ns, &["link", "set", &down, "up"])?;
+    lab::ip(&out_ns, &["link", "set", "lo", "up"])?;
+    println!("# outside: 198.51.100.2 in {out_ns}; host: 198.51.100.1 in {ns}\n");
+
+    p.step("publish web2 with -p 8080:8080");
+    d.run_with("web2", "demo", &["-p", "8080:8080"], &["sh", "-c", WEB])?;
+    show(
+        &format!("dataplane run -d --name web2 --network demo -p 8080:8080 -- sh -c '{WEB}'"),
+        "",
+    );
+    show("dataplane port web2", &d.cli(&["port", "web2"])?);
+
+    p.step("fetch from web2 through the published port, from outside");
+    let fetch = |what: &str, c: &mut std::process::Command| -> Result<String> {
+        let got = lab::poll(Duration::from_secs(15), Duration::from_millis(300), || {
+            let o = sh::capture(c, Some(Duration::from_secs(20)))?;
+            Ok(o.stdout.contains("hello-from-web").then_some(o.stdout))
+        })?;
+        got.ok_or_else(|| anyhow::anyhow!("no answer from {what} within 15 s"))
+    };
+    let got = fetch(
+        "198.51.100.1:8080 (outside)",
+        &mut lab::in_netns(&out_ns, &["nc", "-w", "3", "198.51.100.1", "8080"]),
+    )?;
+    show(
+        &format!("ip netns exec {out_ns} nc -w 3 198.51.100.1 8080"),
+        &got,
+    );
+    let got = fetch(
+        "127.0.0.1:8080 (the host itself)",
+        &mut crate::sh::cmd(
+            "nsenter",
+            [
+                format!("--net=/var/run/netns/{ns}").as_str(),
+                "nc",
+                "-w",
+                "3",
+                "127.0.0.1",
+                "8080",
+            ],
+        ),
+    )?;
+    show(
+        &format!("nsenter --net=/var/run/netns/{ns} nc -w 3 127.0.0.1 8080   # no proxy process"),
+        &got,
+    );
+
+    p.step("outbound: client pings the outside, masqueraded");
+    let ping = d.cli(&[
+        "exec",
+        "client",
+        "--",
+        "ping",
+        "-c",
+        "2",
+        "-W",
+        "2",
+        "198.51.100.2",
+    ])?;
+    show("dataplane exec client -- ping -c 2 198.51.100.2", &ping);
+
     p.step("no Linux bridge in the daemon's namespace");
     let bridges = lab::ip(&ns, &["-d", "link", "show", "type", "bridge"])?;
     show(
@@ -130,7 +221,25 @@ pub fn demo() -> Result<()> {
     if after <= before {
         bail!("the redirected counters did not increase: traffic did not take the eBPF path");
     }
-    println!("\ndemo OK: web and client talk through bpf_redirect_peer, no bridge, no iptables.");
+    let v: Value = serde_json::from_str(&d.cli(&["stats", "--format", "json"])?)?;
+    let translated: u64 = v["programs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p["translated"].as_u64())
+        .sum();
+    println!("translated packets (published port, localhost, masquerade): {translated}");
+    if translated == 0 {
+        bail!("no packet was translated: the NAT path did not run");
+    }
+    let rules = sh::capture(
+        &mut lab::in_netns(&ns, &["iptables-save"]),
+        Some(Duration::from_secs(10)),
+    )
+    .map(|o| o.stdout.lines().filter(|l| l.starts_with("-A")).count())
+    .unwrap_or(0);
+    println!("iptables rules in {ns}: {rules}");
+    println!("\ndemo OK: web and client talk through bpf_redirect_peer, no bridge; the published port, localhost and masquerade work with no iptables rule and no proxy.");
     drop(d);
     drop(cleanup);
     Ok(())

@@ -9,6 +9,10 @@
 //!   netns, pins, temporary files) and fails the test if anything is left.
 //! - [`Proc`] and [`Output`]: child processes with captured output and a time
 //!   limit, so that a hung command fails a test instead of hanging it.
+//! - [`Outside`]: for the NAT tests, "the outside world": a namespace joined
+//!   to the daemon's by two veth pairs, with [`WHOAMI_PY`] servers that tell
+//!   each client the address they saw and [`PROBE_PY`] clients that report
+//!   it ([`Hello`]).
 //!
 //! Waiting is always on a condition with bounded retries ([`retry`]), never a
 //! fixed sleep. Tests only send traffic to loopback and to addresses inside
@@ -947,4 +951,477 @@ pub fn in_subnet(ip: &str, cidr: &str) -> bool {
     };
     let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
     len <= 32 && ip & mask == net & mask
+}
+
+// ----- NAT: the outside world, a whoami server and a probe client -----------
+
+/// The daemon's address on the first uplink: "the host's address".
+pub const HOST_IP: &str = "198.51.100.1";
+/// The outside world's address on the first uplink.
+pub const OUTSIDE_IP: &str = "198.51.100.2";
+/// The daemon's second host address (on the second uplink), for ports
+/// bound to one address.
+pub const HOST_IP2: &str = "203.0.113.1";
+/// The outside world's address on the second uplink.
+pub const OUTSIDE_IP2: &str = "203.0.113.2";
+
+/// A TCP/UDP "whoami" server: `python3 -u -c WHOAMI_PY TAG SPEC...` where a
+/// SPEC is `tcp:PORT`, `udp:PORT` or a range `tcp:FIRST-LAST`; it binds
+/// 0.0.0.0 on each and prints `ready` once all are bound. Every line of a
+/// TCP connection and every UDP datagram gets one line back:
+/// `tag=TAG peer=IP:PORT local=IP:PORT msg=MSG`, where `peer` is the client
+/// address the server saw and `local` the server's own end (for UDP the
+/// datagram's destination address, from IP_PKTINFO). It logs each
+/// connection or datagram on stdout as `tcp|udp PEER LOCAL`.
+pub const WHOAMI_PY: &str = r#"
+import socket, sys, threading
+
+tag = sys.argv[1]
+PKTINFO = getattr(socket, 'IP_PKTINFO', 8)
+
+def fmt(a):
+    return '%s:%d' % (a[0], a[1])
+
+def answer(msg, peer, local):
+    return ('tag=%s peer=%s local=%s msg=%s\n' % (tag, fmt(peer), fmt(local), msg)).encode()
+
+def tcp(port):
+    l = socket.socket()
+    l.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    l.bind(('0.0.0.0', port))
+    l.listen(128)
+    def serve(c, peer):
+        local = c.getsockname()
+        print('tcp', fmt(peer), fmt(local), flush=True)
+        with c:
+            try:
+                for raw in c.makefile('rb'):
+                    c.sendall(answer(raw.decode(errors='replace').strip(), peer, local))
+            except OSError:
+                pass
+    def loop():
+        while True:
+            c, peer = l.accept()
+            threading.Thread(target=serve, args=(c, peer), daemon=True).start()
+    threading.Thread(target=loop, daemon=True).start()
+
+def udp(port):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.setsockopt(socket.IPPROTO_IP, PKTINFO, 1)
+    s.bind(('0.0.0.0', port))
+    def loop():
+        while True:
+            data, anc, _, peer = s.recvmsg(65535, socket.CMSG_SPACE(12))
+            dst = '0.0.0.0'
+            for level, kind, payload in anc:
+                if level == socket.IPPROTO_IP and kind == PKTINFO:
+                    dst = socket.inet_ntoa(payload[8:12])
+            local = (dst, port)
+            print('udp', fmt(peer), fmt(local), flush=True)
+            s.sendto(answer(data.decode(errors='replace').strip(), peer, local), peer)
+    threading.Thread(target=loop, daemon=True).start()
+
+for spec in sys.argv[2:]:
+    proto, ports = spec.split(':')
+    first, _, last = ports.partition('-')
+    for port in range(int(first), int(last or first) + 1):
+        {'tcp': tcp, 'udp': udp}[proto](port)
+print('ready', flush=True)
+threading.Event().wait()
+"#;
+
+/// A client for [`WHOAMI_PY`]: `python3 -c PROBE_PY PROTO HOST PORT
+/// [--timeout S] [--sport PORT] [--msg M] [--count N] [--interval S]`,
+/// PROTO `tcp`, `udp` (a connected socket) or `udp-unconnected`
+/// (sendto/recvfrom). It sends COUNT messages over one socket, INTERVAL
+/// apart, each answered within TIMEOUT, and prints one JSON line per
+/// answer: `ok` true, the server's fields (`tag`, `peer`, `local`, `msg`),
+/// `client` (getsockname), `sockpeer` (getpeername, connected sockets) and
+/// `from` (the UDP answer's source). A failure prints `ok` false with
+/// `error`: the errno name (`ECONNREFUSED`, ...) or `timeout`; exit 1.
+pub const PROBE_PY: &str = r#"
+import argparse, errno, json, socket, sys, time
+
+p = argparse.ArgumentParser()
+p.add_argument('proto', choices=['tcp', 'udp', 'udp-unconnected'])
+p.add_argument('host')
+p.add_argument('port', type=int)
+p.add_argument('--timeout', type=float, default=2.0)
+p.add_argument('--sport', type=int, default=0)
+p.add_argument('--msg', default='hello')
+p.add_argument('--count', type=int, default=1)
+p.add_argument('--interval', type=float, default=0.0)
+a = p.parse_args()
+
+def fmt(x):
+    return '%s:%d' % (x[0], x[1])
+
+i = 0
+try:
+    kind = socket.SOCK_STREAM if a.proto == 'tcp' else socket.SOCK_DGRAM
+    s = socket.socket(socket.AF_INET, kind)
+    s.settimeout(a.timeout)
+    if a.sport:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(('0.0.0.0', a.sport))
+    if a.proto != 'udp-unconnected':
+        s.connect((a.host, a.port))
+    f = s.makefile('rb') if a.proto == 'tcp' else None
+    for i in range(1, a.count + 1):
+        if i > 1 and a.interval:
+            time.sleep(a.interval)
+        msg = a.msg if a.count == 1 else '%s-%d' % (a.msg, i)
+        r = {'ok': True, 'i': i}
+        if a.proto != 'udp-unconnected':
+            r['sockpeer'] = fmt(s.getpeername())
+        if a.proto == 'tcp':
+            s.sendall((msg + '\n').encode())
+            line = f.readline()
+            if not line:
+                raise ConnectionResetError(errno.ECONNRESET, 'closed by the server')
+            text = line.decode()
+        else:
+            if a.proto == 'udp':
+                s.send(msg.encode())
+            else:
+                s.sendto(msg.encode(), (a.host, a.port))
+            data, frm = s.recvfrom(65535)
+            r['from'] = fmt(frm)
+            text = data.decode()
+        r['client'] = fmt(s.getsockname())
+        for kv in text.strip().split(' ', 3):
+            k, _, v = kv.partition('=')
+            r[k] = v
+        print(json.dumps(r), flush=True)
+except TimeoutError:
+    print(json.dumps({'ok': False, 'i': i, 'error': 'timeout'}), flush=True)
+    sys.exit(1)
+except OSError as e:
+    name = errno.errorcode.get(e.errno) if e.errno else None
+    print(json.dumps({'ok': False, 'i': i, 'error': name or repr(e)}), flush=True)
+    sys.exit(1)
+"#;
+
+/// `python3 -u -c WHOAMI_PY TAG SPECS...`.
+pub fn whoami_args(tag: &str, specs: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["python3", "-u", "-c", WHOAMI_PY, tag]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.extend(specs.iter().map(|s| s.to_string()));
+    v
+}
+
+/// `python3 -c PROBE_PY PROTO HOST PORT OPTS...`.
+pub fn probe_args(proto: &str, host: &str, port: u16, opts: &[&str]) -> Vec<String> {
+    let mut v: Vec<String> = ["python3", "-c", PROBE_PY, proto, host]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    v.push(port.to_string());
+    v.extend(opts.iter().map(|s| s.to_string()));
+    v
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// One answer of a [`WHOAMI_PY`] server as [`PROBE_PY`] reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Hello {
+    /// The TAG of the server that answered.
+    pub tag: String,
+    /// The client address the server saw, `IP:PORT`.
+    pub peer: String,
+    /// The server's own end of the flow, `IP:PORT`.
+    pub local: String,
+    pub msg: String,
+    /// The client socket's own address (getsockname, after the exchange;
+    /// `0.0.0.0:PORT` for an unconnected UDP socket).
+    pub client: String,
+    /// getpeername() of the client socket (TCP and connected UDP).
+    pub sockpeer: Option<String>,
+    /// The source address of the UDP answer (recvfrom).
+    pub from: Option<String>,
+}
+
+impl Hello {
+    fn from_json(v: &Value) -> Hello {
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        let o = |k: &str| v[k].as_str().map(str::to_string);
+        Hello {
+            tag: s("tag"),
+            peer: s("peer"),
+            local: s("local"),
+            msg: s("msg"),
+            client: s("client"),
+            sockpeer: o("sockpeer"),
+            from: o("from"),
+        }
+    }
+
+    /// The address part of [`Hello::peer`].
+    pub fn peer_ip(&self) -> &str {
+        self.peer.rsplit_once(':').map_or("", |(ip, _)| ip)
+    }
+
+    /// The port part of [`Hello::peer`].
+    pub fn peer_port(&self) -> u16 {
+        self.peer
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The port part of [`Hello::client`].
+    pub fn client_port(&self) -> u16 {
+        self.client
+            .rsplit_once(':')
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or(0)
+    }
+}
+
+/// The JSON lines [`PROBE_PY`] printed.
+pub fn probe_lines(text: &str) -> Vec<Value> {
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .filter(|v| v["ok"].is_boolean())
+        .collect()
+}
+
+/// The result of a one-shot probe: the answer, or `Err` with the errno name
+/// (`ECONNREFUSED`, ...) or `timeout`; `Err("probe did not run: ...")`
+/// when the probe printed no result at all.
+pub fn probe_result(out: &Output) -> Result<Hello, String> {
+    match probe_lines(&out.stdout).last() {
+        Some(v) if v["ok"] == true => Ok(Hello::from_json(v)),
+        Some(v) => Err(v["error"].as_str().unwrap_or("unknown").to_string()),
+        None => Err(format!("probe did not run: {out}")),
+    }
+}
+
+/// "The outside world": a namespace joined to the daemon's by two veth
+/// pairs, `uplink0` (daemon side, [`HOST_IP`]/24) to `out0` ([`OUTSIDE_IP`])
+/// and `uplink1` ([`HOST_IP2`]/24) to `out1` ([`OUTSIDE_IP2`]). It has no
+/// default route and no route to any container subnet, so an answer to a
+/// container comes back only if its source was translated to a host
+/// address. Dropping it kills every process inside and deletes the
+/// namespace, which takes both veth pairs with it.
+pub struct Outside {
+    ns: NetNs,
+}
+
+impl Outside {
+    /// Builds the namespace and the two links after the daemon started (it
+    /// notices new host interfaces by itself), and checks that the daemon's
+    /// netns reaches both outside addresses.
+    pub fn new(d: &Daemon) -> Outside {
+        let out = Outside { ns: NetNs::new() };
+        let host = d.ns();
+        for (i, (host_ip, outside_ip)) in [(HOST_IP, OUTSIDE_IP), (HOST_IP2, OUTSIDE_IP2)]
+            .into_iter()
+            .enumerate()
+        {
+            let (up, peer) = (format!("uplink{i}"), format!("out{i}"));
+            host.exec(&[
+                "ip",
+                "link",
+                "add",
+                &up,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                &peer,
+                "netns",
+                out.ns.name(),
+            ])
+            .ok();
+            host.exec(&["ip", "addr", "add", &format!("{host_ip}/24"), "dev", &up])
+                .ok();
+            out.exec(&[
+                "ip",
+                "addr",
+                "add",
+                &format!("{outside_ip}/24"),
+                "dev",
+                &peer,
+            ])
+            .ok();
+            out.exec(&["ip", "link", "set", &peer, "up"]).ok();
+            host.exec(&["ip", "link", "set", &up, "up"]).ok();
+        }
+        for ip in [OUTSIDE_IP, OUTSIDE_IP2] {
+            retry(
+                &format!("the daemon's netns to reach {ip}"),
+                10,
+                Duration::from_millis(200),
+                || {
+                    let out = host.exec(&["ping", "-c1", "-W1", ip]);
+                    out.success().then_some(()).ok_or(out.to_string())
+                },
+            );
+        }
+        out
+    }
+
+    pub fn ns(&self) -> &NetNs {
+        &self.ns
+    }
+
+    /// Runs a command in the outside namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.ns.exec(args)
+    }
+
+    /// `ip netns exec OUTSIDE ARGS...`, for a background [`Proc`].
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.ns.name()]).args(args);
+        c
+    }
+
+    /// Starts a [`WHOAMI_PY`] server tagged `tag` in the outside namespace
+    /// and waits until it listens. It dies with the returned guard (or with
+    /// the namespace).
+    pub fn serve(&self, tag: &str, specs: &[&str]) -> Proc {
+        let server = Proc::spawn(self.command(&strs(&whoami_args(tag, specs))));
+        eventually(&format!("the outside server {tag} to listen"), || {
+            let out = server.output_so_far();
+            out.contains("ready").then_some(()).ok_or(out)
+        });
+        server
+    }
+
+    /// A one-shot [`PROBE_PY`] from the outside namespace.
+    pub fn probe(
+        &self,
+        proto: &str,
+        host: &str,
+        port: u16,
+        opts: &[&str],
+    ) -> Result<Hello, String> {
+        probe_result(&self.exec(&strs(&probe_args(proto, host, port, opts))))
+    }
+
+    /// A [`PROBE_PY`] from the outside namespace, in the background.
+    pub fn spawn_probe(&self, proto: &str, host: &str, port: u16, opts: &[&str]) -> Proc {
+        Proc::spawn(self.command(&strs(&probe_args(proto, host, port, opts))))
+    }
+}
+
+impl Daemon {
+    /// `run -d --name NAME [--network NET] EXTRA... -- WHOAMI_PY NAME SPECS...`
+    /// (tagged with its name), waiting until the server listens.
+    #[track_caller]
+    pub fn run_whoami(
+        &self,
+        name: &str,
+        network: Option<&str>,
+        extra: &[&str],
+        specs: &[&str],
+    ) -> String {
+        let id = self.run_cmd(name, network, extra, &strs(&whoami_args(name, specs)));
+        self.wait_logs(name, "ready");
+        id
+    }
+
+    /// A one-shot [`PROBE_PY`] inside container `ctr` (`exec`).
+    pub fn probe(
+        &self,
+        ctr: &str,
+        proto: &str,
+        host: &str,
+        port: u16,
+        opts: &[&str],
+    ) -> Result<Hello, String> {
+        probe_result(&self.exec_in(ctr, &strs(&probe_args(proto, host, port, opts))))
+    }
+
+    /// A one-shot [`PROBE_PY`] in the daemon's netns ("the host").
+    pub fn probe_host(
+        &self,
+        proto: &str,
+        host: &str,
+        port: u16,
+        opts: &[&str],
+    ) -> Result<Hello, String> {
+        probe_result(&self.ns().exec(&strs(&probe_args(proto, host, port, opts))))
+    }
+
+    /// `port CTR`: Docker-style `(container side, host side)` pairs such as
+    /// `("80/tcp", "0.0.0.0:8080")`, IPv4 host sides only.
+    #[track_caller]
+    pub fn ports(&self, ctr: &str) -> Vec<(String, String)> {
+        let out = self.ok(&["port", ctr]);
+        let mut v: Vec<(String, String)> = out
+            .stdout
+            .lines()
+            .filter_map(|l| l.split_once(" -> "))
+            .map(|(c, h)| (c.trim().to_string(), h.trim().to_string()))
+            .filter(|(_, h)| !h.starts_with('['))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// The host port `port CTR` shows for `cport` (e.g. "80/tcp").
+    #[track_caller]
+    pub fn host_port(&self, ctr: &str, cport: &str) -> u16 {
+        let ports = self.ports(ctr);
+        ports
+            .iter()
+            .find(|(c, _)| c == cport)
+            .and_then(|(_, h)| h.rsplit_once(':'))
+            .and_then(|(_, p)| p.parse().ok())
+            .unwrap_or_else(|| panic!("no host port for {cport} of {ctr}: {ports:?}"))
+    }
+
+    /// The entry of program `name` in `stats --format json`.
+    #[track_caller]
+    pub fn program_stats(&self, name: &str) -> Value {
+        let stats = self.stats();
+        stats["programs"]
+            .as_array()
+            .and_then(|a| a.iter().find(|p| p["name"] == name))
+            .cloned()
+            .unwrap_or_else(|| panic!("no program {name:?} in the stats: {stats:#}"))
+    }
+
+    /// How many entries of the pinned conntrack map `CT` carry `ip` as
+    /// source or destination, in the key or the rewrite; `None` when the
+    /// map or `bpftool` is not there to tell.
+    pub fn conntrack_mentions(&self, ip: &str) -> Option<usize> {
+        let want: Vec<u8> = ip.parse::<std::net::Ipv4Addr>().ok()?.octets().to_vec();
+        let pin = std::fs::read_dir(&self.bpffs)
+            .ok()?
+            .filter_map(Result::ok)
+            .map(|e| e.path().join("maps/CT"))
+            .find(|p| p.exists())?;
+        let out = sh("bpftool", &["-j", "map", "dump", "pinned", pin.to_str()?]);
+        if !out.success() {
+            return None;
+        }
+        let bytes = |v: &Value| -> Vec<u8> {
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|b| b.as_str())
+                .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                .collect()
+        };
+        let entries: Value = serde_json::from_str(&out.stdout).ok()?;
+        let n = entries
+            .as_array()?
+            .iter()
+            .filter(|e| {
+                [bytes(&e["key"]), bytes(&e["value"])]
+                    .iter()
+                    .any(|b| b.len() >= 8 && (b[0..4] == want[..] || b[4..8] == want[..]))
+            })
+            .count();
+        Some(n)
+    }
 }

@@ -46,7 +46,10 @@ impl Action {
     #[inline(always)]
     pub(crate) fn verdict(&self) -> i32 {
         match self {
-            Action::Redirected(a) | Action::ArpReplied(a) | Action::Translated(a) | Action::New(a) => *a,
+            Action::Redirected(a)
+            | Action::ArpReplied(a)
+            | Action::Translated(a)
+            | Action::New(a) => *a,
             Action::Passed | Action::TranslatedPassed => TC_ACT_OK as i32,
         }
     }

@@ -416,7 +416,12 @@ fn hairpin(ctx: &TcContext, p: &Pkt, t: NatAddr) -> Result<Action, DropReason> {
         return Ok(Action::Passed);
     };
     let new = pick_source(p, b.net.gateway, t.addr, t.port)?;
-    ct_create(&p.key, &new, CT_SNAT | CT_DNAT | CT_HAIRPIN | CT_PUBLISHED, p.tcp_flags)?;
+    ct_create(
+        &p.key,
+        &new,
+        CT_SNAT | CT_DNAT | CT_HAIRPIN | CT_PUBLISHED,
+        p.tcp_flags,
+    )?;
     rewrite(ctx, p, &new)?;
     let a = to_endpoint(ctx, b)?;
     Ok(Action::New(a.verdict()))
@@ -546,7 +551,11 @@ fn icmp_error(ctx: &TcContext, p: &Pkt) -> Result<Action, DropReason> {
     let icmp_csum = L4 + pn::ICMP_CSUM;
     let icmp = key.proto == IPPROTO_ICMP;
     if key.dport != e.dport {
-        let at = if icmp { INNER_L4 + pn::ICMP_ID } else { INNER_L4 };
+        let at = if icmp {
+            INNER_L4 + pn::ICMP_ID
+        } else {
+            INNER_L4
+        };
         ctx.l4_csum_replace(icmp_csum, key.dport as u64, e.dport as u64, 2)
             .map_err(err)?;
         ctx.store(at, &e.dport, 0).map_err(err)?;

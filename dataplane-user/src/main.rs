@@ -138,7 +138,7 @@ async fn upkeep(state: Arc<Mutex<Daemon>>) {
         let _ = tokio::task::spawn_blocking(move || {
             let mut d = s.lock().unwrap_or_else(|p| p.into_inner());
             d.maintain();
-            if n % 10 == 0 {
+            if n.is_multiple_of(10) {
                 d.expire_conntrack();
             }
         })

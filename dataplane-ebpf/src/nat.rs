@@ -186,33 +186,18 @@ pub fn rewrite(ctx: &TcContext, p: &Pkt, to: &CtKey) -> Result<(), DropReason> {
         0
     };
     let e = |_| DropReason::NatMalformed;
+    // An address is in the IPv4 header and in the TCP/UDP pseudo header
+    // (ICMP has none).
+    let l4_flags = if proto == IPPROTO_ICMP {
+        None
+    } else {
+        Some(BPF_F_PSEUDO_HDR as u64 | mangled0 | 4)
+    };
     if to.saddr != cur.saddr {
-        if proto != IPPROTO_ICMP {
-            ctx.l4_csum_replace(
-                csum,
-                cur.saddr as u64,
-                to.saddr as u64,
-                BPF_F_PSEUDO_HDR as u64 | mangled0 | 4,
-            )
-            .map_err(e)?;
-        }
-        ctx.l3_csum_replace(IP_CSUM, cur.saddr as u64, to.saddr as u64, 4)
-            .map_err(e)?;
-        ctx.store(IP_SADDR, &to.saddr, 0).map_err(e)?;
+        set_addr(ctx, IP_SADDR, cur.saddr, to.saddr, csum, l4_flags)?;
     }
     if to.daddr != cur.daddr {
-        if proto != IPPROTO_ICMP {
-            ctx.l4_csum_replace(
-                csum,
-                cur.daddr as u64,
-                to.daddr as u64,
-                BPF_F_PSEUDO_HDR as u64 | mangled0 | 4,
-            )
-            .map_err(e)?;
-        }
-        ctx.l3_csum_replace(IP_CSUM, cur.daddr as u64, to.daddr as u64, 4)
-            .map_err(e)?;
-        ctx.store(IP_DADDR, &to.daddr, 0).map_err(e)?;
+        set_addr(ctx, IP_DADDR, cur.daddr, to.daddr, csum, l4_flags)?;
     }
     match p.kind {
         Kind::Tcp | Kind::Udp => {
@@ -239,6 +224,28 @@ pub fn rewrite(ctx: &TcContext, p: &Pkt, to: &CtKey) -> Result<(), DropReason> {
         }
         _ => {}
     }
+    Ok(())
+}
+
+/// Writes an IPv4 address at `at`, updating the header checksum and, with
+/// `l4_flags`, the L4 checksum at `l4_csum`.
+#[inline(always)]
+fn set_addr(
+    ctx: &TcContext,
+    at: usize,
+    old: u32,
+    new: u32,
+    l4_csum: usize,
+    l4_flags: Option<u64>,
+) -> Result<(), DropReason> {
+    let e = |_| DropReason::NatMalformed;
+    if let Some(flags) = l4_flags {
+        ctx.l4_csum_replace(l4_csum, old as u64, new as u64, flags)
+            .map_err(e)?;
+    }
+    ctx.l3_csum_replace(IP_CSUM, old as u64, new as u64, 4)
+        .map_err(e)?;
+    ctx.store(at, &new, 0).map_err(e)?;
     Ok(())
 }
 

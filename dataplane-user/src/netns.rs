@@ -274,18 +274,7 @@ pub fn add_veth(name: &str, peer: &str, index: u32) -> Result<()> {
 
 /// Names of every link in the daemon's namespace.
 pub fn link_names() -> Result<Vec<String>> {
-    with_netlink(None, |h| async move {
-        let mut links = h.link().get().execute();
-        let mut names = Vec::new();
-        while let Some(msg) = links.try_next().await? {
-            for a in msg.attributes {
-                if let rtnetlink::packet_route::link::LinkAttribute::IfName(n) = a {
-                    names.push(n);
-                }
-            }
-        }
-        Ok(names)
-    })
+    Ok(links()?.into_iter().map(|(name, _)| name).collect())
 }
 
 /// SIGKILLs every process whose network namespace is the named one, so that

@@ -27,7 +27,8 @@ use dataplane_common::{
         L4, L4_FRAME, TCP_FRAME,
     },
     seen_bits, CtEntry, CtKey, DropReason, Endpoint, NatAddr, PortKey, CT_DNAT, CT_HAIRPIN,
-    CT_PUBLISHED, CT_REFRESH_NS, CT_SNAT, IPPROTO_ICMP, IPPROTO_UDP, NAT_ATTEMPTS,
+    CT_PUBLISHED, CT_REFRESH_NS, CT_REPLY, CT_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
+    NAT_ATTEMPTS, SEEN_CLOSING, TCP_RST,
 };
 
 use crate::{
@@ -97,6 +98,14 @@ pub fn ct_get(key: &CtKey, tcp_flags: u8) -> Option<CtEntry> {
     if t.wrapping_sub(e.last_seen) > CT_REFRESH_NS {
         e.last_seen = t;
     }
+    if tcp_flags & TCP_RST != 0 && key.proto == IPPROTO_TCP {
+        // A reset ends both directions: the other half must not keep an
+        // established (6 h) timeout for a flow that is gone.
+        if let Some(o) = CT.get_ptr_mut(&entry_key(key.proto, e).reversed()) {
+            // SAFETY: as above.
+            unsafe { (*o).seen |= SEEN_CLOSING };
+        }
+    }
     Some(*e)
 }
 
@@ -134,8 +143,9 @@ fn published(proto: u8, addr: u32, port: u16) -> Option<NatAddr> {
 fn ct_create(orig: &CtKey, new: &CtKey, flags: u16, tcp_flags: u8) -> Result<(), DropReason> {
     let (fwd, reply_key, rev) = nat_pair(orig, new, flags, seen_bits(orig.proto, tcp_flags), now());
     if CT.insert(&reply_key, &rev, BPF_NOEXIST as u64).is_err() {
-        // Taken: only a dead flow may be replaced.
-        if ct_live(&reply_key).is_some() {
+        // Taken: only a dead flow, or the leftover reply half of this very
+        // flow (its forward half expired first), may be replaced.
+        if !reply_free(orig, new) {
             return Err(DropReason::NatExhausted);
         }
         CT.insert(&reply_key, &rev, 0)
@@ -148,10 +158,24 @@ fn ct_create(orig: &CtKey, new: &CtKey, flags: u16, tcp_flags: u8) -> Result<(),
     Ok(())
 }
 
-/// Whether the reply tuple of `orig` rewritten to `new` is free.
+/// Whether the reply tuple of `orig` rewritten to `new` is free: no live
+/// entry, or one that leads back to `orig` itself. The second case is a
+/// flow reusing its tuple (a client reconnecting from the same port) whose
+/// forward entry expired a little before the reply entry (`last_seen` is
+/// refreshed once a second per direction); refusing it would drop every
+/// reconnect in that window.
 #[inline(always)]
-fn reply_free(new: &CtKey) -> bool {
-    ct_live(&new.reversed()).is_none()
+fn reply_free(orig: &CtKey, new: &CtKey) -> bool {
+    match ct_live(&new.reversed()) {
+        None => true,
+        Some(e) => {
+            let back = orig.reversed();
+            e.saddr == back.saddr
+                && e.daddr == back.daddr
+                && e.sport == back.sport
+                && e.dport == back.dport
+        }
+    }
 }
 
 /// A source port (or echo id) for `orig` leaving as `saddr`, such that the
@@ -166,7 +190,7 @@ fn pick_source(p: &Pkt, saddr: u32, daddr: u32, dport: u16) -> Result<CtKey, Dro
     while i < NAT_ATTEMPTS {
         let sport = nat_port_candidate(k.sport, i, seed);
         let new = CtKey::new(k.proto, saddr, sport, daddr, dport);
-        if reply_free(&new) {
+        if reply_free(k, &new) {
             return Ok(new);
         }
         i += 1;
@@ -388,7 +412,9 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Action
     }
     if let Some(e) = ct_get(&p.key, p.tcp_flags) {
         let to = entry_key(p.key.proto, &e);
-        return finish(ctx, &p, &to);
+        if renew_on_syn(&p, &to, &e) {
+            return finish(ctx, &p, &to);
+        }
     }
     if local {
         if opens_flow(p.key.proto, p.tcp_flags) && p.kind != Kind::EchoRequest {
@@ -402,6 +428,28 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Action
         return Ok(Action::Passed);
     }
     masquerade(ctx, &p)
+}
+
+/// A bare SYN on the tuple of a known flow is a new connection reusing it
+/// (a client reconnecting from the same port within the old flow's
+/// timeout): both entries start over with fresh state (else the new
+/// connection would inherit the old one's FIN/RST and its 10 s timeout),
+/// and a reply half the LRU evicted comes back. `false`: the old mapping
+/// could not be renewed and is gone; treat the SYN as a new flow.
+#[inline(always)]
+fn renew_on_syn(p: &Pkt, to: &CtKey, e: &CtEntry) -> bool {
+    if p.key.proto == IPPROTO_TCP
+        && opens_flow(IPPROTO_TCP, p.tcp_flags)
+        && e.flags & CT_REPLY == 0
+        && ct_create(&p.key, to, e.flags, p.tcp_flags).is_err()
+    {
+        // Another flow took the reply tuple meanwhile: forget this mapping
+        // and let the SYN open a flow afresh (a masqueraded one gets
+        // another port).
+        let _ = CT.remove(&p.key);
+        return false;
+    }
+    true
 }
 
 #[inline(always)]
@@ -484,7 +532,9 @@ pub fn from_uplink(ctx: &TcContext, dst: u32) -> Result<Action, DropReason> {
     }
     if let Some(e) = ct_get(&p.key, p.tcp_flags) {
         let to = entry_key(p.key.proto, &e);
-        return finish(ctx, &p, &to);
+        if renew_on_syn(&p, &to, &e) {
+            return finish(ctx, &p, &to);
+        }
     }
     if p.kind == Kind::EchoRequest || p.kind == Kind::EchoReply {
         return Ok(Action::Passed);

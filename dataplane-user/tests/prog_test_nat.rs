@@ -31,8 +31,8 @@ use dataplane_common::{
     ipv4_octets, ipv4_wire, packet::nat::csum_fold, port_host, port_wire, Counters, CtEntry, CtKey,
     DropReason, Endpoint, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN, CT_PUBLISHED, CT_REPLY,
     CT_SNAT, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, IFINDEX_BASE, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_PORT_MIN, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, SEEN_ESTABLISHED, SEEN_SYN,
-    TCP_ACK, TCP_FIN, TCP_SYN,
+    IPPROTO_UDP, NAT_PORT_MIN, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, SEEN_CLOSING,
+    SEEN_ESTABLISHED, SEEN_SYN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -847,6 +847,11 @@ impl Lab {
 
     fn ct_put(&mut self, k: CtKey, e: CtEntry) {
         self.ct().insert(k, e, 0).expect("CT insert");
+    }
+
+    /// Removes `k`'s entry, as the LRU evicting it would.
+    fn ct_del(&mut self, k: &CtKey) {
+        self.ct().remove(k).expect("CT remove");
     }
 
     fn ct_len(&mut self) -> usize {
@@ -2345,6 +2350,439 @@ fn hairpin_to_a_published_port_of_a_container_on_the_same_network() {
         lab.container("A's ACK with TTL 1", a, &f.build(), Outcome::Passed);
 
         assert_eq!(lab.ct_len(), 6);
+        lab.assert_stats();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 9. A flow's tuple reused: half an entry pair left, and a new SYN on a
+//    known flow.
+// ---------------------------------------------------------------------------
+
+/// A client reconnecting from the same port to a published port after the
+/// forward entry of its previous connection went (LRU eviction, or it
+/// expired a little before the reply entry): the leftover reply entry leads
+/// back to this very tuple, so it does not hold the reply tuple against the
+/// new flow.
+#[test]
+fn a_leftover_reply_entry_of_the_same_flow_does_not_block_a_published_port() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("leftpub");
+        let a = lab.a;
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+        let orig = tcp_key((CLIENT, 50000), (HOST, 8080));
+        let reply_key = tcp_key((ip(&a), 80), (CLIENT, 50000));
+
+        let syn = Pkt::tcp(from_net, (CLIENT, 50000), (HOST, 8080), TCP_SYN);
+        let to_a = syn
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(CLIENT, ip(&a))
+            .ports(50000, 80)
+            .ttl(63);
+        let out = lab.uplink("first SYN", &syn.build(), Outcome::New);
+        assert_frame("first SYN", &out, &to_a);
+        assert_eq!(lab.ct_len(), 2);
+
+        // Only the forward half goes.
+        lab.ct_del(&orig);
+        assert!(lab.ct_get(&reply_key).is_some());
+        assert_eq!(lab.ct_len(), 1);
+
+        let t0 = now_ns();
+        let out = lab.uplink(
+            "SYN on the tuple of the leftover reply entry",
+            &syn.build(),
+            Outcome::New,
+        );
+        assert_frame("SYN on the tuple of the leftover reply entry", &out, &to_a);
+        let fwd = lab.ct_get(&orig).expect("forward entry back");
+        assert_eq!(tuple(&fwd), (CLIENT, 50000, ip(&a), 80));
+        assert_eq!(fwd.flags, CT_DNAT | CT_PUBLISHED);
+        assert_eq!(fwd.seen, SEEN_SYN);
+        let rev = lab.ct_get(&reply_key).expect("reply entry");
+        assert_eq!(tuple(&rev), (HOST, 8080, CLIENT, 50000));
+        assert_eq!(rev.flags, CT_SNAT | CT_PUBLISHED | CT_REPLY);
+        assert!(rev.last_seen >= t0, "the reply entry is rewritten fresh");
+        assert_eq!(lab.ct_len(), 2, "both entries, nothing else");
+
+        // The flow works both ways.
+        let syn_ack = Pkt::tcp(tx(&a), (ip(&a), 80), (CLIENT, 50000), TCP_SYN | TCP_ACK);
+        let out = lab.container(
+            "the container's SYN-ACK",
+            a,
+            &syn_ack.build(),
+            Outcome::Translated,
+        );
+        assert_frame(
+            "the container's SYN-ACK",
+            &out,
+            &syn_ack
+                .clone()
+                .macs(ROUTER_MAC, UPLINK_MAC)
+                .addrs(HOST, CLIENT)
+                .ports(8080, 50000)
+                .ttl(63),
+        );
+
+        lab.assert_stats();
+    });
+}
+
+/// The reply tuple of a published port held by a *different* flow is still
+/// taken: with `-p 8080:80 -p 9090:80`, one client port reaching both host
+/// ports maps to the same container tuple, and the second flow is refused.
+#[test]
+fn a_reply_tuple_of_another_published_flow_is_still_taken() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("otherpub");
+        let a = lab.a;
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        lab.publish(IPPROTO_TCP, [0; 4], 9090, ip(&a), 80);
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+        let reply_key = tcp_key((ip(&a), 80), (CLIENT, 50000));
+
+        let syn = Pkt::tcp(from_net, (CLIENT, 50000), (HOST, 8080), TCP_SYN);
+        lab.uplink("SYN to 8080", &syn.build(), Outcome::New);
+        let held = lab.ct_get(&reply_key).unwrap();
+        assert_eq!(tuple(&held), (HOST, 8080, CLIENT, 50000));
+
+        let syn = Pkt::tcp(from_net, (CLIENT, 50000), (HOST, 9090), TCP_SYN);
+        lab.uplink(
+            "SYN to 9090 from the same client port",
+            &syn.build(),
+            Outcome::Drop(DropReason::NatExhausted),
+        );
+        assert_eq!(
+            lab.ct_get(&reply_key),
+            Some(held),
+            "the 8080 flow keeps its reply entry"
+        );
+        assert!(lab
+            .ct_get(&tcp_key((CLIENT, 50000), (HOST, 9090)))
+            .is_none());
+        assert_eq!(lab.ct_len(), 2);
+
+        // Also with the 8080 flow's forward entry gone: its reply entry
+        // leads back to 8080, not to 9090.
+        lab.ct_del(&tcp_key((CLIENT, 50000), (HOST, 8080)));
+        lab.uplink(
+            "SYN to 9090 with the 8080 flow's reply entry left over",
+            &syn.build(),
+            Outcome::Drop(DropReason::NatExhausted),
+        );
+        assert_eq!(lab.ct_get(&reply_key), Some(held));
+        assert_eq!(lab.ct_len(), 1);
+
+        lab.assert_stats();
+    });
+}
+
+/// A masqueraded flow whose forward entry went, reconnecting from the same
+/// port: the leftover reply entry is its own, so the original source port
+/// is kept (not remapped into the NAT range).
+#[test]
+fn a_leftover_reply_entry_of_the_same_flow_keeps_the_masquerade_port() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("leftmasq");
+        let a = lab.a;
+        let orig = tcp_key((ip(&a), 40000), (SERVER, 80));
+        let reply_key = tcp_key((SERVER, 80), (HOST, 40000));
+
+        let syn = Pkt::tcp(tx(&a), (ip(&a), 40000), (SERVER, 80), TCP_SYN);
+        let sent = syn
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, SERVER)
+            .ttl(63);
+        let out = lab.container("first SYN", a, &syn.build(), Outcome::New);
+        assert_frame("first SYN", &out, &sent);
+
+        lab.ct_del(&orig);
+        assert_eq!(lab.ct_len(), 1);
+
+        let t0 = now_ns();
+        let out = lab.container(
+            "SYN on the tuple of the leftover reply entry",
+            a,
+            &syn.build(),
+            Outcome::New,
+        );
+        assert_eq!(src_of(&out), (HOST, 40000), "the source port is kept");
+        assert_frame("SYN on the tuple of the leftover reply entry", &out, &sent);
+        let fwd = lab.ct_get(&orig).expect("forward entry back");
+        assert_eq!(tuple(&fwd), (HOST, 40000, SERVER, 80));
+        assert_eq!(fwd.flags, CT_SNAT);
+        let rev = lab.ct_get(&reply_key).expect("reply entry");
+        assert_eq!(tuple(&rev), (SERVER, 80, ip(&a), 40000));
+        assert_eq!(rev.flags, CT_DNAT | CT_REPLY);
+        assert!(rev.last_seen >= t0);
+        assert_eq!(lab.ct_len(), 2);
+
+        // The same with UDP (a datagram opens a flow as a SYN does).
+        let q = Pkt::udp(tx(&a), (ip(&a), 5353), (SERVER, 53), true);
+        lab.container("first UDP query", a, &q.build(), Outcome::New);
+        lab.ct_del(&udp_key((ip(&a), 5353), (SERVER, 53)));
+        let out = lab.container(
+            "UDP query on the tuple of the leftover reply entry",
+            a,
+            &q.build(),
+            Outcome::New,
+        );
+        assert_frame(
+            "UDP query on the tuple of the leftover reply entry",
+            &out,
+            &q.clone()
+                .macs(ROUTER_MAC, UPLINK_MAC)
+                .addrs(HOST, SERVER)
+                .ttl(63),
+        );
+        assert_eq!(lab.ct_len(), 4);
+
+        lab.assert_stats();
+    });
+}
+
+/// A bare SYN on the tuple of a flow that saw FIN/RST (a client reusing its
+/// port within the closing timeout) starts both entries over: the new
+/// connection must not inherit SEEN_CLOSING and its 10 s timeout. A SYN in
+/// the reply direction, or a SYN-ACK, does not.
+#[test]
+fn a_new_syn_on_a_closing_flow_renews_both_entries() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("renew");
+        let a = lab.a;
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+
+        // Masquerade, from_container.
+        let orig = tcp_key((ip(&a), 40000), (SERVER, 80));
+        let reply_key = tcp_key((SERVER, 80), (HOST, 40000));
+        let to_server = |flags| Pkt::tcp(tx(&a), (ip(&a), 40000), (SERVER, 80), flags);
+        let from_server = |flags| Pkt::tcp(from_net, (SERVER, 80), (HOST, 40000), flags);
+        lab.container("SYN", a, &to_server(TCP_SYN).build(), Outcome::New);
+        for (what, f) in [
+            ("SYN-ACK", from_server(TCP_SYN | TCP_ACK)),
+            ("RST", from_server(TCP_RST | TCP_ACK)),
+        ] {
+            lab.uplink(what, &f.build(), Outcome::Translated);
+        }
+        for (what, flags) in [("ACK", TCP_ACK), ("FIN", TCP_FIN | TCP_ACK)] {
+            lab.container(what, a, &to_server(flags).build(), Outcome::Translated);
+        }
+        let fwd = lab.ct_get(&orig).unwrap();
+        let rev = lab.ct_get(&reply_key).unwrap();
+        assert_eq!(fwd.seen, SEEN_SYN | SEEN_ESTABLISHED | SEEN_CLOSING);
+        assert_eq!(rev.seen, SEEN_SYN | SEEN_ESTABLISHED | SEEN_CLOSING);
+        // 5 s into the 10 s closing timeout.
+        let old = now_ns().wrapping_sub(5_000_000_000);
+        lab.ct_put(
+            orig,
+            CtEntry {
+                last_seen: old,
+                ..fwd
+            },
+        );
+        lab.ct_put(
+            reply_key,
+            CtEntry {
+                last_seen: old,
+                ..rev
+            },
+        );
+
+        // An ACK (no SYN) does not renew.
+        lab.container(
+            "ACK after FIN",
+            a,
+            &to_server(TCP_ACK).build(),
+            Outcome::Translated,
+        );
+        assert_ne!(lab.ct_get(&orig).unwrap().seen & SEEN_CLOSING, 0);
+
+        let t0 = now_ns();
+        let syn = to_server(TCP_SYN);
+        let out = lab.container(
+            "new SYN on the closing flow's tuple",
+            a,
+            &syn.build(),
+            Outcome::Translated,
+        );
+        assert_frame(
+            "new SYN on the closing flow's tuple",
+            &out,
+            &syn.clone()
+                .macs(ROUTER_MAC, UPLINK_MAC)
+                .addrs(HOST, SERVER)
+                .ttl(63),
+        );
+        let fwd = lab.ct_get(&orig).unwrap();
+        assert_eq!(tuple(&fwd), (HOST, 40000, SERVER, 80));
+        assert_eq!(fwd.flags, CT_SNAT);
+        assert_eq!(fwd.seen, SEEN_SYN, "fresh state: no SEEN_CLOSING");
+        assert!(fwd.last_seen >= t0, "fresh last_seen");
+        let rev = lab.ct_get(&reply_key).unwrap();
+        assert_eq!(tuple(&rev), (SERVER, 80, ip(&a), 40000));
+        assert_eq!(rev.flags, CT_DNAT | CT_REPLY);
+        assert_eq!(rev.seen, 0, "the reply entry starts over too");
+        assert!(rev.last_seen >= t0);
+        assert_eq!(lab.ct_len(), 2);
+
+        // The server's SYN-ACK goes back as before.
+        let syn_ack = from_server(TCP_SYN | TCP_ACK);
+        let out = lab.uplink("SYN-ACK", &syn_ack.build(), Outcome::Translated);
+        assert_frame(
+            "SYN-ACK",
+            &out,
+            &syn_ack
+                .clone()
+                .macs(a.mac, a.host_mac)
+                .addrs(SERVER, ip(&a))
+                .ttl(63),
+        );
+        // A bare SYN in the reply direction (CT_REPLY) renews nothing.
+        lab.ct_put(
+            orig,
+            CtEntry {
+                last_seen: old,
+                ..fwd
+            },
+        );
+        let before = lab.ct_get(&orig).unwrap();
+        lab.uplink(
+            "SYN from the server",
+            &from_server(TCP_SYN).build(),
+            Outcome::Translated,
+        );
+        assert_eq!(lab.ct_get(&orig), Some(before), "forward entry untouched");
+        assert_eq!(lab.ct_len(), 2);
+
+        // Published port, from_uplink: the client resets, then reconnects
+        // from the same port.
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        let orig = tcp_key((CLIENT, 50000), (HOST, 8080));
+        let reply_key = tcp_key((ip(&a), 80), (CLIENT, 50000));
+        let from_client = |flags| Pkt::tcp(from_net, (CLIENT, 50000), (HOST, 8080), flags);
+        lab.uplink("client SYN", &from_client(TCP_SYN).build(), Outcome::New);
+        lab.container(
+            "container SYN-ACK",
+            a,
+            &Pkt::tcp(tx(&a), (ip(&a), 80), (CLIENT, 50000), TCP_SYN | TCP_ACK).build(),
+            Outcome::Translated,
+        );
+        lab.uplink(
+            "client RST",
+            &from_client(TCP_RST | TCP_ACK).build(),
+            Outcome::Translated,
+        );
+        let fwd = lab.ct_get(&orig).unwrap();
+        assert_ne!(fwd.seen & SEEN_CLOSING, 0);
+        lab.ct_put(
+            orig,
+            CtEntry {
+                last_seen: old,
+                ..fwd
+            },
+        );
+        let t0 = now_ns();
+        let syn = from_client(TCP_SYN);
+        let out = lab.uplink(
+            "client's new SYN on the reset flow's tuple",
+            &syn.build(),
+            Outcome::Translated,
+        );
+        assert_frame(
+            "client's new SYN on the reset flow's tuple",
+            &out,
+            &syn.clone()
+                .macs(a.mac, a.host_mac)
+                .addrs(CLIENT, ip(&a))
+                .ports(50000, 80)
+                .ttl(63),
+        );
+        let fwd = lab.ct_get(&orig).unwrap();
+        assert_eq!(tuple(&fwd), (CLIENT, 50000, ip(&a), 80));
+        assert_eq!(fwd.flags, CT_DNAT | CT_PUBLISHED);
+        assert_eq!(fwd.seen, SEEN_SYN);
+        assert!(fwd.last_seen >= t0);
+        let rev = lab.ct_get(&reply_key).unwrap();
+        assert_eq!(tuple(&rev), (HOST, 8080, CLIENT, 50000));
+        assert_eq!(rev.flags, CT_SNAT | CT_PUBLISHED | CT_REPLY);
+        assert_eq!(rev.seen, 0);
+        assert!(rev.last_seen >= t0);
+        assert_eq!(lab.ct_len(), 4);
+
+        lab.assert_stats();
+    });
+}
+
+/// The reply entry of a published flow evicted while the forward one lives:
+/// the client's SYN (retransmitted, or a reconnect) brings it back, so the
+/// container's SYN-ACK leaves from the published address and port instead
+/// of being masqueraded as a new flow from port 80. Likewise when the reply
+/// entry is there but dead.
+#[test]
+fn a_new_syn_brings_back_an_evicted_reply_entry() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("revive");
+        let a = lab.a;
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+
+        for (cport, evict) in [(50000u16, true), (50001, false)] {
+            let orig = tcp_key((CLIENT, cport), (HOST, 8080));
+            let reply_key = tcp_key((ip(&a), 80), (CLIENT, cport));
+            let syn = Pkt::tcp(from_net, (CLIENT, cport), (HOST, 8080), TCP_SYN);
+            let to_a = syn
+                .clone()
+                .macs(a.mac, a.host_mac)
+                .addrs(CLIENT, ip(&a))
+                .ports(cport, 80)
+                .ttl(63);
+            let out = lab.uplink("client SYN", &syn.build(), Outcome::New);
+            assert_frame("client SYN", &out, &to_a);
+            if evict {
+                lab.ct_del(&reply_key);
+                assert!(lab.ct_get(&reply_key).is_none());
+            } else {
+                let rev = lab.ct_get(&reply_key).unwrap();
+                let dead = now_ns().wrapping_sub(2 * CT_TIMEOUT_TCP_SYN);
+                lab.ct_put(
+                    reply_key,
+                    CtEntry {
+                        last_seen: dead,
+                        ..rev
+                    },
+                );
+            }
+
+            let what = format!("client SYN again (reply entry evicted: {evict})");
+            let out = lab.uplink(&what, &syn.build(), Outcome::Translated);
+            assert_frame(&what, &out, &to_a);
+            let rev = lab.ct_get(&reply_key).expect("reply entry back");
+            assert_eq!(tuple(&rev), (HOST, 8080, CLIENT, cport));
+            assert_eq!(rev.flags, CT_SNAT | CT_PUBLISHED | CT_REPLY);
+            let fwd = lab.ct_get(&orig).unwrap();
+            assert_eq!(tuple(&fwd), (CLIENT, cport, ip(&a), 80));
+            assert_eq!(fwd.seen, SEEN_SYN);
+
+            let syn_ack = Pkt::tcp(tx(&a), (ip(&a), 80), (CLIENT, cport), TCP_SYN | TCP_ACK);
+            let what = format!("the container's SYN-ACK (reply entry evicted: {evict})");
+            let out = lab.container(&what, a, &syn_ack.build(), Outcome::Translated);
+            assert_frame(
+                &what,
+                &out,
+                &syn_ack
+                    .clone()
+                    .macs(ROUTER_MAC, UPLINK_MAC)
+                    .addrs(HOST, CLIENT)
+                    .ports(8080, cport)
+                    .ttl(63),
+            );
+            assert_eq!(src_of(&out), (HOST, 8080), "the published address and port");
+        }
+        assert_eq!(lab.ct_len(), 4, "no masquerade entries");
+
         lab.assert_stats();
     });
 }

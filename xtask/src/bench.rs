@@ -3,7 +3,9 @@
 //! (a) a plain veth pair, (b) a Linux bridge, (c) a Linux bridge with
 //! Docker's netfilter rules, (d) the dataplane's eBPF path. Plus `dns`:
 //! name lookups from inside a sandbox of (d), through the embedded resolver
-//! against a `--link` hosts-file entry (see `dnsbench`).
+//! against a `--link` hosts-file entry (see `dnsbench`). Plus `nat`:
+//! published ports through the eBPF NAT against Docker's iptables DNAT at
+//! 1, 1,000 and 10,000 ports, in namespaces of its own (see `natbench`).
 
 use std::{
     fmt::Write as _,
@@ -19,7 +21,7 @@ use serde_json::Value;
 use crate::{
     build_dataplane, dnsbench,
     lab::{self, in_netns, Cleanup, Daemon},
-    root, setup, sh, Format, Progress,
+    natbench, root, setup, sh, Format, Progress,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -32,6 +34,10 @@ pub enum Kind {
     /// Not a network setup: DNS lookups inside (d)'s first sandbox (builds
     /// (d) even when `ebpf` is not selected).
     Dns,
+    /// Published ports: new TCP connections/s, latency and throughput to
+    /// the last of N published ports, eBPF NAT against Docker's iptables
+    /// DNAT (own namespaces and daemons; see --nat-ports).
+    Nat,
 }
 
 impl Kind {
@@ -42,6 +48,7 @@ impl Kind {
             Kind::Netfilter => "(c) bridge + Docker netfilter",
             Kind::Ebpf => "(d) dataplane eBPF",
             Kind::Dns => "DNS: embedded resolver vs hosts file",
+            Kind::Nat => "published ports: eBPF NAT vs Docker iptables",
         }
     }
 
@@ -65,6 +72,7 @@ impl Kind {
                  is created with `--link <second>:peerlink`"
             }
             Kind::Dns => "name lookups inside (d)'s first sandbox (see the DNS section)",
+            Kind::Nat => "published ports in namespaces of their own (see the published-ports section)",
         }
     }
 }
@@ -90,9 +98,18 @@ pub struct Args {
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=120))]
     seconds: u64,
     /// Setups to measure (comma-separated); `dns` alone reruns only the DNS
-    /// section of the report (it needs (d)'s daemon, which it builds).
+    /// section of the report (it needs (d)'s daemon, which it builds), `nat`
+    /// alone only the published-ports section (and its SVG).
     #[arg(long, value_enum, value_delimiter = ',', default_values_t = ALL)]
     setups: Vec<Kind>,
+    /// `nat`: numbers of published ports to compare (comma-separated).
+    #[arg(long, value_delimiter = ',', default_values_t = natbench::DEFAULT_PORTS,
+          value_parser = clap::value_parser!(u32).range(1..=natbench::MAX_PORTS as i64))]
+    nat_ports: Vec<u32>,
+    /// `nat`: seconds per measurement (connections/s, latency, throughput);
+    /// the repetitions are --reps.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
+    nat_seconds: u64,
     #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
     latency: LatencyTool,
     /// Where to write the report (default: BENCHMARKS.md at the repo root).
@@ -106,12 +123,13 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 5] = [
+const ALL: [Kind; 6] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
     Kind::Ebpf,
     Kind::Dns,
+    Kind::Nat,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
@@ -598,6 +616,8 @@ struct Report {
     bpf_prog: Value,
     /// The DNS lookups (`--setups dns`), if they were asked for.
     dns: Option<dnsbench::Report>,
+    /// The published-ports comparison (`--setups nat`), if asked for.
+    nat: Option<natbench::Report>,
 }
 
 fn first_line(c: &mut std::process::Command) -> String {
@@ -676,11 +696,19 @@ pub fn bench(args: Args) -> Result<i32> {
         }
     }
     let want_dns = args.setups.contains(&Kind::Dns);
+    let want_nat = args.setups.contains(&Kind::Nat);
+    let mut nat_ports = args.nat_ports.clone();
+    nat_ports.sort_unstable();
+    nat_ports.dedup();
     let mut build = kinds.clone();
     if want_dns && !build.contains(&Kind::Ebpf) {
         build.push(Kind::Ebpf);
     }
-    let mut p = Progress::new(8 + usize::from(want_dns) + usize::from(!kinds.is_empty()));
+    let mut p = Progress::new(
+        8 + usize::from(want_dns || want_nat)
+            + usize::from(!kinds.is_empty())
+            + 2 * usize::from(want_nat),
+    );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
         Some(b) => {
@@ -692,14 +720,15 @@ pub fn bench(args: Args) -> Result<i32> {
             build_dataplane(true)?
         }
     };
-    // The DNS client loops in optimized code, so that its own cost per
-    // lookup (hickory-proto encoding and parsing) is not a debug build's.
-    let dns_client = if want_dns {
-        p.step("building the DNS client (xtask, release)");
+    // The DNS and connection-rate clients loop in optimized code, so that
+    // their own cost per lookup or connection is not a debug build's.
+    let release_xtask = if want_dns || want_nat {
+        p.step("building the DNS and connection-rate clients (xtask, release)");
         Some(dnsbench::build_client()?)
     } else {
         None
     };
+    let dns_client = release_xtask.clone().filter(|_| want_dns);
 
     let tool = match args.latency {
         LatencyTool::Auto if sh::succeeds(&mut sh::cmd("sockperf", ["--version"])) => {
@@ -714,14 +743,16 @@ pub fn bench(args: Args) -> Result<i32> {
     cl.dir(&dir)?;
     let mut daemon: Option<Daemon> = None; // dropped before `cl`
 
-    p.step(&format!(
-        "building the setups: {}",
-        build
-            .iter()
-            .map(|k| k.title())
-            .collect::<Vec<_>>()
-            .join(", ")
-    ));
+    if !build.is_empty() {
+        p.step(&format!(
+            "building the setups: {}",
+            build
+                .iter()
+                .map(|k| k.title())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+    }
     let mut notes = Vec::new();
     let mut pairs = Vec::new();
     let mut failed: Vec<(Kind, String)> = Vec::new();
@@ -737,7 +768,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 dns_target = want_dns.then_some(t);
                 pair
             }),
-            Kind::Dns => Err(anyhow!("dns is not a network setup")),
+            Kind::Dns | Kind::Nat => Err(anyhow!("{k:?} is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -790,11 +821,13 @@ pub fn bench(args: Args) -> Result<i32> {
             args.seconds
         ));
     }
-    p.step(&format!(
-        "measuring: {} reps x {}",
-        args.reps,
-        what.join("; ")
-    ));
+    if !what.is_empty() {
+        p.step(&format!(
+            "measuring: {} reps x {}",
+            args.reps,
+            what.join("; ")
+        ));
+    }
     let mut samples: Vec<Samples> = pairs.iter().map(|_| Samples::default()).collect();
     let mut dns_samples = dnsbench::Samples::default();
     for rep in 1..=args.reps {
@@ -807,6 +840,25 @@ pub fn bench(args: Args) -> Result<i32> {
             eprintln!("    rep {rep}/{}: DNS: {line}", args.reps);
         }
     }
+
+    // The published ports have namespaces and daemons of their own; (d)'s
+    // daemon is done by now and stops first (fewer hooks, less noise).
+    let nat = match (&release_xtask, want_nat) {
+        (Some(x), true) => {
+            drop(daemon.take());
+            let cfg = natbench::Config {
+                ports: nat_ports.clone(),
+                reps: args.reps,
+                seconds: args.nat_seconds,
+                xtask: x.clone(),
+                dataplane: bin.clone(),
+                tag: tag.clone(),
+                dir: dir.clone(),
+            };
+            Some(natbench::run(&cfg, &mut p)?)
+        }
+        _ => None,
+    };
 
     // The per-packet program cost belongs to the network figures.
     let prog = if kinds.is_empty() {
@@ -862,6 +914,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Netfilter => "netfilter",
                 Kind::Ebpf => "ebpf",
                 Kind::Dns => "dns",
+                Kind::Nat => "nat",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -876,6 +929,19 @@ pub fn bench(args: Args) -> Result<i32> {
             }
         );
     }
+    if want_nat && nat_ports != natbench::DEFAULT_PORTS {
+        command += &format!(
+            " --nat-ports {}",
+            nat_ports
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    if want_nat && args.nat_seconds != 3 {
+        command += &format!(" --nat-seconds {}", args.nat_seconds);
+    }
     let date = first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"]));
     let dns = want_dns.then(|| {
         let meta = dnsbench::Meta {
@@ -888,6 +954,36 @@ pub fn bench(args: Args) -> Result<i32> {
         };
         dnsbench::report(meta, dns_target.as_ref(), dns_failed, dns_samples)
     });
+    let nat = nat.map(|mut n| {
+        n.command = command.clone();
+        n.date = date.clone();
+        n
+    });
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| root().join("BENCHMARKS.md"));
+    let svg_file = natbench::svg_path(&out);
+    let svg_name = svg_file
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned());
+    let nat = match nat {
+        Some(mut n) if !args.no_write => {
+            match natbench::svg(&n, &svg_file) {
+                Ok(true) => {
+                    eprintln!("    wrote {}", svg_file.display());
+                    n.svg = svg_name.clone();
+                }
+                Ok(false) => eprintln!("    no connections/s measured: no curve drawn"),
+                Err(e) => {
+                    eprintln!("    error: {e:#}");
+                    n.notes.push(format!("the curve could not be drawn: {e:#}"));
+                }
+            }
+            Some(n)
+        }
+        n => n,
+    };
     let report = Report {
         command,
         date,
@@ -899,12 +995,17 @@ pub fn bench(args: Args) -> Result<i32> {
         notes,
         bpf_prog: prog,
         dns,
+        nat,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
     // without `dns` keeps the DNS section it finds.
     let main_md = (!kinds.is_empty()).then(|| markdown(&report));
     let dns_md = report.dns.as_ref().map(dnsbench::markdown);
+    let nat_md = report
+        .nat
+        .as_ref()
+        .map(|n| natbench::markdown(n, n.svg.as_deref()));
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -915,14 +1016,18 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### DNS lookups from inside a sandbox of (d)\n");
             println!("{}", dnsbench::table(d));
         }
+        if let Some(n) = &report.nat {
+            println!("### Published ports: eBPF NAT against Docker's iptables\n");
+            println!("{}", natbench::table(n));
+        }
     }
     if !args.no_write {
-        let out = args
-            .out
-            .clone()
-            .unwrap_or_else(|| root().join("BENCHMARKS.md"));
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
+        // The published-ports section goes last: taken out, the rest
+        // spliced as before, then the new (or the old) one appended.
+        let (existing, old_nat) = natbench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
+        let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -930,7 +1035,8 @@ pub fn bench(args: Args) -> Result<i32> {
         .setups
         .iter()
         .any(|s| s.failed.is_some() || !s.errors.is_empty())
-        || report.dns.as_ref().is_some_and(dnsbench::Report::bad);
+        || report.dns.as_ref().is_some_and(dnsbench::Report::bad)
+        || report.nat.as_ref().is_some_and(natbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {

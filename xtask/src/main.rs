@@ -1,9 +1,11 @@
 //! `cargo xtask`: setup, build, test, demo and benchmarks of the dataplane.
 
 mod bench;
+mod connrate;
 mod demo;
 mod dnsbench;
 mod lab;
+mod natbench;
 mod pingpong;
 mod setup;
 mod sh;
@@ -50,8 +52,9 @@ enum Cmd {
     /// Setup, build, and show two sandboxes talking through the eBPF switch.
     Demo,
     /// Setup, build (release), and compare veth / bridge / bridge+netfilter /
-    /// eBPF, and the embedded DNS resolver against a hosts-file lookup;
-    /// writes BENCHMARKS.md.
+    /// eBPF, the embedded DNS resolver against a hosts-file lookup, and
+    /// published ports through the eBPF NAT against Docker's iptables DNAT;
+    /// writes BENCHMARKS.md (and BENCHMARKS-nat.svg).
     Bench(bench::Args),
     /// (internal) TCP ping-pong server for the latency fallback.
     #[command(hide = true)]
@@ -71,6 +74,14 @@ enum Cmd {
         #[arg(long, default_value_t = 5)]
         seconds: u64,
     },
+    /// (internal) Accept, write one byte, close: the server of the
+    /// published-port connection-rate benchmark.
+    #[command(hide = true)]
+    ConnServer(connrate::ServerArgs),
+    /// (internal) Connect, read one byte, close with an RST, in a loop;
+    /// prints connections per second as JSON.
+    #[command(hide = true)]
+    ConnClient(connrate::ClientArgs),
 }
 
 /// Numbered progress lines on stderr: `==> [2/5] building eBPF object`.
@@ -136,8 +147,13 @@ pub fn build_dataplane(release: bool) -> Result<PathBuf> {
 }
 
 fn main() {
-    sh::install_signal_handlers();
     let cli = Cli::parse();
+    // The benches stop their internal servers with SIGTERM: those keep the
+    // default disposition (the handler only sets a flag that they never
+    // check, so each stop would wait out its grace period).
+    if !matches!(cli.cmd, Cmd::PingpongServer { .. } | Cmd::ConnServer(_)) {
+        sh::install_signal_handlers();
+    }
     let res = match cli.cmd {
         Cmd::Setup => {
             let mut p = Progress::new(4);
@@ -164,6 +180,8 @@ fn main() {
         Cmd::PingpongServer { listen } => pingpong::server(&listen).map(|()| 0),
         Cmd::DnsClient(args) => dnsbench::client(&args).map(|()| 0),
         Cmd::PingpongClient { connect, seconds } => pingpong::client(&connect, seconds).map(|()| 0),
+        Cmd::ConnServer(args) => connrate::server(&args).map(|()| 0),
+        Cmd::ConnClient(args) => connrate::client(&args).map(|()| 0),
     };
     match res {
         Ok(code) => std::process::exit(code),

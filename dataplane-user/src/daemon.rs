@@ -1103,6 +1103,14 @@ impl Daemon {
             let all = ports::publish_all_requests(&exposed, &port_reqs);
             port_reqs.extend(all);
         }
+        if !req.publish.is_empty() && self.networks[&nid].internal {
+            // An internal network has no way in or out (Docker publishes
+            // nothing there either); say so instead of a dead port.
+            return Err(bad(format!(
+                "cannot publish ports of a container on internal network {}",
+                self.networks[&nid].name
+            )));
+        }
         // Refuse a published port that is taken before creating anything.
         let taken = self.taken_ports();
         ports::precheck(&port_reqs, &taken)?;

@@ -414,6 +414,7 @@ fn host_port_of(line: &str) -> u16 {
 fn bad_publish_is_refused_and_changes_nothing() {
     let d = Daemon::start();
     d.network_create(&["--subnet", "10.12.0.0/24", "n"]);
+    d.network_create(&["--internal", "--subnet", "10.13.0.0/24", "inner"]);
     d.run_sleeper("c1", Some("n"), &["-p", "8080:80"]);
     let _holder = hold_host_port(&d, 8090);
     let cases: &[(&[&str], &str)] = &[
@@ -477,6 +478,11 @@ fn bad_publish_is_refused_and_changes_nothing() {
         (
             &["-p", "8081:80", "-p", "8082:0"],
             "invalid container port \"0\": ports are numbers from 1 to 65535",
+        ),
+        // An internal network has no way in.
+        (
+            &["--network", "inner", "-p", "8081:80"],
+            "cannot publish ports of a container on internal network inner",
         ),
         // Not an address of this host.
         (

@@ -144,8 +144,8 @@ pub enum DropReason {
     BadArp = 9,
     /// Container to container on an `icc=false` network, not `--link`ed.
     IccDenied = 10,
-    /// A fragment of a flow that needs address translation: only the first
-    /// fragment carries ports, so later ones cannot be matched to a flow.
+    /// A later fragment of a flow that needs address translation, whose
+    /// first fragment (the one with the ports) was not seen first.
     Fragment = 11,
     /// No free source port for a new translated flow (eight candidates taken).
     NatExhausted = 12,
@@ -269,6 +269,8 @@ mod pod {
     unsafe impl aya::Pod for super::PortKey {}
     unsafe impl aya::Pod for super::NatAddr {}
     unsafe impl aya::Pod for super::SockRevKey {}
+    unsafe impl aya::Pod for super::FragKey {}
+    unsafe impl aya::Pod for super::FragPorts {}
 }
 
 #[cfg(test)]
@@ -327,6 +329,10 @@ mod layout {
         assert_eq!(size_of::<NatAddr>(), 8);
         assert_eq!(size_of::<SockRevKey>(), 16);
         assert_eq!(offset_of!(SockRevKey, addr), 8);
+        assert_eq!(size_of::<FragKey>(), 12);
+        assert_eq!(offset_of!(FragKey, id), 8);
+        assert_eq!(offset_of!(FragKey, proto), 10);
+        assert_eq!(size_of::<FragPorts>(), 4);
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub const MAX_PORTS: u32 = 65_536;
 pub const MAX_LOCAL_ADDRS: u32 = 1_024;
 /// Capacity of `SOCK_REV` (an LRU hash of socket-level translations).
 pub const MAX_SOCK_REV: u32 = 65_536;
+/// Capacity of `FRAGS` (an LRU hash: datagrams being fragmented right now).
+pub const MAX_FRAGS: u32 = 8_192;
 /// Slots of the `CONFIG` array.
 pub const CONFIG_SLOTS: u32 = 4;
 /// `CONFIG` slot: the cookie of the daemon's network namespace. Socket-level
@@ -321,6 +323,28 @@ pub struct SockRevKey {
     pub addr: Ipv4Wire,
     pub port: PortWire,
     pub _pad: u16,
+}
+
+/// Key of `FRAGS`: one fragmented datagram, as RFC 791 names it (source,
+/// destination, protocol, identification), seen before translation.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragKey {
+    pub saddr: Ipv4Wire,
+    pub daddr: Ipv4Wire,
+    /// The IPv4 identification field (wire order).
+    pub id: u16,
+    pub proto: u8,
+    pub _pad: u8,
+}
+
+/// Value of `FRAGS`: the ports (or echo identifier, as in [`CtKey`]) the
+/// first fragment carried, so that later fragments find their flow.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FragPorts {
+    pub sport: PortWire,
+    pub dport: PortWire,
 }
 
 /// Where the host's loopback range starts and ends, for the socket hook: a

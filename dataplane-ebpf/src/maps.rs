@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Counters, CtEntry, CtKey, Endpoint, Ipv4Wire, LinkKey, NatAddr, PortKey, SockRevKey,
-    CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV,
-    PROG_SLOTS,
+    Counters, CtEntry, CtKey, Endpoint, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr, PortKey,
+    SockRevKey, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS,
+    MAX_PORTS, MAX_SOCK_REV, PROG_SLOTS,
 };
 
 /// Container IPv4 address -> its endpoint.
@@ -46,6 +46,11 @@ pub static LOCAL_ADDRS: HashMap<Ipv4Wire, u32> = HashMap::pinned(MAX_LOCAL_ADDRS
 /// Socket-level translations of UDP sockets, for `recvmsg`/`getpeername`.
 #[map]
 pub static SOCK_REV: LruHashMap<SockRevKey, NatAddr> = LruHashMap::pinned(MAX_SOCK_REV, 0);
+
+/// Fragmented datagrams in flight: the ports of each one's first fragment,
+/// for its later fragments (which carry no L4 header).
+#[map]
+pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(MAX_FRAGS, 0);
 
 /// Settings the daemon writes once (`CFG_*` slots).
 #[map]

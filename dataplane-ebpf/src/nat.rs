@@ -23,17 +23,17 @@ use aya_ebpf::{
 use dataplane_common::{
     ct_alive, nat_pair, nat_port_candidate, opens_flow,
     packet::nat::{
-        self as pn, Kind, ICMP_ERR_FRAME, INNER_IP, INNER_L4, IP_CSUM, IP_DADDR, IP_SADDR, IP_TTL,
-        L4, L4_FRAME, TCP_FRAME,
+        self as pn, Frag, Kind, ICMP_ERR_FRAME, INNER_IP, INNER_L4, IP_CSUM, IP_DADDR, IP_SADDR,
+        IP_TTL, L4, L4_FRAME, TCP_FRAME,
     },
-    seen_bits, CtEntry, CtKey, DropReason, Endpoint, NatAddr, PortKey, CT_DNAT, CT_HAIRPIN,
-    CT_PUBLISHED, CT_REFRESH_NS, CT_REPLY, CT_SNAT, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP,
-    NAT_ATTEMPTS, SEEN_CLOSING, TCP_RST,
+    seen_bits, CtEntry, CtKey, DropReason, Endpoint, FragPorts, NatAddr, PortKey, CT_DNAT,
+    CT_HAIRPIN, CT_PUBLISHED, CT_REFRESH_NS, CT_REPLY, CT_SNAT, IPPROTO_ICMP, IPPROTO_TCP,
+    IPPROTO_UDP, NAT_ATTEMPTS, SEEN_CLOSING, TCP_RST,
 };
 
 use crate::{
     frame,
-    maps::{CT, ENDPOINTS, LOCAL_ADDRS, PORTS},
+    maps::{CT, ENDPOINTS, FRAGS, LOCAL_ADDRS, PORTS},
     Action,
 };
 
@@ -52,10 +52,36 @@ pub struct Pkt {
 /// translation does not carry.
 #[inline(always)]
 pub fn read(ctx: &TcContext) -> Result<Option<Pkt>, DropReason> {
+    let h = frame::<L4>(ctx).map_err(|_| DropReason::NatMalformed)?;
+    // SAFETY: bounds checked by `frame`.
+    let h = unsafe { &*h };
+    let ttl = h[IP_TTL];
+    let frag = pn::fragment(h);
+    // Read now: pulling more of the frame below invalidates `h`.
+    let fk = pn::frag_key(h);
+    if frag == Frag::Later {
+        // No L4 header: the flow is the one its first fragment named.
+        let proto = pn::proto(h);
+        if h[pn::IP] != 0x45 {
+            return Err(DropReason::NatMalformed);
+        }
+        if proto != IPPROTO_TCP && proto != IPPROTO_UDP && proto != IPPROTO_ICMP {
+            return Ok(None);
+        }
+        // SAFETY: read-only lookup of plain data.
+        let Some(ports) = (unsafe { FRAGS.get(&fk) }) else {
+            return Err(DropReason::Fragment);
+        };
+        return Ok(Some(Pkt {
+            key: CtKey::new(proto, fk.saddr, ports.sport, fk.daddr, ports.dport),
+            kind: Kind::LaterFragment,
+            tcp_flags: 0,
+            ttl,
+        }));
+    }
     let f = frame::<L4_FRAME>(ctx).map_err(|_| DropReason::NatMalformed)?;
     // SAFETY: bounds checked by `frame`.
     let f = unsafe { &*f };
-    let ttl = f[IP_TTL];
     let Some(fl) = pn::flow(f)? else {
         return Ok(None);
     };
@@ -66,6 +92,14 @@ pub fn read(ctx: &TcContext) -> Result<Option<Pkt>, DropReason> {
     } else {
         0
     };
+    if frag == Frag::First && fl.kind != Kind::IcmpError {
+        let ports = FragPorts {
+            sport: fl.key.sport,
+            dport: fl.key.dport,
+        };
+        // A full map only costs the later fragments (dropped, counted).
+        let _ = FRAGS.insert(&fk, &ports, 0);
+    }
     Ok(Some(Pkt {
         key: fl.key,
         kind: fl.kind,
@@ -212,7 +246,7 @@ pub fn rewrite(ctx: &TcContext, p: &Pkt, to: &CtKey) -> Result<(), DropReason> {
     let e = |_| DropReason::NatMalformed;
     // An address is in the IPv4 header and in the TCP/UDP pseudo header
     // (ICMP has none).
-    let l4_flags = if proto == IPPROTO_ICMP {
+    let l4_flags = if proto == IPPROTO_ICMP || p.kind == Kind::LaterFragment {
         None
     } else {
         Some(BPF_F_PSEUDO_HDR as u64 | mangled0 | 4)
@@ -416,6 +450,12 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Action
             return finish(ctx, &p, &to);
         }
     }
+    if p.kind == Kind::LaterFragment {
+        // Its first fragment was seen (`read` found it in FRAGS) but opened
+        // no flow: it went on untranslated (to the host, to its own subnet,
+        // an echo reply), and so do the rest of its datagram.
+        return Ok(Action::Passed);
+    }
     if local {
         if opens_flow(p.key.proto, p.tcp_flags) && p.kind != Kind::EchoRequest {
             if let Some(t) = published(p.key.proto, dst, p.key.dport) {
@@ -536,7 +576,7 @@ pub fn from_uplink(ctx: &TcContext, dst: u32) -> Result<Action, DropReason> {
             return finish(ctx, &p, &to);
         }
     }
-    if p.kind == Kind::EchoRequest || p.kind == Kind::EchoReply {
+    if p.kind == Kind::EchoRequest || p.kind == Kind::EchoReply || p.kind == Kind::LaterFragment {
         return Ok(Action::Passed);
     }
     if !opens_flow(p.key.proto, p.tcp_flags) || !is_local(dst) {

@@ -22,10 +22,10 @@ use aya::{
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    iface_slot, Counters, CtEntry, CtKey, DropReason, Endpoint, Ipv4Wire, LinkKey, NatAddr,
-    Network, PortKey, SockRevKey, CONFIG_SLOTS, IFINDEX_BASE, LAYOUT_VERSION, MAX_CT,
-    MAX_ENDPOINTS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV, PROG_FROM_CONTAINER,
-    PROG_NAMES, PROG_SLOTS,
+    iface_slot, Counters, CtEntry, CtKey, DropReason, Endpoint, FragKey, FragPorts, Ipv4Wire,
+    LinkKey, NatAddr, Network, PortKey, SockRevKey, CONFIG_SLOTS, IFINDEX_BASE, LAYOUT_VERSION,
+    MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV,
+    PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
 };
 use serde::Serialize;
 
@@ -53,8 +53,15 @@ const EMPTY_ENDPOINT: Endpoint = Endpoint {
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 9] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 10] {
     [
+        (
+            "FRAGS",
+            MapType::LruHash,
+            size_of::<FragKey>() as u32,
+            size_of::<FragPorts>() as u32,
+            MAX_FRAGS,
+        ),
         (
             "CT",
             MapType::LruHash,
@@ -520,8 +527,9 @@ impl Datapath {
 
     /// Deletes conntrack entries idle past their protocol's timeout, as of
     /// `now` (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`).
-    pub fn expire_conntrack(&mut self, now: u64) -> Result<usize> {
-        self.delete_ct_where(|k, e| !dataplane_common::ct_alive(e, k.proto, now))
+    /// Path of the pinned conntrack map, for [`expire_conntrack_at`].
+    pub fn ct_pin(&self) -> PathBuf {
+        self.root.join("maps").join("CT")
     }
 
     fn delete_ct_where(&mut self, f: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
@@ -654,6 +662,28 @@ impl Datapath {
         })?;
         Ok((r.return_value, r.duration.as_nanos() as u32))
     }
+}
+
+/// Deletes conntrack entries idle past their protocol's timeout as of `now`
+/// (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`), through a handle
+/// of its own on the pinned map `pin`: walking a full map takes a while,
+/// and the daemon's lock (API calls) must not wait on it.
+pub fn expire_conntrack_at(pin: &Path, now: u64) -> Result<usize> {
+    let data =
+        aya::maps::MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
+    let mut m: HashMap<aya::maps::MapData, CtKey, CtEntry> =
+        HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
+    let doomed: Vec<CtKey> = m
+        .iter()
+        .filter_map(|r| r.ok())
+        .filter(|(k, e)| !dataplane_common::ct_alive(e, k.proto, now))
+        .map(|(k, _)| k)
+        .collect();
+    let n = doomed.len();
+    for k in doomed {
+        let _ = m.remove(&k);
+    }
+    Ok(n)
 }
 
 /// Per-packet cost of `from_container` against `noop` on the same hook,

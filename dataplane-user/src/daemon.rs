@@ -297,14 +297,10 @@ impl Daemon {
         }
     }
 
-    /// Deletes conntrack entries idle past their timeout (the LRU map would
-    /// evict them under pressure anyway; this keeps the count honest).
-    pub fn expire_conntrack(&mut self) {
-        match self.dp.expire_conntrack(crate::uplink::monotonic_ns()) {
-            Ok(0) => {}
-            Ok(n) => tracing::debug!(entries = n, "expired conntrack entries"),
-            Err(e) => warn!("expiring conntrack entries: {e:#}"),
-        }
+    /// The pinned conntrack map, which the upkeep task expires on its own
+    /// handle (see [`crate::bpf::expire_conntrack_at`]).
+    pub fn ct_pin(&self) -> PathBuf {
+        self.dp.ct_pin()
     }
 
     /// Re-projects the stored model into the kernel after a (re)start:

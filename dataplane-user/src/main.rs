@@ -126,8 +126,11 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
     Ok(())
 }
 
-/// Every second: uplinks and host addresses; every ten: conntrack expiry.
+/// Every second: uplinks and host addresses; every ten: conntrack expiry
+/// (without the daemon's lock: the LRU map would evict idle flows under
+/// pressure anyway, this keeps the count honest and the map roomy).
 async fn upkeep(state: Arc<Mutex<Daemon>>) {
+    let ct_pin = state.lock().unwrap_or_else(|p| p.into_inner()).ct_pin();
     let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut n: u64 = 0;
@@ -136,12 +139,22 @@ async fn upkeep(state: Arc<Mutex<Daemon>>) {
         n += 1;
         let s = state.clone();
         let _ = tokio::task::spawn_blocking(move || {
-            let mut d = s.lock().unwrap_or_else(|p| p.into_inner());
-            d.maintain();
-            if n.is_multiple_of(10) {
-                d.expire_conntrack();
-            }
+            s.lock().unwrap_or_else(|p| p.into_inner()).maintain();
         })
         .await;
+        if n.is_multiple_of(10) {
+            let pin = ct_pin.clone();
+            let now = dataplane_user::uplink::monotonic_ns();
+            match tokio::task::spawn_blocking(move || {
+                dataplane_user::bpf::expire_conntrack_at(&pin, now)
+            })
+            .await
+            {
+                Ok(Ok(0)) => {}
+                Ok(Ok(n)) => tracing::debug!(entries = n, "expired conntrack entries"),
+                Ok(Err(e)) => tracing::warn!("expiring conntrack entries: {e:#}"),
+                Err(e) => tracing::warn!("conntrack expiry task: {e}"),
+            }
+        }
     }
 }

@@ -113,3 +113,83 @@ fn entries(s: &Scratch) -> usize {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     v.as_array().map_or(0, Vec::len)
 }
+
+/// The upkeep task expires conntrack entries through its own handle on the
+/// pinned map: idle ones go (per protocol and TCP state), live ones stay,
+/// and `flush_conntrack` removes every entry of one address.
+#[test]
+fn conntrack_expiry_and_flush_work_on_the_pinned_map() {
+    use aya::maps::HashMap;
+    use dataplane_common::{
+        ipv4_wire, port_wire, CtEntry, CtKey, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, IPPROTO_TCP,
+        IPPROTO_UDP, SEEN_CLOSING, SEEN_ESTABLISHED, SEEN_SYN,
+    };
+    let s = Scratch::new("ctexpire");
+    let mut dp = Datapath::load(&s.0).unwrap();
+    let now = dataplane_user::uplink::monotonic_ns();
+    let sec = 1_000_000_000u64;
+    let key = |proto, last: u8| {
+        CtKey::new(
+            proto,
+            ipv4_wire([172, 17, 0, last]),
+            port_wire(40000),
+            ipv4_wire([192, 0, 2, 9]),
+            port_wire(80),
+        )
+    };
+    let entry = |seen, age: u64| CtEntry {
+        saddr: ipv4_wire([198, 51, 100, 1]),
+        daddr: ipv4_wire([192, 0, 2, 9]),
+        sport: port_wire(40000),
+        dport: port_wire(80),
+        flags: 0,
+        seen,
+        _pad: 0,
+        last_seen: now - age,
+    };
+    let cases = [
+        // (key, entry, expected to survive)
+        (
+            key(IPPROTO_TCP, 2),
+            entry(SEEN_SYN, CT_TIMEOUT_TCP_SYN + sec),
+            false,
+        ),
+        (key(IPPROTO_TCP, 3), entry(SEEN_SYN, sec), true),
+        (
+            key(IPPROTO_TCP, 4),
+            entry(SEEN_SYN | SEEN_ESTABLISHED, 3600 * sec),
+            true,
+        ),
+        (
+            key(IPPROTO_TCP, 5),
+            entry(SEEN_ESTABLISHED | SEEN_CLOSING, 11 * sec),
+            false,
+        ),
+        (
+            key(IPPROTO_UDP, 6),
+            entry(SEEN_ESTABLISHED, CT_TIMEOUT_UDP + sec),
+            false,
+        ),
+        (key(IPPROTO_UDP, 7), entry(SEEN_ESTABLISHED, sec), true),
+    ];
+    {
+        let mut ct: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(dp.ebpf_mut().map_mut("CT").unwrap()).unwrap();
+        for (k, e, _) in &cases {
+            ct.insert(k, e, 0).unwrap();
+        }
+    }
+    let gone = dataplane_user::bpf::expire_conntrack_at(&dp.ct_pin(), now).unwrap();
+    assert_eq!(gone, 3);
+    {
+        let ct: HashMap<_, CtKey, CtEntry> =
+            HashMap::try_from(dp.ebpf_mut().map_mut("CT").unwrap()).unwrap();
+        for (k, _, live) in &cases {
+            assert_eq!(ct.get(k, 0).is_ok(), *live, "{k:?}");
+        }
+    }
+    assert_eq!(dp.conntrack_entries().unwrap(), 3);
+    // Everything mentioning 192.0.2.9 goes with one flush.
+    assert_eq!(dp.flush_conntrack(ipv4_wire([192, 0, 2, 9])).unwrap(), 3);
+    assert_eq!(dp.conntrack_entries().unwrap(), 0);
+}

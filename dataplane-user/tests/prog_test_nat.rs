@@ -29,10 +29,10 @@ use aya::{
 };
 use dataplane_common::{
     ipv4_octets, ipv4_wire, packet::nat::csum_fold, port_host, port_wire, Counters, CtEntry, CtKey,
-    DropReason, Endpoint, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN, CT_PUBLISHED, CT_REPLY,
-    CT_SNAT, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, IFINDEX_BASE, IPPROTO_ICMP, IPPROTO_TCP,
-    IPPROTO_UDP, NAT_PORT_MIN, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, SEEN_CLOSING,
-    SEEN_ESTABLISHED, SEEN_SYN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    DropReason, Endpoint, FragKey, FragPorts, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN,
+    CT_PUBLISHED, CT_REPLY, CT_SNAT, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, IFINDEX_BASE,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_MIN, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    SEEN_CLOSING, SEEN_ESTABLISHED, SEEN_SYN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -110,6 +110,8 @@ struct Pkt {
     src: [u8; 4],
     dst: [u8; 4],
     ttl: u8,
+    /// Identification (0x1c46 by default).
+    id: u16,
     /// Flags and fragment offset (DF by default).
     frag: u16,
     /// IPv4 options (a multiple of 4 bytes).
@@ -125,6 +127,7 @@ impl Pkt {
             src,
             dst,
             ttl: 64,
+            id: 0x1c46,
             frag: 0x4000,
             options: Vec::new(),
             l4,
@@ -248,6 +251,53 @@ impl Pkt {
         self
     }
 
+    fn id(mut self, id: u16) -> Self {
+        self.id = id;
+        self
+    }
+
+    /// A UDP datagram with `len` bytes of payload, too big for one
+    /// 1500-byte frame: sent without DF, to be cut by [`fragments`].
+    fn big_udp(
+        macs: ([u8; 6], [u8; 6]),
+        src: ([u8; 4], u16),
+        dst: ([u8; 4], u16),
+        len: usize,
+    ) -> Self {
+        let mut p = Self::new(
+            macs,
+            src.0,
+            dst.0,
+            L4::Udp {
+                sport: src.1,
+                dport: dst.1,
+                checksum: true,
+                payload: filler(len),
+            },
+        );
+        p.frag = 0;
+        p
+    }
+
+    /// An echo request or reply with `len` bytes of data (`ping -s len`),
+    /// without DF.
+    fn big_echo(
+        macs: ([u8; 6], [u8; 6]),
+        src: [u8; 4],
+        dst: [u8; 4],
+        ty: u8,
+        id: u16,
+        len: usize,
+    ) -> Self {
+        let mut p = Self::echo(macs, src, dst, ty, id);
+        let L4::Icmp { data, .. } = &mut p.l4 else {
+            unreachable!()
+        };
+        *data = filler(len);
+        p.frag = 0;
+        p
+    }
+
     /// The L4 bytes with a correct checksum.
     fn l4_bytes(&self) -> Vec<u8> {
         match &self.l4 {
@@ -323,7 +373,7 @@ impl Pkt {
         f.push(0x40 | (hlen / 4) as u8);
         f.push(0);
         f.extend_from_slice(&((hlen + l4.len()) as u16).to_be_bytes());
-        f.extend_from_slice(&0x1c46u16.to_be_bytes()); // identification
+        f.extend_from_slice(&self.id.to_be_bytes());
         f.extend_from_slice(&self.frag.to_be_bytes());
         f.extend_from_slice(&[self.ttl, self.proto(), 0, 0]);
         f.extend_from_slice(&self.src);
@@ -456,6 +506,217 @@ fn hex(f: &[u8]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+// ---------------------------------------------------------------------------
+// Fragments: cutting a datagram as a sending host does, and putting the
+// translated fragments back together as the receiving host does.
+// ---------------------------------------------------------------------------
+
+/// Where a 1500-byte MTU cuts a datagram: 1480 bytes of IPv4 payload each.
+const CUTS: &[usize] = &[1480, 2960];
+
+/// `n` bytes that differ from one offset to the next (a misplaced fragment
+/// would show).
+fn filler(n: usize) -> Vec<u8> {
+    (0..n).map(|i| (i % 251) as u8 ^ (i / 251) as u8).collect()
+}
+
+/// `p` as a host sends it when it does not fit the link: built whole (its
+/// L4 checksum over the whole datagram, with `p`'s pseudo header), then cut
+/// into IPv4 fragments whose data starts at 0 and at each of `cuts`
+/// (multiples of 8), MF on all but the last, each with its own offset,
+/// total length and header checksum, DF clear.
+fn fragments(p: &Pkt, cuts: &[usize]) -> Vec<Vec<u8>> {
+    assert!(p.options.is_empty());
+    let whole = p.build();
+    let data = &whole[IP + 20..];
+    let starts: Vec<usize> = std::iter::once(0).chain(cuts.iter().copied()).collect();
+    starts
+        .iter()
+        .enumerate()
+        .map(|(i, &start)| {
+            assert_eq!(start % 8, 0, "fragment offsets are in 8-byte units");
+            let end = starts.get(i + 1).copied().unwrap_or(data.len());
+            assert!(start < end && end <= data.len());
+            let mut f = whole[..IP + 20].to_vec();
+            f.extend_from_slice(&data[start..end]);
+            let mf = if i + 1 < starts.len() { 0x2000 } else { 0 };
+            f[IP + 2..IP + 4].copy_from_slice(&((20 + end - start) as u16).to_be_bytes());
+            f[IP + 6..IP + 8].copy_from_slice(&(mf | (start / 8) as u16).to_be_bytes());
+            f[IP + 10..IP + 12].fill(0);
+            let c = csum_fold(&f[IP..IP + 20], 0);
+            f[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+            f
+        })
+        .collect()
+}
+
+/// A later fragment as it must leave: `f` with only its Ethernet header,
+/// TTL and addresses changed (and its header checksum with them).
+fn readdressed(f: &[u8], macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
+    let mut m = f.to_vec();
+    m[..6].copy_from_slice(&macs.0);
+    m[6..12].copy_from_slice(&macs.1);
+    m[IP + 8] = ttl;
+    m[IP + 12..IP + 16].copy_from_slice(&src);
+    m[IP + 16..IP + 20].copy_from_slice(&dst);
+    m[IP + 10..IP + 12].fill(0);
+    let c = csum_fold(&m[IP..IP + ihl(&m)], 0);
+    m[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+    m
+}
+
+/// Whether a frame is a later fragment (an offset: no L4 header).
+fn is_later(f: &[u8]) -> bool {
+    be16(f, IP + 6) & 0x1fff != 0
+}
+
+/// Reassembles fragments as RFC 791 does, after checking that each has a
+/// valid header checksum and its total length, that all belong to one
+/// datagram (addresses, identification, protocol) and left together (same
+/// Ethernet header and TTL), and that they cover the data without gap or
+/// overlap with MF on all but the last. The result is the whole datagram
+/// as one frame (flags and offset 0, header checksum recomputed), for
+/// [`assert_frame`] to check its L4 checksum over all of it.
+fn reassemble(what: &str, frags: &[Vec<u8>]) -> Vec<u8> {
+    let same = |f: &[u8]| {
+        (
+            f[..ETH_HLEN].to_vec(),
+            be16(f, IP + 4),
+            f[IP + 8],
+            f[IP + 9],
+            ip4(f, IP + 12),
+            ip4(f, IP + 16),
+        )
+    };
+    let mut parts: Vec<(usize, bool, &[u8])> = Vec::new();
+    for f in frags {
+        assert_eq!(ihl(f), 20, "{what}: IHL");
+        assert_eq!(
+            csum_fold(&f[IP..IP + 20], 0),
+            0,
+            "{what}: IPv4 header checksum of a fragment\n{}",
+            hex(f)
+        );
+        assert_eq!(
+            IP + usize::from(be16(f, IP + 2)),
+            f.len(),
+            "{what}: IPv4 total length of a fragment"
+        );
+        assert_eq!(
+            same(f),
+            same(&frags[0]),
+            "{what}: (Ethernet header, id, TTL, protocol, source, destination) of the fragments"
+        );
+        let v = be16(f, IP + 6);
+        parts.push((usize::from(v & 0x1fff) * 8, v & 0x2000 != 0, &f[IP + 20..]));
+    }
+    parts.sort_by_key(|p| p.0);
+    let mut data = Vec::new();
+    for (i, (offset, mf, bytes)) in parts.iter().enumerate() {
+        assert_eq!(*offset, data.len(), "{what}: a gap or an overlap");
+        assert_eq!(*mf, i + 1 < parts.len(), "{what}: MF of fragment {i}");
+        data.extend_from_slice(bytes);
+    }
+    let head = frags
+        .iter()
+        .find(|f| !is_later(f))
+        .unwrap_or_else(|| panic!("{what}: no first fragment"));
+    let mut w = head[..IP + 20].to_vec();
+    w[IP + 2..IP + 4].copy_from_slice(&((20 + data.len()) as u16).to_be_bytes());
+    w[IP + 6..IP + 8].fill(0);
+    w[IP + 10..IP + 12].fill(0);
+    let c = csum_fold(&w[IP..IP + 20], 0);
+    w[IP + 10..IP + 12].copy_from_slice(&c.to_be_bytes());
+    w.extend_from_slice(&data);
+    w
+}
+
+/// `got` is the fragment `want` but for how checksums are written: a valid
+/// IPv4 header checksum, and every other byte equal except, in a first
+/// fragment, the L4 checksum (it covers the whole datagram: checked after
+/// [`reassemble`]). A UDP checksum of 0 must stay 0, and a later fragment
+/// must keep all its bytes after the IPv4 header.
+fn assert_fragment(what: &str, got: &[u8], want: &[u8]) {
+    assert_eq!(
+        csum_fold(&got[IP..IP + ihl(got)], 0),
+        0,
+        "{what}: IPv4 header checksum\n{}",
+        hex(got)
+    );
+    assert_eq!(
+        IP + usize::from(be16(got, IP + 2)),
+        got.len(),
+        "{what}: IPv4 total length"
+    );
+    let l4 = l4_at(want);
+    let l4_csum = match want[IP + 9] {
+        _ if is_later(want) => None,
+        IPPROTO_TCP => Some(l4 + 16),
+        IPPROTO_UDP if be16(want, l4 + 6) != 0 => Some(l4 + 6),
+        IPPROTO_ICMP => Some(l4 + 2),
+        _ => None,
+    };
+    let mask = |f: &[u8]| {
+        let mut m = f.to_vec();
+        m[IP + 10..IP + 12].fill(0);
+        if let Some(at) = l4_csum {
+            m[at..at + 2].fill(0);
+        }
+        m
+    };
+    assert_eq!(hex(&mask(got)), hex(&mask(want)), "{what}: output fragment");
+}
+
+/// The helpers above must agree with each other and catch what they are
+/// for (no root needed).
+#[test]
+fn fragments_reassemble_to_the_whole_datagram() {
+    let macs = ([2; 6], [4; 6]);
+    let udp = Pkt::big_udp(macs, ([172, 18, 0, 2], 5000), (SERVER, 53), 3500).id(0x4242);
+    let frags = fragments(&udp, CUTS);
+    assert_eq!(
+        frags.iter().map(|f| f.len() - IP).collect::<Vec<_>>(),
+        vec![1500, 1500, 20 + 3508 - 2960]
+    );
+    assert_eq!(
+        frags.iter().map(|f| be16(f, IP + 6)).collect::<Vec<_>>(),
+        vec![0x2000, 0x2000 | 185, 370]
+    );
+    assert_eq!(hex(&reassemble("udp", &frags)), hex(&udp.build()));
+    let mut shuffled = frags.clone();
+    shuffled.reverse();
+    assert_eq!(hex(&reassemble("reversed", &shuffled)), hex(&udp.build()));
+    let echo = Pkt::big_echo(macs, [172, 18, 0, 2], SERVER, 8, 7, 3000);
+    assert_frame("echo", &reassemble("echo", &fragments(&echo, CUTS)), &echo);
+
+    let fails = |f: &dyn Fn()| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).is_err();
+    for (i, f) in frags.iter().enumerate() {
+        assert!(!fails(&|| assert_fragment("self-test", f, f)));
+        // A touched data byte, its IPv4 header checksum fixed.
+        let mut bad = f.clone();
+        bad[IP + 20 + 100] ^= 1;
+        assert!(
+            fails(&|| assert_fragment("self-test", &bad, f)),
+            "data of {i}"
+        );
+        // A port rewritten without the checksum of the whole datagram.
+        let mut bad = frags.clone();
+        bad[0][IP + 20] ^= 1;
+        let got = reassemble("self-test", &bad);
+        assert!(fails(&|| assert_frame("self-test", &got, &udp)));
+    }
+    let mut gap = frags.clone();
+    gap.remove(1);
+    assert!(fails(&|| {
+        reassemble("self-test", &gap);
+    }));
+    let mut other = frags.clone();
+    other[2] = fragments(&udp.clone().id(1), CUTS).remove(2);
+    assert!(fails(&|| {
+        reassemble("self-test", &other);
+    }));
 }
 
 /// The checks above are what every case relies on: they must catch a
@@ -856,6 +1117,23 @@ impl Lab {
 
     fn ct_len(&mut self) -> usize {
         self.ct().keys().filter(|k| k.is_ok()).count()
+    }
+
+    /// The ports `FRAGS` holds for a datagram (by its first fragment, as
+    /// it arrived), in host order.
+    fn frags_get(&mut self, proto: u8, src: [u8; 4], dst: [u8; 4], id: u16) -> Option<(u16, u16)> {
+        let m: HashMap<&mut MapData, FragKey, FragPorts> =
+            HashMap::try_from(self.dp.ebpf_mut().map_mut("FRAGS").expect("FRAGS")).expect("FRAGS");
+        let k = FragKey {
+            saddr: ipv4_wire(src),
+            daddr: ipv4_wire(dst),
+            id: id.to_be(),
+            proto,
+            _pad: 0,
+        };
+        m.get(&k, 0)
+            .ok()
+            .map(|p| (port_host(p.sport), port_host(p.dport)))
     }
 
     fn publish(&mut self, proto: u8, addr: [u8; 4], port: u16, to: [u8; 4], to_port: u16) {
@@ -1935,32 +2213,61 @@ fn fragments_truncated_frames_and_options() {
 
         let udp_out = Pkt::udp(tx(&a), (ip(&a), 5000), (SERVER, 53), true);
         let tcp_out = Pkt::tcp(tx(&a), (ip(&a), 40000), (SERVER, 80), TCP_SYN);
+        let out_there = |p: &Pkt| {
+            p.clone()
+                .macs(ROUTER_MAC, UPLINK_MAC)
+                .addrs(HOST, SERVER)
+                .ttl(63)
+        };
+        // A first fragment reads like a whole datagram: it opens its flow
+        // (whole fragmented datagrams: section 7b).
         let mut mf = udp_out.clone();
         mf.frag = 0x2000;
-        lab.container(
+        let out = lab.container(
             "UDP first fragment to the Internet",
             a,
             &mf.build(),
-            shot(DropReason::Fragment),
+            Outcome::New,
         );
+        assert_fragment(
+            "UDP first fragment to the Internet",
+            &out,
+            &out_there(&mf).build(),
+        );
+        assert_eq!(
+            lab.frags_get(IPPROTO_UDP, ip(&a), SERVER, mf.id),
+            Some((5000, 53)),
+            "FRAGS: the first fragment's ports, under its untranslated addresses"
+        );
+        // A later one takes its flow's ports from FRAGS; only its addresses
+        // change (whatever its data looks like).
         let mut later = udp_out.clone();
         later.frag = 185;
-        lab.container(
+        let later = later.build();
+        let out = lab.container(
             "UDP later fragment to the Internet",
             a,
-            &later.build(),
-            shot(DropReason::Fragment),
+            &later,
+            Outcome::Translated,
         );
+        let moved = |f: &[u8]| readdressed(f, (ROUTER_MAC, UPLINK_MAC), HOST, SERVER, 63);
+        assert_fragment("UDP later fragment to the Internet", &out, &moved(&later));
         let mut tcp_mf = tcp_out.clone();
         tcp_mf.frag = 0x2000;
-        lab.container(
+        let out = lab.container(
             "TCP first fragment to the Internet",
             a,
             &tcp_mf.build(),
-            shot(DropReason::Fragment),
+            Outcome::New,
         );
-        // A later fragment shorter than 8 bytes has no "ports" to read: the
-        // length check comes first.
+        assert_fragment(
+            "TCP first fragment to the Internet",
+            &out,
+            &out_there(&tcp_mf).build(),
+        );
+        // A later fragment reads no L4 bytes: 4 of them are fine, for the
+        // datagram whose first fragment was seen (same id); of another
+        // datagram, it is dropped.
         let mut tiny = Pkt::new(
             tx(&a),
             ip(&a),
@@ -1971,10 +2278,29 @@ fn fragments_truncated_frames_and_options() {
             },
         );
         tiny.frag = 0x2000 | 200;
-        lab.container(
+        let out = lab.container(
             "4-byte UDP fragment to the Internet",
             a,
             &tiny.build(),
+            Outcome::Translated,
+        );
+        assert_fragment(
+            "4-byte UDP fragment to the Internet",
+            &out,
+            &moved(&tiny.build()),
+        );
+        lab.container(
+            "4-byte UDP fragment of an unseen datagram to the Internet",
+            a,
+            &tiny.clone().id(0x0bad).build(),
+            shot(DropReason::Fragment),
+        );
+        let mut tiny_opts = tiny.clone();
+        tiny_opts.options = vec![1, 1, 1, 0];
+        lab.container(
+            "later UDP fragment with IHL 6 to the Internet",
+            a,
+            &tiny_opts.build(),
             shot(DropReason::NatMalformed),
         );
         // Protocols translation does not carry: refused toward the Internet.
@@ -1996,6 +2322,13 @@ fn fragments_truncated_frames_and_options() {
         gre.frag = 0x2000;
         lab.container(
             "GRE fragment to the Internet",
+            a,
+            &gre.build(),
+            shot(DropReason::UnsupportedProtocol),
+        );
+        gre.frag = 0x2000 | 185;
+        lab.container(
+            "later GRE fragment to the Internet",
             a,
             &gre.build(),
             shot(DropReason::UnsupportedProtocol),
@@ -2108,21 +2441,46 @@ fn fragments_truncated_frames_and_options() {
             Outcome::Passed,
         );
 
-        // from_uplink never judges what it cannot translate: all to the host.
+        // A first fragment to a published port opens its flow like a whole
+        // datagram; its later fragments follow it.
         let from_net = (UPLINK_MAC, ROUTER_MAC);
         let published_udp = Pkt::udp(from_net, (CLIENT, 5353), (HOST, 8053), true);
+        let to_a = |p: &Pkt| {
+            p.clone()
+                .macs(a.mac, a.host_mac)
+                .addrs(CLIENT, ip(&a))
+                .ttl(63)
+        };
         let mut f = published_udp.clone();
         f.frag = 0x2000;
-        lab.uplink(
+        let out = lab.uplink(
             "UDP first fragment to a published port",
             &f.build(),
-            Outcome::Passed,
+            Outcome::New,
+        );
+        assert_fragment(
+            "UDP first fragment to a published port",
+            &out,
+            &to_a(&f).ports(5353, 53).build(),
         );
         let mut f = published_udp.clone();
         f.frag = 185;
+        let later = f.build();
+        let out = lab.uplink(
+            "UDP later fragment to a published port",
+            &later,
+            Outcome::Translated,
+        );
+        // Its data are left alone, "ports" included.
+        assert_fragment(
+            "UDP later fragment to a published port",
+            &out,
+            &readdressed(&later, (a.mac, a.host_mac), CLIENT, ip(&a), 63),
+        );
+        // from_uplink never judges what it cannot translate: to the host.
         lab.uplink(
-            "UDP later fragment to a host address",
-            &f.build(),
+            "UDP later fragment of an unseen datagram to a host address",
+            &f.clone().id(0x0bad).build(),
             Outcome::Passed,
         );
         let published_syn = Pkt::tcp(from_net, (CLIENT, 50000), (HOST, 8080), TCP_SYN);
@@ -2156,19 +2514,562 @@ fn fragments_truncated_frames_and_options() {
         );
         lab.uplink("GRE", &gre_in.build(), Outcome::Passed);
 
-        assert_eq!(lab.ct_len(), 0, "none of these opens a flow");
-
-        // And a whole packet after all that still works.
-        let out = lab.container("a plain UDP datagram", a, &udp, Outcome::New);
-        assert_frame(
-            "a plain UDP datagram",
-            &out,
-            &udp_out
-                .clone()
-                .macs(ROUTER_MAC, UPLINK_MAC)
-                .addrs(HOST, SERVER)
-                .ttl(63),
+        assert_eq!(
+            lab.ct_len(),
+            6,
+            "only the three first fragments (UDP, TCP, published UDP) open flows"
         );
+
+        // And a whole packet of the first fragment's flow uses its entry.
+        let out = lab.container("a plain UDP datagram", a, &udp, Outcome::Translated);
+        assert_frame("a plain UDP datagram", &out, &out_there(&udp_out));
+        lab.assert_stats();
+    });
+}
+
+// ---------------------------------------------------------------------------
+// 7b. Fragmented datagrams: the first fragment is translated like a whole
+// datagram (ports, and an L4 checksum that holds for the whole datagram),
+// the later ones get only their addresses, from the first one's flow.
+// ---------------------------------------------------------------------------
+
+/// Sends the fragments of one datagram through `prog` in the given order
+/// (indexes into `frags`), the first fragment (index 0) with `first`, the
+/// others as [`Outcome::Translated`]; checks each output against the same
+/// cut of `want` and returns the outputs in the order sent.
+#[allow(clippy::too_many_arguments)]
+fn send_fragments(
+    lab: &mut Lab,
+    what: &str,
+    prog: Prog,
+    ifindex: u32,
+    frags: &[Vec<u8>],
+    order: &[usize],
+    first: Outcome,
+    want: &Pkt,
+) -> Vec<Vec<u8>> {
+    let wants = fragments(want, CUTS);
+    assert_eq!(wants.len(), frags.len());
+    order
+        .iter()
+        .map(|&i| {
+            let w = format!("{what}, fragment {i}");
+            let outcome = if i == 0 { first } else { Outcome::Translated };
+            let out = lab.send(&w, prog, ifindex, &frags[i], outcome);
+            assert_fragment(&w, &out, &wants[i]);
+            if i > 0 {
+                assert_eq!(
+                    hex(&out[IP + 20..]),
+                    hex(&frags[i][IP + 20..]),
+                    "{w}: a later fragment keeps its data"
+                );
+            }
+            out
+        })
+        .collect()
+}
+
+#[test]
+fn a_fragmented_udp_datagram_is_masqueraded_and_its_fragmented_reply_returns() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("fragudp");
+        let a = lab.a;
+        let up = lab.uplink;
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+
+        // 3508 bytes of UDP: three fragments at MTU 1500, the checksum of
+        // the first computed over all of them.
+        let dgram = Pkt::big_udp(tx(&a), (ip(&a), 5000), (SERVER, 53), 3500).id(0x4242);
+        let frags = fragments(&dgram, CUTS);
+        assert_eq!(frags.len(), 3);
+        let want = dgram
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, SERVER)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented UDP to the Internet",
+            Prog::Container,
+            a.ifindex,
+            &frags,
+            &[0, 1, 2],
+            Outcome::New,
+            &want,
+        );
+        assert_eq!(src_of(&outs[0]), (HOST, 5000));
+        assert_eq!(
+            lab.frags_get(IPPROTO_UDP, ip(&a), SERVER, 0x4242),
+            Some((5000, 53))
+        );
+        let whole = reassemble("fragmented UDP to the Internet", &outs);
+        assert_frame("fragmented UDP to the Internet, reassembled", &whole, &want);
+        let fwd = lab.ct_get(&udp_key((ip(&a), 5000), (SERVER, 53))).unwrap();
+        assert_eq!(tuple(&fwd), (HOST, 5000, SERVER, 53));
+        assert_eq!(lab.ct_len(), 2, "one flow for the whole datagram");
+
+        // The server's fragmented answer, back to the container.
+        let reply = Pkt::big_udp(from_net, (SERVER, 53), (HOST, 5000), 3900).id(0x9999);
+        let want = reply
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(SERVER, ip(&a))
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented UDP reply",
+            Prog::Uplink,
+            up,
+            &fragments(&reply, CUTS),
+            &[0, 1, 2],
+            Outcome::Translated,
+            &want,
+        );
+        assert_eq!(dst_of(&outs[0]), (ip(&a), 5000));
+        let whole = reassemble("fragmented UDP reply", &outs);
+        assert_frame("fragmented UDP reply, reassembled", &whole, &want);
+
+        // A source port that must change: the first fragment's port and
+        // checksum change, the later ones follow it in any order.
+        let now = now_ns();
+        lab.ct_put(
+            udp_key((SERVER, 53), (HOST, 6000)),
+            live_entry(
+                ([1, 2, 3, 4], 53, [172, 18, 0, 9], 6000),
+                CT_DNAT | CT_REPLY,
+                SEEN_ESTABLISHED,
+                now,
+            ),
+        );
+        let dgram = Pkt::big_udp(tx(&a), (ip(&a), 6000), (SERVER, 53), 3500).id(0x4343);
+        let frags = fragments(&dgram, CUTS);
+        // The remapped port is random: what to want is known after the run.
+        let first = lab.container(
+            "fragmented UDP whose port is taken, fragment 0",
+            a,
+            &frags[0],
+            Outcome::New,
+        );
+        let port = src_of(&first).1;
+        assert!((NAT_PORT_MIN..=65535).contains(&port), "{port}");
+        let want = dgram
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, SERVER)
+            .ports(port, 53)
+            .ttl(63);
+        let wants = fragments(&want, CUTS);
+        assert_fragment(
+            "fragmented UDP whose port is taken, fragment 0",
+            &first,
+            &wants[0],
+        );
+        let mut outs = vec![first];
+        for i in [2, 1] {
+            let w = format!("fragmented UDP whose port is taken, fragment {i}");
+            let out = lab.container(&w, a, &frags[i], Outcome::Translated);
+            assert_fragment(&w, &out, &wants[i]);
+            outs.push(out);
+        }
+        let whole = reassemble("fragmented UDP whose port is taken", &outs);
+        assert_frame(
+            "fragmented UDP whose port is taken, reassembled",
+            &whole,
+            &want,
+        );
+        let reply = Pkt::big_udp(from_net, (SERVER, 53), (HOST, port), 3000).id(0x9a9a);
+        let want = reply
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(SERVER, ip(&a))
+            .ports(53, 6000)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented UDP reply to the remapped port",
+            Prog::Uplink,
+            up,
+            &fragments(&reply, CUTS),
+            &[0, 1, 2],
+            Outcome::Translated,
+            &want,
+        );
+        let whole = reassemble("fragmented UDP reply to the remapped port", &outs);
+        assert_frame(
+            "fragmented UDP reply to the remapped port, reassembled",
+            &whole,
+            &want,
+        );
+
+        assert_eq!(lab.ct_len(), 5, "two flows and the squatter");
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_later_fragment_whose_first_was_not_seen_opens_nothing() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("fraglate");
+        let a = lab.a;
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+
+        let dgram = Pkt::big_udp(tx(&a), (ip(&a), 5000), (SERVER, 53), 3500).id(0x5151);
+        let frags = fragments(&dgram, CUTS);
+        for i in [1, 2] {
+            lab.container(
+                &format!("later fragment {i} to the Internet, no first seen"),
+                a,
+                &frags[i],
+                Outcome::Drop(DropReason::Fragment),
+            );
+        }
+        let home = fragments(&dgram.clone().addrs(ip(&a), HOST), CUTS);
+        lab.container(
+            "later fragment to a host address, no first seen",
+            a,
+            &home[1],
+            Outcome::Passed,
+        );
+        let home = fragments(&dgram.clone().addrs(ip(&a), gw(&a)), CUTS);
+        lab.container(
+            "later fragment to the gateway, no first seen",
+            a,
+            &home[2],
+            Outcome::Passed,
+        );
+        let inbound = Pkt::big_udp(from_net, (SERVER, 53), (HOST, 5000), 3500).id(0x5252);
+        for i in [1, 2] {
+            lab.uplink(
+                &format!("later fragment {i} from the Internet, no first seen"),
+                &fragments(&inbound, CUTS)[i],
+                Outcome::Passed,
+            );
+        }
+        assert_eq!(lab.ct_len(), 0, "a later fragment never opens a flow");
+
+        // With the flow known (a whole datagram opened it), a later
+        // fragment of a datagram whose first fragment was not seen still
+        // cannot be placed: dropped going out, the host's coming in.
+        let small = Pkt::udp(tx(&a), (ip(&a), 5000), (SERVER, 53), true);
+        lab.container(
+            "a whole datagram of the flow",
+            a,
+            &small.build(),
+            Outcome::New,
+        );
+        lab.container(
+            "later fragment of the known flow, no first seen",
+            a,
+            &frags[1],
+            Outcome::Drop(DropReason::Fragment),
+        );
+        let small_reply = Pkt::udp(from_net, (SERVER, 53), (HOST, 5000), true);
+        lab.uplink(
+            "a whole reply of the flow",
+            &small_reply.build(),
+            Outcome::Translated,
+        );
+        lab.uplink(
+            "later fragment of a reply, no first seen",
+            &fragments(&inbound, CUTS)[1],
+            Outcome::Passed,
+        );
+        assert_eq!(lab.ct_len(), 2);
+
+        // Once the first fragment comes, the later ones after it go through
+        // (the ones dropped before it are for the sender to retransmit).
+        let want = dgram
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, SERVER)
+            .ttl(63);
+        send_fragments(
+            &mut lab,
+            "the datagram again, first fragment first",
+            Prog::Container,
+            a.ifindex,
+            &frags,
+            &[0, 1, 2],
+            Outcome::Translated,
+            &want,
+        );
+        assert_eq!(lab.ct_len(), 2);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_fragmented_ping_is_masqueraded_and_its_fragmented_reply_returns() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("fragping");
+        let a = lab.a;
+        let up = lab.uplink;
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+
+        // ping -s 3000: 3008 bytes of ICMP in three fragments.
+        let ping = Pkt::big_echo(tx(&a), ip(&a), SERVER, 8, 0x1234, 3000).id(0x6161);
+        let want = ping
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, SERVER)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented echo request",
+            Prog::Container,
+            a.ifindex,
+            &fragments(&ping, CUTS),
+            &[0, 1, 2],
+            Outcome::New,
+            &want,
+        );
+        assert_eq!(
+            be16(&outs[0], IP + 20 + 4),
+            0x1234,
+            "the identifier is kept"
+        );
+        assert_eq!(
+            lab.frags_get(IPPROTO_ICMP, ip(&a), SERVER, 0x6161),
+            Some((0x1234, 0)),
+            "FRAGS: the echo identifier, as the flow key holds it"
+        );
+        let whole = reassemble("fragmented echo request", &outs);
+        assert_frame("fragmented echo request, reassembled", &whole, &want);
+
+        let pong = Pkt::big_echo(from_net, SERVER, HOST, 0, 0x1234, 3000).id(0x7171);
+        let want = pong
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(SERVER, ip(&a))
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented echo reply",
+            Prog::Uplink,
+            up,
+            &fragments(&pong, CUTS),
+            &[0, 1, 2],
+            Outcome::Translated,
+            &want,
+        );
+        let whole = reassemble("fragmented echo reply", &outs);
+        assert_frame("fragmented echo reply, reassembled", &whole, &want);
+
+        // An identifier that must change (another flow holds its reply
+        // tuple): the first fragment's identifier and ICMP checksum change.
+        lab.ct_put(
+            CtKey::new(
+                IPPROTO_ICMP,
+                ipv4_wire(SERVER),
+                0,
+                ipv4_wire(HOST),
+                port_wire(0x2222),
+            ),
+            live_entry(
+                ([1, 2, 3, 4], 0, [172, 18, 0, 9], 0x2222),
+                CT_DNAT | CT_REPLY,
+                SEEN_ESTABLISHED,
+                now_ns(),
+            ),
+        );
+        let ping = Pkt::big_echo(tx(&a), ip(&a), SERVER, 8, 0x2222, 3000).id(0x6262);
+        let frags = fragments(&ping, CUTS);
+        let first = lab.container(
+            "fragmented echo request whose id is taken, fragment 0",
+            a,
+            &frags[0],
+            Outcome::New,
+        );
+        let id = be16(&first, IP + 20 + 4);
+        assert_ne!(id, 0x2222);
+        let want = ping
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, SERVER)
+            .ports(id, 0)
+            .ttl(63);
+        let wants = fragments(&want, CUTS);
+        assert_fragment(
+            "fragmented echo request whose id is taken, fragment 0",
+            &first,
+            &wants[0],
+        );
+        let mut outs = vec![first];
+        for i in [1, 2] {
+            let w = format!("fragmented echo request whose id is taken, fragment {i}");
+            let out = lab.container(&w, a, &frags[i], Outcome::Translated);
+            assert_fragment(&w, &out, &wants[i]);
+            outs.push(out);
+        }
+        let whole = reassemble("fragmented echo request whose id is taken", &outs);
+        assert_frame(
+            "fragmented echo request whose id is taken, reassembled",
+            &whole,
+            &want,
+        );
+        let pong = Pkt::big_echo(from_net, SERVER, HOST, 0, id, 3000).id(0x7272);
+        let want = pong
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(SERVER, ip(&a))
+            .ports(0x2222, 0)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented echo reply to the remapped id",
+            Prog::Uplink,
+            up,
+            &fragments(&pong, CUTS),
+            &[0, 1, 2],
+            Outcome::Translated,
+            &want,
+        );
+        let whole = reassemble("fragmented echo reply to the remapped id", &outs);
+        assert_frame(
+            "fragmented echo reply to the remapped id, reassembled",
+            &whole,
+            &want,
+        );
+
+        assert_eq!(lab.ct_len(), 5, "two flows and the squatter");
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_fragmented_datagram_to_a_published_udp_port_reaches_the_container() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("fragpub");
+        let (a, b) = (lab.a, lab.b);
+        let up = lab.uplink;
+        let from_net = (UPLINK_MAC, ROUTER_MAC);
+        lab.publish(IPPROTO_UDP, [0; 4], 8053, ip(&a), 53);
+
+        let q = Pkt::big_udp(from_net, (CLIENT, 5353), (HOST, 8053), 3500).id(0x8181);
+        let want = q
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(CLIENT, ip(&a))
+            .ports(5353, 53)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "fragmented UDP to a published port",
+            Prog::Uplink,
+            up,
+            &fragments(&q, CUTS),
+            &[0, 1, 2],
+            Outcome::New,
+            &want,
+        );
+        let whole = reassemble("fragmented UDP to a published port", &outs);
+        assert_frame(
+            "fragmented UDP to a published port, reassembled",
+            &whole,
+            &want,
+        );
+        let fwd = lab
+            .ct_get(&udp_key((CLIENT, 5353), (HOST, 8053)))
+            .expect("the published flow");
+        assert_eq!(tuple(&fwd), (CLIENT, 5353, ip(&a), 53));
+
+        // The container's big answer leaves from the published port.
+        let answer = Pkt::big_udp(tx(&a), (ip(&a), 53), (CLIENT, 5353), 3900).id(0x8282);
+        let want = answer
+            .clone()
+            .macs(ROUTER_MAC, UPLINK_MAC)
+            .addrs(HOST, CLIENT)
+            .ports(8053, 5353)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "the container's fragmented answer",
+            Prog::Container,
+            a.ifindex,
+            &fragments(&answer, CUTS),
+            &[0, 1, 2],
+            Outcome::Translated,
+            &want,
+        );
+        let whole = reassemble("the container's fragmented answer", &outs);
+        assert_frame(
+            "the container's fragmented answer, reassembled",
+            &whole,
+            &want,
+        );
+
+        // Hairpin: B's fragmented datagram to the host's published port.
+        let hp = Pkt::big_udp(tx(&b), (ip(&b), 7000), (HOST, 8053), 3500).id(0x8383);
+        let want = hp
+            .clone()
+            .macs(a.mac, a.host_mac)
+            .addrs(gw(&a), ip(&a))
+            .ports(7000, 53)
+            .ttl(63);
+        let outs = send_fragments(
+            &mut lab,
+            "B's fragmented UDP to the published port",
+            Prog::Container,
+            b.ifindex,
+            &fragments(&hp, CUTS),
+            &[0, 1, 2],
+            Outcome::New,
+            &want,
+        );
+        let whole = reassemble("B's fragmented UDP to the published port", &outs);
+        assert_frame(
+            "B's fragmented UDP to the published port, reassembled",
+            &whole,
+            &want,
+        );
+
+        assert_eq!(lab.ct_len(), 4);
+        lab.assert_stats();
+    });
+}
+
+/// A first fragment that `from_container` passes untranslated to a
+/// destination beyond the host (as it passes the whole datagram: a
+/// container's echo reply, or a packet to an address of its own subnet that
+/// is no container) opens no flow, but is recorded in FRAGS; its later
+/// fragments then find no CT entry and, their destination not being a host
+/// address, are dropped as `fragment`: the host gets the first fragment
+/// only and the datagram is lost, where the whole datagram passes.
+#[test]
+fn later_fragments_follow_a_first_fragment_passed_untranslated() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("fragpass");
+        let a = lab.a;
+        // A container answering a big ping from beyond the host (a routed
+        // setup): the whole reply is passed ...
+        let pong = Pkt::big_echo(tx(&a), ip(&a), SERVER, 0, 0x4444, 3000).id(0x6363);
+        lab.container(
+            "a whole echo reply from the container",
+            a,
+            &Pkt::echo(tx(&a), ip(&a), SERVER, 0, 0x4444).build(),
+            Outcome::Passed,
+        );
+        // ... and so must be all its fragments, not the first one only.
+        for (i, f) in fragments(&pong, CUTS).iter().enumerate() {
+            lab.container(
+                &format!("fragment {i} of a big echo reply from the container"),
+                a,
+                f,
+                Outcome::Passed,
+            );
+        }
+        // Likewise UDP to an address of the container's subnet that is no
+        // container.
+        let dgram = Pkt::big_udp(tx(&a), (ip(&a), 5000), ([172, 18, 0, 50], 53), 3500).id(0x6464);
+        for (i, f) in fragments(&dgram, CUTS).iter().enumerate() {
+            lab.container(
+                &format!("fragment {i} of UDP to an own-subnet address"),
+                a,
+                f,
+                Outcome::Passed,
+            );
+        }
+        assert_eq!(lab.ct_len(), 0);
         lab.assert_stats();
     });
 }

@@ -967,7 +967,7 @@ pub const OUTSIDE_IP2: &str = "203.0.113.2";
 
 /// A TCP/UDP "whoami" server: `python3 -u -c WHOAMI_PY TAG SPEC...` where a
 /// SPEC is `tcp:PORT`, `udp:PORT` or a range `tcp:FIRST-LAST`; it binds
-/// 0.0.0.0 on each and prints `ready` once all are bound. Every line of a
+/// 0.0.0.0 on each and prints `WHOAMI-READY` once all are bound. Every line of a
 /// TCP connection and every UDP datagram gets one line back:
 /// `tag=TAG peer=IP:PORT local=IP:PORT msg=MSG`, where `peer` is the client
 /// address the server saw and `local` the server's own end (for UDP the
@@ -1026,7 +1026,7 @@ for spec in sys.argv[2:]:
     first, _, last = ports.partition('-')
     for port in range(int(first), int(last or first) + 1):
         {'tcp': tcp, 'udp': udp}[proto](port)
-print('ready', flush=True)
+print('WHOAMI-READY', flush=True)
 threading.Event().wait()
 "#;
 
@@ -1290,7 +1290,7 @@ impl Outside {
         let server = Proc::spawn(self.command(&strs(&whoami_args(tag, specs))));
         eventually(&format!("the outside server {tag} to listen"), || {
             let out = server.output_so_far();
-            out.contains("ready").then_some(()).ok_or(out)
+            out.contains("WHOAMI-READY").then_some(()).ok_or(out)
         });
         server
     }
@@ -1324,7 +1324,8 @@ impl Daemon {
         specs: &[&str],
     ) -> String {
         let id = self.run_cmd(name, network, extra, &strs(&whoami_args(name, specs)));
-        self.wait_logs(name, "ready");
+        // Not plain "ready": "Address already in use" must not count.
+        self.wait_logs(name, "WHOAMI-READY");
         id
     }
 

@@ -337,6 +337,132 @@ fn icmp_port_unreachable_is_translated_back() {
     assert_eq!(r, Err("ECONNREFUSED".to_string()));
 }
 
+// ----- fragments --------------------------------------------------------------
+
+/// A UDP payload of 4000 bytes: more than one 1500-byte frame, so the
+/// sender's stack cuts it into fragments, and the whoami answer that echoes
+/// it too.
+fn big_msg() -> String {
+    (0..4000)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect()
+}
+
+/// Asserts that `ctr`'s eth0 cannot carry `bytes` in one frame (so that
+/// what it sends of that size leaves in fragments).
+#[track_caller]
+fn assert_mtu_below(d: &Daemon, ctr: &str, bytes: usize) {
+    let link = d.exec_in(ctr, &["cat", "/sys/class/net/eth0/mtu"]).ok();
+    let mtu: usize = link.text().parse().unwrap_or_else(|_| panic!("{link}"));
+    assert!(
+        mtu < bytes,
+        "{ctr}'s eth0 has MTU {mtu}: nothing to fragment"
+    );
+}
+
+#[test]
+fn big_udp_datagrams_and_pings_from_a_container_are_fragmented_both_ways() {
+    let d = Daemon::start();
+    let out = Outside::new(&d);
+    let _srv = out.serve("outside", &["udp:7000"]);
+    d.network_create(&["--subnet", "10.60.24.0/24", "n"]);
+    d.run_sleeper("c", Some("n"), &[]);
+    reach("c to reach the outside over UDP", || {
+        d.probe("c", "udp", OUTSIDE_IP, OUT_PORT, &[])
+    });
+    assert_mtu_below(&d, "c", 4000);
+    let msg = big_msg();
+    let frag_drops = d.drops("fragment");
+    let (fc_tr, fu_tr) = (
+        counter(&d, "from_container", "translated"),
+        counter(&d, "from_uplink", "translated"),
+    );
+    for proto in ["udp", "udp-unconnected"] {
+        let h = d
+            .probe("c", proto, OUTSIDE_IP, OUT_PORT, &["--msg", &msg])
+            .unwrap_or_else(|e| panic!("a 4000-byte datagram over {proto}: {e}"));
+        assert_eq!(h.tag, "outside");
+        assert_eq!(h.peer_ip(), HOST_IP, "the outside saw {h:?}");
+        assert_eq!(h.from.as_deref(), Some(&*at(OUTSIDE_IP, OUT_PORT)));
+        assert_eq!(
+            h.msg.len(),
+            msg.len(),
+            "{proto}: the echoed payload came back cut"
+        );
+        assert!(h.msg == msg, "{proto}: the echoed payload differs");
+    }
+    // Three fragments each way, per datagram, all translated (a whole
+    // datagram would count one).
+    assert_grew(&d, "from_container", "translated", fc_tr, 6);
+    assert_grew(&d, "from_uplink", "translated", fu_tr, 6);
+
+    // ping -s 3000: 3008 bytes of ICMP each way, in fragments.
+    let (fc_tr, fu_tr) = (
+        counter(&d, "from_container", "translated"),
+        counter(&d, "from_uplink", "translated"),
+    );
+    let ping = d.exec_in(
+        "c",
+        &["ping", "-c", "2", "-s", "3000", "-W", "2", OUTSIDE_IP],
+    );
+    assert!(
+        ping.success() && ping.stdout.contains(" 0% packet loss"),
+        "{ping}\n{:#}",
+        d.stats()
+    );
+    assert_grew(&d, "from_container", "translated", fc_tr, 6);
+    assert_grew(&d, "from_uplink", "translated", fu_tr, 6);
+    assert_eq!(
+        d.drops("fragment"),
+        frag_drops,
+        "no fragment was dropped: {:#}",
+        d.stats()
+    );
+}
+
+#[test]
+fn a_big_udp_datagram_to_a_published_port_reaches_the_container_and_is_answered() {
+    let d = Daemon::start();
+    let out = Outside::new(&d);
+    d.network_create(&["--subnet", "10.60.25.0/24", "n"]);
+    // (Not port 53: the embedded DNS server holds 127.0.0.11:53 there.)
+    d.run_whoami("web", Some("n"), &["-p", "8053:5300/udp"], &["udp:5300"]);
+    let web = d.ip("web", "n");
+    reach("udp 8053 from outside", || {
+        out.probe("udp", HOST_IP, 8053, &[])
+    });
+    assert_mtu_below(&d, "web", 4000);
+    let msg = big_msg();
+    let frag_drops = d.drops("fragment");
+    let (fc_tr, fu_tr) = (
+        counter(&d, "from_container", "translated"),
+        counter(&d, "from_uplink", "translated"),
+    );
+    for proto in ["udp", "udp-unconnected"] {
+        let h = out
+            .probe(proto, HOST_IP, 8053, &["--msg", &msg])
+            .unwrap_or_else(|e| panic!("a 4000-byte datagram to 8053 over {proto}: {e}"));
+        assert_eq!(h.tag, "web");
+        assert_eq!(h.local, at(&web, 5300), "{h:?}");
+        assert_eq!(h.peer_ip(), OUTSIDE_IP, "the client address is kept: {h:?}");
+        assert_eq!(h.from.as_deref(), Some(&*at(HOST_IP, 8053)), "{h:?}");
+        assert_eq!(
+            h.msg.len(),
+            msg.len(),
+            "{proto}: the echoed payload came back cut"
+        );
+        assert!(h.msg == msg, "{proto}: the echoed payload differs");
+    }
+    assert_grew(&d, "from_uplink", "translated", fu_tr, 6);
+    assert_grew(&d, "from_container", "translated", fc_tr, 6);
+    assert_eq!(
+        d.drops("fragment"),
+        frag_drops,
+        "no fragment was dropped: {:#}",
+        d.stats()
+    );
+}
+
 // ----- published ports ------------------------------------------------------
 
 #[test]

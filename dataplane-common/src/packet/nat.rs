@@ -50,6 +50,10 @@ pub enum Kind {
     /// ICMP destination unreachable, time exceeded or parameter problem:
     /// the flow is read from the quoted header ([`icmp_error_key`]).
     IcmpError,
+    /// A later fragment ([`Frag::Later`]): no L4 header, so only its
+    /// addresses are translated; its ports come from the first fragment
+    /// (`FRAGS`). [`flow`] never returns it.
+    LaterFragment,
 }
 
 /// The flow of a packet, if translation can handle its protocol.
@@ -66,15 +70,47 @@ pub fn proto(f: &[u8; L4]) -> u8 {
     f[IP + 9]
 }
 
-/// Whether the packet is a fragment (more-fragments set or an offset).
+/// Where a packet stands in fragmentation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Frag {
+    /// A whole datagram.
+    Whole,
+    /// The first fragment: it carries the L4 header.
+    First,
+    /// A later fragment: no L4 header; its flow is the first fragment's.
+    Later,
+}
+
+/// Where the packet stands in fragmentation (more-fragments bit and offset).
 #[inline(always)]
-pub fn is_fragment(f: &[u8; L4]) -> bool {
-    load::be16(f, IP + 6) & 0x3fff != 0
+pub fn fragment(f: &[u8; L4]) -> Frag {
+    let v = load::be16(f, IP + 6);
+    if v & 0x1fff != 0 {
+        Frag::Later
+    } else if v & 0x2000 != 0 {
+        Frag::First
+    } else {
+        Frag::Whole
+    }
+}
+
+/// The `FRAGS` key of a fragment.
+#[inline(always)]
+pub fn frag_key(f: &[u8; L4]) -> crate::FragKey {
+    crate::FragKey {
+        saddr: load::ne32(f, IP_SADDR),
+        daddr: load::ne32(f, IP_DADDR),
+        id: load::ne16(f, IP + 4),
+        proto: f[IP + 9],
+        _pad: 0,
+    }
 }
 
 /// Reads the flow of an IPv4 frame with a 20-byte header. `Ok(None)` for a
 /// protocol translation does not carry (it goes on untranslated); errors
-/// for fragments and headers with options.
+/// for headers with options and for later fragments (no L4 header: their
+/// flow comes from `FRAGS`, see [`fragment`]). A first fragment reads like a
+/// whole datagram.
 #[inline(always)]
 pub fn flow(f: &[u8; L4_FRAME]) -> Result<Option<Flow>, DropReason> {
     if f[IP] != 0x45 {
@@ -105,8 +141,7 @@ pub fn flow(f: &[u8; L4_FRAME]) -> Result<Option<Flow>, DropReason> {
     };
     // Checked after the protocol so that protocols we pass untouched are not
     // refused for being fragmented.
-    let frag = load::be16(f, IP + 6) & 0x3fff != 0;
-    if frag {
+    if load::be16(f, IP + 6) & 0x1fff != 0 {
         return Err(DropReason::Fragment);
     }
     Ok(Some(Flow {
@@ -252,15 +287,27 @@ mod tests {
         let mut f = frame(IPPROTO_UDP, &[0; 8]);
         f[IP] = 0x46;
         assert_eq!(flow(&head(&f)), Err(DropReason::NatMalformed));
+        let mut f = frame(IPPROTO_UDP, &[0, 53, 0, 54, 0, 0, 0, 0]);
+        f[IP + 6] = 0x20; // more fragments, offset 0: the first fragment
+        assert_eq!(fragment(&head(&f)), Frag::First);
+        let k = flow(&head(&f)).unwrap().unwrap().key;
+        assert_eq!((k.sport, k.dport), (port_wire(53), port_wire(54)));
+        f[IP + 4..IP + 6].copy_from_slice(&[0xab, 0xcd]);
+        let fk = frag_key(&head(&f));
+        assert_eq!((fk.saddr, fk.daddr), (k.saddr, k.daddr));
+        assert_eq!(
+            (fk.id, fk.proto),
+            (u16::from_ne_bytes([0xab, 0xcd]), IPPROTO_UDP)
+        );
         let mut f = frame(IPPROTO_UDP, &[0; 8]);
-        f[IP + 6] = 0x20; // more fragments
+        f[IP + 7] = 0x10; // offset 16 * 8: a later fragment
+        assert_eq!(fragment(&head(&f)), Frag::Later);
         assert_eq!(flow(&head(&f)), Err(DropReason::Fragment));
-        assert!(is_fragment(&head(&f)));
-        let mut f = frame(IPPROTO_UDP, &[0; 8]);
-        f[IP + 7] = 0x10; // offset 16 * 8
-        assert_eq!(flow(&head(&f)), Err(DropReason::Fragment));
+        f[IP + 6] = 0x20; // a middle one
+        assert_eq!(fragment(&head(&f)), Frag::Later);
         let mut f = frame(IPPROTO_UDP, &[0; 8]);
         f[IP + 6] = 0x40; // don't fragment is no fragment
+        assert_eq!(fragment(&head(&f)), Frag::Whole);
         assert!(flow(&head(&f)).is_ok());
     }
 

@@ -43,6 +43,11 @@ pub const MAX_LOCAL_ADDRS: u32 = 1_024;
 pub const MAX_SOCK_REV: u32 = 65_536;
 /// Capacity of `FRAGS` (an LRU hash: datagrams being fragmented right now).
 pub const MAX_FRAGS: u32 = 8_192;
+/// The embedded resolver's address inside every sandbox (wire form).
+pub const DNS_IP: crate::Ipv4Wire = crate::ipv4_wire([127, 0, 0, 11]);
+/// The port applications ask for (wire form); the resolver really listens
+/// on another one, which `DNS_PORTS` gives per sandbox.
+pub const DNS_PORT: PortWire = port_wire(53);
 /// Slots of the `CONFIG` array.
 pub const CONFIG_SLOTS: u32 = 4;
 /// `CONFIG` slot: the cookie of the daemon's network namespace. Socket-level

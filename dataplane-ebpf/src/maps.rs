@@ -52,6 +52,13 @@ pub static SOCK_REV: LruHashMap<SockRevKey, NatAddr> = LruHashMap::pinned(MAX_SO
 #[map]
 pub static FRAGS: LruHashMap<FragKey, FragPorts> = LruHashMap::pinned(MAX_FRAGS, 0);
 
+/// Netns cookie of a sandbox -> the port (wire form, in a `u32`) its
+/// embedded resolver listens on at 127.0.0.11: the socket hooks send the
+/// sandbox's 127.0.0.11:53 there, so that port 53 stays free for the
+/// container's own use (Docker does the same with iptables rules).
+#[map]
+pub static DNS_PORTS: HashMap<u64, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
+
 /// Settings the daemon writes once (`CFG_*` slots).
 #[map]
 pub static CONFIG: Array<u64> = Array::pinned(CONFIG_SLOTS, 0);

@@ -11,6 +11,11 @@
 //!   found in `SOCK_REV` for this socket is rewritten back, so the
 //!   application sees the address it asked for.
 //!
+//! - In a sandbox of this daemon (its netns cookie is in `DNS_PORTS`),
+//!   127.0.0.11:53 is sent to the port the embedded resolver really listens
+//!   on, and shown as :53 again on the way back, so that the container
+//!   itself may bind port 53.
+//!
 //! The hooks sit on the cgroup v2 root and so see every network namespace of
 //! the machine: each program acts only when the socket's netns cookie is the
 //! one the daemon wrote into `CONFIG[CFG_NETNS_COOKIE]` (and that is set), so
@@ -35,10 +40,10 @@ use aya_ebpf::{
 };
 use dataplane_common::{
     is_loopback, Counters, Ipv4Wire, NatAddr, PortKey, PortWire, SockRevKey, CFG_NETNS_COOKIE,
-    IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
+    DNS_IP, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
 };
 
-use crate::maps::{CONFIG, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
+use crate::maps::{CONFIG, DNS_PORTS, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
 
 /// The only verdict these programs give: let the call proceed.
 const ALLOW: i32 = 1;
@@ -89,11 +94,33 @@ fn socket_cookie(sa: *mut bpf_sock_addr) -> u64 {
     unsafe { bpf_get_socket_cookie(sa as *mut c_void) }
 }
 
+#[inline(always)]
+fn netns_cookie(sa: *mut bpf_sock_addr) -> u64 {
+    // SAFETY: helper call on the context the kernel handed us.
+    unsafe { bpf_get_netns_cookie(sa as *mut c_void) }
+}
+
+/// The port a sandbox's embedded resolver really listens on, if `sa` is a
+/// socket of one of this daemon's sandboxes.
+#[inline(always)]
+fn resolver_port(sa: *mut bpf_sock_addr) -> Option<u32> {
+    // SAFETY: plain data; userspace replaces entries whole.
+    unsafe { DNS_PORTS.get(&netns_cookie(sa)) }.copied()
+}
+
 /// connect4 / sendmsg4: a local destination whose port is published goes to
-/// the container instead.
+/// the container instead; in a sandbox, 127.0.0.11:53 goes to the embedded
+/// resolver's real port.
 #[inline(always)]
 fn forward(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
+    if user_ip4(sa) == DNS_IP && user_port(sa) == DNS_PORT {
+        if let Some(port) = resolver_port(sa) {
+            // SAFETY: 4-byte write of a field every attach type here may write.
+            unsafe { addr_of_mut!((*sa).user_port).write_volatile(port) };
+        }
+        return ALLOW;
+    }
     if !in_our_netns(sa) {
         return ALLOW;
     }
@@ -136,10 +163,18 @@ fn forward(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
-/// recvmsg4 / getpeername4: show the address the application asked for.
+/// recvmsg4 / getpeername4: show the address the application asked for
+/// (127.0.0.11:53 for the embedded resolver).
 #[inline(always)]
 fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
+    if user_ip4(sa) == DNS_IP {
+        if resolver_port(sa) == Some(user_port(sa) as u32) {
+            // SAFETY: as in `forward`.
+            unsafe { addr_of_mut!((*sa).user_port).write_volatile(DNS_PORT as u32) };
+        }
+        return ALLOW;
+    }
     if !in_our_netns(sa) {
         return ALLOW;
     }

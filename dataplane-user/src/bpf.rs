@@ -53,8 +53,9 @@ const EMPTY_ENDPOINT: Endpoint = Endpoint {
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 10] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 11] {
     [
+        ("DNS_PORTS", MapType::Hash, 8, 4, MAX_ENDPOINTS),
         (
             "FRAGS",
             MapType::LruHash,
@@ -527,6 +528,51 @@ impl Datapath {
 
     /// Deletes conntrack entries idle past their protocol's timeout, as of
     /// `now` (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`).
+    /// Points 127.0.0.11:53 of the sandbox with netns cookie `cookie` at
+    /// the resolver's real `port` (host order).
+    pub fn set_dns_port(&mut self, cookie: u64, port: u16) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("DNS_PORTS")
+            .ok_or_else(|| anyhow!("map DNS_PORTS missing"))?;
+        let mut m: HashMap<_, u64, u32> = HashMap::try_from(map)?;
+        m.insert(cookie, u32::from(port.to_be()), 0)
+            .context("DNS_PORTS map full")?;
+        Ok(())
+    }
+
+    /// Forgets a sandbox's resolver port (absent is fine).
+    pub fn remove_dns_port(&mut self, cookie: u64) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut("DNS_PORTS")
+            .ok_or_else(|| anyhow!("map DNS_PORTS missing"))?;
+        let mut m: HashMap<_, u64, u32> = HashMap::try_from(map)?;
+        let _ = m.remove(&cookie);
+        Ok(())
+    }
+
+    /// Makes `DNS_PORTS` hold exactly `ports` (netns cookie, host-order port).
+    pub fn sync_dns_ports(&mut self, ports: &[(u64, u16)]) -> Result<()> {
+        for (c, p) in ports {
+            self.set_dns_port(*c, *p)?;
+        }
+        let map = self
+            .ebpf
+            .map_mut("DNS_PORTS")
+            .ok_or_else(|| anyhow!("map DNS_PORTS missing"))?;
+        let mut m: HashMap<_, u64, u32> = HashMap::try_from(map)?;
+        let stale: Vec<u64> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !ports.iter().any(|(c, _)| c == k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+        }
+        Ok(())
+    }
+
     /// Path of the pinned conntrack map, for [`expire_conntrack_at`].
     pub fn ct_pin(&self) -> PathBuf {
         self.root.join("maps").join("CT")

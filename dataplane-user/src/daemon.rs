@@ -368,6 +368,15 @@ impl Daemon {
         for id in ids {
             self.start_dns(&id);
         }
+        // The resolvers listen on new ports now; forget sandboxes that are gone.
+        let dns_ports: Vec<(u64, u16)> = self
+            .dns_servers
+            .values()
+            .map(|s| (s.netns_cookie(), s.addr().port()))
+            .collect();
+        if let Err(e) = self.dp.sync_dns_ports(&dns_ports) {
+            warn!("rewriting the resolver ports: {e:#}");
+        }
         info!(
             networks = self.networks.len(),
             endpoints = bpf_eps.len(),
@@ -530,6 +539,13 @@ impl Daemon {
         });
         match self.dns.start_sandbox(&path, cid, upstreams) {
             Ok(server) => {
+                // The sandbox's 127.0.0.11:53 leads to the server's own port.
+                if let Err(e) = self
+                    .dp
+                    .set_dns_port(server.netns_cookie(), server.addr().port())
+                {
+                    warn!(container = %c.name, "pointing 127.0.0.11:53 at the resolver: {e:#}");
+                }
                 self.dns_servers.insert(cid.to_string(), server);
             }
             Err(e) => warn!(container = %c.name, "starting the embedded DNS server: {e:#}"),
@@ -1340,7 +1356,9 @@ impl Daemon {
         self.port_reservations.remove(&cid);
         self.containers.remove(&cid);
         // Closes the resolver's sockets inside the sandbox.
-        self.dns_servers.remove(&cid);
+        if let Some(server) = self.dns_servers.remove(&cid) {
+            let _ = self.dp.remove_dns_port(server.netns_cookie());
+        }
         self.after_change();
         if let Err(e) = netns::delete(&ctr.netns) {
             warn!(netns = %ctr.netns, "deleting netns: {e:#}");

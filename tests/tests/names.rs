@@ -863,3 +863,41 @@ fn the_resolver_is_back_after_a_daemon_restart() {
     assert_eq!(resolve(&d, "client", "ext.test"), ["192.0.2.10"]);
     up.assert_asked("udp ext.test 1");
 }
+
+/// Port 53 inside a sandbox is the container's: the embedded resolver
+/// listens on a port of its own and the daemon's socket hooks send
+/// 127.0.0.11:53 there (Docker does this with iptables rules in the
+/// sandbox), so a DNS server container can bind 0.0.0.0:53 while its
+/// own lookups and everyone's still work, and the answer seems to come
+/// from 127.0.0.11:53.
+#[test]
+fn a_container_may_serve_port_53_itself() {
+    let d = Daemon::start();
+    d.network_create(&["--subnet", "10.40.9.0/24", "n"]);
+    let server = "import socket, time\n\
+        u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); u.bind(('0.0.0.0', 53))\n\
+        t = socket.socket(); t.bind(('0.0.0.0', 53)); t.listen()\n\
+        print('BOUND-53', flush=True)\n\
+        time.sleep(3600)\n";
+    d.run_cmd("dnsctr", Some("n"), &[], &["python3", "-c", server]);
+    d.wait_logs("dnsctr", "BOUND-53");
+    d.run_sleeper("client", Some("n"), &[]);
+    let ip = d.ip("dnsctr", "n");
+    assert_eq!(getent(&d, "client", "dnsctr"), Some(ip.clone()));
+    assert_eq!(getent(&d, "dnsctr", "client"), Some(d.ip("client", "n")));
+    assert_eq!(resolve(&d, "dnsctr", "dnsctr"), [ip.as_str()]);
+    let tcp = query_n(&d, "dnsctr", "dnsctr", "A", "tcp", 1).remove(0);
+    assert_eq!((tcp.rcode, tcp.answers), (NOERROR, vec![ip.clone()]));
+    // A connected socket sees the address it asked for.
+    let out = d.exec_in(
+        "client",
+        &[
+            "python3",
+            "-c",
+            "import socket; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); \
+             s.connect(('127.0.0.11', 53)); print(s.getpeername())",
+        ],
+    );
+    assert!(out.success(), "{out}");
+    assert!(out.stdout.contains("('127.0.0.11', 53)"), "{}", out.stdout);
+}

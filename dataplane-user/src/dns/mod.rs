@@ -136,8 +136,9 @@ impl Dns {
         container_id: &str,
         upstreams: Option<Vec<SocketAddr>>,
     ) -> Result<SandboxServer> {
-        let (udp, tcp) = in_netns(netns, bind_dns_sockets)
-            .with_context(|| format!("binding {DNS_ADDR} in {}", netns.display()))?;
+        let (udp, tcp, cookie) = in_netns(netns, bind_dns_sockets)
+            .with_context(|| format!("binding 127.0.0.11 in {}", netns.display()))?;
+        let addr = udp.local_addr()?;
         // Registering the sockets with the reactor and spawning the server
         // tasks both need the runtime's context; the caller may be a plain
         // (blocking) thread.
@@ -154,7 +155,11 @@ impl Dns {
             TCP_IDLE_TIMEOUT,
             TCP_RESPONSE_QUEUE,
         );
-        Ok(SandboxServer { server })
+        Ok(SandboxServer {
+            server,
+            addr,
+            netns_cookie: cookie,
+        })
     }
 }
 
@@ -162,6 +167,22 @@ impl Dns {
 /// are aborted, which closes the sockets.
 pub struct SandboxServer {
     server: Server<SandboxHandler>,
+    addr: SocketAddr,
+    netns_cookie: u64,
+}
+
+impl SandboxServer {
+    /// Where the server really listens (UDP and TCP) inside the sandbox:
+    /// 127.0.0.11 on a port of its own. The daemon's socket hooks send the
+    /// sandbox's 127.0.0.11:53 there (see `DNS_PORTS`).
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The cookie of the sandbox's network namespace.
+    pub fn netns_cookie(&self) -> u64 {
+        self.netns_cookie
+    }
 }
 
 impl Drop for SandboxServer {
@@ -173,17 +194,51 @@ impl Drop for SandboxServer {
 }
 
 /// Opens the server's sockets in the calling thread's namespace,
-/// non-blocking as tokio requires.
-fn bind_dns_sockets() -> io::Result<(UdpSocket, TcpListener)> {
-    let udp = UdpSocket::bind(DNS_ADDR)?;
-    udp.set_nonblocking(true)?;
-    // A burst of queries (a container starting many lookups at once) should
-    // queue, not overflow the default receive buffer and be lost.
-    nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &UDP_RCVBUF)
-        .map_err(io::Error::from)?;
-    let tcp = TcpListener::bind(DNS_ADDR)?;
-    tcp.set_nonblocking(true)?;
-    Ok((udp, tcp))
+/// non-blocking as tokio requires: UDP and TCP on 127.0.0.11 and one port
+/// the kernel picks (free for both), so that port 53 stays the container's.
+/// Also returns the namespace's cookie.
+fn bind_dns_sockets() -> io::Result<(UdpSocket, TcpListener, u64)> {
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(SocketAddr::new(DNS_ADDR.ip(), 0))?;
+        let port = udp.local_addr()?.port();
+        match TcpListener::bind(SocketAddr::new(DNS_ADDR.ip(), port)) {
+            Ok(tcp) => {
+                udp.set_nonblocking(true)?;
+                // A burst of queries (a container starting many lookups at
+                // once) should queue, not overflow the default buffer.
+                nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &UDP_RCVBUF)
+                    .map_err(io::Error::from)?;
+                tcp.set_nonblocking(true)?;
+                let cookie = netns_cookie_of(&udp)?;
+                return Ok((udp, tcp, cookie));
+            }
+            // That port is taken for TCP: try another.
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| io::Error::other("no port free for UDP and TCP")))
+}
+
+/// SO_NETNS_COOKIE of a socket (Linux 5.14+).
+fn netns_cookie_of(s: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
+    const SO_NETNS_COOKIE: libc::c_int = 71;
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: a valid fd, and a buffer of the length passed.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            &mut cookie as *mut u64 as *mut libc::c_void,
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(cookie)
 }
 
 /// Runs `f` on a fresh thread that first enters the network namespace at

@@ -25,7 +25,7 @@ use hickory_proto::{
 };
 use tokio::runtime::Runtime;
 
-use super::{in_netns, Dns, NameEntry, Names, NetworkNames, SandboxServer, DNS_ADDR};
+use super::{in_netns, Dns, NameEntry, Names, NetworkNames, SandboxServer};
 
 /// The container every test server belongs to (the asker).
 const CLIENT: &str = "c-client";
@@ -111,6 +111,9 @@ fn table() -> Names {
 /// daemon's, in miniature). Fields drop in order: server, namespace, runtime.
 struct Sandbox {
     server: Option<SandboxServer>,
+    /// Where the server listens (127.0.0.11 and a port of its own; no
+    /// socket hooks here to send :53 there).
+    addr: std::net::SocketAddr,
     dns: Dns,
     netns: TestNetns,
     _runtime: Runtime,
@@ -135,6 +138,7 @@ impl Sandbox {
             .start_sandbox(&netns.path, CLIENT, own.map(<[_]>::to_vec))
             .expect("starting the server");
         Self {
+            addr: server.addr(),
             server: Some(server),
             dns,
             netns,
@@ -144,9 +148,10 @@ impl Sandbox {
 
     /// A UDP socket in the sandbox, connected to the server.
     fn udp_client(&self, wait: Duration) -> UdpSocket {
+        let addr = self.addr;
         in_netns(&self.netns.path, move || {
             let socket = UdpSocket::bind("127.0.0.1:0")?;
-            socket.connect(DNS_ADDR)?;
+            socket.connect(addr)?;
             socket.set_read_timeout(Some(wait))?;
             Ok(socket)
         })
@@ -170,7 +175,8 @@ impl Sandbox {
     }
 
     fn tcp(&self, query: &Message) -> Message {
-        let mut stream = in_netns(&self.netns.path, || TcpStream::connect(DNS_ADDR)).unwrap();
+        let addr = self.addr;
+        let mut stream = in_netns(&self.netns.path, move || TcpStream::connect(addr)).unwrap();
         stream.set_read_timeout(Some(ANSWER_WAIT)).unwrap();
         write_framed(&mut stream, &query.to_vec().unwrap());
         let reply = read_framed(&mut stream).expect("no answer over TCP");
@@ -575,7 +581,8 @@ fn dropping_the_handle_stops_the_server() {
     // The tasks are aborted asynchronously; the listener closes soon after.
     let deadline = Instant::now() + Duration::from_secs(2);
     let path = sandbox.netns.path.clone();
-    while in_netns(&path, || TcpStream::connect(DNS_ADDR)).is_ok() {
+    let addr = sandbox.addr;
+    while in_netns(&path, move || TcpStream::connect(addr)).is_ok() {
         assert!(Instant::now() < deadline, "still listening");
         std::thread::sleep(POLL);
     }

@@ -141,7 +141,7 @@ struct Pair {
 }
 
 /// A background server process, killed (its whole group) on drop.
-struct Bg(Child);
+pub(crate) struct Bg(Child);
 
 impl Drop for Bg {
     fn drop(&mut self) {
@@ -149,7 +149,7 @@ impl Drop for Bg {
     }
 }
 
-fn bg(c: &mut std::process::Command) -> Result<Bg> {
+pub(crate) fn bg(c: &mut std::process::Command) -> Result<Bg> {
     c.stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null());
     Ok(Bg(sh::spawn(c)?))
@@ -189,7 +189,7 @@ COMMIT
 COMMIT
 ";
 
-fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
     lab::ip(ns, &["addr", "add", cidr, "dev", dev])?;
     lab::ip(ns, &["link", "set", dev, "up"])?;
     Ok(())
@@ -339,7 +339,7 @@ fn build_ebpf(
     ))
 }
 
-fn json_of(out: &str, what: &str) -> Result<Value> {
+pub(crate) fn json_of(out: &str, what: &str) -> Result<Value> {
     let v: Value = serde_json::from_str(out).with_context(|| format!("parsing {what} JSON"))?;
     if let Some(e) = v["error"].as_str() {
         bail!("{what}: {e}");
@@ -620,7 +620,7 @@ struct Report {
     nat: Option<natbench::Report>,
 }
 
-fn first_line(c: &mut std::process::Command) -> String {
+pub(crate) fn first_line(c: &mut std::process::Command) -> String {
     sh::capture(c, Some(Duration::from_secs(10)))
         .ok()
         .and_then(|o| {

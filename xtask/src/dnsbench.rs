@@ -639,7 +639,7 @@ pub fn measure(t: &Target, exe: &Path, secs: u64, s: &mut Samples, rep: u32) -> 
     Ok(line.join(", "))
 }
 
-#[derive(Serialize, Clone)]
+#[derive(Serialize, Clone, Debug)]
 pub struct Spread {
     pub median: f64,
     pub min: f64,
@@ -647,7 +647,7 @@ pub struct Spread {
     pub samples: Vec<f64>,
 }
 
-fn spread(v: &[f64]) -> Option<Spread> {
+pub(crate) fn spread(v: &[f64]) -> Option<Spread> {
     stat(v).map(|s| Spread {
         median: s.median,
         min: s.min,

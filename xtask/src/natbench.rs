@@ -32,7 +32,6 @@ use std::{
     collections::BTreeMap,
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
@@ -41,8 +40,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    bench::stat,
+    bench::{addr, bg, first_line, json_of, Bg},
     connrate::ClientResult,
+    dnsbench::{spread, Spread},
     lab::{self, in_netns, Cleanup, Daemon},
     sh, Progress,
 };
@@ -115,19 +115,6 @@ impl Instance {
 }
 
 /// A background server, its process group killed on drop.
-struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        sh::stop_group(&mut self.0, Duration::from_secs(2));
-    }
-}
-
-fn bg(c: &mut Command) -> Result<Bg> {
-    c.stdout(Stdio::null()).stderr(Stdio::null());
-    Ok(Bg(sh::spawn(c)?))
-}
-
 fn last_port(n: u32) -> u16 {
     (BASE_PORT as u32 + n - 1) as u16
 }
@@ -193,12 +180,6 @@ pub fn docker_rules(first: u16, n: u32) -> String {
 }
 
 // ------------------------------------------------------------ building
-
-fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
-    lab::ip(ns, &["addr", "add", cidr, "dev", dev])?;
-    lab::ip(ns, &["link", "set", dev, "up"])?;
-    Ok(())
-}
 
 /// The client's veth into the host netns: eth0 198.51.100.2 <-> up0
 /// 198.51.100.1, the host's default route through the client (its uplink).
@@ -440,14 +421,6 @@ struct Samples {
     errors: Vec<String>,
 }
 
-fn json_of(out: &str, what: &str) -> Result<Value> {
-    let v: Value = serde_json::from_str(out).with_context(|| format!("parsing {what} JSON"))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("{what}: {e}");
-    }
-    Ok(v)
-}
-
 fn latency(x: &str, inst: &Instance, secs: u64) -> Result<(f64, f64)> {
     let listen = format!("0.0.0.0:{}", inst.port);
     let _srv = bg(&mut in_netns(
@@ -567,23 +540,6 @@ fn measure(x: &str, inst: &Instance, secs: u64, s: &mut Samples, rep: u32) -> Re
 }
 
 // ------------------------------------------------------------ report
-
-#[derive(Serialize, Clone, Debug)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub samples: Vec<f64>,
-}
-
-fn spread(v: &[f64]) -> Option<Spread> {
-    stat(v).map(|s| Spread {
-        median: s.median,
-        min: s.min,
-        max: s.max,
-        samples: s.samples,
-    })
-}
 
 #[derive(Serialize, Debug)]
 pub struct Point {
@@ -874,18 +830,6 @@ fn analyse(r: &mut Report) {
         });
     }
     r.checks = checks;
-}
-
-fn first_line(c: &mut Command) -> String {
-    sh::capture(c, Some(Duration::from_secs(10)))
-        .ok()
-        .and_then(|o| {
-            format!("{}{}", o.stdout, o.stderr)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 /// Raises the soft open-files limit to the hard one: the daemons (children)

@@ -425,11 +425,10 @@ fn out_by_fib(ctx: &TcContext, r: i64, fib: &FibParams) -> Result<Option<Action>
 /// masqueraded flow, or (`Passed`) plain traffic to the host.
 #[inline(always)]
 pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Action, DropReason> {
-    let local = is_local(dst);
     let p = match read(ctx) {
         Ok(Some(p)) => p,
         // Anything for the host itself goes to the host as it is.
-        Ok(None) | Err(_) if local => return Ok(Action::Passed),
+        Ok(None) | Err(_) if is_local(dst) => return Ok(Action::Passed),
         Ok(None) if me.net.contains(dst) => return Ok(Action::Passed),
         Ok(None) => return Err(DropReason::UnsupportedProtocol),
         Err(r) => return Err(r),
@@ -456,7 +455,8 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Action
         // an echo reply), and so do the rest of its datagram.
         return Ok(Action::Passed);
     }
-    if local {
+    // Asked only now: packets of known flows (above) need no answer.
+    if is_local(dst) {
         if opens_flow(p.key.proto, p.tcp_flags) && p.kind != Kind::EchoRequest {
             if let Some(t) = published(p.key.proto, dst, p.key.dport) {
                 return hairpin(ctx, &p, t);

@@ -347,10 +347,11 @@ impl Datapath {
             .unwrap_or_default()
     }
 
-    fn hash<V: aya::Pod>(
+    /// The hash (or LRU hash) map `name` with keys `K` and values `V`.
+    fn hash<K: aya::Pod, V: aya::Pod>(
         &mut self,
         name: &str,
-    ) -> Result<HashMap<&mut aya::maps::MapData, u32, V>> {
+    ) -> Result<HashMap<&mut aya::maps::MapData, K, V>> {
         let map = self
             .ebpf
             .map_mut(name)
@@ -376,40 +377,20 @@ impl Datapath {
                 IFINDEX_BASE + MAX_ENDPOINTS
             )
         })?;
-        self.hash::<Endpoint>("ENDPOINTS")?
+        self.hash::<u32, Endpoint>("ENDPOINTS")?
             .insert(ep.ip, ep, 0)
             .context("ENDPOINTS map full")?;
         if let Err(e) = self.ifaces()?.set(slot, ep, 0) {
-            let _ = self.hash::<Endpoint>("ENDPOINTS")?.remove(&ep.ip);
+            let _ = self.hash::<u32, Endpoint>("ENDPOINTS")?.remove(&ep.ip);
             return Err(e).context("writing IFACES");
         }
         Ok(())
     }
 
     pub fn remove_endpoint(&mut self, ip: Ipv4Wire, ifindex: u32) -> Result<()> {
-        let _ = self.hash::<Endpoint>("ENDPOINTS")?.remove(&ip);
+        let _ = self.hash::<u32, Endpoint>("ENDPOINTS")?.remove(&ip);
         if let Some(slot) = iface_slot(ifindex) {
             self.ifaces()?.set(slot, EMPTY_ENDPOINT, 0)?;
-        }
-        Ok(())
-    }
-
-    fn links(&mut self) -> Result<HashMap<&mut aya::maps::MapData, LinkKey, u32>> {
-        let map = self
-            .ebpf
-            .map_mut("LINKS")
-            .ok_or_else(|| anyhow!("map LINKS missing"))?;
-        Ok(HashMap::try_from(map)?)
-    }
-
-    /// Allows `a <-> b` (both directions) through `icc=false`.
-    pub fn set_link(&mut self, a: Ipv4Wire, b: Ipv4Wire) -> Result<()> {
-        let mut m = self.links()?;
-        m.insert(LinkKey { src: a, dst: b }, 1, 0)
-            .context("LINKS map full")?;
-        if let Err(e) = m.insert(LinkKey { src: b, dst: a }, 1, 0) {
-            let _ = m.remove(&LinkKey { src: a, dst: b });
-            return Err(e).context("LINKS map full");
         }
         Ok(())
     }
@@ -426,7 +407,7 @@ impl Datapath {
             self.set_endpoint(*ep)?;
         }
         self.sync_links(links)?;
-        let mut m = self.hash::<Endpoint>("ENDPOINTS")?;
+        let mut m = self.hash::<u32, Endpoint>("ENDPOINTS")?;
         let stale: Vec<u32> = m
             .keys()
             .filter_map(|k| k.ok())
@@ -451,71 +432,35 @@ impl Datapath {
 
     /// Makes `LINKS` hold exactly the `links` pairs, each both ways.
     pub fn sync_links(&mut self, links: &[(Ipv4Wire, Ipv4Wire)]) -> Result<()> {
-        for (a, b) in links {
-            self.set_link(*a, *b)?;
-        }
-        let mut m = self.links()?;
-        let stale: Vec<LinkKey> = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| {
-                !links
-                    .iter()
-                    .any(|(a, b)| (k.src, k.dst) == (*a, *b) || (k.src, k.dst) == (*b, *a))
+        let want: Vec<(LinkKey, u32)> = links
+            .iter()
+            .flat_map(|&(a, b)| {
+                [
+                    (LinkKey { src: a, dst: b }, 1),
+                    (LinkKey { src: b, dst: a }, 1),
+                ]
             })
             .collect();
-        for k in stale {
-            let _ = m.remove(&k);
-        }
-        Ok(())
-    }
-
-    fn ports(&mut self) -> Result<HashMap<&mut aya::maps::MapData, PortKey, NatAddr>> {
-        let map = self
-            .ebpf
-            .map_mut("PORTS")
-            .ok_or_else(|| anyhow!("map PORTS missing"))?;
-        Ok(HashMap::try_from(map)?)
+        sync_hash(&mut self.hash("LINKS")?, &want, "LINKS")
     }
 
     /// Publishes `key` (proto, host address or 0, host port) onto `to`.
     pub fn set_port(&mut self, key: PortKey, to: NatAddr) -> Result<()> {
-        self.ports()?.insert(key, to, 0).context("PORTS map full")?;
+        self.hash::<PortKey, NatAddr>("PORTS")?
+            .insert(key, to, 0)
+            .context("PORTS map full")?;
         Ok(())
     }
 
     /// Unpublishes `key` (absent is fine).
     pub fn remove_port(&mut self, key: &PortKey) -> Result<()> {
-        let _ = self.ports()?.remove(key);
+        let _ = self.hash::<PortKey, NatAddr>("PORTS")?.remove(key);
         Ok(())
     }
 
     /// Makes `PORTS` hold exactly `ports`.
     pub fn sync_ports(&mut self, ports: &[(PortKey, NatAddr)]) -> Result<()> {
-        let mut m = self.ports()?;
-        for (k, v) in ports {
-            if m.get(k, 0).ok() != Some(*v) {
-                m.insert(*k, *v, 0).context("PORTS map full")?;
-            }
-        }
-        let want: std::collections::HashSet<PortKey> = ports.iter().map(|(k, _)| *k).collect();
-        let stale: Vec<PortKey> = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !want.contains(k))
-            .collect();
-        for k in stale {
-            let _ = m.remove(&k);
-        }
-        Ok(())
-    }
-
-    fn ct(&mut self) -> Result<HashMap<&mut aya::maps::MapData, CtKey, CtEntry>> {
-        let map = self
-            .ebpf
-            .map_mut("CT")
-            .ok_or_else(|| anyhow!("map CT missing"))?;
-        Ok(HashMap::try_from(map)?)
+        sync_hash(&mut self.hash("PORTS")?, ports, "PORTS")
     }
 
     /// Deletes every conntrack entry whose key or rewrite involves `ip` (a
@@ -526,51 +471,28 @@ impl Datapath {
         })
     }
 
-    /// Deletes conntrack entries idle past their protocol's timeout, as of
-    /// `now` (CLOCK_MONOTONIC ns, the clock of `bpf_ktime_get_ns`).
     /// Points 127.0.0.11:53 of the sandbox with netns cookie `cookie` at
     /// the resolver's real `port` (host order).
     pub fn set_dns_port(&mut self, cookie: u64, port: u16) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut("DNS_PORTS")
-            .ok_or_else(|| anyhow!("map DNS_PORTS missing"))?;
-        let mut m: HashMap<_, u64, u32> = HashMap::try_from(map)?;
-        m.insert(cookie, u32::from(port.to_be()), 0)
+        self.hash::<u64, u32>("DNS_PORTS")?
+            .insert(cookie, u32::from(port.to_be()), 0)
             .context("DNS_PORTS map full")?;
         Ok(())
     }
 
     /// Forgets a sandbox's resolver port (absent is fine).
     pub fn remove_dns_port(&mut self, cookie: u64) -> Result<()> {
-        let map = self
-            .ebpf
-            .map_mut("DNS_PORTS")
-            .ok_or_else(|| anyhow!("map DNS_PORTS missing"))?;
-        let mut m: HashMap<_, u64, u32> = HashMap::try_from(map)?;
-        let _ = m.remove(&cookie);
+        let _ = self.hash::<u64, u32>("DNS_PORTS")?.remove(&cookie);
         Ok(())
     }
 
     /// Makes `DNS_PORTS` hold exactly `ports` (netns cookie, host-order port).
     pub fn sync_dns_ports(&mut self, ports: &[(u64, u16)]) -> Result<()> {
-        for (c, p) in ports {
-            self.set_dns_port(*c, *p)?;
-        }
-        let map = self
-            .ebpf
-            .map_mut("DNS_PORTS")
-            .ok_or_else(|| anyhow!("map DNS_PORTS missing"))?;
-        let mut m: HashMap<_, u64, u32> = HashMap::try_from(map)?;
-        let stale: Vec<u64> = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !ports.iter().any(|(c, _)| c == k))
+        let want: Vec<(u64, u32)> = ports
+            .iter()
+            .map(|&(c, p)| (c, u32::from(p.to_be())))
             .collect();
-        for k in stale {
-            let _ = m.remove(&k);
-        }
-        Ok(())
+        sync_hash(&mut self.hash("DNS_PORTS")?, &want, "DNS_PORTS")
     }
 
     /// Path of the pinned conntrack map, for [`expire_conntrack_at`].
@@ -579,18 +501,7 @@ impl Datapath {
     }
 
     fn delete_ct_where(&mut self, f: impl Fn(&CtKey, &CtEntry) -> bool) -> Result<usize> {
-        let mut m = self.ct()?;
-        let doomed: Vec<CtKey> = m
-            .iter()
-            .filter_map(|r| r.ok())
-            .filter(|(k, e)| f(k, e))
-            .map(|(k, _)| k)
-            .collect();
-        let n = doomed.len();
-        for k in doomed {
-            let _ = m.remove(&k);
-        }
-        Ok(n)
+        Ok(delete_where(&mut self.hash("CT")?, f))
     }
 
     /// Live conntrack entries (both directions of a flow count).
@@ -605,21 +516,8 @@ impl Datapath {
 
     /// Makes `LOCAL_ADDRS` hold exactly `addrs`.
     pub fn sync_local_addrs(&mut self, addrs: &[Ipv4Wire]) -> Result<()> {
-        let mut m = self.hash::<u32>("LOCAL_ADDRS")?;
-        for a in addrs {
-            if m.get(a, 0).is_err() {
-                m.insert(*a, 1, 0).context("LOCAL_ADDRS map full")?;
-            }
-        }
-        let stale: Vec<u32> = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !addrs.contains(k))
-            .collect();
-        for k in stale {
-            let _ = m.remove(&k);
-        }
-        Ok(())
+        let want: Vec<(u32, u32)> = addrs.iter().map(|&a| (a, 1)).collect();
+        sync_hash(&mut self.hash("LOCAL_ADDRS")?, &want, "LOCAL_ADDRS")
     }
 
     /// Writes `CONFIG[slot]`.
@@ -719,17 +617,56 @@ pub fn expire_conntrack_at(pin: &Path, now: u64) -> Result<usize> {
         aya::maps::MapData::from_pin(pin).with_context(|| format!("opening {}", pin.display()))?;
     let mut m: HashMap<aya::maps::MapData, CtKey, CtEntry> =
         HashMap::try_from(aya::maps::Map::LruHashMap(data))?;
-    let doomed: Vec<CtKey> = m
+    Ok(delete_where(&mut m, |k, e| {
+        !dataplane_common::ct_alive(e, k.proto, now)
+    }))
+}
+
+/// Makes hash map `m` (named `what` in errors) hold exactly `want`: writes
+/// the entries that differ (an unchanged entry is not touched, so traffic
+/// never sees it flicker) and deletes every other key.
+fn sync_hash<T, K, V>(m: &mut HashMap<T, K, V>, want: &[(K, V)], what: &str) -> Result<()>
+where
+    T: std::borrow::BorrowMut<aya::maps::MapData>,
+    K: aya::Pod + Eq + std::hash::Hash,
+    V: aya::Pod + PartialEq,
+{
+    for (k, v) in want {
+        if m.get(k, 0).ok().as_ref() != Some(v) {
+            m.insert(*k, *v, 0)
+                .with_context(|| format!("{what} map full"))?;
+        }
+    }
+    let keep: std::collections::HashSet<K> = want.iter().map(|(k, _)| *k).collect();
+    let stale: Vec<K> = m
+        .keys()
+        .filter_map(|k| k.ok())
+        .filter(|k| !keep.contains(k))
+        .collect();
+    for k in stale {
+        let _ = m.remove(&k);
+    }
+    Ok(())
+}
+
+/// Deletes the entries of `m` for which `f` holds; how many went.
+fn delete_where<T, K, V>(m: &mut HashMap<T, K, V>, f: impl Fn(&K, &V) -> bool) -> usize
+where
+    T: std::borrow::BorrowMut<aya::maps::MapData>,
+    K: aya::Pod,
+    V: aya::Pod,
+{
+    let doomed: Vec<K> = m
         .iter()
         .filter_map(|r| r.ok())
-        .filter(|(k, e)| !dataplane_common::ct_alive(e, k.proto, now))
+        .filter(|(k, v)| f(k, v))
         .map(|(k, _)| k)
         .collect();
     let n = doomed.len();
     for k in doomed {
         let _ = m.remove(&k);
     }
-    Ok(n)
+    n
 }
 
 /// Per-packet cost of `from_container` against `noop` on the same hook,
@@ -810,7 +747,8 @@ pub fn bench_programs(repeat: u32, rounds: usize) -> Result<ProgBench> {
         let mut dp = Datapath::load(&dir)?;
         let (frame, me, peer) = bench_frame();
         dp.set_endpoint(me)?;
-        dp.hash::<Endpoint>("ENDPOINTS")?.insert(peer.ip, peer, 0)?;
+        dp.hash::<u32, Endpoint>("ENDPOINTS")?
+            .insert(peer.ip, peer, 0)?;
         // A zeroed struct __sk_buff but for `ifindex` (offset 40).
         let mut ctx = vec![0u8; 192];
         ctx[40..44].copy_from_slice(&me.ifindex.to_ne_bytes());

@@ -134,12 +134,21 @@ pub fn netns_cookie() -> Result<u64> {
     }
     // SAFETY: `fd` is a fresh descriptor nothing else owns.
     let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let cookie = netns_cookie_of(&fd).context("getsockopt(SO_NETNS_COOKIE) (needs Linux 5.14+)")?;
+    if cookie == 0 {
+        bail!("the kernel returned netns cookie 0");
+    }
+    Ok(cookie)
+}
+
+/// The cookie of the network namespace socket `s` lives in.
+pub fn netns_cookie_of(s: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
     let mut cookie = 0u64;
     let mut len = size_of::<u64>() as libc::socklen_t;
     // SAFETY: `cookie` and `len` outlive the call and match in size.
     let r = unsafe {
         libc::getsockopt(
-            fd.as_raw_fd(),
+            s.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_NETNS_COOKIE,
             (&mut cookie as *mut u64).cast(),
@@ -147,11 +156,7 @@ pub fn netns_cookie() -> Result<u64> {
         )
     };
     if r != 0 {
-        return Err(io::Error::last_os_error())
-            .context("getsockopt(SO_NETNS_COOKIE) (needs Linux 5.14+)");
-    }
-    if cookie == 0 {
-        bail!("the kernel returned netns cookie 0");
+        return Err(io::Error::last_os_error());
     }
     Ok(cookie)
 }

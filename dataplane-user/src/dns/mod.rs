@@ -210,7 +210,7 @@ fn bind_dns_sockets() -> io::Result<(UdpSocket, TcpListener, u64)> {
                 nix::sys::socket::setsockopt(&udp, nix::sys::socket::sockopt::RcvBuf, &UDP_RCVBUF)
                     .map_err(io::Error::from)?;
                 tcp.set_nonblocking(true)?;
-                let cookie = netns_cookie_of(&udp)?;
+                let cookie = crate::sockhook::netns_cookie_of(&udp)?;
                 return Ok((udp, tcp, cookie));
             }
             // That port is taken for TCP: try another.
@@ -218,27 +218,6 @@ fn bind_dns_sockets() -> io::Result<(UdpSocket, TcpListener, u64)> {
         }
     }
     Err(last.unwrap_or_else(|| io::Error::other("no port free for UDP and TCP")))
-}
-
-/// SO_NETNS_COOKIE of a socket (Linux 5.14+).
-fn netns_cookie_of(s: &impl std::os::fd::AsRawFd) -> io::Result<u64> {
-    const SO_NETNS_COOKIE: libc::c_int = 71;
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: a valid fd, and a buffer of the length passed.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            &mut cookie as *mut u64 as *mut libc::c_void,
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(cookie)
 }
 
 /// Runs `f` on a fresh thread that first enters the network namespace at

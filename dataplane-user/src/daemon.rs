@@ -206,17 +206,10 @@ fn check_aliases(aliases: &[String]) -> ApiResult<Vec<String>> {
 }
 
 /// `80`, `80/tcp` or `53/udp` -> `80/tcp`, `53/udp`.
+/// `--expose PORT[/PROTO]`, normalised to `80/tcp` (the same parser as
+/// `dataplane port`'s argument).
 fn parse_port_proto(s: &str) -> ApiResult<String> {
-    let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    let port: u16 = port
-        .parse()
-        .ok()
-        .filter(|p| *p > 0)
-        .ok_or_else(|| bad(format!("invalid port {s:?}: expected PORT[/tcp|udp]")))?;
-    let proto = proto.to_ascii_lowercase();
-    if proto != "tcp" && proto != "udp" {
-        return Err(bad(format!("invalid protocol in {s:?}: tcp or udp")));
-    }
+    let (port, proto) = ports::parse_private_port(s).map_err(bad)?;
     Ok(format!("{port}/{proto}"))
 }
 

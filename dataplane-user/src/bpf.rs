@@ -430,6 +430,61 @@ impl Datapath {
         Ok(())
     }
 
+    /// Makes `ENDPOINTS` and `IFACES` hold exactly `endpoints`, writing only
+    /// the entries that differ (so a pass over an unchanged set costs reads
+    /// only); returns how many entries it had to write or delete.
+    pub fn sync_endpoints(&mut self, endpoints: &[Endpoint]) -> Result<usize> {
+        let mut changed = 0;
+        let mut m = self.hash::<u32, Endpoint>("ENDPOINTS")?;
+        for ep in endpoints {
+            if m.get(&ep.ip, 0).ok().as_ref() != Some(ep) {
+                m.insert(ep.ip, *ep, 0).context("ENDPOINTS map full")?;
+                changed += 1;
+            }
+        }
+        let stale: Vec<u32> = m
+            .keys()
+            .filter_map(|k| k.ok())
+            .filter(|k| !endpoints.iter().any(|e| e.ip == *k))
+            .collect();
+        for k in stale {
+            let _ = m.remove(&k);
+            changed += 1;
+        }
+        let mut want = vec![EMPTY_ENDPOINT; MAX_ENDPOINTS as usize];
+        for ep in endpoints {
+            if let Some(slot) = iface_slot(ep.ifindex) {
+                want[slot as usize] = *ep;
+            }
+        }
+        let mut ifaces = self.ifaces()?;
+        for (slot, w) in want.iter().enumerate() {
+            let slot = slot as u32;
+            if ifaces.get(&slot, 0).ok().as_ref() != Some(w) {
+                ifaces.set(slot, *w, 0)?;
+                changed += 1;
+            }
+        }
+        Ok(changed)
+    }
+
+    /// Whether `from_container` is attached to TC ingress of `ifname` (a
+    /// link detached by hand leaves its pin behind, defunct).
+    pub fn is_attached(&self, ifname: &str) -> bool {
+        SchedClassifier::query_tcx(ifname, TcAttachType::Ingress).is_ok_and(|(_, progs)| {
+            progs
+                .iter()
+                .any(|p| p.name_as_str() == Some("from_container"))
+        })
+    }
+
+    /// Attaches `from_container` to `ifname` afresh, dropping a pinned link
+    /// that no longer holds it.
+    pub fn reattach(&mut self, ifname: &str) -> Result<()> {
+        let _ = std::fs::remove_file(self.links_dir.join(ifname));
+        self.attach(ifname)
+    }
+
     /// Makes `LINKS` hold exactly the `links` pairs, each both ways.
     pub fn sync_links(&mut self, links: &[(Ipv4Wire, Ipv4Wire)]) -> Result<()> {
         let want: Vec<(LinkKey, u32)> = links

@@ -557,8 +557,19 @@ async fn exec(c: &Client, name: &str, cmd: &[String]) -> Result<i32> {
         .ok_or_else(|| anyhow!("container {name} has no sandbox"))?
         .to_string();
     let pid = info["State"]["Pid"].as_u64().unwrap_or(0);
-    let mut command = std::process::Command::new("ip");
-    command.args(["netns", "exec", &sandbox]).args(cmd);
+    let mut command = if sandbox.is_empty() {
+        // `--network host`: the daemon's own namespace (SandboxKey).
+        let key = info["NetworkSettings"]["SandboxKey"]
+            .as_str()
+            .ok_or_else(|| anyhow!("container {name} has no sandbox"))?;
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net={key}")).arg("--").args(cmd);
+        c
+    } else {
+        let mut c = std::process::Command::new("ip");
+        c.args(["netns", "exec", &sandbox]).args(cmd);
+        c
+    };
     if pid > 0 {
         let uts = std::fs::File::open(format!("/proc/{pid}/ns/uts")).ok();
         if let Some(uts) = uts {

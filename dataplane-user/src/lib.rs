@@ -8,8 +8,9 @@
 pub mod api;
 pub mod bpf;
 pub mod cli;
-pub mod daemon;
 pub mod dns;
+pub mod drivers;
+pub mod engine;
 pub mod fault;
 pub mod ipam;
 pub mod model;

@@ -1,13 +1,13 @@
 //! `dataplane`: the daemon and its Docker-shaped CLI.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use anyhow::{bail, Context as _, Result};
 use clap::Parser as _;
 use dataplane_user::{
     api::server,
     cli::{self, Cli, Cmd, DaemonArgs},
-    daemon::{Config, Daemon},
+    engine::{Config, Engine},
     netns, ports,
     store::RedbStore,
 };
@@ -97,7 +97,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
         };
-        tokio::task::spawn_blocking(move || Daemon::start(cfg, Box::new(store))).await?
+        tokio::task::spawn_blocking(move || Engine::start(cfg, Arc::new(store))).await?
     };
     let d = match started.await {
         Ok(d) => d,
@@ -107,8 +107,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             return Err(e);
         }
     };
-    let state = Arc::new(Mutex::new(d));
-    tokio::spawn(upkeep(state.clone()));
+    tokio::spawn(expire_conntrack(d.ct_pin()));
     info!(socket = %socket.display(), bpffs = %args.bpffs.display(), "daemon ready");
     let shutdown = async {
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -119,42 +118,33 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         }
         info!("shutting down; containers and their traffic keep running");
     };
-    axum::serve(listener, server::router(state))
+    axum::serve(listener, server::router(d))
         .with_graceful_shutdown(shutdown)
         .await?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }
 
-/// Every second: uplinks and host addresses; every ten: conntrack expiry
-/// (without the daemon's lock: the LRU map would evict idle flows under
-/// pressure anyway, this keeps the count honest and the map roomy).
-async fn upkeep(state: Arc<Mutex<Daemon>>) {
-    let ct_pin = state.lock().unwrap_or_else(|p| p.into_inner()).ct_pin();
-    let mut tick = tokio::time::interval(std::time::Duration::from_secs(1));
+/// Every ten seconds: conntrack expiry, on a handle of its own on the pinned
+/// map (the LRU map would evict idle flows under pressure anyway; this keeps
+/// the count honest and the map roomy). Uplinks, host addresses and every
+/// other projection are the reconciler's.
+async fn expire_conntrack(ct_pin: std::path::PathBuf) {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(10));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut n: u64 = 0;
     loop {
         tick.tick().await;
-        n += 1;
-        let s = state.clone();
-        let _ = tokio::task::spawn_blocking(move || {
-            s.lock().unwrap_or_else(|p| p.into_inner()).maintain();
+        let pin = ct_pin.clone();
+        let now = dataplane_user::uplink::monotonic_ns();
+        match tokio::task::spawn_blocking(move || {
+            dataplane_user::bpf::expire_conntrack_at(&pin, now)
         })
-        .await;
-        if n.is_multiple_of(10) {
-            let pin = ct_pin.clone();
-            let now = dataplane_user::uplink::monotonic_ns();
-            match tokio::task::spawn_blocking(move || {
-                dataplane_user::bpf::expire_conntrack_at(&pin, now)
-            })
-            .await
-            {
-                Ok(Ok(0)) => {}
-                Ok(Ok(n)) => tracing::debug!(entries = n, "expired conntrack entries"),
-                Ok(Err(e)) => tracing::warn!("expiring conntrack entries: {e:#}"),
-                Err(e) => tracing::warn!("conntrack expiry task: {e}"),
-            }
+        .await
+        {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::debug!(entries = n, "expired conntrack entries"),
+            Ok(Err(e)) => tracing::warn!("expiring conntrack entries: {e:#}"),
+            Err(e) => tracing::warn!("conntrack expiry task: {e}"),
         }
     }
 }

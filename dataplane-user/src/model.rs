@@ -13,19 +13,62 @@ pub const ENDPOINTS: &str = "endpoints/";
 pub const CONTAINERS: &str = "containers/";
 pub const PENDING: &str = "pending/";
 
-/// The intent of a `run` in progress, committed before the first kernel
-/// change and deleted by the commit that records the container. A daemon
-/// that finds one at start died half-way and removes what it names.
+/// Claim keys: they make allocations unique across concurrent writers (a
+/// commit that claims one guards that it is absent, or unchanged since it
+/// was read).
+pub const CLAIMS: &str = "claims/";
+
+/// `claims/names/<name>`: a container name.
+pub fn name_claim(name: &str) -> String {
+    format!("{CLAIMS}names/{name}")
+}
+
+/// `claims/ips/<network id>/<ip>`: an address on a network.
+pub fn ip_claim(network_id: &str, ip: Ipv4Addr) -> String {
+    format!("{CLAIMS}ips/{network_id}/{ip}")
+}
+
+/// Rewritten by every commit that creates or removes a network, and guarded
+/// by it: network names, numbers and subnets are checked against a set that
+/// cannot change under the check.
+pub const NETWORKS_CLAIM: &str = "claims/networks";
+
+/// Rewritten and guarded by every commit that publishes host ports.
+pub const PORTS_CLAIM: &str = "claims/ports";
+
+/// `claims/net-use/<network id>`: rewritten by every commit that attaches an
+/// endpoint to the network; `network rm` guards it, so a removal can never
+/// race an attachment it did not see.
+pub fn net_use_claim(network_id: &str) -> String {
+    format!("{CLAIMS}net-use/{network_id}")
+}
+
+/// The intent of an operation in progress (`run`, `connect`), committed
+/// with the records it creates and deleted by the commit that completes it.
+/// A daemon that finds one at start died half-way: it deletes the keys the
+/// intent names, and the reconciler removes what the store no longer wants.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Pending {
+    /// The operation's id (the new container's id for `run`, the new
+    /// endpoint's for `connect`).
+    #[serde(default)]
+    pub op: String,
     pub container_id: String,
-    /// The sandbox netns the run creates.
+    /// The sandbox netns the operation creates or joins.
     pub netns: String,
+    /// The keys to delete if the operation never completes.
+    #[serde(default)]
+    pub keys: Vec<String>,
 }
 
 impl Pending {
     pub fn key(&self) -> String {
-        format!("{PENDING}{}", self.container_id)
+        let op = if self.op.is_empty() {
+            &self.container_id
+        } else {
+            &self.op
+        };
+        format!("{PENDING}{op}")
     }
 }
 
@@ -140,6 +183,10 @@ pub struct Container {
     /// `-P`: every exposed port onto a free host port.
     #[serde(default)]
     pub publish_all: bool,
+    /// The driver of a predefined network without stored state that the
+    /// container joined instead of a network of its own (`host`, `none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_mode: Option<String>,
 }
 
 /// A published port: host `host_ip:host_port` (`None`: every address,
@@ -193,14 +240,30 @@ impl Container {
         format!("{CONTAINERS}{}", self.id)
     }
 
+    /// The path of the sandbox's network namespace (for `--network host`,
+    /// the daemon's own).
     pub fn sandbox_key(&self) -> String {
+        if self.shares_host_netns() {
+            return format!("/proc/{}/ns/net", std::process::id());
+        }
         format!("{}/{}", crate::netns::NETNS_DIR, self.netns)
+    }
+
+    /// `--network host`: no sandbox namespace of its own.
+    pub fn shares_host_netns(&self) -> bool {
+        self.network_mode.as_deref() == Some("host")
     }
 
     /// Where `ip netns exec` (and so the container) finds its own /etc files.
     pub fn etc_dir(&self) -> std::path::PathBuf {
         std::path::Path::new("/etc/netns").join(&self.netns)
     }
+}
+
+/// The network namespace of container `id`'s sandbox (`dp-` and 12 hex
+/// digits of the id).
+pub fn sandbox_netns_name(id: &str) -> String {
+    format!("dp-{}", id.get(..12).unwrap_or(id))
 }
 
 /// A MAC address, stored as `aa:bb:cc:dd:ee:ff`.

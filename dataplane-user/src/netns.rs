@@ -416,3 +416,65 @@ pub fn addresses() -> Result<Vec<Ipv4Addr>> {
 pub fn enable_forwarding() -> Result<()> {
     sysctl("net.ipv4.ip_forward", "1")
 }
+
+/// The /32 routes of the daemon's main table with their output interface:
+/// the host routes to endpoints (see `configure_endpoint`), for drift checks.
+pub fn host_routes32() -> Result<std::collections::HashSet<(Ipv4Addr, u32)>> {
+    use rtnetlink::packet_route::route::{RouteAddress, RouteAttribute};
+    with_netlink(None, |h| async move {
+        let mut routes = h
+            .route()
+            .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+            .execute();
+        let mut out = std::collections::HashSet::new();
+        while let Some(msg) = routes.try_next().await? {
+            if msg.header.destination_prefix_length != 32 {
+                continue;
+            }
+            let mut dst = None;
+            let mut oif = None;
+            for a in &msg.attributes {
+                match a {
+                    RouteAttribute::Destination(RouteAddress::Inet(ip)) => dst = Some(*ip),
+                    RouteAttribute::Oif(i) => oif = Some(*i),
+                    _ => {}
+                }
+            }
+            if let (Some(d), Some(o)) = (dst, oif) {
+                out.insert((d, o));
+            }
+        }
+        Ok(out)
+    })
+}
+
+/// Adds the host route to an endpoint at `ip` through its host veth
+/// `ifindex`, sourced from `gateway` (as `configure_endpoint` makes it). An
+/// existing one is not an error.
+pub fn ensure_host_route(ip: Ipv4Addr, ifindex: u32, gateway: Ipv4Addr) -> Result<()> {
+    with_netlink(None, move |h| async move {
+        let r = h
+            .route()
+            .add(
+                RouteMessageBuilder::<Ipv4Addr>::new()
+                    .destination_prefix(ip, 32)
+                    .output_interface(ifindex)
+                    .pref_source(gateway)
+                    .scope(RouteScope::Link)
+                    .build(),
+            )
+            .execute()
+            .await;
+        match r {
+            Ok(()) => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("adding the host route to {ip}")),
+        }
+    })
+}
+
+/// Brings link `ifindex` of the daemon's namespace up (a host veth set down
+/// by hand is drift too).
+pub fn set_link_up(ifindex: u32) -> Result<()> {
+    with_netlink(None, move |h| async move { set_up(&h, ifindex).await })
+}

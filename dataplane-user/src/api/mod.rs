@@ -3,7 +3,9 @@
 //! same routes and types.
 
 pub mod client;
+pub mod error;
 pub mod server;
+pub mod views;
 
 use std::collections::BTreeMap;
 

@@ -1,9 +1,6 @@
 //! Routes of the daemon's API (axum on a Unix socket).
 
-use std::{
-    path::Path,
-    sync::{Arc, Mutex},
-};
+use std::{path::Path, sync::Arc};
 
 use anyhow::{bail, Context as _};
 use axum::{
@@ -17,11 +14,12 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use super::{
-    Connect, ContainerCreate, Created, Disconnect, ErrorBody, NetworkCreate, PublishedPort,
+    error::{ApiError, ApiResult},
+    views, Connect, ContainerCreate, Created, Disconnect, ErrorBody, NetworkCreate, PublishedPort,
 };
-use crate::daemon::{ApiError, ApiResult, Daemon};
+use crate::engine::Engine;
 
-pub type Shared = Arc<Mutex<Daemon>>;
+pub type Shared = Arc<Engine>;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
@@ -44,78 +42,77 @@ impl IntoResponse for ApiError {
     }
 }
 
-/// Runs `f` on the daemon state off the async runtime (netlink and BPF work
-/// block), one operation at a time.
-async fn with<T: Send + 'static>(
-    s: Shared,
-    f: impl FnOnce(&mut Daemon) -> ApiResult<T> + Send + 'static,
+/// Runs a write of the engine off the async runtime (it blocks on netlink,
+/// BPF and the reconciler). Writes run in parallel: the store's guards
+/// decide between conflicting ones. Reads do not come here: they answer
+/// from the engine's snapshot at once.
+async fn write<T: Send + 'static>(
+    e: Shared,
+    f: impl FnOnce(&Engine) -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
-    tokio::task::spawn_blocking(move || {
-        let mut d = s.lock().unwrap_or_else(|p| p.into_inner());
-        f(&mut d)
-    })
-    .await
-    .map_err(|e| ApiError::Internal(anyhow::anyhow!("worker failed: {e}")))?
+    tokio::task::spawn_blocking(move || f(&e))
+        .await
+        .map_err(|e| ApiError::Internal(anyhow::anyhow!("worker failed: {e}")))?
 }
 
 type JsonResult = ApiResult<Json<Value>>;
 
-async fn networks(State(s): State<Shared>) -> JsonResult {
-    with(s, |d| Ok(Json(d.list_networks()))).await
+async fn networks(State(e): State<Shared>) -> JsonResult {
+    Ok(Json(views::list_networks(&e.snapshot())))
 }
 
 async fn network_create(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     Json(req): Json<NetworkCreate>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
-    let id = with(s, move |d| d.create_network(req)).await?;
+    let id = write(e, move |e| e.create_network(req)).await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
 
-async fn network_inspect(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> JsonResult {
-    with(s, move |d| d.inspect_network(&name).map(Json)).await
+async fn network_inspect(State(e): State<Shared>, UrlPath(name): UrlPath<String>) -> JsonResult {
+    views::inspect_network(&e.snapshot(), &e.status(), &name).map(Json)
 }
 
 async fn network_rm(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<StatusCode> {
-    with(s, move |d| d.remove_network(&name)).await?;
+    write(e, move |e| e.remove_network(&name)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn network_connect(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Json(req): Json<Connect>,
 ) -> ApiResult<StatusCode> {
-    with(s, move |d| d.connect(&name, req)).await?;
+    write(e, move |e| e.connect(&name, req)).await?;
     Ok(StatusCode::OK)
 }
 
 async fn network_disconnect(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Json(req): Json<Disconnect>,
 ) -> ApiResult<StatusCode> {
-    with(s, move |d| d.disconnect(&name, &req.container)).await?;
+    write(e, move |e| e.disconnect(&name, &req.container)).await?;
     Ok(StatusCode::OK)
 }
 
-async fn containers(State(s): State<Shared>) -> JsonResult {
-    with(s, |d| Ok(Json(d.list_containers()))).await
+async fn containers(State(e): State<Shared>) -> JsonResult {
+    Ok(Json(views::list_containers(&e.snapshot())))
 }
 
 async fn container_create(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     Json(req): Json<ContainerCreate>,
 ) -> ApiResult<(StatusCode, Json<Created>)> {
-    let id = with(s, move |d| d.run(req)).await?;
+    let id = write(e, move |e| e.run(req)).await?;
     Ok((StatusCode::CREATED, Json(Created { id })))
 }
 
-async fn container_inspect(State(s): State<Shared>, UrlPath(name): UrlPath<String>) -> JsonResult {
-    with(s, move |d| d.inspect_container(&name).map(Json)).await
+async fn container_inspect(State(e): State<Shared>, UrlPath(name): UrlPath<String>) -> JsonResult {
+    views::inspect_container(&e.snapshot(), &e.status(), &name).map(Json)
 }
 
 #[derive(Deserialize)]
@@ -125,31 +122,31 @@ struct RmQuery {
 }
 
 async fn container_rm(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     UrlPath(name): UrlPath<String>,
     Query(q): Query<RmQuery>,
 ) -> ApiResult<StatusCode> {
-    with(s, move |d| d.remove_container(&name, q.force)).await?;
+    write(e, move |e| e.remove_container(&name, q.force)).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 async fn container_logs(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<String> {
-    with(s, move |d| d.logs(&name)).await
+    views::logs(&e.snapshot(), &name)
 }
 
 /// The container's published ports (Docker's `Port` objects).
 async fn container_ports(
-    State(s): State<Shared>,
+    State(e): State<Shared>,
     UrlPath(name): UrlPath<String>,
 ) -> ApiResult<Json<Vec<PublishedPort>>> {
-    with(s, move |d| d.container_ports(&name).map(Json)).await
+    views::container_ports(&e.snapshot(), &name).map(Json)
 }
 
-async fn stats(State(s): State<Shared>) -> JsonResult {
-    with(s, |d| d.stats().map(Json)).await
+async fn stats(State(e): State<Shared>) -> JsonResult {
+    write(e, |e| e.stats().map(Json)).await
 }
 
 pub fn router(state: Shared) -> Router {

@@ -1,58 +1,318 @@
 //! The embedded default store: one redb file under `--state-dir`.
+//!
+//! Tables: `objects_v2` maps each key to its mod revision (8 bytes, little
+//! endian) followed by its value; `meta` holds the store revision and the
+//! last compacted one; `log` maps each revision to the changes it made, so
+//! that a watch can start from any revision still kept (also after a
+//! restart). The log keeps the last [`LOG_KEEP`] revisions. Watches are
+//! in-process: a commit wakes every waiting watcher, which reads the log.
 
-use std::path::Path;
+use std::{
+    path::Path,
+    sync::{Arc, Condvar, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
 
 use anyhow::{Context as _, Result};
-use redb::{Database, ReadableDatabase as _, TableDefinition};
+use redb::{Database, ReadableDatabase as _, ReadableTable as _, TableDefinition};
+use serde::{Deserialize, Serialize};
 
-use super::{Store, Txn};
+use super::{Entry, Event, Expect, Listing, Revision, Store, StoreError, StoreResult, Txn, Watch};
 
-const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+/// The table of the first layout (values without revisions), migrated once.
+const OBJECTS_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
+const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects_v2");
+const META: TableDefinition<&str, u64> = TableDefinition::new("meta");
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+
+const REVISION: &str = "revision";
+const COMPACTED: &str = "compacted";
+
+/// How many revisions of history watches can resume from.
+pub const LOG_KEEP: u64 = 100_000;
+
+/// One logged change: a put (`value` set) or a delete.
+#[derive(Serialize, Deserialize)]
+struct Change {
+    key: String,
+    value: Option<Vec<u8>>,
+}
+
+fn encode(rev: Revision, value: &[u8]) -> Vec<u8> {
+    let mut v = Vec::with_capacity(8 + value.len());
+    v.extend_from_slice(&rev.to_le_bytes());
+    v.extend_from_slice(value);
+    v
+}
+
+fn decode(key: &str, raw: &[u8]) -> Result<Entry> {
+    let (rev, value) = raw
+        .split_first_chunk::<8>()
+        .with_context(|| format!("stored value of {key} is truncated"))?;
+    Ok(Entry {
+        key: key.to_string(),
+        value: value.to_vec(),
+        mod_revision: u64::from_le_bytes(*rev),
+    })
+}
+
+/// The revision every watcher waits on.
+#[derive(Default)]
+struct Notify {
+    revision: Mutex<Revision>,
+    changed: Condvar,
+}
 
 pub struct RedbStore {
-    db: Database,
+    db: Arc<Database>,
+    notify: Arc<Notify>,
+}
+
+fn other(e: impl Into<anyhow::Error>) -> StoreError {
+    StoreError::Other(e.into())
 }
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self> {
         let db = Database::create(path)
             .with_context(|| format!("opening the state database {}", path.display()))?;
-        // Make sure the table exists so that reads never fail on a fresh file.
+        // Make sure the tables exist so that reads never fail on a fresh
+        // file, and carry a first-layout file over (every key at revision 1).
         let w = db.begin_write()?;
-        w.open_table(OBJECTS)?;
+        let revision = {
+            let mut objects = w.open_table(OBJECTS)?;
+            let mut meta = w.open_table(META)?;
+            w.open_table(LOG)?;
+            let mut rev = meta.get(REVISION)?.map(|g| g.value()).unwrap_or(0);
+            let old: Vec<(String, Vec<u8>)> = match w.open_table(OBJECTS_V1) {
+                Ok(t) => t
+                    .iter()?
+                    .map(|i| i.map(|(k, v)| (k.value().to_string(), v.value().to_vec())))
+                    .collect::<Result<_, _>>()?,
+                Err(_) => Vec::new(),
+            };
+            if !old.is_empty() {
+                rev += 1;
+                for (k, v) in &old {
+                    objects.insert(k.as_str(), encode(rev, v).as_slice())?;
+                }
+                meta.insert(REVISION, rev)?;
+                // Nothing before this revision can be replayed.
+                meta.insert(COMPACTED, rev)?;
+            }
+            rev
+        };
+        let _ = w.delete_table(OBJECTS_V1);
         w.commit()?;
-        Ok(Self { db })
+        let notify = Arc::new(Notify::default());
+        *notify
+            .revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = revision;
+        Ok(Self {
+            db: Arc::new(db),
+            notify,
+        })
     }
 }
 
 impl Store for RedbStore {
-    fn list(&self, prefix: &str) -> Result<Vec<(String, Vec<u8>)>> {
-        let r = self.db.begin_read()?;
-        let t = r.open_table(OBJECTS)?;
-        let mut out = Vec::new();
-        for item in t.range(prefix..)? {
-            let (k, v) = item?;
+    fn get(&self, key: &str) -> StoreResult<Option<Entry>> {
+        let r = self.db.begin_read().map_err(other)?;
+        let t = r.open_table(OBJECTS).map_err(other)?;
+        match t.get(key).map_err(other)? {
+            Some(v) => Ok(Some(decode(key, v.value())?)),
+            None => Ok(None),
+        }
+    }
+
+    fn list(&self, prefix: &str) -> StoreResult<Listing> {
+        let r = self.db.begin_read().map_err(other)?;
+        let t = r.open_table(OBJECTS).map_err(other)?;
+        let meta = r.open_table(META).map_err(other)?;
+        let revision = meta
+            .get(REVISION)
+            .map_err(other)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        let mut entries = Vec::new();
+        for item in t.range(prefix..).map_err(other)? {
+            let (k, v) = item.map_err(other)?;
             if !k.value().starts_with(prefix) {
                 break;
             }
-            out.push((k.value().to_owned(), v.value().to_vec()));
+            entries.push(decode(k.value(), v.value())?);
         }
-        Ok(out)
+        Ok(Listing { revision, entries })
     }
 
-    fn commit(&self, txn: Txn) -> Result<()> {
-        let w = self.db.begin_write()?;
-        {
-            let mut t = w.open_table(OBJECTS)?;
+    fn commit(&self, txn: Txn) -> StoreResult<Revision> {
+        let w = self.db.begin_write().map_err(other)?;
+        let rev = {
+            let mut t = w.open_table(OBJECTS).map_err(other)?;
+            let mut meta = w.open_table(META).map_err(other)?;
+            let current = meta
+                .get(REVISION)
+                .map_err(other)?
+                .map(|g| g.value())
+                .unwrap_or(0);
+            for (key, expect) in &txn.guards {
+                let found = t
+                    .get(key.as_str())
+                    .map_err(other)?
+                    .map(|v| decode(key, v.value()).map(|e| e.mod_revision))
+                    .transpose()?;
+                let holds = match expect {
+                    Expect::Absent => found.is_none(),
+                    Expect::Revision(r) => found == Some(*r),
+                };
+                if !holds {
+                    // Dropping `w` aborts the transaction: nothing lands.
+                    return Err(StoreError::Conflict { key: key.clone() });
+                }
+            }
+            if txn.is_empty() {
+                return Ok(current);
+            }
+            let rev = current + 1;
+            let mut changes = Vec::new();
             for key in &txn.deletes {
-                t.remove(key.as_str())?;
+                if t.remove(key.as_str()).map_err(other)?.is_some() {
+                    changes.push(Change {
+                        key: key.clone(),
+                        value: None,
+                    });
+                }
             }
             for (key, value) in &txn.puts {
-                t.insert(key.as_str(), value.as_slice())?;
+                t.insert(key.as_str(), encode(rev, value).as_slice())
+                    .map_err(other)?;
+                changes.push(Change {
+                    key: key.clone(),
+                    value: Some(value.clone()),
+                });
+            }
+            meta.insert(REVISION, rev).map_err(other)?;
+            let mut log = w.open_table(LOG).map_err(other)?;
+            log.insert(rev, serde_json::to_vec(&changes).map_err(other)?.as_slice())
+                .map_err(other)?;
+            if rev > LOG_KEEP && rev.is_multiple_of(1024) {
+                let cut = rev - LOG_KEEP;
+                log.retain_in(..=cut, |_, _| false).map_err(other)?;
+                meta.insert(COMPACTED, cut).map_err(other)?;
+            }
+            rev
+        };
+        w.commit().map_err(other)?;
+        let mut n = self
+            .notify
+            .revision
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        *n = rev;
+        self.notify.changed.notify_all();
+        Ok(rev)
+    }
+
+    fn watch(&self, prefix: &str, after: Revision) -> StoreResult<Box<dyn Watch>> {
+        let w = RedbWatch {
+            db: self.db.clone(),
+            notify: self.notify.clone(),
+            prefix: prefix.to_string(),
+            after,
+        };
+        // Refuse up front a start the log cannot serve.
+        w.check_compacted()?;
+        Ok(Box::new(w))
+    }
+}
+
+struct RedbWatch {
+    db: Arc<Database>,
+    notify: Arc<Notify>,
+    prefix: String,
+    after: Revision,
+}
+
+impl RedbWatch {
+    fn check_compacted(&self) -> StoreResult<()> {
+        let r = self.db.begin_read().map_err(other)?;
+        let meta = r.open_table(META).map_err(other)?;
+        let compacted = meta
+            .get(COMPACTED)
+            .map_err(other)?
+            .map(|g| g.value())
+            .unwrap_or(0);
+        if self.after < compacted {
+            return Err(StoreError::Compacted { compacted });
+        }
+        Ok(())
+    }
+
+    /// Every logged change under the prefix after `self.after`.
+    fn read_log(&mut self) -> StoreResult<Vec<Event>> {
+        self.check_compacted()?;
+        let r = self.db.begin_read().map_err(other)?;
+        let log = r.open_table(LOG).map_err(other)?;
+        let mut out = Vec::new();
+        let mut last = self.after;
+        for item in log.range(self.after + 1..).map_err(other)? {
+            let (rev, raw) = item.map_err(other)?;
+            let revision = rev.value();
+            last = revision;
+            let changes: Vec<Change> = serde_json::from_slice(raw.value()).map_err(other)?;
+            for c in changes {
+                if !c.key.starts_with(&self.prefix) {
+                    continue;
+                }
+                out.push(match c.value {
+                    Some(value) => Event::Put {
+                        key: c.key,
+                        value,
+                        revision,
+                    },
+                    None => Event::Delete {
+                        key: c.key,
+                        revision,
+                    },
+                });
             }
         }
-        w.commit()?;
-        Ok(())
+        self.after = last;
+        Ok(out)
+    }
+}
+
+impl Watch for RedbWatch {
+    fn next(&mut self, timeout: Duration) -> StoreResult<Vec<Event>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let events = self.read_log()?;
+            if !events.is_empty() {
+                return Ok(events);
+            }
+            let mut rev = self
+                .notify
+                .revision
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            while *rev <= self.after {
+                let left = deadline.saturating_duration_since(Instant::now());
+                if left.is_zero() {
+                    return Ok(Vec::new());
+                }
+                rev = self
+                    .notify
+                    .changed
+                    .wait_timeout(rev, left)
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .0;
+            }
+        }
+    }
+
+    fn revision(&self) -> Revision {
+        self.after
     }
 }
 
@@ -60,31 +320,211 @@ impl Store for RedbStore {
 mod tests {
     use super::*;
 
+    struct Dir(std::path::PathBuf);
+
+    impl Dir {
+        fn new(tag: &str) -> Self {
+            static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+            let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let p = std::env::temp_dir()
+                .join(format!("dp-store-test-{tag}-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&p).unwrap();
+            Self(p)
+        }
+        fn db(&self) -> std::path::PathBuf {
+            self.0.join("db.redb")
+        }
+    }
+
+    impl Drop for Dir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn keys(l: &Listing) -> Vec<(&str, &[u8])> {
+        l.entries
+            .iter()
+            .map(|e| (e.key.as_str(), e.value.as_slice()))
+            .collect()
+    }
+
     #[test]
     fn commit_is_atomic_and_list_is_prefix_scoped() {
-        let dir = std::env::temp_dir().join(format!("dp-store-test-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let s = RedbStore::open(&dir.join("db.redb")).unwrap();
+        let dir = Dir::new("atomic");
+        let s = RedbStore::open(&dir.db()).unwrap();
         let mut t = Txn::default();
         t.put("networks/a", b"1".to_vec())
             .put("networks/b", b"2".to_vec())
             .put("networksX/c", b"3".to_vec())
             .put("containers/x", b"4".to_vec());
-        s.commit(t).unwrap();
+        assert_eq!(s.commit(t).unwrap(), 1);
         let nets = s.list("networks/").unwrap();
-        assert_eq!(nets.len(), 2);
-        assert_eq!(nets[0], ("networks/a".into(), b"1".to_vec()));
+        assert_eq!(nets.revision, 1);
+        assert_eq!(
+            keys(&nets),
+            vec![("networks/a", &b"1"[..]), ("networks/b", &b"2"[..])]
+        );
         let mut t = Txn::default();
         t.delete("networks/a").put("networks/b", b"22".to_vec());
-        s.commit(t).unwrap();
+        assert_eq!(s.commit(t).unwrap(), 2);
         assert_eq!(
-            s.list("networks/").unwrap(),
-            vec![("networks/b".into(), b"22".to_vec())]
+            keys(&s.list("networks/").unwrap()),
+            vec![("networks/b", &b"22"[..])]
         );
         drop(s);
-        // Reopening keeps what was committed.
-        let s = RedbStore::open(&dir.join("db.redb")).unwrap();
-        assert_eq!(s.list("containers/").unwrap().len(), 1);
-        std::fs::remove_dir_all(&dir).unwrap();
+        // Reopening keeps what was committed, and the revision.
+        let s = RedbStore::open(&dir.db()).unwrap();
+        assert_eq!(s.list("containers/").unwrap().entries.len(), 1);
+        let b = s.get("networks/b").unwrap().unwrap();
+        assert_eq!((b.value.as_slice(), b.mod_revision), (&b"22"[..], 2));
+        assert_eq!(s.get("networks/a").unwrap(), None);
+        assert_eq!(s.list("").unwrap().revision, 2);
+    }
+
+    #[test]
+    fn a_guarded_commit_that_lost_the_race_is_refused_and_changes_nothing() {
+        let dir = Dir::new("guard");
+        let s = RedbStore::open(&dir.db()).unwrap();
+        // Two writers both saw "ips/10.0.0.2" free and both claim it.
+        let claim = |who: &str| {
+            let mut t = Txn::default();
+            t.absent("ips/10.0.0.2")
+                .put("ips/10.0.0.2", who.as_bytes().to_vec())
+                .put(format!("endpoints/{who}"), b"{}".to_vec());
+            t
+        };
+        assert!(s.commit(claim("a")).is_ok());
+        match s.commit(claim("b")) {
+            Err(StoreError::Conflict { key }) => assert_eq!(key, "ips/10.0.0.2"),
+            other => panic!("the second claim must lose: {other:?}"),
+        }
+        assert_eq!(s.get("ips/10.0.0.2").unwrap().unwrap().value, b"a");
+        assert_eq!(s.get("endpoints/b").unwrap(), None, "nothing of b landed");
+        // Compare-and-swap on a revision read earlier.
+        let read = s.get("ips/10.0.0.2").unwrap().map(|e| e.mod_revision);
+        let mut t = Txn::default();
+        t.unchanged("ips/10.0.0.2", read).delete("ips/10.0.0.2");
+        let rev = s.commit(t).unwrap();
+        let mut stale = Txn::default();
+        stale.unchanged("ips/10.0.0.2", read).put("x", vec![]);
+        assert!(matches!(s.commit(stale), Err(StoreError::Conflict { .. })));
+        assert_eq!(
+            s.list("").unwrap().revision,
+            rev,
+            "a refused commit adds no revision"
+        );
+    }
+
+    #[test]
+    fn concurrent_claims_have_exactly_one_winner() {
+        let dir = Dir::new("race");
+        let s = Arc::new(RedbStore::open(&dir.db()).unwrap());
+        let wins: usize = (0..8)
+            .map(|i| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut t = Txn::default();
+                    t.absent("ports/tcp/8080")
+                        .put("ports/tcp/8080", format!("{i}").into_bytes());
+                    s.commit(t).is_ok()
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| usize::from(h.join().unwrap()))
+            .sum();
+        assert_eq!(wins, 1);
+    }
+
+    #[test]
+    fn a_watch_sees_every_change_in_order_and_resumes_after_a_reopen() {
+        let dir = Dir::new("watch");
+        let s = RedbStore::open(&dir.db()).unwrap();
+        let start = s.list("networks/").unwrap().revision;
+        let mut w = s.watch("networks/", start).unwrap();
+        assert!(w.next(Duration::from_millis(20)).unwrap().is_empty());
+        let mut t = Txn::default();
+        t.put("networks/a", b"1".to_vec())
+            .put("other/x", b"x".to_vec());
+        s.commit(t).unwrap();
+        let mut t = Txn::default();
+        t.delete("networks/a");
+        s.commit(t).unwrap();
+        let mut got = Vec::new();
+        while got.len() < 2 {
+            got.extend(w.next(Duration::from_secs(5)).unwrap());
+        }
+        assert_eq!(
+            got,
+            vec![
+                Event::Put {
+                    key: "networks/a".into(),
+                    value: b"1".to_vec(),
+                    revision: 1
+                },
+                Event::Delete {
+                    key: "networks/a".into(),
+                    revision: 2
+                },
+            ]
+        );
+        assert_eq!(w.revision(), 2);
+        // A watcher blocked in `next` is woken by a commit from another thread.
+        let s = Arc::new(s);
+        let writer = {
+            let s = s.clone();
+            std::thread::spawn(move || {
+                let mut t = Txn::default();
+                t.put("networks/b", b"2".to_vec());
+                s.commit(t).unwrap();
+            })
+        };
+        let woke = w.next(Duration::from_secs(5)).unwrap();
+        writer.join().unwrap();
+        assert_eq!(woke.len(), 1);
+        assert_eq!(woke[0].key(), "networks/b");
+        let seen = w.revision();
+        drop(w);
+        // Changes made while nobody watched are replayed from the log after
+        // the store is reopened (a daemon restart).
+        let mut t = Txn::default();
+        t.put("networks/c", b"3".to_vec());
+        s.commit(t).unwrap();
+        drop(s);
+        let s = RedbStore::open(&dir.db()).unwrap();
+        let mut w = s.watch("networks/", seen).unwrap();
+        let again = w.next(Duration::from_secs(5)).unwrap();
+        assert_eq!(
+            again,
+            vec![Event::Put {
+                key: "networks/c".into(),
+                value: b"3".to_vec(),
+                revision: 4
+            }]
+        );
+    }
+
+    #[test]
+    fn a_first_layout_file_is_carried_over() {
+        let dir = Dir::new("migrate");
+        {
+            let db = Database::create(dir.db()).unwrap();
+            let w = db.begin_write().unwrap();
+            {
+                let mut t = w.open_table(OBJECTS_V1).unwrap();
+                t.insert("networks/a", &b"{\"x\":1}"[..]).unwrap();
+            }
+            w.commit().unwrap();
+        }
+        let s = RedbStore::open(&dir.db()).unwrap();
+        let e = s.get("networks/a").unwrap().unwrap();
+        assert_eq!((e.value.as_slice(), e.mod_revision), (&b"{\"x\":1}"[..], 1));
+        // History before the migration cannot be replayed; after it, it can.
+        assert!(matches!(
+            s.watch("", 0).err(),
+            Some(StoreError::Compacted { compacted: 1 })
+        ));
+        assert!(s.watch("", 1).is_ok());
     }
 }

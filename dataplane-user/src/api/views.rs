@@ -1,0 +1,197 @@
+//! The Docker-shaped JSON the API answers with, built from a snapshot of
+//! the model and the reconciler's status (what is not in place, and why).
+
+use std::collections::BTreeMap;
+
+use serde_json::{json, Value};
+
+use super::{error::ApiResult, PublishedPort};
+use crate::{
+    drivers,
+    engine::{sandbox::process_alive, NetRef, Snapshot, Status},
+    model::Container,
+    ports,
+};
+
+/// The problems of the objects under `keys`, as `inspect` lists them.
+fn problems(status: &Status, keys: &[String]) -> Value {
+    Value::Array(
+        keys.iter()
+            .filter_map(|k| status.problems.get(k).map(|p| (k, p)))
+            .map(|(k, p)| {
+                json!({"Object": k, "What": p.what, "Error": p.error, "Attempts": p.attempts, "Since": p.since})
+            })
+            .collect(),
+    )
+}
+
+fn state(snap: &Snapshot, c: &Container) -> (&'static str, bool) {
+    let running = c.pid.is_some_and(process_alive);
+    let s = if running {
+        "running"
+    } else if c.pid.is_none() || snap.is_pending(&c.id) {
+        "created"
+    } else {
+        "exited"
+    };
+    (s, running)
+}
+
+fn container_networks(snap: &Snapshot, c: &Container) -> serde_json::Map<String, Value> {
+    if let Some(mode) = &c.network_mode {
+        let mut m = serde_json::Map::new();
+        m.insert(
+            mode.clone(),
+            json!({"NetworkID": mode, "EndpointID": "", "Gateway": "", "IPAddress": "", "IPPrefixLen": 0, "MacAddress": ""}),
+        );
+        return m;
+    }
+    snap.endpoints_of_container(&c.id)
+        .iter()
+        .filter_map(|e| {
+            let n = snap.networks.get(&e.network_id)?;
+            Some((
+                n.name.clone(),
+                json!({
+                    "NetworkID": n.id, "EndpointID": e.id, "Gateway": n.gateway.to_string(),
+                    "IPAddress": e.ip.to_string(), "IPPrefixLen": n.subnet.prefix(),
+                    "MacAddress": e.mac.to_string(), "InterfaceName": e.ifname,
+                    "HostInterfaceName": e.host_ifname,
+                }),
+            ))
+        })
+        .collect()
+}
+
+pub fn list_containers(snap: &Snapshot) -> Value {
+    Value::Array(
+        snap.containers
+            .values()
+            .map(|c| {
+                let (state, _) = state(snap, c);
+                json!({
+                    "Id": c.id, "Name": c.name, "Command": c.cmd.join(" "), "Created": c.created,
+                    "State": state,
+                    "Networks": container_networks(snap, c).keys().cloned().collect::<Vec<_>>(),
+                    "Ports": ports::ps_ports(&c.exposed, &c.ports),
+                })
+            })
+            .collect(),
+    )
+}
+
+pub fn inspect_container(snap: &Snapshot, status: &Status, name: &str) -> ApiResult<Value> {
+    let cid = snap.container_id(name)?;
+    let c = &snap.containers[&cid];
+    let (state, running) = state(snap, c);
+    let mut keys = vec![c.key(), format!("dns/{cid}")];
+    keys.extend(snap.endpoints_of_container(&cid).iter().map(|e| e.key()));
+    Ok(json!([{
+        "Id": c.id, "Name": c.name, "Created": c.created, "Path": c.cmd[0], "Args": c.cmd[1..],
+        "State": {"Status": state, "Running": running, "Pid": if running { c.pid.unwrap_or(0) } else { 0 }},
+        "Config": {"Hostname": c.hostname, "Cmd": c.cmd, "ExposedPorts": ports::exposed_ports_json(&c.exposed, &c.ports)},
+        "HostConfig": {
+            "NetworkMode": c.network_mode.as_deref().unwrap_or("default"),
+            "PortBindings": ports::host_config_port_bindings(&c.publish), "PublishAllPorts": c.publish_all,
+        },
+        "LogPath": c.log_path,
+        "NetworkSettings": {
+            "SandboxKey": c.sandbox_key(), "SandboxID": c.netns, "Networks": container_networks(snap, c),
+            "Ports": ports::network_settings_ports(&c.exposed, &c.ports),
+        },
+        "Problems": problems(status, &keys),
+    }]))
+}
+
+pub fn list_networks(snap: &Snapshot) -> Value {
+    let mut out: Vec<Value> = snap
+        .networks
+        .values()
+        .map(|n| {
+            json!({
+                "Name": n.name, "Id": n.id, "Driver": n.driver, "Scope": "local",
+                "Internal": n.internal, "Subnet": n.subnet.to_string(),
+                "Gateway": n.gateway.to_string(), "Created": n.created,
+            })
+        })
+        .collect();
+    for p in drivers::PREDEFINED {
+        out.push(json!({
+            "Name": p, "Id": p, "Driver": p, "Scope": "local", "Internal": false,
+            "Subnet": "", "Gateway": "", "Created": "",
+        }));
+    }
+    Value::Array(out)
+}
+
+pub fn inspect_network(snap: &Snapshot, status: &Status, name: &str) -> ApiResult<Value> {
+    let id = match snap.network_ref(name)? {
+        NetRef::Stored(id) => id,
+        NetRef::Predefined(p) => {
+            let containers: serde_json::Map<String, Value> = snap
+                .containers
+                .values()
+                .filter(|c| c.network_mode.as_deref() == Some(p))
+                .map(|c| {
+                    (
+                        c.id.clone(),
+                        json!({"Name": c.name, "EndpointID": "", "MacAddress": "", "IPv4Address": "", "IPv6Address": ""}),
+                    )
+                })
+                .collect();
+            return Ok(json!([{
+                "Name": p, "Id": p, "Created": "", "Scope": "local", "Driver": p,
+                "EnableIPv6": false, "Internal": false, "Attachable": false,
+                "IPAM": {"Driver": "default", "Options": {}, "Config": []},
+                "Containers": containers, "Options": {}, "Labels": {}, "Problems": [],
+            }]));
+        }
+    };
+    let n = &snap.networks[&id];
+    let mut config = json!({"Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string()});
+    if let Some(r) = n.ip_range {
+        config["IPRange"] = json!(r.to_string());
+    }
+    if !n.aux_addresses.is_empty() {
+        config["AuxiliaryAddresses"] = json!(n
+            .aux_addresses
+            .iter()
+            .map(|(k, v)| (k.clone(), v.to_string()))
+            .collect::<BTreeMap<_, _>>());
+    }
+    let eps = snap.endpoints_of_network(&id);
+    let containers: serde_json::Map<String, Value> = eps
+        .iter()
+        .filter_map(|e| {
+            let c = snap.containers.get(&e.container_id)?;
+            Some((
+                c.id.clone(),
+                json!({
+                    "Name": c.name, "EndpointID": e.id, "MacAddress": e.mac.to_string(),
+                    "IPv4Address": format!("{}/{}", e.ip, n.subnet.prefix()), "IPv6Address": "",
+                }),
+            ))
+        })
+        .collect();
+    let mut keys = vec![n.key()];
+    keys.extend(eps.iter().map(|e| e.key()));
+    Ok(json!([{
+        "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
+        "EnableIPv6": false, "Internal": n.internal, "Attachable": false,
+        "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+        "Containers": containers, "Options": n.options, "Labels": {},
+        "Problems": problems(status, &keys),
+    }]))
+}
+
+/// The container's published ports, as Docker's API lists them.
+pub fn container_ports(snap: &Snapshot, name: &str) -> ApiResult<Vec<PublishedPort>> {
+    let cid = snap.container_id(name)?;
+    Ok(ports::api_ports(&snap.containers[&cid].ports))
+}
+
+pub fn logs(snap: &Snapshot, name: &str) -> ApiResult<String> {
+    let cid = snap.container_id(name)?;
+    let path = &snap.containers[&cid].log_path;
+    Ok(std::fs::read_to_string(path).unwrap_or_default())
+}

@@ -1,0 +1,1002 @@
+//! The engine: one set of operations (networks, containers, endpoints, host
+//! ports) behind every front door. The HTTP API is a thin layer over it; the
+//! Docker plugin and the CNI plugin will be two more.
+//!
+//! Each write validates against a snapshot of the model, commits its intent
+//! to the store with guards on everything it read (so that two writers can
+//! never hand out the same address, host port, name or network number, and a
+//! `network rm` cannot race a `run` on it), then waits for the reconciler to
+//! put the kernel work in place. If that fails, it takes its records back out
+//! of the store, the reconciler removes what was made, and the caller gets
+//! the error: nothing half-made is left. Reads never wait on a write: they
+//! answer from the newest snapshot.
+
+pub mod reconcile;
+pub mod sandbox;
+pub mod snapshot;
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap},
+    net::Ipv4Addr,
+    path::PathBuf,
+    sync::{Arc, Condvar, Mutex, PoisonError, RwLock},
+    time::Duration,
+};
+
+use anyhow::{anyhow, Context as _};
+use ipnetwork::Ipv4Network;
+use tracing::{info, warn};
+
+pub use self::{
+    reconcile::{Problem, Status},
+    snapshot::{NetRef, Snapshot},
+};
+use crate::{
+    api::{
+        error::{bad, ApiError, ApiResult},
+        Connect, ContainerCreate, NetworkCreate,
+    },
+    bpf::Datapath,
+    dns::Dns,
+    drivers, ipam,
+    model::{self, Container, Endpoint, Mac, Network, Pending},
+    netns,
+    ports::{self, Reservation},
+    store::{Revision, Store, StoreError, Txn},
+};
+
+/// How long an operation waits for the reconciler before it gives up.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How often a write whose guards lost a race is validated and tried again.
+const COMMIT_ATTEMPTS: usize = 20;
+
+/// A value that only grows, with waiters (the revision the cache or the
+/// kernel has reached).
+#[derive(Default)]
+pub struct Watermark {
+    value: Mutex<Revision>,
+    changed: Condvar,
+}
+
+impl Watermark {
+    pub fn advance(&self, to: Revision) {
+        let mut v = self.value.lock().unwrap_or_else(PoisonError::into_inner);
+        if to > *v {
+            *v = to;
+            self.changed.notify_all();
+        }
+    }
+
+    pub fn get(&self) -> Revision {
+        *self.value.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Waits until the value is at least `at_least`; false on timeout.
+    pub fn wait(&self, at_least: Revision, timeout: Duration) -> bool {
+        let v = self.value.lock().unwrap_or_else(PoisonError::into_inner);
+        let (v, _) = self
+            .changed
+            .wait_timeout_while(v, timeout, |v| *v < at_least)
+            .unwrap_or_else(PoisonError::into_inner);
+        *v >= at_least
+    }
+}
+
+/// What the engine, the cache's watch and the reconciler share.
+#[derive(Default)]
+pub struct Shared {
+    cache: RwLock<Arc<Snapshot>>,
+    /// The store revision the cache has reached.
+    pub cached: Watermark,
+    /// The store revision the kernel has been reconciled to.
+    pub applied: Watermark,
+    pub status: RwLock<Arc<Status>>,
+    dirty: Mutex<BTreeSet<String>>,
+    dirty_changed: Condvar,
+    /// Sockets an operation bound while choosing host ports, handed to the
+    /// reconciler (by container id) so that no other process can take the
+    /// ports in between.
+    handoff: Mutex<HashMap<String, Vec<Reservation>>>,
+    pub children: sandbox::Children,
+}
+
+impl Shared {
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.cache
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.status
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn install(&self, snap: Snapshot, dirty: impl IntoIterator<Item = String>) {
+        let rev = snap.revision;
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snap);
+        self.cached.advance(rev);
+        let mut d = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        d.extend(dirty);
+        self.dirty_changed.notify_all();
+    }
+
+    /// The keys changed since the last call, waiting up to `wait` for some.
+    pub fn take_dirty(&self, wait: Duration) -> BTreeSet<String> {
+        let d = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        let (mut d, _) = self
+            .dirty_changed
+            .wait_timeout_while(d, wait, |d| d.is_empty())
+            .unwrap_or_else(PoisonError::into_inner);
+        std::mem::take(&mut *d)
+    }
+
+    pub fn take_reservations(&self, cid: &str) -> Option<Vec<Reservation>> {
+        self.handoff
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(cid)
+    }
+
+    fn hand_off(&self, cid: &str, r: Vec<Reservation>) {
+        if !r.is_empty() {
+            self.handoff
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .insert(cid.to_string(), r);
+        }
+    }
+}
+
+pub struct Config {
+    pub state_dir: PathBuf,
+    pub bpffs: PathBuf,
+}
+
+pub struct Engine {
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    dp: Arc<Mutex<Datapath>>,
+    state_dir: PathBuf,
+}
+
+/// ifindex of `name` in the daemon's namespace.
+pub fn ifindex_of(name: &str) -> Option<u32> {
+    nix::net::if_::if_nametoindex(name).ok()
+}
+
+fn parse_ip(s: &str, what: &str) -> ApiResult<Ipv4Addr> {
+    s.parse()
+        .map_err(|_| bad(format!("invalid {what} {s:?}: not an IPv4 address")))
+}
+
+fn parse_cidr(s: &str, what: &str) -> ApiResult<Ipv4Network> {
+    let err = || {
+        bad(format!(
+            "invalid {what} {s:?}: expected CIDR like 10.1.0.0/16"
+        ))
+    };
+    if !s.contains('/') {
+        return Err(err());
+    }
+    s.parse().map_err(|_| err())
+}
+
+fn check_aliases(aliases: &[String]) -> ApiResult<Vec<String>> {
+    for a in aliases {
+        if !sandbox::valid_hostname(a) {
+            return Err(bad(format!("invalid network alias {a:?}")));
+        }
+    }
+    Ok(aliases.to_vec())
+}
+
+fn json<T: serde::Serialize>(v: &T) -> ApiResult<Vec<u8>> {
+    Ok(serde_json::to_vec(v).context("encoding a record")?)
+}
+
+impl Engine {
+    /// Loads the programs (reusing pins), finishes what a daemon that died
+    /// half-way left (its intent records), starts the cache and the
+    /// reconciler, waits for the first full pass to put the kernel in step
+    /// with the store, and makes sure the default `bridge` network exists.
+    pub fn start(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
+        let mut dp = Datapath::load(&cfg.bpffs)?;
+        // Host processes reach published ports through socket-level
+        // translation (no proxy process); only this namespace's sockets.
+        crate::sockhook::attach(&mut dp)?;
+        netns::enable_forwarding()?;
+        Self::abandon_unfinished(store.as_ref())?;
+        let listing = store.list("")?;
+        let snap = Snapshot::from_listing(&listing)?;
+        let shared = Arc::new(Shared::default());
+        shared.install(snap, []);
+        let dp = Arc::new(Mutex::new(dp));
+        let dns = Dns::new(Dns::upstreams_from_resolv_conf(
+            &std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default(),
+        ));
+        let watch = store.watch("", listing.revision)?;
+        {
+            let (store, shared) = (store.clone(), shared.clone());
+            std::thread::Builder::new()
+                .name("store-watch".into())
+                .spawn(move || follow(store, shared, watch))?;
+        }
+        let reconciler =
+            reconcile::Reconciler::new(shared.clone(), dp.clone(), cfg.state_dir.clone(), dns);
+        std::thread::Builder::new()
+            .name("reconciler".into())
+            .spawn(move || reconciler.run())?;
+        if !shared.applied.wait(listing.revision, APPLY_TIMEOUT) {
+            anyhow::bail!("the first reconciliation did not finish");
+        }
+        let engine = Arc::new(Engine {
+            store,
+            shared,
+            dp,
+            state_dir: cfg.state_dir,
+        });
+        let snap = engine.snapshot();
+        if !snap.networks.values().any(|n| n.name == "bridge") {
+            engine
+                .create_network(NetworkCreate {
+                    name: "bridge".into(),
+                    subnet: Some("172.17.0.0/16".into()),
+                    gateway: Some("172.17.0.1".into()),
+                    ..Default::default()
+                })
+                .map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
+        }
+        let snap = engine.snapshot();
+        info!(
+            networks = snap.networks.len(),
+            endpoints = snap.endpoints.len(),
+            containers = snap.containers.len(),
+            "state restored"
+        );
+        Ok(engine)
+    }
+
+    /// Deletes what operations of a daemon that died half-way committed
+    /// (the keys their intent records name); the reconciler then removes
+    /// what they had made in the kernel.
+    fn abandon_unfinished(store: &dyn Store) -> anyhow::Result<()> {
+        for e in store.list(model::PENDING)?.entries {
+            let p: Pending =
+                serde_json::from_slice(&e.value).with_context(|| format!("decoding {}", e.key))?;
+            warn!(container = %p.container_id, netns = %p.netns, "cleaning up a run the previous daemon did not finish");
+            let mut t = Txn::default();
+            t.delete(e.key.clone());
+            for k in &p.keys {
+                t.delete(k.clone());
+            }
+            store.commit(t)?;
+        }
+        Ok(())
+    }
+
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.shared.snapshot()
+    }
+
+    pub fn status(&self) -> Arc<Status> {
+        self.shared.status()
+    }
+
+    /// The pinned conntrack map, which the upkeep task expires on its own
+    /// handle (see [`crate::bpf::expire_conntrack_at`]).
+    pub fn ct_pin(&self) -> PathBuf {
+        self.dp
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .ct_pin()
+    }
+
+    pub fn stats(&self) -> ApiResult<serde_json::Value> {
+        let dp = self.dp.lock().unwrap_or_else(PoisonError::into_inner);
+        Ok(serde_json::json!({
+            "programs": dp.stats()?,
+            "conntrack": {"entries": dp.conntrack_entries()?},
+        }))
+    }
+
+    // ----- committing and waiting ----------------------------------------
+
+    /// Waits until the cache has caught up with the store (after a commit
+    /// that lost a race: the winner's change is then visible).
+    fn catch_up(&self) -> ApiResult<()> {
+        let rev = self.store.list(model::PENDING)?.revision;
+        if !self.shared.cached.wait(rev, APPLY_TIMEOUT) {
+            return Err(ApiError::Internal(anyhow!(
+                "the model cache is not keeping up with the store"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Waits until the reconciler has applied revision `rev`; returns the
+    /// problems of `keys` if any of them is not in place.
+    fn applied(&self, rev: Revision, keys: &[String]) -> ApiResult<Option<String>> {
+        if !self.shared.applied.wait(rev, APPLY_TIMEOUT) {
+            return Err(ApiError::Internal(anyhow!(
+                "the kernel work was not done within {}s (see the daemon's log)",
+                APPLY_TIMEOUT.as_secs()
+            )));
+        }
+        let status = self.status();
+        let problems: Vec<String> = keys
+            .iter()
+            .filter_map(|k| status.problems.get(k))
+            .map(|p| format!("{}: {}", p.what, p.error))
+            .collect();
+        Ok((!problems.is_empty()).then(|| problems.join("; ")))
+    }
+
+    /// Commits `build(snapshot)`, validating again on a fresh snapshot each
+    /// time the guards find that another writer got there first.
+    fn commit_with<T>(
+        &self,
+        mut build: impl FnMut(&Snapshot) -> ApiResult<(Txn, T)>,
+    ) -> ApiResult<(Revision, T)> {
+        for _ in 0..COMMIT_ATTEMPTS {
+            let snap = self.snapshot();
+            let (txn, out) = build(&snap)?;
+            match self.store.commit(txn) {
+                Ok(rev) => {
+                    self.shared.cached.wait(rev, APPLY_TIMEOUT);
+                    return Ok((rev, out));
+                }
+                Err(StoreError::Conflict { .. }) => self.catch_up()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Err(ApiError::Conflict(
+            "too many concurrent changes to the same objects; try again".into(),
+        ))
+    }
+
+    /// Takes an unfinished operation's records back out of the store and
+    /// waits until the reconciler has removed what it made.
+    fn roll_back(&self, pending: &Pending) {
+        let mut t = Txn::default();
+        t.delete(pending.key());
+        for k in &pending.keys {
+            t.delete(k.clone());
+        }
+        match self.store.commit(t) {
+            Ok(rev) => {
+                let _ = self.applied(rev, &[]);
+            }
+            Err(e) => warn!("taking back the records of a failed operation: {e:#}"),
+        }
+    }
+
+    // ----- networks ------------------------------------------------------
+
+    pub fn create_network(&self, req: NetworkCreate) -> ApiResult<String> {
+        if !sandbox::valid_name(&req.name) {
+            return Err(bad(format!(
+                "invalid network name {:?}: use letters, digits, '_', '.', '-', starting with a letter or digit",
+                req.name
+            )));
+        }
+        let driver_name = req.driver.clone().unwrap_or_else(|| "bridge".into());
+        let driver = drivers::get(&driver_name).map_err(bad)?;
+        if !driver.user_creatable() {
+            return Err(bad(format!(
+                "only one instance of {driver_name:?} network is allowed: it is predefined as network {driver_name}"
+            )));
+        }
+        if drivers::predefined(&req.name).is_some() {
+            return Err(ApiError::Conflict(format!(
+                "network with name {} already exists",
+                req.name
+            )));
+        }
+        let subnet = req
+            .subnet
+            .as_deref()
+            .map(|s| parse_cidr(s, "subnet"))
+            .transpose()?;
+        let gateway = req
+            .gateway
+            .as_deref()
+            .map(|s| parse_ip(s, "gateway"))
+            .transpose()?;
+        let ip_range = req
+            .ip_range
+            .as_deref()
+            .map(|s| parse_cidr(s, "ip-range"))
+            .transpose()?;
+        if subnet.is_none()
+            && (gateway.is_some() || ip_range.is_some() || !req.aux_addresses.is_empty())
+        {
+            return Err(bad("--gateway, --ip-range and --aux-address need --subnet"));
+        }
+        let mut aux = BTreeMap::new();
+        for (k, v) in &req.aux_addresses {
+            if k.is_empty() {
+                return Err(bad(format!(
+                    "invalid aux-address {k}={v}: expected NAME=IP"
+                )));
+            }
+            aux.insert(k.clone(), parse_ip(v, "aux-address")?);
+        }
+        if req.options.keys().any(String::is_empty) {
+            return Err(bad("invalid --opt: expected KEY=VALUE"));
+        }
+        let host_routes = ipam::host_routes();
+        let (rev, net) = self.commit_with(|snap| {
+            if snap.networks.values().any(|n| n.name == req.name) {
+                return Err(ApiError::Conflict(format!(
+                    "network with name {} already exists",
+                    req.name
+                )));
+            }
+            let existing: Vec<(String, Ipv4Network)> = snap
+                .networks
+                .values()
+                .map(|n| (n.name.clone(), n.subnet))
+                .collect();
+            let (subnet, gateway) = ipam::plan_network(
+                &ipam::NetworkRequest {
+                    subnet,
+                    gateway,
+                    ip_range,
+                    aux_addresses: aux.clone(),
+                },
+                &existing,
+                &host_routes,
+            )?;
+            let num = (1u32..)
+                .find(|i| !snap.networks.values().any(|n| n.num == *i))
+                .expect("u32 space");
+            if num > dataplane_common::MAX_NETWORKS {
+                return Err(ApiError::Conflict("too many networks".into()));
+            }
+            let net = Network {
+                id: model::new_id(),
+                name: req.name.clone(),
+                driver: driver_name.clone(),
+                num,
+                subnet,
+                gateway,
+                ip_range,
+                aux_addresses: aux.clone(),
+                internal: req.internal,
+                options: req.options.clone(),
+                created: model::now_rfc3339(),
+            };
+            let mut t = Txn::default();
+            t.unchanged(model::NETWORKS_CLAIM, snap.rev_of(model::NETWORKS_CLAIM))
+                .put(model::NETWORKS_CLAIM, net.id.clone().into_bytes())
+                .put(net.key(), json(&net)?);
+            Ok((t, net))
+        })?;
+        if let Some(problem) = self.applied(rev, &[net.key()])? {
+            let mut t = Txn::default();
+            t.delete(net.key());
+            if let Ok(rev) = self.store.commit(t) {
+                let _ = self.applied(rev, &[]);
+            }
+            return Err(ApiError::Internal(anyhow!(
+                "creating network {}: {problem}",
+                net.name
+            )));
+        }
+        info!(network = %net.name, subnet = %net.subnet, "network created");
+        Ok(net.id)
+    }
+
+    pub fn remove_network(&self, name: &str) -> ApiResult<()> {
+        if drivers::predefined(name).is_some() || name == "bridge" {
+            return Err(ApiError::Conflict(format!(
+                "{name} is a pre-defined network and cannot be removed"
+            )));
+        }
+        let (rev, net) = self.commit_with(|snap| {
+            let id = snap.network_id(name)?;
+            let net = snap.networks[&id].clone();
+            if net.name == "bridge" {
+                return Err(ApiError::Conflict(
+                    "bridge is a pre-defined network and cannot be removed".into(),
+                ));
+            }
+            let attached: Vec<String> = snap
+                .endpoints_of_network(&id)
+                .iter()
+                .filter_map(|e| snap.containers.get(&e.container_id).map(|c| c.name.clone()))
+                .collect();
+            if !attached.is_empty() {
+                return Err(ApiError::Conflict(format!(
+                    "network {} has active endpoints ({})",
+                    net.name,
+                    attached.join(", ")
+                )));
+            }
+            let using = model::net_use_claim(&id);
+            let mut t = Txn::default();
+            t.unchanged(net.key(), snap.rev_of(&net.key()))
+                .unchanged(using.clone(), snap.rev_of(&using))
+                .unchanged(model::NETWORKS_CLAIM, snap.rev_of(model::NETWORKS_CLAIM))
+                .put(model::NETWORKS_CLAIM, id.clone().into_bytes())
+                .delete(net.key())
+                .delete(using);
+            Ok((t, net))
+        })?;
+        // The gateway goes with the next pass; a failure there is the
+        // reconciler's to retry and log, not this call's.
+        self.applied(rev, &[])?;
+        info!(network = %net.name, "network removed");
+        Ok(())
+    }
+
+    // ----- containers ----------------------------------------------------
+
+    pub fn run(&self, req: ContainerCreate) -> ApiResult<String> {
+        let id = model::new_id();
+        let name = req
+            .name
+            .clone()
+            .unwrap_or_else(|| format!("dp_{}", &id[..8]));
+        if !sandbox::valid_name(&name) {
+            return Err(bad(format!("invalid container name {name:?}")));
+        }
+        if req.cmd.is_empty() {
+            return Err(bad(
+                "no command given: dataplane run [OPTIONS] -- CMD [ARGS...]",
+            ));
+        }
+        if sandbox::resolve_command(&req.cmd[0]).is_none() {
+            return Err(bad(format!("executable file not found: {}", req.cmd[0])));
+        }
+        let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
+        let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
+        if !sandbox::valid_hostname(&hostname) {
+            return Err(bad(format!("invalid hostname {hostname:?}")));
+        }
+        let aliases = check_aliases(&req.network_aliases)?;
+        let dns = req
+            .dns
+            .iter()
+            .map(|s| parse_ip(s, "--dns"))
+            .collect::<ApiResult<Vec<_>>>()?;
+        for kv in &req.env {
+            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
+                return Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE")));
+            }
+        }
+        let exposed = req
+            .expose
+            .iter()
+            .map(|p| {
+                let (port, proto) = ports::parse_private_port(p).map_err(bad)?;
+                Ok(format!("{port}/{proto}"))
+            })
+            .collect::<ApiResult<Vec<_>>>()?;
+        let mut port_reqs = Vec::new();
+        for spec in &req.publish {
+            port_reqs.extend(ports::parse_publish(spec).map_err(bad)?);
+        }
+        if req.publish_all {
+            let all = ports::publish_all_requests(&exposed, &port_reqs);
+            port_reqs.extend(all);
+        }
+        let ns_name = model::sandbox_netns_name(&id);
+        let log_path = self.log_path(&id);
+        let network = req.network.clone().unwrap_or_else(|| "bridge".into());
+        let (rev, (ctr, pending, nid)) = self
+            .commit_with(|snap| {
+                if snap.containers.values().any(|c| c.name == name) {
+                    return Err(ApiError::Conflict(format!(
+                        "container name {name} is already in use"
+                    )));
+                }
+                let net_ref = snap.network_ref(&network)?;
+                let (nid, mode) = match &net_ref {
+                    NetRef::Stored(nid) => (Some(nid.clone()), None),
+                    NetRef::Predefined(d) => (None, Some(d.to_string())),
+                };
+                if mode.is_some() {
+                    if ip.is_some() || !aliases.is_empty() {
+                        return Err(bad(format!(
+                            "--ip and --network-alias need a network with addresses, not {network}"
+                        )));
+                    }
+                    if !port_reqs.is_empty() {
+                        return Err(bad(format!(
+                            "cannot publish ports of a container on network {network}: {}",
+                            if network == "host" {
+                                "it already uses the host's ports directly"
+                            } else {
+                                "it has no network interface"
+                            }
+                        )));
+                    }
+                    if !req.links.is_empty() {
+                        return Err(bad(format!(
+                            "--link needs a network with addresses, not {network}"
+                        )));
+                    }
+                }
+                let links = match &nid {
+                    Some(nid) => self.parse_links(snap, &req.links, nid)?,
+                    None => Vec::new(),
+                };
+                if let Some(nid) = &nid {
+                    if !req.publish.is_empty() && snap.networks[nid].internal {
+                        // An internal network has no way in or out (Docker
+                        // publishes nothing there either); say so instead of a
+                        // dead port.
+                        return Err(bad(format!(
+                            "cannot publish ports of a container on internal network {}",
+                            snap.networks[nid].name
+                        )));
+                    }
+                }
+                // Refuse a published port that is taken before binding anything.
+                let taken = snap.taken_ports();
+                ports::precheck(&port_reqs, &taken)?;
+                let endpoint = match &nid {
+                    Some(nid) => {
+                        let net = &snap.networks[nid];
+                        let ip = ipam::allocate(net, &snap.used_ips(nid), ip)?;
+                        Some(new_endpoint(nid, &id, ip, "eth0".into(), aliases.clone()))
+                    }
+                    None => None,
+                };
+                // The host ports are held from here on; the reconciler adopts
+                // the sockets, or they are released if the commit fails.
+                let (bindings, reserved) = ports::allocate(&port_reqs, &taken)?;
+                let ctr = Container {
+                    id: id.clone(),
+                    name: name.clone(),
+                    hostname: hostname.clone(),
+                    cmd: req.cmd.clone(),
+                    netns: if mode.as_deref() == Some("host") {
+                        String::new()
+                    } else {
+                        ns_name.clone()
+                    },
+                    pid: None,
+                    log_path: log_path.clone(),
+                    created: model::now_rfc3339(),
+                    dns: dns.clone(),
+                    links,
+                    env: req.env.clone(),
+                    exposed: exposed.clone(),
+                    ports: bindings,
+                    publish: req.publish.clone(),
+                    publish_all: req.publish_all,
+                    network_mode: mode,
+                };
+                let mut keys = vec![ctr.key(), model::name_claim(&name)];
+                let mut t = Txn::default();
+                t.absent(model::name_claim(&name))
+                    .put(model::name_claim(&name), id.clone().into_bytes());
+                if let (Some(nid), Some(ep)) = (&nid, &endpoint) {
+                    let net_key = snap.networks[nid].key();
+                    let claim = model::ip_claim(nid, ep.ip);
+                    t.unchanged(net_key.clone(), snap.rev_of(&net_key))
+                        .absent(claim.clone())
+                        .put(claim.clone(), ep.id.clone().into_bytes())
+                        .put(model::net_use_claim(nid), ep.id.clone().into_bytes())
+                        .put(ep.key(), json(ep)?);
+                    keys.extend([ep.key(), claim]);
+                }
+                if !ctr.ports.is_empty() {
+                    t.unchanged(model::PORTS_CLAIM, snap.rev_of(model::PORTS_CLAIM))
+                        .put(model::PORTS_CLAIM, id.clone().into_bytes());
+                }
+                let pending = Pending {
+                    op: id.clone(),
+                    container_id: id.clone(),
+                    netns: ctr.netns.clone(),
+                    keys,
+                };
+                t.put(ctr.key(), json(&ctr)?)
+                    .put(pending.key(), json(&pending)?);
+                self.shared.hand_off(&id, reserved);
+                Ok((t, (ctr, pending, nid)))
+            })
+            .inspect_err(|_| drop(self.shared.take_reservations(&id)))?;
+        let mut check = vec![ctr.key()];
+        check.extend(
+            self.snapshot()
+                .endpoints_of_container(&id)
+                .iter()
+                .map(|e| e.key()),
+        );
+        let fail = |e: ApiError| {
+            self.roll_back(&pending);
+            drop(self.shared.take_reservations(&id));
+            Err(e)
+        };
+        match self.applied(rev, &check) {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                return fail(ApiError::Internal(anyhow!("starting {name}: {problem}")))
+            }
+            Err(e) => return fail(e),
+        }
+        let snap = self.snapshot();
+        let mut ctr = ctr;
+        let env = match &nid {
+            Some(nid) => sandbox::link_env(&snap, &ctr, nid),
+            None => sandbox::link_env(&snap, &ctr, ""),
+        };
+        let child = match sandbox::spawn(&ctr, &env) {
+            Ok(c) => c,
+            Err(e) => return fail(e.into()),
+        };
+        let pid = child.id();
+        self.shared.children.adopt(child);
+        ctr.pid = Some(pid);
+        crate::fault::point("run-before-commit");
+        let mut t = Txn::default();
+        t.unchanged(ctr.key(), snap.rev_of(&ctr.key()))
+            .put(ctr.key(), json(&ctr)?)
+            .delete(pending.key());
+        match self.store.commit(t) {
+            Ok(rev) => {
+                self.shared.cached.wait(rev, APPLY_TIMEOUT);
+            }
+            Err(e) => {
+                sandbox::kill_group(pid, Duration::from_secs(1));
+                return fail(match e {
+                    StoreError::Conflict { .. } => {
+                        ApiError::Conflict(format!("container {name} was removed while it started"))
+                    }
+                    e => e.into(),
+                });
+            }
+        }
+        info!(container = %ctr.name, "container started");
+        Ok(id)
+    }
+
+    /// Where container `id`'s output goes (its state directory, which the
+    /// reconciler makes).
+    fn log_path(&self, id: &str) -> String {
+        self.state_dir
+            .join("containers")
+            .join(id)
+            .join("log")
+            .display()
+            .to_string()
+    }
+
+    /// Resolves `--link NAME[:ALIAS]` arguments: the target must exist and
+    /// share the network `nid` the new container joins.
+    fn parse_links(
+        &self,
+        snap: &Snapshot,
+        links: &[String],
+        nid: &str,
+    ) -> ApiResult<Vec<model::Link>> {
+        links
+            .iter()
+            .map(|l| {
+                let (name, alias) = l.split_once(':').unwrap_or((l.as_str(), l.as_str()));
+                if name.is_empty() || alias.is_empty() || !sandbox::valid_hostname(alias) {
+                    return Err(bad(format!("invalid --link {l:?}: expected NAME[:ALIAS]")));
+                }
+                let cid = snap.container_id(name)?;
+                if !snap
+                    .endpoints_of_container(&cid)
+                    .iter()
+                    .any(|e| e.network_id == nid)
+                {
+                    return Err(bad(format!(
+                        "cannot link to {name}: it is not on network {}",
+                        snap.networks[nid].name
+                    )));
+                }
+                Ok(model::Link {
+                    container_id: cid,
+                    alias: alias.to_string(),
+                })
+            })
+            .collect()
+    }
+
+    pub fn connect(&self, network: &str, req: Connect) -> ApiResult<()> {
+        let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
+        let aliases = check_aliases(&req.aliases)?;
+        let (rev, (ep, pending)) = self.commit_with(|snap| {
+            let cid = snap.container_id(&req.container)?;
+            let c = &snap.containers[&cid];
+            let nid = match snap.network_ref(network)? {
+                NetRef::Stored(nid) => nid,
+                NetRef::Predefined(d) => {
+                    return Err(bad(format!(
+                        "container cannot be connected to network {d}: it is for containers started on it"
+                    )))
+                }
+            };
+            if let Some(mode) = &c.network_mode {
+                return Err(bad(format!(
+                    "container {} uses network {mode} and cannot be connected to other networks",
+                    c.name
+                )));
+            }
+            let eps = snap.endpoints_of_container(&cid);
+            if eps.iter().any(|e| e.network_id == nid) {
+                return Err(ApiError::Conflict(format!(
+                    "container {} is already attached to network {}",
+                    c.name, snap.networks[&nid].name
+                )));
+            }
+            let ifname = (0u32..)
+                .map(|i| format!("eth{i}"))
+                .find(|n| !eps.iter().any(|e| &e.ifname == n))
+                .expect("free ethN");
+            let net = &snap.networks[&nid];
+            let ip = ipam::allocate(net, &snap.used_ips(&nid), ip)?;
+            let ep = new_endpoint(&nid, &cid, ip, ifname, aliases.clone());
+            let claim = model::ip_claim(&nid, ip);
+            let pending = Pending {
+                op: ep.id.clone(),
+                container_id: cid.clone(),
+                netns: c.netns.clone(),
+                keys: vec![ep.key(), claim.clone()],
+            };
+            let mut t = Txn::default();
+            t.unchanged(net.key(), snap.rev_of(&net.key()))
+                .unchanged(c.key(), snap.rev_of(&c.key()))
+                .absent(claim.clone())
+                .put(claim, ep.id.clone().into_bytes())
+                .put(model::net_use_claim(&nid), ep.id.clone().into_bytes())
+                .put(ep.key(), json(&ep)?)
+                .put(pending.key(), json(&pending)?);
+            Ok((t, (ep, pending)))
+        })?;
+        match self.applied(rev, &[ep.key()]) {
+            Ok(None) => {}
+            Ok(Some(problem)) => {
+                self.roll_back(&pending);
+                return Err(ApiError::Internal(anyhow!("connecting: {problem}")));
+            }
+            Err(e) => {
+                self.roll_back(&pending);
+                return Err(e);
+            }
+        }
+        crate::fault::point("connect-before-commit");
+        let mut t = Txn::default();
+        t.delete(pending.key());
+        let rev = self.store.commit(t)?;
+        self.shared.cached.wait(rev, APPLY_TIMEOUT);
+        Ok(())
+    }
+
+    pub fn disconnect(&self, network: &str, container: &str) -> ApiResult<()> {
+        let (rev, ()) = self.commit_with(|snap| {
+            let nid = snap.network_id(network)?;
+            let cid = snap.container_id(container)?;
+            let ep = snap
+                .endpoints_of_container(&cid)
+                .into_iter()
+                .find(|e| e.network_id == nid)
+                .ok_or_else(|| {
+                    ApiError::Conflict(format!(
+                        "container {} is not connected to network {}",
+                        snap.containers[&cid].name, snap.networks[&nid].name
+                    ))
+                })?;
+            let mut t = Txn::default();
+            t.unchanged(ep.key(), snap.rev_of(&ep.key()))
+                .delete(ep.key())
+                .delete(model::ip_claim(&nid, ep.ip));
+            Ok((t, ()))
+        })?;
+        self.applied(rev, &[])?;
+        Ok(())
+    }
+
+    pub fn remove_container(&self, name: &str, force: bool) -> ApiResult<()> {
+        let snap = self.snapshot();
+        let cid = snap.container_id(name)?;
+        let ctr = snap.containers[&cid].clone();
+        let running = ctr.pid.is_some_and(sandbox::process_alive);
+        if running && !force {
+            return Err(ApiError::Conflict(format!(
+                "container {} is running: stop it first or use rm -f",
+                ctr.name
+            )));
+        }
+        if let Some(pid) = ctr.pid.filter(|_| running) {
+            sandbox::kill_group(pid, Duration::from_secs(3));
+        }
+        let (rev, ()) = self.commit_with(|snap| {
+            let Some(c) = snap.containers.get(&cid) else {
+                return Err(ApiError::NotFound(format!("no such container: {name}")));
+            };
+            let mut t = Txn::default();
+            t.unchanged(c.key(), snap.rev_of(&c.key()))
+                .delete(c.key())
+                .delete(model::name_claim(&c.name));
+            for e in snap.endpoints_of_container(&cid) {
+                t.delete(e.key())
+                    .delete(model::ip_claim(&e.network_id, e.ip));
+            }
+            for (k, p) in &snap.pending {
+                if p.container_id == cid {
+                    t.delete(format!("{}{k}", model::PENDING));
+                }
+            }
+            Ok((t, ()))
+        })?;
+        crate::fault::point("rm-after-commit");
+        self.applied(rev, &[])?;
+        info!(container = %ctr.name, "container removed");
+        Ok(())
+    }
+}
+
+fn new_endpoint(
+    nid: &str,
+    cid: &str,
+    ip: Ipv4Addr,
+    ifname: String,
+    aliases: Vec<String>,
+) -> Endpoint {
+    let id = model::new_id();
+    Endpoint {
+        host_ifname: format!("dp{}", &id[..12]),
+        id,
+        network_id: nid.to_string(),
+        container_id: cid.to_string(),
+        ip,
+        mac: Mac::for_container(ip),
+        host_mac: Mac::random_local(),
+        ifname,
+        aliases,
+    }
+}
+
+/// Keeps the cache current: applies every change the store's watch brings
+/// and marks its key dirty for the reconciler. A watch the store can no
+/// longer serve (compacted) is replaced by a fresh listing.
+fn follow(store: Arc<dyn Store>, shared: Arc<Shared>, mut watch: Box<dyn crate::store::Watch>) {
+    loop {
+        match watch.next(Duration::from_secs(1)) {
+            Ok(events) if events.is_empty() => {}
+            Ok(events) => {
+                let mut snap = (*shared.snapshot()).clone();
+                let mut dirty = Vec::with_capacity(events.len());
+                for e in &events {
+                    snap.apply(e);
+                    dirty.push(e.key().to_string());
+                }
+                snap.revision = snap.revision.max(watch.revision());
+                shared.install(snap, dirty);
+            }
+            Err(StoreError::Compacted { .. }) => {
+                match store.list("").map_err(anyhow::Error::from).and_then(|l| {
+                    let snap = Snapshot::from_listing(&l)?;
+                    let w = store.watch("", l.revision)?;
+                    Ok((snap, w))
+                }) {
+                    Ok((snap, w)) => {
+                        let all: Vec<String> = snap.revs.keys().cloned().collect();
+                        shared.install(snap, all);
+                        watch = w;
+                    }
+                    Err(e) => {
+                        warn!("relisting the store: {e:#}");
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
+                }
+            }
+            Err(e) => {
+                warn!("watching the store: {e:#}");
+                std::thread::sleep(Duration::from_secs(1));
+            }
+        }
+    }
+}

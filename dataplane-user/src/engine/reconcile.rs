@@ -1,0 +1,765 @@
+//! The reconciler: projects the store's desired state into the kernel and
+//! repairs drift. It alone changes netns, veths, addresses, routes, program
+//! links, map entries, DNS sockets and port reservations.
+//!
+//! It runs on a thread of its own. Each change the store's watch brings
+//! marks keys dirty and wakes it for an *incremental* pass over just those
+//! objects (so a `run` costs the same at 1,000 sandboxes as at 10); every
+//! second a *full* pass compares everything with what the kernel has and
+//! puts back what is missing (a veth or route deleted by hand, a map entry
+//! deleted with bpftool, a detached TC link) and removes what nothing in the
+//! store wants. A change that fails is retried with backoff and shown as a
+//! problem of its object (`inspect`, `network inspect`), never dropped.
+
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    net::Ipv4Addr,
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, PoisonError},
+    time::{Duration, Instant},
+};
+
+use anyhow::{anyhow, Context as _, Result};
+use serde::Serialize;
+use tracing::{info, warn};
+
+use super::{sandbox, snapshot::Snapshot, Shared};
+use crate::{
+    bpf::Datapath,
+    dns::{Dns, SandboxServer},
+    drivers,
+    model::{self, Container, Endpoint, Network},
+    netns,
+    ports::{self, Reservation},
+    store::Revision,
+};
+
+/// How often a full pass runs.
+pub const FULL_PASS: Duration = Duration::from_secs(1);
+
+/// Something the store wants that is not in place, and why.
+#[derive(Clone, Debug, Serialize)]
+pub struct Problem {
+    /// What is missing, in a few words.
+    pub what: String,
+    /// The last error.
+    pub error: String,
+    /// Failed attempts so far.
+    pub attempts: u32,
+    /// When it first failed (RFC 3339).
+    pub since: String,
+}
+
+/// The reconciler's report: up to which store revision the kernel is in
+/// place, and the objects (by store key) that are not.
+#[derive(Clone, Debug, Default)]
+pub struct Status {
+    pub revision: Revision,
+    pub problems: BTreeMap<String, Problem>,
+}
+
+/// The first retry of a failed change comes after this, then twice as
+/// late each time, up to [`BACKOFF_MAX`].
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+
+/// What an applied endpoint was, to undo it once the store no longer wants
+/// it.
+#[derive(Clone, Debug)]
+struct Applied {
+    container_id: String,
+    ip: Ipv4Addr,
+    ifindex: u32,
+    host_ifname: String,
+}
+
+/// The kernel as one full pass sees it (one dump each, not one query per
+/// object).
+struct Observed {
+    links: HashMap<String, u32>,
+    routes: HashSet<(Ipv4Addr, u32)>,
+}
+
+pub struct Reconciler {
+    shared: Arc<Shared>,
+    dp: Arc<Mutex<Datapath>>,
+    state_dir: PathBuf,
+    dns: Dns,
+    dns_servers: HashMap<String, SandboxServer>,
+    reservations: HashMap<String, Vec<Reservation>>,
+    uplinks: HashSet<u32>,
+    endpoints: HashMap<String, Applied>,
+    networks: HashMap<String, Network>,
+    /// The PORTS keys projected for each container.
+    ports: HashMap<String, Vec<dataplane_common::PortKey>>,
+    retry: HashMap<String, (u32, Instant)>,
+    problems: BTreeMap<String, Problem>,
+    host_conf: String,
+    names_revision: Option<Revision>,
+}
+
+impl Reconciler {
+    pub fn new(
+        shared: Arc<Shared>,
+        dp: Arc<Mutex<Datapath>>,
+        state_dir: PathBuf,
+        dns: Dns,
+    ) -> Self {
+        Self {
+            shared,
+            dp,
+            state_dir,
+            dns,
+            dns_servers: HashMap::new(),
+            reservations: HashMap::new(),
+            uplinks: HashSet::new(),
+            endpoints: HashMap::new(),
+            networks: HashMap::new(),
+            ports: HashMap::new(),
+            retry: HashMap::new(),
+            problems: BTreeMap::new(),
+            host_conf: String::new(),
+            names_revision: None,
+        }
+    }
+
+    /// Runs passes until the process ends: a full one at once (after a
+    /// restart the kernel is compared with the store as a whole), then an
+    /// incremental one whenever keys change and a full one every
+    /// [`FULL_PASS`].
+    pub fn run(mut self) {
+        let mut last_full = None::<Instant>;
+        loop {
+            let due = last_full.is_none_or(|t: Instant| t.elapsed() >= FULL_PASS);
+            let dirty = self.shared.take_dirty(if due {
+                Duration::ZERO
+            } else {
+                FULL_PASS.saturating_sub(last_full.map_or(Duration::ZERO, |t| t.elapsed()))
+            });
+            let snap = self.shared.snapshot();
+            let full = last_full.is_none_or(|t| t.elapsed() >= FULL_PASS);
+            if full {
+                self.full_pass(&snap);
+                last_full = Some(Instant::now());
+            } else if !dirty.is_empty() {
+                self.incremental_pass(&snap, &dirty);
+            }
+            self.publish(snap.revision);
+        }
+    }
+
+    fn dp(&self) -> std::sync::MutexGuard<'_, Datapath> {
+        self.dp.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn publish(&self, revision: Revision) {
+        *self
+            .shared
+            .status
+            .write()
+            .unwrap_or_else(PoisonError::into_inner) = Arc::new(Status {
+            revision,
+            problems: self.problems.clone(),
+        });
+        self.shared.applied.advance(revision);
+    }
+
+    // ----- bookkeeping of failures ---------------------------------------
+
+    /// Whether a failed `key` may be tried again now.
+    fn due(&self, key: &str) -> bool {
+        self.retry
+            .get(key)
+            .is_none_or(|(_, at)| Instant::now() >= *at)
+    }
+
+    /// Records the outcome of an attempt on `key`.
+    fn outcome(&mut self, key: &str, what: &str, r: Result<()>) {
+        match r {
+            Ok(()) => {
+                if self.problems.remove(key).is_some() {
+                    info!(object = key, "{what}: in place now");
+                }
+                self.retry.remove(key);
+            }
+            Err(e) => {
+                let attempts = self.retry.get(key).map_or(0, |(n, _)| *n) + 1;
+                let wait = BACKOFF_MIN
+                    .saturating_mul(1 << attempts.min(16))
+                    .min(BACKOFF_MAX);
+                self.retry
+                    .insert(key.to_string(), (attempts, Instant::now() + wait));
+                let error = format!("{e:#}");
+                if self.problems.get(key).is_none_or(|p| p.error != error) {
+                    warn!(object = key, attempts, "{what}: {error}");
+                }
+                let since = self
+                    .problems
+                    .get(key)
+                    .map_or_else(model::now_rfc3339, |p| p.since.clone());
+                self.problems.insert(
+                    key.to_string(),
+                    Problem {
+                        what: what.to_string(),
+                        error,
+                        attempts,
+                        since,
+                    },
+                );
+            }
+        }
+    }
+
+    fn forget(&mut self, key: &str) {
+        self.problems.remove(key);
+        self.retry.remove(key);
+    }
+
+    // ----- passes --------------------------------------------------------
+
+    fn full_pass(&mut self, snap: &Snapshot) {
+        self.shared.children.reap();
+        self.host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        self.sync_networks(snap, None);
+        let containers: Vec<&Container> = snap.containers.values().collect();
+        for c in &containers {
+            self.ensure_sandbox(snap, c);
+        }
+        self.sweep_sandboxes(snap);
+        let observed = match (netns::links(), netns::host_routes32()) {
+            (Ok(l), Ok(r)) => Some(Observed {
+                links: l.into_iter().collect(),
+                routes: r,
+            }),
+            (Err(e), _) | (_, Err(e)) => {
+                warn!("reading the host's links and routes: {e:#}");
+                None
+            }
+        };
+        for ep in snap.endpoints.values() {
+            self.ensure_endpoint(snap, ep, observed.as_ref());
+        }
+        self.sweep_endpoints(snap, observed.as_ref());
+        let bpf_eps: Vec<dataplane_common::Endpoint> = snap
+            .endpoints
+            .values()
+            .filter_map(|ep| self.bpf_endpoint(snap, ep))
+            .collect();
+        match self.dp().sync_endpoints(&bpf_eps) {
+            Ok(0) => {}
+            Ok(n) => info!(
+                entries = n,
+                "endpoint map entries put back in step with the store"
+            ),
+            Err(e) => warn!("syncing the endpoint maps: {e:#}"),
+        }
+        self.sync_ports(snap, None);
+        self.sync_links(snap);
+        self.sync_dns(snap, None);
+        let dp = self.dp.clone();
+        let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Err(e) = crate::uplink::sync(&mut dp, &mut self.uplinks) {
+            warn!("syncing uplinks and host addresses: {e:#}");
+        }
+    }
+
+    fn incremental_pass(&mut self, snap: &Snapshot, dirty: &BTreeSet<String>) {
+        let ids = |prefix: &str| -> BTreeSet<String> {
+            dirty
+                .iter()
+                .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
+                .collect()
+        };
+        let nets = ids(model::NETWORKS);
+        let eps = ids(model::ENDPOINTS);
+        // A container's files and ports depend on its endpoints too.
+        let mut ctrs = ids(model::CONTAINERS);
+        for id in &eps {
+            if let Some(e) = snap.endpoints.get(id) {
+                ctrs.insert(e.container_id.clone());
+            } else if let Some(a) = self.endpoints.get(id) {
+                ctrs.insert(a.container_id.clone());
+            }
+        }
+        if !nets.is_empty() {
+            self.sync_networks(snap, Some(&nets));
+        }
+        for id in &ctrs {
+            match snap.containers.get(id) {
+                Some(c) => self.ensure_sandbox(snap, c),
+                None => self.remove_sandbox_of(id),
+            }
+        }
+        for id in &eps {
+            match snap.endpoints.get(id) {
+                Some(ep) => {
+                    self.ensure_endpoint(snap, ep, None);
+                    if let Some(b) = self.bpf_endpoint(snap, ep) {
+                        let r = self.dp().set_endpoint(b);
+                        self.outcome(&ep.key(), "endpoint map entries", r);
+                    }
+                }
+                None => self.teardown_endpoint(id),
+            }
+        }
+        if !ctrs.is_empty() || !eps.is_empty() {
+            self.sync_ports(snap, Some(&ctrs));
+            self.sync_links(snap);
+            self.sync_dns(snap, Some(&ctrs));
+        }
+    }
+
+    // ----- networks ------------------------------------------------------
+
+    fn sync_networks(&mut self, snap: &Snapshot, only: Option<&BTreeSet<String>>) {
+        let wanted = |id: &String| only.is_none_or(|o| o.contains(id));
+        for (id, net) in snap.networks.iter().filter(|(id, _)| wanted(id)) {
+            let key = net.key();
+            if !self.due(&key) && only.is_none() {
+                continue;
+            }
+            let r = drivers::of(net).network_up(net);
+            self.outcome(&key, "network gateway", r);
+            self.networks.insert(id.clone(), net.clone());
+        }
+        let gone: Vec<String> = self
+            .networks
+            .keys()
+            .filter(|id| wanted(id) && !snap.networks.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            let net = self.networks.remove(&id).expect("listed");
+            // Another network may still use the same gateway address.
+            if snap.networks.values().any(|n| n.gateway == net.gateway) {
+                continue;
+            }
+            if let Err(e) = drivers::of(&net).network_down(&net) {
+                warn!(network = %net.name, "removing the network's gateway: {e:#}");
+            }
+            self.forget(&net.key());
+            info!(network = %net.name, "network removed from the kernel");
+        }
+    }
+
+    // ----- sandboxes -----------------------------------------------------
+
+    fn container_dir(&self, id: &str) -> PathBuf {
+        self.state_dir.join("containers").join(id)
+    }
+
+    /// The sandbox of `c`: its state directory, network namespace (with `lo`
+    /// up) and `/etc/netns` files.
+    fn ensure_sandbox(&mut self, snap: &Snapshot, c: &Container) {
+        let key = c.key();
+        let r = (|| -> Result<()> {
+            let dir = self.container_dir(&c.id);
+            std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+            if c.shares_host_netns() {
+                return Ok(());
+            }
+            let path = netns::path_of(&c.netns);
+            if !path.exists() {
+                let p = netns::create(&c.netns)?;
+                if let Err(e) = netns::prepare_sandbox(&p) {
+                    let _ = netns::delete(&c.netns);
+                    return Err(e);
+                }
+            }
+            let (conf, hosts) = sandbox::etc_files(snap, c, &self.host_conf);
+            let etc = c.etc_dir();
+            for (name, text) in [("resolv.conf", &conf), ("hosts", &hosts)] {
+                let p = etc.join(name);
+                if std::fs::read_to_string(&p).ok().as_deref() != Some(text.as_str()) {
+                    std::fs::create_dir_all(&etc)
+                        .with_context(|| format!("creating {}", etc.display()))?;
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?;
+                }
+            }
+            Ok(())
+        })();
+        self.outcome(&key, "sandbox", r);
+    }
+
+    /// Removes everything of a sandbox the store no longer has: its
+    /// processes, network namespace, `/etc/netns` files and state directory
+    /// (last, so that a daemon dying half-way finds it again).
+    fn remove_sandbox_of(&mut self, id: &str) {
+        self.dns_servers.remove(id);
+        self.reservations.remove(id);
+        let ns = model::sandbox_netns_name(id);
+        netns::kill_processes_in(&ns);
+        if let Err(e) = netns::delete(&ns) {
+            warn!(netns = %ns, "deleting netns: {e:#}");
+            return;
+        }
+        let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(&ns));
+        let _ = std::fs::remove_dir_all(self.container_dir(id));
+        self.forget(&format!("{}{id}", model::CONTAINERS));
+    }
+
+    /// Sandboxes of this daemon (a directory under `<state>/containers`) that
+    /// the store does not want. Another daemon's namespaces are never
+    /// touched: only those this daemon's state directory names.
+    fn sweep_sandboxes(&mut self, snap: &Snapshot) {
+        let Ok(dir) = std::fs::read_dir(self.state_dir.join("containers")) else {
+            return;
+        };
+        let stale: Vec<String> = dir
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|id| !snap.containers.contains_key(id))
+            .collect();
+        for id in stale {
+            info!(container = %id, "removing a sandbox the store no longer has");
+            self.remove_sandbox_of(&id);
+        }
+    }
+
+    // ----- endpoints -----------------------------------------------------
+
+    fn bpf_endpoint(&self, snap: &Snapshot, ep: &Endpoint) -> Option<dataplane_common::Endpoint> {
+        let applied = self.endpoints.get(&ep.id)?;
+        let net = snap.networks.get(&ep.network_id)?;
+        Some(dataplane_common::Endpoint {
+            ifindex: applied.ifindex,
+            network_id: net.num,
+            ip: dataplane_common::ipv4_wire(ep.ip.octets()),
+            mac: ep.mac.0,
+            host_mac: ep.host_mac.0,
+            flags: 0,
+            net: net.to_bpf(),
+        })
+    }
+
+    fn plan(net: &Network, ep: &Endpoint, sandbox: &Path) -> netns::VethPlan {
+        netns::VethPlan {
+            host_ifname: ep.host_ifname.clone(),
+            host_ifindex: 0,
+            host_mac: ep.host_mac,
+            netns: sandbox.to_path_buf(),
+            ifname: ep.ifname.clone(),
+            mac: ep.mac,
+            ip: ep.ip,
+            prefix: net.subnet.prefix(),
+            gateway: net.gateway,
+            default_route: ep.ifname == "eth0" && !net.internal,
+        }
+    }
+
+    /// Makes an endpoint's link, route and program link present. With
+    /// `observed` (a full pass) it compares against one dump of the host's
+    /// links and routes; without, it looks up just this endpoint.
+    fn ensure_endpoint(&mut self, snap: &Snapshot, ep: &Endpoint, observed: Option<&Observed>) {
+        let key = ep.key();
+        let Some(net) = snap.networks.get(&ep.network_id) else {
+            self.outcome(
+                &key,
+                "endpoint",
+                Err(anyhow!("its network {} is gone", ep.network_id)),
+            );
+            return;
+        };
+        let Some(c) = snap.containers.get(&ep.container_id) else {
+            return;
+        };
+        if !self.due(&key) && self.problems.contains_key(&key) {
+            return;
+        }
+        let sandbox = PathBuf::from(c.sandbox_key());
+        if !sandbox.exists() {
+            // The sandbox is not there (yet, or it failed): its own problem.
+            return;
+        }
+        let driver = drivers::of(net);
+        let plan = Self::plan(net, ep, &sandbox);
+        let existing = match observed {
+            Some(o) => o.links.get(&ep.host_ifname).copied(),
+            None => crate::engine::ifindex_of(&ep.host_ifname),
+        };
+        let r = (|| -> Result<()> {
+            let ifindex = match existing {
+                Some(i) => {
+                    if let Some(o) = observed {
+                        if !o.routes.contains(&(ep.ip, i)) {
+                            info!(endpoint = %ep.id, ip = %ep.ip, "putting back the host route");
+                            netns::set_link_up(i)?;
+                            driver.repair_routes(&plan, i)?;
+                        }
+                    }
+                    i
+                }
+                None => {
+                    if self.endpoints.contains_key(&ep.id) {
+                        info!(endpoint = %ep.id, veth = %ep.host_ifname, "putting back a deleted veth");
+                    }
+                    self.create_link(driver, plan.clone())?
+                }
+            };
+            let attached = self.dp().is_attached(&ep.host_ifname);
+            if !attached {
+                if existing.is_some() && self.endpoints.contains_key(&ep.id) {
+                    info!(endpoint = %ep.id, veth = %ep.host_ifname, "attaching the program again");
+                }
+                self.dp().reattach(&ep.host_ifname)?;
+            }
+            self.endpoints.insert(
+                ep.id.clone(),
+                Applied {
+                    container_id: ep.container_id.clone(),
+                    ip: ep.ip,
+                    ifindex,
+                    host_ifname: ep.host_ifname.clone(),
+                },
+            );
+            Ok(())
+        })();
+        self.outcome(&key, "endpoint", r);
+    }
+
+    /// Creates the endpoint's link with a host-side ifindex from the
+    /// `IFACES` range (lowest free slot first), skipping indexes that a
+    /// device unknown to us turns out to hold.
+    fn create_link(&self, driver: &dyn drivers::Driver, mut plan: netns::VethPlan) -> Result<u32> {
+        let used: HashSet<u32> = self.endpoints.values().map(|a| a.ifindex).collect();
+        let mut free = (0..dataplane_common::MAX_ENDPOINTS)
+            .map(|slot| dataplane_common::IFINDEX_BASE + slot)
+            .filter(|i| !used.contains(i));
+        for _ in 0..64 {
+            let Some(ifindex) = free.next() else { break };
+            plan.host_ifindex = ifindex;
+            match driver.create_link(&plan) {
+                Ok(i) => return Ok(i),
+                Err(e) if netns::is_ifindex_taken(&e) => continue,
+                Err(e) => return Err(e),
+            }
+        }
+        Err(anyhow!(
+            "no free interface index left for endpoints (at most {} per host)",
+            dataplane_common::MAX_ENDPOINTS
+        ))
+    }
+
+    /// Removes an endpoint the store no longer has: its map entries,
+    /// conntrack entries, link pin and veth.
+    fn teardown_endpoint(&mut self, id: &str) {
+        let Some(a) = self.endpoints.remove(id) else {
+            return;
+        };
+        let ip = dataplane_common::ipv4_wire(a.ip.octets());
+        {
+            let mut dp = self.dp();
+            let _ = dp.remove_endpoint(ip, a.ifindex);
+            let _ = dp.detach(&a.host_ifname);
+            if let Err(e) = dp.flush_conntrack(ip) {
+                warn!(ip = %a.ip, "flushing conntrack entries: {e:#}");
+            }
+        }
+        if let Err(e) = netns::delete_link(&a.host_ifname) {
+            warn!(veth = %a.host_ifname, "deleting veth: {e:#}");
+        }
+        self.forget(&format!("{}{id}", model::ENDPOINTS));
+    }
+
+    /// Host veths and pinned links no endpoint of the store owns.
+    fn sweep_endpoints(&mut self, snap: &Snapshot, observed: Option<&Observed>) {
+        let gone: Vec<String> = self
+            .endpoints
+            .keys()
+            .filter(|id| !snap.endpoints.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            self.teardown_endpoint(&id);
+        }
+        let owned: HashSet<&str> = snap
+            .endpoints
+            .values()
+            .map(|e| e.host_ifname.as_str())
+            .collect();
+        if let Some(o) = observed {
+            for name in o.links.keys() {
+                if is_host_veth_name(name) && !owned.contains(name.as_str()) {
+                    warn!(veth = %name, "deleting a host veth no endpoint owns");
+                    if let Err(e) = netns::delete_link(name) {
+                        warn!(veth = %name, "deleting veth: {e:#}");
+                    }
+                }
+            }
+        }
+        let stale: Vec<String> = self
+            .dp()
+            .pinned_links()
+            .into_iter()
+            .filter(|l| !owned.contains(l.as_str()))
+            .collect();
+        for l in stale {
+            info!(link = %l, "removing a pinned link no endpoint owns");
+            let _ = self.dp().detach(&l);
+        }
+    }
+
+    // ----- published ports -----------------------------------------------
+
+    /// Holds a socket on every published host port and makes `PORTS` the
+    /// projection of the stored bindings (for `only` containers, or all).
+    fn sync_ports(&mut self, snap: &Snapshot, only: Option<&BTreeSet<String>>) {
+        let ids: Vec<String> = match only {
+            Some(o) => o.iter().cloned().collect(),
+            None => snap
+                .containers
+                .keys()
+                .chain(self.reservations.keys())
+                .cloned()
+                .collect::<BTreeSet<_>>()
+                .into_iter()
+                .collect(),
+        };
+        for id in &ids {
+            let Some(c) = snap.containers.get(id) else {
+                self.reservations.remove(id);
+                continue;
+            };
+            if c.ports.is_empty() || self.reservations.contains_key(id) {
+                continue;
+            }
+            // Sockets the engine bound while choosing the ports, or new ones
+            // (after a restart).
+            let handed = self.shared.take_reservations(id);
+            let held = match handed {
+                Some(h) => h,
+                None => {
+                    let mut held = Vec::new();
+                    for b in &c.ports {
+                        match ports::reserve(&b.proto, b.host_ip, b.host_port) {
+                            Ok((r, _)) => held.push(r),
+                            Err(e) => warn!(
+                                container = %c.name,
+                                "cannot reserve published port {}:{}/{} again: {}",
+                                b.host_ip.unwrap_or(Ipv4Addr::UNSPECIFIED), b.host_port, b.proto, e.desc()
+                            ),
+                        }
+                    }
+                    held
+                }
+            };
+            self.reservations.insert(id.clone(), held);
+        }
+        let dp = self.dp.clone();
+        let ports = &mut self.ports;
+        let r = (|| -> Result<()> {
+            let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
+            match only {
+                None => {
+                    let entries: Vec<_> = snap
+                        .containers
+                        .keys()
+                        .flat_map(|id| snap.port_entries(id))
+                        .collect();
+                    dp.sync_ports(&entries)?;
+                    *ports = snap
+                        .containers
+                        .keys()
+                        .map(|id| {
+                            let keys = snap.port_entries(id).into_iter().map(|(k, _)| k).collect();
+                            (id.clone(), keys)
+                        })
+                        .collect();
+                }
+                Some(o) => {
+                    for id in o {
+                        for k in ports.remove(id).unwrap_or_default() {
+                            dp.remove_port(&k)?;
+                        }
+                        let entries = snap.port_entries(id);
+                        for (k, v) in &entries {
+                            dp.set_port(*k, *v)?;
+                        }
+                        if !entries.is_empty() {
+                            ports.insert(id.clone(), entries.into_iter().map(|(k, _)| k).collect());
+                        }
+                    }
+                }
+            }
+            Ok(())
+        })();
+        self.outcome("ports", "published ports map", r);
+    }
+
+    fn sync_links(&mut self, snap: &Snapshot) {
+        let r = self.dp().sync_links(&snap.link_pairs());
+        self.outcome("links", "--link table", r);
+    }
+
+    // ----- DNS -----------------------------------------------------------
+
+    /// Hands the resolver the names of this revision, starts the resolver
+    /// of each sandbox that has none (for `only` containers, or all), stops
+    /// those of sandboxes that are gone, and points each sandbox's
+    /// 127.0.0.11:53 at its resolver.
+    fn sync_dns(&mut self, snap: &Snapshot, only: Option<&BTreeSet<String>>) {
+        if self.names_revision != Some(snap.revision) {
+            self.dns.update(snap.names());
+            self.names_revision = Some(snap.revision);
+        }
+        let gone: Vec<String> = self
+            .dns_servers
+            .keys()
+            .filter(|id| !snap.containers.contains_key(*id))
+            .cloned()
+            .collect();
+        for id in gone {
+            if let Some(s) = self.dns_servers.remove(&id) {
+                let _ = self.dp().remove_dns_port(s.netns_cookie());
+            }
+        }
+        let ids: Vec<&String> = match only {
+            Some(o) => o.iter().collect(),
+            None => snap.containers.keys().collect(),
+        };
+        for id in ids {
+            let Some(c) = snap.containers.get(id) else {
+                continue;
+            };
+            // `host` and `none` sandboxes have no names to serve.
+            if self.dns_servers.contains_key(id) || c.network_mode.is_some() {
+                continue;
+            }
+            let key = format!("dns/{id}");
+            if !self.due(&key) {
+                continue;
+            }
+            let path = PathBuf::from(c.sandbox_key());
+            if !path.exists() {
+                continue;
+            }
+            let upstreams = (!c.dns.is_empty()).then(|| {
+                c.dns
+                    .iter()
+                    .map(|ip| std::net::SocketAddr::from((*ip, 53)))
+                    .collect()
+            });
+            let r = self.dns.start_sandbox(&path, id, upstreams).map(|server| {
+                self.dns_servers.insert(id.clone(), server);
+            });
+            self.outcome(&key, "embedded DNS server", r);
+        }
+        let ports: Vec<(u64, u16)> = self
+            .dns_servers
+            .values()
+            .map(|s| (s.netns_cookie(), s.addr().port()))
+            .collect();
+        let r = self.dp().sync_dns_ports(&ports);
+        self.outcome("dns", "resolver ports map", r);
+    }
+}
+
+/// Whether `name` has the shape of the host-side veths this daemon makes
+/// (`dp` and 12 hex digits of an endpoint id).
+pub fn is_host_veth_name(name: &str) -> bool {
+    name.len() == 14
+        && name.starts_with("dp")
+        && name[2..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}

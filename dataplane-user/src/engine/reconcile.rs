@@ -496,11 +496,13 @@ impl Reconciler {
                     self.create_link(driver, plan.clone())?
                 }
             };
-            let attached = self.dp().is_attached(&ep.host_ifname);
-            if !attached {
-                if existing.is_some() && self.endpoints.contains_key(&ep.id) {
-                    info!(endpoint = %ep.id, veth = %ep.host_ifname, "attaching the program again");
-                }
+            if !self.endpoints.contains_key(&ep.id) {
+                // First time this daemon sees the endpoint (a new one, or one
+                // a previous daemon made): attach, or swap this daemon's
+                // program into the pinned link atomically.
+                self.dp().attach(&ep.host_ifname)?;
+            } else if !self.dp().is_attached(&ep.host_ifname) {
+                info!(endpoint = %ep.id, veth = %ep.host_ifname, "attaching the program again");
                 self.dp().reattach(&ep.host_ifname)?;
             }
             self.endpoints.insert(

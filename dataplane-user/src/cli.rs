@@ -536,7 +536,6 @@ async fn port_cmd(c: &Client, name: &str, port: Option<&str>, format: Format) ->
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
-        let filter = filter.as_ref().map(|(p, proto)| (*p, proto.as_str()));
         for line in ports::port_lines(&list, filter) {
             println!("{line}");
         }

@@ -277,9 +277,67 @@ pub fn already_allocated(ip: Option<Ipv4Addr>, port: &str) -> PortError {
     ))
 }
 
-/// Refuses, before anything is created, requests for an exact host port
-/// that collides with `taken` or with an earlier request of the same list.
+/// Most host ports one container may publish. Each is a socket the daemon
+/// holds for the container's life, and a container holding every port
+/// would leave the host none for its own servers, nor for its outgoing
+/// connections (a bound socket keeps its port out of the kernel's
+/// ephemeral choice). The NAT benchmark publishes up to 10,000.
+pub const MAX_PORTS_PER_CONTAINER: usize = 16_384;
+
+/// Open files the daemon keeps free for everything but reservations:
+/// sandboxes' DNS sockets, netlink, netns and BPF handles, API connections.
+pub const FD_HEADROOM: u64 = 1024;
+
+/// Whether `n` more reservations fit: at most [`MAX_PORTS_PER_CONTAINER`]
+/// for one container, and no more than the daemon can still open (it holds
+/// `open` files of a limit of `limit`, and keeps [`FD_HEADROOM`] spare).
+pub fn check_budget(n: usize, open: u64, limit: u64) -> Result<(), PortError> {
+    if n > MAX_PORTS_PER_CONTAINER {
+        return Err(PortError::Invalid(format!(
+            "cannot publish {n} ports for one container: the most is {MAX_PORTS_PER_CONTAINER} \
+             (each holds a host port); publish a smaller range"
+        )));
+    }
+    let free = limit.saturating_sub(open).saturating_sub(FD_HEADROOM);
+    if n as u64 > free {
+        return Err(PortError::Invalid(format!(
+            "cannot publish {n} ports: each holds an open file of the daemon, which has {open} \
+             open of its limit of {limit} and keeps {FD_HEADROOM} spare, so {free} more fit; \
+             publish fewer ports, or raise the daemon's open-files limit (ulimit -n, \
+             LimitNOFILE=) and restart it"
+        )));
+    }
+    Ok(())
+}
+
+/// (open files, soft RLIMIT_NOFILE) of this process; `None` when either
+/// cannot be read.
+fn fd_usage() -> Option<(u64, u64)> {
+    // The directory's own handle is one of the entries.
+    let open = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .count()
+        .saturating_sub(1) as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some((open, lim.rlim_cur))
+}
+
+/// Refuses, before anything is created or bound: more ports than
+/// [`check_budget`] allows, and requests for an exact host port that
+/// collides with `taken` or with an earlier request of the same list.
 pub fn precheck(reqs: &[PortRequest], taken: &Taken) -> Result<(), PortError> {
+    if let Some((open, limit)) = fd_usage() {
+        check_budget(reqs.len(), open, limit)?;
+    } else {
+        check_budget(reqs.len(), 0, u64::MAX)?;
+    }
     let mut taken = taken.clone();
     for r in reqs {
         let Some((a, b)) = r.host_ports.filter(|(a, b)| a == b) else {
@@ -344,6 +402,11 @@ fn bind_error(proto: Proto, ip: Option<Ipv4Addr>, port: u16, e: Errno) -> PortEr
         Errno::EADDRNOTAVAIL => PortError::Invalid(format!(
             "{what}: {} is not an address of this host",
             ip_str(ip)
+        )),
+        Errno::EMFILE | Errno::ENFILE => PortError::Internal(format!(
+            "{what}: {}: publish fewer ports, or raise the daemon's open-files limit \
+             (ulimit -n, LimitNOFILE=) and restart it",
+            e.desc()
         )),
         e => PortError::Internal(format!("{what}: {}", e.desc())),
     }
@@ -875,6 +938,43 @@ mod tests {
         assert!(precheck(&distinct, &empty).is_ok());
         // Ranges and any-port requests are settled by `allocate`.
         assert!(precheck(&[req("tcp", None, Some((8080, 8081)), 80)], &taken).is_ok());
+    }
+
+    #[test]
+    fn too_many_ports_are_refused_before_binding() {
+        // The NAT benchmark's 10,000 fit with the daemon's usual limit.
+        assert_eq!(check_budget(10_000, 40, 20_000), Ok(()));
+        assert_eq!(check_budget(MAX_PORTS_PER_CONTAINER, 40, 1 << 20), Ok(()));
+        let e = check_budget(65_535, 40, 1 << 20).unwrap_err();
+        assert_eq!(
+            e,
+            PortError::Invalid(
+                "cannot publish 65535 ports for one container: the most is 16384 \
+                 (each holds a host port); publish a smaller range"
+                    .into()
+            )
+        );
+        // Under the cap but more than the open files left.
+        let e = check_budget(3_000, 100, 4_096).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "cannot publish 3000 ports: each holds an open file of the daemon, which has 100 \
+                 open of its limit of 4096 and keeps 1024 spare, so 2972 more fit;"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("raise the daemon's open-files limit"), "{e}");
+        assert_eq!(check_budget(2_972, 100, 4_096), Ok(()));
+        // Past the limit already: nothing fits, and nothing underflows.
+        assert!(check_budget(1, 5_000, 4_096).is_err());
+        assert_eq!(check_budget(0, 5_000, 4_096), Ok(()));
+        // precheck applies the cap to the whole request list.
+        let reqs: Vec<PortRequest> = parse_publish("1-65535:1-65535").unwrap();
+        assert_eq!(reqs.len(), 65_535);
+        assert!(matches!(
+            precheck(&reqs, &Taken::default()),
+            Err(PortError::Invalid(m)) if m.starts_with("cannot publish 65535 ports")
+        ));
     }
 
     #[test]

@@ -74,17 +74,26 @@ impl Client {
         let connect_limit = self
             .timeout
             .map_or(CONNECT_TIMEOUT, |t| t.min(CONNECT_TIMEOUT));
-        let stream = match tokio::time::timeout(
-            connect_limit,
-            tokio::net::UnixStream::connect(&self.socket),
-        )
-        .await
-        {
+        // A full connection queue (a daemon that has stopped accepting)
+        // is EAGAIN on a Unix socket: retried until the connect timeout.
+        let connect = async {
+            loop {
+                match tokio::net::UnixStream::connect(&self.socket).await {
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        tokio::time::sleep(Duration::from_millis(20)).await
+                    }
+                    r => return r,
+                }
+            }
+        };
+        let stream = match tokio::time::timeout(connect_limit, connect).await {
             Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(anyhow!(
+            Ok(Err(e)) => {
+                return Err(anyhow!(
                 "cannot connect to the dataplane daemon at unix://{} ({e}): is the daemon running?",
                 self.socket.display()
-            )),
+            ))
+            }
             Err(_) => {
                 return Err(anyhow!(
                     "cannot connect to the dataplane daemon at unix://{} within {}: check \
@@ -163,6 +172,8 @@ pub fn seg(s: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::os::fd::AsRawFd as _;
+
     use super::*;
 
     #[test]
@@ -202,5 +213,45 @@ mod tests {
         );
         assert!(msg.contains("--timeout"), "{msg}");
         assert!(took >= Duration::from_millis(300), "{took:?}");
+    }
+
+    /// A listener whose queue is full (backlog 0, one connection waiting):
+    /// connecting gives up at the timeout, naming the socket.
+    #[tokio::test]
+    async fn a_full_connection_queue_times_out_with_a_clear_message() {
+        use nix::sys::socket::{
+            bind, listen, socket, AddressFamily, Backlog, SockFlag, SockType, UnixAddr,
+        };
+        let dir = std::env::temp_dir().join(format!("dp-client-q-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let sock = dir.join("api.sock");
+        let _ = std::fs::remove_file(&sock);
+        let fd = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::empty(),
+            None,
+        )
+        .unwrap();
+        bind(fd.as_raw_fd(), &UnixAddr::new(&sock).unwrap()).unwrap();
+        listen(&fd, Backlog::new(0).unwrap()).unwrap();
+        // Fill the queue: connections are refused with EAGAIN once it is.
+        let mut queued = Vec::new();
+        while let Ok(s) = tokio::net::UnixStream::connect(&sock).await {
+            queued.push(s);
+            assert!(queued.len() < 64, "the queue never filled");
+        }
+        let c = Client::new(&sock).with_timeout(Some(Duration::from_millis(300)));
+        let e = c.call(Method::GET, "/networks", None).await.unwrap_err();
+        let _ = std::fs::remove_dir_all(&dir);
+        let msg = format!("{e:#}");
+        assert_eq!(
+            msg,
+            format!(
+                "cannot connect to the dataplane daemon at unix://{} within 0.3 s: check that it \
+                 is running and not stopped (state T in ps) or overloaded",
+                sock.display()
+            )
+        );
     }
 }

@@ -69,27 +69,48 @@ pub enum IpamError {
     Exhausted(String),
 }
 
-/// Ranges no network may use, with what they are: putting the gateway of
-/// one on `lo` (and taking it off again) would break the host. The limited
-/// broadcast comes before 240.0.0.0/4, which holds it, so that it is named.
-const SPECIAL_RANGES: [([u8; 4], u8, &str); 5] = [
-    ([0, 0, 0, 0], 8, "\"this network\", RFC 1122"),
-    ([127, 0, 0, 0], 8, "loopback"),
-    ([224, 0, 0, 0], 4, "multicast"),
-    ([255, 255, 255, 255], 32, "the limited broadcast address"),
-    ([240, 0, 0, 0], 4, "reserved, class E"),
+/// Ranges no network may use: putting the gateway of one on `lo` (and
+/// taking it off again) would break the host. Each with what it is, as a
+/// range and as said of one address. The limited broadcast comes before
+/// 240.0.0.0/4, which holds it, so that it is named.
+const SPECIAL_RANGES: [([u8; 4], u8, &str, &str); 5] = [
+    (
+        [0, 0, 0, 0],
+        8,
+        "\"this network\", RFC 1122",
+        "in \"this network\" (RFC 1122)",
+    ),
+    ([127, 0, 0, 0], 8, "loopback", "a loopback address"),
+    ([224, 0, 0, 0], 4, "multicast", "a multicast address"),
+    (
+        [255, 255, 255, 255],
+        32,
+        "the limited broadcast address",
+        "the limited broadcast address",
+    ),
+    (
+        [240, 0, 0, 0],
+        4,
+        "reserved, class E",
+        "a reserved (class E) address",
+    ),
 ];
 
-fn special_ranges() -> impl Iterator<Item = (Ipv4Network, &'static str)> {
-    SPECIAL_RANGES
-        .iter()
-        .map(|(a, p, kind)| (Ipv4Network::new(Ipv4Addr::from(*a), *p).unwrap(), *kind))
+/// (range, what it is, what one address of it is).
+fn special_ranges() -> impl Iterator<Item = (Ipv4Network, &'static str, &'static str)> {
+    SPECIAL_RANGES.iter().map(|(a, p, range, one)| {
+        (
+            Ipv4Network::new(Ipv4Addr::from(*a), *p).unwrap(),
+            *range,
+            *one,
+        )
+    })
 }
 
 /// Refuses a subnet or ip-range (`what`) that overlaps a special range.
 fn check_not_special_net(what: &'static str, net: Ipv4Network) -> Result<(), IpamError> {
-    match special_ranges().find(|(r, _)| overlaps(net, *r)) {
-        Some((range, kind)) => Err(IpamError::SpecialRange {
+    match special_ranges().find(|(r, _, _)| overlaps(net, *r)) {
+        Some((range, kind, _)) => Err(IpamError::SpecialRange {
             what,
             net,
             range,
@@ -101,21 +122,12 @@ fn check_not_special_net(what: &'static str, net: Ipv4Network) -> Result<(), Ipa
 
 /// Refuses a gateway or auxiliary address (`what`) in a special range.
 fn check_not_special_ip(what: &'static str, ip: Ipv4Addr) -> Result<(), IpamError> {
-    match special_ranges().find(|(r, _)| r.contains(ip)) {
-        Some((range, kind)) => Err(IpamError::SpecialAddress {
+    match special_ranges().find(|(r, _, _)| r.contains(ip)) {
+        Some((range, _, kind)) => Err(IpamError::SpecialAddress {
             what,
             ip,
             range,
-            kind: if range.prefix() == 32 {
-                kind
-            } else {
-                match kind {
-                    "loopback" => "a loopback address",
-                    "multicast" => "a multicast address",
-                    "reserved, class E" => "a reserved (class E) address",
-                    _ => "in \"this network\" (RFC 1122)",
-                }
-            },
+            kind,
         }),
         None => Ok(()),
     }

@@ -166,10 +166,13 @@ pub const fn ct_timeout(proto: u8, seen: u8) -> u64 {
     }
 }
 
-/// Whether `e` (of a flow of `proto`) still holds at time `now`.
+/// Whether `e` (of a flow of `proto`) still holds at time `now`. The age
+/// is taken as signed: a `now` read before another CPU refreshed
+/// `last_seen` (or before a conntrack walk that takes a while) is a small
+/// negative age, alive, not an age of 2^64 ns.
 #[inline(always)]
 pub const fn ct_alive(e: &CtEntry, proto: u8, now: u64) -> bool {
-    now.wrapping_sub(e.last_seen) <= ct_timeout(proto, e.seen)
+    (now.wrapping_sub(e.last_seen) as i64) <= ct_timeout(proto, e.seen) as i64
 }
 
 /// TCP header flag bits.
@@ -445,6 +448,14 @@ mod tests {
         // A clock read before last_seen (another CPU refreshed it) is alive.
         e.last_seen = 100;
         assert!(ct_alive(&e, IPPROTO_UDP, 100));
+        assert!(ct_alive(&e, IPPROTO_UDP, 99));
+        assert!(ct_alive(&e, IPPROTO_UDP, 0));
+        // Ages are wrapping differences: a last_seen set to "now - age" on
+        // a clock younger than the age (a freshly booted machine) wraps,
+        // and still reads as that age.
+        e.last_seen = 5u64.wrapping_sub(CT_TIMEOUT_UDP);
+        assert!(ct_alive(&e, IPPROTO_UDP, 5));
+        assert!(!ct_alive(&e, IPPROTO_UDP, 6));
     }
 
     #[test]

@@ -10,7 +10,7 @@ use serde_json::{json, Value};
 
 use crate::{
     api::{
-        client::{seg, Client},
+        client::{self, seg, Client},
         PublishedPort, DEFAULT_SOCKET,
     },
     ports,
@@ -26,6 +26,11 @@ pub struct Cli {
     /// Daemon socket to talk to, as unix:///PATH (like `docker -H`).
     #[arg(short = 'H', long, global = true, env = "DATAPLANE_HOST", default_value_t = format!("unix://{DEFAULT_SOCKET}"))]
     pub host: String,
+    /// Seconds to wait for the daemon's answer to each request before
+    /// giving up with an error (a daemon that is stopped or stuck); 0 waits
+    /// forever. Connecting gives up after at most 5 s.
+    #[arg(long, global = true, env = "DATAPLANE_TIMEOUT", default_value = "60", value_name = "SECONDS", value_parser = client::parse_timeout)]
+    pub timeout: std::option::Option<std::time::Duration>,
     #[command(subcommand)]
     pub cmd: Cmd,
 }
@@ -268,8 +273,9 @@ fn short(id: &Value) -> String {
 }
 
 /// Runs a client subcommand; returns the process exit code.
-pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
-    let c = Client::new(&socket_of(host)?);
+/// `timeout` bounds each request to the daemon (`None`: no limit).
+pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: Cmd) -> Result<i32> {
+    let c = Client::new(&socket_of(host)?).with_timeout(timeout);
     match cmd {
         Cmd::Daemon(_) => unreachable!("handled in main"),
         Cmd::BenchProg {
@@ -536,7 +542,6 @@ async fn port_cmd(c: &Client, name: &str, port: Option<&str>, format: Format) ->
     if format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&list)?);
     } else {
-        let filter = filter.as_ref().map(|(p, proto)| (*p, proto.as_str()));
         for line in ports::port_lines(&list, filter) {
             println!("{line}");
         }

@@ -55,7 +55,7 @@ fn main() {
     let code = rt.block_on(async move {
         match cli.cmd {
             Cmd::Daemon(args) => daemon(args).await.map(|()| 0),
-            cmd => cli::run_client(&cli.host, cmd).await,
+            cmd => cli::run_client(&cli.host, cli.timeout, cmd).await,
         }
     });
     match code {

@@ -189,12 +189,57 @@ pub struct Container {
     pub network_mode: Option<String>,
 }
 
+/// The transport protocol of a published or exposed port. Serialised as
+/// Docker writes it, `tcp` or `udp` (so state files written when this was
+/// a string still load); anything else is an error, never "TCP".
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Proto {
+    Tcp,
+    Udp,
+}
+
+impl Proto {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+        }
+    }
+
+    /// The IP protocol number (`IPPROTO_TCP`, `IPPROTO_UDP`).
+    pub const fn ipproto(self) -> u8 {
+        match self {
+            Proto::Tcp => dataplane_common::IPPROTO_TCP,
+            Proto::Udp => dataplane_common::IPPROTO_UDP,
+        }
+    }
+}
+
+impl std::fmt::Display for Proto {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Proto {
+    type Err = String;
+
+    /// `tcp` or `udp`, in any case (as Docker takes `-p 53:53/UDP`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            _ => Err(format!("invalid protocol {s:?}: tcp or udp")),
+        }
+    }
+}
+
 /// A published port: host `host_ip:host_port` (`None`: every address,
 /// 0.0.0.0) leads to `container_port` of the container.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq, Hash)]
 pub struct PortBinding {
-    /// `tcp` or `udp`.
-    pub proto: String,
+    pub proto: Proto,
     pub host_ip: Option<Ipv4Addr>,
     pub host_port: u16,
     pub container_port: u16,
@@ -206,11 +251,7 @@ impl PortBinding {
         &self,
         container_ip: Ipv4Addr,
     ) -> (dataplane_common::PortKey, dataplane_common::NatAddr) {
-        let proto = if self.proto == "udp" {
-            dataplane_common::IPPROTO_UDP
-        } else {
-            dataplane_common::IPPROTO_TCP
-        };
+        let proto = self.proto.ipproto();
         let addr = self
             .host_ip
             .map_or(0, |ip| dataplane_common::ipv4_wire(ip.octets()));
@@ -380,7 +421,7 @@ mod tests {
         use dataplane_common::{ipv4_wire, port_wire, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP};
         let ctr: Ipv4Addr = "172.17.0.2".parse().unwrap();
         let b = PortBinding {
-            proto: "tcp".into(),
+            proto: Proto::Tcp,
             host_ip: None,
             host_port: 8080,
             container_port: 80,
@@ -393,7 +434,7 @@ mod tests {
             )
         );
         let u = PortBinding {
-            proto: "udp".into(),
+            proto: Proto::Udp,
             host_ip: Some(Ipv4Addr::LOCALHOST),
             ..b
         };
@@ -401,6 +442,27 @@ mod tests {
             u.to_bpf(ctr).0,
             PortKey::new(IPPROTO_UDP, ipv4_wire([127, 0, 0, 1]), port_wire(8080))
         );
+    }
+
+    #[test]
+    fn protocols_parse_and_keep_their_stored_form() {
+        assert_eq!("tcp".parse::<Proto>(), Ok(Proto::Tcp));
+        assert_eq!("UDP".parse::<Proto>(), Ok(Proto::Udp));
+        for bad in ["", "sctp", "tcp/udp", "6"] {
+            assert_eq!(
+                bad.parse::<Proto>(),
+                Err(format!("invalid protocol {bad:?}: tcp or udp"))
+            );
+        }
+        // A binding as state files hold it (written when proto was a string).
+        let stored = r#"{"proto":"udp","host_ip":null,"host_port":5353,"container_port":53}"#;
+        let b: PortBinding = serde_json::from_str(stored).unwrap();
+        assert_eq!(b.proto, Proto::Udp);
+        assert_eq!(serde_json::to_string(&b).unwrap(), stored);
+        // An unknown protocol is an error, not TCP.
+        let bad = stored.replace("udp", "sctp");
+        assert!(serde_json::from_str::<PortBinding>(&bad).is_err());
+        assert!(serde_json::from_str::<PortBinding>(&stored.replace("udp", "UDP")).is_err());
     }
 
     #[test]

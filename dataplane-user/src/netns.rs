@@ -331,29 +331,86 @@ pub fn delete_link(name: &str) -> Result<()> {
     })
 }
 
-/// Puts the gateway address on `lo` of the daemon's namespace, so that the
-/// host answers for it and sources its packets to containers from it. There
-/// is no bridge device to carry it. Idempotent.
+/// The label of every gateway address the daemon puts on `lo`. The kernel
+/// keeps an IPv4 address's label per address, so it tells the daemon's
+/// addresses from any other on `lo` (127.0.0.1, an address a host
+/// administrator added): only labelled ones are ever removed.
+pub const GATEWAY_LABEL: &str = "lo:dp";
+
+/// `lo`'s ifindex, in every network namespace.
+const LO: u32 = 1;
+
+/// The /32 addresses `gw` on `lo`: (whether it carries [`GATEWAY_LABEL`],
+/// the message to delete it with).
+async fn gateway_addresses(
+    h: &Handle,
+    gw: Ipv4Addr,
+) -> Result<Vec<(bool, rtnetlink::packet_route::address::AddressMessage)>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let mut addrs = h.address().get().set_link_index_filter(LO).execute();
+    let mut out = Vec::new();
+    while let Some(msg) = addrs.try_next().await? {
+        let is_gw = msg.header.prefix_len == 32
+            && msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) if *ip == gw));
+        if is_gw {
+            let ours = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Label(l) if l == GATEWAY_LABEL));
+            out.push((ours, msg));
+        }
+    }
+    Ok(out)
+}
+
+/// Puts the gateway address on `lo` of the daemon's namespace as a /32
+/// labelled [`GATEWAY_LABEL`], so that the host answers for it and sources
+/// its packets to containers from it. There is no bridge device to carry
+/// it. Idempotent. An unlabelled `gw/32` already there (the host's, not the
+/// daemon's) is left alone and not adopted: the host answers for it anyway,
+/// and [`remove_gateway`] will not take it away.
 pub fn ensure_gateway(gw: Ipv4Addr) -> Result<()> {
     with_netlink(None, move |h| async move {
-        match h.address().add(1, IpAddr::V4(gw), 32).execute().await {
+        let mut add = h.address().add(LO, IpAddr::V4(gw), 32);
+        add.message_mut().attributes.push(
+            rtnetlink::packet_route::address::AddressAttribute::Label(GATEWAY_LABEL.into()),
+        );
+        match add.execute().await {
             Ok(()) => Ok(()),
-            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => Ok(()),
+            Err(rtnetlink::Error::NetlinkError(e)) if e.raw_code() == -libc::EEXIST => {
+                if !gateway_addresses(&h, gw)
+                    .await?
+                    .iter()
+                    .any(|(ours, _)| *ours)
+                {
+                    tracing::warn!(
+                        gateway = %gw,
+                        "{gw}/32 is already on lo without the {GATEWAY_LABEL} label: \
+                         using it, but it is the host's and will not be removed"
+                    );
+                }
+                Ok(())
+            }
             Err(e) => Err(e).with_context(|| format!("adding gateway {gw} to lo")),
         }
     })
 }
 
-/// Removes a gateway address from `lo`. A missing one is not an error.
+/// Removes the daemon's gateway address `gw/32` (labelled [`GATEWAY_LABEL`])
+/// from `lo`; any other address on `lo`, the same one unlabelled included,
+/// stays. A missing one is not an error.
 pub fn remove_gateway(gw: Ipv4Addr) -> Result<()> {
     with_netlink(None, move |h| async move {
-        let mut addrs = h.address().get().set_link_index_filter(1).execute();
-        while let Some(msg) = addrs.try_next().await? {
-            let is_gw = msg.attributes.iter().any(|a| {
-                matches!(a, rtnetlink::packet_route::address::AddressAttribute::Local(IpAddr::V4(ip)) if *ip == gw)
-            });
-            if is_gw {
-                h.address().del(msg).execute().await?;
+        for (ours, msg) in gateway_addresses(&h, gw).await? {
+            if ours {
+                h.address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("removing gateway {gw} from lo"))?;
             }
         }
         Ok(())
@@ -477,4 +534,81 @@ pub fn ensure_host_route(ip: Ipv4Addr, ifindex: u32, gateway: Ipv4Addr) -> Resul
 /// by hand is drift too).
 pub fn set_link_up(ifindex: u32) -> Result<()> {
     with_netlink(None, move |h| async move { set_up(&h, ifindex).await })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `ip -4 -o addr show dev lo` in the calling thread's namespace:
+    /// (address/prefix, label) pairs.
+    fn lo_addresses() -> Vec<(String, String)> {
+        let out = std::process::Command::new("ip")
+            .args(["-4", "-o", "addr", "show", "dev", "lo"])
+            .output()
+            .expect("running ip");
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| {
+                let f: Vec<&str> = l.split_whitespace().collect();
+                let at = f.iter().position(|w| *w == "inet")?;
+                // `inet A/P [brd B] scope S LABEL`.
+                let scope = f.iter().position(|w| *w == "scope")?;
+                let label = f.get(scope + 2)?.trim_end_matches('\\');
+                Some((f[at + 1].to_string(), label.to_string()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn only_addresses_the_daemon_labelled_leave_lo() {
+        let done = std::thread::spawn(|| {
+            if unshare(CloneFlags::CLONE_NEWNET).is_err() {
+                return false;
+            }
+            let ip = |args: &[&str]| {
+                std::process::Command::new("ip")
+                    .args(args)
+                    .status()
+                    .is_ok_and(|s| s.success())
+            };
+            assert!(ip(&["link", "set", "lo", "up"]));
+            assert!(ip(&["addr", "add", "10.64.0.1/32", "dev", "lo"]));
+            let mine: Ipv4Addr = "10.65.0.1".parse().unwrap();
+            let hosts: Ipv4Addr = "10.64.0.1".parse().unwrap();
+
+            ensure_gateway(mine).unwrap();
+            ensure_gateway(mine).unwrap();
+            // The host's /32 is used as it is, not adopted.
+            ensure_gateway(hosts).unwrap();
+            let addrs = lo_addresses();
+            assert!(
+                addrs.contains(&("10.65.0.1/32".into(), GATEWAY_LABEL.into())),
+                "{addrs:?}"
+            );
+            assert!(
+                addrs.contains(&("10.64.0.1/32".into(), "lo".into())),
+                "{addrs:?}"
+            );
+
+            for gw in [hosts, mine, Ipv4Addr::LOCALHOST, mine] {
+                remove_gateway(gw).unwrap();
+            }
+            let addrs = lo_addresses();
+            assert_eq!(
+                addrs,
+                vec![
+                    ("127.0.0.1/8".to_string(), "lo".to_string()),
+                    ("10.64.0.1/32".into(), "lo".into()),
+                ],
+                "only the labelled gateway went"
+            );
+            true
+        })
+        .join()
+        .unwrap();
+        if !done {
+            eprintln!("skipped: needs root for a private network namespace");
+        }
+    }
 }

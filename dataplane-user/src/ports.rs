@@ -27,7 +27,10 @@ use nix::{
 };
 use serde_json::{json, Value};
 
-use crate::{api::PublishedPort, model::PortBinding};
+use crate::{
+    api::PublishedPort,
+    model::{PortBinding, Proto},
+};
 
 /// The `-p` grammar, for messages.
 pub const PUBLISH_FORMS: &str = "[[IP:][HOSTPORT]:]CONTAINERPORT[/tcp|udp]";
@@ -39,8 +42,7 @@ const EPHEMERAL_ATTEMPTS: usize = 64;
 /// One container port to publish, as asked (before a host port is chosen).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PortRequest {
-    /// `tcp` or `udp`.
-    pub proto: String,
+    pub proto: Proto,
     /// The host address as given (`None`: not given, i.e. every address).
     pub host_ip: Option<Ipv4Addr>,
     /// `None`: any free port; `Some((a, b))`: a free port of `a..=b`
@@ -129,10 +131,7 @@ pub fn parse_publish(spec: &str) -> Result<Vec<PortRequest>, String> {
         Some((c, p)) => (c, p),
         None => (container, "tcp"),
     };
-    let proto_lc = proto.to_ascii_lowercase();
-    if proto_lc != "tcp" && proto_lc != "udp" {
-        return Err(err(format!("invalid protocol {proto:?}: tcp or udp")));
-    }
+    let proto: Proto = proto.parse().map_err(err)?;
     if container.is_empty() {
         return Err(err(format!("no container port; expected {PUBLISH_FORMS}")));
     }
@@ -169,7 +168,7 @@ pub fn parse_publish(spec: &str) -> Result<Vec<PortRequest>, String> {
     }
     Ok((c0..=c1)
         .map(|c| PortRequest {
-            proto: proto_lc.clone(),
+            proto,
             host_ip,
             host_ports: host.map(|(h0, h1)| {
                 if c0 == c1 {
@@ -183,32 +182,29 @@ pub fn parse_publish(spec: &str) -> Result<Vec<PortRequest>, String> {
         .collect())
 }
 
-/// `80`, `80/tcp`, `53/udp` (as `dataplane port` takes it) -> (80, "tcp").
-pub fn parse_private_port(s: &str) -> Result<(u16, String), String> {
+/// `80`, `80/tcp`, `53/udp` (as `dataplane port` takes it) -> (80, Tcp).
+pub fn parse_private_port(s: &str) -> Result<(u16, Proto), String> {
     let (port, proto) = s.split_once('/').unwrap_or((s, "tcp"));
-    let proto_lc = proto.to_ascii_lowercase();
-    if proto_lc != "tcp" && proto_lc != "udp" {
-        return Err(format!(
-            "invalid port {s:?}: protocol {proto:?} is not tcp or udp"
-        ));
-    }
+    let proto: Proto = proto
+        .parse()
+        .map_err(|_| format!("invalid port {s:?}: protocol {proto:?} is not tcp or udp"))?;
     let port = port_number(port, "port").map_err(|e| format!("{e} (expected PORT[/tcp|udp])"))?;
-    Ok((port, proto_lc))
+    Ok((port, proto))
 }
 
 /// `-P`: a request for every exposed port (`80/tcp` strings) onto any free
 /// host port on every address, except ports `-p` already publishes (as
 /// Docker skips them).
 pub fn publish_all_requests(exposed: &[String], explicit: &[PortRequest]) -> Vec<PortRequest> {
-    let mut seen: BTreeSet<(u16, String)> = explicit
+    let mut seen: BTreeSet<(u16, Proto)> = explicit
         .iter()
-        .map(|r| (r.container_port, r.proto.clone()))
+        .map(|r| (r.container_port, r.proto))
         .collect();
     exposed
         .iter()
         .filter_map(|e| {
             let (port, proto) = parse_private_port(e).ok()?;
-            seen.insert((port, proto.clone())).then_some(PortRequest {
+            seen.insert((port, proto)).then_some(PortRequest {
                 proto,
                 host_ip: None,
                 host_ports: None,
@@ -227,7 +223,7 @@ pub fn conflicts(a: &PortBinding, b: &PortBinding) -> bool {
 
 /// The published host ports, indexed for [`conflicts`] checks.
 #[derive(Clone, Debug, Default)]
-pub struct Taken(HashMap<(String, u16), Vec<Option<Ipv4Addr>>>);
+pub struct Taken(HashMap<(Proto, u16), Vec<Option<Ipv4Addr>>>);
 
 impl Taken {
     pub fn new<'a>(bindings: impl IntoIterator<Item = &'a PortBinding>) -> Self {
@@ -240,22 +236,22 @@ impl Taken {
 
     pub fn insert(&mut self, b: &PortBinding) {
         self.0
-            .entry((b.proto.clone(), b.host_port))
+            .entry((b.proto, b.host_port))
             .or_default()
             .push(b.host_ip.filter(|ip| !ip.is_unspecified()));
     }
 
     /// Whether `proto` `ip:port` (`None`: every address) collides with a
     /// binding held here.
-    pub fn collides(&self, proto: &str, ip: Option<Ipv4Addr>, port: u16) -> bool {
+    pub fn collides(&self, proto: Proto, ip: Option<Ipv4Addr>, port: u16) -> bool {
         let ip = ip.filter(|ip| !ip.is_unspecified());
         let candidate = PortBinding {
-            proto: proto.to_string(),
+            proto,
             host_ip: ip,
             host_port: port,
             container_port: 0,
         };
-        self.0.get(&(proto.to_string(), port)).is_some_and(|ips| {
+        self.0.get(&(proto, port)).is_some_and(|ips| {
             ips.iter().any(|other| {
                 conflicts(
                     &candidate,
@@ -281,20 +277,78 @@ pub fn already_allocated(ip: Option<Ipv4Addr>, port: &str) -> PortError {
     ))
 }
 
-/// Refuses, before anything is created, requests for an exact host port
-/// that collides with `taken` or with an earlier request of the same list.
+/// Most host ports one container may publish. Each is a socket the daemon
+/// holds for the container's life, and a container holding every port
+/// would leave the host none for its own servers, nor for its outgoing
+/// connections (a bound socket keeps its port out of the kernel's
+/// ephemeral choice). The NAT benchmark publishes up to 10,000.
+pub const MAX_PORTS_PER_CONTAINER: usize = 16_384;
+
+/// Open files the daemon keeps free for everything but reservations:
+/// sandboxes' DNS sockets, netlink, netns and BPF handles, API connections.
+pub const FD_HEADROOM: u64 = 1024;
+
+/// Whether `n` more reservations fit: at most [`MAX_PORTS_PER_CONTAINER`]
+/// for one container, and no more than the daemon can still open (it holds
+/// `open` files of a limit of `limit`, and keeps [`FD_HEADROOM`] spare).
+pub fn check_budget(n: usize, open: u64, limit: u64) -> Result<(), PortError> {
+    if n > MAX_PORTS_PER_CONTAINER {
+        return Err(PortError::Invalid(format!(
+            "cannot publish {n} ports for one container: the most is {MAX_PORTS_PER_CONTAINER} \
+             (each holds a host port); publish a smaller range"
+        )));
+    }
+    let free = limit.saturating_sub(open).saturating_sub(FD_HEADROOM);
+    if n as u64 > free {
+        return Err(PortError::Invalid(format!(
+            "cannot publish {n} ports: each holds an open file of the daemon, which has {open} \
+             open of its limit of {limit} and keeps {FD_HEADROOM} spare, so {free} more fit; \
+             publish fewer ports, or raise the daemon's open-files limit (ulimit -n, \
+             LimitNOFILE=) and restart it"
+        )));
+    }
+    Ok(())
+}
+
+/// (open files, soft RLIMIT_NOFILE) of this process; `None` when either
+/// cannot be read.
+fn fd_usage() -> Option<(u64, u64)> {
+    // The directory's own handle is one of the entries.
+    let open = std::fs::read_dir("/proc/self/fd")
+        .ok()?
+        .count()
+        .saturating_sub(1) as u64;
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return None;
+    }
+    Some((open, lim.rlim_cur))
+}
+
+/// Refuses, before anything is created or bound: more ports than
+/// [`check_budget`] allows, and requests for an exact host port that
+/// collides with `taken` or with an earlier request of the same list.
 pub fn precheck(reqs: &[PortRequest], taken: &Taken) -> Result<(), PortError> {
+    if let Some((open, limit)) = fd_usage() {
+        check_budget(reqs.len(), open, limit)?;
+    } else {
+        check_budget(reqs.len(), 0, u64::MAX)?;
+    }
     let mut taken = taken.clone();
     for r in reqs {
         let Some((a, b)) = r.host_ports.filter(|(a, b)| a == b) else {
             continue;
         };
         debug_assert_eq!(a, b);
-        if taken.collides(&r.proto, r.bind_ip(), a) {
+        if taken.collides(r.proto, r.bind_ip(), a) {
             return Err(already_allocated(r.bind_ip(), &a.to_string()));
         }
         taken.insert(&PortBinding {
-            proto: r.proto.clone(),
+            proto: r.proto,
             host_ip: r.bind_ip(),
             host_port: a,
             container_port: r.container_port,
@@ -313,11 +367,14 @@ pub struct Reservation {
 
 /// Binds a `proto` socket on `ip:port` (`None`: 0.0.0.0; port 0: the kernel
 /// picks a free one) without listening. Returns it and the port it holds.
-pub fn reserve(proto: &str, ip: Option<Ipv4Addr>, port: u16) -> Result<(Reservation, u16), Errno> {
-    let ty = if proto == "udp" {
-        SockType::Datagram
-    } else {
-        SockType::Stream
+pub fn reserve(
+    proto: &Proto,
+    ip: Option<Ipv4Addr>,
+    port: u16,
+) -> Result<(Reservation, u16), Errno> {
+    let ty = match proto {
+        Proto::Udp => SockType::Datagram,
+        Proto::Tcp => SockType::Stream,
     };
     let fd = socket::socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)?;
     let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
@@ -331,7 +388,7 @@ pub fn reserve(proto: &str, ip: Option<Ipv4Addr>, port: u16) -> Result<(Reservat
 }
 
 /// The error for a failed bind of `proto` `ip:port` (port 0: any port).
-fn bind_error(proto: &str, ip: Option<Ipv4Addr>, port: u16, e: Errno) -> PortError {
+fn bind_error(proto: Proto, ip: Option<Ipv4Addr>, port: u16, e: Errno) -> PortError {
     let what = if port == 0 {
         format!(
             "failed to bind a free host port on {} ({proto})",
@@ -345,6 +402,11 @@ fn bind_error(proto: &str, ip: Option<Ipv4Addr>, port: u16, e: Errno) -> PortErr
         Errno::EADDRNOTAVAIL => PortError::Invalid(format!(
             "{what}: {} is not an address of this host",
             ip_str(ip)
+        )),
+        Errno::EMFILE | Errno::ENFILE => PortError::Internal(format!(
+            "{what}: {}: publish fewer ports, or raise the daemon's open-files limit \
+             (ulimit -n, LimitNOFILE=) and restart it",
+            e.desc()
         )),
         e => PortError::Internal(format!("{what}: {}", e.desc())),
     }
@@ -372,18 +434,18 @@ pub fn allocate(
             let ip = r.bind_ip();
             let port = match r.host_ports {
                 Some((a, b)) if a == b => {
-                    if taken.collides(&r.proto, ip, a) {
+                    if taken.collides(r.proto, ip, a) {
                         return Err(already_allocated(ip, &a.to_string()));
                     }
                     let (res, _) =
-                        reserve(&r.proto, ip, a).map_err(|e| bind_error(&r.proto, ip, a, e))?;
+                        reserve(&r.proto, ip, a).map_err(|e| bind_error(r.proto, ip, a, e))?;
                     held.push(res);
                     a
                 }
                 Some((a, b)) => {
                     let mut found = None;
                     for p in a..=b {
-                        if taken.collides(&r.proto, ip, p) {
+                        if taken.collides(r.proto, ip, p) {
                             continue;
                         }
                         match reserve(&r.proto, ip, p) {
@@ -393,7 +455,7 @@ pub fn allocate(
                                 break;
                             }
                             Err(Errno::EADDRINUSE) => continue,
-                            Err(e) => return Err(bind_error(&r.proto, ip, p, e)),
+                            Err(e) => return Err(bind_error(r.proto, ip, p, e)),
                         }
                     }
                     found.ok_or_else(|| {
@@ -410,14 +472,14 @@ pub fn allocate(
                     let mut found = None;
                     for _ in 0..EPHEMERAL_ATTEMPTS {
                         match reserve(&r.proto, ip, 0) {
-                            Ok((res, p)) if taken.collides(&r.proto, ip, p) => skipped.push(res),
+                            Ok((res, p)) if taken.collides(r.proto, ip, p) => skipped.push(res),
                             Ok((res, p)) => {
                                 held.push(res);
                                 found = Some(p);
                                 break;
                             }
                             Err(Errno::EADDRINUSE) => break,
-                            Err(e) => return Err(bind_error(&r.proto, ip, 0, e)),
+                            Err(e) => return Err(bind_error(r.proto, ip, 0, e)),
                         }
                     }
                     found.ok_or_else(|| {
@@ -431,7 +493,7 @@ pub fn allocate(
                 }
             };
             let b = PortBinding {
-                proto: r.proto.clone(),
+                proto: r.proto,
                 host_ip: ip,
                 host_port: port,
                 container_port: r.container_port,
@@ -481,7 +543,7 @@ pub fn api_ports(bindings: &[PortBinding]) -> Vec<PublishedPort> {
         .iter()
         .map(|b| PublishedPort {
             private_port: b.container_port,
-            proto: b.proto.clone(),
+            proto: b.proto,
             ip: ip_str(b.host_ip),
             public_port: b.host_port,
         })
@@ -495,7 +557,7 @@ pub fn sort_published(ports: &mut [PublishedPort]) {
     ports.sort_by_key(|p| {
         (
             p.private_port,
-            p.proto.clone(),
+            p.proto,
             p.ip.parse::<Ipv4Addr>().map(u32::from).unwrap_or(0),
             p.public_port,
         )
@@ -504,7 +566,7 @@ pub fn sort_published(ports: &mut [PublishedPort]) {
 
 /// `dataplane port` lines: `80/tcp -> 0.0.0.0:8080`, or, for one private
 /// port (`filter`), only `0.0.0.0:8080`.
-pub fn port_lines(ports: &[PublishedPort], filter: Option<(u16, &str)>) -> Vec<String> {
+pub fn port_lines(ports: &[PublishedPort], filter: Option<(u16, Proto)>) -> Vec<String> {
     let mut ports = ports.to_vec();
     sort_published(&mut ports);
     ports
@@ -522,13 +584,22 @@ pub fn port_lines(ports: &[PublishedPort], filter: Option<(u16, &str)>) -> Vec<S
 
 /// Every port of the container as Docker counts them exposed: `--expose`d
 /// ones (`80/tcp` strings) and published ones, sorted, without repeats.
-pub fn exposed_ports(exposed: &[String], bindings: &[PortBinding]) -> Vec<(u16, String)> {
-    let mut set: BTreeSet<(u16, String)> = exposed
+fn exposed_set(exposed: &[String], bindings: &[PortBinding]) -> BTreeSet<(u16, Proto)> {
+    let mut set: BTreeSet<(u16, Proto)> = exposed
         .iter()
         .filter_map(|e| parse_private_port(e).ok())
         .collect();
-    set.extend(bindings.iter().map(|b| (b.container_port, b.proto.clone())));
-    set.into_iter().collect()
+    set.extend(bindings.iter().map(|b| (b.container_port, b.proto)));
+    set
+}
+
+/// [`exposed_set`] as Docker's strings, `(80, "tcp")`, for the link
+/// environment (`ALIAS_PORT_80_TCP_PROTO=tcp`).
+pub fn exposed_ports(exposed: &[String], bindings: &[PortBinding]) -> Vec<(u16, String)> {
+    exposed_set(exposed, bindings)
+        .into_iter()
+        .map(|(p, proto)| (p, proto.to_string()))
+        .collect()
 }
 
 /// `ps`'s PORTS column, as Docker's `DisplayablePorts` writes it: exposed
@@ -537,18 +608,11 @@ pub fn exposed_ports(exposed: &[String], bindings: &[PortBinding]) -> Vec<(u16, 
 /// (`0.0.0.0:8000-8002->8000-8002/tcp`), joined by `, `.
 pub fn ps_ports(exposed: &[String], bindings: &[PortBinding]) -> String {
     // (private, ip or "", public, proto), in Docker's order.
-    let mut ports: Vec<(u16, String, u16, String)> = bindings
+    let mut ports: Vec<(u16, String, u16, Proto)> = bindings
         .iter()
-        .map(|b| {
-            (
-                b.container_port,
-                ip_str(b.host_ip),
-                b.host_port,
-                b.proto.clone(),
-            )
-        })
+        .map(|b| (b.container_port, ip_str(b.host_ip), b.host_port, b.proto))
         .collect();
-    for (port, proto) in exposed_ports(exposed, &[]) {
+    for (port, proto) in exposed_set(exposed, &[]) {
         if !bindings
             .iter()
             .any(|b| b.container_port == port && b.proto == proto)
@@ -574,7 +638,7 @@ pub fn ps_ports(exposed: &[String], bindings: &[PortBinding]) -> String {
     };
     for (private, ip, public, proto) in ports {
         let key = if ip.is_empty() {
-            proto.clone()
+            proto.to_string()
         } else if public != private {
             mappings.push(format!("{ip}:{public}->{private}/{proto}"));
             continue;
@@ -604,7 +668,7 @@ pub fn ps_ports(exposed: &[String], bindings: &[PortBinding]) -> String {
 /// host bindings (`[{"HostIp": "0.0.0.0", "HostPort": "8080"}]`) or `null`.
 pub fn network_settings_ports(exposed: &[String], bindings: &[PortBinding]) -> Value {
     let mut out = serde_json::Map::new();
-    for (port, proto) in exposed_ports(exposed, bindings) {
+    for (port, proto) in exposed_set(exposed, bindings) {
         let mut hosts: Vec<&PortBinding> = bindings
             .iter()
             .filter(|b| b.container_port == port && b.proto == proto)
@@ -641,7 +705,7 @@ pub fn host_config_port_bindings(specs: &[String]) -> Value {
 
 /// `inspect`'s `Config.ExposedPorts`: `{"80/tcp": {}}`.
 pub fn exposed_ports_json(exposed: &[String], bindings: &[PortBinding]) -> Value {
-    exposed_ports(exposed, bindings)
+    exposed_set(exposed, bindings)
         .into_iter()
         .map(|(p, proto)| (format!("{p}/{proto}"), json!({})))
         .collect::<serde_json::Map<_, _>>()
@@ -654,7 +718,7 @@ mod tests {
 
     fn req(proto: &str, ip: Option<&str>, host: Option<(u16, u16)>, c: u16) -> PortRequest {
         PortRequest {
-            proto: proto.into(),
+            proto: proto.parse().unwrap(),
             host_ip: ip.map(|s| s.parse().unwrap()),
             host_ports: host,
             container_port: c,
@@ -663,7 +727,7 @@ mod tests {
 
     fn bind(proto: &str, ip: Option<&str>, host: u16, c: u16) -> PortBinding {
         PortBinding {
-            proto: proto.into(),
+            proto: proto.parse().unwrap(),
             host_ip: ip.map(|s| s.parse().unwrap()),
             host_port: host,
             container_port: c,
@@ -799,8 +863,8 @@ mod tests {
 
     #[test]
     fn private_ports_for_the_port_command() {
-        assert_eq!(parse_private_port("80"), Ok((80, "tcp".into())));
-        assert_eq!(parse_private_port("53/UDP"), Ok((53, "udp".into())));
+        assert_eq!(parse_private_port("80"), Ok((80, Proto::Tcp)));
+        assert_eq!(parse_private_port("53/UDP"), Ok((53, Proto::Udp)));
         for bad in ["0", "x", "80/sctp", "", "70000/tcp"] {
             assert!(parse_private_port(bad).is_err(), "{bad}");
         }
@@ -834,12 +898,12 @@ mod tests {
         assert!(!conflicts(&any, &bind("tcp", None, 8081, 80)), "other port");
 
         let t = Taken::new([&lo]);
-        assert!(t.collides("tcp", None, 8080));
-        assert!(t.collides("tcp", Some(Ipv4Addr::UNSPECIFIED), 8080));
-        assert!(t.collides("tcp", Some(Ipv4Addr::LOCALHOST), 8080));
-        assert!(!t.collides("tcp", Some("10.0.0.1".parse().unwrap()), 8080));
-        assert!(!t.collides("udp", None, 8080));
-        assert!(!t.collides("tcp", None, 8081));
+        assert!(t.collides(Proto::Tcp, None, 8080));
+        assert!(t.collides(Proto::Tcp, Some(Ipv4Addr::UNSPECIFIED), 8080));
+        assert!(t.collides(Proto::Tcp, Some(Ipv4Addr::LOCALHOST), 8080));
+        assert!(!t.collides(Proto::Tcp, Some("10.0.0.1".parse().unwrap()), 8080));
+        assert!(!t.collides(Proto::Udp, None, 8080));
+        assert!(!t.collides(Proto::Tcp, None, 8081));
     }
 
     #[test]
@@ -877,6 +941,43 @@ mod tests {
     }
 
     #[test]
+    fn too_many_ports_are_refused_before_binding() {
+        // The NAT benchmark's 10,000 fit with the daemon's usual limit.
+        assert_eq!(check_budget(10_000, 40, 20_000), Ok(()));
+        assert_eq!(check_budget(MAX_PORTS_PER_CONTAINER, 40, 1 << 20), Ok(()));
+        let e = check_budget(65_535, 40, 1 << 20).unwrap_err();
+        assert_eq!(
+            e,
+            PortError::Invalid(
+                "cannot publish 65535 ports for one container: the most is 16384 \
+                 (each holds a host port); publish a smaller range"
+                    .into()
+            )
+        );
+        // Under the cap but more than the open files left.
+        let e = check_budget(3_000, 100, 4_096).unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "cannot publish 3000 ports: each holds an open file of the daemon, which has 100 \
+                 open of its limit of 4096 and keeps 1024 spare, so 2972 more fit;"
+            ),
+            "{e}"
+        );
+        assert!(e.contains("raise the daemon's open-files limit"), "{e}");
+        assert_eq!(check_budget(2_972, 100, 4_096), Ok(()));
+        // Past the limit already: nothing fits, and nothing underflows.
+        assert!(check_budget(1, 5_000, 4_096).is_err());
+        assert_eq!(check_budget(0, 5_000, 4_096), Ok(()));
+        // precheck applies the cap to the whole request list.
+        let reqs: Vec<PortRequest> = parse_publish("1-65535:1-65535").unwrap();
+        assert_eq!(reqs.len(), 65_535);
+        assert!(matches!(
+            precheck(&reqs, &Taken::default()),
+            Err(PortError::Invalid(m)) if m.starts_with("cannot publish 65535 ports")
+        ));
+    }
+
+    #[test]
     fn host_port_strings() {
         assert_eq!(req("tcp", None, None, 80).host_port_str(), "");
         assert_eq!(req("tcp", None, Some((1, 1)), 80).host_port_str(), "1");
@@ -904,10 +1005,10 @@ mod tests {
             ]
         );
         assert_eq!(
-            port_lines(&ports, Some((80, "tcp"))),
+            port_lines(&ports, Some((80, Proto::Tcp))),
             vec!["0.0.0.0:8080", "127.0.0.1:9090"]
         );
-        assert!(port_lines(&ports, Some((80, "udp"))).is_empty());
+        assert!(port_lines(&ports, Some((80, Proto::Udp))).is_empty());
         let json = serde_json::to_value(&ports[0]).unwrap();
         assert_eq!(
             json,
@@ -1022,7 +1123,10 @@ mod tests {
             assert!(b[0].host_port >= 1024 && b[0].host_port != 8000 && b[0].host_port != 8001);
             assert_eq!(b[3], bind("udp", Some("127.0.0.1"), 8000, 83));
             // The reservations hold the ports against the host.
-            assert_eq!(reserve("tcp", None, 8000).unwrap_err(), Errno::EADDRINUSE);
+            assert_eq!(
+                reserve(&Proto::Tcp, None, 8000).unwrap_err(),
+                Errno::EADDRINUSE
+            );
             assert_eq!(
                 allocate(
                     &[req("tcp", Some("127.0.0.1"), Some((8001, 8001)), 1)],
@@ -1071,10 +1175,10 @@ mod tests {
                 req("tcp", Some("192.0.2.1"), Some((9001, 9001)), 2),
             ];
             assert!(allocate(&reqs, &empty).is_err());
-            drop(reserve("tcp", None, 9000).expect("9000 was released"));
+            drop(reserve(&Proto::Tcp, None, 9000).expect("9000 was released"));
             // Dropping reservations frees the ports.
             drop(held);
-            drop(reserve("tcp", None, 8000).expect("8000 is free again"));
+            drop(reserve(&Proto::Tcp, None, 8000).expect("8000 is free again"));
         }) else {
             eprintln!("skipped: needs root for a private network namespace");
             return;

@@ -803,3 +803,331 @@ fn published_ports_are_held_across_restarts_and_freed_by_rm() {
     d.run_sleeper("x", None, &["-p", "9200:80"]);
     assert_eq!(port_lines(&d, "x"), ["80/tcp -> 0.0.0.0:9200"]);
 }
+
+// ----- bad input that would harm the host -------------------------------------
+
+/// `ip -4 -o addr show dev lo` in the daemon's namespace.
+fn lo_addresses(d: &Daemon) -> String {
+    d.ns()
+        .exec(&["ip", "-4", "-o", "addr", "show", "dev", "lo"])
+        .ok()
+        .stdout
+}
+
+/// `network create ARGS... x` must be refused with a line containing
+/// `want`, leave everything as it was, and answer the API with 400.
+#[track_caller]
+fn assert_create_refused(d: &Daemon, args: &[&str], want: &str) {
+    let mut full = vec!["network", "create"];
+    full.extend_from_slice(args);
+    full.push("x");
+    let line = d.assert_refused(&full);
+    assert!(line.contains(want), "{args:?}: {line:?} lacks {want:?}");
+    let mut body = json!({"name": "x"});
+    for pair in args.chunks(2) {
+        let key = pair[0].trim_start_matches("--").replace('-', "_");
+        body[key] = match key.as_str() {
+            "aux_address" => {
+                let (k, v) = pair[1].split_once('=').unwrap();
+                body["aux_addresses"] = json!({ k: v });
+                continue;
+            }
+            _ => json!(pair[1]),
+        };
+    }
+    let (status, answer) = post_json(d, "/networks", &body);
+    assert_eq!(status, 400, "{body}: {answer}");
+    assert!(
+        answer["message"].as_str().is_some_and(|m| m.contains(want)),
+        "{body}: {answer}"
+    );
+}
+
+#[test]
+fn special_subnets_and_gateways_are_refused_and_lo_keeps_localhost() {
+    let d = Daemon::start();
+    let lo_before = lo_addresses(&d);
+    assert!(lo_before.contains("127.0.0.1/8"), "{lo_before}");
+    let cases: &[(&[&str], &str)] = &[
+        (
+            &["--subnet", "127.0.0.0/24"],
+            "subnet 127.0.0.0/24 overlaps 127.0.0.0/8 (loopback): no network may use loopback, \
+             multicast, 0.0.0.0/8 or 240.0.0.0/4 addresses",
+        ),
+        (
+            &["--subnet", "224.0.0.0/24"],
+            "subnet 224.0.0.0/24 overlaps 224.0.0.0/4 (multicast)",
+        ),
+        (
+            &["--subnet", "0.0.0.0/8"],
+            "subnet 0.0.0.0/8 overlaps 0.0.0.0/8",
+        ),
+        (
+            &["--subnet", "0.0.0.0/0"],
+            "subnet 0.0.0.0/0 overlaps 0.0.0.0/8",
+        ),
+        (
+            &["--subnet", "240.0.0.0/24"],
+            "subnet 240.0.0.0/24 overlaps 240.0.0.0/4 (reserved, class E)",
+        ),
+        (
+            &["--subnet", "255.255.255.252/30"],
+            "overlaps 255.255.255.255/32 (the limited broadcast address)",
+        ),
+        (
+            &["--subnet", "10.3.0.0/24", "--gateway", "127.0.0.1"],
+            "gateway 127.0.0.1 is a loopback address (127.0.0.0/8)",
+        ),
+        (
+            &["--subnet", "10.3.0.0/24", "--gateway", "255.255.255.255"],
+            "gateway 255.255.255.255 is the limited broadcast address",
+        ),
+        (
+            &["--subnet", "10.3.0.0/24", "--gateway", "10.3.0.0"],
+            "gateway 10.3.0.0 is the subnet's network or broadcast address",
+        ),
+        (
+            &["--subnet", "10.3.0.0/24", "--ip-range", "127.0.0.0/25"],
+            "ip range 127.0.0.0/25 overlaps 127.0.0.0/8 (loopback)",
+        ),
+        (
+            &["--subnet", "10.3.0.0/24", "--aux-address", "m=224.0.0.5"],
+            "auxiliary address 224.0.0.5 is a multicast address",
+        ),
+    ];
+    for (args, want) in cases {
+        assert_create_refused(&d, args, want);
+    }
+    assert_eq!(lo_addresses(&d), lo_before, "lo is as it was");
+    // What used to take localhost away: create and remove a network whose
+    // gateway is an address lo has. Refused now, and lo keeps it.
+    d.assert_refused(&["network", "create", "--subnet", "127.0.0.0/24", "x"]);
+    d.assert_refused(&["network", "rm", "x"]);
+    assert!(lo_addresses(&d).contains("127.0.0.1/8"));
+    assert!(d.ns().exec(&["ping", "-c1", "-W1", "127.0.0.1"]).success());
+}
+
+#[test]
+fn subnets_the_host_routes_or_has_addresses_in_are_refused() {
+    let d = Daemon::start();
+    let ip = |args: &[&str]| {
+        let mut full = vec!["ip"];
+        full.extend_from_slice(args);
+        d.ns().exec(&full).ok();
+    };
+    // A route of the host, one in a policy-routing table, an address on an
+    // interface whose prefix route lives elsewhere, a /32 on lo.
+    ip(&["route", "add", "unreachable", "10.71.0.0/16"]);
+    ip(&["route", "add", "10.72.0.0/16", "dev", "lo", "table", "100"]);
+    ip(&["addr", "add", "10.73.0.5/24", "dev", "lo", "noprefixroute"]);
+    ip(&["addr", "add", "10.74.0.1/32", "dev", "lo"]);
+    let cases: &[(&str, &str)] = &[
+        (
+            "10.71.3.0/24",
+            "subnet 10.71.3.0/24 overlaps unreachable route 10.71.0.0/16 of this host: \
+             choose a subnet the host does not use",
+        ),
+        (
+            "10.72.0.0/24",
+            "overlaps route 10.72.0.0/16 dev lo (table 100) of this host",
+        ),
+        (
+            "10.73.0.0/16",
+            "overlaps address 10.73.0.5/24 on lo of this host",
+        ),
+        (
+            "10.74.0.0/24",
+            "overlaps address 10.74.0.1/32 on lo of this host",
+        ),
+        (
+            "10.0.0.0/8",
+            "of this host: choose a subnet the host does not use",
+        ),
+    ];
+    for (subnet, want) in cases {
+        assert_create_refused(&d, &["--subnet", subnet], want);
+    }
+    // The pool skips a range the host routes (172.17 is the bridge's).
+    ip(&["route", "add", "blackhole", "172.18.0.0/16"]);
+    d.network_create(&["auto"]);
+    assert_eq!(
+        d.network_inspect("auto")["IPAM"]["Config"][0]["Subnet"],
+        "172.19.0.0/16"
+    );
+    // The daemon's own gateways do not count against it: removing and
+    // creating a network again, on the same subnet, works; and its rm
+    // takes only its own gateway, not the host's /32 of the same address.
+    d.network_create(&["--subnet", "10.75.0.0/24", "again"]);
+    assert!(lo_addresses(&d).contains("10.75.0.1/32"));
+    d.ok(&["network", "rm", "again"]);
+    assert!(
+        !lo_addresses(&d).contains("10.75.0.1/32"),
+        "the gateway went"
+    );
+    d.network_create(&["--subnet", "10.75.0.0/24", "again"]);
+    d.ok(&["network", "rm", "again", "auto"]);
+    // Once the host gives a range up, it is accepted.
+    ip(&["route", "del", "unreachable", "10.71.0.0/16"]);
+    d.network_create(&["--subnet", "10.71.3.0/24", "freed"]);
+    let lo = lo_addresses(&d);
+    for kept in ["127.0.0.1/8", "10.73.0.5/24", "10.74.0.1/32"] {
+        assert!(lo.contains(kept), "{kept} is the host's and stays: {lo}");
+    }
+}
+
+// ----- too many published ports ------------------------------------------------
+
+/// How many files the daemon holds open.
+fn daemon_fds(d: &Daemon) -> usize {
+    let pid = d.pid().expect("the daemon runs");
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .expect("reading the daemon's fds")
+        .count()
+}
+
+/// The daemon's (soft, hard) RLIMIT_NOFILE.
+fn daemon_nofile(d: &Daemon) -> (String, String) {
+    let pid = d.pid().expect("the daemon runs");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let f: Vec<&str> = line.split_whitespace().collect();
+    (f[3].to_string(), f[4].to_string())
+}
+
+#[test]
+fn too_many_published_ports_are_refused_before_anything_is_bound() {
+    let d = Daemon::start();
+    let fds = daemon_fds(&d);
+    assert_run_refused(
+        &d,
+        &["-p", "1-65535:1-65535"],
+        "cannot publish 65535 ports for one container: the most is 16384 (each holds a host \
+         port); publish a smaller range",
+    );
+    let (status, answer) = post_json(
+        &d,
+        "/containers",
+        &json!({"name": "x", "cmd": ["sleep", "infinity"], "publish": ["1-65535:1-65535"]}),
+    );
+    assert_eq!(status, 400, "{answer}");
+    assert!(
+        daemon_fds(&d) < fds + 16,
+        "nothing was bound: {fds} fds before, {} after",
+        daemon_fds(&d)
+    );
+    for port in [1, 80, 30000, 65535] {
+        assert!(host_can_bind(&d, "tcp", port), "{port} is free");
+    }
+
+    // Under the cap, but more than the daemon's open-files limit allows.
+    let (soft, hard) = daemon_nofile(&d);
+    let pid = d.pid().unwrap().to_string();
+    let low = format!("--nofile={}:{hard}", fds + 2000);
+    sh("prlimit", &["--pid", &pid, &low]).ok();
+    let refused = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        assert_run_refused(
+            &d,
+            &["-p", "30000-32999:30000-32999"],
+            "publish fewer ports, or raise the daemon's open-files limit (ulimit -n, \
+             LimitNOFILE=) and restart it",
+        );
+        assert!(daemon_fds(&d) < fds + 16, "nothing was bound");
+        assert!(host_can_bind(&d, "tcp", 30000) && host_can_bind(&d, "tcp", 32999));
+    }));
+    sh(
+        "prlimit",
+        &["--pid", &pid, &format!("--nofile={soft}:{hard}")],
+    )
+    .ok();
+    if let Err(e) = refused {
+        std::panic::resume_unwind(e);
+    }
+    // With the limit back, the same range is published.
+    d.run_sleeper("many", None, &["-p", "30000-32999:30000-32999"]);
+    assert!(!host_can_bind(&d, "tcp", 31000));
+    assert!(daemon_fds(&d) >= fds + 3000);
+    d.ok(&["rm", "-f", "many"]);
+    assert!(host_can_bind(&d, "tcp", 31000));
+}
+
+// ----- a daemon that does not answer ---------------------------------------------
+
+/// SIGSTOPs the daemon; SIGCONTs it on drop, also when the test fails.
+struct Stopped(u32);
+
+impl Stopped {
+    fn new(d: &Daemon) -> Stopped {
+        let pid = d.pid().expect("the daemon runs");
+        dataplane_tests::signal(pid, "STOP");
+        eventually("the daemon to stop", || {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            match stat
+                .rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next())
+            {
+                Some("T") => Ok(()),
+                s => Err(format!("state {s:?}")),
+            }
+        });
+        Stopped(pid)
+    }
+}
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        dataplane_tests::signal(self.0, "CONT");
+    }
+}
+
+#[test]
+fn a_stopped_daemon_is_reported_not_waited_on() {
+    let d = Daemon::start();
+    let help = run({
+        let mut c = Command::new(bin());
+        c.arg("--help");
+        c
+    })
+    .ok();
+    assert!(
+        help.stdout.contains("--timeout <SECONDS>") && help.stdout.contains("DATAPLANE_TIMEOUT"),
+        "{help}"
+    );
+    let host = d.host();
+    {
+        let _stopped = Stopped::new(&d);
+        for args in [
+            &["--timeout", "1", "network", "ls"][..],
+            &["--timeout", "0.5", "ps"],
+            &["--timeout", "1", "rm", "-f", "nope"],
+        ] {
+            let t0 = std::time::Instant::now();
+            let line = d.cli(args).refused().to_string();
+            let took = t0.elapsed();
+            assert!(
+                line.contains(&format!(
+                    "the dataplane daemon at {host} did not answer within"
+                )),
+                "{args:?}: {line}"
+            );
+            assert!(line.contains("--timeout"), "{line}");
+            assert!(
+                took < std::time::Duration::from_secs(10),
+                "{args:?} took {took:?}"
+            );
+        }
+        // The environment sets it too.
+        let mut c = Command::new(bin());
+        c.env_remove("DATAPLANE_HOST")
+            .env("DATAPLANE_TIMEOUT", "0.5")
+            .args(["--host", &host, "network", "ls"]);
+        let line = run(c).refused().to_string();
+        assert!(line.contains("did not answer within 0.5 s"), "{line}");
+    }
+    // Once it runs again it answers, and a bad value is refused in one line.
+    d.ok(&["--timeout", "5", "network", "ls"]);
+    let line = d.cli(&["--timeout", "soon", "ps"]).refused().to_string();
+    assert!(line.contains("invalid timeout \"soon\""), "{line}");
+}

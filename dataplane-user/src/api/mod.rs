@@ -76,7 +76,7 @@ pub struct PublishedPort {
     pub private_port: u16,
     /// `tcp` or `udp`.
     #[serde(rename = "Type")]
-    pub proto: String,
+    pub proto: crate::model::Proto,
     /// The host address, `0.0.0.0` for every address.
     #[serde(rename = "IP")]
     pub ip: String,

@@ -154,6 +154,15 @@ pub enum DropReason {
     /// A translated flow whose headers are cut short (IHL other than 5, or
     /// shorter than its L4 header).
     NatMalformed = 14,
+    /// An IPv4 packet whose total length runs past the end of the frame
+    /// (a total length below its own header length is [`Malformed`]).
+    ///
+    /// [`Malformed`]: DropReason::Malformed
+    Ipv4Truncated = 15,
+    /// A VLAN-tagged frame (802.1Q or 802.1ad) from a container, with the
+    /// tag in the frame or in the skb's metadata: a tag a container chose
+    /// must never reach another segment.
+    VlanTagged = 16,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -162,7 +171,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 14] = [
+    pub const ALL: [DropReason; 16] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -177,6 +186,8 @@ impl DropReason {
         DropReason::NatExhausted,
         DropReason::CtFull,
         DropReason::NatMalformed,
+        DropReason::Ipv4Truncated,
+        DropReason::VlanTagged,
     ];
 
     /// The counter name shown by `dataplane stats`.
@@ -196,6 +207,8 @@ impl DropReason {
             DropReason::NatExhausted => "nat_port_exhausted",
             DropReason::CtFull => "conntrack_full",
             DropReason::NatMalformed => "nat_malformed",
+            DropReason::Ipv4Truncated => "ipv4_truncated",
+            DropReason::VlanTagged => "vlan_tagged",
         }
     }
 }

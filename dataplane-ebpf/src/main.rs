@@ -70,6 +70,22 @@ pub(crate) fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], Dro
     Ok(ctx.data() as *mut [u8; N])
 }
 
+/// Whether the kernel holds a VLAN tag of this frame in the skb's metadata
+/// (`skb->vlan_present`): on receive it moves the outer tag there before TC
+/// runs, so the frame itself then looks untagged.
+#[inline(always)]
+fn vlan_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
+/// Whether the skb is a GSO packet (segmented later, on its way out).
+#[inline(always)]
+fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
+
 #[inline(always)]
 fn counters(prog: u32) -> Option<&'static mut Counters> {
     // SAFETY: per-CPU slot; the program is not re-entered on one CPU.
@@ -143,15 +159,17 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
     let Ok(hdr) = frame::<{ eth::HLEN }>(ctx) else {
         return Ok(Action::Passed);
     };
+    // A tagged frame belongs to a VLAN of the host's, not to a container:
+    // it goes on untranslated.
     // SAFETY: `frame` checked that HLEN bytes are in the linear area.
-    if eth::proto(unsafe { &*hdr }) != eth::P_IPV4 {
+    if eth::untagged_proto(unsafe { &*hdr }, vlan_tagged(ctx)) != Ok(eth::P_IPV4) {
         return Ok(Action::Passed);
     }
     let Ok(f) = frame::<{ ipv4::FRAME_MIN }>(ctx) else {
         return Ok(Action::Passed);
     };
     // SAFETY: bounds checked by `frame`.
-    let Ok((_, dst)) = ipv4::addrs(unsafe { &*f }) else {
+    let Ok((_, dst)) = ipv4::checked_addrs(unsafe { &*f }, ctx.len(), || is_gso(ctx)) else {
         return Ok(Action::Passed);
     };
     nat::from_uplink(ctx, dst)
@@ -178,12 +196,12 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
         return Err(DropReason::SpoofedMac);
     }
 
-    match eth::proto(hdr) {
+    match eth::untagged_proto(hdr, vlan_tagged(ctx))? {
         eth::P_IPV4 => {
             let f = frame::<{ ipv4::FRAME_MIN }>(ctx)?;
             // SAFETY: bounds checked by `frame`.
             let f = unsafe { &mut *f };
-            let (src, dst) = ipv4::addrs(f)?;
+            let (src, dst) = ipv4::checked_addrs(f, ctx.len(), || is_gso(ctx))?;
             let peer = unsafe { ENDPOINTS.get(&dst) };
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
             match decide_ipv4(me, &me.net, src, dst, peer, linked) {

@@ -39,8 +39,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use dataplane_common::{
-    is_loopback, Counters, Ipv4Wire, NatAddr, PortKey, PortWire, SockRevKey, CFG_NETNS_COOKIE,
-    DNS_IP, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
+    is_loopback, Ipv4Wire, NatAddr, PortKey, PortWire, SockRevKey, CFG_NETNS_COOKIE, DNS_IP,
+    DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
 };
 
 use crate::maps::{CONFIG, DNS_PORTS, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
@@ -48,12 +48,23 @@ use crate::maps::{CONFIG, DNS_PORTS, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
 /// The only verdict these programs give: let the call proceed.
 const ALLOW: i32 = 1;
 
+/// Counts one call that concerns this daemon in `STATS[PROG_SOCK]`:
+/// `packets` counts calls (these hooks see socket calls, not packets),
+/// `translated` those whose address was rewritten. Counted: connect/sendmsg
+/// of the daemon's namespace to one of the host's addresses (a published
+/// port or not) and of its sandboxes to 127.0.0.11:53, and the
+/// recvmsg/getpeername calls shown an address back.
 #[inline(always)]
-fn counters() -> Option<&'static mut Counters> {
+fn count(translated: bool) {
     // SAFETY: per-CPU slot. cgroup programs run with migration disabled; a
     // task preempted mid-increment on the same CPU can lose a count, which
     // is acceptable for statistics.
-    STATS.get_ptr_mut(PROG_SOCK).map(|p| unsafe { &mut *p })
+    if let Some(c) = STATS.get_ptr_mut(PROG_SOCK).map(|p| unsafe { &mut *p }) {
+        c.packets += 1;
+        if translated {
+            c.translated += 1;
+        }
+    }
 }
 
 /// Whether the socket belongs to the daemon's network namespace.
@@ -118,15 +129,12 @@ fn forward(ctx: &SockAddrContext) -> i32 {
         if let Some(port) = resolver_port(sa) {
             // SAFETY: 4-byte write of a field every attach type here may write.
             unsafe { addr_of_mut!((*sa).user_port).write_volatile(port) };
+            count(true);
         }
         return ALLOW;
     }
     if !in_our_netns(sa) {
         return ALLOW;
-    }
-    let mut c = counters();
-    if let Some(c) = c.as_deref_mut() {
-        c.packets += 1;
     }
     // SAFETY: 4-byte read of a readable context field.
     let proto = unsafe { addr_of!((*sa).protocol).read_volatile() };
@@ -145,7 +153,10 @@ fn forward(ctx: &SockAddrContext) -> i32 {
         Some(to) => *to,
         None => match unsafe { PORTS.get(&PortKey::new(proto, 0, port)) } {
             Some(to) => *to,
-            None => return ALLOW,
+            None => {
+                count(false);
+                return ALLOW;
+            }
         },
     };
     let key = SockRevKey {
@@ -157,9 +168,7 @@ fn forward(ctx: &SockAddrContext) -> i32 {
     // A full LRU map evicts; an error here only costs the reverse view.
     let _ = SOCK_REV.insert(&key, &NatAddr::new(dst, port), 0);
     set_user_addr(sa, &to);
-    if let Some(c) = c {
-        c.translated += 1;
-    }
+    count(true);
     ALLOW
 }
 
@@ -172,15 +181,12 @@ fn reverse(ctx: &SockAddrContext) -> i32 {
         if resolver_port(sa) == Some(user_port(sa) as u32) {
             // SAFETY: as in `forward`.
             unsafe { addr_of_mut!((*sa).user_port).write_volatile(DNS_PORT as u32) };
+            count(true);
         }
         return ALLOW;
     }
     if !in_our_netns(sa) {
         return ALLOW;
-    }
-    let mut c = counters();
-    if let Some(c) = c.as_deref_mut() {
-        c.packets += 1;
     }
     let key = SockRevKey {
         cookie: socket_cookie(sa),
@@ -192,9 +198,7 @@ fn reverse(ctx: &SockAddrContext) -> i32 {
     if let Some(orig) = unsafe { SOCK_REV.get(&key) } {
         let orig = *orig;
         set_user_addr(sa, &orig);
-        if let Some(c) = c {
-            c.translated += 1;
-        }
+        count(true);
     }
     ALLOW
 }

@@ -196,6 +196,12 @@ fn check_pinned_layout(maps_dir: &Path) -> Result<()> {
     Ok(())
 }
 
+/// What the `sock_addr` row of `dataplane stats` counts: the socket hooks
+/// see calls, not packets (`dataplane-ebpf/src/sock.rs`).
+pub const SOCK_STATS_NOTE: &str = "sock_addr counts socket calls, not packets: PACKETS = \
+connect/sendto to a host address or (from a sandbox) 127.0.0.11:53, and recvfrom/getpeername \
+shown an address back; TRANSLATED = those whose address was rewritten";
+
 /// One program's counters, summed over CPUs.
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]
 pub struct ProgramStats {

@@ -427,6 +427,7 @@ pub async fn run_client(host: &str, cmd: Cmd) -> Result<i32> {
                     "conntrack entries: {} (one per direction of each translated flow)",
                     s(&v["conntrack"]["entries"])
                 );
+                println!("{}", crate::bpf::SOCK_STATS_NOTE);
             }
         }
     }

@@ -35,15 +35,18 @@ use core::{
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use dataplane_common::{
-    is_loopback, Ipv4Wire, NatAddr, PortKey, PortWire, SockRevKey, CFG_NETNS_COOKIE, DNS_IP,
-    DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
+    is_loopback, Ipv4Wire, NatAddr, PortWire, SockRevKey, CFG_NETNS_COOKIE, DNS_IP, DNS_PORT,
+    IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
 };
 
-use crate::maps::{CONFIG, DNS_PORTS, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
+use crate::{
+    ctx::counters,
+    lookup,
+    maps::{CONFIG, DNS_PORTS, SOCK_REV},
+};
 
 /// The only verdict these programs give: let the call proceed.
 const ALLOW: i32 = 1;
@@ -56,10 +59,10 @@ const ALLOW: i32 = 1;
 /// recvmsg/getpeername calls shown an address back.
 #[inline(always)]
 fn count(translated: bool) {
-    // SAFETY: per-CPU slot. cgroup programs run with migration disabled; a
-    // task preempted mid-increment on the same CPU can lose a count, which
-    // is acceptable for statistics.
-    if let Some(c) = STATS.get_ptr_mut(PROG_SOCK).map(|p| unsafe { &mut *p }) {
+    // Per-CPU slot. cgroup programs run with migration disabled; a task
+    // preempted mid-increment on the same CPU can lose a count, which is
+    // acceptable for statistics.
+    if let Some(c) = counters(PROG_SOCK) {
         c.packets += 1;
         if translated {
             c.translated += 1;
@@ -123,7 +126,7 @@ fn resolver_port(sa: *mut bpf_sock_addr) -> Option<u32> {
 /// the container instead; in a sandbox, 127.0.0.11:53 goes to the embedded
 /// resolver's real port.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     if user_ip4(sa) == DNS_IP && user_port(sa) == DNS_PORT {
         if let Some(port) = resolver_port(sa) {
@@ -143,21 +146,13 @@ fn forward(ctx: &SockAddrContext) -> i32 {
     }
     let proto = proto as u8;
     let dst = user_ip4(sa);
-    // SAFETY: plain data; userspace replaces entries whole.
-    if !is_loopback(dst) && unsafe { LOCAL_ADDRS.get(&dst) }.is_none() {
+    if !is_loopback(dst) && !lookup::is_local(dst) {
         return ALLOW;
     }
     let port = user_port(sa);
-    // SAFETY: as above.
-    let to = match unsafe { PORTS.get(&PortKey::new(proto, dst, port)) } {
-        Some(to) => *to,
-        None => match unsafe { PORTS.get(&PortKey::new(proto, 0, port)) } {
-            Some(to) => *to,
-            None => {
-                count(false);
-                return ALLOW;
-            }
-        },
+    let Some(to) = lookup::published(proto, dst, port) else {
+        count(false);
+        return ALLOW;
     };
     let key = SockRevKey {
         cookie: socket_cookie(sa),
@@ -175,7 +170,7 @@ fn forward(ctx: &SockAddrContext) -> i32 {
 /// recvmsg4 / getpeername4: show the address the application asked for
 /// (127.0.0.11:53 for the embedded resolver).
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     if user_ip4(sa) == DNS_IP {
         if resolver_port(sa) == Some(user_port(sa) as u32) {
@@ -201,24 +196,4 @@ fn reverse(ctx: &SockAddrContext) -> i32 {
         count(true);
     }
     ALLOW
-}
-
-#[cgroup_sock_addr(connect4)]
-pub fn connect4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx)
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx)
-}
-
-#[cgroup_sock_addr(recvmsg4)]
-pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
-}
-
-#[cgroup_sock_addr(getpeername4)]
-pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
 }

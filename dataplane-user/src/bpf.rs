@@ -25,7 +25,7 @@ use dataplane_common::{
     iface_slot, Counters, CtEntry, CtKey, DropReason, Endpoint, FragKey, FragPorts, Ipv4Wire,
     LinkKey, NatAddr, Network, PortKey, SockRevKey, CONFIG_SLOTS, IFINDEX_BASE, LAYOUT_VERSION,
     MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV,
-    PROG_FROM_CONTAINER, PROG_NAMES, PROG_SLOTS,
+    PROG_NAMES, PROG_SLOTS,
 };
 use serde::Serialize;
 
@@ -577,7 +577,6 @@ impl Datapath {
                     .collect(),
             });
         }
-        debug_assert_eq!(PROG_FROM_CONTAINER, 0);
         Ok(out)
     }
 

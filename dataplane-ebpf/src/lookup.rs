@@ -2,9 +2,9 @@
 //! the TC programs (NAT) and the socket hooks, so that both read the
 //! published ports and the host's addresses the same way.
 
-use dataplane_common::{Endpoint, Ipv4Wire, NatAddr, PortKey, PortWire};
+use dataplane_common::{iface_slot, Endpoint, Ipv4Wire, NatAddr, PeerCache, PortKey, PortWire};
 
-use crate::maps::{ENDPOINTS, LOCAL_ADDRS, PORTS};
+use crate::maps::{ENDPOINTS, IFACES, LOCAL_ADDRS, PEER_CACHE, PORTS};
 
 /// Whether `addr` is one of the daemon's own addresses (uplinks, gateways).
 #[inline(always)]
@@ -32,4 +32,28 @@ pub(crate) fn published(proto: u8, addr: Ipv4Wire, port: PortWire) -> Option<Nat
 pub(crate) fn endpoint(addr: Ipv4Wire) -> Option<&'static Endpoint> {
     // SAFETY: plain data; userspace replaces entries whole.
     unsafe { ENDPOINTS.get(&addr) }
+}
+
+/// The endpoint whose address is `dst`, for a frame of the sender at
+/// `IFACES` slot `from`: [`endpoint`] with the sender's `PEER_CACHE` entry
+/// in front, which spares the hash lookup while a container keeps talking
+/// to the same peer. The entry is used only when the `IFACES` entry it
+/// names is `dst`'s endpoint (the daemon writes an endpoint to both maps
+/// alike), and rewritten on a miss that finds one.
+#[inline(always)]
+pub(crate) fn peer(from: u32, dst: Ipv4Wire) -> Option<&'static Endpoint> {
+    if let Some(c) = PEER_CACHE.get(from) {
+        if let Some(ep) = IFACES.get(c.slot) {
+            if c.names(dst, ep) {
+                return Some(ep);
+            }
+        }
+    }
+    let ep = endpoint(dst)?;
+    if let (Some(slot), Some(c)) = (iface_slot(ep.ifindex), PEER_CACHE.get_ptr_mut(from)) {
+        // SAFETY: a map value pointer, valid for this run. Another CPU may
+        // write the same entry: a torn pair fails `names` and only misses.
+        unsafe { *c = PeerCache { dst, slot } };
+    }
+    Some(ep)
 }

@@ -118,7 +118,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
     match ctx::ethertype(ctx, hdr)? {
         eth::P_IPV4 => {
             let ctx::Ipv4 { f, src, dst } = ctx::ipv4(ctx)?;
-            let peer = lookup::endpoint(dst);
+            let peer = lookup::peer(slot, dst);
             // SAFETY: read-only lookup of plain data.
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
             match decide_ipv4(me, &me.net, src, dst, peer, linked) {

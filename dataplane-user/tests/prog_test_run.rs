@@ -32,8 +32,8 @@ use aya::{
 use dataplane_common::{
     iface_slot, ipv4_octets, ipv4_wire,
     packet::{arp, eth},
-    Counters, DropReason, Endpoint, LinkKey, Network, IFINDEX_BASE, NET_ICC_DISABLED, NET_INTERNAL,
-    PROG_FROM_CONTAINER,
+    Counters, DropReason, Endpoint, LinkKey, Network, PeerCache, IFINDEX_BASE, NET_ICC_DISABLED,
+    NET_INTERNAL, PROG_FROM_CONTAINER,
 };
 
 // TC verdicts (include/uapi/linux/pkt_cls.h).
@@ -566,6 +566,14 @@ impl Lab {
 }
 
 impl Lab {
+    fn endpoints(&mut self) -> HashMap<&mut aya::maps::MapData, u32, Endpoint> {
+        HashMap::try_from(self.ebpf.map_mut("ENDPOINTS").expect("ENDPOINTS")).expect("ENDPOINTS")
+    }
+
+    fn ifaces(&mut self) -> Array<&mut aya::maps::MapData, Endpoint> {
+        Array::try_from(self.ebpf.map_mut("IFACES").expect("IFACES")).expect("IFACES")
+    }
+
     /// `STATS[PROG_FROM_CONTAINER]` summed over CPUs.
     fn counters(&self) -> Counters {
         let stats: PerCpuArray<_, Counters> =
@@ -917,6 +925,100 @@ fn malformed_frames_are_dropped() {
             &ipv6_frame(a.host_mac, a.mac),
             Expect::Drop(DropReason::UnsupportedProtocol),
         );
+        lab.assert_stats();
+    });
+}
+
+/// The sender's `PEER_CACHE` entry spares the `ENDPOINTS` lookup while it
+/// keeps talking to one peer; it must never outlive the peer. Each step
+/// changes the maps as the daemon does (`Datapath::set_endpoint` /
+/// `remove_endpoint` write `ENDPOINTS` and `IFACES` alike).
+#[test]
+fn the_peer_cache_follows_the_endpoint_maps() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("peercache");
+        let Topology { a, b, other, .. } = lab.topo;
+        let to_b = ipv4_frame(b.mac, a.mac, ip(&a), ip(&b));
+        for i in 0..3 {
+            lab.case(
+                &format!("to a peer, {i}"),
+                a.ifindex,
+                &to_b,
+                Expect::Redirect(to_b.clone()),
+            );
+        }
+        let cache: Array<_, PeerCache> =
+            Array::try_from(lab.ebpf.map("PEER_CACHE").expect("PEER_CACHE")).expect("PEER_CACHE");
+        let from = iface_slot(a.ifindex).unwrap();
+        assert_eq!(
+            cache.get(&from, 0).unwrap(),
+            PeerCache {
+                dst: b.ip,
+                slot: iface_slot(b.ifindex).unwrap()
+            },
+            "the sender's cache entry names the peer"
+        );
+        // Another destination in between replaces the entry; both still
+        // get their own verdict.
+        lab.case(
+            "to a container of another network, between two to the peer",
+            a.ifindex,
+            &ipv4_frame(a.host_mac, a.mac, ip(&a), ip(&other)),
+            Expect::Drop(DropReason::CrossNetwork),
+        );
+        lab.case(
+            "to the peer again",
+            a.ifindex,
+            &to_b,
+            Expect::Redirect(to_b.clone()),
+        );
+
+        // The peer goes: the host stack gets the frame, as for any unused
+        // address of the subnet.
+        let slot = iface_slot(b.ifindex).unwrap();
+        lab.endpoints().remove(&b.ip).unwrap();
+        let empty = Endpoint {
+            ifindex: 0,
+            network_id: 0,
+            ip: 0,
+            mac: [0; 6],
+            host_mac: [0; 6],
+            flags: 0,
+            net: network([0; 4], 32, [0; 4], 0),
+        };
+        lab.ifaces().set(slot, empty, 0).unwrap();
+        lab.case("to the removed peer", a.ifindex, &to_b, Expect::Pass);
+
+        // Its veth slot is reused by a new endpoint with another address.
+        let newcomer = endpoint(b.ifindex, 1, a.net, [172, 18, 0, 7]);
+        lab.endpoints().insert(newcomer.ip, newcomer, 0).unwrap();
+        lab.ifaces().set(slot, newcomer, 0).unwrap();
+        lab.case(
+            "to the old peer's address, its slot reused",
+            a.ifindex,
+            &to_b,
+            Expect::Pass,
+        );
+        let to_new = ipv4_frame(newcomer.mac, a.mac, ip(&a), ip(&newcomer));
+        lab.case(
+            "to the newcomer",
+            a.ifindex,
+            &to_new,
+            Expect::Redirect(to_new.clone()),
+        );
+
+        // The peer comes back on another network: no redirect across.
+        let moved = endpoint(b.ifindex, 2, other.net, ip(&b));
+        lab.endpoints().remove(&newcomer.ip).unwrap();
+        lab.endpoints().insert(moved.ip, moved, 0).unwrap();
+        lab.ifaces().set(slot, moved, 0).unwrap();
+        lab.case(
+            "to the peer's address, now on another network",
+            a.ifindex,
+            &with_dst_mac(&to_b, a.host_mac),
+            Expect::Drop(DropReason::CrossNetwork),
+        );
+
         lab.assert_stats();
     });
 }

@@ -34,10 +34,16 @@ pub const fn is_vlan(proto: u16) -> bool {
 #[inline(always)]
 pub fn untagged_proto(frame: &[u8; HLEN], tag_in_metadata: bool) -> Result<u16, DropReason> {
     let proto = proto(frame);
-    if tag_in_metadata || is_vlan(proto) {
+    if tag_in_metadata {
         return Err(DropReason::VlanTagged);
     }
-    Ok(proto)
+    // The ethertypes the switch carries first: they settle it in one
+    // compare each on the per-packet path.
+    match proto {
+        P_IPV4 | P_ARP => Ok(proto),
+        p if is_vlan(p) => Err(DropReason::VlanTagged),
+        p => Ok(p),
+    }
 }
 
 /// The ethertype of a frame that has at least a full Ethernet header.

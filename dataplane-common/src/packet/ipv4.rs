@@ -46,7 +46,9 @@ pub fn checked_addrs(
     if tot < ihl {
         return Err(DropReason::Malformed);
     }
-    if tot > frame_len.saturating_sub(eth::HLEN as u32) {
+    // `tot` is at most 65535: adding cannot overflow, and no subtraction
+    // can underflow for a frame shorter than its Ethernet header.
+    if tot + eth::HLEN as u32 > frame_len {
         return Err(DropReason::Ipv4Truncated);
     }
     Ok(addrs)

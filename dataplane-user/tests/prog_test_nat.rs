@@ -3144,6 +3144,40 @@ fn a_total_length_past_the_frame() {
     });
 }
 
+/// A VLAN-tagged frame on an uplink belongs to a VLAN of the host's, not
+/// to a published port: it goes to the host untranslated (the tag in the
+/// frame here; one in skb metadata takes the same branch), opening no flow.
+#[test]
+fn a_tagged_frame_on_an_uplink_is_left_to_the_host() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("uplinktag");
+        let a = lab.a;
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        let syn = Pkt::tcp(
+            (UPLINK_MAC, ROUTER_MAC),
+            (CLIENT, 50000),
+            (HOST, 8080),
+            TCP_SYN,
+        )
+        .build();
+        for tpid in [0x8100u16, 0x88a8] {
+            let mut tagged = syn.clone();
+            let mut tag = tpid.to_be_bytes().to_vec();
+            tag.extend_from_slice(&[0, 5]);
+            tagged.splice(12..12, tag);
+            lab.uplink(
+                &format!("SYN to a published port under a {tpid:#x} tag"),
+                &tagged,
+                Outcome::Passed,
+            );
+        }
+        assert_eq!(lab.ct_len(), 0, "a tagged frame opens no flow");
+        // The same SYN untagged is translated as ever.
+        lab.uplink("the same SYN untagged", &syn, Outcome::New);
+        lab.assert_stats();
+    });
+}
+
 /// A container's packet with TTL 1 must reach the host stack as it was
 /// sent, so that the host answers time exceeded to the container (the
 /// first hop of a traceroute), as `dec_ttl`'s comment intends.

@@ -1,4 +1,9 @@
-//! Kernel programs of the dataplane.
+//! Kernel programs of the dataplane: the entry points, one per attach point.
+//! The stages live in their own modules: `ctx` (frame views, the shared
+//! parse prologue, outcomes and their counters), `lookup` (map lookups shared
+//! by NAT and the socket hooks), `conntrack`, `nat` (translation decisions),
+//! `rewrite` (frame changes and checksums), `fib` (the way out) and `sock`
+//! (the socket hooks).
 //!
 //! `from_container` runs on TC ingress of the host side of every endpoint
 //! veth, i.e. on every frame a container sends. It parses (Ethernet, ARP,
@@ -6,122 +11,34 @@
 //! tests run) and acts: a frame for a container on the same network goes
 //! straight into that container's namespace with `bpf_redirect_peer`, ARP for
 //! the gateway or a peer is answered here, traffic for the gateway, the host or
-//! beyond goes to the host stack, and everything else is dropped with a
-//! counted reason. No Linux bridge is involved.
+//! beyond goes to the host stack (translated if it needs to be), and
+//! everything else is dropped with a counted reason: VLAN-tagged frames, IPv4
+//! whose length disagrees with its frame, spoofed senders, ... No Linux bridge
+//! is involved.
 #![no_std]
 #![no_main]
 
+mod conntrack;
+mod ctx;
+mod fib;
+mod lookup;
 mod maps;
 mod nat;
+mod rewrite;
 mod sock;
 
 use aya_ebpf::{
-    bindings::{TC_ACT_OK, TC_ACT_SHOT},
-    helpers::generated::{bpf_redirect, bpf_redirect_peer},
-    macros::classifier,
-    programs::TcContext,
+    bindings::TC_ACT_OK,
+    macros::{cgroup_sock_addr, classifier},
+    programs::{SockAddrContext, TcContext},
 };
+use ctx::{account, Action};
 use dataplane_common::{
     iface_slot,
-    packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
-    Counters, DropReason, LinkKey, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    packet::{arp, decide_arp, decide_ipv4, eth, ArpVerdict, Verdict},
+    DropReason, LinkKey, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
 };
-use maps::{ENDPOINTS, IFACES, LINKS, STATS};
-
-/// Outcome of a frame, for the counters.
-pub(crate) enum Action {
-    Redirected(i32),
-    Passed,
-    ArpReplied(i32),
-    /// A packet of a known translated flow, rewritten and redirected.
-    Translated(i32),
-    /// The first packet of a new translated flow, rewritten and redirected.
-    New(i32),
-    /// Rewritten, then left to the host stack (no direct way out).
-    TranslatedPassed,
-}
-
-impl Action {
-    /// The TC verdict.
-    #[inline(always)]
-    pub(crate) fn verdict(&self) -> i32 {
-        match self {
-            Action::Redirected(a)
-            | Action::ArpReplied(a)
-            | Action::Translated(a)
-            | Action::New(a) => *a,
-            Action::Passed | Action::TranslatedPassed => TC_ACT_OK as i32,
-        }
-    }
-}
-
-/// Bounds-checked view of the first `N` bytes of the frame, pulling
-/// non-linear data into the linear area once if needed.
-#[inline(always)]
-pub(crate) fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], DropReason> {
-    if ctx.data() + N > ctx.data_end() {
-        if (ctx.len() as usize) < N || ctx.pull_data(N as u32).is_err() {
-            return Err(DropReason::Malformed);
-        }
-        if ctx.data() + N > ctx.data_end() {
-            return Err(DropReason::Malformed);
-        }
-    }
-    Ok(ctx.data() as *mut [u8; N])
-}
-
-#[inline(always)]
-fn counters(prog: u32) -> Option<&'static mut Counters> {
-    // SAFETY: per-CPU slot; the program is not re-entered on one CPU.
-    STATS.get_ptr_mut(prog).map(|p| unsafe { &mut *p })
-}
-
-/// Counts the outcome of one run of program `prog` and returns its verdict.
-#[inline(always)]
-fn account(ctx: &TcContext, prog: u32, result: Result<Action, DropReason>) -> i32 {
-    let Some(c) = counters(prog) else {
-        // STATS is a fixed-size array: this cannot miss. Keep the verdict.
-        return match result {
-            Ok(a) => a.verdict(),
-            Err(_) => TC_ACT_SHOT as i32,
-        };
-    };
-    c.packets += 1;
-    c.bytes += ctx.len() as u64;
-    match result {
-        Ok(a) => {
-            match a {
-                Action::Redirected(_) => c.redirected += 1,
-                Action::ArpReplied(_) => c.arp_replies += 1,
-                Action::Passed => c.passed += 1,
-                Action::Translated(_) => {
-                    c.translated += 1;
-                    c.redirected += 1;
-                }
-                Action::New(_) => {
-                    c.translated += 1;
-                    c.ct_created += 1;
-                    c.redirected += 1;
-                }
-                Action::TranslatedPassed => {
-                    c.translated += 1;
-                    c.passed += 1;
-                }
-            }
-            a.verdict()
-        }
-        Err(reason) => {
-            if reason as u32 == DropReason::NatExhausted as u32 {
-                c.alloc_failed += 1;
-            }
-            let i = reason as usize;
-            if i < c.drops.len() {
-                c.drops[i] += 1;
-            }
-            TC_ACT_SHOT as i32
-        }
-    }
-}
+use maps::{IFACES, LINKS};
 
 #[classifier]
 pub fn from_container(ctx: TcContext) -> i32 {
@@ -138,29 +55,51 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     account(&ctx, PROG_FROM_UPLINK, r)
 }
 
+/// The floor for `cargo xtask bench`: an empty program on the same hook.
+#[classifier]
+pub fn noop(_ctx: TcContext) -> i32 {
+    TC_ACT_OK as i32
+}
+
+#[cgroup_sock_addr(connect4)]
+pub fn connect4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx)
+}
+
+#[cgroup_sock_addr(sendmsg4)]
+pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
+    sock::forward(&ctx)
+}
+
+#[cgroup_sock_addr(recvmsg4)]
+pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
+#[cgroup_sock_addr(getpeername4)]
+pub fn getpeername4(ctx: SockAddrContext) -> i32 {
+    sock::reverse(&ctx)
+}
+
 #[inline(always)]
 fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
-    let Ok(hdr) = frame::<{ eth::HLEN }>(ctx) else {
+    // Whatever the prologue refuses is not ours to judge (a tagged frame
+    // belongs to a VLAN of the host's): it goes on untranslated.
+    let Ok(hdr) = ctx::eth_header(ctx) else {
         return Ok(Action::Passed);
     };
-    // SAFETY: `frame` checked that HLEN bytes are in the linear area.
-    if eth::proto(unsafe { &*hdr }) != eth::P_IPV4 {
+    if ctx::ethertype(ctx, hdr) != Ok(eth::P_IPV4) {
         return Ok(Action::Passed);
     }
-    let Ok(f) = frame::<{ ipv4::FRAME_MIN }>(ctx) else {
+    let Ok(ip) = ctx::ipv4(ctx) else {
         return Ok(Action::Passed);
     };
-    // SAFETY: bounds checked by `frame`.
-    let Ok((_, dst)) = ipv4::addrs(unsafe { &*f }) else {
-        return Ok(Action::Passed);
-    };
-    nat::from_uplink(ctx, dst)
+    nat::from_uplink(ctx, ip.dst)
 }
 
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
-    // SAFETY: reading a field of the context the kernel handed us.
-    let ifindex = unsafe { (*ctx.skb.skb).ifindex };
+    let ifindex = ctx::ifindex(ctx);
     // Map values are borrowed in place, not copied: the pointers stay valid
     // for this run of the program. SAFETY: plain data; userspace replaces
     // entries whole.
@@ -171,49 +110,37 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
         return Err(DropReason::UnknownInterface);
     }
 
-    let hdr = frame::<{ eth::HLEN }>(ctx)?;
-    // SAFETY: `frame` checked that HLEN bytes are in the linear area.
-    let hdr = unsafe { &*hdr };
+    let hdr = ctx::eth_header(ctx)?;
     if !eth::src_is(hdr, &me.mac) {
         return Err(DropReason::SpoofedMac);
     }
 
-    match eth::proto(hdr) {
+    match ctx::ethertype(ctx, hdr)? {
         eth::P_IPV4 => {
-            let f = frame::<{ ipv4::FRAME_MIN }>(ctx)?;
-            // SAFETY: bounds checked by `frame`.
-            let f = unsafe { &mut *f };
-            let (src, dst) = ipv4::addrs(f)?;
-            let peer = unsafe { ENDPOINTS.get(&dst) };
+            let ctx::Ipv4 { f, src, dst } = ctx::ipv4(ctx)?;
+            let peer = lookup::peer(slot, dst);
+            // SAFETY: read-only lookup of plain data.
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
             match decide_ipv4(me, &me.net, src, dst, peer, linked) {
                 Verdict::Redirect { ifindex, mac } => {
-                    // SAFETY: the first HLEN bytes of `f` are the Ethernet header.
+                    // SAFETY: the first HLEN bytes of the frame are the
+                    // Ethernet header.
                     let hdr = unsafe { &mut *(f.as_mut_ptr() as *mut [u8; eth::HLEN]) };
-                    if !eth::dst_is(hdr, &mac) {
-                        eth::set_dst(hdr, &mac);
-                    }
-                    // SAFETY: helper call with plain arguments.
-                    let a = unsafe { bpf_redirect_peer(ifindex, 0) };
-                    Ok(Action::Redirected(a as i32))
+                    Ok(Action::Redirected(rewrite::to_peer(hdr, ifindex, &mac)))
                 }
                 Verdict::Pass => nat::from_container(ctx, me, dst),
                 Verdict::Drop(r) => Err(r),
             }
         }
         eth::P_ARP => {
-            let f = frame::<{ arp::FRAME_LEN }>(ctx)?;
+            let f = ctx::frame::<{ arp::FRAME_LEN }>(ctx)?;
             // SAFETY: bounds checked by `frame`.
             let f = unsafe { &mut *f };
             let a = arp::parse(f)?;
-            let target = unsafe { ENDPOINTS.get(&a.tpa) };
+            let target = lookup::endpoint(a.tpa);
             match decide_arp(me, &me.net, &a, target) {
                 ArpVerdict::Reply { mac, ip } => {
-                    arp::write_reply(f, &mac, ip);
-                    // Back out of the same veth, to the asking container.
-                    // SAFETY: helper call with plain arguments.
-                    let r = unsafe { bpf_redirect(ifindex, 0) };
-                    Ok(Action::ArpReplied(r as i32))
+                    Ok(Action::ArpReplied(rewrite::arp_reply(f, &mac, ip, ifindex)))
                 }
                 ArpVerdict::Pass => Ok(Action::Passed),
                 ArpVerdict::Drop(r) => Err(r),
@@ -221,12 +148,6 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         _ => Err(DropReason::UnsupportedProtocol),
     }
-}
-
-/// The floor for `cargo xtask bench`: an empty program on the same hook.
-#[classifier]
-pub fn noop(_ctx: TcContext) -> i32 {
-    TC_ACT_OK as i32
 }
 
 #[cfg(not(test))]

@@ -6,9 +6,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Counters, CtEntry, CtKey, Endpoint, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr, PortKey,
-    SockRevKey, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS,
-    MAX_PORTS, MAX_SOCK_REV, PROG_SLOTS,
+    Counters, CtEntry, CtKey, Endpoint, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr, PeerCache,
+    PortKey, SockRevKey, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS,
+    MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV, PROG_SLOTS,
 };
 
 /// Container IPv4 address -> its endpoint.
@@ -18,6 +18,13 @@ pub static ENDPOINTS: HashMap<Ipv4Wire, Endpoint> = HashMap::pinned(MAX_ENDPOINT
 /// `iface_slot(ifindex of a host-side veth)` -> the endpoint behind it.
 #[map]
 pub static IFACES: Array<Endpoint> = Array::pinned(MAX_ENDPOINTS, 0);
+
+/// `iface_slot(ifindex of a sender's host-side veth)` -> its last endpoint
+/// destination and that endpoint's `IFACES` slot: a cache in front of the
+/// `ENDPOINTS` lookup, checked against `IFACES` at every use (see
+/// `dataplane_common::PeerCache`).
+#[map]
+pub static PEER_CACHE: Array<PeerCache> = Array::pinned(MAX_ENDPOINTS, 0);
 
 /// Directed pairs allowed to talk on `icc=false` networks (`--link`).
 #[map]

@@ -35,25 +35,39 @@ use core::{
 use aya_ebpf::{
     bindings::bpf_sock_addr,
     helpers::generated::{bpf_get_netns_cookie, bpf_get_socket_cookie},
-    macros::cgroup_sock_addr,
     programs::SockAddrContext,
 };
 use dataplane_common::{
-    is_loopback, Counters, Ipv4Wire, NatAddr, PortKey, PortWire, SockRevKey, CFG_NETNS_COOKIE,
-    DNS_IP, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
+    is_loopback, Ipv4Wire, NatAddr, PortWire, SockRevKey, CFG_NETNS_COOKIE, DNS_IP, DNS_PORT,
+    IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
 };
 
-use crate::maps::{CONFIG, DNS_PORTS, LOCAL_ADDRS, PORTS, SOCK_REV, STATS};
+use crate::{
+    ctx::counters,
+    lookup,
+    maps::{CONFIG, DNS_PORTS, SOCK_REV},
+};
 
 /// The only verdict these programs give: let the call proceed.
 const ALLOW: i32 = 1;
 
+/// Counts one call that concerns this daemon in `STATS[PROG_SOCK]`:
+/// `packets` counts calls (these hooks see socket calls, not packets),
+/// `translated` those whose address was rewritten. Counted: connect/sendmsg
+/// of the daemon's namespace to one of the host's addresses (a published
+/// port or not) and of its sandboxes to 127.0.0.11:53, and the
+/// recvmsg/getpeername calls shown an address back.
 #[inline(always)]
-fn counters() -> Option<&'static mut Counters> {
-    // SAFETY: per-CPU slot. cgroup programs run with migration disabled; a
-    // task preempted mid-increment on the same CPU can lose a count, which
-    // is acceptable for statistics.
-    STATS.get_ptr_mut(PROG_SOCK).map(|p| unsafe { &mut *p })
+fn count(translated: bool) {
+    // Per-CPU slot. cgroup programs run with migration disabled; a task
+    // preempted mid-increment on the same CPU can lose a count, which is
+    // acceptable for statistics.
+    if let Some(c) = counters(PROG_SOCK) {
+        c.packets += 1;
+        if translated {
+            c.translated += 1;
+        }
+    }
 }
 
 /// Whether the socket belongs to the daemon's network namespace.
@@ -112,21 +126,18 @@ fn resolver_port(sa: *mut bpf_sock_addr) -> Option<u32> {
 /// the container instead; in a sandbox, 127.0.0.11:53 goes to the embedded
 /// resolver's real port.
 #[inline(always)]
-fn forward(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     if user_ip4(sa) == DNS_IP && user_port(sa) == DNS_PORT {
         if let Some(port) = resolver_port(sa) {
             // SAFETY: 4-byte write of a field every attach type here may write.
             unsafe { addr_of_mut!((*sa).user_port).write_volatile(port) };
+            count(true);
         }
         return ALLOW;
     }
     if !in_our_netns(sa) {
         return ALLOW;
-    }
-    let mut c = counters();
-    if let Some(c) = c.as_deref_mut() {
-        c.packets += 1;
     }
     // SAFETY: 4-byte read of a readable context field.
     let proto = unsafe { addr_of!((*sa).protocol).read_volatile() };
@@ -135,18 +146,13 @@ fn forward(ctx: &SockAddrContext) -> i32 {
     }
     let proto = proto as u8;
     let dst = user_ip4(sa);
-    // SAFETY: plain data; userspace replaces entries whole.
-    if !is_loopback(dst) && unsafe { LOCAL_ADDRS.get(&dst) }.is_none() {
+    if !is_loopback(dst) && !lookup::is_local(dst) {
         return ALLOW;
     }
     let port = user_port(sa);
-    // SAFETY: as above.
-    let to = match unsafe { PORTS.get(&PortKey::new(proto, dst, port)) } {
-        Some(to) => *to,
-        None => match unsafe { PORTS.get(&PortKey::new(proto, 0, port)) } {
-            Some(to) => *to,
-            None => return ALLOW,
-        },
+    let Some(to) = lookup::published(proto, dst, port) else {
+        count(false);
+        return ALLOW;
     };
     let key = SockRevKey {
         cookie: socket_cookie(sa),
@@ -157,30 +163,25 @@ fn forward(ctx: &SockAddrContext) -> i32 {
     // A full LRU map evicts; an error here only costs the reverse view.
     let _ = SOCK_REV.insert(&key, &NatAddr::new(dst, port), 0);
     set_user_addr(sa, &to);
-    if let Some(c) = c {
-        c.translated += 1;
-    }
+    count(true);
     ALLOW
 }
 
 /// recvmsg4 / getpeername4: show the address the application asked for
 /// (127.0.0.11:53 for the embedded resolver).
 #[inline(always)]
-fn reverse(ctx: &SockAddrContext) -> i32 {
+pub(crate) fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
     if user_ip4(sa) == DNS_IP {
         if resolver_port(sa) == Some(user_port(sa) as u32) {
             // SAFETY: as in `forward`.
             unsafe { addr_of_mut!((*sa).user_port).write_volatile(DNS_PORT as u32) };
+            count(true);
         }
         return ALLOW;
     }
     if !in_our_netns(sa) {
         return ALLOW;
-    }
-    let mut c = counters();
-    if let Some(c) = c.as_deref_mut() {
-        c.packets += 1;
     }
     let key = SockRevKey {
         cookie: socket_cookie(sa),
@@ -192,29 +193,7 @@ fn reverse(ctx: &SockAddrContext) -> i32 {
     if let Some(orig) = unsafe { SOCK_REV.get(&key) } {
         let orig = *orig;
         set_user_addr(sa, &orig);
-        if let Some(c) = c {
-            c.translated += 1;
-        }
+        count(true);
     }
     ALLOW
-}
-
-#[cgroup_sock_addr(connect4)]
-pub fn connect4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx)
-}
-
-#[cgroup_sock_addr(sendmsg4)]
-pub fn sendmsg4(ctx: SockAddrContext) -> i32 {
-    forward(&ctx)
-}
-
-#[cgroup_sock_addr(recvmsg4)]
-pub fn recvmsg4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
-}
-
-#[cgroup_sock_addr(getpeername4)]
-pub fn getpeername4(ctx: SockAddrContext) -> i32 {
-    reverse(&ctx)
 }

@@ -433,6 +433,7 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
                     "conntrack entries: {} (one per direction of each translated flow)",
                     s(&v["conntrack"]["entries"])
                 );
+                println!("{}", crate::bpf::SOCK_STATS_NOTE);
             }
         }
     }

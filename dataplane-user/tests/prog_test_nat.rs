@@ -552,6 +552,20 @@ fn fragments(p: &Pkt, cuts: &[usize]) -> Vec<Vec<u8>> {
         .collect()
 }
 
+/// `f` cut to its first `len` bytes as a sender would cut it: the IPv4
+/// total length (and header checksum) say what is left, so the packet is
+/// whole at the IP layer and only its L4 header is short. (A frame merely
+/// cut, whose total length promises more, is dropped before NAT looks at
+/// it: see `a_total_length_past_the_frame`.)
+fn cut(f: &[u8], len: usize) -> Vec<u8> {
+    let mut c = f[..len].to_vec();
+    c[IP + 2..IP + 4].copy_from_slice(&((len - IP) as u16).to_be_bytes());
+    c[IP + 10..IP + 12].fill(0);
+    let sum = csum_fold(&c[IP..IP + 20], 0);
+    c[IP + 10..IP + 12].copy_from_slice(&sum.to_be_bytes());
+    c
+}
+
 /// A later fragment as it must leave: `f` with only its Ethernet header,
 /// TTL and addresses changed (and its header checksum with them).
 fn readdressed(f: &[u8], macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], ttl: u8) -> Vec<u8> {
@@ -2339,33 +2353,33 @@ fn fragments_truncated_frames_and_options() {
         lab.container(
             "IPv4 header only (TCP)",
             a,
-            &syn[..IP + 20],
+            &cut(&syn, IP + 20),
             shot(DropReason::NatMalformed),
         );
         lab.container(
             "TCP cut after the ports",
             a,
-            &syn[..IP + 20 + 10],
+            &cut(&syn, IP + 20 + 10),
             shot(DropReason::NatMalformed),
         );
         lab.container(
             "TCP cut before the flags",
             a,
-            &syn[..IP + 20 + 13],
+            &cut(&syn, IP + 20 + 13),
             shot(DropReason::NatMalformed),
         );
         // The NAT path needs the whole 20-byte header (checksum included).
         lab.container(
             "TCP cut one byte short of its header",
             a,
-            &syn[..IP + 20 + 19],
+            &cut(&syn, IP + 20 + 19),
             shot(DropReason::NatMalformed),
         );
         let udp = udp_out.build();
         lab.container(
             "UDP cut to 6 bytes",
             a,
-            &udp[..IP + 20 + 6],
+            &cut(&udp, IP + 20 + 6),
             shot(DropReason::NatMalformed),
         );
 
@@ -2416,13 +2430,13 @@ fn fragments_truncated_frames_and_options() {
         lab.container(
             "TCP cut after the ports, to a host address",
             a,
-            &to_host(&tcp_out).build()[..IP + 20 + 10],
+            &cut(&to_host(&tcp_out).build(), IP + 20 + 10),
             Outcome::Passed,
         );
         lab.container(
             "IPv4 header only, to the gateway",
             a,
-            &tcp_out.clone().addrs(ip(&a), gw(&a)).build()[..IP + 20],
+            &cut(&tcp_out.clone().addrs(ip(&a), gw(&a)).build(), IP + 20),
             Outcome::Passed,
         );
         let gre_home = Pkt::new(
@@ -2494,15 +2508,15 @@ fn fragments_truncated_frames_and_options() {
         let s = published_syn.build();
         lab.uplink(
             "SYN cut after the ports",
-            &s[..IP + 20 + 10],
+            &cut(&s, IP + 20 + 10),
             Outcome::Passed,
         );
         lab.uplink(
             "SYN cut one byte short of its header",
-            &s[..IP + 20 + 19],
+            &cut(&s, IP + 20 + 19),
             Outcome::Passed,
         );
-        lab.uplink("IPv4 header only", &s[..IP + 20], Outcome::Passed);
+        lab.uplink("IPv4 header only", &cut(&s, IP + 20), Outcome::Passed);
         let gre_in = Pkt::new(
             from_net,
             SERVER,
@@ -3086,10 +3100,80 @@ fn a_tcp_header_cut_in_its_checksum_leaves_no_flow() {
         lab.container(
             "TCP cut inside its checksum",
             a,
-            &syn[..IP + 20 + 17],
+            &cut(&syn, IP + 20 + 17),
             Outcome::Drop(DropReason::NatMalformed),
         );
         assert_eq!(lab.ct_len(), 0, "a dropped packet opens no flow");
+        lab.assert_stats();
+    });
+}
+
+/// A frame cut short while its IPv4 total length still promises the rest
+/// is no packet: from a container it is dropped and counted before any
+/// translation; on an uplink it goes to the host untouched (the host's
+/// stack drops it), and neither opens a flow.
+#[test]
+fn a_total_length_past_the_frame() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("totlen");
+        let a = lab.a;
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        let syn = Pkt::tcp(tx(&a), (ip(&a), 40000), (SERVER, 80), TCP_SYN).build();
+        for len in [IP + 20 + 20 - 1, IP + 20 + 10, IP + 20] {
+            lab.container(
+                &format!("TCP SYN to the Internet cut to {len} bytes"),
+                a,
+                &syn[..len],
+                Outcome::Drop(DropReason::Ipv4Truncated),
+            );
+        }
+        let inbound = Pkt::tcp(
+            (UPLINK_MAC, ROUTER_MAC),
+            (CLIENT, 50000),
+            (HOST, 8080),
+            TCP_SYN,
+        )
+        .build();
+        lab.uplink(
+            "SYN to a published port cut one byte short",
+            &inbound[..inbound.len() - 1],
+            Outcome::Passed,
+        );
+        assert_eq!(lab.ct_len(), 0, "a dropped or passed packet opens no flow");
+        lab.assert_stats();
+    });
+}
+
+/// A VLAN-tagged frame on an uplink belongs to a VLAN of the host's, not
+/// to a published port: it goes to the host untranslated (the tag in the
+/// frame here; one in skb metadata takes the same branch), opening no flow.
+#[test]
+fn a_tagged_frame_on_an_uplink_is_left_to_the_host() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("uplinktag");
+        let a = lab.a;
+        lab.publish(IPPROTO_TCP, [0; 4], 8080, ip(&a), 80);
+        let syn = Pkt::tcp(
+            (UPLINK_MAC, ROUTER_MAC),
+            (CLIENT, 50000),
+            (HOST, 8080),
+            TCP_SYN,
+        )
+        .build();
+        for tpid in [0x8100u16, 0x88a8] {
+            let mut tagged = syn.clone();
+            let mut tag = tpid.to_be_bytes().to_vec();
+            tag.extend_from_slice(&[0, 5]);
+            tagged.splice(12..12, tag);
+            lab.uplink(
+                &format!("SYN to a published port under a {tpid:#x} tag"),
+                &tagged,
+                Outcome::Passed,
+            );
+        }
+        assert_eq!(lab.ct_len(), 0, "a tagged frame opens no flow");
+        // The same SYN untagged is translated as ever.
+        lab.uplink("the same SYN untagged", &syn, Outcome::New);
         lab.assert_stats();
     });
 }

@@ -180,12 +180,27 @@ fn v4(ip: Ipv4Addr, port: u16) -> SocketAddr {
 }
 
 fn sock_translated(dp: &Datapath) -> u64 {
-    dp.stats()
+    sock_counts(dp).1
+}
+
+/// `(packets, translated)` of the `sock_addr` row: calls that concern the
+/// daemon, and those whose address was rewritten.
+fn sock_counts(dp: &Datapath) -> (u64, u64) {
+    let s = dp
+        .stats()
         .unwrap()
         .into_iter()
         .find(|s| s.name == "sock_addr")
-        .expect("sock_addr stats")
-        .translated
+        .expect("sock_addr stats");
+    (s.packets, s.translated)
+}
+
+/// `f`'s effect on `(packets, translated)` of the `sock_addr` row.
+fn counted<T>(dp: &Datapath, f: impl FnOnce() -> T) -> (T, (u64, u64)) {
+    let before = sock_counts(dp);
+    let r = f();
+    let after = sock_counts(dp);
+    (r, (after.0 - before.0, after.1 - before.1))
 }
 
 #[test]
@@ -220,13 +235,16 @@ fn host_processes_reach_published_ports_without_a_proxy() {
     });
 
     let stop = AtomicBool::new(false);
+    let resolver_stop = AtomicBool::new(false);
     std::thread::scope(|s| {
         // The servers' sockets already live in "container"; any thread serves them.
         s.spawn(|| tcp_server(tcp, &stop));
         s.spawn(|| udp_server(udp, &stop));
         let _stop = StopOnDrop(&stop);
 
-        let dp = run_in(&host, || host_side(&scratch));
+        let mut dp = run_in(&host, || host_side(&scratch));
+        let sandbox = new_netns();
+        sandbox_resolver(&mut dp, &sandbox, &resolver_stop);
 
         // A third namespace: same cgroup, same hooks, another cookie.
         run_in(&stranger, || {
@@ -349,9 +367,35 @@ fn host_side(scratch: &Scratch) -> Datapath {
         let err = tcp_request(to, "nope").expect_err("published on 127.0.0.1 only");
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{to}: {err}");
     }
-    // An unpublished port is left alone.
-    let err = tcp_request(v4(Ipv4Addr::LOCALHOST, WILD_PORT + 7), "x").unwrap_err();
+    // An unpublished port is left alone: a call counted, not translated.
+    let (err, moved) = counted(&dp, || {
+        tcp_request(v4(Ipv4Addr::LOCALHOST, WILD_PORT + 7), "x").unwrap_err()
+    });
     assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+    assert_eq!(
+        moved,
+        (1, 0),
+        "(packets, translated) of a connect to an unpublished port"
+    );
+    // A published one: connect and getpeername, both rewritten.
+    let (_, moved) = counted(&dp, || {
+        tcp_request(v4(Ipv4Addr::LOCALHOST, WILD_PORT), "counted").unwrap()
+    });
+    assert_eq!(
+        moved,
+        (2, 2),
+        "(packets, translated) of connect + getpeername"
+    );
+    // Destinations that are not the host's are none of the hooks' business.
+    let (_, moved) = counted(&dp, || {
+        let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+        u.send_to(b"x", v4(CONTAINER_IP, 9)).unwrap();
+    });
+    assert_eq!(
+        moved,
+        (0, 0),
+        "(packets, translated) of a send to a container address"
+    );
 
     // UDP, unconnected: sendto + recvfrom show the published address.
     let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
@@ -383,4 +427,45 @@ fn host_side(scratch: &Scratch) -> Datapath {
         "sock_addr translated {got} times, want at least 15"
     );
     dp
+}
+
+/// A sandbox of the daemon (its netns cookie in `DNS_PORTS`) asks
+/// 127.0.0.11:53: the query goes to the resolver's real port, the answer
+/// shows :53, and both calls are counted as translated. (`dataplane stats`
+/// showed 0 on the `sock_addr` row while every DNS query went this way.)
+fn sandbox_resolver(dp: &mut Datapath, sandbox: &File, stop: &AtomicBool) {
+    const RESOLVER_PORT: u16 = 18053;
+    let dns = v4(Ipv4Addr::new(127, 0, 0, 11), 53);
+    let (server, cookie) = run_in(sandbox, || {
+        (
+            UdpSocket::bind(v4(Ipv4Addr::new(127, 0, 0, 11), RESOLVER_PORT)).unwrap(),
+            sockhook::netns_cookie().unwrap(),
+        )
+    });
+    // Without the entry the sandbox is not this daemon's: nothing counted.
+    let (_, moved) = counted(dp, || {
+        run_in(sandbox, || {
+            let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            u.send_to(b"q", dns).unwrap();
+        })
+    });
+    assert_eq!(moved, (0, 0), "a stranger's query to 127.0.0.11:53");
+    dp.set_dns_port(cookie, RESOLVER_PORT).unwrap();
+    std::thread::scope(|s| {
+        s.spawn(|| udp_server(server, stop));
+        let _stop = StopOnDrop(stop);
+        let (answer, moved) = counted(dp, || {
+            run_in(sandbox, || {
+                let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+                u.set_read_timeout(Some(TIMEOUT)).unwrap();
+                u.send_to(b"query", dns).unwrap();
+                let mut buf = [0u8; 64];
+                let (n, from) = u.recv_from(&mut buf).expect("the resolver answers");
+                (buf[..n].to_vec(), from)
+            })
+        });
+        assert_eq!(answer, (b"echo:query".to_vec(), dns));
+        assert_eq!(moved, (2, 2), "(packets, translated) of sendto + recvfrom");
+    });
+    dp.remove_dns_port(cookie).unwrap();
 }

@@ -1,0 +1,167 @@
+//! What every TC program starts and ends with: bounds-checked views of the
+//! frame, the parse prologue both programs share (Ethernet, then IPv4), the
+//! outcome of a run ([`Action`]) and its accounting in `STATS`.
+
+use aya_ebpf::{
+    bindings::{TC_ACT_OK, TC_ACT_SHOT},
+    programs::TcContext,
+};
+use dataplane_common::{
+    packet::{eth, ipv4},
+    Counters, DropReason, Ipv4Wire,
+};
+
+use crate::maps::STATS;
+
+/// Outcome of a frame, for the counters.
+pub(crate) enum Action {
+    Redirected(i32),
+    Passed,
+    ArpReplied(i32),
+    /// A packet of a known translated flow, rewritten and redirected.
+    Translated(i32),
+    /// The first packet of a new translated flow, rewritten and redirected.
+    New(i32),
+    /// Rewritten, then left to the host stack (no direct way out).
+    TranslatedPassed,
+}
+
+impl Action {
+    /// The TC verdict.
+    #[inline(always)]
+    pub(crate) fn verdict(&self) -> i32 {
+        match self {
+            Action::Redirected(a)
+            | Action::ArpReplied(a)
+            | Action::Translated(a)
+            | Action::New(a) => *a,
+            Action::Passed | Action::TranslatedPassed => TC_ACT_OK as i32,
+        }
+    }
+}
+
+/// Bounds-checked view of the first `N` bytes of the frame, pulling
+/// non-linear data into the linear area once if needed.
+#[inline(always)]
+pub(crate) fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], DropReason> {
+    if ctx.data() + N > ctx.data_end() {
+        if (ctx.len() as usize) < N || ctx.pull_data(N as u32).is_err() {
+            return Err(DropReason::Malformed);
+        }
+        if ctx.data() + N > ctx.data_end() {
+            return Err(DropReason::Malformed);
+        }
+    }
+    Ok(ctx.data() as *mut [u8; N])
+}
+
+/// The ifindex of the device the frame arrived on.
+#[inline(always)]
+pub(crate) fn ifindex(ctx: &TcContext) -> u32 {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { (*ctx.skb.skb).ifindex }
+}
+
+/// Whether the kernel holds a VLAN tag of this frame in the skb's metadata
+/// (`skb->vlan_present`): on receive it moves the outer tag there before TC
+/// runs, so the frame itself then looks untagged.
+#[inline(always)]
+fn vlan_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: reading a field of the context the kernel handed us.
+    unsafe { (*ctx.skb.skb).vlan_present != 0 }
+}
+
+/// Whether the skb is a GSO packet (segmented later, on its way out).
+#[inline(always)]
+fn is_gso(ctx: &TcContext) -> bool {
+    // SAFETY: as above.
+    unsafe { (*ctx.skb.skb).gso_size != 0 }
+}
+
+/// The Ethernet header (first step of the prologue).
+#[inline(always)]
+pub(crate) fn eth_header(ctx: &TcContext) -> Result<&'static [u8; eth::HLEN], DropReason> {
+    let hdr = frame::<{ eth::HLEN }>(ctx)?;
+    // SAFETY: `frame` checked that HLEN bytes are in the linear area; the
+    // pointer stays valid until the frame is changed.
+    Ok(unsafe { &*hdr })
+}
+
+/// The ethertype of `hdr`; a VLAN tag in the frame or in metadata is
+/// refused ([`DropReason::VlanTagged`]).
+#[inline(always)]
+pub(crate) fn ethertype(ctx: &TcContext, hdr: &[u8; eth::HLEN]) -> Result<u16, DropReason> {
+    eth::untagged_proto(hdr, vlan_tagged(ctx))
+}
+
+/// An IPv4 frame whose header was checked: the first bytes up to a
+/// minimal IPv4 header, and its addresses.
+pub(crate) struct Ipv4 {
+    pub(crate) f: &'static mut [u8; ipv4::FRAME_MIN],
+    pub(crate) src: Ipv4Wire,
+    pub(crate) dst: Ipv4Wire,
+}
+
+/// The IPv4 header of a frame whose ethertype says IPv4, checked against
+/// the frame's length (second step of the prologue).
+#[inline(always)]
+pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4, DropReason> {
+    let f = frame::<{ ipv4::FRAME_MIN }>(ctx)?;
+    // SAFETY: bounds checked by `frame`.
+    let f = unsafe { &mut *f };
+    let (src, dst) = ipv4::checked_addrs(f, ctx.len(), || is_gso(ctx))?;
+    Ok(Ipv4 { f, src, dst })
+}
+
+#[inline(always)]
+pub(crate) fn counters(prog: u32) -> Option<&'static mut Counters> {
+    // SAFETY: per-CPU slot; the program is not re-entered on one CPU.
+    STATS.get_ptr_mut(prog).map(|p| unsafe { &mut *p })
+}
+
+/// Counts the outcome of one run of program `prog` and returns its verdict.
+#[inline(always)]
+pub(crate) fn account(ctx: &TcContext, prog: u32, result: Result<Action, DropReason>) -> i32 {
+    let Some(c) = counters(prog) else {
+        // STATS is a fixed-size array: this cannot miss. Keep the verdict.
+        return match result {
+            Ok(a) => a.verdict(),
+            Err(_) => TC_ACT_SHOT as i32,
+        };
+    };
+    c.packets += 1;
+    c.bytes += ctx.len() as u64;
+    match result {
+        Ok(a) => {
+            match a {
+                Action::Redirected(_) => c.redirected += 1,
+                Action::ArpReplied(_) => c.arp_replies += 1,
+                Action::Passed => c.passed += 1,
+                Action::Translated(_) => {
+                    c.translated += 1;
+                    c.redirected += 1;
+                }
+                Action::New(_) => {
+                    c.translated += 1;
+                    c.ct_created += 1;
+                    c.redirected += 1;
+                }
+                Action::TranslatedPassed => {
+                    c.translated += 1;
+                    c.passed += 1;
+                }
+            }
+            a.verdict()
+        }
+        Err(reason) => {
+            if reason as u32 == DropReason::NatExhausted as u32 {
+                c.alloc_failed += 1;
+            }
+            let i = reason as usize;
+            if i < c.drops.len() {
+                c.drops[i] += 1;
+            }
+            TC_ACT_SHOT as i32
+        }
+    }
+}

@@ -1,0 +1,139 @@
+//! Where a translated packet goes next: straight into a container's
+//! namespace, or out of the interface the kernel's FIB names (to a known
+//! neighbour, or through `bpf_redirect_neigh` to resolve it). Each way out
+//! is one routed hop: the TTL goes down by one.
+
+use aya_ebpf::{
+    bindings::{
+        bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
+    },
+    helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
+    programs::TcContext,
+};
+use dataplane_common::{DropReason, Endpoint, Ipv4Wire};
+
+use crate::{
+    ctx::{ifindex, Action},
+    lookup,
+    rewrite::{dec_ttl, set_macs},
+};
+
+const AF_INET: u8 = 2;
+
+/// The result of a FIB lookup: its return code and the filled parameters.
+pub struct Route {
+    r: i64,
+    fib: FibParams,
+}
+
+impl Route {
+    /// Whether the FIB names a way out of an interface (with or without a
+    /// known neighbour).
+    #[inline(always)]
+    pub fn found(&self) -> bool {
+        self.r == BPF_FIB_LKUP_RET_SUCCESS as i64 || self.r == BPF_FIB_LKUP_RET_NO_NEIGH as i64
+    }
+
+    /// The source address the FIB chose (a `lookup_src` route).
+    #[inline(always)]
+    pub fn src(&self) -> Ipv4Wire {
+        // SAFETY: the lookup filled the AF_INET member.
+        unsafe { self.fib.__bindgen_anon_3.ipv4_src }
+    }
+}
+
+/// Looks up the route from `saddr` to `daddr` for the packet in `ctx`.
+#[inline(always)]
+fn lookup(ctx: &TcContext, saddr: Ipv4Wire, daddr: Ipv4Wire, flags: u32) -> Route {
+    // SAFETY: an all-zero bpf_fib_lookup is a valid value of the C struct.
+    let mut fib: FibParams = unsafe { core::mem::zeroed() };
+    fib.family = AF_INET;
+    fib.ifindex = ifindex(ctx);
+    fib.__bindgen_anon_3.ipv4_src = saddr;
+    fib.__bindgen_anon_4.ipv4_dst = daddr;
+    // SAFETY: `fib` is a valid, initialised parameter block of the size passed.
+    let r = unsafe {
+        bpf_fib_lookup(
+            ctx.skb.skb as *mut _,
+            &mut fib,
+            core::mem::size_of::<FibParams>() as i32,
+            flags,
+        )
+    };
+    Route { r, fib }
+}
+
+/// The route to `daddr`, with the source address the FIB would pick.
+#[inline(always)]
+pub fn lookup_src(ctx: &TcContext, saddr: Ipv4Wire, daddr: Ipv4Wire) -> Route {
+    lookup(ctx, saddr, daddr, BPF_FIB_LOOKUP_SRC)
+}
+
+/// Puts a translated packet on its way to `daddr`: straight into a
+/// container's namespace, or out of the interface the FIB names. `None`:
+/// leave it to the host stack.
+#[inline(always)]
+pub fn deliver(
+    ctx: &TcContext,
+    saddr: Ipv4Wire,
+    daddr: Ipv4Wire,
+) -> Result<Option<Action>, DropReason> {
+    if let Some(ep) = lookup::endpoint(daddr) {
+        return Ok(Some(to_endpoint(ctx, ep)?));
+    }
+    out(ctx, &lookup(ctx, saddr, daddr, 0))
+}
+
+/// Into the namespace of endpoint `ep`.
+#[inline(always)]
+pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> Result<Action, DropReason> {
+    // Routed through the host: one hop. (TTL 1 was sent to the stack before
+    // any rewrite, see `nat::from_container`/`nat::from_uplink`.)
+    if !dec_ttl(ctx)? {
+        return Ok(Action::TranslatedPassed);
+    }
+    set_macs(ctx, &ep.mac, &ep.host_mac)?;
+    // SAFETY: helper call with plain arguments.
+    let a = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
+    Ok(Action::Translated(a as i32))
+}
+
+/// Out of the interface `route` names. `None`: the stack knows best.
+#[inline(always)]
+pub fn out(ctx: &TcContext, route: &Route) -> Result<Option<Action>, DropReason> {
+    let fib = &route.fib;
+    if route.r == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        if !dec_ttl(ctx)? {
+            return Ok(None);
+        }
+        set_macs(ctx, &fib.dmac, &fib.smac)?;
+        // SAFETY: helper call with plain arguments.
+        let a = unsafe { bpf_redirect(fib.ifindex, 0) };
+        return Ok(Some(Action::Translated(a as i32)));
+    }
+    if route.r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
+        if !dec_ttl(ctx)? {
+            return Ok(None);
+        }
+        // SAFETY: reading the union member the lookup filled for AF_INET.
+        let mut nh = bpf_redir_neigh {
+            nh_family: AF_INET as u32,
+            __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+                ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+            },
+        };
+        // SAFETY: `nh` is valid for the size passed.
+        let a = unsafe {
+            bpf_redirect_neigh(
+                fib.ifindex,
+                &mut nh,
+                core::mem::size_of::<bpf_redir_neigh>() as i32,
+                0,
+            )
+        };
+        return Ok(Some(Action::Translated(a as i32)));
+    }
+    // Local, unreachable, needs fragmenting, ...: the stack knows best.
+    Ok(None)
+}

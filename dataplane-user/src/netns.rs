@@ -399,6 +399,27 @@ pub fn ensure_gateway(gw: Ipv4Addr) -> Result<()> {
     })
 }
 
+/// Every gateway this daemon put on `lo` (labelled [`GATEWAY_LABEL`]).
+pub fn labelled_gateways() -> Result<Vec<Ipv4Addr>> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    with_netlink(None, |h| async move {
+        let mut addrs = h.address().get().set_link_index_filter(LO).execute();
+        let mut out = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            let ours = msg
+                .attributes
+                .iter()
+                .any(|a| matches!(a, AddressAttribute::Label(l) if l == GATEWAY_LABEL));
+            for a in &msg.attributes {
+                if let (true, AddressAttribute::Local(IpAddr::V4(ip))) = (ours, a) {
+                    out.push(*ip);
+                }
+            }
+        }
+        Ok(out)
+    })
+}
+
 /// Removes the daemon's gateway address `gw/32` (labelled [`GATEWAY_LABEL`])
 /// from `lo`; any other address on `lo`, the same one unlabelled included,
 /// stays. A missing one is not an error.

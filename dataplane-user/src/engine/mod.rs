@@ -242,14 +242,24 @@ impl Engine {
         });
         let snap = engine.snapshot();
         if !snap.networks.values().any(|n| n.name == "bridge") {
-            engine
-                .create_network(NetworkCreate {
-                    name: "bridge".into(),
-                    subnet: Some("172.17.0.0/16".into()),
-                    gateway: Some("172.17.0.1".into()),
-                    ..Default::default()
-                })
-                .map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
+            let bridge = |subnet: Option<&str>, gateway: Option<&str>| NetworkCreate {
+                name: "bridge".into(),
+                subnet: subnet.map(Into::into),
+                gateway: gateway.map(Into::into),
+                ..Default::default()
+            };
+            // Docker's 172.17.0.0/16, unless the host already routes it (a
+            // Docker engine beside us): then the first free default pool.
+            let made = engine
+                .create_network(bridge(Some("172.17.0.0/16"), Some("172.17.0.1")))
+                .or_else(|e| match e {
+                    ApiError::BadRequest(_) | ApiError::Conflict(_) => {
+                        warn!("the default bridge cannot have 172.17.0.0/16 ({e}); taking a free pool");
+                        engine.create_network(bridge(None, None))
+                    }
+                    e => Err(e),
+                });
+            made.map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
         }
         let snap = engine.snapshot();
         info!(

@@ -313,14 +313,37 @@ impl Reconciler {
 
     fn sync_networks(&mut self, snap: &Snapshot, only: Option<&BTreeSet<String>>) {
         let wanted = |id: &String| only.is_none_or(|o| o.contains(id));
+        // A full pass reads the host's addresses once and only touches
+        // networks whose gateway is missing (or that failed before).
+        let present: Option<HashSet<Ipv4Addr>> = match only {
+            Some(_) => None,
+            None => netns::addresses().ok().map(|a| a.into_iter().collect()),
+        };
         for (id, net) in snap.networks.iter().filter(|(id, _)| wanted(id)) {
             let key = net.key();
-            if !self.due(&key) && only.is_none() {
+            let in_place = self.networks.contains_key(id)
+                && !self.problems.contains_key(&key)
+                && present.as_ref().is_some_and(|p| p.contains(&net.gateway));
+            if in_place || (only.is_none() && !self.due(&key)) {
                 continue;
             }
             let r = drivers::of(net).network_up(net);
             self.outcome(&key, "network gateway", r);
             self.networks.insert(id.clone(), net.clone());
+        }
+        if only.is_none() {
+            // Gateways this daemon labelled that no network wants any more
+            // (a daemon that died between removing a network and its
+            // gateway). Only labelled addresses: never the host's own.
+            let wanted: HashSet<Ipv4Addr> = snap.networks.values().map(|n| n.gateway).collect();
+            for gw in netns::labelled_gateways().unwrap_or_default() {
+                if !wanted.contains(&gw) {
+                    info!(gateway = %gw, "removing a gateway no network wants");
+                    if let Err(e) = netns::remove_gateway(gw) {
+                        warn!(gateway = %gw, "removing a stale gateway: {e:#}");
+                    }
+                }
+            }
         }
         let gone: Vec<String> = self
             .networks

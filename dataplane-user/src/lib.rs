@@ -16,6 +16,6 @@ pub mod ipam;
 pub mod model;
 pub mod netns;
 pub mod ports;
-pub mod sockhook;
 pub mod store;
-pub mod uplink;
+
+pub use bpf::{sockhook, uplink};

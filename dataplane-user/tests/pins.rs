@@ -94,7 +94,7 @@ fn matching_pins_are_reused_with_their_contents() {
     let mut dp = Datapath::load(&s.0).unwrap();
     assert_eq!(entries(&s), 1, "the entry survives the reload");
     // Reconciling against an empty model removes the stale entry.
-    dp.reconcile(&[], &[]).unwrap();
+    dp.sync_endpoints(&[]).unwrap();
     assert_eq!(entries(&s), 0);
 }
 

@@ -10,7 +10,6 @@
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::Child,
     time::Duration,
 };
 
@@ -20,8 +19,11 @@ use serde_json::Value;
 
 use crate::{
     build_dataplane, dnsbench,
-    lab::{self, in_netns, Cleanup, Daemon},
-    natbench, root, setup, sh, Format, Progress,
+    lab::{self, addr, in_netns, Cleanup, Daemon},
+    natbench, root, setup,
+    sh::{self, bg, first_line, json_of},
+    stats::{ratio_cell, spread, Spread},
+    Format, Progress,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -140,21 +142,6 @@ struct Pair {
     server_ip: String,
 }
 
-/// A background server process, killed (its whole group) on drop.
-pub(crate) struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        sh::stop_group(&mut self.0, Duration::from_secs(2));
-    }
-}
-
-pub(crate) fn bg(c: &mut std::process::Command) -> Result<Bg> {
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    Ok(Bg(sh::spawn(c)?))
-}
-
 const NF_RULES: &str = "\
 *nat
 :PREROUTING ACCEPT [0:0]
@@ -188,12 +175,6 @@ COMMIT
 -A DOCKER-USER -j RETURN
 COMMIT
 ";
-
-pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
-    lab::ip(ns, &["addr", "add", cidr, "dev", dev])?;
-    lab::ip(ns, &["link", "set", dev, "up"])?;
-    Ok(())
-}
 
 fn build_floor(cl: &mut Cleanup, tag: &str) -> Result<Pair> {
     let (a, b) = (format!("{tag}-fa"), format!("{tag}-fb"));
@@ -337,14 +318,6 @@ fn build_ebpf(
         },
         target,
     ))
-}
-
-pub(crate) fn json_of(out: &str, what: &str) -> Result<Value> {
-    let v: Value = serde_json::from_str(out).with_context(|| format!("parsing {what} JSON"))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("{what}: {e}");
-    }
-    Ok(v)
 }
 
 fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<f64> {
@@ -545,33 +518,18 @@ fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) ->
     Ok(line.join(", "))
 }
 
+/// A setup's figure over reps, with its ratios to the floor and bridge.
 #[derive(Serialize, Clone)]
-pub(crate) struct Stat {
-    pub(crate) median: f64,
-    pub(crate) min: f64,
-    pub(crate) max: f64,
-    pub(crate) samples: Vec<f64>,
+struct Stat {
+    #[serde(flatten)]
+    s: Spread,
     vs_floor: Option<f64>,
     vs_bridge: Option<f64>,
 }
 
-pub(crate) fn stat(v: &[f64]) -> Option<Stat> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Some(Stat {
-        median,
-        min: s[0],
-        max: s[n - 1],
-        samples: v.to_vec(),
+fn stat(v: &[f64]) -> Option<Stat> {
+    spread(v).map(|s| Stat {
+        s,
         vs_floor: None,
         vs_bridge: None,
     })
@@ -618,18 +576,6 @@ struct Report {
     dns: Option<dnsbench::Report>,
     /// The published-ports comparison (`--setups nat`), if asked for.
     nat: Option<natbench::Report>,
-}
-
-pub(crate) fn first_line(c: &mut std::process::Command) -> String {
-    sh::capture(c, Some(Duration::from_secs(10)))
-        .ok()
-        .and_then(|o| {
-            format!("{}{}", o.stdout, o.stderr)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
 }
 
 fn machine() -> Machine {
@@ -1077,14 +1023,14 @@ fn add_ratios(setups: &mut [SetupReport]) {
                 .iter()
                 .find(|s| s.setup == k)
                 .and_then(|s| metric(s, i))
-                .map(|st| st.median)
+                .map(|st| st.s.median)
                 .filter(|m| *m > 0.0)
         };
         let (floor, bridge) = (base(Kind::Floor), base(Kind::Bridge));
         for s in setups.iter_mut() {
             if let Some(st) = metric_mut(s, i) {
-                st.vs_floor = floor.map(|f| st.median / f);
-                st.vs_bridge = bridge.map(|b| st.median / b);
+                st.vs_floor = floor.map(|f| st.s.median / f);
+                st.vs_bridge = bridge.map(|b| st.s.median / b);
             }
         }
     }
@@ -1108,15 +1054,14 @@ fn tables(r: &Report) -> String {
             let t = s.title;
             match metric(s, i) {
                 Some(st) => {
-                    let ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}x"));
                     let _ = writeln!(
                         o,
                         "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |",
-                        st.median,
-                        st.min,
-                        st.max,
-                        ratio(st.vs_floor),
-                        ratio(st.vs_bridge)
+                        st.s.median,
+                        st.s.min,
+                        st.s.max,
+                        ratio_cell(st.vs_floor),
+                        ratio_cell(st.vs_bridge)
                     );
                 }
                 None => {
@@ -1224,14 +1169,6 @@ fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians_and_spread() {
-        let s = stat(&[3.0, 1.0, 2.0]).unwrap();
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(stat(&[1.0, 2.0, 3.0, 4.0]).unwrap().median, 2.5);
-        assert!(stat(&[]).is_none());
-    }
 
     #[test]
     fn sockperf_lines() {

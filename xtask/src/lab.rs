@@ -79,6 +79,13 @@ pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
     sh::output(cmd("ip", ["-n", ns]).args(args), Some(SHORT))
 }
 
+/// Adds `cidr` to `dev` in `ns` and brings `dev` up.
+pub fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+    ip(ns, &["addr", "add", cidr, "dev", dev])?;
+    ip(ns, &["link", "set", dev, "up"])?;
+    Ok(())
+}
+
 /// `ip netns exec NS ARGS...` as a command to run.
 pub fn in_netns(ns: &str, args: &[&str]) -> Command {
     let mut c = cmd("ip", ["netns", "exec", ns]);

@@ -9,6 +9,7 @@ mod natbench;
 mod pingpong;
 mod setup;
 mod sh;
+mod stats;
 mod testrun;
 
 use std::{

@@ -6,6 +6,8 @@
 //! against a `--link` hosts-file entry (see `dnsbench`). Plus `nat`:
 //! published ports through the eBPF NAT against Docker's iptables DNAT at
 //! 1, 1,000 and 10,000 ports, in namespaces of its own (see `natbench`).
+//! Plus `control`: what the daemon costs to drive (run/rm latency, memory,
+//! restart and drift repair) at 100 and 1,000 sandboxes (see `ctlbench`).
 
 use std::{
     fmt::Write as _,
@@ -18,9 +20,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    build_dataplane, dnsbench,
+    build_dataplane, ctlbench, dnsbench,
     lab::{self, addr, in_netns, Cleanup, Daemon},
-    natbench, root, setup,
+    md, natbench, root, setup,
     sh::{self, bg, first_line, json_of},
     stats::{ratio_cell, spread, Spread},
     Format, Progress,
@@ -40,6 +42,10 @@ pub enum Kind {
     /// the last of N published ports, eBPF NAT against Docker's iptables
     /// DNAT (own namespaces and daemons; see --nat-ports).
     Nat,
+    /// The control plane: `run`/`rm` latency, sandboxes/s with parallel
+    /// clients, daemon memory, restart and drift repair (own namespaces
+    /// and daemon; see --sandboxes).
+    Control,
 }
 
 impl Kind {
@@ -51,6 +57,7 @@ impl Kind {
             Kind::Ebpf => "(d) dataplane eBPF",
             Kind::Dns => "DNS: embedded resolver vs hosts file",
             Kind::Nat => "published ports: eBPF NAT vs Docker iptables",
+            Kind::Control => "control plane: run, rm, memory, restart, drift",
         }
     }
 
@@ -75,6 +82,7 @@ impl Kind {
             }
             Kind::Dns => "name lookups inside (d)'s first sandbox (see the DNS section)",
             Kind::Nat => "published ports in namespaces of their own (see the published-ports section)",
+            Kind::Control => "a daemon of its own driven through its CLI (see the control-plane section)",
         }
     }
 }
@@ -112,6 +120,15 @@ pub struct Args {
     /// the repetitions are --reps.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
     nat_seconds: u64,
+    /// `control`: sandbox counts to measure (comma-separated), a fresh
+    /// daemon each; the parallel create-and-remove cycles are --reps.
+    #[arg(long, value_delimiter = ',', default_values_t = ctlbench::DEFAULT_SANDBOXES,
+          value_parser = clap::value_parser!(u32).range(1..=ctlbench::MAX_SANDBOXES as i64))]
+    sandboxes: Vec<u32>,
+    /// `control`: parallel clients of the create-and-remove cycles.
+    #[arg(long, default_value_t = ctlbench::DEFAULT_CLIENTS,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    control_clients: u32,
     #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
     latency: LatencyTool,
     /// Where to write the report (default: BENCHMARKS.md at the repo root).
@@ -125,13 +142,14 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 6] = [
+const ALL: [Kind; 7] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
     Kind::Ebpf,
     Kind::Dns,
     Kind::Nat,
+    Kind::Control,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
@@ -576,6 +594,8 @@ struct Report {
     dns: Option<dnsbench::Report>,
     /// The published-ports comparison (`--setups nat`), if asked for.
     nat: Option<natbench::Report>,
+    /// The control-plane costs (`--setups control`), if asked for.
+    control: Option<ctlbench::Report>,
 }
 
 fn machine() -> Machine {
@@ -643,6 +663,10 @@ pub fn bench(args: Args) -> Result<i32> {
     }
     let want_dns = args.setups.contains(&Kind::Dns);
     let want_nat = args.setups.contains(&Kind::Nat);
+    let want_control = args.setups.contains(&Kind::Control);
+    let mut sandboxes = args.sandboxes.clone();
+    sandboxes.sort_unstable();
+    sandboxes.dedup();
     let mut nat_ports = args.nat_ports.clone();
     nat_ports.sort_unstable();
     nat_ports.dedup();
@@ -653,7 +677,8 @@ pub fn bench(args: Args) -> Result<i32> {
     let mut p = Progress::new(
         8 + usize::from(want_dns || want_nat)
             + usize::from(!kinds.is_empty())
-            + 2 * usize::from(want_nat),
+            + 2 * usize::from(want_nat)
+            + if want_control { sandboxes.len() } else { 0 },
     );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
@@ -714,7 +739,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 dns_target = want_dns.then_some(t);
                 pair
             }),
-            Kind::Dns | Kind::Nat => Err(anyhow!("{k:?} is not a network setup")),
+            Kind::Dns | Kind::Nat | Kind::Control => Err(anyhow!("{k:?} is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -806,6 +831,22 @@ pub fn bench(args: Args) -> Result<i32> {
         _ => None,
     };
 
+    // The control plane, last: a daemon of its own, nothing else running.
+    let control = if want_control {
+        drop(daemon.take());
+        let cfg = ctlbench::Config {
+            counts: sandboxes.clone(),
+            reps: args.reps,
+            clients: args.control_clients,
+            dataplane: bin.clone(),
+            tag: tag.clone(),
+            dir: dir.clone(),
+        };
+        Some(ctlbench::run(&cfg, &mut p)?)
+    } else {
+        None
+    };
+
     // The per-packet program cost belongs to the network figures.
     let prog = if kinds.is_empty() {
         serde_json::json!({ "skipped": "no network setup was measured (--setups)" })
@@ -861,6 +902,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Ebpf => "ebpf",
                 Kind::Dns => "dns",
                 Kind::Nat => "nat",
+                Kind::Control => "control",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -888,6 +930,19 @@ pub fn bench(args: Args) -> Result<i32> {
     if want_nat && args.nat_seconds != 3 {
         command += &format!(" --nat-seconds {}", args.nat_seconds);
     }
+    if want_control && sandboxes != ctlbench::DEFAULT_SANDBOXES {
+        command += &format!(
+            " --sandboxes {}",
+            sandboxes
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    if want_control && args.control_clients != ctlbench::DEFAULT_CLIENTS {
+        command += &format!(" --control-clients {}", args.control_clients);
+    }
     let date = first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"]));
     let dns = want_dns.then(|| {
         let meta = dnsbench::Meta {
@@ -904,6 +959,11 @@ pub fn bench(args: Args) -> Result<i32> {
         n.command = command.clone();
         n.date = date.clone();
         n
+    });
+    let control = control.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
     });
     let out = args
         .out
@@ -942,6 +1002,7 @@ pub fn bench(args: Args) -> Result<i32> {
         bpf_prog: prog,
         dns,
         nat,
+        control,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
@@ -952,6 +1013,7 @@ pub fn bench(args: Args) -> Result<i32> {
         .nat
         .as_ref()
         .map(|n| natbench::markdown(n, n.svg.as_deref()));
+    let control_md = report.control.as_ref().map(ctlbench::markdown);
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -966,14 +1028,21 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### Published ports: eBPF NAT against Docker's iptables\n");
             println!("{}", natbench::table(n));
         }
+        if let Some(c) = &report.control {
+            println!("### Control plane\n");
+            println!("{}", ctlbench::table(c));
+        }
     }
     if !args.no_write {
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
-        // The published-ports section goes last: taken out, the rest
-        // spliced as before, then the new (or the old) one appended.
+        // The published-ports and control-plane sections go last: taken
+        // out, the rest spliced as before, then the new (or the old) ones
+        // appended.
         let (existing, old_nat) = natbench::split(&existing);
+        let (existing, old_control) = ctlbench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
+        let md = md::append_section(&md, control_md.as_deref().or(old_control.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -982,7 +1051,8 @@ pub fn bench(args: Args) -> Result<i32> {
         .iter()
         .any(|s| s.failed.is_some() || !s.errors.is_empty())
         || report.dns.as_ref().is_some_and(dnsbench::Report::bad)
-        || report.nat.as_ref().is_some_and(natbench::Report::bad);
+        || report.nat.as_ref().is_some_and(natbench::Report::bad)
+        || report.control.as_ref().is_some_and(ctlbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {

@@ -42,6 +42,7 @@ use serde_json::Value;
 use crate::{
     connrate::ClientResult,
     lab::{self, addr, in_netns, Cleanup, Daemon},
+    md,
     sh::{self, bg, first_line, json_of, Bg},
     stats::{ratio, ratio_cell, ratio_or, spread, Spread},
     Progress,
@@ -1327,42 +1328,12 @@ pub fn markdown(r: &Report, svg: Option<&str>) -> String {
 /// `existing` without this part's section, and that section: it runs from
 /// its heading to the next `## ` heading or the end.
 pub fn split(existing: &str) -> (String, Option<String>) {
-    let mut rest = String::new();
-    let mut section: Option<String> = None;
-    let mut inside = false;
-    for line in existing.split_inclusive('\n') {
-        let l = line.trim_end();
-        if l.starts_with(HEADING_PREFIX) {
-            inside = true;
-            section = Some(String::new());
-        } else if inside && l.starts_with("## ") {
-            inside = false;
-        }
-        if inside {
-            if let Some(s) = section.as_mut() {
-                s.push_str(line);
-            }
-        } else {
-            rest.push_str(line);
-        }
-    }
-    (rest, section)
+    md::split_section(existing, HEADING_PREFIX)
 }
 
 /// Appends `section` (trimmed) after `doc`, with one blank line between.
 pub fn append(doc: &str, section: Option<&str>) -> String {
-    match section {
-        None => doc.to_string(),
-        Some(s) => {
-            let mut out = doc.trim_end().to_string();
-            if !out.is_empty() {
-                out.push_str("\n\n");
-            }
-            out.push_str(s.trim_end());
-            out.push('\n');
-            out
-        }
-    }
+    md::append_section(doc, section)
 }
 
 /// The SVG's file name beside the report `out` (BENCHMARKS.md ->

@@ -467,3 +467,48 @@ pub fn raise_nofile() -> Option<u64> {
         Some(r.rlim_cur as u64)
     }
 }
+
+/// Runs `c` capturing its output and measures it from spawn to exit
+/// precisely (a blocking wait, not `wait`'s polling); a watchdog kills its
+/// group after `limit` or on Ctrl-C, which is an error.
+pub fn timed(c: &mut Command, limit: Duration) -> Result<(Duration, Out)> {
+    let what = show(c);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = spawn(c)?;
+    let (o, e) = (reader(child.stdout.take()), reader(child.stderr.take()));
+    let (done, watch) = mpsc::channel::<()>();
+    let pg = child.id();
+    let dog = std::thread::spawn(move || loop {
+        match watch.recv_timeout(Duration::from_millis(50)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if t0.elapsed() > limit || interrupted() {
+                    killpg(pg, libc::SIGKILL);
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+    });
+    let status = child.wait();
+    let took = t0.elapsed();
+    let _ = done.send(());
+    let killed = dog.join().unwrap_or(false);
+    let status = status.with_context(|| format!("waiting for `{what}`"))?;
+    if killed {
+        check_interrupted()?;
+        bail!("`{what}` timed out after {} s (killed)", limit.as_secs());
+    }
+    let get = |rx: mpsc::Receiver<Vec<u8>>| {
+        String::from_utf8_lossy(&rx.recv_timeout(Duration::from_secs(3)).unwrap_or_default())
+            .into_owned()
+    };
+    Ok((
+        took,
+        Out {
+            status,
+            stdout: get(o),
+            stderr: get(e),
+        },
+    ))
+}

@@ -338,7 +338,8 @@ fn build_ebpf(
     ))
 }
 
-fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<f64> {
+/// TCP: Gbit/s received and the sender's retransmits; UDP: kpps received.
+fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<(f64, Option<f64>)> {
     let t = secs.to_string();
     let mut args = vec![
         "iperf3",
@@ -381,12 +382,13 @@ fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<f64> {
                     / 64.0
             }
         };
-        Ok(pkts / secs / 1e3)
+        Ok((pkts / secs / 1e3, None))
     } else {
-        end["sum_received"]["bits_per_second"]
+        let gbps = end["sum_received"]["bits_per_second"]
             .as_f64()
             .map(|b| b / 1e9)
-            .ok_or_else(|| anyhow!("{what}: no end.sum_received.bits_per_second"))
+            .ok_or_else(|| anyhow!("{what}: no end.sum_received.bits_per_second"))?;
+        Ok((gbps, end["sum_sent"]["retransmits"].as_f64()))
     }
 }
 
@@ -402,11 +404,59 @@ fn sockperf_percentile(out: &str, p: &str) -> Option<f64> {
         })
 }
 
-fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
+/// Where the request/response ends run: both on one CPU, or one each.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Cores {
+    Same(usize),
+    Cross(usize, usize),
+}
+
+impl Cores {
+    /// (server CPU, client CPU).
+    fn cpus(self) -> (usize, usize) {
+        match self {
+            Cores::Same(c) => (c, c),
+            Cores::Cross(s, c) => (s, c),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Cores::Same(_) => "same core",
+            Cores::Cross(..) => "cross core",
+        }
+    }
+}
+
+/// The CPUs this process may run on (sched_getaffinity), ascending.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t filled by sched_getaffinity for ourselves.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// `ip netns exec NS taskset -c CPU ARGS...`
+fn pinned(ns: &str, cpu: usize, args: &[&str]) -> std::process::Command {
+    let cpu = cpu.to_string();
+    let mut a = vec!["taskset", "-c", &cpu];
+    a.extend_from_slice(args);
+    in_netns(ns, &a)
+}
+
+fn latency(p: &Pair, secs: u64, tool: LatencyTool, cores: Cores) -> Result<(f64, f64)> {
     let t = secs.to_string();
+    let (scpu, ccpu) = cores.cpus();
     if tool == LatencyTool::Sockperf {
-        let _srv = bg(&mut in_netns(
+        let _srv = bg(&mut pinned(
             &p.server,
+            scpu,
             &[
                 "sockperf",
                 "server",
@@ -419,8 +469,9 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
         ))?;
         lab::wait_listening(&p.server, 11111, Duration::from_secs(5))?;
         let o = sh::capture(
-            &mut in_netns(
+            &mut pinned(
                 &p.client,
+                ccpu,
                 &[
                     "sockperf",
                     "ping-pong",
@@ -454,14 +505,16 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
             .to_str()
             .ok_or_else(|| anyhow!("non-UTF-8 xtask path"))?;
         let listen = format!("{}:11112", p.server_ip);
-        let _srv = bg(&mut in_netns(
+        let _srv = bg(&mut pinned(
             &p.server,
+            scpu,
             &[exe, "pingpong-server", "--listen", &listen],
         ))?;
         lab::wait_listening(&p.server, 11112, Duration::from_secs(5))?;
         let out = sh::output(
-            &mut in_netns(
+            &mut pinned(
                 &p.client,
+                ccpu,
                 &[
                     exe,
                     "pingpong-client",
@@ -484,13 +537,23 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
 #[derive(Default)]
 struct Samples {
     tcp: Vec<f64>,
+    retransmits: Vec<f64>,
     udp: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
+    same_p50: Vec<f64>,
+    same_p99: Vec<f64>,
+    cross_p50: Vec<f64>,
+    cross_p99: Vec<f64>,
     errors: Vec<String>,
 }
 
-fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) -> Result<String> {
+fn measure(
+    p: &Pair,
+    secs: u64,
+    tool: LatencyTool,
+    cores: &[Cores],
+    s: &mut Samples,
+    rep: u32,
+) -> Result<String> {
     let mut line = Vec::new();
     let err = |s: &mut Samples, what: &str, e: anyhow::Error| -> Result<()> {
         sh::check_interrupted()?;
@@ -508,14 +571,18 @@ fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) ->
             Err(e) => err(s, "iperf3 server", e)?,
             Ok(()) => {
                 match iperf(p, secs, false) {
-                    Ok(v) => {
+                    Ok((v, retr)) => {
                         line.push(format!("tcp {v:.2} Gbit/s"));
                         s.tcp.push(v);
+                        if let Some(r) = retr {
+                            line.push(format!("{r:.0} retransmits"));
+                            s.retransmits.push(r);
+                        }
                     }
                     Err(e) => err(s, "tcp", e)?,
                 }
                 match iperf(p, secs, true) {
-                    Ok(v) => {
+                    Ok((v, _)) => {
                         line.push(format!("udp64 {v:.1} kpps"));
                         s.udp.push(v);
                     }
@@ -525,13 +592,19 @@ fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) ->
         }
         drop(srv);
     }
-    match latency(p, secs, tool) {
-        Ok((a, b)) => {
-            line.push(format!("rr p50 {a:.1} us p99 {b:.1} us"));
-            s.p50.push(a);
-            s.p99.push(b);
+    for &c in cores {
+        match latency(p, secs, tool, c) {
+            Ok((a, b)) => {
+                line.push(format!("rr {} p50 {a:.1} us p99 {b:.1} us", c.label()));
+                let (p50, p99) = match c {
+                    Cores::Same(_) => (&mut s.same_p50, &mut s.same_p99),
+                    Cores::Cross(..) => (&mut s.cross_p50, &mut s.cross_p99),
+                };
+                p50.push(a);
+                p99.push(b);
+            }
+            Err(e) => err(s, &format!("latency ({})", c.label()), e)?,
         }
-        Err(e) => err(s, "latency", e)?,
     }
     Ok(line.join(", "))
 }
@@ -561,9 +634,15 @@ struct SetupReport {
     /// Why the setup could not be built, if it could not.
     failed: Option<String>,
     tcp_gbps: Option<Stat>,
+    /// iperf3's `end.sum_sent.retransmits` of the TCP stream, per rep.
+    tcp_retransmits: Option<Spread>,
     udp64_kpps: Option<Stat>,
-    rr_p50_us: Option<Stat>,
-    rr_p99_us: Option<Stat>,
+    /// Request/response with server and client pinned to one CPU.
+    rr_same_core_p50_us: Option<Stat>,
+    rr_same_core_p99_us: Option<Stat>,
+    /// ... and pinned to two different CPUs.
+    rr_cross_core_p50_us: Option<Stat>,
+    rr_cross_core_p99_us: Option<Stat>,
     errors: Vec<String>,
 }
 
@@ -799,11 +878,21 @@ pub fn bench(args: Args) -> Result<i32> {
             what.join("; ")
         ));
     }
+    // Request/response twice: both ends pinned to one CPU, then to two.
+    let cpus = allowed_cpus();
+    let mut cores = vec![Cores::Same(cpus.first().copied().unwrap_or(0))];
+    match cpus.get(..2) {
+        Some(&[s, c]) => cores.push(Cores::Cross(s, c)),
+        _ if !kinds.is_empty() => {
+            notes.push("only one CPU is usable here: no cross-core request/response figures".into())
+        }
+        _ => {}
+    }
     let mut samples: Vec<Samples> = pairs.iter().map(|_| Samples::default()).collect();
     let mut dns_samples = dnsbench::Samples::default();
     for rep in 1..=args.reps {
         for (pair, s) in pairs.iter().zip(samples.iter_mut()) {
-            let line = measure(pair, args.seconds, tool, s, rep)?;
+            let line = measure(pair, args.seconds, tool, &cores, s, rep)?;
             eprintln!("    rep {rep}/{}: {}: {line}", args.reps, pair.kind.title());
         }
         if let (Some(t), Some(exe)) = (&dns_target, &dns_client) {
@@ -868,17 +957,23 @@ pub fn bench(args: Args) -> Result<i32> {
             description: k.description(),
             failed: failed.iter().find(|(f, _)| *f == k).map(|(_, e)| e.clone()),
             tcp_gbps: None,
+            tcp_retransmits: None,
             udp64_kpps: None,
-            rr_p50_us: None,
-            rr_p99_us: None,
+            rr_same_core_p50_us: None,
+            rr_same_core_p99_us: None,
+            rr_cross_core_p50_us: None,
+            rr_cross_core_p99_us: None,
             errors: Vec::new(),
         };
         if let Some(i) = pairs.iter().position(|p| p.kind == k) {
             let s = &mut samples[i];
             r.tcp_gbps = stat(&s.tcp);
             r.udp64_kpps = stat(&s.udp);
-            r.rr_p50_us = stat(&s.p50);
-            r.rr_p99_us = stat(&s.p99);
+            r.tcp_retransmits = spread(&s.retransmits);
+            r.rr_same_core_p50_us = stat(&s.same_p50);
+            r.rr_same_core_p99_us = stat(&s.same_p99);
+            r.rr_cross_core_p50_us = stat(&s.cross_p50);
+            r.rr_cross_core_p99_us = stat(&s.cross_p99);
             r.errors = std::mem::take(&mut s.errors);
         }
         setups.push(r);
@@ -1062,27 +1157,55 @@ pub fn bench(args: Args) -> Result<i32> {
     Ok(0)
 }
 
-const METRICS: [(&str, &str, usize); 4] = [
+const METRICS: [(&str, &str, usize); 6] = [
     ("TCP throughput, Gbit/s (iperf3, higher is better)", "Gbit/s", 2),
     (
         "UDP 64-byte packets received, kpps (iperf3 -u -l 64 -b 0, receiver side, higher is better)",
         "kpps",
         1,
     ),
-    ("TCP request/response round trip p50, µs (lower is better)", "µs", 1),
-    ("TCP request/response round trip p99, µs (lower is better)", "µs", 1),
+    (
+        "TCP request/response round trip p50, client and server on the same core, µs (lower is better)",
+        "µs",
+        1,
+    ),
+    (
+        "TCP request/response round trip p99, client and server on the same core, µs (lower is better)",
+        "µs",
+        1,
+    ),
+    (
+        "TCP request/response round trip p50, client and server on different cores, µs (lower is better)",
+        "µs",
+        1,
+    ),
+    (
+        "TCP request/response round trip p99, client and server on different cores, µs (lower is better)",
+        "µs",
+        1,
+    ),
 ];
 
 fn metric(r: &SetupReport, i: usize) -> Option<&Stat> {
-    [&r.tcp_gbps, &r.udp64_kpps, &r.rr_p50_us, &r.rr_p99_us][i].as_ref()
+    [
+        &r.tcp_gbps,
+        &r.udp64_kpps,
+        &r.rr_same_core_p50_us,
+        &r.rr_same_core_p99_us,
+        &r.rr_cross_core_p50_us,
+        &r.rr_cross_core_p99_us,
+    ][i]
+        .as_ref()
 }
 
 fn metric_mut(r: &mut SetupReport, i: usize) -> Option<&mut Stat> {
     match i {
         0 => r.tcp_gbps.as_mut(),
         1 => r.udp64_kpps.as_mut(),
-        2 => r.rr_p50_us.as_mut(),
-        _ => r.rr_p99_us.as_mut(),
+        2 => r.rr_same_core_p50_us.as_mut(),
+        3 => r.rr_same_core_p99_us.as_mut(),
+        4 => r.rr_cross_core_p50_us.as_mut(),
+        _ => r.rr_cross_core_p99_us.as_mut(),
     }
 }
 
@@ -1114,19 +1237,35 @@ fn tables(r: &Report) -> String {
         r.reps, r.seconds
     );
     for (i, (title, unit, prec)) in METRICS.into_iter().enumerate() {
+        // The TCP stream's table also shows its retransmits.
+        let retr = i == 0;
         let _ = writeln!(o, "### {title}\n");
         let _ = writeln!(
             o,
-            "| setup | median ({unit}) | spread (min–max) | vs floor | vs bridge |"
+            "| setup | median ({unit}) | spread (min–max) | vs floor | vs bridge |{}",
+            if retr {
+                " retransmits (median) | retransmits (min–max) |"
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: |{}",
+            if retr { " ---: | ---: |" } else { "" }
+        );
         for s in &r.setups {
             let t = s.title;
+            let extra = match (&s.tcp_retransmits, retr) {
+                (_, false) => String::new(),
+                (Some(x), true) => format!(" {:.0} | {:.0}–{:.0} |", x.median, x.min, x.max),
+                (None, true) => " – | |".into(),
+            };
             match metric(s, i) {
                 Some(st) => {
                     let _ = writeln!(
                         o,
-                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |",
+                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |{extra}",
                         st.s.median,
                         st.s.min,
                         st.s.max,
@@ -1140,7 +1279,7 @@ fn tables(r: &Report) -> String {
                     } else {
                         "no sample"
                     };
-                    let _ = writeln!(o, "| {t} | {why} | | | |");
+                    let _ = writeln!(o, "| {t} | {why} | | | |{extra}");
                 }
             }
         }
@@ -1220,8 +1359,10 @@ fn markdown(r: &Report) -> String {
     for s in &r.setups {
         let _ = writeln!(o, "- **{}**: {}", s.title, s.description);
     }
-    let _ = writeln!(o, "\nPer setup and rep: `iperf3 -t {0}` TCP (received bits/s), `iperf3 -u -l 64 -b 0 -t {0}` \
-        (packets the receiver got per second), and a TCP request/response round trip ({1}, {0} s).\n",
+    let _ = writeln!(o, "\nPer setup and rep: `iperf3 -t {0}` TCP (received bits/s, and the sender's retransmits), \
+        `iperf3 -u -l 64 -b 0 -t {0}` (packets the receiver got per second), and a TCP request/response round \
+        trip ({1}, {0} s) twice: server and client pinned with `taskset -c` to the same CPU, then to two \
+        different CPUs.\n",
         r.seconds,
         if r.latency_tool == LatencyTool::Sockperf {
             "`sockperf ping-pong --tcp --full-rtt`, default 14-byte messages"

@@ -27,6 +27,7 @@ use std::{
     collections::BTreeSet,
     fmt::Write as _,
     path::{Path, PathBuf},
+    sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
@@ -716,32 +717,48 @@ fn restart(d: &mut Daemon, pin: &Path, scratch: &Path, n: u32) -> Result<Restart
     let limit = Duration::from_secs(60) + Duration::from_millis(100) * n;
     let t0 = Instant::now();
     d.spawn()?;
-    let (mut ps_at, mut maps_at, mut after) = (None, None, 0);
-    while t0.elapsed() < limit {
-        sh::check_interrupted()?;
-        if d.pid().is_none() {
-            bail!(
-                "the restarted daemon exited: {}",
-                sh::tail(&std::fs::read_to_string(&d.log).unwrap_or_default(), 8)
-            );
-        }
-        if ps_at.is_none() {
-            let o = sh::capture(&mut d.client(&["ps"]), Some(Duration::from_secs(10)))?;
-            if o.ok() {
-                ps_at = Some(t0.elapsed());
+    // Two pollers, so that neither's probe delays the other's: `ps` on a
+    // thread, the map (and whether the daemon still runs) here.
+    let stop = AtomicBool::new(false);
+    let (bin, host) = (d.bin.clone(), d.host());
+    let (ps_at, maps_at, after) = std::thread::scope(|s| -> Result<_> {
+        let ps = s.spawn(|| {
+            while t0.elapsed() < limit && !stop.load(Ordering::Relaxed) {
+                let mut c = sh::cmd(&bin, ["--host", host.as_str(), "ps"]);
+                c.env_remove("DATAPLANE_HOST");
+                if matches!(sh::timed(&mut c, Duration::from_secs(10)), Ok((_, o)) if o.ok()) {
+                    return Some(t0.elapsed());
+                }
+                std::thread::sleep(DRIFT_POLL);
             }
-        }
-        if maps_at.is_none() {
-            after = map_keys(pin)?.len();
-            if after >= before.len() {
-                maps_at = Some(t0.elapsed());
+            None
+        });
+        let polled = (|| -> Result<_> {
+            let (mut maps_at, mut after) = (None, 0);
+            while maps_at.is_none() && t0.elapsed() < limit {
+                sh::check_interrupted()?;
+                if d.pid().is_none() {
+                    bail!(
+                        "the restarted daemon exited: {}",
+                        sh::tail(&std::fs::read_to_string(&d.log).unwrap_or_default(), 8)
+                    );
+                }
+                after = map_keys(pin)?.len();
+                if after >= before.len() {
+                    maps_at = Some(t0.elapsed());
+                } else {
+                    std::thread::sleep(DRIFT_POLL);
+                }
             }
+            Ok((maps_at, after))
+        })();
+        if polled.is_err() {
+            stop.store(true, Ordering::Relaxed);
         }
-        if ps_at.is_some() && maps_at.is_some() {
-            break;
-        }
-        std::thread::sleep(DRIFT_POLL);
-    }
+        let ps_at = ps.join().unwrap_or(None);
+        let (maps_at, after) = polled?;
+        Ok((ps_at, maps_at, after))
+    })?;
     let ms = |t: Option<Duration>| t.map(|t| t.as_secs_f64() * 1e3);
     let r = Restart {
         endpoints_before: before.len(),

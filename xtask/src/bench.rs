@@ -6,11 +6,12 @@
 //! against a `--link` hosts-file entry (see `dnsbench`). Plus `nat`:
 //! published ports through the eBPF NAT against Docker's iptables DNAT at
 //! 1, 1,000 and 10,000 ports, in namespaces of its own (see `natbench`).
+//! Plus `control`: what the daemon costs to drive (run/rm latency, memory,
+//! restart and drift repair) at 100 and 1,000 sandboxes (see `ctlbench`).
 
 use std::{
     fmt::Write as _,
     path::{Path, PathBuf},
-    process::Child,
     time::Duration,
 };
 
@@ -19,9 +20,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    build_dataplane, dnsbench,
-    lab::{self, in_netns, Cleanup, Daemon},
-    natbench, root, setup, sh, Format, Progress,
+    build_dataplane, ctlbench, dnsbench,
+    lab::{self, addr, in_netns, Cleanup, Daemon},
+    md, natbench, root, setup,
+    sh::{self, bg, first_line, json_of},
+    stats::{ratio_cell, spread, Spread},
+    Format, Progress,
 };
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -38,6 +42,10 @@ pub enum Kind {
     /// the last of N published ports, eBPF NAT against Docker's iptables
     /// DNAT (own namespaces and daemons; see --nat-ports).
     Nat,
+    /// The control plane: `run`/`rm` latency, sandboxes/s with parallel
+    /// clients, daemon memory, restart and drift repair (own namespaces
+    /// and daemon; see --sandboxes).
+    Control,
 }
 
 impl Kind {
@@ -49,6 +57,7 @@ impl Kind {
             Kind::Ebpf => "(d) dataplane eBPF",
             Kind::Dns => "DNS: embedded resolver vs hosts file",
             Kind::Nat => "published ports: eBPF NAT vs Docker iptables",
+            Kind::Control => "control plane: run, rm, memory, restart, drift",
         }
     }
 
@@ -73,6 +82,7 @@ impl Kind {
             }
             Kind::Dns => "name lookups inside (d)'s first sandbox (see the DNS section)",
             Kind::Nat => "published ports in namespaces of their own (see the published-ports section)",
+            Kind::Control => "a daemon of its own driven through its CLI (see the control-plane section)",
         }
     }
 }
@@ -110,6 +120,15 @@ pub struct Args {
     /// the repetitions are --reps.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
     nat_seconds: u64,
+    /// `control`: sandbox counts to measure (comma-separated), a fresh
+    /// daemon each; the parallel create-and-remove cycles are --reps.
+    #[arg(long, value_delimiter = ',', default_values_t = ctlbench::DEFAULT_SANDBOXES,
+          value_parser = clap::value_parser!(u32).range(1..=ctlbench::MAX_SANDBOXES as i64))]
+    sandboxes: Vec<u32>,
+    /// `control`: parallel clients of the create-and-remove cycles.
+    #[arg(long, default_value_t = ctlbench::DEFAULT_CLIENTS,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    control_clients: u32,
     #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
     latency: LatencyTool,
     /// Where to write the report (default: BENCHMARKS.md at the repo root).
@@ -123,13 +142,14 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 6] = [
+const ALL: [Kind; 7] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
     Kind::Ebpf,
     Kind::Dns,
     Kind::Nat,
+    Kind::Control,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
@@ -138,21 +158,6 @@ struct Pair {
     client: String,
     server: String,
     server_ip: String,
-}
-
-/// A background server process, killed (its whole group) on drop.
-pub(crate) struct Bg(Child);
-
-impl Drop for Bg {
-    fn drop(&mut self) {
-        sh::stop_group(&mut self.0, Duration::from_secs(2));
-    }
-}
-
-pub(crate) fn bg(c: &mut std::process::Command) -> Result<Bg> {
-    c.stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null());
-    Ok(Bg(sh::spawn(c)?))
 }
 
 const NF_RULES: &str = "\
@@ -188,12 +193,6 @@ COMMIT
 -A DOCKER-USER -j RETURN
 COMMIT
 ";
-
-pub(crate) fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
-    lab::ip(ns, &["addr", "add", cidr, "dev", dev])?;
-    lab::ip(ns, &["link", "set", dev, "up"])?;
-    Ok(())
-}
 
 fn build_floor(cl: &mut Cleanup, tag: &str) -> Result<Pair> {
     let (a, b) = (format!("{tag}-fa"), format!("{tag}-fb"));
@@ -339,15 +338,8 @@ fn build_ebpf(
     ))
 }
 
-pub(crate) fn json_of(out: &str, what: &str) -> Result<Value> {
-    let v: Value = serde_json::from_str(out).with_context(|| format!("parsing {what} JSON"))?;
-    if let Some(e) = v["error"].as_str() {
-        bail!("{what}: {e}");
-    }
-    Ok(v)
-}
-
-fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<f64> {
+/// TCP: Gbit/s received and the sender's retransmits; UDP: kpps received.
+fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<(f64, Option<f64>)> {
     let t = secs.to_string();
     let mut args = vec![
         "iperf3",
@@ -390,12 +382,13 @@ fn iperf(p: &Pair, secs: u64, udp: bool) -> Result<f64> {
                     / 64.0
             }
         };
-        Ok(pkts / secs / 1e3)
+        Ok((pkts / secs / 1e3, None))
     } else {
-        end["sum_received"]["bits_per_second"]
+        let gbps = end["sum_received"]["bits_per_second"]
             .as_f64()
             .map(|b| b / 1e9)
-            .ok_or_else(|| anyhow!("{what}: no end.sum_received.bits_per_second"))
+            .ok_or_else(|| anyhow!("{what}: no end.sum_received.bits_per_second"))?;
+        Ok((gbps, end["sum_sent"]["retransmits"].as_f64()))
     }
 }
 
@@ -411,11 +404,59 @@ fn sockperf_percentile(out: &str, p: &str) -> Option<f64> {
         })
 }
 
-fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
+/// Where the request/response ends run: both on one CPU, or one each.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Cores {
+    Same(usize),
+    Cross(usize, usize),
+}
+
+impl Cores {
+    /// (server CPU, client CPU).
+    fn cpus(self) -> (usize, usize) {
+        match self {
+            Cores::Same(c) => (c, c),
+            Cores::Cross(s, c) => (s, c),
+        }
+    }
+
+    fn label(self) -> &'static str {
+        match self {
+            Cores::Same(_) => "same core",
+            Cores::Cross(..) => "cross core",
+        }
+    }
+}
+
+/// The CPUs this process may run on (sched_getaffinity), ascending.
+fn allowed_cpus() -> Vec<usize> {
+    // SAFETY: a zeroed cpu_set_t filled by sched_getaffinity for ourselves.
+    unsafe {
+        let mut set: libc::cpu_set_t = std::mem::zeroed();
+        if libc::sched_getaffinity(0, std::mem::size_of::<libc::cpu_set_t>(), &mut set) != 0 {
+            return Vec::new();
+        }
+        (0..libc::CPU_SETSIZE as usize)
+            .filter(|&c| libc::CPU_ISSET(c, &set))
+            .collect()
+    }
+}
+
+/// `ip netns exec NS taskset -c CPU ARGS...`
+fn pinned(ns: &str, cpu: usize, args: &[&str]) -> std::process::Command {
+    let cpu = cpu.to_string();
+    let mut a = vec!["taskset", "-c", &cpu];
+    a.extend_from_slice(args);
+    in_netns(ns, &a)
+}
+
+fn latency(p: &Pair, secs: u64, tool: LatencyTool, cores: Cores) -> Result<(f64, f64)> {
     let t = secs.to_string();
+    let (scpu, ccpu) = cores.cpus();
     if tool == LatencyTool::Sockperf {
-        let _srv = bg(&mut in_netns(
+        let _srv = bg(&mut pinned(
             &p.server,
+            scpu,
             &[
                 "sockperf",
                 "server",
@@ -428,8 +469,9 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
         ))?;
         lab::wait_listening(&p.server, 11111, Duration::from_secs(5))?;
         let o = sh::capture(
-            &mut in_netns(
+            &mut pinned(
                 &p.client,
+                ccpu,
                 &[
                     "sockperf",
                     "ping-pong",
@@ -463,14 +505,16 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
             .to_str()
             .ok_or_else(|| anyhow!("non-UTF-8 xtask path"))?;
         let listen = format!("{}:11112", p.server_ip);
-        let _srv = bg(&mut in_netns(
+        let _srv = bg(&mut pinned(
             &p.server,
+            scpu,
             &[exe, "pingpong-server", "--listen", &listen],
         ))?;
         lab::wait_listening(&p.server, 11112, Duration::from_secs(5))?;
         let out = sh::output(
-            &mut in_netns(
+            &mut pinned(
                 &p.client,
+                ccpu,
                 &[
                     exe,
                     "pingpong-client",
@@ -493,13 +537,23 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool) -> Result<(f64, f64)> {
 #[derive(Default)]
 struct Samples {
     tcp: Vec<f64>,
+    retransmits: Vec<f64>,
     udp: Vec<f64>,
-    p50: Vec<f64>,
-    p99: Vec<f64>,
+    same_p50: Vec<f64>,
+    same_p99: Vec<f64>,
+    cross_p50: Vec<f64>,
+    cross_p99: Vec<f64>,
     errors: Vec<String>,
 }
 
-fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) -> Result<String> {
+fn measure(
+    p: &Pair,
+    secs: u64,
+    tool: LatencyTool,
+    cores: &[Cores],
+    s: &mut Samples,
+    rep: u32,
+) -> Result<String> {
     let mut line = Vec::new();
     let err = |s: &mut Samples, what: &str, e: anyhow::Error| -> Result<()> {
         sh::check_interrupted()?;
@@ -517,14 +571,18 @@ fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) ->
             Err(e) => err(s, "iperf3 server", e)?,
             Ok(()) => {
                 match iperf(p, secs, false) {
-                    Ok(v) => {
+                    Ok((v, retr)) => {
                         line.push(format!("tcp {v:.2} Gbit/s"));
                         s.tcp.push(v);
+                        if let Some(r) = retr {
+                            line.push(format!("{r:.0} retransmits"));
+                            s.retransmits.push(r);
+                        }
                     }
                     Err(e) => err(s, "tcp", e)?,
                 }
                 match iperf(p, secs, true) {
-                    Ok(v) => {
+                    Ok((v, _)) => {
                         line.push(format!("udp64 {v:.1} kpps"));
                         s.udp.push(v);
                     }
@@ -534,44 +592,35 @@ fn measure(p: &Pair, secs: u64, tool: LatencyTool, s: &mut Samples, rep: u32) ->
         }
         drop(srv);
     }
-    match latency(p, secs, tool) {
-        Ok((a, b)) => {
-            line.push(format!("rr p50 {a:.1} us p99 {b:.1} us"));
-            s.p50.push(a);
-            s.p99.push(b);
+    for &c in cores {
+        match latency(p, secs, tool, c) {
+            Ok((a, b)) => {
+                line.push(format!("rr {} p50 {a:.1} us p99 {b:.1} us", c.label()));
+                let (p50, p99) = match c {
+                    Cores::Same(_) => (&mut s.same_p50, &mut s.same_p99),
+                    Cores::Cross(..) => (&mut s.cross_p50, &mut s.cross_p99),
+                };
+                p50.push(a);
+                p99.push(b);
+            }
+            Err(e) => err(s, &format!("latency ({})", c.label()), e)?,
         }
-        Err(e) => err(s, "latency", e)?,
     }
     Ok(line.join(", "))
 }
 
+/// A setup's figure over reps, with its ratios to the floor and bridge.
 #[derive(Serialize, Clone)]
-pub(crate) struct Stat {
-    pub(crate) median: f64,
-    pub(crate) min: f64,
-    pub(crate) max: f64,
-    pub(crate) samples: Vec<f64>,
+struct Stat {
+    #[serde(flatten)]
+    s: Spread,
     vs_floor: Option<f64>,
     vs_bridge: Option<f64>,
 }
 
-pub(crate) fn stat(v: &[f64]) -> Option<Stat> {
-    if v.is_empty() {
-        return None;
-    }
-    let mut s = v.to_vec();
-    s.sort_by(f64::total_cmp);
-    let n = s.len();
-    let median = if n % 2 == 1 {
-        s[n / 2]
-    } else {
-        (s[n / 2 - 1] + s[n / 2]) / 2.0
-    };
-    Some(Stat {
-        median,
-        min: s[0],
-        max: s[n - 1],
-        samples: v.to_vec(),
+fn stat(v: &[f64]) -> Option<Stat> {
+    spread(v).map(|s| Stat {
+        s,
         vs_floor: None,
         vs_bridge: None,
     })
@@ -585,9 +634,15 @@ struct SetupReport {
     /// Why the setup could not be built, if it could not.
     failed: Option<String>,
     tcp_gbps: Option<Stat>,
+    /// iperf3's `end.sum_sent.retransmits` of the TCP stream, per rep.
+    tcp_retransmits: Option<Spread>,
     udp64_kpps: Option<Stat>,
-    rr_p50_us: Option<Stat>,
-    rr_p99_us: Option<Stat>,
+    /// Request/response with server and client pinned to one CPU.
+    rr_same_core_p50_us: Option<Stat>,
+    rr_same_core_p99_us: Option<Stat>,
+    /// ... and pinned to two different CPUs.
+    rr_cross_core_p50_us: Option<Stat>,
+    rr_cross_core_p99_us: Option<Stat>,
     errors: Vec<String>,
 }
 
@@ -618,18 +673,8 @@ struct Report {
     dns: Option<dnsbench::Report>,
     /// The published-ports comparison (`--setups nat`), if asked for.
     nat: Option<natbench::Report>,
-}
-
-pub(crate) fn first_line(c: &mut std::process::Command) -> String {
-    sh::capture(c, Some(Duration::from_secs(10)))
-        .ok()
-        .and_then(|o| {
-            format!("{}{}", o.stdout, o.stderr)
-                .lines()
-                .next()
-                .map(|l| l.trim().to_string())
-        })
-        .unwrap_or_else(|| "unknown".into())
+    /// The control-plane costs (`--setups control`), if asked for.
+    control: Option<ctlbench::Report>,
 }
 
 fn machine() -> Machine {
@@ -697,6 +742,10 @@ pub fn bench(args: Args) -> Result<i32> {
     }
     let want_dns = args.setups.contains(&Kind::Dns);
     let want_nat = args.setups.contains(&Kind::Nat);
+    let want_control = args.setups.contains(&Kind::Control);
+    let mut sandboxes = args.sandboxes.clone();
+    sandboxes.sort_unstable();
+    sandboxes.dedup();
     let mut nat_ports = args.nat_ports.clone();
     nat_ports.sort_unstable();
     nat_ports.dedup();
@@ -707,7 +756,8 @@ pub fn bench(args: Args) -> Result<i32> {
     let mut p = Progress::new(
         8 + usize::from(want_dns || want_nat)
             + usize::from(!kinds.is_empty())
-            + 2 * usize::from(want_nat),
+            + 2 * usize::from(want_nat)
+            + if want_control { sandboxes.len() } else { 0 },
     );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
@@ -768,7 +818,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 dns_target = want_dns.then_some(t);
                 pair
             }),
-            Kind::Dns | Kind::Nat => Err(anyhow!("{k:?} is not a network setup")),
+            Kind::Dns | Kind::Nat | Kind::Control => Err(anyhow!("{k:?} is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -828,11 +878,21 @@ pub fn bench(args: Args) -> Result<i32> {
             what.join("; ")
         ));
     }
+    // Request/response twice: both ends pinned to one CPU, then to two.
+    let cpus = allowed_cpus();
+    let mut cores = vec![Cores::Same(cpus.first().copied().unwrap_or(0))];
+    match cpus.get(..2) {
+        Some(&[s, c]) => cores.push(Cores::Cross(s, c)),
+        _ if !kinds.is_empty() => {
+            notes.push("only one CPU is usable here: no cross-core request/response figures".into())
+        }
+        _ => {}
+    }
     let mut samples: Vec<Samples> = pairs.iter().map(|_| Samples::default()).collect();
     let mut dns_samples = dnsbench::Samples::default();
     for rep in 1..=args.reps {
         for (pair, s) in pairs.iter().zip(samples.iter_mut()) {
-            let line = measure(pair, args.seconds, tool, s, rep)?;
+            let line = measure(pair, args.seconds, tool, &cores, s, rep)?;
             eprintln!("    rep {rep}/{}: {}: {line}", args.reps, pair.kind.title());
         }
         if let (Some(t), Some(exe)) = (&dns_target, &dns_client) {
@@ -860,6 +920,22 @@ pub fn bench(args: Args) -> Result<i32> {
         _ => None,
     };
 
+    // The control plane, last: a daemon of its own, nothing else running.
+    let control = if want_control {
+        drop(daemon.take());
+        let cfg = ctlbench::Config {
+            counts: sandboxes.clone(),
+            reps: args.reps,
+            clients: args.control_clients,
+            dataplane: bin.clone(),
+            tag: tag.clone(),
+            dir: dir.clone(),
+        };
+        Some(ctlbench::run(&cfg, &mut p)?)
+    } else {
+        None
+    };
+
     // The per-packet program cost belongs to the network figures.
     let prog = if kinds.is_empty() {
         serde_json::json!({ "skipped": "no network setup was measured (--setups)" })
@@ -881,17 +957,23 @@ pub fn bench(args: Args) -> Result<i32> {
             description: k.description(),
             failed: failed.iter().find(|(f, _)| *f == k).map(|(_, e)| e.clone()),
             tcp_gbps: None,
+            tcp_retransmits: None,
             udp64_kpps: None,
-            rr_p50_us: None,
-            rr_p99_us: None,
+            rr_same_core_p50_us: None,
+            rr_same_core_p99_us: None,
+            rr_cross_core_p50_us: None,
+            rr_cross_core_p99_us: None,
             errors: Vec::new(),
         };
         if let Some(i) = pairs.iter().position(|p| p.kind == k) {
             let s = &mut samples[i];
             r.tcp_gbps = stat(&s.tcp);
             r.udp64_kpps = stat(&s.udp);
-            r.rr_p50_us = stat(&s.p50);
-            r.rr_p99_us = stat(&s.p99);
+            r.tcp_retransmits = spread(&s.retransmits);
+            r.rr_same_core_p50_us = stat(&s.same_p50);
+            r.rr_same_core_p99_us = stat(&s.same_p99);
+            r.rr_cross_core_p50_us = stat(&s.cross_p50);
+            r.rr_cross_core_p99_us = stat(&s.cross_p99);
             r.errors = std::mem::take(&mut s.errors);
         }
         setups.push(r);
@@ -915,6 +997,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Ebpf => "ebpf",
                 Kind::Dns => "dns",
                 Kind::Nat => "nat",
+                Kind::Control => "control",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -942,6 +1025,19 @@ pub fn bench(args: Args) -> Result<i32> {
     if want_nat && args.nat_seconds != 3 {
         command += &format!(" --nat-seconds {}", args.nat_seconds);
     }
+    if want_control && sandboxes != ctlbench::DEFAULT_SANDBOXES {
+        command += &format!(
+            " --sandboxes {}",
+            sandboxes
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    if want_control && args.control_clients != ctlbench::DEFAULT_CLIENTS {
+        command += &format!(" --control-clients {}", args.control_clients);
+    }
     let date = first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"]));
     let dns = want_dns.then(|| {
         let meta = dnsbench::Meta {
@@ -958,6 +1054,11 @@ pub fn bench(args: Args) -> Result<i32> {
         n.command = command.clone();
         n.date = date.clone();
         n
+    });
+    let control = control.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
     });
     let out = args
         .out
@@ -996,6 +1097,7 @@ pub fn bench(args: Args) -> Result<i32> {
         bpf_prog: prog,
         dns,
         nat,
+        control,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
@@ -1006,6 +1108,7 @@ pub fn bench(args: Args) -> Result<i32> {
         .nat
         .as_ref()
         .map(|n| natbench::markdown(n, n.svg.as_deref()));
+    let control_md = report.control.as_ref().map(ctlbench::markdown);
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1020,14 +1123,21 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### Published ports: eBPF NAT against Docker's iptables\n");
             println!("{}", natbench::table(n));
         }
+        if let Some(c) = &report.control {
+            println!("### Control plane\n");
+            println!("{}", ctlbench::table(c));
+        }
     }
     if !args.no_write {
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
-        // The published-ports section goes last: taken out, the rest
-        // spliced as before, then the new (or the old) one appended.
+        // The published-ports and control-plane sections go last: taken
+        // out, the rest spliced as before, then the new (or the old) ones
+        // appended.
         let (existing, old_nat) = natbench::split(&existing);
+        let (existing, old_control) = ctlbench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
+        let md = md::append_section(&md, control_md.as_deref().or(old_control.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -1036,7 +1146,8 @@ pub fn bench(args: Args) -> Result<i32> {
         .iter()
         .any(|s| s.failed.is_some() || !s.errors.is_empty())
         || report.dns.as_ref().is_some_and(dnsbench::Report::bad)
-        || report.nat.as_ref().is_some_and(natbench::Report::bad);
+        || report.nat.as_ref().is_some_and(natbench::Report::bad)
+        || report.control.as_ref().is_some_and(ctlbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {
@@ -1046,27 +1157,55 @@ pub fn bench(args: Args) -> Result<i32> {
     Ok(0)
 }
 
-const METRICS: [(&str, &str, usize); 4] = [
+const METRICS: [(&str, &str, usize); 6] = [
     ("TCP throughput, Gbit/s (iperf3, higher is better)", "Gbit/s", 2),
     (
         "UDP 64-byte packets received, kpps (iperf3 -u -l 64 -b 0, receiver side, higher is better)",
         "kpps",
         1,
     ),
-    ("TCP request/response round trip p50, µs (lower is better)", "µs", 1),
-    ("TCP request/response round trip p99, µs (lower is better)", "µs", 1),
+    (
+        "TCP request/response round trip p50, client and server on the same core, µs (lower is better)",
+        "µs",
+        1,
+    ),
+    (
+        "TCP request/response round trip p99, client and server on the same core, µs (lower is better)",
+        "µs",
+        1,
+    ),
+    (
+        "TCP request/response round trip p50, client and server on different cores, µs (lower is better)",
+        "µs",
+        1,
+    ),
+    (
+        "TCP request/response round trip p99, client and server on different cores, µs (lower is better)",
+        "µs",
+        1,
+    ),
 ];
 
 fn metric(r: &SetupReport, i: usize) -> Option<&Stat> {
-    [&r.tcp_gbps, &r.udp64_kpps, &r.rr_p50_us, &r.rr_p99_us][i].as_ref()
+    [
+        &r.tcp_gbps,
+        &r.udp64_kpps,
+        &r.rr_same_core_p50_us,
+        &r.rr_same_core_p99_us,
+        &r.rr_cross_core_p50_us,
+        &r.rr_cross_core_p99_us,
+    ][i]
+        .as_ref()
 }
 
 fn metric_mut(r: &mut SetupReport, i: usize) -> Option<&mut Stat> {
     match i {
         0 => r.tcp_gbps.as_mut(),
         1 => r.udp64_kpps.as_mut(),
-        2 => r.rr_p50_us.as_mut(),
-        _ => r.rr_p99_us.as_mut(),
+        2 => r.rr_same_core_p50_us.as_mut(),
+        3 => r.rr_same_core_p99_us.as_mut(),
+        4 => r.rr_cross_core_p50_us.as_mut(),
+        _ => r.rr_cross_core_p99_us.as_mut(),
     }
 }
 
@@ -1077,14 +1216,14 @@ fn add_ratios(setups: &mut [SetupReport]) {
                 .iter()
                 .find(|s| s.setup == k)
                 .and_then(|s| metric(s, i))
-                .map(|st| st.median)
+                .map(|st| st.s.median)
                 .filter(|m| *m > 0.0)
         };
         let (floor, bridge) = (base(Kind::Floor), base(Kind::Bridge));
         for s in setups.iter_mut() {
             if let Some(st) = metric_mut(s, i) {
-                st.vs_floor = floor.map(|f| st.median / f);
-                st.vs_bridge = bridge.map(|b| st.median / b);
+                st.vs_floor = floor.map(|f| st.s.median / f);
+                st.vs_bridge = bridge.map(|b| st.s.median / b);
             }
         }
     }
@@ -1098,25 +1237,40 @@ fn tables(r: &Report) -> String {
         r.reps, r.seconds
     );
     for (i, (title, unit, prec)) in METRICS.into_iter().enumerate() {
+        // The TCP stream's table also shows its retransmits.
+        let retr = i == 0;
         let _ = writeln!(o, "### {title}\n");
         let _ = writeln!(
             o,
-            "| setup | median ({unit}) | spread (min–max) | vs floor | vs bridge |"
+            "| setup | median ({unit}) | spread (min–max) | vs floor | vs bridge |{}",
+            if retr {
+                " retransmits (median) | retransmits (min–max) |"
+            } else {
+                ""
+            }
         );
-        let _ = writeln!(o, "| --- | ---: | ---: | ---: | ---: |");
+        let _ = writeln!(
+            o,
+            "| --- | ---: | ---: | ---: | ---: |{}",
+            if retr { " ---: | ---: |" } else { "" }
+        );
         for s in &r.setups {
             let t = s.title;
+            let extra = match (&s.tcp_retransmits, retr) {
+                (_, false) => String::new(),
+                (Some(x), true) => format!(" {:.0} | {:.0}–{:.0} |", x.median, x.min, x.max),
+                (None, true) => " – | |".into(),
+            };
             match metric(s, i) {
                 Some(st) => {
-                    let ratio = |x: Option<f64>| x.map_or("–".into(), |x| format!("{x:.2}x"));
                     let _ = writeln!(
                         o,
-                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |",
-                        st.median,
-                        st.min,
-                        st.max,
-                        ratio(st.vs_floor),
-                        ratio(st.vs_bridge)
+                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |{extra}",
+                        st.s.median,
+                        st.s.min,
+                        st.s.max,
+                        ratio_cell(st.vs_floor),
+                        ratio_cell(st.vs_bridge)
                     );
                 }
                 None => {
@@ -1125,7 +1279,7 @@ fn tables(r: &Report) -> String {
                     } else {
                         "no sample"
                     };
-                    let _ = writeln!(o, "| {t} | {why} | | | |");
+                    let _ = writeln!(o, "| {t} | {why} | | | |{extra}");
                 }
             }
         }
@@ -1205,8 +1359,10 @@ fn markdown(r: &Report) -> String {
     for s in &r.setups {
         let _ = writeln!(o, "- **{}**: {}", s.title, s.description);
     }
-    let _ = writeln!(o, "\nPer setup and rep: `iperf3 -t {0}` TCP (received bits/s), `iperf3 -u -l 64 -b 0 -t {0}` \
-        (packets the receiver got per second), and a TCP request/response round trip ({1}, {0} s).\n",
+    let _ = writeln!(o, "\nPer setup and rep: `iperf3 -t {0}` TCP (received bits/s, and the sender's retransmits), \
+        `iperf3 -u -l 64 -b 0 -t {0}` (packets the receiver got per second), and a TCP request/response round \
+        trip ({1}, {0} s) twice: server and client pinned with `taskset -c` to the same CPU, then to two \
+        different CPUs.\n",
         r.seconds,
         if r.latency_tool == LatencyTool::Sockperf {
             "`sockperf ping-pong --tcp --full-rtt`, default 14-byte messages"
@@ -1224,14 +1380,6 @@ fn markdown(r: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn medians_and_spread() {
-        let s = stat(&[3.0, 1.0, 2.0]).unwrap();
-        assert_eq!((s.median, s.min, s.max), (2.0, 1.0, 3.0));
-        assert_eq!(stat(&[1.0, 2.0, 3.0, 4.0]).unwrap().median, 2.5);
-        assert!(stat(&[]).is_none());
-    }
 
     #[test]
     fn sockperf_lines() {

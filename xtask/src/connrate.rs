@@ -23,6 +23,8 @@ use std::{
 use anyhow::{anyhow, bail, Context as _, Result};
 use serde::{Deserialize, Serialize};
 
+use crate::stats::percentile;
+
 /// The byte the server sends: a connection that got it reached our server
 /// (not some other listener on the port).
 pub const GREETING: u8 = b'N';
@@ -132,14 +134,6 @@ fn one(to: &SocketAddr) -> Result<Duration> {
         Ok(_) => bail!("closed by the other end before the greeting byte"),
         Err(e) => Err(anyhow!(e).context("reading the greeting byte")),
     }
-}
-
-fn percentile(sorted: &[f64], p: f64) -> Option<f64> {
-    if sorted.is_empty() {
-        return None;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    Some(sorted[i.min(sorted.len() - 1)])
 }
 
 pub fn client(a: &ClientArgs) -> Result<()> {

@@ -32,7 +32,13 @@ use hickory_proto::{
 };
 use serde::{Deserialize, Serialize};
 
-use crate::{bench::stat, cargo, lab::in_netns, sh, target_dir, Format};
+use crate::{
+    cargo,
+    lab::in_netns,
+    sh,
+    stats::{percentile, ratio, ratio_cell, spread, Spread},
+    target_dir, Format,
+};
 
 // ------------------------------------------------------------------ client
 
@@ -115,14 +121,6 @@ pub struct ClientResult {
 enum Outcome {
     Answer(Duration),
     Timeout,
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// The addresses /etc/hosts gives `name` (empty if it does not name it).
@@ -437,8 +435,8 @@ pub fn client(a: &ClientArgs) -> Result<()> {
         stray_replies: strays,
         seconds: el.as_secs_f64(),
         qps: lat.len() as f64 / el.as_secs_f64(),
-        p50_us: percentile(&lat, 50.0),
-        p99_us: percentile(&lat, 99.0),
+        p50_us: percentile(&lat, 50.0).unwrap_or(f64::NAN),
+        p99_us: percentile(&lat, 99.0).unwrap_or(f64::NAN),
         avg_us: avg,
         max_us: lat.last().copied().unwrap_or(f64::NAN),
         nsswitch_hosts,
@@ -639,23 +637,6 @@ pub fn measure(t: &Target, exe: &Path, secs: u64, s: &mut Samples, rep: u32) -> 
     Ok(line.join(", "))
 }
 
-#[derive(Serialize, Clone, Debug)]
-pub struct Spread {
-    pub median: f64,
-    pub min: f64,
-    pub max: f64,
-    pub samples: Vec<f64>,
-}
-
-pub(crate) fn spread(v: &[f64]) -> Option<Spread> {
-    stat(v).map(|s| Spread {
-        median: s.median,
-        min: s.min,
-        max: s.max,
-        samples: s.samples,
-    })
-}
-
 #[derive(Serialize)]
 pub struct LookupReport {
     lookup: Lookup,
@@ -744,11 +725,10 @@ pub fn report(m: Meta, t: Option<&Target>, failed: Option<String>, s: Samples) -
         base(|l| &l.p50_us, &lookups),
         base(|l| &l.p99_us, &lookups),
     );
-    let ratio = |x: &Option<Spread>, b: Option<f64>| Some(x.as_ref()?.median / b?);
     for l in &mut lookups {
-        l.qps_vs_hosts = ratio(&l.qps, bq);
-        l.p50_vs_hosts = ratio(&l.p50_us, b50);
-        l.p99_vs_hosts = ratio(&l.p99_us, b99);
+        l.qps_vs_hosts = ratio(l.qps.as_ref().map(|s| s.median), bq);
+        l.p50_vs_hosts = ratio(l.p50_us.as_ref().map(|s| s.median), b50);
+        l.p99_vs_hosts = ratio(l.p99_us.as_ref().map(|s| s.median), b99);
     }
     Report {
         command: m.command,
@@ -793,7 +773,7 @@ pub fn table(r: &Report) -> String {
         o,
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
-    let x = |v: Option<f64>| v.map_or("–".into(), |v| format!("{v:.2}x"));
+    let x = ratio_cell;
     for l in &r.lookups {
         match (&l.qps, &l.p50_us, &l.p99_us) {
             (Some(q), Some(p50), Some(p99)) => {

@@ -79,6 +79,13 @@ pub fn ip(ns: &str, args: &[&str]) -> Result<String> {
     sh::output(cmd("ip", ["-n", ns]).args(args), Some(SHORT))
 }
 
+/// Adds `cidr` to `dev` in `ns` and brings `dev` up.
+pub fn addr(ns: &str, dev: &str, cidr: &str) -> Result<()> {
+    ip(ns, &["addr", "add", cidr, "dev", dev])?;
+    ip(ns, &["link", "set", dev, "up"])?;
+    Ok(())
+}
+
 /// `ip netns exec NS ARGS...` as a command to run.
 pub fn in_netns(ns: &str, args: &[&str]) -> Command {
     let mut c = cmd("ip", ["netns", "exec", ns]);
@@ -192,7 +199,13 @@ pub struct Daemon {
     pub bin: PathBuf,
     pub sock: PathBuf,
     pub log: PathBuf,
+    ns: String,
+    dir: PathBuf,
+    bpffs: PathBuf,
     child: Option<Child>,
+    /// Process groups of daemons killed with [`Daemon::kill`]: their
+    /// sandboxes' processes may still be in them.
+    old_groups: Vec<u32>,
     containers: Vec<String>,
     sandboxes: Vec<String>,
 }
@@ -208,34 +221,91 @@ impl Daemon {
         ready_within: Duration,
     ) -> Result<Self> {
         let run = dir.join("run");
-        let state = dir.join("state");
         std::fs::create_dir_all(&run)?;
-        std::fs::create_dir_all(&state)?;
+        std::fs::create_dir_all(dir.join("state"))?;
         let log = dir.join("daemon.log");
-        let f = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut c = cmd("nsenter", [format!("--net=/var/run/netns/{ns}")]);
-        c.arg(bin)
-            .arg("daemon")
-            .arg("--run-dir")
-            .arg(&run)
-            .arg("--state-dir")
-            .arg(&state)
-            .arg("--bpffs")
-            .arg(bpffs)
-            .env_remove("DATAPLANE_HOST")
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f));
-        let child = sh::spawn(&mut c)?;
+        File::create(&log).with_context(|| format!("creating {}", log.display()))?;
         let mut d = Self {
             bin: bin.to_path_buf(),
             sock: run.join("api.sock"),
             log,
-            child: Some(child),
+            ns: ns.to_string(),
+            dir: dir.to_path_buf(),
+            bpffs: bpffs.to_path_buf(),
+            child: None,
+            old_groups: Vec::new(),
             containers: Vec::new(),
             sandboxes: Vec::new(),
         };
+        d.spawn()?;
         d.wait_ready(ready_within)?;
         Ok(d)
+    }
+
+    /// Starts the daemon process (same dirs, pins and namespace; its log
+    /// appended to) without waiting for it to answer.
+    pub fn spawn(&mut self) -> Result<()> {
+        if self.alive() {
+            bail!("the daemon is already running");
+        }
+        let f = File::options()
+            .append(true)
+            .create(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut c = cmd("nsenter", [format!("--net=/var/run/netns/{}", self.ns)]);
+        c.arg(&self.bin)
+            .arg("daemon")
+            .arg("--run-dir")
+            .arg(self.dir.join("run"))
+            .arg("--state-dir")
+            .arg(self.dir.join("state"))
+            .arg("--bpffs")
+            .arg(&self.bpffs)
+            .env_remove("DATAPLANE_HOST")
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f));
+        self.child = Some(sh::spawn(&mut c)?);
+        Ok(())
+    }
+
+    /// The daemon's pid (nsenter execs it), while it runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        if !self.alive() {
+            return None;
+        }
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// SIGKILL to the daemon alone (a crash: its sandboxes' processes,
+    /// netns, veths and pins stay), reaped. [`Daemon::spawn`] starts it again.
+    pub fn kill(&mut self) -> Result<()> {
+        let Some(mut ch) = self.child.take() else {
+            bail!("the daemon is not running");
+        };
+        sh::kill_pid(ch.id(), libc::SIGKILL);
+        self.old_groups.push(ch.id());
+        ch.wait().context("reaping the killed daemon")?;
+        Ok(())
+    }
+
+    /// Registers a container the caller creates itself (before creating
+    /// it), so that drop removes it.
+    pub fn track(&mut self, name: &str) {
+        self.containers.push(name.to_string());
+    }
+
+    /// Registers a sandbox netns that drop deletes if it is still there
+    /// once the daemon has stopped.
+    pub fn track_netns(&mut self, netns: &str) {
+        self.sandboxes.push(netns.to_string());
+    }
+
+    /// Forgets a container the caller removed.
+    pub fn untrack(&mut self, name: &str) {
+        if let Some(i) = self.containers.iter().rposition(|c| c == name) {
+            self.containers.swap_remove(i);
+        }
     }
 
     pub fn host(&self) -> String {
@@ -373,7 +443,9 @@ impl Drop for Daemon {
         if self.alive() && !self.containers.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(self.containers.iter().map(String::as_str));
-            let c = sh::capture(&mut self.client(&args), Some(Duration::from_secs(60)));
+            // One `rm -f` per container inside: allow for many of them.
+            let limit = Duration::from_secs(60) + Duration::from_millis(250) * args.len() as u32;
+            let c = sh::capture(&mut self.client(&args), Some(limit));
             if let Ok(o) = c {
                 if !o.ok() {
                     eprintln!("    warning: rm -f: {}", sh::tail(&o.stderr, 3));
@@ -382,6 +454,9 @@ impl Drop for Daemon {
         }
         if let Some(mut ch) = self.child.take() {
             sh::stop_group(&mut ch, Duration::from_secs(10));
+        }
+        for pg in self.old_groups.drain(..) {
+            sh::killpg(pg, libc::SIGKILL);
         }
         for ns in &self.sandboxes {
             if let Some(w) = netns_delete(ns) {

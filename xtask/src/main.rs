@@ -2,13 +2,16 @@
 
 mod bench;
 mod connrate;
+mod ctlbench;
 mod demo;
 mod dnsbench;
 mod lab;
+mod md;
 mod natbench;
 mod pingpong;
 mod setup;
 mod sh;
+mod stats;
 mod testrun;
 
 use std::{
@@ -53,7 +56,8 @@ enum Cmd {
     Demo,
     /// Setup, build (release), and compare veth / bridge / bridge+netfilter /
     /// eBPF, the embedded DNS resolver against a hosts-file lookup, and
-    /// published ports through the eBPF NAT against Docker's iptables DNAT;
+    /// published ports through the eBPF NAT against Docker's iptables DNAT,
+    /// and the control plane's costs (run/rm, memory, restart, drift);
     /// writes BENCHMARKS.md (and BENCHMARKS-nat.svg).
     Bench(bench::Args),
     /// (internal) TCP ping-pong server for the latency fallback.

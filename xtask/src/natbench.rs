@@ -40,11 +40,12 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    bench::{addr, bg, first_line, json_of, Bg},
     connrate::ClientResult,
-    dnsbench::{spread, Spread},
-    lab::{self, in_netns, Cleanup, Daemon},
-    sh, Progress,
+    lab::{self, addr, in_netns, Cleanup, Daemon},
+    md,
+    sh::{self, bg, first_line, json_of, Bg},
+    stats::{ratio, ratio_cell, ratio_or, spread, Spread},
+    Progress,
 };
 
 /// The heading that starts this part's section of BENCHMARKS.md.
@@ -680,10 +681,7 @@ const METRICS: [(&str, &str, usize, bool, Metric); 4] = [
 ];
 
 fn ratios(a: Option<&Point>, b: Option<&Point>) -> Ratios {
-    let r = |f: Metric| -> Option<f64> {
-        let (x, y) = (f(a?)?.median, f(b?)?.median);
-        (y > 0.0).then(|| x / y)
-    };
+    let r = |f: Metric| ratio(Some(f(a?)?.median), Some(f(b?)?.median));
     Ratios {
         conn_per_s: r(METRICS[0].4),
         rr_p50_us: r(METRICS[1].4),
@@ -720,7 +718,7 @@ fn analyse(r: &mut Report) {
             })
             .collect();
     }
-    let fmt = |x: Option<f64>| x.map_or("not measured".into(), |x| format!("{x:.2}x"));
+    let fmt = |x: Option<f64>| ratio_or(x, "not measured");
     let mut checks = Vec::new();
     if hi > lo {
         let f = r.flatness.iter().find(|f| f.path == NatPath::Ebpf);
@@ -832,25 +830,6 @@ fn analyse(r: &mut Report) {
     r.checks = checks;
 }
 
-/// Raises the soft open-files limit to the hard one: the daemons (children)
-/// hold one reserved socket per published port.
-fn raise_nofile() -> Option<u64> {
-    // SAFETY: getrlimit/setrlimit on a zeroed, correctly typed struct.
-    unsafe {
-        let mut r: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
-            return None;
-        }
-        if r.rlim_cur < r.rlim_max {
-            r.rlim_cur = r.rlim_max;
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
-                return None;
-            }
-        }
-        Some(r.rlim_cur as u64)
-    }
-}
-
 /// Builds every (path, ports) instance, measures them interleaved, and
 /// tears them down; `command` and `date` are left for the caller.
 pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
@@ -862,7 +841,8 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
         .ok_or_else(|| anyhow!("non-UTF-8 path {}", cfg.xtask.display()))?
         .to_string();
     let mut notes = Vec::new();
-    let nofile = raise_nofile();
+    // The daemons (children) hold one reserved socket per published port.
+    let nofile = sh::raise_nofile();
     let max_ports = cfg.ports.iter().copied().max().unwrap_or(0);
     if nofile.is_some_and(|n| n < max_ports as u64 + 256) {
         notes.push(format!(
@@ -1061,7 +1041,7 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
 // ------------------------------------------------------------ output
 
 fn x(v: Option<f64>) -> String {
-    v.map_or("–".into(), |v| format!("{v:.2}x"))
+    ratio_cell(v)
 }
 
 /// The result tables (terminal and BENCHMARKS.md).
@@ -1348,42 +1328,12 @@ pub fn markdown(r: &Report, svg: Option<&str>) -> String {
 /// `existing` without this part's section, and that section: it runs from
 /// its heading to the next `## ` heading or the end.
 pub fn split(existing: &str) -> (String, Option<String>) {
-    let mut rest = String::new();
-    let mut section: Option<String> = None;
-    let mut inside = false;
-    for line in existing.split_inclusive('\n') {
-        let l = line.trim_end();
-        if l.starts_with(HEADING_PREFIX) {
-            inside = true;
-            section = Some(String::new());
-        } else if inside && l.starts_with("## ") {
-            inside = false;
-        }
-        if inside {
-            if let Some(s) = section.as_mut() {
-                s.push_str(line);
-            }
-        } else {
-            rest.push_str(line);
-        }
-    }
-    (rest, section)
+    md::split_section(existing, HEADING_PREFIX)
 }
 
 /// Appends `section` (trimmed) after `doc`, with one blank line between.
 pub fn append(doc: &str, section: Option<&str>) -> String {
-    match section {
-        None => doc.to_string(),
-        Some(s) => {
-            let mut out = doc.trim_end().to_string();
-            if !out.is_empty() {
-                out.push_str("\n\n");
-            }
-            out.push_str(s.trim_end());
-            out.push('\n');
-            out
-        }
-    }
+    md::append_section(doc, section)
 }
 
 /// The SVG's file name beside the report `out` (BENCHMARKS.md ->

@@ -10,6 +10,8 @@ use std::{
 use anyhow::{bail, Context as _, Result};
 use serde_json::json;
 
+use crate::stats::percentile;
+
 pub fn server(listen: &str) -> Result<()> {
     let l = TcpListener::bind(listen).with_context(|| format!("binding {listen}"))?;
     for s in l.incoming() {
@@ -25,14 +27,6 @@ pub fn server(listen: &str) -> Result<()> {
         });
     }
     Ok(())
-}
-
-fn percentile(sorted: &[f64], p: f64) -> f64 {
-    if sorted.is_empty() {
-        return f64::NAN;
-    }
-    let i = ((p / 100.0) * (sorted.len() - 1) as f64).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 /// Prints `{"p50_us":..,"p99_us":..,"avg_us":..,"samples":..}` (round trips).

@@ -409,3 +409,106 @@ pub fn remove_path(p: &Path) -> Option<String> {
     };
     r.err().map(|e| format!("removing {}: {e}", p.display()))
 }
+
+/// A background server process, killed (its whole group) on drop.
+pub struct Bg(Child);
+
+impl Drop for Bg {
+    fn drop(&mut self) {
+        stop_group(&mut self.0, Duration::from_secs(2));
+    }
+}
+
+/// Spawns `c` in the background with its output discarded.
+pub fn bg(c: &mut Command) -> Result<Bg> {
+    c.stdout(Stdio::null()).stderr(Stdio::null());
+    Ok(Bg(spawn(c)?))
+}
+
+/// A tool's JSON output, or an error if it cannot be parsed or carries an
+/// `"error"` (as iperf3's does).
+pub fn json_of(out: &str, what: &str) -> Result<serde_json::Value> {
+    let v: serde_json::Value =
+        serde_json::from_str(out).with_context(|| format!("parsing {what} JSON"))?;
+    if let Some(e) = v["error"].as_str() {
+        bail!("{what}: {e}");
+    }
+    Ok(v)
+}
+
+/// The first line a command prints (stdout, then stderr), or `unknown`.
+pub fn first_line(c: &mut Command) -> String {
+    capture(c, Some(Duration::from_secs(10)))
+        .ok()
+        .and_then(|o| {
+            format!("{}{}", o.stdout, o.stderr)
+                .lines()
+                .next()
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+/// Raises the soft open-files limit to the hard one (children inherit it);
+/// the limit now in force, or `None` if it could not be read or raised.
+pub fn raise_nofile() -> Option<u64> {
+    // SAFETY: getrlimit/setrlimit on a zeroed, correctly typed struct.
+    unsafe {
+        let mut r: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut r) != 0 {
+            return None;
+        }
+        if r.rlim_cur < r.rlim_max {
+            r.rlim_cur = r.rlim_max;
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &r) != 0 {
+                return None;
+            }
+        }
+        Some(r.rlim_cur as u64)
+    }
+}
+
+/// Runs `c` capturing its output and measures it from spawn to exit
+/// precisely (a blocking wait, not `wait`'s polling); a watchdog kills its
+/// group after `limit` or on Ctrl-C, which is an error.
+pub fn timed(c: &mut Command, limit: Duration) -> Result<(Duration, Out)> {
+    let what = show(c);
+    c.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let t0 = Instant::now();
+    let mut child = spawn(c)?;
+    let (o, e) = (reader(child.stdout.take()), reader(child.stderr.take()));
+    let (done, watch) = mpsc::channel::<()>();
+    let pg = child.id();
+    let dog = std::thread::spawn(move || loop {
+        match watch.recv_timeout(Duration::from_millis(50)) {
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if t0.elapsed() > limit || interrupted() {
+                    killpg(pg, libc::SIGKILL);
+                    return true;
+                }
+            }
+            _ => return false,
+        }
+    });
+    let status = child.wait();
+    let took = t0.elapsed();
+    let _ = done.send(());
+    let killed = dog.join().unwrap_or(false);
+    let status = status.with_context(|| format!("waiting for `{what}`"))?;
+    if killed {
+        check_interrupted()?;
+        bail!("`{what}` timed out after {} s (killed)", limit.as_secs());
+    }
+    let get = |rx: mpsc::Receiver<Vec<u8>>| {
+        String::from_utf8_lossy(&rx.recv_timeout(Duration::from_secs(3)).unwrap_or_default())
+            .into_owned()
+    };
+    Ok((
+        took,
+        Out {
+            status,
+            stdout: get(o),
+            stderr: get(e),
+        },
+    ))
+}

@@ -12,6 +12,7 @@ pub mod dns;
 pub mod drivers;
 pub mod engine;
 pub mod fault;
+pub mod host;
 pub mod ipam;
 pub mod model;
 pub mod netns;

@@ -8,7 +8,7 @@ use dataplane_user::{
     api::server,
     cli::{self, Cli, Cmd, DaemonArgs},
     engine::{Config, Engine},
-    netns, ports,
+    host,
     store::RedbStore,
 };
 use tracing::{info, warn};
@@ -76,14 +76,14 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
-    if netns::in_ip_netns_exec_mount_ns() {
+    if host::in_ip_netns_exec_mount_ns() {
         bail!(
             "the daemon is running in a private mount namespace with /sys remounted (as `ip netns exec` makes): \
              its bpffs pins would die with it; start it with `nsenter --net=/var/run/netns/NAME dataplane daemon` instead"
         );
     }
     // Every published port holds a socket: allow as many as the hard limit.
-    match ports::raise_nofile_limit() {
+    match host::raise_nofile_limit() {
         Ok(n) => info!(limit = n, "open file limit"),
         Err(e) => warn!("raising the open file limit: {e}"),
     }
@@ -135,7 +135,7 @@ async fn expire_conntrack(ct_pin: std::path::PathBuf) {
     loop {
         tick.tick().await;
         let pin = ct_pin.clone();
-        let now = dataplane_user::uplink::monotonic_ns();
+        let now = dataplane_user::host::monotonic_ns();
         match tokio::task::spawn_blocking(move || {
             dataplane_user::bpf::expire_conntrack_at(&pin, now)
         })

@@ -438,23 +438,6 @@ pub fn remove_gateway(gw: Ipv4Addr) -> Result<()> {
     })
 }
 
-/// Whether this process runs in a private mount namespace where `/sys` was
-/// remounted, as `ip netns exec` does. Pins made there die with the process.
-pub fn in_ip_netns_exec_mount_ns() -> bool {
-    let ours = std::fs::read_link("/proc/self/ns/mnt").ok();
-    let init = std::fs::read_link("/proc/1/ns/mnt").ok();
-    if ours.is_none() || ours == init {
-        return false;
-    }
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
-    // `ip netns exec` mounts a fresh sysfs on /sys, hiding /sys/fs/cgroup.
-    !mounts.lines().any(|l| {
-        l.split_whitespace()
-            .nth(4)
-            .is_some_and(|m| m.starts_with("/sys/fs/cgroup"))
-    })
-}
-
 /// Every link of the daemon's namespace: (name, ifindex).
 pub fn links() -> Result<Vec<(String, u32)>> {
     with_netlink(None, |h| async move {

@@ -310,30 +310,11 @@ pub fn check_budget(n: usize, open: u64, limit: u64) -> Result<(), PortError> {
     Ok(())
 }
 
-/// (open files, soft RLIMIT_NOFILE) of this process; `None` when either
-/// cannot be read.
-fn fd_usage() -> Option<(u64, u64)> {
-    // The directory's own handle is one of the entries.
-    let open = std::fs::read_dir("/proc/self/fd")
-        .ok()?
-        .count()
-        .saturating_sub(1) as u64;
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return None;
-    }
-    Some((open, lim.rlim_cur))
-}
-
 /// Refuses, before anything is created or bound: more ports than
 /// [`check_budget`] allows, and requests for an exact host port that
 /// collides with `taken` or with an earlier request of the same list.
 pub fn precheck(reqs: &[PortRequest], taken: &Taken) -> Result<(), PortError> {
-    if let Some((open, limit)) = fd_usage() {
+    if let Some((open, limit)) = crate::host::fd_usage() {
         check_budget(reqs.len(), open, limit)?;
     } else {
         check_budget(reqs.len(), 0, u64::MAX)?;
@@ -503,36 +484,6 @@ pub fn allocate(
         }
     }
     Ok((chosen.into_iter().flatten().collect(), held))
-}
-
-/// Raises the soft limit of open files to the hard limit (each published
-/// port holds a socket). Returns the new soft limit.
-pub fn raise_nofile_limit() -> std::io::Result<libc::rlim_t> {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit/setrlimit write/read the struct we pass.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    let mut want = lim.rlim_max;
-    if want == libc::RLIM_INFINITY {
-        // The kernel caps open files at fs.nr_open.
-        want = std::fs::read_to_string("/proc/sys/fs/nr_open")
-            .ok()
-            .and_then(|s| s.trim().parse().ok())
-            .unwrap_or(1 << 20);
-    }
-    if lim.rlim_cur >= want {
-        return Ok(lim.rlim_cur);
-    }
-    lim.rlim_cur = want;
-    // SAFETY: as above.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(want)
 }
 
 // ----- how Docker shows them ------------------------------------------------
@@ -1187,7 +1138,7 @@ mod tests {
 
     #[test]
     fn nofile_limit_is_raised_to_the_hard_limit() {
-        let soft = raise_nofile_limit().unwrap();
+        let soft = crate::host::raise_nofile_limit().unwrap();
         let mut lim = libc::rlimit {
             rlim_cur: 0,
             rlim_max: 0,

@@ -904,7 +904,7 @@ fn tuple(e: &CtEntry) -> ([u8; 4], u16, [u8; 4], u16) {
 }
 
 fn now_ns() -> u64 {
-    dataplane_user::uplink::monotonic_ns()
+    dataplane_user::host::monotonic_ns()
 }
 
 // ---------------------------------------------------------------------------

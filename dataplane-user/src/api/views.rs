@@ -8,7 +8,8 @@ use serde_json::{json, Value};
 use super::{error::ApiResult, PublishedPort};
 use crate::{
     drivers,
-    engine::{sandbox::process_alive, NetRef, Snapshot, Status},
+    engine::{NetRef, Snapshot, Status},
+    host::process_alive,
     model::Container,
     ports,
 };

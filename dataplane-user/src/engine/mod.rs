@@ -912,7 +912,7 @@ impl Engine {
         let snap = self.snapshot();
         let cid = snap.container_id(name)?;
         let ctr = snap.containers[&cid].clone();
-        let running = ctr.pid.is_some_and(sandbox::process_alive);
+        let running = ctr.pid.is_some_and(crate::host::process_alive);
         if running && !force {
             return Err(ApiError::Conflict(format!(
                 "container {} is running: stop it first or use rm -f",

@@ -13,17 +13,6 @@ use anyhow::Context as _;
 use super::snapshot::Snapshot;
 use crate::{model::Container, ports};
 
-/// Whether `pid` is alive (and not a zombie).
-pub fn process_alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => s
-            .rsplit_once(')')
-            .and_then(|(_, rest)| rest.split_whitespace().next())
-            .is_some_and(|state| state != "Z" && state != "X"),
-        Err(_) => false,
-    }
-}
-
 /// Finds `cmd` the way execvp would, so that `run` fails up front (and
 /// creates nothing) for a command that does not exist.
 pub fn resolve_command(cmd: &str) -> Option<PathBuf> {
@@ -205,13 +194,13 @@ pub fn kill_group(pid: u32, grace: Duration) {
     let pg = Pid::from_raw(pid as i32);
     let _ = killpg(pg, Signal::SIGTERM);
     let t = Instant::now();
-    while process_alive(pid) && t.elapsed() < grace {
+    while crate::host::process_alive(pid) && t.elapsed() < grace {
         std::thread::sleep(Duration::from_millis(20));
     }
-    if process_alive(pid) {
+    if crate::host::process_alive(pid) {
         let _ = killpg(pg, Signal::SIGKILL);
         let t = Instant::now();
-        while process_alive(pid) && t.elapsed() < Duration::from_secs(2) {
+        while crate::host::process_alive(pid) && t.elapsed() < Duration::from_secs(2) {
             std::thread::sleep(Duration::from_millis(10));
         }
     }

@@ -13,7 +13,6 @@
 
 pub mod reconcile;
 pub mod sandbox;
-pub mod snapshot;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -27,10 +26,8 @@ use anyhow::{anyhow, Context as _};
 use ipnetwork::Ipv4Network;
 use tracing::{info, warn};
 
-pub use self::{
-    reconcile::{Problem, Status},
-    snapshot::{NetRef, Snapshot},
-};
+pub use self::reconcile::{Problem, Status};
+pub use crate::model::snapshot::{NetRef, Snapshot};
 use crate::{
     api::{
         error::{bad, ApiError, ApiResult},
@@ -39,7 +36,7 @@ use crate::{
     bpf::Datapath,
     dns::Dns,
     drivers, ipam,
-    model::{self, Container, Endpoint, Mac, Network, Pending},
+    model::{self, validate, Container, Endpoint, Mac, Network, Pending},
     netns,
     ports::{self, Reservation},
     store::{Revision, Store, StoreError, Txn},
@@ -167,32 +164,6 @@ pub struct Engine {
 /// ifindex of `name` in the daemon's namespace.
 pub fn ifindex_of(name: &str) -> Option<u32> {
     nix::net::if_::if_nametoindex(name).ok()
-}
-
-fn parse_ip(s: &str, what: &str) -> ApiResult<Ipv4Addr> {
-    s.parse()
-        .map_err(|_| bad(format!("invalid {what} {s:?}: not an IPv4 address")))
-}
-
-fn parse_cidr(s: &str, what: &str) -> ApiResult<Ipv4Network> {
-    let err = || {
-        bad(format!(
-            "invalid {what} {s:?}: expected CIDR like 10.1.0.0/16"
-        ))
-    };
-    if !s.contains('/') {
-        return Err(err());
-    }
-    s.parse().map_err(|_| err())
-}
-
-fn check_aliases(aliases: &[String]) -> ApiResult<Vec<String>> {
-    for a in aliases {
-        if !sandbox::valid_hostname(a) {
-            return Err(bad(format!("invalid network alias {a:?}")));
-        }
-    }
-    Ok(aliases.to_vec())
 }
 
 fn json<T: serde::Serialize>(v: &T) -> ApiResult<Vec<u8>> {
@@ -388,7 +359,7 @@ impl Engine {
     // ----- networks ------------------------------------------------------
 
     pub fn create_network(&self, req: NetworkCreate) -> ApiResult<String> {
-        if !sandbox::valid_name(&req.name) {
+        if !validate::valid_name(&req.name) {
             return Err(bad(format!(
                 "invalid network name {:?}: use letters, digits, '_', '.', '-', starting with a letter or digit",
                 req.name
@@ -410,17 +381,17 @@ impl Engine {
         let subnet = req
             .subnet
             .as_deref()
-            .map(|s| parse_cidr(s, "subnet"))
+            .map(|s| validate::parse_cidr(s, "subnet"))
             .transpose()?;
         let gateway = req
             .gateway
             .as_deref()
-            .map(|s| parse_ip(s, "gateway"))
+            .map(|s| validate::parse_ip(s, "gateway"))
             .transpose()?;
         let ip_range = req
             .ip_range
             .as_deref()
-            .map(|s| parse_cidr(s, "ip-range"))
+            .map(|s| validate::parse_cidr(s, "ip-range"))
             .transpose()?;
         if subnet.is_none()
             && (gateway.is_some() || ip_range.is_some() || !req.aux_addresses.is_empty())
@@ -434,7 +405,7 @@ impl Engine {
                     "invalid aux-address {k}={v}: expected NAME=IP"
                 )));
             }
-            aux.insert(k.clone(), parse_ip(v, "aux-address")?);
+            aux.insert(k.clone(), validate::parse_ip(v, "aux-address")?);
         }
         if req.options.keys().any(String::is_empty) {
             return Err(bad("invalid --opt: expected KEY=VALUE"));
@@ -553,7 +524,7 @@ impl Engine {
             .name
             .clone()
             .unwrap_or_else(|| format!("dp_{}", &id[..8]));
-        if !sandbox::valid_name(&name) {
+        if !validate::valid_name(&name) {
             return Err(bad(format!("invalid container name {name:?}")));
         }
         if req.cmd.is_empty() {
@@ -564,16 +535,20 @@ impl Engine {
         if sandbox::resolve_command(&req.cmd[0]).is_none() {
             return Err(bad(format!("executable file not found: {}", req.cmd[0])));
         }
-        let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
+        let ip = req
+            .ip
+            .as_deref()
+            .map(|s| validate::parse_ip(s, "--ip"))
+            .transpose()?;
         let hostname = req.hostname.clone().unwrap_or_else(|| id[..12].to_string());
-        if !sandbox::valid_hostname(&hostname) {
+        if !validate::valid_hostname(&hostname) {
             return Err(bad(format!("invalid hostname {hostname:?}")));
         }
-        let aliases = check_aliases(&req.network_aliases)?;
+        let aliases = validate::check_aliases(&req.network_aliases)?;
         let dns = req
             .dns
             .iter()
-            .map(|s| parse_ip(s, "--dns"))
+            .map(|s| validate::parse_ip(s, "--dns"))
             .collect::<ApiResult<Vec<_>>>()?;
         for kv in &req.env {
             if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
@@ -792,7 +767,7 @@ impl Engine {
             .iter()
             .map(|l| {
                 let (name, alias) = l.split_once(':').unwrap_or((l.as_str(), l.as_str()));
-                if name.is_empty() || alias.is_empty() || !sandbox::valid_hostname(alias) {
+                if name.is_empty() || alias.is_empty() || !validate::valid_hostname(alias) {
                     return Err(bad(format!("invalid --link {l:?}: expected NAME[:ALIAS]")));
                 }
                 let cid = snap.container_id(name)?;
@@ -815,8 +790,12 @@ impl Engine {
     }
 
     pub fn connect(&self, network: &str, req: Connect) -> ApiResult<()> {
-        let ip = req.ip.as_deref().map(|s| parse_ip(s, "--ip")).transpose()?;
-        let aliases = check_aliases(&req.aliases)?;
+        let ip = req
+            .ip
+            .as_deref()
+            .map(|s| validate::parse_ip(s, "--ip"))
+            .transpose()?;
+        let aliases = validate::check_aliases(&req.aliases)?;
         let (rev, (ep, pending)) = self.commit_with(|snap| {
             let cid = snap.container_id(&req.container)?;
             let c = &snap.containers[&cid];

@@ -23,7 +23,8 @@ use anyhow::{anyhow, Context as _, Result};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{sandbox, snapshot::Snapshot, Shared};
+use super::{sandbox, Shared};
+use crate::model::snapshot::Snapshot;
 use crate::{
     bpf::Datapath,
     dns::{Dns, SandboxServer},

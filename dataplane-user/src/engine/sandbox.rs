@@ -10,7 +10,7 @@ use std::{
 
 use anyhow::Context as _;
 
-use super::snapshot::Snapshot;
+use crate::model::snapshot::Snapshot;
 use crate::{model::Container, ports};
 
 /// Finds `cmd` the way execvp would, so that `run` fails up front (and
@@ -226,21 +226,4 @@ impl Children {
             .unwrap_or_else(std::sync::PoisonError::into_inner)
             .retain_mut(|c| matches!(c.try_wait(), Ok(None)));
     }
-}
-
-/// A valid container or network name: letters, digits, `_`, `.`, `-`,
-/// starting with a letter or digit, at most 64 characters.
-pub fn valid_name(name: &str) -> bool {
-    let mut chars = name.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphanumeric())
-        && chars.all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c))
-        && name.len() <= 64
-}
-
-pub fn valid_hostname(h: &str) -> bool {
-    !h.is_empty()
-        && h.len() <= 63
-        && h.chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_' || c == '.')
-        && !h.starts_with('-')
 }

@@ -7,6 +7,9 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub mod snapshot;
+pub mod validate;
+
 /// Key prefixes in the store.
 pub const NETWORKS: &str = "networks/";
 pub const ENDPOINTS: &str = "endpoints/";

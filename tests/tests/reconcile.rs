@@ -488,3 +488,43 @@ fn host_and_none_sandboxes() {
         serde_json::json!([])
     );
 }
+
+/// Beside a Docker engine (or anything else) that routes 172.17.0.0/16, a
+/// first start gives the default bridge network a free pool instead of
+/// failing.
+#[test]
+fn the_default_bridge_takes_a_free_pool_when_the_host_routes_172_17() {
+    let mut d = Daemon::start();
+    d.stop("TERM");
+    // As if the daemon had never run here, on a host that routes 172.17/16.
+    std::fs::remove_file(d.state_dir().join("dataplane.redb")).expect("removing the store");
+    d.ns()
+        .exec(&[
+            "ip", "link", "add", "docker0x", "type", "veth", "peer", "name", "docker0y",
+        ])
+        .ok();
+    d.ns()
+        .exec(&["ip", "addr", "add", "172.17.0.1/16", "dev", "docker0x"])
+        .ok();
+    d.ns().exec(&["ip", "link", "set", "docker0x", "up"]).ok();
+    d.restart();
+    let bridge = d.network_inspect("bridge");
+    let subnet = bridge["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_ne!(subnet, "172.17.0.0/16", "{bridge:#}");
+    assert!(
+        subnet.starts_with("172.") || subnet.starts_with("192.168."),
+        "{subnet}"
+    );
+    // The host's own address was not taken away.
+    let addrs = d
+        .ns()
+        .exec(&["ip", "-o", "-4", "addr", "show", "dev", "docker0x"])
+        .ok();
+    assert!(addrs.stdout.contains("172.17.0.1/16"), "{addrs}");
+    d.run_sleeper("c", None, &[]);
+    let ip = d.ip("c", "bridge");
+    assert!(!ip.starts_with("172.17."), "{ip}");
+}

@@ -28,8 +28,13 @@ const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const REVISION: &str = "revision";
 const COMPACTED: &str = "compacted";
 
-/// How many revisions of history watches can resume from.
-pub const LOG_KEEP: u64 = 100_000;
+/// How many revisions of history watches can resume from (a daemon
+/// restarted after more changes than this relists instead).
+pub const LOG_KEEP: u64 = 10_000;
+
+/// redb's page cache. Its default (a large share of memory) lets the
+/// daemon's RSS grow with the file; the state is small.
+const CACHE_BYTES: usize = 16 << 20;
 
 /// One logged change: a put (`value` set) or a delete.
 #[derive(Serialize, Deserialize)]
@@ -74,7 +79,9 @@ fn other(e: impl Into<anyhow::Error>) -> StoreError {
 
 impl RedbStore {
     pub fn open(path: &Path) -> Result<Self> {
-        let db = Database::create(path)
+        let db = redb::Builder::new()
+            .set_cache_size(CACHE_BYTES)
+            .create(path)
             .with_context(|| format!("opening the state database {}", path.display()))?;
         // Make sure the tables exist so that reads never fail on a fresh
         // file, and carry a first-layout file over (every key at revision 1).

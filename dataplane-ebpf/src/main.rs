@@ -70,6 +70,22 @@ pub(crate) fn frame<const N: usize>(ctx: &TcContext) -> Result<*mut [u8; N], Dro
     Ok(ctx.data() as *mut [u8; N])
 }
 
+/// Writes `v` into the frame at `offset` with `bpf_skb_store_bytes`.
+///
+/// Every write to the packet goes through this helper, never through a
+/// packet pointer: one store through a pointer anywhere in a program makes
+/// the verifier prepend an unclone (`bpf_skb_pull_data(skb, 0)` when
+/// `skb->cloned`) to the whole program, and every TCP data segment is a
+/// clone (TCP keeps the original for retransmission). That prologue copied
+/// the head of every segment on the container-to-container path; the helper
+/// unclones only the packets it writes to.
+#[inline(always)]
+pub(crate) fn store<T>(ctx: &TcContext, offset: usize, v: &T) -> Result<(), DropReason> {
+    // Fails only if the frame is shorter than `offset + size_of::<T>()`
+    // (callers checked it is not) or if uncloning the head runs out of memory.
+    ctx.store(offset, v, 0).map_err(|_| DropReason::Malformed)
+}
+
 #[inline(always)]
 fn counters(prog: u32) -> Option<&'static mut Counters> {
     // SAFETY: per-CPU slot; the program is not re-entered on one CPU.
@@ -182,16 +198,16 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
         eth::P_IPV4 => {
             let f = frame::<{ ipv4::FRAME_MIN }>(ctx)?;
             // SAFETY: bounds checked by `frame`.
-            let f = unsafe { &mut *f };
+            let f = unsafe { &*f };
             let (src, dst) = ipv4::addrs(f)?;
             let peer = unsafe { ENDPOINTS.get(&dst) };
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
             match decide_ipv4(me, &me.net, src, dst, peer, linked) {
                 Verdict::Redirect { ifindex, mac } => {
                     // SAFETY: the first HLEN bytes of `f` are the Ethernet header.
-                    let hdr = unsafe { &mut *(f.as_mut_ptr() as *mut [u8; eth::HLEN]) };
+                    let hdr = unsafe { &*(f.as_ptr() as *const [u8; eth::HLEN]) };
                     if !eth::dst_is(hdr, &mac) {
-                        eth::set_dst(hdr, &mac);
+                        store(ctx, eth::DST, &mac)?;
                     }
                     // SAFETY: helper call with plain arguments.
                     let a = unsafe { bpf_redirect_peer(ifindex, 0) };
@@ -204,12 +220,15 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
         eth::P_ARP => {
             let f = frame::<{ arp::FRAME_LEN }>(ctx)?;
             // SAFETY: bounds checked by `frame`.
-            let f = unsafe { &mut *f };
+            let f = unsafe { &*f };
             let a = arp::parse(f)?;
             let target = unsafe { ENDPOINTS.get(&a.tpa) };
             match decide_arp(me, &me.net, &a, target) {
                 ArpVerdict::Reply { mac, ip } => {
-                    arp::write_reply(f, &mac, ip);
+                    // Built on the stack and stored whole (see `store`).
+                    let mut reply = *f;
+                    arp::write_reply(&mut reply, &mac, ip);
+                    store(ctx, 0, &reply)?;
                     // Back out of the same veth, to the asking container.
                     // SAFETY: helper call with plain arguments.
                     let r = unsafe { bpf_redirect(ifindex, 0) };

@@ -97,7 +97,7 @@ pub(crate) fn ethertype(ctx: &TcContext, hdr: &[u8; eth::HLEN]) -> Result<u16, D
 /// An IPv4 frame whose header was checked: the first bytes up to a
 /// minimal IPv4 header, and its addresses.
 pub(crate) struct Ipv4 {
-    pub(crate) f: &'static mut [u8; ipv4::FRAME_MIN],
+    pub(crate) f: &'static [u8; ipv4::FRAME_MIN],
     pub(crate) src: Ipv4Wire,
     pub(crate) dst: Ipv4Wire,
 }
@@ -107,8 +107,9 @@ pub(crate) struct Ipv4 {
 #[inline(always)]
 pub(crate) fn ipv4(ctx: &TcContext) -> Result<Ipv4, DropReason> {
     let f = frame::<{ ipv4::FRAME_MIN }>(ctx)?;
-    // SAFETY: bounds checked by `frame`.
-    let f = unsafe { &mut *f };
+    // SAFETY: bounds checked by `frame`. Read only: writes go through the
+    // kernel's helpers (see `rewrite`).
+    let f = unsafe { &*f };
     let (src, dst) = ipv4::checked_addrs(f, ctx.len(), || is_gso(ctx))?;
     Ok(Ipv4 { f, src, dst })
 }

@@ -125,8 +125,10 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
                 Verdict::Redirect { ifindex, mac } => {
                     // SAFETY: the first HLEN bytes of the frame are the
                     // Ethernet header.
-                    let hdr = unsafe { &mut *(f.as_mut_ptr() as *mut [u8; eth::HLEN]) };
-                    Ok(Action::Redirected(rewrite::to_peer(hdr, ifindex, &mac)))
+                    let hdr = unsafe { &*(f.as_ptr() as *const [u8; eth::HLEN]) };
+                    Ok(Action::Redirected(rewrite::to_peer(
+                        ctx, hdr, ifindex, &mac,
+                    )?))
                 }
                 Verdict::Pass => nat::from_container(ctx, me, dst),
                 Verdict::Drop(r) => Err(r),
@@ -135,13 +137,13 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
         eth::P_ARP => {
             let f = ctx::frame::<{ arp::FRAME_LEN }>(ctx)?;
             // SAFETY: bounds checked by `frame`.
-            let f = unsafe { &mut *f };
+            let f = unsafe { &*f };
             let a = arp::parse(f)?;
             let target = lookup::endpoint(a.tpa);
             match decide_arp(me, &me.net, &a, target) {
-                ArpVerdict::Reply { mac, ip } => {
-                    Ok(Action::ArpReplied(rewrite::arp_reply(f, &mac, ip, ifindex)))
-                }
+                ArpVerdict::Reply { mac, ip } => Ok(Action::ArpReplied(rewrite::arp_reply(
+                    ctx, f, &mac, ip, ifindex,
+                )?)),
                 ArpVerdict::Pass => Ok(Action::Passed),
                 ArpVerdict::Drop(r) => Err(r),
             }

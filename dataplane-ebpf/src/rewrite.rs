@@ -21,30 +21,57 @@ use dataplane_common::{
 
 use crate::{conntrack::Pkt, ctx::frame};
 
+/// Writes `v` into the frame at `offset` with `bpf_skb_store_bytes`.
+///
+/// Every write to the packet goes through the kernel's helpers, never
+/// through a packet pointer: one store through a pointer anywhere in a
+/// program makes the verifier prepend an unclone (`bpf_skb_pull_data(skb,
+/// 0)` whenever `skb->cloned`) to the whole program, and every TCP data
+/// segment is a clone (TCP keeps the original for retransmission). That
+/// prologue copied the head of every segment on the container-to-container
+/// path; the helper unclones only the packets it writes to. Check with
+/// `bpftool prog dump xlated`: the program must not start with a read of
+/// `skb->cloned` and a call of `bpf_skb_pull_data`.
+#[inline(always)]
+fn store<T>(ctx: &TcContext, offset: usize, v: &T) -> Result<(), DropReason> {
+    // Fails only if the frame is shorter than `offset + size_of::<T>()`
+    // (callers checked it is not) or if uncloning the head runs out of memory.
+    ctx.store(offset, v, 0).map_err(|_| DropReason::Malformed)
+}
+
 /// Sends the frame straight into the namespace of the endpoint behind
 /// host-side veth `ifindex`, addressed to `mac` (`hdr` is the frame's
 /// Ethernet header): the same-network switch. `bpf_redirect_peer`'s verdict.
 #[inline(always)]
-pub(crate) fn to_peer(hdr: &mut [u8; eth::HLEN], ifindex: u32, mac: &[u8; 6]) -> i32 {
+pub(crate) fn to_peer(
+    ctx: &TcContext,
+    hdr: &[u8; eth::HLEN],
+    ifindex: u32,
+    mac: &[u8; 6],
+) -> Result<i32, DropReason> {
     if !eth::dst_is(hdr, mac) {
-        eth::set_dst(hdr, mac);
+        store(ctx, eth::DST, mac)?;
     }
     // SAFETY: helper call with plain arguments.
-    unsafe { bpf_redirect_peer(ifindex, 0) as i32 }
+    Ok(unsafe { bpf_redirect_peer(ifindex, 0) as i32 })
 }
 
-/// Turns the ARP request `f` into the reply `ip is-at mac` and sends it back
-/// out of the veth it came in on (`ifindex`), to the asking container.
+/// Turns the ARP request `f` into the reply `ip is-at mac` (built on the
+/// stack and stored whole, see [`store`]) and sends it back out of the veth
+/// it came in on (`ifindex`), to the asking container.
 #[inline(always)]
 pub(crate) fn arp_reply(
-    f: &mut [u8; arp::FRAME_LEN],
+    ctx: &TcContext,
+    f: &[u8; arp::FRAME_LEN],
     mac: &[u8; 6],
     ip: Ipv4Wire,
     ifindex: u32,
-) -> i32 {
-    arp::write_reply(f, mac, ip);
+) -> Result<i32, DropReason> {
+    let mut reply = *f;
+    arp::write_reply(&mut reply, mac, ip);
+    store(ctx, 0, &reply)?;
     // SAFETY: helper call with plain arguments.
-    unsafe { bpf_redirect(ifindex, 0) as i32 }
+    Ok(unsafe { bpf_redirect(ifindex, 0) as i32 })
 }
 
 /// Rewrites the packet whose tuple is `cur` to `to`, fixing checksums.

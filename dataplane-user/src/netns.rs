@@ -240,6 +240,9 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
             "1",
         )?;
         set_up(&h, host_index).await?;
+        if let Err(e) = steer_rx(&p.host_ifname, host_index) {
+            tracing::warn!(veth = %p.host_ifname, "receive steering not set, a TCP stream may see reordering: {e:#}");
+        }
         // The host reaches the endpoint through its veth, from the gateway
         // address (which sits on `lo`, see `ensure_gateway`).
         h.route()
@@ -256,6 +259,139 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
             .with_context(|| format!("adding the host route to {}", p.ip))?;
         Ok(())
     })
+}
+
+/// Entries of the per-queue RFS flow table on a host-side veth (rounded up
+/// to a power of two by the kernel; 8 bytes each).
+const RPS_FLOW_CNT: u32 = 1024;
+
+/// Turns on receive flow steering (RPS with RFS) on the receive queue of the
+/// host-side veth `name` (ifindex `index`), if the host has RFS on.
+///
+/// Why: a container's frames reach the host side through `veth_xmit` ->
+/// `netif_rx`, i.e. the backlog of the CPU that sent them. A TCP sender
+/// transmits from two CPUs (its process, and the softirq that takes its ACKs,
+/// which runs where the receiver is), so one flow fills two per-CPU backlogs
+/// that drain independently and the receiver gets segments out of order; on
+/// a one-hop path the sender's reordering window (a quarter of a ~20 us RTT)
+/// is too short and it retransmits what was only late. With RFS every frame
+/// of a flow is queued on one CPU, the one its receiving socket is read on,
+/// and moves only once that queue has drained: in order, and same-core
+/// traffic stays on its core. RPS without the host's RFS table would pick
+/// the CPU by hash and send about half of the same-core flows across cores
+/// (twice the round trip), so nothing is set then; the table
+/// (`net.core.rps_sock_flow_entries`, host-wide, init namespace only) is
+/// the operator's to size, not this daemon's.
+fn steer_rx(name: &str, index: u32) -> Result<()> {
+    if rfs_entries()? == 0 {
+        return Ok(());
+    }
+    let cpus = std::fs::read_to_string("/sys/devices/system/cpu/possible")
+        .context("reading the possible CPUs")?;
+    set_rps(name, index, &cpu_mask(cpus.trim())?, RPS_FLOW_CNT)
+}
+
+/// Writes `rps_cpus` and `rps_flow_cnt` of the receive queue of device
+/// `name` (ifindex `index`) in the calling thread's network namespace.
+fn set_rps(name: &str, index: u32, mask: &str, flow_cnt: u32) -> Result<()> {
+    let (name, mask) = (name.to_string(), mask.to_string());
+    // The daemon may run in a namespace whose devices the mounted /sys does
+    // not show (`nsenter --net`): use a sysfs of this namespace, mounted in
+    // a mount namespace private to a short-lived thread.
+    std::thread::spawn(move || -> Result<()> {
+        unshare(CloneFlags::CLONE_NEWNS).context("unshare(CLONE_NEWNS)")?;
+        mount(
+            None::<&str>,
+            "/",
+            None::<&str>,
+            MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+            None::<&str>,
+        )
+        .context("making the thread's mounts private")?;
+        mount(
+            Some("sysfs"),
+            "/sys",
+            Some("sysfs"),
+            MsFlags::empty(),
+            None::<&str>,
+        )
+        .context("mounting a sysfs of the daemon's namespace")?;
+        let dev = Path::new("/sys/class/net").join(&name);
+        let found = std::fs::read_to_string(dev.join("ifindex"))
+            .with_context(|| format!("reading the ifindex of {name}"))?;
+        if found.trim() != index.to_string() {
+            anyhow::bail!("sysfs shows {name} at ifindex {} not {index}", found.trim());
+        }
+        let q = dev.join("queues/rx-0");
+        std::fs::write(q.join("rps_flow_cnt"), flow_cnt.to_string())
+            .with_context(|| format!("writing rps_flow_cnt of {name}"))?;
+        std::fs::write(q.join("rps_cpus"), &mask)
+            .with_context(|| format!("writing rps_cpus of {name}"))?;
+        Ok(())
+    })
+    .join()
+    .map_err(|_| anyhow!("sysfs thread panicked"))?
+}
+
+/// Size of the host's RFS socket flow table (0: RFS off, or not visible).
+/// The sysctl exists in the initial network namespace only: a daemon
+/// started in another one reads it from there if it may open PID 1's
+/// namespace, and otherwise takes RFS as off.
+fn rfs_entries() -> Result<u32> {
+    const KEY: &str = "/proc/sys/net/core/rps_sock_flow_entries";
+    let v = match std::fs::read_to_string(KEY) {
+        Ok(v) => v,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let from_init = std::thread::spawn(|| -> Result<String> {
+                enter(Path::new("/proc/1/ns/net"))?;
+                Ok(std::fs::read_to_string(KEY)?)
+            })
+            .join()
+            .map_err(|_| anyhow!("sysctl thread panicked"))?;
+            match from_init {
+                Ok(v) => v,
+                Err(_) => return Ok(0),
+            }
+        }
+        Err(e) => return Err(e).context("reading net.core.rps_sock_flow_entries"),
+    };
+    v.trim()
+        .parse()
+        .with_context(|| format!("net.core.rps_sock_flow_entries is {v:?}"))
+}
+
+/// The hex CPU mask sysfs takes for `rps_cpus` (32-bit words, most
+/// significant first, comma-separated) of a kernel CPU list such as
+/// `0-3,8`.
+fn cpu_mask(list: &str) -> Result<String> {
+    let mut words: Vec<u32> = Vec::new();
+    for part in list.split(',').filter(|p| !p.is_empty()) {
+        let (a, b) = match part.split_once('-') {
+            Some((a, b)) => (a.parse::<usize>()?, b.parse::<usize>()?),
+            None => {
+                let a = part.parse::<usize>()?;
+                (a, a)
+            }
+        };
+        if a > b || b >= 8192 {
+            anyhow::bail!("bad CPU range {part:?}");
+        }
+        for cpu in a..=b {
+            if words.len() <= cpu / 32 {
+                words.resize(cpu / 32 + 1, 0);
+            }
+            words[cpu / 32] |= 1 << (cpu % 32);
+        }
+    }
+    if words.is_empty() {
+        anyhow::bail!("empty CPU list");
+    }
+    Ok(words
+        .iter()
+        .rev()
+        .map(|w| format!("{w:08x}"))
+        .collect::<Vec<_>>()
+        .join(","))
 }
 
 /// Creates a veth pair `name`/`peer` in the calling thread's namespace, with
@@ -614,5 +750,69 @@ mod tests {
         if !done {
             eprintln!("skipped: needs root for a private network namespace");
         }
+    }
+}
+
+#[cfg(test)]
+mod rps_tests {
+    use super::{add_veth, cpu_mask, set_rps};
+    use nix::sched::{unshare, CloneFlags};
+
+    /// Needs root: a veth in a network namespace private to the test's
+    /// thread (gone with it), seen through a sysfs of that namespace.
+    #[test]
+    fn rps_is_set_on_the_named_device_only() {
+        std::thread::spawn(|| {
+            unshare(CloneFlags::CLONE_NEWNET).expect("unshare(CLONE_NEWNET)");
+            add_veth("rpsh0", "rpsc0", 4321).expect("creating a veth");
+            let err = set_rps("rpsh0", 4322, "00000001", 256).unwrap_err();
+            assert!(format!("{err:#}").contains("not 4322"), "{err:#}");
+            set_rps("rpsh0", 4321, "00000001", 256).expect("setting RPS");
+            let read = |f: &str| {
+                std::thread::spawn({
+                    let f = f.to_string();
+                    move || {
+                        unshare(CloneFlags::CLONE_NEWNS).unwrap();
+                        nix::mount::mount(
+                            None::<&str>,
+                            "/",
+                            None::<&str>,
+                            nix::mount::MsFlags::MS_REC | nix::mount::MsFlags::MS_PRIVATE,
+                            None::<&str>,
+                        )
+                        .unwrap();
+                        nix::mount::mount(
+                            Some("sysfs"),
+                            "/sys",
+                            Some("sysfs"),
+                            nix::mount::MsFlags::empty(),
+                            None::<&str>,
+                        )
+                        .unwrap();
+                        std::fs::read_to_string(format!("/sys/class/net/{f}")).unwrap()
+                    }
+                })
+                .join()
+                .unwrap()
+            };
+            // Printed as wide as the machine's CPU count: 1, 00000001, ...
+            let cpus = read("rpsh0/queues/rx-0/rps_cpus");
+            assert_eq!(cpus.trim().replace(',', "").trim_start_matches('0'), "1");
+            assert_eq!(read("rpsh0/queues/rx-0/rps_flow_cnt").trim(), "256");
+            assert_eq!(read("rpsc0/queues/rx-0/rps_flow_cnt").trim(), "0");
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    #[test]
+    fn cpu_lists_become_sysfs_masks() {
+        assert_eq!(cpu_mask("0").unwrap(), "00000001");
+        assert_eq!(cpu_mask("0-1").unwrap(), "00000003");
+        assert_eq!(cpu_mask("0-3,8").unwrap(), "0000010f");
+        assert_eq!(cpu_mask("0,33").unwrap(), "00000002,00000001");
+        assert!(cpu_mask("").is_err());
+        assert!(cpu_mask("3-1").is_err());
+        assert!(cpu_mask("x").is_err());
     }
 }

@@ -635,7 +635,9 @@ impl Engine {
                     None => None,
                 };
                 // The host ports are held from here on; the reconciler adopts
-                // the sockets, or they are released if the commit fails.
+                // the sockets, or they are released if the commit fails. A
+                // retry first lets go of what the attempt before it held.
+                drop(self.shared.take_reservations(&id));
                 let (bindings, reserved) = ports::allocate(&port_reqs, &taken)?;
                 let ctr = Container {
                     id: id.clone(),

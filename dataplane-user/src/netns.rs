@@ -259,7 +259,7 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
 }
 
 /// Creates a veth pair `name`/`peer` in the calling thread's namespace, with
-/// `name` at ifindex `index` (used by `bench-prog`).
+/// `name` at ifindex `index` (used by xtask's `bench-prog` and the tests).
 pub fn add_veth(name: &str, peer: &str, index: u32) -> Result<()> {
     let (name, peer) = (name.to_string(), peer.to_string());
     with_netlink(None, move |h| async move {

@@ -2,14 +2,47 @@
 //! as `crate::testutil` (`#[cfg(test)]`, never in the product) and the
 //! integration tests compile this same file into each test binary through
 //! `tests/common/mod.rs` (they link the library built without `cfg(test)`,
-//! so they cannot see this module). Only std, nix and dataplane-common here,
-//! so that the file builds in both places.
+//! so they cannot see this module). Only dependencies of the crate (std,
+//! nix, aya, dataplane-common), no `crate::` paths, so that the file builds
+//! in both places.
 
 #![allow(dead_code)] // each test binary uses its own subset
 
 use std::path::{Path, PathBuf};
 
 const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// `sizeof(struct __sk_buff)` on this kernel (BTF: 192 bytes); the kernel
+/// accepts a shorter context, but a full one makes the intent plain.
+pub const SK_BUFF_LEN: usize = 192;
+/// Offset of `__u32 ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
+pub const SK_BUFF_IFINDEX: usize = 40;
+
+/// One BPF_PROG_TEST_RUN of the TC program `prog` on `frame`, as if it came
+/// from device `ifindex` (honoured only for a real device of the caller's
+/// namespace): the verdict and the frame as the program left it. Shared by
+/// the two BPF labs (prog_test_run.rs, prog_test_nat.rs).
+pub fn tc_test_run(
+    prog: &aya::programs::SchedClassifier,
+    ifindex: u32,
+    frame: &[u8],
+) -> Result<(u32, Vec<u8>), aya::programs::ProgramError> {
+    use aya::programs::TestRun as _;
+    let mut ctx = [0u8; SK_BUFF_LEN];
+    ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
+    // Room to spare: the kernel fails with ENOSPC if the output is larger
+    // than the buffer, and the programs never grow a frame.
+    let mut out = vec![0u8; frame.len() + 64];
+    let r = prog.test_run(aya::programs::TestRunOptions {
+        data_in: Some(frame),
+        data_out: Some(&mut out),
+        ctx_in: Some(&ctx),
+        repeat: 1,
+        ..Default::default()
+    })?;
+    out.truncate(r.data_size_out as usize);
+    Ok((r.return_value, out))
+}
 
 /// Runs `f` on a fresh thread that first moves into a new network namespace
 /// (per thread: `unshare(CLONE_NEWNET)` does not affect the rest of the test

@@ -27,9 +27,9 @@ use std::process::Command;
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
 };
-use common::{in_private_netns, Scratch};
+use common::{in_private_netns, tc_test_run, Scratch};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, packet::nat::csum_fold, port_host, port_wire, Counters, CtEntry, CtKey,
     DropReason, Endpoint, FragKey, FragPorts, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN,
@@ -44,10 +44,6 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 /// What `bpf_redirect`, `bpf_redirect_peer` and `bpf_redirect_neigh` return.
 const TC_ACT_REDIRECT: u32 = 7;
-
-/// `sizeof(struct __sk_buff)` and the offset of its `ifindex`.
-const SK_BUFF_LEN: usize = 192;
-const SK_BUFF_IFINDEX: usize = 40;
 
 const ETH_HLEN: usize = 14;
 const IP: usize = ETH_HLEN;
@@ -1006,20 +1002,8 @@ impl Lab {
             .expect("program")
             .try_into()
             .expect("classifier");
-        let mut ctx = [0u8; SK_BUFF_LEN];
-        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()));
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        tc_test_run(p, ifindex, frame)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()))
     }
 
     /// Runs `frame` through `prog`, asserts the verdict of `outcome` (and an

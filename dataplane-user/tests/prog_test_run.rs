@@ -23,11 +23,11 @@ use std::{io, process::Command};
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{ProgramError, SchedClassifier},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
-use common::{in_private_netns, Scratch};
+use common::{in_private_netns, tc_test_run, Scratch};
 use dataplane_common::{
     iface_slot, ipv4_octets, ipv4_wire,
     packet::{arp, eth},
@@ -43,12 +43,6 @@ const TC_ACT_SHOT: u32 = 2;
 /// skb after the run), so the target ifindex is not observable here; the
 /// `redirected` / `arp_replies` counters tell the two helpers apart.
 const TC_ACT_REDIRECT: u32 = 7;
-
-/// `sizeof(struct __sk_buff)` on this kernel (BTF: 192 bytes); the kernel
-/// accepts a shorter context, but a full one makes the intent plain.
-const SK_BUFF_LEN: usize = 192;
-/// Offset of `__u32 ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
-const SK_BUFF_IFINDEX: usize = 40;
 
 const BROADCAST: [u8; 6] = [0xff; 6];
 
@@ -365,19 +359,7 @@ impl Lab {
             .expect("from_container")
             .try_into()
             .expect("classifier");
-        let mut ctx = [0u8; SK_BUFF_LEN];
-        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        // Room to spare: the kernel fails with ENOSPC if the output is larger
-        // than the buffer, and the program never grows a frame.
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        tc_test_run(prog, ifindex, frame)
     }
 
     /// Runs `frame` from the device `ifindex`, asserts `expect` and books the

@@ -82,17 +82,6 @@ pub enum Cmd {
         #[arg(required = true)]
         names: Vec<String>,
     },
-    /// Nanoseconds per packet of the programs through BPF_PROG_TEST_RUN
-    /// (used by `cargo xtask bench`; needs root, no daemon).
-    #[command(hide = true)]
-    BenchProg {
-        #[arg(long, value_enum, default_value_t)]
-        format: Format,
-        #[arg(long, default_value_t = 200_000)]
-        repeat: u32,
-        #[arg(long, default_value_t = 7)]
-        rounds: usize,
-    },
     /// Per-program packet, byte and drop-by-reason counters.
     Stats {
         #[arg(long, value_enum, default_value_t)]
@@ -278,34 +267,6 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
     let c = Client::new(&socket_of(host)?).with_timeout(timeout);
     match cmd {
         Cmd::Daemon(_) => unreachable!("handled in main"),
-        Cmd::BenchProg {
-            format,
-            repeat,
-            rounds,
-        } => {
-            let r = tokio::task::spawn_blocking(move || crate::bpf::bench_programs(repeat, rounds))
-                .await??;
-            if format == Format::Json {
-                println!("{}", serde_json::to_string_pretty(&r)?);
-            } else {
-                print_table(
-                    &["PROGRAM", "NS/PACKET (MEDIAN)", "ROUNDS x REPEAT"],
-                    vec![
-                        vec![
-                            "from_container".into(),
-                            r.from_container_median_ns.to_string(),
-                            format!("{rounds} x {repeat}"),
-                        ],
-                        vec![
-                            "noop".into(),
-                            r.noop_median_ns.to_string(),
-                            format!("{rounds} x {repeat}"),
-                        ],
-                    ],
-                );
-                println!("ratio: {:.2}x", r.ratio);
-            }
-        }
         Cmd::Network(n) => network(&c, n).await?,
         Cmd::Run(r) => {
             let v = c

@@ -18,5 +18,7 @@ pub mod model;
 pub mod netns;
 pub mod ports;
 pub mod store;
+#[cfg(test)]
+pub(crate) mod testutil;
 
 pub use bpf::{sockhook, uplink};

@@ -395,7 +395,7 @@ fn cpu_mask(list: &str) -> Result<String> {
 }
 
 /// Creates a veth pair `name`/`peer` in the calling thread's namespace, with
-/// `name` at ifindex `index` (used by `bench-prog`).
+/// `name` at ifindex `index` (used by xtask's `bench-prog` and the tests).
 pub fn add_veth(name: &str, peer: &str, index: u32) -> Result<()> {
     let (name, peer) = (name.to_string(), peer.to_string());
     with_netlink(None, move |h| async move {
@@ -702,10 +702,7 @@ mod tests {
 
     #[test]
     fn only_addresses_the_daemon_labelled_leave_lo() {
-        let done = std::thread::spawn(|| {
-            if unshare(CloneFlags::CLONE_NEWNET).is_err() {
-                return false;
-            }
+        let done = crate::testutil::try_in_private_netns(|| {
             let ip = |args: &[&str]| {
                 std::process::Command::new("ip")
                     .args(args)
@@ -743,11 +740,8 @@ mod tests {
                 ],
                 "only the labelled gateway went"
             );
-            true
-        })
-        .join()
-        .unwrap();
-        if !done {
+        });
+        if done.is_none() {
             eprintln!("skipped: needs root for a private network namespace");
         }
     }

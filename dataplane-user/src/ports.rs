@@ -665,6 +665,7 @@ pub fn exposed_ports_json(exposed: &[String], bindings: &[PortBinding]) -> Value
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::testutil::{lo_up, try_in_private_netns};
 
     fn req(proto: &str, ip: Option<&str>, host: Option<(u16, u16)>, c: u16) -> PortRequest {
         PortRequest {
@@ -1039,24 +1040,11 @@ mod tests {
         );
     }
 
-    /// Binds for real, in a network namespace of its own (needs root).
-    fn in_private_netns<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
-        std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).ok()?;
-            // Bring lo up so that 127.0.0.1 is a local address.
-            let up = std::process::Command::new("ip")
-                .args(["link", "set", "lo", "up"])
-                .status()
-                .ok()?;
-            up.success().then(f)
-        })
-        .join()
-        .expect("netns thread")
-    }
-
     #[test]
     fn allocate_reserves_chooses_and_refuses() {
-        let Some(()) = in_private_netns(|| {
+        // Binds for real, in a network namespace of its own (needs root).
+        let Some(()) = try_in_private_netns(|| {
+            lo_up();
             let empty = Taken::default();
             // Exact ports, a range and any ports, in request order.
             let reqs = [

@@ -2,35 +2,13 @@
 //! differs from its own (aya reuses a pin by name without checking), and must
 //! reuse a matching one. Root; uses its own scratch directory on bpffs.
 
-use std::{path::PathBuf, process::Command};
+mod common;
 
-use dataplane_common::{Endpoint, LAYOUT_VERSION};
+use std::process::Command;
+
+use common::Scratch;
+use dataplane_common::Endpoint;
 use dataplane_user::bpf::Datapath;
-
-/// A scratch pin directory under /sys/fs/bpf, removed on drop even if the
-/// test fails.
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/dataplane-test-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        dataplane_user::bpf::ensure_bpffs(&p).expect("bpffs");
-        Scratch(p)
-    }
-    fn maps(&self) -> PathBuf {
-        self.0.join(format!("v{LAYOUT_VERSION}")).join("maps")
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 #[test]
 fn a_pinned_map_of_another_layout_is_refused() {
@@ -59,7 +37,7 @@ fn a_pinned_map_of_another_layout_is_refused() {
         "bpftool: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let err = Datapath::load(&s.0)
+    let err = Datapath::load(s.path())
         .err()
         .expect("load must refuse the mismatched pin");
     let msg = format!("{err:#}");
@@ -87,11 +65,11 @@ fn matching_pins_are_reused_with_their_contents() {
         },
     };
     {
-        let mut dp = Datapath::load(&s.0).unwrap();
+        let mut dp = Datapath::load(s.path()).unwrap();
         dp.set_endpoint(ep).unwrap();
     }
     // A second load (a restarted daemon) reuses the map the first one wrote.
-    let mut dp = Datapath::load(&s.0).unwrap();
+    let mut dp = Datapath::load(s.path()).unwrap();
     assert_eq!(entries(&s), 1, "the entry survives the reload");
     // Reconciling against an empty model removes the stale entry.
     dp.sync_endpoints(&[]).unwrap();
@@ -125,7 +103,7 @@ fn conntrack_expiry_and_flush_work_on_the_pinned_map() {
         IPPROTO_UDP, SEEN_CLOSING, SEEN_ESTABLISHED, SEEN_SYN,
     };
     let s = Scratch::new("ctexpire");
-    let mut dp = Datapath::load(&s.0).unwrap();
+    let mut dp = Datapath::load(s.path()).unwrap();
     // A clock of the test's own, not CLOCK_MONOTONIC: on a machine booted
     // less than an hour ago `monotonic - 3600 s` does not exist. No program
     // runs on these entries, so only `expire_conntrack_at` reads `now`.

@@ -21,12 +21,15 @@
 //! every output is checked by recomputing the IPv4 header checksum, the
 //! TCP/UDP checksum with its pseudo header and the ICMP checksum.
 
-use std::{path::PathBuf, process::Command};
+mod common;
+
+use std::process::Command;
 
 use aya::{
     maps::{HashMap, MapData},
-    programs::{SchedClassifier, TestRun as _, TestRunOptions},
+    programs::SchedClassifier,
 };
+use common::{in_private_netns, tc_test_run, Scratch};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, packet::nat::csum_fold, port_host, port_wire, Counters, CtEntry, CtKey,
     DropReason, Endpoint, FragKey, FragPorts, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN,
@@ -41,10 +44,6 @@ const TC_ACT_OK: u32 = 0;
 const TC_ACT_SHOT: u32 = 2;
 /// What `bpf_redirect`, `bpf_redirect_peer` and `bpf_redirect_neigh` return.
 const TC_ACT_REDIRECT: u32 = 7;
-
-/// `sizeof(struct __sk_buff)` and the offset of its `ifindex`.
-const SK_BUFF_LEN: usize = 192;
-const SK_BUFF_IFINDEX: usize = 40;
 
 const ETH_HLEN: usize = 14;
 const IP: usize = ETH_HLEN;
@@ -790,19 +789,6 @@ fn the_checksum_checks_catch_a_forgotten_update() {
 // Environment.
 // ---------------------------------------------------------------------------
 
-/// Runs `f` on a fresh thread in a new network namespace (see prog_test_run.rs).
-fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare(CLONE_NEWNET) (tests must run as root)");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
 /// Runs `ip args...` in the calling thread's network namespace.
 fn ip_cmd(args: &[&str]) {
     let out = Command::new("ip")
@@ -826,17 +812,6 @@ fn mac_str(m: [u8; 6]) -> String {
         .map(|b| format!("{b:02x}"))
         .collect::<Vec<_>>()
         .join(":")
-}
-
-/// The pin directory of one test; removed (pins and all) when dropped.
-struct Pins(PathBuf);
-
-impl Drop for Pins {
-    fn drop(&mut self) {
-        if let Err(e) = std::fs::remove_dir_all(&self.0) {
-            eprintln!("warning: could not remove {}: {e}", self.0.display());
-        }
-    }
 }
 
 fn network(subnet: [u8; 4], prefix: u32, gateway: [u8; 4]) -> Network {
@@ -951,7 +926,7 @@ enum Outcome {
 struct Lab {
     // Field order is drop order: close program and maps before unpinning.
     dp: Datapath,
-    _pins: Pins,
+    _pins: Scratch,
     /// Two containers of network 172.18.0.0/16 (gateway 172.18.0.1).
     a: Endpoint,
     b: Endpoint,
@@ -1001,13 +976,9 @@ impl Lab {
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
         let uplink = nix::net::if_::if_nametoindex("up0").expect("up0");
 
-        let dir = PathBuf::from(format!(
-            "/sys/fs/bpf/dataplane-prog-test-nat-{}-{tag}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&dir); // leftovers of a killed run
-        let pins = Pins(dir.clone());
-        let mut dp = Datapath::load(&dir).expect("loading the datapath");
+        // Removed (pins and all) when the lab is dropped, even on failure.
+        let pins = Scratch::new(&format!("nat-{tag}"));
+        let mut dp = Datapath::load(pins.path()).expect("loading the datapath");
         dp.set_endpoint(a).expect("endpoint a");
         dp.set_endpoint(b).expect("endpoint b");
         dp.sync_local_addrs(&[ipv4_wire(HOST), ipv4_wire(HOST2), a.net.gateway])
@@ -1031,20 +1002,8 @@ impl Lab {
             .expect("program")
             .try_into()
             .expect("classifier");
-        let mut ctx = [0u8; SK_BUFF_LEN];
-        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = p
-            .test_run(TestRunOptions {
-                data_in: Some(frame),
-                data_out: Some(&mut out),
-                ctx_in: Some(&ctx),
-                repeat: 1,
-                ..Default::default()
-            })
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()));
-        out.truncate(r.data_size_out as usize);
-        (r.return_value, out)
+        tc_test_run(p, ifindex, frame)
+            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()))
     }
 
     /// Runs `frame` through `prog`, asserts the verdict of `outcome` (and an

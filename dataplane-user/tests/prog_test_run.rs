@@ -17,18 +17,17 @@
 //! device. So `ctx_in.ifindex` is honoured, but only for real devices: hence
 //! the veth pairs. With `ifindex` 0 the program sees 1 (`lo`).
 
-use std::{
-    io,
-    path::{Path, PathBuf},
-    process::Command,
-};
+mod common;
+
+use std::{io, process::Command};
 
 use aya::{
     maps::{Array, HashMap, PerCpuArray},
-    programs::{ProgramError, SchedClassifier, TestRun as _, TestRunOptions},
+    programs::{ProgramError, SchedClassifier},
     sys::SyscallError,
     Ebpf, EbpfLoader,
 };
+use common::{in_private_netns, tc_test_run, Scratch};
 use dataplane_common::{
     iface_slot, ipv4_octets, ipv4_wire,
     packet::{arp, eth},
@@ -45,13 +44,6 @@ const TC_ACT_SHOT: u32 = 2;
 /// `redirected` / `arp_replies` counters tell the two helpers apart.
 const TC_ACT_REDIRECT: u32 = 7;
 
-/// `sizeof(struct __sk_buff)` on this kernel (BTF: 192 bytes); the kernel
-/// accepts a shorter context, but a full one makes the intent plain.
-const SK_BUFF_LEN: usize = 192;
-/// Offset of `__u32 ifindex` in `struct __sk_buff` (include/uapi/linux/bpf.h).
-const SK_BUFF_IFINDEX: usize = 40;
-
-const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 // ---------------------------------------------------------------------------
@@ -222,21 +214,6 @@ struct Topology {
 // Environment: private network namespace, bpffs pin directory.
 // ---------------------------------------------------------------------------
 
-/// Runs `f` on a fresh thread that first moves into a new network namespace
-/// (per thread: `unshare(CLONE_NEWNET)` does not affect the rest of the test
-/// binary). Everything created there dies with the thread. Panics propagate.
-fn in_private_netns<T: Send>(f: impl FnOnce() -> T + Send) -> T {
-    std::thread::scope(|s| {
-        s.spawn(|| {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
-                .expect("unshare(CLONE_NEWNET) (tests must run as root)");
-            f()
-        })
-        .join()
-        .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
-    })
-}
-
 /// Creates the veth pair `host`/`container` in the current thread's network
 /// namespace (`ip` inherits it), the host side at ifindex `host_index` (the
 /// daemon picks host-side indexes from `IFINDEX_BASE..`, which `IFACES` is
@@ -267,68 +244,6 @@ fn veth(host: &str, host_index: u32, container: &str) -> (u32, u32) {
     (index(host), index(container))
 }
 
-fn is_bpffs(p: &Path) -> bool {
-    nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC)
-}
-
-/// A unique, empty directory on a bpf filesystem for the maps' pins. Dropping
-/// it removes the pins and the directory, and unmounts what it mounted.
-struct PinDir {
-    path: PathBuf,
-    mounted: bool,
-}
-
-impl PinDir {
-    fn new(tag: &str) -> Self {
-        let name = format!("dataplane-prog-test-run-{}-{tag}", std::process::id());
-        let sys = Path::new("/sys/fs/bpf");
-        // Prefer a subdirectory of the standard bpffs; without one, mount a
-        // private bpffs instance under /tmp rather than touch /sys/fs/bpf.
-        let (path, mount) = if is_bpffs(sys) {
-            (sys.join(name), false)
-        } else {
-            (std::env::temp_dir().join(name), true)
-        };
-        let _ = std::fs::remove_dir_all(&path); // leftovers of a killed run
-        std::fs::create_dir_all(&path).expect("creating the pin directory");
-        // The guard exists from here on, so a failed mount still cleans up.
-        let mut dir = PinDir {
-            path,
-            mounted: false,
-        };
-        if mount {
-            nix::mount::mount(
-                Some("bpf"),
-                &dir.path,
-                Some("bpf"),
-                nix::mount::MsFlags::empty(),
-                None::<&str>,
-            )
-            .expect("mounting a bpf filesystem");
-            dir.mounted = true;
-        }
-        dir
-    }
-}
-
-impl Drop for PinDir {
-    fn drop(&mut self) {
-        // Unpin first (removing a pin only drops a reference; the loader's fds
-        // keep the maps alive until `Ebpf` is dropped).
-        if let Ok(entries) = std::fs::read_dir(&self.path) {
-            for e in entries.flatten() {
-                let _ = std::fs::remove_file(e.path());
-            }
-        }
-        if self.mounted {
-            let _ = nix::mount::umount2(&self.path, nix::mount::MntFlags::MNT_DETACH);
-        }
-        if let Err(e) = std::fs::remove_dir(&self.path) {
-            eprintln!("warning: could not remove {}: {e}", self.path.display());
-        }
-    }
-}
-
 // ---------------------------------------------------------------------------
 // The lab: loaded program, populated maps, expected counters.
 // ---------------------------------------------------------------------------
@@ -356,7 +271,7 @@ enum Expect {
 struct Lab {
     // Field order is drop order: close the program and maps before unpinning.
     ebpf: Ebpf,
-    _pins: PinDir,
+    _pins: Scratch,
     topo: Topology,
     /// What `STATS[PROG_FROM_CONTAINER]` must add up to.
     expected: Counters,
@@ -367,9 +282,9 @@ impl Lab {
     /// one veth pair per endpoint and installs the endpoints. Must run inside
     /// [`in_private_netns`].
     fn new(tag: &str) -> Self {
-        let pins = PinDir::new(tag);
+        let pins = Scratch::new(tag);
         let mut ebpf = EbpfLoader::new()
-            .default_map_pin_directory(&pins.path)
+            .default_map_pin_directory(pins.path())
             .load(dataplane_user::bpf::EBPF_OBJECT)
             .expect("loading the eBPF object");
         let prog: &mut SchedClassifier = ebpf
@@ -444,19 +359,7 @@ impl Lab {
             .expect("from_container")
             .try_into()
             .expect("classifier");
-        let mut ctx = [0u8; SK_BUFF_LEN];
-        ctx[SK_BUFF_IFINDEX..SK_BUFF_IFINDEX + 4].copy_from_slice(&ifindex.to_ne_bytes());
-        // Room to spare: the kernel fails with ENOSPC if the output is larger
-        // than the buffer, and the program never grows a frame.
-        let mut out = vec![0u8; frame.len() + 64];
-        let r = prog.test_run(TestRunOptions {
-            data_in: Some(frame),
-            data_out: Some(&mut out),
-            ctx_in: Some(&ctx),
-            ..Default::default()
-        })?;
-        out.truncate(r.data_size_out as usize);
-        Ok((r.return_value, out))
+        tc_test_run(prog, ifindex, frame)
     }
 
     /// Runs `frame` from the device `ifindex`, asserts `expect` and books the

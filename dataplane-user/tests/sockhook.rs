@@ -16,20 +16,20 @@
 //! scoped to a namespace any other way); they act only on sockets of the
 //! "host" namespace and go away when the scratch pin directory is removed.
 
+mod common;
+
 use std::{
     fs::File,
     io::{self, Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
     os::fd::AsFd as _,
-    path::PathBuf,
     process::Command,
     sync::atomic::{AtomicBool, Ordering},
     time::{Duration, Instant},
 };
 
-use dataplane_common::{
-    ipv4_wire, port_wire, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP, LAYOUT_VERSION,
-};
+use common::Scratch;
+use dataplane_common::{ipv4_wire, port_wire, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP};
 use dataplane_user::{bpf::Datapath, sockhook};
 use nix::sched::{setns, unshare, CloneFlags};
 
@@ -40,34 +40,6 @@ const WILD_PORT: u16 = 18080;
 /// Published on 127.0.0.1 only (TCP).
 const LO_PORT: u16 = 18081;
 const TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A scratch pin directory under /sys/fs/bpf, removed on drop even if the
-/// test fails (which unpins the links, so the hooks detach).
-struct Scratch(PathBuf);
-
-impl Scratch {
-    fn new(tag: &str) -> Self {
-        let p = PathBuf::from(format!(
-            "/sys/fs/bpf/dataplane-test-{tag}-{}",
-            std::process::id()
-        ));
-        let _ = std::fs::remove_dir_all(&p);
-        dataplane_user::bpf::ensure_bpffs(&p).expect("bpffs");
-        Scratch(p)
-    }
-    fn sock_pin(&self, name: &str) -> PathBuf {
-        self.0
-            .join(format!("v{LAYOUT_VERSION}"))
-            .join("sock")
-            .join(name)
-    }
-}
-
-impl Drop for Scratch {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// A new network namespace with `lo` up, held by an open descriptor.
 fn new_netns() -> File {
@@ -259,7 +231,7 @@ fn host_processes_reach_published_ports_without_a_proxy() {
             .map(|(n, _)| sockhook::pinned_link_info(&scratch.sock_pin(n)).unwrap())
             .collect();
         let dp2 = run_in(&host, || {
-            let mut dp2 = Datapath::load(&scratch.0).unwrap();
+            let mut dp2 = Datapath::load(scratch.path()).unwrap();
             sockhook::attach(&mut dp2).unwrap();
             dp2
         });
@@ -325,7 +297,7 @@ fn host_processes_reach_published_ports_without_a_proxy() {
 /// the datapath, attaches, publishes, and checks every way in. Returns the
 /// datapath (its programs stay loaded) for the restart check.
 fn host_side(scratch: &Scratch) -> Datapath {
-    let mut dp = Datapath::load(&scratch.0).expect("loading the datapath");
+    let mut dp = Datapath::load(scratch.path()).expect("loading the datapath");
     sockhook::attach(&mut dp).expect("attaching the socket hooks");
     for (name, _) in sockhook::PROGRAMS {
         assert!(scratch.sock_pin(name).exists(), "{name} is pinned");

@@ -667,7 +667,7 @@ struct Report {
     latency_tool: LatencyTool,
     setups: Vec<SetupReport>,
     notes: Vec<String>,
-    /// `dataplane bench-prog --format json`, or {"skipped": reason}.
+    /// xtask's `bench-prog` (JSON), or {"skipped": reason}.
     bpf_prog: Value,
     /// The DNS lookups (`--setups dns`), if they were asked for.
     dns: Option<dnsbench::Report>,
@@ -702,30 +702,40 @@ fn machine() -> Machine {
     }
 }
 
-fn bpf_prog(bin: &Path) -> Value {
-    let o = sh::capture(
-        &mut sh::cmd(bin, ["bench-prog", "--format", "json"]),
-        Some(Duration::from_secs(600)),
-    );
+/// Builds xtask's `bench-prog` (release, `--features prog`: it links the
+/// daemon's library) and runs it; its JSON, or {"skipped": reason}.
+fn bpf_prog() -> Value {
     let skipped = |why: String| serde_json::json!({ "skipped": why });
+    let built = sh::run(
+        crate::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "xtask",
+            "--features",
+            "prog",
+            "--bin",
+            "bench-prog",
+        ]),
+        Some(Duration::from_secs(60 * 60)),
+    )
+    .and_then(|()| Ok(crate::target_dir()?.join("release").join("bench-prog")));
+    let exe = match built {
+        Ok(exe) => exe,
+        Err(e) => return skipped(format!("building bench-prog: {e:#}")),
+    };
+    let o = sh::capture(&mut sh::cmd(&exe, [""; 0]), Some(Duration::from_secs(600)));
     match o {
         Err(e) => skipped(format!("{e:#}")),
-        Ok(o) if !o.ok() => {
-            let err = format!("{}{}", o.stderr, o.stdout);
-            if err.contains("unrecognized subcommand") || err.contains("unexpected argument") {
-                skipped("`dataplane bench-prog` does not exist in this build".into())
-            } else {
-                skipped(format!(
-                    "`dataplane bench-prog` failed ({}): {}",
-                    o.status,
-                    sh::tail(&err, 3)
-                ))
-            }
-        }
+        Ok(o) if !o.ok() => skipped(format!(
+            "`bench-prog` failed ({}): {}",
+            o.status,
+            sh::tail(&format!("{}{}", o.stderr, o.stdout), 3)
+        )),
         Ok(o) => match serde_json::from_str::<Value>(&o.stdout) {
             Ok(v) if v["from_container_median_ns"].is_number() => v,
             _ => skipped(format!(
-                "unexpected `dataplane bench-prog` output: {}",
+                "unexpected `bench-prog` output: {}",
                 sh::tail(&o.stdout, 3)
             )),
         },
@@ -940,8 +950,8 @@ pub fn bench(args: Args) -> Result<i32> {
     let prog = if kinds.is_empty() {
         serde_json::json!({ "skipped": "no network setup was measured (--setups)" })
     } else {
-        p.step("BPF_PROG_TEST_RUN: dataplane bench-prog");
-        let prog = bpf_prog(&bin);
+        p.step("BPF_PROG_TEST_RUN: bench-prog (xtask --features prog)");
+        let prog = bpf_prog();
         if let Some(why) = prog["skipped"].as_str() {
             eprintln!("    skipped: {why}");
         }

@@ -2,8 +2,9 @@
 //!
 //! `maps` names every pinned map with the layout it must have, `links` the
 //! TCX links of endpoints and uplinks, `conntrack` the flow table, `sockhook`
-//! the cgroup socket hooks, `uplink` the host's own interfaces and addresses,
-//! and `bench` the program-cost measurement of `bench-prog`.
+//! the cgroup socket hooks, and `uplink` the host's own interfaces and
+//! addresses. (The program-cost benchmark is xtask's `bench-prog`, which
+//! drives this module from outside the product.)
 //!
 //! Pins live under `<bpffs>/v<LAYOUT_VERSION>/`: `maps/<NAME>` (reused by name
 //! across daemon restarts) and `links/<host ifname>` (the TCX link of each
@@ -25,14 +26,12 @@ use dataplane_common::{
 };
 use serde::Serialize;
 
-mod bench;
 mod conntrack;
 mod links;
 mod maps;
 pub mod sockhook;
 pub mod uplink;
 
-pub use bench::{bench_frame, bench_programs, ProgBench};
 pub use conntrack::expire_conntrack_at;
 use maps::{check_pinned_layout, sync_hash, EMPTY_ENDPOINT};
 

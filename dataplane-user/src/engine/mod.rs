@@ -113,23 +113,30 @@ impl Shared {
             .clone()
     }
 
+    /// Makes `snap` the current snapshot and marks `dirty` for the
+    /// reconciler, in one step with [`Shared::take_dirty`]: a pass never
+    /// sees a snapshot newer than the keys it was handed, so it never
+    /// reports a revision as applied whose changes it did not look at.
     fn install(&self, snap: Snapshot, dirty: impl IntoIterator<Item = String>) {
         let rev = snap.revision;
-        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snap);
-        self.cached.advance(rev);
         let mut d = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
+        *self.cache.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(snap);
         d.extend(dirty);
+        drop(d);
+        self.cached.advance(rev);
         self.dirty_changed.notify_all();
     }
 
-    /// The keys changed since the last call, waiting up to `wait` for some.
-    pub fn take_dirty(&self, wait: Duration) -> BTreeSet<String> {
+    /// The keys changed since the last call (waiting up to `wait` for
+    /// some) and the snapshot that has every one of them.
+    pub fn take_dirty(&self, wait: Duration) -> (BTreeSet<String>, Arc<Snapshot>) {
         let d = self.dirty.lock().unwrap_or_else(PoisonError::into_inner);
         let (mut d, _) = self
             .dirty_changed
             .wait_timeout_while(d, wait, |d| d.is_empty())
             .unwrap_or_else(PoisonError::into_inner);
-        std::mem::take(&mut *d)
+        let keys = std::mem::take(&mut *d);
+        (keys, self.snapshot())
     }
 
     pub fn take_reservations(&self, cid: &str) -> Option<Vec<Reservation>> {

@@ -132,12 +132,11 @@ impl Reconciler {
         let mut last_full = None::<Instant>;
         loop {
             let due = last_full.is_none_or(|t: Instant| t.elapsed() >= FULL_PASS);
-            let dirty = self.shared.take_dirty(if due {
+            let (dirty, snap) = self.shared.take_dirty(if due {
                 Duration::ZERO
             } else {
                 FULL_PASS.saturating_sub(last_full.map_or(Duration::ZERO, |t| t.elapsed()))
             });
-            let snap = self.shared.snapshot();
             let full = last_full.is_none_or(|t| t.elapsed() >= FULL_PASS);
             if full {
                 self.full_pass(&snap);

@@ -528,3 +528,24 @@ fn the_default_bridge_takes_a_free_pool_when_the_host_routes_172_17() {
     let ip = d.ip("c", "bridge");
     assert!(!ip.starts_with("172.17."), "{ip}");
 }
+
+/// Parallel runs that do not compete for anything all succeed: a commit made
+/// while the reconciler is in a pass is never reported as in place before
+/// it is.
+#[test]
+fn parallel_runs_all_succeed() {
+    let d = Daemon::start();
+    d.network_create(&["--subnet", "10.45.0.0/24", "n"]);
+    for round in 0..3 {
+        let outs = race(
+            &d,
+            (0..8)
+                .map(|i| run_args(&format!("r{round}p{i}"), &["--network", "n"]))
+                .collect(),
+        );
+        assert!(outs.iter().all(Output::success), "{}", all(&outs));
+    }
+    let ps = d.ok(&["ps", "--format", "json"]).json();
+    assert_eq!(ps.as_array().unwrap().len(), 24);
+    assert_eq!(host_veth_count(&d), 24);
+}

@@ -126,7 +126,7 @@ fn conntrack_expiry_and_flush_work_on_the_pinned_map() {
         flags: 0,
         seen,
         _pad: 0,
-        last_seen: now - age,
+        last_seen: now.saturating_sub(age),
     };
     let cases = [
         // (key, entry, expected to survive)

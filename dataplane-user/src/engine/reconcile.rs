@@ -138,11 +138,20 @@ impl Reconciler {
                 FULL_PASS.saturating_sub(last_full.map_or(Duration::ZERO, |t| t.elapsed()))
             });
             let full = last_full.is_none_or(|t| t.elapsed() >= FULL_PASS);
+            let started = Instant::now();
             if full {
                 self.full_pass(&snap);
                 last_full = Some(Instant::now());
             } else if !dirty.is_empty() {
                 self.incremental_pass(&snap, &dirty);
+            }
+            if full || !dirty.is_empty() {
+                tracing::debug!(
+                    full,
+                    keys = dirty.len(),
+                    ms = started.elapsed().as_secs_f64() * 1e3,
+                    "reconciler pass"
+                );
             }
             self.publish(snap.revision);
         }

@@ -414,23 +414,7 @@ impl Lab {
     /// Sums `STATS[PROG_FROM_CONTAINER]` over CPUs and checks it against every
     /// case run so far, reason by reason.
     fn assert_stats(&self) {
-        let stats: PerCpuArray<_, Counters> =
-            PerCpuArray::try_from(self.ebpf.map("STATS").expect("STATS")).expect("STATS");
-        let mut got = Counters::ZERO;
-        for c in stats
-            .get(&PROG_FROM_CONTAINER, 0)
-            .expect("STATS slot")
-            .iter()
-        {
-            got.packets += c.packets;
-            got.bytes += c.bytes;
-            got.redirected += c.redirected;
-            got.passed += c.passed;
-            got.arp_replies += c.arp_replies;
-            for (g, d) in got.drops.iter_mut().zip(c.drops) {
-                *g += d;
-            }
-        }
+        let got = self.counters();
         let want = &self.expected;
         for r in DropReason::ALL {
             assert_eq!(
@@ -477,7 +461,8 @@ impl Lab {
         Array::try_from(self.ebpf.map_mut("IFACES").expect("IFACES")).expect("IFACES")
     }
 
-    /// `STATS[PROG_FROM_CONTAINER]` summed over CPUs.
+    /// `STATS[PROG_FROM_CONTAINER]` summed over CPUs (the counters the
+    /// same-network path moves: packets, bytes, verdicts and drops).
     fn counters(&self) -> Counters {
         let stats: PerCpuArray<_, Counters> =
             PerCpuArray::try_from(self.ebpf.map("STATS").expect("STATS")).expect("STATS");
@@ -487,7 +472,11 @@ impl Lab {
             .expect("STATS slot")
             .iter()
         {
+            got.packets += c.packets;
+            got.bytes += c.bytes;
             got.redirected += c.redirected;
+            got.passed += c.passed;
+            got.arp_replies += c.arp_replies;
             for (g, d) in got.drops.iter_mut().zip(c.drops) {
                 *g += d;
             }

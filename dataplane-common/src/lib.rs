@@ -13,7 +13,7 @@ pub mod packet;
 /// Bump whenever a map's key, value, type or capacity changes. The daemon pins
 /// its maps under `<bpffs>/v<LAYOUT_VERSION>/` and also checks every pinned map's
 /// key size, value size and capacity before reusing it.
-pub const LAYOUT_VERSION: u32 = 3;
+pub const LAYOUT_VERSION: u32 = 4;
 
 /// Capacity of `ENDPOINTS` and `IFACES`.
 pub const MAX_ENDPOINTS: u32 = 16_384;
@@ -74,13 +74,27 @@ pub struct Endpoint {
     pub mac: [u8; 6],
     /// MAC of the host side: the gateway's MAC as this container sees it.
     pub host_mac: [u8; 6],
-    /// `EP_*` flags; none defined yet.
+    /// `EP_*` flags.
     pub flags: u32,
+    /// For a remote endpoint ([`EP_REMOTE`]): the underlay address of the
+    /// host it lives on, where its VXLAN goes ([`Ipv4Wire`]). 0 for an
+    /// endpoint of this host.
+    pub vtep: Ipv4Wire,
     /// The endpoint's network, inlined so that the per-packet path needs one
     /// lookup for the sender (`IFACES`) and one for the destination
     /// (`ENDPOINTS`), not a third for the network.
     pub net: Network,
 }
+
+/// The endpoint lives on another host of the cluster (or behind a static
+/// VTEP): `ifindex` and `host_mac` are 0, `vtep` is that host's underlay
+/// address, and frames for it are encapsulated in VXLAN with its network's
+/// [`Network::vni`].
+pub const EP_REMOTE: u32 = 1 << 0;
+/// Written by the datapath itself from the VXLAN a static VTEP (a host
+/// without our daemon, `--opt vtep=`) sent: the daemon's projection leaves
+/// such entries alone, except to remove them with their network.
+pub const EP_LEARNED: u32 = 1 << 1;
 
 /// A value of `PEER_CACHE`, indexed by the sender's [`iface_slot`]: the
 /// last destination it sent to that is an endpoint, and the `IFACES` slot
@@ -122,6 +136,9 @@ pub struct Network {
     pub gateway: Ipv4Wire,
     /// `NET_*` flags.
     pub flags: u32,
+    /// The VXLAN network identifier of an overlay network (24 bits); 0 for
+    /// a network of this host only.
+    pub vni: u32,
 }
 
 /// `--internal`: nothing leaves the subnet.
@@ -296,6 +313,8 @@ pub const PROG_NAMES: [&str; 3] = ["from_container", "from_uplink", "sock_addr"]
 
 pub mod nat;
 pub use nat::*;
+pub mod tunnel;
+pub use tunnel::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -313,6 +332,8 @@ mod pod {
     unsafe impl aya::Pod for super::FragKey {}
     unsafe impl aya::Pod for super::FragPorts {}
     unsafe impl aya::Pod for super::PeerCache {}
+    unsafe impl aya::Pod for super::Tunnel {}
+    unsafe impl aya::Pod for super::Flood {}
 }
 
 #[cfg(test)]
@@ -324,23 +345,31 @@ mod layout {
 
     #[test]
     fn endpoint_layout() {
-        assert_eq!(size_of::<Endpoint>(), 44);
+        assert_eq!(size_of::<Endpoint>(), 52);
         assert_eq!(offset_of!(Endpoint, ifindex), 0);
         assert_eq!(offset_of!(Endpoint, network_id), 4);
         assert_eq!(offset_of!(Endpoint, ip), 8);
         assert_eq!(offset_of!(Endpoint, mac), 12);
         assert_eq!(offset_of!(Endpoint, host_mac), 18);
         assert_eq!(offset_of!(Endpoint, flags), 24);
-        assert_eq!(offset_of!(Endpoint, net), 28);
+        assert_eq!(offset_of!(Endpoint, vtep), 28);
+        assert_eq!(offset_of!(Endpoint, net), 32);
     }
 
     #[test]
     fn network_layout() {
-        assert_eq!(size_of::<Network>(), 16);
+        assert_eq!(size_of::<Network>(), 20);
         assert_eq!(offset_of!(Network, subnet), 0);
         assert_eq!(offset_of!(Network, mask), 4);
         assert_eq!(offset_of!(Network, gateway), 8);
         assert_eq!(offset_of!(Network, flags), 12);
+        assert_eq!(offset_of!(Network, vni), 16);
+    }
+
+    #[test]
+    fn tunnel_layouts() {
+        assert_eq!(size_of::<Tunnel>(), 16);
+        assert_eq!(size_of::<Flood>(), 4 + 4 * MAX_FLOOD);
     }
 
     #[test]
@@ -390,6 +419,7 @@ mod layout {
             mask: ipv4_wire([255, 255, 0, 0]),
             gateway: ipv4_wire([172, 18, 0, 1]),
             flags: 0,
+            vni: 0,
         };
         let ep = Endpoint {
             ifindex: IFINDEX_BASE + 7,
@@ -398,6 +428,7 @@ mod layout {
             mac: [2, 0x42, 172, 18, 0, 3],
             host_mac: [0xe, 0, 0, 0, 0, 3],
             flags: 0,
+            vtep: 0,
             net,
         };
         let c = PeerCache {
@@ -456,6 +487,7 @@ mod layout {
             mask: ipv4_wire([255, 255, 0, 0]),
             gateway: ipv4_wire([172, 18, 0, 1]),
             flags: 0,
+            vni: 0,
         };
         assert!(net.contains(ip));
         assert!(!net.contains(ipv4_wire([172, 19, 0, 2])));

@@ -57,11 +57,13 @@ fn matching_pins_are_reused_with_their_contents() {
         mac: [2, 0x42, 10, 9, 8, 7],
         host_mac: [0x0e, 0, 0, 0, 0, 1],
         flags: 0,
+        vtep: 0,
         net: dataplane_common::Network {
             subnet: dataplane_common::ipv4_wire([10, 9, 8, 0]),
             mask: dataplane_common::ipv4_wire([255, 255, 255, 0]),
             gateway: dataplane_common::ipv4_wire([10, 9, 8, 1]),
             flags: 0,
+            vni: 0,
         },
     };
     {

@@ -820,6 +820,7 @@ fn network(subnet: [u8; 4], prefix: u32, gateway: [u8; 4]) -> Network {
         mask: ipv4_wire((u32::MAX << (32 - prefix)).to_be_bytes()),
         gateway: ipv4_wire(gateway),
         flags: 0,
+        vni: 0,
     }
 }
 
@@ -831,6 +832,7 @@ fn endpoint(ifindex: u32, net: Network, ip: [u8; 4]) -> Endpoint {
         mac: [0x02, 0x42, ip[0], ip[1], ip[2], ip[3]],
         host_mac: [0xee, 0xee, ip[0], ip[1], ip[2], ip[3]],
         flags: 0,
+        vtep: 0,
         net,
     }
 }

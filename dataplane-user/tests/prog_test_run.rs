@@ -178,6 +178,15 @@ fn endpoint(ifindex: u32, network_id: u32, net: Network, ip: [u8; 4]) -> Endpoin
         mac: [0x02, 0x42, ip[0], ip[1], ip[2], ip[3]],
         host_mac: [0xee, 0xee, ip[0], ip[1], ip[2], ip[3]],
         flags: 0,
+        vni: 0,
+        vni: 0,
+        vni: 0,
+        vni: 0,
+        vni: 0,
+        vni: 0,
+        vni: 0,
+        vtep: 0,
+        vni: 0,
         net,
     }
 }
@@ -876,6 +885,7 @@ fn the_peer_cache_follows_the_endpoint_maps() {
             mac: [0; 6],
             host_mac: [0; 6],
             flags: 0,
+            vtep: 0,
             net: network([0; 4], 32, [0; 4], 0),
         };
         lab.ifaces().set(slot, empty, 0).unwrap();

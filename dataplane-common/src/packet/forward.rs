@@ -107,6 +107,7 @@ mod tests {
         mask: ipv4_wire([255, 255, 0, 0]),
         gateway: ipv4_wire([172, 18, 0, 1]),
         flags: 0,
+        vni: 0,
     };
 
     fn ep(last: u8, network_id: u32, ifindex: u32) -> Endpoint {
@@ -117,6 +118,7 @@ mod tests {
             mac: [0x02, 0x42, 0xac, 0x12, 0, last],
             host_mac: [0x0e, 0, 0, 0, 0, last],
             flags: 0,
+            vtep: 0,
             net: NET,
         }
     }

@@ -19,11 +19,13 @@ pub(super) const EMPTY_ENDPOINT: Endpoint = Endpoint {
     mac: [0; 6],
     host_mac: [0; 6],
     flags: 0,
+    vtep: 0,
     net: Network {
         subnet: 0,
         mask: 0,
         gateway: 0,
         flags: 0,
+        vni: 0,
     },
 };
 

@@ -460,6 +460,7 @@ impl Reconciler {
             mac: ep.mac.0,
             host_mac: ep.host_mac.0,
             flags: 0,
+            vtep: 0,
             net: net.to_bpf(),
         })
     }

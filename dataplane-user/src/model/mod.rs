@@ -123,6 +123,7 @@ impl Network {
             } else {
                 0
             },
+            vni: 0,
         }
     }
 }

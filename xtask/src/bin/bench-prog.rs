@@ -57,11 +57,13 @@ fn bench_frame() -> (Vec<u8>, Endpoint, Endpoint) {
         mac: [0x02, 0x42, 10, 0, 0, 2],
         host_mac: [0x0e, 0, 0, 0, 0, 1],
         flags: 0,
+        vtep: 0,
         net: Network {
             subnet: dataplane_common::ipv4_wire([10, 0, 0, 0]),
             mask: dataplane_common::ipv4_wire([255, 255, 255, 0]),
             gateway: dataplane_common::ipv4_wire([10, 0, 0, 1]),
             flags: 0,
+            vni: 0,
         },
     };
     let peer = Endpoint {

@@ -49,6 +49,9 @@ pub enum Cmd {
     /// Manage networks.
     #[command(subcommand)]
     Network(NetworkCmd),
+    /// The hosts of the cluster (with --store).
+    #[command(subcommand)]
+    Node(NodeCmd),
     /// Create a sandbox on a network and start a command in it, detached.
     Run(RunArgs),
     /// List containers.
@@ -100,6 +103,37 @@ pub struct DaemonArgs {
     /// bpffs directory for pinned maps and links (mounted if missing).
     #[arg(long, default_value = "/sys/fs/bpf/dataplane")]
     pub bpffs: PathBuf,
+    /// Join a cluster whose hosts agree through etcd:
+    /// etcd://HOST:PORT[,HOST:PORT...]. Without it the daemon keeps its
+    /// embedded store and has no overlay networks.
+    #[arg(long, value_name = "URL")]
+    pub store: Option<String>,
+    /// This host's name in the cluster (default: the hostname).
+    #[arg(long, requires = "store")]
+    pub node_name: Option<String>,
+    /// The underlay address other hosts send this host's VXLAN to (an
+    /// address of one of its interfaces).
+    #[arg(long, requires = "store", value_name = "IP")]
+    pub advertise_addr: Option<std::net::Ipv4Addr>,
+    /// Seconds without renewing its lease after which other hosts see this
+    /// one down.
+    #[arg(long, default_value = "10", value_name = "SECONDS", value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub lease_ttl: u64,
+    /// Seconds a down host's endpoints stay in the other hosts' maps (its
+    /// containers may still run on their pinned datapath).
+    #[arg(long, default_value = "300", value_name = "SECONDS")]
+    pub node_grace: u64,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum NodeCmd {
+    /// List the hosts: name, underlay address, state, containers on
+    /// shared networks.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -268,6 +302,24 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
     match cmd {
         Cmd::Daemon(_) => unreachable!("handled in main"),
         Cmd::Network(n) => network(&c, n).await?,
+        Cmd::Node(NodeCmd::Ls { format }) => {
+            let v = c.json(Method::GET, "/nodes", None).await?;
+            let headers = ["NAME", "ADDRESS", "STATE", "SINCE", "CONTAINERS"];
+            print_listing(&v, &v, format, &headers, |n| {
+                let me = if n["Self"].as_bool() == Some(true) {
+                    " *"
+                } else {
+                    ""
+                };
+                vec![
+                    format!("{}{me}", s(&n["Name"])),
+                    s(&n["Addr"]),
+                    s(&n["State"]),
+                    s(&n["Since"]),
+                    n["Containers"].to_string(),
+                ]
+            })?;
+        }
         Cmd::Run(r) => {
             let v = c
                 .json(

@@ -298,6 +298,99 @@ pub fn allocate(
         .ok_or_else(|| IpamError::Exhausted(net.name.clone()))
 }
 
+/// The default size of a host's block of an overlay subnet: a /26 (64
+/// addresses, as `--fixed-cidr` 10.211.55.64/26 in the documents), or the
+/// whole subnet if it is smaller.
+pub fn default_block_prefix(subnet: Ipv4Network) -> u8 {
+    subnet.prefix().max(26)
+}
+
+/// Where an address of an overlay network comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct BlockPick {
+    pub ip: Ipv4Addr,
+    /// A block this host must claim with the address (none free in its own).
+    pub new_block: Option<Ipv4Network>,
+}
+
+/// Picks an address on overlay network `net` for an endpoint of host `me`:
+/// `requested` if it is free anywhere in the cluster; else the lowest free
+/// address of the host's own blocks (`blocks` lists every host's, with its
+/// owner); else the first address of the first block of the subnet (or
+/// ip-range) that no host holds, to be claimed with it; else, when every
+/// block is held, a free address of another host's block (the claim key of
+/// the address still makes it unique). `used` holds the addresses of the
+/// network's endpoints on every host.
+pub fn allocate_in_blocks(
+    net: &Network,
+    used: &HashSet<Ipv4Addr>,
+    requested: Option<Ipv4Addr>,
+    blocks: &[(Ipv4Network, String)],
+    me: &str,
+) -> Result<BlockPick, IpamError> {
+    if requested.is_some() {
+        return allocate(net, used, requested).map(|ip| BlockPick {
+            ip,
+            new_block: None,
+        });
+    }
+    let reserved = reserved(net);
+    let range = net.ip_range.unwrap_or(net.subnet);
+    let (net_lo, net_hi) = (
+        u32::from(net.subnet.network()),
+        u32::from(net.subnet.broadcast()),
+    );
+    let free = |ip: u32| {
+        ip != net_lo
+            && ip != net_hi
+            && range.contains(Ipv4Addr::from(ip))
+            && !used.contains(&Ipv4Addr::from(ip))
+            && !reserved.contains(&Ipv4Addr::from(ip))
+    };
+    let first_free = |b: &Ipv4Network| {
+        (u32::from(b.network())..=u32::from(b.broadcast()))
+            .find(|ip| free(*ip))
+            .map(Ipv4Addr::from)
+    };
+    let mut own: Vec<&Ipv4Network> = blocks
+        .iter()
+        .filter(|(_, n)| n == me)
+        .map(|(b, _)| b)
+        .collect();
+    own.sort();
+    if let Some(ip) = own.iter().find_map(|b| first_free(b)) {
+        return Ok(BlockPick {
+            ip,
+            new_block: None,
+        });
+    }
+    let prefix = if net.block_prefix == 0 {
+        default_block_prefix(net.subnet)
+    } else {
+        net.block_prefix
+    };
+    let size = 1u64 << (32 - u32::from(prefix));
+    let mut at = u64::from(net_lo);
+    while at <= u64::from(net_hi) {
+        let block = Ipv4Network::new(Ipv4Addr::from(at as u32), prefix).expect("prefix <= 32");
+        at += size;
+        if blocks.iter().any(|(b, _)| b.overlaps(block)) {
+            continue;
+        }
+        if let Some(ip) = first_free(&block) {
+            return Ok(BlockPick {
+                ip,
+                new_block: Some(block),
+            });
+        }
+    }
+    // Every block is held: borrow from another host's.
+    allocate(net, used, None).map(|ip| BlockPick {
+        ip,
+        new_block: None,
+    })
+}
+
 /// What the host of the calling thread's network namespace already uses
 /// (so a daemon in a netns sees its own): the destination of every IPv4
 /// route of every table (the main table, `local`, policy-routing tables)
@@ -454,7 +547,57 @@ mod tests {
             internal: false,
             options: BTreeMap::new(),
             created: String::new(),
+            vni: 0,
+            block_prefix: 0,
+            vteps: Vec::new(),
         }
+    }
+
+    #[test]
+    fn each_host_fills_its_own_block_then_claims_the_next() {
+        let mut n = net("10.211.55.0/24", None);
+        n.driver = "overlay".into();
+        let mut blocks: Vec<(Ipv4Network, String)> = Vec::new();
+        let mut used = HashSet::new();
+        // The first host claims the first /26 (the gateway .1 is skipped).
+        let p = allocate_in_blocks(&n, &used, None, &blocks, "a").unwrap();
+        assert_eq!(p.ip, Ipv4Addr::new(10, 211, 55, 2));
+        assert_eq!(p.new_block, Some("10.211.55.0/26".parse().unwrap()));
+        blocks.push((p.new_block.unwrap(), "a".into()));
+        used.insert(p.ip);
+        // The second host claims the next one.
+        let p = allocate_in_blocks(&n, &used, None, &blocks, "b").unwrap();
+        assert_eq!(p.ip, Ipv4Addr::new(10, 211, 55, 64));
+        assert_eq!(p.new_block, Some("10.211.55.64/26".parse().unwrap()));
+        blocks.push((p.new_block.unwrap(), "b".into()));
+        used.insert(p.ip);
+        // The first host stays in its block without claiming more ...
+        let p = allocate_in_blocks(&n, &used, None, &blocks, "a").unwrap();
+        assert_eq!((p.ip, p.new_block), (Ipv4Addr::new(10, 211, 55, 3), None));
+        // ... until it is full.
+        for last in 2..64 {
+            used.insert(Ipv4Addr::new(10, 211, 55, last));
+        }
+        let p = allocate_in_blocks(&n, &used, None, &blocks, "a").unwrap();
+        assert_eq!(p.ip, Ipv4Addr::new(10, 211, 55, 128));
+        assert_eq!(p.new_block, Some("10.211.55.128/26".parse().unwrap()));
+        blocks.push((p.new_block.unwrap(), "a".into()));
+        blocks.push(("10.211.55.192/26".parse().unwrap(), "c".into()));
+        for last in 128..=254 {
+            used.insert(Ipv4Addr::new(10, 211, 55, last));
+        }
+        // Every block held and a's full: an address of b's block, unclaimed.
+        let p = allocate_in_blocks(&n, &used, None, &blocks, "a").unwrap();
+        assert_eq!((p.ip, p.new_block), (Ipv4Addr::new(10, 211, 55, 65), None));
+        // A requested address is checked against every host's.
+        assert!(allocate_in_blocks(
+            &n,
+            &used,
+            Some(Ipv4Addr::new(10, 211, 55, 64)),
+            &blocks,
+            "a"
+        )
+        .is_err());
     }
 
     fn existing(s: &[&str]) -> Vec<(String, Ipv4Network)> {

@@ -7,9 +7,9 @@ use clap::Parser as _;
 use dataplane_user::{
     api::server,
     cli::{self, Cli, Cmd, DaemonArgs},
-    engine::{Config, Engine},
+    engine::{ClusterConfig, Config, Engine},
     host,
-    store::RedbStore,
+    store::{RedbStore, Store},
 };
 use tracing::{info, warn};
 
@@ -92,12 +92,13 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
     let socket = args.run_dir.join("api.sock");
     let listener = server::bind(&socket)?;
     let started = async {
-        let store = RedbStore::open(&args.state_dir.join("dataplane.redb"))?;
+        let (store, cluster) = open_store(&args)?;
         let cfg = Config {
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
+            cluster,
         };
-        tokio::task::spawn_blocking(move || Engine::start(cfg, Arc::new(store))).await?
+        tokio::task::spawn_blocking(move || Engine::start(cfg, store)).await?
     };
     let d = match started.await {
         Ok(d) => d,
@@ -123,6 +124,38 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         .await?;
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// The embedded store, or with `--store` the cluster's etcd seen as this
+/// host (its own keys under `nodes/<name>/`).
+fn open_store(args: &DaemonArgs) -> Result<(Arc<dyn Store>, Option<ClusterConfig>)> {
+    let Some(url) = &args.store else {
+        let store = RedbStore::open(&args.state_dir.join("dataplane.redb"))?;
+        return Ok((Arc::new(store), None));
+    };
+    let endpoints = dataplane_user::store::parse_store_url(url)?;
+    let node = match &args.node_name {
+        Some(n) => n.clone(),
+        None => nix::unistd::gethostname()
+            .context("reading the hostname (or give --node-name)")?
+            .to_string_lossy()
+            .into_owned(),
+    };
+    if !dataplane_user::model::validate::valid_name(&node) {
+        bail!("invalid --node-name {node:?}: use letters, digits, '_', '.', '-'");
+    }
+    let addr = args.advertise_addr.context(
+        "--store needs --advertise-addr IP: the underlay address other hosts send this host's VXLAN to",
+    )?;
+    let etcd = dataplane_user::store::EtcdStore::connect(&endpoints, "/dataplane/")?;
+    let scoped = dataplane_user::store::NodeScoped::new(Arc::new(etcd), &node);
+    let cluster = ClusterConfig {
+        node,
+        addr,
+        lease_ttl: std::time::Duration::from_secs(args.lease_ttl),
+        grace: std::time::Duration::from_secs(args.node_grace),
+    };
+    Ok((Arc::new(scoped), Some(cluster)))
 }
 
 /// Every ten seconds: conntrack expiry, on a handle of its own on the pinned

@@ -162,6 +162,9 @@ pub struct VethPlan {
     pub gateway: Ipv4Addr,
     /// Install the default route via the gateway (first non-internal network).
     pub default_route: bool,
+    /// The MTU of both ends, if not the default (an overlay network's is
+    /// the tunnel's: the underlay's minus the VXLAN overhead).
+    pub mtu: Option<u32>,
 }
 
 /// Creates the veth pair (host side in the daemon's namespace, the other end
@@ -173,16 +176,22 @@ pub fn create_endpoint(plan: &VethPlan) -> Result<u32> {
     let ns_file = File::open(&p.netns).with_context(|| format!("opening {}", p.netns.display()))?;
     let peer_tmp = tmp_peer.clone();
     let host_index = with_netlink(None, move |h| async move {
-        let peer = LinkMessageBuilder::<LinkUnspec>::new()
+        let mut peer = LinkMessageBuilder::<LinkUnspec>::new()
             .name(peer_tmp)
             .address(p.mac.0.to_vec())
-            .setns_by_fd(ns_file.as_raw_fd())
-            .build();
-        let veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
+            .setns_by_fd(ns_file.as_raw_fd());
+        if let Some(m) = p.mtu {
+            peer = peer.mtu(m);
+        }
+        let mut veth = LinkMessageBuilder::<LinkVeth>::new_with_info_kind(InfoKind::Veth)
             .index(p.host_ifindex)
             .name(p.host_ifname.clone())
-            .address(p.host_mac.0.to_vec())
-            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer)))
+            .address(p.host_mac.0.to_vec());
+        if let Some(m) = p.mtu {
+            veth = veth.mtu(m);
+        }
+        let veth = veth
+            .set_info_data(InfoData::Veth(InfoVeth::Peer(peer.build())))
             .build();
         h.link()
             .add(veth)
@@ -604,6 +613,42 @@ pub fn addresses() -> Result<Vec<Ipv4Addr>> {
             }
         }
         Ok(out)
+    })
+}
+
+/// The device that holds `addr` in the daemon's namespace: its ifindex and
+/// MTU (the underlay end of the tunnel, `--advertise-addr`).
+pub fn device_of_address(addr: Ipv4Addr) -> Result<(u32, u32)> {
+    use rtnetlink::packet_route::{address::AddressAttribute, link::LinkAttribute};
+    with_netlink(None, move |h| async move {
+        let mut addrs = h.address().get().execute();
+        let mut index = None;
+        while let Some(msg) = addrs.try_next().await? {
+            let holds = msg.attributes.iter().any(|a| {
+                matches!(a, AddressAttribute::Local(IpAddr::V4(ip)) | AddressAttribute::Address(IpAddr::V4(ip)) if *ip == addr)
+            });
+            if holds {
+                index = Some(msg.header.index);
+                break;
+            }
+        }
+        let index = index.with_context(|| {
+            format!("no interface of this host has the advertised address {addr}")
+        })?;
+        let mut links = h.link().get().match_index(index).execute();
+        let msg = links
+            .try_next()
+            .await?
+            .with_context(|| format!("interface {index} vanished"))?;
+        let mtu = msg
+            .attributes
+            .iter()
+            .find_map(|a| match a {
+                LinkAttribute::Mtu(m) => Some(*m),
+                _ => None,
+            })
+            .unwrap_or(1500);
+        Ok((index, mtu))
     })
 }
 

@@ -74,7 +74,7 @@ fn matching_pins_are_reused_with_their_contents() {
     let mut dp = Datapath::load(s.path()).unwrap();
     assert_eq!(entries(&s), 1, "the entry survives the reload");
     // Reconciling against an empty model removes the stale entry.
-    dp.sync_endpoints(&[]).unwrap();
+    dp.sync_endpoints(&[], &Default::default()).unwrap();
     assert_eq!(entries(&s), 0);
 }
 

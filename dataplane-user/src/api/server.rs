@@ -145,6 +145,10 @@ async fn container_ports(
     views::container_ports(&e.snapshot(), &name).map(Json)
 }
 
+async fn nodes(State(e): State<Shared>) -> JsonResult {
+    Ok(Json(views::list_nodes(&e.snapshot())))
+}
+
 async fn stats(State(e): State<Shared>) -> JsonResult {
     write(e, |e| e.stats().map(Json)).await
 }
@@ -163,6 +167,7 @@ pub fn router(state: Shared) -> Router {
         )
         .route("/containers/{name}/logs", get(container_logs))
         .route("/containers/{name}/ports", get(container_ports))
+        .route("/nodes", get(nodes))
         .route("/stats", get(stats))
         .with_state(state)
 }

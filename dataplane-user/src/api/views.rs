@@ -110,7 +110,7 @@ pub fn list_networks(snap: &Snapshot) -> Value {
         .values()
         .map(|n| {
             json!({
-                "Name": n.name, "Id": n.id, "Driver": n.driver, "Scope": "local",
+                "Name": n.name, "Id": n.id, "Driver": n.driver, "Scope": scope(n),
                 "Internal": n.internal, "Subnet": n.subnet.to_string(),
                 "Gateway": n.gateway.to_string(), "Created": n.created,
             })
@@ -123,6 +123,15 @@ pub fn list_networks(snap: &Snapshot) -> Value {
         }));
     }
     Value::Array(out)
+}
+
+/// Docker's scope of a network: `swarm` for one every host shares.
+fn scope(n: &crate::model::Network) -> &'static str {
+    if n.is_cluster() {
+        "swarm"
+    } else {
+        "local"
+    }
 }
 
 pub fn inspect_network(snap: &Snapshot, status: &Status, name: &str) -> ApiResult<Value> {
@@ -161,28 +170,82 @@ pub fn inspect_network(snap: &Snapshot, status: &Status, name: &str) -> ApiResul
             .collect::<BTreeMap<_, _>>());
     }
     let eps = snap.endpoints_of_network(&id);
-    let containers: serde_json::Map<String, Value> = eps
+    let mut containers: serde_json::Map<String, Value> = eps
         .iter()
         .filter_map(|e| {
             let c = snap.containers.get(&e.container_id)?;
-            Some((
-                c.id.clone(),
-                json!({
-                    "Name": c.name, "EndpointID": e.id, "MacAddress": e.mac.to_string(),
-                    "IPv4Address": format!("{}/{}", e.ip, n.subnet.prefix()), "IPv6Address": "",
-                }),
-            ))
+            let mut v = json!({
+                "Name": c.name, "EndpointID": e.id, "MacAddress": e.mac.to_string(),
+                "IPv4Address": format!("{}/{}", e.ip, n.subnet.prefix()), "IPv6Address": "",
+            });
+            if n.is_cluster() {
+                v["Host"] = json!(snap.node);
+            }
+            Some((c.id.clone(), v))
         })
         .collect();
+    // The containers of the other hosts of a shared network.
+    for e in snap.remote_endpoints_of_network(&id) {
+        containers.insert(
+            e.container_id.clone(),
+            json!({
+                "Name": e.container_name, "EndpointID": e.id, "MacAddress": e.mac.to_string(),
+                "IPv4Address": format!("{}/{}", e.ip, n.subnet.prefix()), "IPv6Address": "",
+                "Host": e.node,
+            }),
+        );
+    }
     let mut keys = vec![n.key()];
     keys.extend(eps.iter().map(|e| e.key()));
+    if n.is_cluster() {
+        config["Blocks"] = json!(snap
+            .blocks
+            .get(&id)
+            .into_iter()
+            .flatten()
+            .map(|(b, node)| json!({"Block": b.to_string(), "Host": node}))
+            .collect::<Vec<_>>());
+    }
+    let mut options = json!(n.options);
+    if n.is_cluster() {
+        options["vni"] = json!(n.vni.to_string());
+    }
     Ok(json!([{
-        "Name": n.name, "Id": n.id, "Created": n.created, "Scope": "local", "Driver": n.driver,
+        "Name": n.name, "Id": n.id, "Created": n.created, "Scope": scope(n), "Driver": n.driver,
         "EnableIPv6": false, "Internal": n.internal, "Attachable": false,
         "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
-        "Containers": containers, "Options": n.options, "Labels": {},
+        "Containers": containers, "Options": options, "Labels": {},
         "Problems": problems(status, &keys),
     }]))
+}
+
+/// `node ls`: the hosts of the cluster, their underlay address, whether
+/// their lease is alive, and how many containers each has on shared
+/// networks.
+pub fn list_nodes(snap: &Snapshot) -> Value {
+    let mut out = Vec::new();
+    for n in snap.nodes.values() {
+        let ready = snap.alive.contains(&n.name);
+        let containers = snap
+            .endpoints
+            .values()
+            .chain(snap.remote.values())
+            .filter(|e| e.node == n.name)
+            .map(|e| e.container_id.as_str())
+            .collect::<std::collections::BTreeSet<_>>()
+            .len();
+        let since = match snap.down_since.get(&n.name) {
+            Some((_, at)) if !ready => at.clone(),
+            _ => String::new(),
+        };
+        out.push(json!({
+            "Name": n.name, "Addr": n.addr.to_string(),
+            "State": if ready { "ready" } else { "down" },
+            "Since": since, "Joined": n.joined, "Containers": containers,
+            "Self": n.name == snap.node,
+        }));
+    }
+    Value::Array(out)
 }
 
 /// The container's published ports, as Docker's API lists them.

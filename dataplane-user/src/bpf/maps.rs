@@ -42,6 +42,9 @@ pub const IFACES: &str = "IFACES";
 pub const PEER_CACHE: &str = "PEER_CACHE";
 pub const STATS: &str = "STATS";
 pub const CT: &str = "CT";
+pub const TUNNEL: &str = "TUNNEL";
+pub const VTEPS: &str = "VTEPS";
+pub const FLOOD: &str = "FLOOD";
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).

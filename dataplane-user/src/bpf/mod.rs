@@ -210,7 +210,11 @@ impl Datapath {
     /// Makes `ENDPOINTS` and `IFACES` hold exactly `endpoints`, writing only
     /// the entries that differ (so a pass over an unchanged set costs reads
     /// only); returns how many entries it had to write or delete.
-    pub fn sync_endpoints(&mut self, endpoints: &[Endpoint]) -> Result<usize> {
+    pub fn sync_endpoints(
+        &mut self,
+        endpoints: &[Endpoint],
+        learned_nets: &std::collections::HashSet<u32>,
+    ) -> Result<usize> {
         let mut changed = 0;
         let mut m = self.hash::<u32, Endpoint>(maps::ENDPOINTS)?;
         for ep in endpoints {
@@ -219,10 +223,18 @@ impl Datapath {
                 changed += 1;
             }
         }
+        let keep: std::collections::HashSet<u32> = endpoints.iter().map(|e| e.ip).collect();
+        // Entries the datapath learned from a static VTEP stay while their
+        // network does (they are the only record of those endpoints).
         let stale: Vec<u32> = m
-            .keys()
-            .filter_map(|k| k.ok())
-            .filter(|k| !endpoints.iter().any(|e| e.ip == *k))
+            .iter()
+            .filter_map(|r| r.ok())
+            .filter(|(k, v)| {
+                !keep.contains(k)
+                    && !(v.flags & dataplane_common::EP_LEARNED != 0
+                        && learned_nets.contains(&v.network_id))
+            })
+            .map(|(k, _)| k)
             .collect();
         for k in stale {
             let _ = m.remove(&k);
@@ -300,6 +312,48 @@ impl Datapath {
             .map(|&(c, p)| (c, u32::from(p.to_be())))
             .collect();
         sync_hash(&mut self.hash(maps::DNS_PORTS)?, &want, maps::DNS_PORTS)
+    }
+
+    /// Installs the endpoint of another host (`EP_REMOTE`: `ENDPOINTS` only).
+    pub fn set_remote_endpoint(&mut self, ep: Endpoint) -> Result<()> {
+        self.hash::<u32, Endpoint>(maps::ENDPOINTS)?
+            .insert(ep.ip, ep, 0)
+            .context("ENDPOINTS map full")?;
+        Ok(())
+    }
+
+    /// Removes the remote endpoint at `ip`, if that is what the entry is.
+    pub fn remove_remote_endpoint(&mut self, ip: Ipv4Wire) -> Result<()> {
+        let mut m = self.hash::<u32, Endpoint>(maps::ENDPOINTS)?;
+        if m.get(&ip, 0)
+            .is_ok_and(|e| e.flags & dataplane_common::EP_REMOTE != 0)
+        {
+            let _ = m.remove(&ip);
+        }
+        Ok(())
+    }
+
+    /// Writes this host's end of the tunnel (`TUNNEL[0]`).
+    pub fn set_tunnel(&mut self, t: dataplane_common::Tunnel) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::TUNNEL)
+            .ok_or_else(|| anyhow!("map {} missing", maps::TUNNEL))?;
+        let mut a: Array<_, dataplane_common::Tunnel> = Array::try_from(map)?;
+        if a.get(&0, 0).ok() != Some(t) {
+            a.set(0, t, 0)?;
+        }
+        Ok(())
+    }
+
+    /// Makes `VTEPS` hold exactly `vteps` (underlay address, `VTEP_*` flags).
+    pub fn sync_vteps(&mut self, vteps: &[(Ipv4Wire, u32)]) -> Result<()> {
+        sync_hash(&mut self.hash(maps::VTEPS)?, vteps, maps::VTEPS)
+    }
+
+    /// Makes `FLOOD` hold exactly `flood` (network id, static VTEPs).
+    pub fn sync_flood(&mut self, flood: &[(u32, dataplane_common::Flood)]) -> Result<()> {
+        sync_hash(&mut self.hash(maps::FLOOD)?, flood, maps::FLOOD)
     }
 
     /// Makes `LOCAL_ADDRS` hold exactly `addrs`.

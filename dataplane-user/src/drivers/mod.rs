@@ -2,15 +2,18 @@
 //! one trait, so that the engine and the reconciler do not care which kind
 //! a network is. `bridge` switches endpoints in eBPF over veth pairs with the
 //! gateway on `lo` (no bridge device); `host` shares the daemon's network
-//! namespace; `none` gives a sandbox with only `lo`. Overlay, macvlan and
-//! more come later behind the same trait.
+//! namespace; `none` gives a sandbox with only `lo`; `overlay` spans the
+//! hosts of a cluster (VXLAN in eBPF). Macvlan comes later behind the same
+//! trait.
 
 mod bridge;
+mod overlay;
 
 use std::path::Path;
 
 use anyhow::Result;
 pub use bridge::Bridge;
+pub use overlay::Overlay;
 
 use crate::{model::Network, netns::VethPlan};
 
@@ -92,14 +95,16 @@ impl Driver for NoNetwork {
 static BRIDGE: Bridge = Bridge;
 static HOST: Host = Host;
 static NONE: NoNetwork = NoNetwork;
+static OVERLAY: Overlay = Overlay;
 
 /// Every driver this daemon knows, by name.
-pub const KNOWN: [&str; 3] = ["bridge", "host", "none"];
+pub const KNOWN: [&str; 4] = ["bridge", "overlay", "host", "none"];
 
 /// The driver called `name`, or a refusal that lists the known ones.
 pub fn get(name: &str) -> Result<&'static dyn Driver, String> {
     match name {
         "bridge" => Ok(&BRIDGE),
+        "overlay" => Ok(&OVERLAY),
         "host" => Ok(&HOST),
         "none" => Ok(&NONE),
         _ => Err(format!(

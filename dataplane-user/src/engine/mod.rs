@@ -159,13 +159,34 @@ impl Shared {
 pub struct Config {
     pub state_dir: PathBuf,
     pub bpffs: PathBuf,
+    /// Set when the daemon joins a cluster (`--store etcd://...`).
+    pub cluster: Option<ClusterConfig>,
 }
+
+/// This host as a member of a cluster.
+#[derive(Clone, Debug)]
+pub struct ClusterConfig {
+    /// `--node-name`.
+    pub node: String,
+    /// `--advertise-addr`: the underlay address VXLAN leaves from.
+    pub addr: Ipv4Addr,
+    /// `--lease-ttl`: how soon other hosts see this one down once it stops.
+    pub lease_ttl: Duration,
+    /// `--node-grace`: how long a down host's endpoints stay in the maps.
+    pub grace: Duration,
+}
+
+/// What `--driver overlay` says without a cluster.
+pub const NEEDS_CLUSTER: &str = "overlay networks span hosts and need a cluster store: start the daemon with --store etcd://HOST:PORT --node-name NAME --advertise-addr IP";
 
 pub struct Engine {
     store: Arc<dyn Store>,
     shared: Arc<Shared>,
     dp: Arc<Mutex<Datapath>>,
     state_dir: PathBuf,
+    cluster: Option<ClusterConfig>,
+    /// Keeps `cluster/alive/<node>` while the daemon runs.
+    _lease: Mutex<Option<Box<dyn crate::store::Lease>>>,
 }
 
 /// ifindex of `name` in the daemon's namespace.
@@ -189,8 +210,16 @@ impl Engine {
         crate::sockhook::attach(&mut dp)?;
         netns::enable_forwarding()?;
         Self::abandon_unfinished(store.as_ref())?;
+        let lease = match &cfg.cluster {
+            Some(c) => Some(Self::join(store.as_ref(), c)?),
+            None => None,
+        };
+        let node = cfg
+            .cluster
+            .as_ref()
+            .map_or(String::new(), |c| c.node.clone());
         let listing = store.list("")?;
-        let snap = Snapshot::from_listing(&listing)?;
+        let snap = Snapshot::from_listing(&listing, &node)?;
         let shared = Arc::new(Shared::default());
         shared.install(snap, []);
         let dp = Arc::new(Mutex::new(dp));
@@ -202,10 +231,15 @@ impl Engine {
             let (store, shared) = (store.clone(), shared.clone());
             std::thread::Builder::new()
                 .name("store-watch".into())
-                .spawn(move || follow(store, shared, watch))?;
+                .spawn(move || follow(store, shared, watch, node))?;
         }
-        let reconciler =
-            reconcile::Reconciler::new(shared.clone(), dp.clone(), cfg.state_dir.clone(), dns);
+        let reconciler = reconcile::Reconciler::new(
+            shared.clone(),
+            dp.clone(),
+            cfg.state_dir.clone(),
+            dns,
+            cfg.cluster.clone(),
+        );
         std::thread::Builder::new()
             .name("reconciler".into())
             .spawn(move || reconciler.run())?;
@@ -217,6 +251,8 @@ impl Engine {
             shared,
             dp,
             state_dir: cfg.state_dir,
+            cluster: cfg.cluster,
+            _lease: Mutex::new(lease),
         });
         let snap = engine.snapshot();
         if !snap.networks.values().any(|n| n.name == "bridge") {
@@ -247,6 +283,34 @@ impl Engine {
             "state restored"
         );
         Ok(engine)
+    }
+
+    /// Records this host in the cluster (its underlay address) and keeps its
+    /// liveness key alive for as long as the daemon runs.
+    fn join(store: &dyn Store, c: &ClusterConfig) -> anyhow::Result<Box<dyn crate::store::Lease>> {
+        let key = format!("{}{}", model::NODES, c.node);
+        let old: Option<model::Node> = store
+            .get(&key)?
+            .and_then(|e| serde_json::from_slice(&e.value).ok());
+        if old.as_ref().is_none_or(|n| n.addr != c.addr) {
+            let node = model::Node {
+                name: c.node.clone(),
+                addr: c.addr,
+                joined: old.map_or_else(model::now_rfc3339, |n| n.joined),
+            };
+            let mut t = Txn::default();
+            t.put(key, serde_json::to_vec(&node)?);
+            store.commit(t)?;
+        }
+        let alive = format!("{}{}", model::ALIVE, c.node);
+        let lease = store.keep_alive(&alive, model::now_rfc3339().into_bytes(), c.lease_ttl)?;
+        info!(node = %c.node, addr = %c.addr, "joined the cluster");
+        Ok(lease)
+    }
+
+    /// This host's name in the cluster ("" alone).
+    pub fn node(&self) -> &str {
+        self.cluster.as_ref().map_or("", |c| c.node.as_str())
     }
 
     /// Deletes what operations of a daemon that died half-way committed
@@ -417,6 +481,11 @@ impl Engine {
         if req.options.keys().any(String::is_empty) {
             return Err(bad("invalid --opt: expected KEY=VALUE"));
         }
+        let overlay = driver_name == "overlay";
+        if overlay && self.cluster.is_none() {
+            return Err(bad(NEEDS_CLUSTER));
+        }
+        let opts = validate::overlay_options(&req.options, overlay, subnet)?;
         let host_routes = ipam::host_routes();
         let (rev, net) = self.commit_with(|snap| {
             if snap.networks.values().any(|n| n.name == req.name) {
@@ -440,12 +509,32 @@ impl Engine {
                 &existing,
                 &host_routes,
             )?;
-            let num = (1u32..)
-                .find(|i| !snap.networks.values().any(|n| n.num == *i))
-                .expect("u32 space");
-            if num > dataplane_common::MAX_NETWORKS {
-                return Err(ApiError::Conflict("too many networks".into()));
-            }
+            let shared: Vec<&Network> = snap.networks.values().filter(|n| n.is_cluster()).collect();
+            let (num, vni) = if overlay {
+                let vni = match opts.vni {
+                    Some(v) => {
+                        if let Some(n) = shared.iter().find(|n| n.vni == v) {
+                            return Err(ApiError::Conflict(format!(
+                                "VNI {v} is taken by overlay network {}",
+                                n.name
+                            )));
+                        }
+                        v
+                    }
+                    None => (validate::FIRST_AUTO_VNI..=validate::MAX_VNI)
+                        .find(|v| !shared.iter().any(|n| n.vni == *v))
+                        .ok_or_else(|| ApiError::Conflict("no free VNI left".into()))?,
+                };
+                (0, vni)
+            } else {
+                let num = (1u32..)
+                    .find(|i| !snap.networks.values().any(|n| n.num == *i))
+                    .expect("u32 space");
+                if num > dataplane_common::MAX_NETWORKS {
+                    return Err(ApiError::Conflict("too many networks".into()));
+                }
+                (num, 0)
+            };
             let net = Network {
                 id: model::new_id(),
                 name: req.name.clone(),
@@ -458,10 +547,27 @@ impl Engine {
                 internal: req.internal,
                 options: req.options.clone(),
                 created: model::now_rfc3339(),
+                vni,
+                block_prefix: if overlay {
+                    opts.block_prefix
+                        .unwrap_or_else(|| ipam::default_block_prefix(subnet))
+                } else {
+                    0
+                },
+                vteps: opts.vteps.clone(),
+            };
+            // Names and subnets are checked against this host's networks
+            // and the cluster's: both sets are guarded, the network's own
+            // one is rewritten.
+            let (own, other) = if overlay {
+                (model::CLUSTER_NETWORKS_CLAIM, model::NETWORKS_CLAIM)
+            } else {
+                (model::NETWORKS_CLAIM, model::CLUSTER_NETWORKS_CLAIM)
             };
             let mut t = Txn::default();
-            t.unchanged(model::NETWORKS_CLAIM, snap.rev_of(model::NETWORKS_CLAIM))
-                .put(model::NETWORKS_CLAIM, net.id.clone().into_bytes())
+            t.unchanged(own, snap.rev_of(own))
+                .unchanged(other, snap.rev_of(other))
+                .put(own, net.id.clone().into_bytes())
                 .put(net.key(), json(&net)?);
             Ok((t, net))
         })?;
@@ -494,11 +600,16 @@ impl Engine {
                     "bridge is a pre-defined network and cannot be removed".into(),
                 ));
             }
-            let attached: Vec<String> = snap
+            let mut attached: Vec<String> = snap
                 .endpoints_of_network(&id)
                 .iter()
                 .filter_map(|e| snap.containers.get(&e.container_id).map(|c| c.name.clone()))
                 .collect();
+            attached.extend(
+                snap.remote_endpoints_of_network(&id)
+                    .iter()
+                    .map(|e| format!("{} on {}", e.container_name, e.node)),
+            );
             if !attached.is_empty() {
                 return Err(ApiError::Conflict(format!(
                     "network {} has active endpoints ({})",
@@ -506,14 +617,25 @@ impl Engine {
                     attached.join(", ")
                 )));
             }
-            let using = model::net_use_claim(&id);
+            if net.is_cluster() && self.cluster.is_none() {
+                return Err(bad(NEEDS_CLUSTER));
+            }
+            let using = model::net_use_claim(&net);
+            let claim = if net.is_cluster() {
+                model::CLUSTER_NETWORKS_CLAIM
+            } else {
+                model::NETWORKS_CLAIM
+            };
             let mut t = Txn::default();
             t.unchanged(net.key(), snap.rev_of(&net.key()))
                 .unchanged(using.clone(), snap.rev_of(&using))
-                .unchanged(model::NETWORKS_CLAIM, snap.rev_of(model::NETWORKS_CLAIM))
-                .put(model::NETWORKS_CLAIM, id.clone().into_bytes())
+                .unchanged(claim, snap.rev_of(claim))
+                .put(claim, id.clone().into_bytes())
                 .delete(net.key())
                 .delete(using);
+            for (block, _) in snap.blocks.get(&id).into_iter().flatten() {
+                t.delete(model::block_key(&id, *block));
+            }
             Ok((t, net))
         })?;
         // The gateway goes with the next pass; a failure there is the
@@ -633,11 +755,19 @@ impl Engine {
                 // Refuse a published port that is taken before binding anything.
                 let taken = snap.taken_ports();
                 ports::precheck(&port_reqs, &taken)?;
+                let mut t = Txn::default();
                 let endpoint = match &nid {
                     Some(nid) => {
                         let net = &snap.networks[nid];
-                        let ip = ipam::allocate(net, &snap.used_ips(nid), ip)?;
-                        Some(new_endpoint(nid, &id, ip, "eth0".into(), aliases.clone()))
+                        let ip = self.allocate(snap, net, ip, &mut t)?;
+                        Some(self.new_endpoint(
+                            net,
+                            &id,
+                            ip,
+                            "eth0".into(),
+                            aliases.clone(),
+                            (&name, &hostname),
+                        ))
                     }
                     None => None,
                 };
@@ -669,16 +799,16 @@ impl Engine {
                     network_mode: mode,
                 };
                 let mut keys = vec![ctr.key(), model::name_claim(&name)];
-                let mut t = Txn::default();
                 t.absent(model::name_claim(&name))
                     .put(model::name_claim(&name), id.clone().into_bytes());
                 if let (Some(nid), Some(ep)) = (&nid, &endpoint) {
-                    let net_key = snap.networks[nid].key();
-                    let claim = model::ip_claim(nid, ep.ip);
+                    let net = &snap.networks[nid];
+                    let net_key = net.key();
+                    let claim = model::ip_claim(net, ep.ip);
                     t.unchanged(net_key.clone(), snap.rev_of(&net_key))
                         .absent(claim.clone())
                         .put(claim.clone(), ep.id.clone().into_bytes())
-                        .put(model::net_use_claim(nid), ep.id.clone().into_bytes())
+                        .put(model::net_use_claim(net), ep.id.clone().into_bytes())
                         .put(ep.key(), json(ep)?);
                     keys.extend([ep.key(), claim]);
                 }
@@ -834,21 +964,28 @@ impl Engine {
                 .find(|n| !eps.iter().any(|e| &e.ifname == n))
                 .expect("free ethN");
             let net = &snap.networks[&nid];
-            let ip = ipam::allocate(net, &snap.used_ips(&nid), ip)?;
-            let ep = new_endpoint(&nid, &cid, ip, ifname, aliases.clone());
-            let claim = model::ip_claim(&nid, ip);
+            let mut t = Txn::default();
+            let ip = self.allocate(snap, net, ip, &mut t)?;
+            let ep = self.new_endpoint(
+                net,
+                &cid,
+                ip,
+                ifname,
+                aliases.clone(),
+                (&c.name, &c.hostname),
+            );
+            let claim = model::ip_claim(net, ip);
             let pending = Pending {
                 op: ep.id.clone(),
                 container_id: cid.clone(),
                 netns: c.netns.clone(),
                 keys: vec![ep.key(), claim.clone()],
             };
-            let mut t = Txn::default();
             t.unchanged(net.key(), snap.rev_of(&net.key()))
                 .unchanged(c.key(), snap.rev_of(&c.key()))
                 .absent(claim.clone())
                 .put(claim, ep.id.clone().into_bytes())
-                .put(model::net_use_claim(&nid), ep.id.clone().into_bytes())
+                .put(model::net_use_claim(net), ep.id.clone().into_bytes())
                 .put(ep.key(), json(&ep)?)
                 .put(pending.key(), json(&pending)?);
             Ok((t, (ep, pending)))
@@ -889,7 +1026,7 @@ impl Engine {
             let mut t = Txn::default();
             t.unchanged(ep.key(), snap.rev_of(&ep.key()))
                 .delete(ep.key())
-                .delete(model::ip_claim(&nid, ep.ip));
+                .delete(snap.ip_claim_of(ep));
             Ok((t, ()))
         })?;
         self.applied(rev, &[])?;
@@ -919,8 +1056,7 @@ impl Engine {
                 .delete(c.key())
                 .delete(model::name_claim(&c.name));
             for e in snap.endpoints_of_container(&cid) {
-                t.delete(e.key())
-                    .delete(model::ip_claim(&e.network_id, e.ip));
+                t.delete(e.key()).delete(snap.ip_claim_of(e));
             }
             for (k, p) in &snap.pending {
                 if p.container_id == cid {
@@ -936,34 +1072,77 @@ impl Engine {
     }
 }
 
-fn new_endpoint(
-    nid: &str,
-    cid: &str,
-    ip: Ipv4Addr,
-    ifname: String,
-    aliases: Vec<String>,
-) -> Endpoint {
-    let id = model::new_id();
-    Endpoint {
-        host_ifname: format!("dp{}", &id[..12]),
-        id,
-        network_id: nid.to_string(),
-        container_id: cid.to_string(),
-        ip,
-        mac: Mac::for_container(ip),
-        host_mac: Mac::random_local(),
-        ifname,
-        aliases,
+impl Engine {
+    /// Picks an address of `net` (in this host's blocks, for a shared
+    /// network: a block it must claim goes into `t`, guarded so that no two
+    /// hosts claim it).
+    fn allocate(
+        &self,
+        snap: &Snapshot,
+        net: &Network,
+        requested: Option<Ipv4Addr>,
+        t: &mut Txn,
+    ) -> ApiResult<Ipv4Addr> {
+        let used = snap.used_ips(&net.id);
+        if !net.is_cluster() {
+            return Ok(ipam::allocate(net, &used, requested)?);
+        }
+        let blocks = snap.blocks.get(&net.id).map_or(&[][..], Vec::as_slice);
+        let pick = ipam::allocate_in_blocks(net, &used, requested, blocks, self.node())?;
+        if let Some(b) = pick.new_block {
+            let key = model::block_key(&net.id, b);
+            t.absent(key.clone())
+                .put(key, self.node().as_bytes().to_vec());
+        }
+        Ok(pick.ip)
+    }
+
+    /// A new endpoint of `net` for container `cid` (`ctr`: its name and
+    /// hostname, which an endpoint of a shared network carries for the
+    /// other hosts).
+    fn new_endpoint(
+        &self,
+        net: &Network,
+        cid: &str,
+        ip: Ipv4Addr,
+        ifname: String,
+        aliases: Vec<String>,
+        ctr: (&str, &str),
+    ) -> Endpoint {
+        let id = model::new_id();
+        let shared = net.is_cluster();
+        let or_empty = |s: &str| if shared { s.to_string() } else { String::new() };
+        Endpoint {
+            host_ifname: format!("dp{}", &id[..12]),
+            id,
+            network_id: net.id.clone(),
+            container_id: cid.to_string(),
+            ip,
+            mac: Mac::for_container(ip),
+            host_mac: Mac::random_local(),
+            ifname,
+            aliases,
+            node: or_empty(self.node()),
+            container_name: or_empty(ctr.0),
+            hostname: or_empty(ctr.1),
+        }
     }
 }
 
 /// Keeps the cache current: applies every change the store's watch brings
 /// and marks its key dirty for the reconciler. A watch the store can no
 /// longer serve (compacted) is replaced by a fresh listing.
-fn follow(store: Arc<dyn Store>, shared: Arc<Shared>, mut watch: Box<dyn crate::store::Watch>) {
+fn follow(
+    store: Arc<dyn Store>,
+    shared: Arc<Shared>,
+    mut watch: Box<dyn crate::store::Watch>,
+    node: String,
+) {
     loop {
         match watch.next(Duration::from_secs(1)) {
-            Ok(events) if events.is_empty() => {}
+            // Revisions of other hosts' own keys (left out by the store's
+            // scope): nothing to apply, but the cache is as of them.
+            Ok(events) if events.is_empty() => shared.cached.advance(watch.revision()),
             Ok(events) => {
                 let mut snap = (*shared.snapshot()).clone();
                 let mut dirty = Vec::with_capacity(events.len());
@@ -976,7 +1155,7 @@ fn follow(store: Arc<dyn Store>, shared: Arc<Shared>, mut watch: Box<dyn crate::
             }
             Err(StoreError::Compacted { .. }) => {
                 match store.list("").map_err(anyhow::Error::from).and_then(|l| {
-                    let snap = Snapshot::from_listing(&l)?;
+                    let snap = Snapshot::from_listing(&l, &node)?;
                     let w = store.watch("", l.revision)?;
                     Ok((snap, w))
                 }) {

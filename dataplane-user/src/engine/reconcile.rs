@@ -23,7 +23,7 @@ use anyhow::{anyhow, Context as _, Result};
 use serde::Serialize;
 use tracing::{info, warn};
 
-use super::{sandbox, Shared};
+use super::{sandbox, ClusterConfig, Shared};
 use crate::model::snapshot::Snapshot;
 use crate::{
     bpf::Datapath,
@@ -97,6 +97,11 @@ pub struct Reconciler {
     problems: BTreeMap<String, Problem>,
     host_conf: String,
     names_revision: Option<Revision>,
+    cluster: Option<ClusterConfig>,
+    /// The inner MTU of the tunnel, once `TUNNEL` is written.
+    tunnel_mtu: Option<u32>,
+    /// Remote endpoints projected into `ENDPOINTS`: endpoint id -> address.
+    remote: HashMap<String, dataplane_common::Ipv4Wire>,
 }
 
 impl Reconciler {
@@ -105,6 +110,7 @@ impl Reconciler {
         dp: Arc<Mutex<Datapath>>,
         state_dir: PathBuf,
         dns: Dns,
+        cluster: Option<ClusterConfig>,
     ) -> Self {
         Self {
             shared,
@@ -121,6 +127,9 @@ impl Reconciler {
             problems: BTreeMap::new(),
             host_conf: String::new(),
             names_revision: None,
+            cluster,
+            tunnel_mtu: None,
+            remote: HashMap::new(),
         }
     }
 
@@ -229,6 +238,7 @@ impl Reconciler {
     fn full_pass(&mut self, snap: &Snapshot) {
         self.shared.children.reap();
         self.host_conf = std::fs::read_to_string("/etc/resolv.conf").unwrap_or_default();
+        self.sync_tunnel(snap);
         self.sync_networks(snap, None);
         let containers: Vec<&Container> = snap.containers.values().collect();
         for c in &containers {
@@ -249,12 +259,21 @@ impl Reconciler {
             self.ensure_endpoint(snap, ep, observed.as_ref());
         }
         self.sweep_endpoints(snap, observed.as_ref());
-        let bpf_eps: Vec<dataplane_common::Endpoint> = snap
+        let mut bpf_eps: Vec<dataplane_common::Endpoint> = snap
             .endpoints
             .values()
             .filter_map(|ep| self.bpf_endpoint(snap, ep))
             .collect();
-        match self.dp().sync_endpoints(&bpf_eps) {
+        let remote = self.remote_entries(snap);
+        self.remote = remote.iter().map(|(id, e)| (id.clone(), e.ip)).collect();
+        bpf_eps.extend(remote.into_values());
+        let learned_nets: HashSet<u32> = snap
+            .networks
+            .values()
+            .filter(|n| !n.vteps.is_empty())
+            .map(Network::bpf_num)
+            .collect();
+        match self.dp().sync_endpoints(&bpf_eps, &learned_nets) {
             Ok(0) => {}
             Ok(n) => info!(
                 entries = n,
@@ -273,14 +292,25 @@ impl Reconciler {
     }
 
     fn incremental_pass(&mut self, snap: &Snapshot, dirty: &BTreeSet<String>) {
+        // Shared records (`cluster/networks/...`) are handled like this
+        // host's own.
         let ids = |prefix: &str| -> BTreeSet<String> {
             dirty
                 .iter()
+                .map(|k| k.strip_prefix(model::CLUSTER).unwrap_or(k))
                 .filter_map(|k| k.strip_prefix(prefix).map(str::to_string))
                 .collect()
         };
         let nets = ids(model::NETWORKS);
-        let eps = ids(model::ENDPOINTS);
+        // Endpoints of other hosts only change map entries and names.
+        let (remote_eps, eps): (BTreeSet<String>, BTreeSet<String>) = ids(model::ENDPOINTS)
+            .into_iter()
+            .partition(|id| snap.remote.contains_key(id) || self.remote.contains_key(id));
+        let cluster_changed = !remote_eps.is_empty()
+            || !nets.is_empty()
+            || dirty
+                .iter()
+                .any(|k| k.starts_with(model::NODES) || k.starts_with(model::ALIVE));
         // A container's files and ports depend on its endpoints too.
         let mut ctrs = ids(model::CONTAINERS);
         for id in &eps {
@@ -316,6 +346,127 @@ impl Reconciler {
             self.sync_links(snap);
             self.sync_dns(snap, Some(&ctrs));
         }
+        if cluster_changed && self.cluster.is_some() {
+            self.sync_remote(snap);
+            if !remote_eps.is_empty() {
+                // The names of other hosts' containers.
+                self.sync_dns(snap, Some(&BTreeSet::new()));
+            }
+        }
+    }
+
+    // ----- the cluster ---------------------------------------------------
+
+    /// This host's end of the tunnel, and the hosts and static VTEPs whose
+    /// VXLAN it accepts (`TUNNEL`, `VTEPS`, `FLOOD`).
+    fn sync_tunnel(&mut self, snap: &Snapshot) {
+        let Some(c) = self.cluster.clone() else {
+            return;
+        };
+        let r = (|| -> Result<()> {
+            let (ifindex, mtu) = netns::device_of_address(c.addr)?;
+            let inner = mtu.saturating_sub(dataplane_common::VXLAN_OVERHEAD);
+            self.dp().set_tunnel(dataplane_common::Tunnel {
+                addr: dataplane_common::ipv4_wire(c.addr.octets()),
+                ifindex,
+                mtu: inner,
+                flags: dataplane_common::TUNNEL_ENABLED,
+            })?;
+            if self.tunnel_mtu != Some(inner) {
+                info!(addr = %c.addr, ifindex, mtu = inner, "tunnel in place");
+            }
+            self.tunnel_mtu = Some(inner);
+            self.sync_vteps(snap)
+        })();
+        self.outcome("tunnel", "the overlay tunnel", r);
+    }
+
+    fn sync_vteps(&mut self, snap: &Snapshot) -> Result<()> {
+        let Some(c) = &self.cluster else {
+            return Ok(());
+        };
+        let mut vteps: BTreeMap<dataplane_common::Ipv4Wire, u32> = BTreeMap::new();
+        for n in snap.nodes.values() {
+            if n.name != c.node && snap.node_in_grace(&n.name, c.grace) {
+                *vteps
+                    .entry(dataplane_common::ipv4_wire(n.addr.octets()))
+                    .or_default() |= dataplane_common::VTEP_NODE;
+            }
+        }
+        let mut flood = Vec::new();
+        for net in snap.networks.values().filter(|n| !n.vteps.is_empty()) {
+            let mut f = dataplane_common::Flood {
+                len: 0,
+                vteps: [0; dataplane_common::MAX_FLOOD],
+            };
+            for ip in net.vteps.iter().take(dataplane_common::MAX_FLOOD) {
+                let w = dataplane_common::ipv4_wire(ip.octets());
+                *vteps.entry(w).or_default() |= dataplane_common::VTEP_STATIC;
+                f.vteps[f.len as usize] = w;
+                f.len += 1;
+            }
+            flood.push((net.bpf_num(), f));
+        }
+        let vteps: Vec<(u32, u32)> = vteps.into_iter().collect();
+        let mut dp = self.dp();
+        dp.sync_vteps(&vteps)?;
+        dp.sync_flood(&flood)
+    }
+
+    /// The `ENDPOINTS` entries of other hosts' endpoints on overlay
+    /// networks: those of hosts that are alive or within their grace period.
+    fn remote_entries(&self, snap: &Snapshot) -> BTreeMap<String, dataplane_common::Endpoint> {
+        let Some(c) = &self.cluster else {
+            return BTreeMap::new();
+        };
+        snap.remote
+            .values()
+            .filter(|ep| snap.node_in_grace(&ep.node, c.grace))
+            .filter_map(|ep| {
+                let net = snap.networks.get(&ep.network_id)?;
+                let node = snap.nodes.get(&ep.node)?;
+                Some((
+                    ep.id.clone(),
+                    dataplane_common::Endpoint {
+                        ifindex: 0,
+                        network_id: net.bpf_num(),
+                        ip: dataplane_common::ipv4_wire(ep.ip.octets()),
+                        mac: ep.mac.0,
+                        host_mac: [0; 6],
+                        flags: dataplane_common::EP_REMOTE,
+                        vtep: dataplane_common::ipv4_wire(node.addr.octets()),
+                        net: net.to_bpf(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// Puts the remote entries in step with the store (only the ones that
+    /// changed are written).
+    fn sync_remote(&mut self, snap: &Snapshot) {
+        let want = self.remote_entries(snap);
+        let r = (|| -> Result<()> {
+            let gone: Vec<(String, u32)> = self
+                .remote
+                .iter()
+                .filter(|(id, _)| !want.contains_key(*id))
+                .map(|(id, ip)| (id.clone(), *ip))
+                .collect();
+            for (id, ip) in gone {
+                // An address that moved to a local endpoint keeps its entry.
+                if !want.values().any(|e| e.ip == ip) {
+                    self.dp().remove_remote_endpoint(ip)?;
+                }
+                self.remote.remove(&id);
+            }
+            for (id, e) in &want {
+                self.dp().set_remote_endpoint(*e)?;
+                self.remote.insert(id.clone(), e.ip);
+            }
+            self.sync_vteps(snap)
+        })();
+        self.outcome("remote", "other hosts' endpoints", r);
     }
 
     // ----- networks ------------------------------------------------------
@@ -455,7 +606,7 @@ impl Reconciler {
         let net = snap.networks.get(&ep.network_id)?;
         Some(dataplane_common::Endpoint {
             ifindex: applied.ifindex,
-            network_id: net.num,
+            network_id: net.bpf_num(),
             ip: dataplane_common::ipv4_wire(ep.ip.octets()),
             mac: ep.mac.0,
             host_mac: ep.host_mac.0,
@@ -465,7 +616,7 @@ impl Reconciler {
         })
     }
 
-    fn plan(net: &Network, ep: &Endpoint, sandbox: &Path) -> netns::VethPlan {
+    fn plan(&self, net: &Network, ep: &Endpoint, sandbox: &Path) -> netns::VethPlan {
         netns::VethPlan {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex: 0,
@@ -477,6 +628,11 @@ impl Reconciler {
             prefix: net.subnet.prefix(),
             gateway: net.gateway,
             default_route: ep.ifname == "eth0" && !net.internal,
+            mtu: if net.is_cluster() {
+                self.tunnel_mtu
+            } else {
+                None
+            },
         }
     }
 
@@ -505,7 +661,7 @@ impl Reconciler {
             return;
         }
         let driver = drivers::of(net);
-        let plan = Self::plan(net, ep, &sandbox);
+        let plan = self.plan(net, ep, &sandbox);
         let existing = match observed {
             Some(o) => o.links.get(&ep.host_ifname).copied(),
             None => crate::engine::ifindex_of(&ep.host_ifname),

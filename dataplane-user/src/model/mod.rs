@@ -21,14 +21,40 @@ pub const PENDING: &str = "pending/";
 /// was read).
 pub const CLAIMS: &str = "claims/";
 
+/// Keys every host of a cluster shares (overlay networks, their endpoints,
+/// address blocks, nodes); everything else is this host's own. On a cluster
+/// store, a host's own keys live under `nodes/<name>/` (see
+/// [`crate::store::NodeScoped`]), so that two hosts can both have a
+/// `bridge` network and containers of the same name, as with Docker.
+pub const CLUSTER: &str = "cluster/";
+
+/// The cluster's counterpart of [`NETWORKS_CLAIM`]: rewritten and guarded by
+/// every commit that creates or removes an overlay network (names, VNIs and
+/// subnets unique across hosts).
+pub const CLUSTER_NETWORKS_CLAIM: &str = "cluster/claims/networks";
+
+/// `cluster/nodes/<name>`: a host that joined, with its underlay address.
+pub const NODES: &str = "cluster/nodes/";
+/// `cluster/alive/<name>`: present while the host's lease is kept alive.
+pub const ALIVE: &str = "cluster/alive/";
+/// `cluster/blocks/<network id>/<block>`: a host's block of an overlay
+/// subnet (the value is the host's name).
+pub const BLOCKS: &str = "cluster/blocks/";
+
+/// The store key of a block of network `nid`.
+pub fn block_key(nid: &str, block: Ipv4Network) -> String {
+    format!("{BLOCKS}{nid}/{}_{}", block.network(), block.prefix())
+}
+
 /// `claims/names/<name>`: a container name.
 pub fn name_claim(name: &str) -> String {
     format!("{CLAIMS}names/{name}")
 }
 
-/// `claims/ips/<network id>/<ip>`: an address on a network.
-pub fn ip_claim(network_id: &str, ip: Ipv4Addr) -> String {
-    format!("{CLAIMS}ips/{network_id}/{ip}")
+/// `claims/ips/<network id>/<ip>`: an address on a network (under
+/// `cluster/` for a network every host shares).
+pub fn ip_claim(net: &Network, ip: Ipv4Addr) -> String {
+    format!("{}{CLAIMS}ips/{}/{ip}", net.scope(), net.id)
 }
 
 /// Rewritten by every commit that creates or removes a network, and guarded
@@ -42,8 +68,24 @@ pub const PORTS_CLAIM: &str = "claims/ports";
 /// `claims/net-use/<network id>`: rewritten by every commit that attaches an
 /// endpoint to the network; `network rm` guards it, so a removal can never
 /// race an attachment it did not see.
-pub fn net_use_claim(network_id: &str) -> String {
-    format!("{CLAIMS}net-use/{network_id}")
+pub fn net_use_claim(net: &Network) -> String {
+    format!("{}{CLAIMS}net-use/{}", net.scope(), net.id)
+}
+
+/// A host of the cluster (`cluster/nodes/<name>`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Node {
+    pub name: String,
+    /// The underlay address its VXLAN comes from (`--advertise-addr`).
+    pub addr: Ipv4Addr,
+    /// When it first joined (RFC 3339).
+    pub joined: String,
+}
+
+impl Node {
+    pub fn key(&self) -> String {
+        format!("{NODES}{}", self.name)
+    }
 }
 
 /// The intent of an operation in progress (`run`, `connect`), committed
@@ -89,11 +131,56 @@ pub struct Network {
     pub internal: bool,
     pub options: BTreeMap<String, String>,
     pub created: String,
+    /// The VXLAN network identifier of an overlay network (0 otherwise).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub vni: u32,
+    /// The prefix length of the per-host address blocks of an overlay network.
+    #[serde(default, skip_serializing_if = "is_zero_u8")]
+    pub block_prefix: u8,
+    /// Static VTEPs (hosts without our daemon) of an overlay network.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub vteps: Vec<Ipv4Addr>,
 }
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+fn is_zero_u8(v: &u8) -> bool {
+    *v == 0
+}
+
+/// The numeric ids of overlay networks in BPF maps: the VNI with this bit,
+/// so that every host numbers a shared network alike and no local network
+/// (1..=[`dataplane_common::MAX_NETWORKS`]) collides with one.
+pub const OVERLAY_NUM_BASE: u32 = 1 << 24;
 
 impl Network {
     pub fn key(&self) -> String {
-        format!("{NETWORKS}{}", self.id)
+        format!("{}{NETWORKS}{}", self.scope(), self.id)
+    }
+
+    /// Whether every host of the cluster shares this network.
+    pub fn is_cluster(&self) -> bool {
+        self.driver == "overlay"
+    }
+
+    /// The key prefix of this network's records and claims: [`CLUSTER`] or "".
+    pub fn scope(&self) -> &'static str {
+        if self.is_cluster() {
+            CLUSTER
+        } else {
+            ""
+        }
+    }
+
+    /// The network's id in BPF maps (`Endpoint::network_id`).
+    pub fn bpf_num(&self) -> u32 {
+        if self.is_cluster() {
+            OVERLAY_NUM_BASE | self.vni
+        } else {
+            self.num
+        }
     }
 
     /// `--opt icc=false` (or Docker's own key for it).
@@ -123,7 +210,7 @@ impl Network {
             } else {
                 0
             },
-            vni: 0,
+            vni: self.vni,
         }
     }
 }
@@ -146,11 +233,22 @@ pub struct Endpoint {
     /// Network-scoped aliases (`--network-alias`, `network connect --alias`).
     #[serde(default)]
     pub aliases: Vec<String>,
+    /// The host the endpoint lives on, for an endpoint of a network every
+    /// host shares (empty for this host's own networks). Such an endpoint
+    /// also carries what other hosts need of its container: their resolvers
+    /// answer its names and `network inspect` lists it.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub container_name: String,
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub hostname: String,
 }
 
 impl Endpoint {
     pub fn key(&self) -> String {
-        format!("{ENDPOINTS}{}", self.id)
+        let scope = if self.node.is_empty() { "" } else { CLUSTER };
+        format!("{scope}{ENDPOINTS}{}", self.id)
     }
 }
 

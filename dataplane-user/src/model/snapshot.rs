@@ -4,14 +4,17 @@
 //! snapshot and never wait on a writer; writers validate against a snapshot
 //! and let the store's guards refuse them if it was stale.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::{
+    collections::{BTreeMap, BTreeSet, HashMap, HashSet},
+    time::Instant,
+};
 
 use anyhow::Context as _;
 
 use crate::{
     api::error::{bad, ApiError, ApiResult},
     dns::{NameEntry, Names, NetworkNames},
-    model::{self, Container, Endpoint, Network, Pending},
+    model::{self, Container, Endpoint, Network, Node, Pending},
     ports::Taken,
     store::{Event, Listing, Revision},
 };
@@ -34,9 +37,32 @@ pub struct Snapshot {
     pub endpoints: BTreeMap<String, Endpoint>,
     pub containers: BTreeMap<String, Container>,
     pub pending: BTreeMap<String, Pending>,
+    /// This host's name in a cluster ("" alone).
+    pub node: String,
+    /// Endpoints of shared (overlay) networks that live on other hosts;
+    /// `endpoints` has only this host's.
+    pub remote: BTreeMap<String, Endpoint>,
+    /// The hosts of the cluster.
+    pub nodes: BTreeMap<String, Node>,
+    /// Hosts whose lease is alive.
+    pub alive: BTreeSet<String>,
+    /// When this daemon saw a host's lease go (for the grace period of its
+    /// endpoints and for `node ls`); hosts already down when it started
+    /// count from its start.
+    pub down_since: BTreeMap<String, (Instant, String)>,
+    /// Every host's address blocks of each overlay network (by network id).
+    pub blocks: BTreeMap<String, Vec<(ipnetwork::Ipv4Network, String)>>,
     /// The mod revision of every key, records and claims alike, for the
     /// guards of the next commit.
     pub revs: HashMap<String, Revision>,
+}
+
+/// `<network id>/<address>_<prefix>` of a block key.
+fn parse_block(rest: &str) -> Option<(&str, ipnetwork::Ipv4Network)> {
+    let (nid, b) = rest.split_once('/')?;
+    let (addr, prefix) = b.split_once('_')?;
+    let block = ipnetwork::Ipv4Network::new(addr.parse().ok()?, prefix.parse().ok()?).ok()?;
+    Some((nid, block))
 }
 
 /// Finds the id of the object named `name_or_id`, or whose id starts with
@@ -58,13 +84,22 @@ fn resolve_name<'a>(
 }
 
 impl Snapshot {
-    pub fn from_listing(listing: &Listing) -> anyhow::Result<Self> {
+    /// The snapshot of `listing` as host `node` sees it ("" for one host
+    /// alone).
+    pub fn from_listing(listing: &Listing, node: &str) -> anyhow::Result<Self> {
         let mut s = Snapshot {
             revision: listing.revision,
+            node: node.to_string(),
             ..Default::default()
         };
         for e in &listing.entries {
             s.put(&e.key, &e.value, e.mod_revision)?;
+        }
+        let start = (Instant::now(), model::now_rfc3339());
+        for n in s.nodes.keys() {
+            if !s.alive.contains(n) {
+                s.down_since.insert(n.clone(), start.clone());
+            }
         }
         Ok(s)
     }
@@ -73,30 +108,73 @@ impl Snapshot {
         fn de<T: serde::de::DeserializeOwned>(key: &str, v: &[u8]) -> anyhow::Result<T> {
             serde_json::from_slice(v).with_context(|| format!("decoding {key}"))
         }
+        self.revs.insert(key.to_string(), rev);
+        if let Some(name) = key.strip_prefix(model::NODES) {
+            self.nodes.insert(name.to_string(), de(key, value)?);
+            return Ok(());
+        }
+        if let Some(name) = key.strip_prefix(model::ALIVE) {
+            self.alive.insert(name.to_string());
+            self.down_since.remove(name);
+            return Ok(());
+        }
+        if let Some(rest) = key.strip_prefix(model::BLOCKS) {
+            let (nid, block) = parse_block(rest).with_context(|| format!("decoding {key}"))?;
+            let owner = String::from_utf8_lossy(value).into_owned();
+            let v = self.blocks.entry(nid.to_string()).or_default();
+            v.retain(|(b, _)| *b != block);
+            v.push((block, owner));
+            return Ok(());
+        }
+        let key = key.strip_prefix(model::CLUSTER).unwrap_or(key);
         if let Some(id) = key.strip_prefix(model::NETWORKS) {
             self.networks.insert(id.to_string(), de(key, value)?);
         } else if let Some(id) = key.strip_prefix(model::ENDPOINTS) {
-            self.endpoints.insert(id.to_string(), de(key, value)?);
+            let ep: Endpoint = de(key, value)?;
+            if ep.node.is_empty() || ep.node == self.node {
+                self.endpoints.insert(id.to_string(), ep);
+            } else {
+                self.remote.insert(id.to_string(), ep);
+            }
         } else if let Some(id) = key.strip_prefix(model::CONTAINERS) {
             self.containers.insert(id.to_string(), de(key, value)?);
         } else if let Some(id) = key.strip_prefix(model::PENDING) {
             self.pending.insert(id.to_string(), de(key, value)?);
         }
-        self.revs.insert(key.to_string(), rev);
         Ok(())
     }
 
     fn delete(&mut self, key: &str) {
+        self.revs.remove(key);
+        if let Some(name) = key.strip_prefix(model::NODES) {
+            self.nodes.remove(name);
+            return;
+        }
+        if let Some(name) = key.strip_prefix(model::ALIVE) {
+            self.alive.remove(name);
+            self.down_since
+                .insert(name.to_string(), (Instant::now(), model::now_rfc3339()));
+            return;
+        }
+        if let Some(rest) = key.strip_prefix(model::BLOCKS) {
+            if let Some((nid, block)) = parse_block(rest) {
+                if let Some(v) = self.blocks.get_mut(nid) {
+                    v.retain(|(b, _)| *b != block);
+                }
+            }
+            return;
+        }
+        let key = key.strip_prefix(model::CLUSTER).unwrap_or(key);
         if let Some(id) = key.strip_prefix(model::NETWORKS) {
             self.networks.remove(id);
         } else if let Some(id) = key.strip_prefix(model::ENDPOINTS) {
             self.endpoints.remove(id);
+            self.remote.remove(id);
         } else if let Some(id) = key.strip_prefix(model::CONTAINERS) {
             self.containers.remove(id);
         } else if let Some(id) = key.strip_prefix(model::PENDING) {
             self.pending.remove(id);
         }
-        self.revs.remove(key);
     }
 
     /// Applies one watched change. A record that cannot be decoded is
@@ -181,12 +259,40 @@ impl Snapshot {
             .collect()
     }
 
-    /// Addresses taken on network `nid`.
+    /// Addresses taken on network `nid` (on every host, for a shared one).
     pub fn used_ips(&self, nid: &str) -> HashSet<std::net::Ipv4Addr> {
         self.endpoints_of_network(nid)
             .iter()
+            .chain(self.remote_endpoints_of_network(nid).iter())
             .map(|e| e.ip)
             .collect()
+    }
+
+    /// Endpoints of network `nid` on other hosts.
+    pub fn remote_endpoints_of_network(&self, nid: &str) -> Vec<&Endpoint> {
+        self.remote
+            .values()
+            .filter(|e| e.network_id == nid)
+            .collect()
+    }
+
+    /// The claim key of an endpoint's address.
+    pub fn ip_claim_of(&self, ep: &Endpoint) -> String {
+        match self.networks.get(&ep.network_id) {
+            Some(n) => model::ip_claim(n, ep.ip),
+            None => format!("{}ips/{}/{}", model::CLAIMS, ep.network_id, ep.ip),
+        }
+    }
+
+    /// Whether host `name` counts as up for its endpoints: its lease is
+    /// alive, or it went within `grace` (its containers may still run on
+    /// their pinned datapath).
+    pub fn node_in_grace(&self, name: &str, grace: std::time::Duration) -> bool {
+        self.alive.contains(name)
+            || self
+                .down_since
+                .get(name)
+                .is_some_and(|(at, _)| at.elapsed() < grace)
     }
 
     /// Every published host port of every container.
@@ -256,6 +362,22 @@ impl Snapshot {
                         ip: e.ip,
                     })
                 })
+                .chain(
+                    self.remote_endpoints_of_network(&n.id)
+                        .into_iter()
+                        .map(|e| {
+                            let mut all = vec![e.container_name.clone()];
+                            if !e.hostname.is_empty() && e.hostname != e.container_name {
+                                all.push(e.hostname.clone());
+                            }
+                            all.extend(e.aliases.iter().cloned());
+                            NameEntry {
+                                container_id: e.container_id.clone(),
+                                names: all,
+                                ip: e.ip,
+                            }
+                        }),
+                )
                 .collect();
             names.networks.insert(
                 n.id.clone(),

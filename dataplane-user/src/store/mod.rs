@@ -18,10 +18,12 @@
 //! The embedded implementation is [`RedbStore`].
 
 mod redb_store;
+mod scoped;
 
 use std::time::Duration;
 
 pub use redb_store::RedbStore;
+pub use scoped::NodeScoped;
 
 /// A store revision: 0 before the first commit, then one more per commit.
 pub type Revision = u64;
@@ -141,6 +143,18 @@ pub trait Store: Send + Sync {
     fn commit(&self, txn: Txn) -> StoreResult<Revision>;
     /// The changes to keys under `prefix` after revision `after`, in order.
     fn watch(&self, prefix: &str, after: Revision) -> StoreResult<Box<dyn Watch>>;
+    /// Puts `key` for as long as this host is alive: on a cluster store the
+    /// key is bound to a lease of `ttl` that the returned handle renews, so
+    /// that it vanishes when the host stops renewing it.
+    fn keep_alive(&self, key: &str, value: Vec<u8>, ttl: Duration) -> StoreResult<Box<dyn Lease>>;
+}
+
+/// A key kept alive by [`Store::keep_alive`].
+pub trait Lease: Send {
+    /// Whether the key is held right now.
+    fn alive(&self) -> bool;
+    /// Deletes the key at once (dropping the handle only stops renewing).
+    fn revoke(self: Box<Self>);
 }
 
 /// A stream of [`Event`]s.

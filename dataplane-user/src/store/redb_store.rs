@@ -19,6 +19,16 @@ use serde::{Deserialize, Serialize};
 
 use super::{Entry, Event, Expect, Listing, Revision, Store, StoreError, StoreResult, Txn, Watch};
 
+/// One host alone never expires.
+struct Forever;
+
+impl super::Lease for Forever {
+    fn alive(&self) -> bool {
+        true
+    }
+    fn revoke(self: Box<Self>) {}
+}
+
 /// The table of the first layout (values without revisions), migrated once.
 const OBJECTS_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("objects");
 const OBJECTS: TableDefinition<&str, &[u8]> = TableDefinition::new("objects_v2");
@@ -219,6 +229,18 @@ impl Store for RedbStore {
         *n = rev;
         self.notify.changed.notify_all();
         Ok(rev)
+    }
+
+    fn keep_alive(
+        &self,
+        key: &str,
+        value: Vec<u8>,
+        _ttl: Duration,
+    ) -> StoreResult<Box<dyn super::Lease>> {
+        let mut t = Txn::default();
+        t.put(key, value);
+        self.commit(t)?;
+        Ok(Box::new(Forever))
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> StoreResult<Box<dyn Watch>> {

@@ -250,12 +250,12 @@ pub struct InnerSrc {
 
 /// Where a received inner frame goes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct RxVerdict {
+pub struct RxVerdict<'a> {
     /// The local endpoint it is for.
-    pub dst: Endpoint,
-    /// An `ENDPOINTS` entry to write for the sender (learned from a static
-    /// VTEP), if any.
-    pub learn: Option<Endpoint>,
+    pub dst: &'a Endpoint,
+    /// Whether the sender is to be learned ([`learned`]): it sits behind a
+    /// static VTEP and is unknown, or has moved.
+    pub learn: bool,
 }
 
 /// Decides a received inner frame of VNI `rx.vni`, sent by VTEP `rx.src`
@@ -271,13 +271,13 @@ pub struct RxVerdict {
 /// learned instead. Anything else is [`DropReason::VxlanSpoofed`]: a
 /// cluster node's endpoints come from the store only.
 #[inline(always)]
-pub fn decide_rx(
+pub fn decide_rx<'a>(
     rx: &Rx,
     vtep: VtepFlags,
     src: &InnerSrc,
-    dst_ep: Option<&Endpoint>,
+    dst_ep: Option<&'a Endpoint>,
     src_ep: Option<&Endpoint>,
-) -> Result<RxVerdict, DropReason> {
+) -> Result<RxVerdict<'a>, DropReason> {
     let dst = match dst_ep {
         Some(d) if d.flags & EP_REMOTE == 0 => d,
         _ => return Err(DropReason::VxlanNotLocal),
@@ -286,7 +286,34 @@ pub fn decide_rx(
         return Err(DropReason::VxlanUnknownVni);
     }
     let from_static = vtep & VTEP_STATIC != 0;
-    let learn = Endpoint {
+    let learn = match src_ep {
+        Some(s)
+            if s.flags & EP_REMOTE != 0
+                && s.network_id == dst.network_id
+                && s.vtep == rx.src
+                && s.mac == src.mac =>
+        {
+            false
+        }
+        // A learned endpoint that now answers from elsewhere (another
+        // static VTEP, a new MAC): learned again.
+        Some(s) if from_static && s.flags & EP_LEARNED != 0 && s.network_id == dst.network_id => {
+            true
+        }
+        Some(_) => return Err(DropReason::VxlanSpoofed),
+        // An ARP probe (sender 0.0.0.0) claims no address: nothing to learn.
+        None if from_static && src.ip == 0 => false,
+        None if from_static && dst.net.contains(src.ip) && src.ip != dst.net.gateway => true,
+        None => return Err(DropReason::VxlanSpoofed),
+    };
+    Ok(RxVerdict { dst, learn })
+}
+
+/// The `ENDPOINTS` entry of a sender learned from static VTEP `rx.src`, on
+/// the network of the local endpoint `dst` it sent to.
+#[inline(always)]
+pub fn learned(rx: &Rx, src: &InnerSrc, dst: &Endpoint) -> Endpoint {
+    Endpoint {
         ifindex: 0,
         network_id: dst.network_id,
         ip: src.ip,
@@ -295,40 +322,6 @@ pub fn decide_rx(
         flags: EP_REMOTE | EP_LEARNED,
         vtep: rx.src,
         net: dst.net,
-    };
-    match src_ep {
-        Some(s)
-            if s.flags & EP_REMOTE != 0
-                && s.network_id == dst.network_id
-                && s.vtep == rx.src
-                && s.mac == src.mac =>
-        {
-            Ok(RxVerdict {
-                dst: *dst,
-                learn: None,
-            })
-        }
-        // A learned endpoint that now answers from elsewhere (another
-        // static VTEP, a new MAC): learned again.
-        Some(s) if from_static && s.flags & EP_LEARNED != 0 && s.network_id == dst.network_id => {
-            Ok(RxVerdict {
-                dst: *dst,
-                learn: Some(learn),
-            })
-        }
-        Some(_) => Err(DropReason::VxlanSpoofed),
-        // An ARP probe (sender 0.0.0.0) claims no address: nothing to learn.
-        None if from_static && src.ip == 0 => Ok(RxVerdict {
-            dst: *dst,
-            learn: None,
-        }),
-        None if from_static && dst.net.contains(src.ip) && src.ip != dst.net.gateway => {
-            Ok(RxVerdict {
-                dst: *dst,
-                learn: Some(learn),
-            })
-        }
-        None => Err(DropReason::VxlanSpoofed),
     }
 }
 
@@ -337,10 +330,10 @@ pub fn decide_rx(
 /// RFC 792 asks for, whatever the header's length; more than the minimum
 /// is allowed (RFC 1812 4.3.2.3).
 pub const QUOTE: usize = 68;
-/// The offending frame's bytes the ICMP needs: its Ethernet header and the quote.
-pub const TOO_BIG_IN: usize = eth::HLEN + QUOTE;
+/// Length of the headers in front of the quote: Ethernet, IPv4 and ICMP.
+pub const TOO_BIG_HLEN: usize = eth::HLEN + 20 + 8;
 /// Length of the ICMP fragmentation-needed frame.
-pub const TOO_BIG_LEN: usize = eth::HLEN + 20 + 8 + QUOTE;
+pub const TOO_BIG_LEN: usize = TOO_BIG_HLEN + QUOTE;
 /// ICMP destination unreachable, code fragmentation needed and DF set.
 pub const ICMP_DEST_UNREACH: u8 = 3;
 pub const ICMP_FRAG_NEEDED: u8 = 4;
@@ -362,36 +355,31 @@ pub fn dont_fragment<const N: usize>(f: &[u8; N]) -> bool {
     f[OUTER_IP + 6] & 0x40 != 0
 }
 
-/// The ICMP fragmentation-needed (RFC 1191: type 3 code 4, next-hop MTU
-/// `mtu`) for the packet whose first bytes are `orig`, from `from` (the
-/// gateway of the sender's network) with MAC `from_mac`, addressed back to
-/// the packet's sender (its source MAC and address). TTL 64, id 0, no DF.
+/// The headers of the ICMP fragmentation-needed (RFC 1191: type 3 code 4,
+/// next-hop MTU `mtu`) about the packet whose first [`QUOTE`] bytes (from
+/// its IPv4 header on) are `quote`, which follows them in the frame: from
+/// `from` (the gateway of the sender's network) with MAC `from_mac`, back
+/// to the packet's sender (`to_mac`, and the quote's source address). TTL
+/// 64, id 0, no DF; the ICMP checksum covers the quote.
 #[inline(always)]
 pub fn frag_needed(
-    orig: &[u8; TOO_BIG_IN],
+    quote: &[u8; QUOTE],
+    to_mac: &[u8; 6],
     from: Ipv4Wire,
     from_mac: &[u8; 6],
     mtu: u32,
-) -> [u8; TOO_BIG_LEN] {
-    let mut f = [0u8; TOO_BIG_LEN];
-    let mut i = 0;
-    while i < 6 {
-        f[eth::DST + i] = orig[eth::SRC + i];
-        f[eth::SRC + i] = from_mac[i];
-        i += 1;
-    }
+) -> [u8; TOO_BIG_HLEN] {
+    let mut f = [0u8; TOO_BIG_HLEN];
+    put_bytes(&mut f, eth::DST, to_mac);
+    put_bytes(&mut f, eth::SRC, from_mac);
     put16(&mut f, eth::PROTO, eth::P_IPV4);
     let ip = eth::HLEN;
     f[ip] = 0x45;
-    put16(&mut f, ip + 2, (20 + 8 + QUOTE) as u16);
+    put16(&mut f, ip + 2, (TOO_BIG_LEN - eth::HLEN) as u16);
     f[ip + 8] = 64;
     f[ip + 9] = IPPROTO_ICMP;
     put_bytes(&mut f, ip + 12, &from.to_ne_bytes());
-    let mut i = 0;
-    while i < 4 {
-        f[ip + 16 + i] = orig[eth::HLEN + 12 + i];
-        i += 1;
-    }
+    put_bytes(&mut f, ip + 16, &load::ne32(quote, 12).to_ne_bytes());
     let c = ipv4_header_csum(&f, ip);
     put16(&mut f, ip + 10, c);
     let icmp = ip + 20;
@@ -400,17 +388,11 @@ pub fn frag_needed(
     let mtu = if mtu < MIN_MTU { MIN_MTU } else { mtu };
     let mtu = if mtu > 0xffff { 0xffff } else { mtu };
     put16(&mut f, icmp + 6, mtu as u16);
+    let mut sum: u32 = ((ICMP_DEST_UNREACH as u32) << 8) | ICMP_FRAG_NEEDED as u32;
+    sum += mtu;
     let mut i = 0;
     while i < QUOTE {
-        f[icmp + 8 + i] = orig[eth::HLEN + i];
-        i += 1;
-    }
-    // The ICMP checksum covers the ICMP header and the quote (an even
-    // number of bytes).
-    let mut sum: u32 = 0;
-    let mut i = 0;
-    while i < 8 + QUOTE {
-        sum += ((f[icmp + i] as u32) << 8) | f[icmp + i + 1] as u32;
+        sum += load::be16(quote, i) as u32;
         i += 2;
     }
     let c = fold(sum);
@@ -706,8 +688,8 @@ mod tests {
         assert_eq!(
             v,
             Ok(RxVerdict {
-                dst: local,
-                learn: None
+                dst: &local,
+                learn: false
             })
         );
     }
@@ -717,8 +699,9 @@ mod tests {
         let local = ep(2, 0, [0; 4]);
         let remote = ep(9, EP_REMOTE, REMOTE);
         let s = from(&remote);
-        let d =
-            |vni, dst: Option<&Endpoint>| decide_rx(&rx(vni), VTEP_NODE, &s, dst, Some(&remote));
+        let d = |vni, dst: Option<&Endpoint>| {
+            decide_rx(&rx(vni), VTEP_NODE, &s, dst, Some(&remote)).map(|v| *v.dst)
+        };
         assert_eq!(d(42, None), Err(DropReason::VxlanNotLocal));
         assert_eq!(d(42, Some(&remote)), Err(DropReason::VxlanNotLocal));
         assert_eq!(d(43, Some(&local)), Err(DropReason::VxlanUnknownVni));
@@ -779,13 +762,14 @@ mod tests {
         let local = ep(2, 0, [0; 4]);
         let remote = ep(9, EP_REMOTE, REMOTE);
         let v = decide_rx(&rx(42), VTEP_STATIC, &from(&remote), Some(&local), None).unwrap();
-        assert_eq!(v.dst, local);
+        assert_eq!(v.dst, &local);
+        assert!(v.learn);
         assert_eq!(
-            v.learn,
-            Some(Endpoint {
+            learned(&rx(42), &from(&remote), &local),
+            Endpoint {
                 flags: EP_REMOTE | EP_LEARNED,
                 ..remote
-            })
+            }
         );
         // Outside the subnet, or the gateway's address: not learnable.
         for ip in [[10, 8, 0, 9], [10, 7, 0, 1]] {
@@ -800,7 +784,7 @@ mod tests {
             );
         }
         // A learned entry that moved to another MAC is learned again.
-        let learned = Endpoint {
+        let moved = Endpoint {
             flags: EP_REMOTE | EP_LEARNED,
             mac: [2, 0, 0, 0, 0, 1],
             ..remote
@@ -810,16 +794,26 @@ mod tests {
             VTEP_STATIC,
             &from(&remote),
             Some(&local),
-            Some(&learned),
+            Some(&moved),
         );
-        assert_eq!(v.unwrap().learn.unwrap().mac, remote.mac);
+        assert!(v.unwrap().learn);
+        // A learned entry is then known: nothing more to learn.
+        let known = learned(&rx(42), &from(&remote), &local);
+        let v = decide_rx(
+            &rx(42),
+            VTEP_STATIC,
+            &from(&remote),
+            Some(&local),
+            Some(&known),
+        );
+        assert!(!v.unwrap().learn);
         // A probe (0.0.0.0) passes and teaches nothing.
         let probe = InnerSrc {
             ip: 0,
             mac: remote.mac,
         };
         let v = decide_rx(&rx(42), VTEP_STATIC, &probe, Some(&local), None).unwrap();
-        assert_eq!(v.learn, None);
+        assert!(!v.learn);
     }
 
     #[test]
@@ -834,19 +828,20 @@ mod tests {
 
     #[test]
     fn frag_needed_quotes_the_packet_and_says_the_mtu() {
-        let mut orig = [0u8; TOO_BIG_IN];
-        orig[0..6].copy_from_slice(&[2, 0, 0, 0, 0, 0xee]); // to the gateway
-        orig[6..12].copy_from_slice(&[2, 0x42, 10, 7, 0, 2]); // the container
-        orig[12..14].copy_from_slice(&[8, 0]);
-        for (i, b) in orig[14..].iter_mut().enumerate() {
-            *b = i as u8;
+        let mut quote = [0u8; QUOTE];
+        for (i, b) in quote.iter_mut().enumerate() {
+            *b = (i * 7) as u8;
         }
-        orig[14] = 0x45;
-        orig[14 + 6] = 0x40;
-        orig[26..30].copy_from_slice(&[10, 7, 0, 2]);
+        quote[0] = 0x45;
+        quote[6] = 0x40;
+        quote[12..16].copy_from_slice(&[10, 7, 0, 2]);
         let gw = ipv4_wire([10, 7, 0, 1]);
-        let f = frag_needed(&orig, gw, &[2, 0, 0, 0, 0, 0xee], 1450);
-        assert_eq!(&f[0..6], &[2, 0x42, 10, 7, 0, 2]);
+        let container = [2, 0x42, 10, 7, 0, 2];
+        let h = frag_needed(&quote, &container, gw, &[2, 0, 0, 0, 0, 0xee], 1450);
+        let mut f = h.to_vec();
+        f.extend_from_slice(&quote);
+        assert_eq!(f.len(), TOO_BIG_LEN);
+        assert_eq!(&f[0..6], &container);
         assert_eq!(&f[6..12], &[2, 0, 0, 0, 0, 0xee]);
         let ip = &f[14..34];
         assert_eq!(rfc1071(ip), 0);
@@ -861,6 +856,11 @@ mod tests {
         assert_eq!(rfc1071(icmp), 0, "ICMP checksum");
         assert_eq!(&icmp[0..2], &[3, 4]);
         assert_eq!(&icmp[4..8], &[0, 0, 0x05, 0xaa], "next-hop MTU 1450");
-        assert_eq!(&icmp[8..], &orig[14..], "quote");
+        // An MTU above 16 bits is capped, below the minimum raised.
+        let h = frag_needed(&quote, &container, gw, &[0; 6], 10);
+        assert_eq!(&h[38..42], &[0, 0, 0, 68]);
+        let mut f = h.to_vec();
+        f.extend_from_slice(&quote);
+        assert_eq!(rfc1071(&f[34..]), 0);
     }
 }

@@ -44,6 +44,7 @@ use dataplane_common::{
 use maps::{IFACES, LINKS};
 
 #[classifier]
+#[inline(always)]
 pub fn from_container(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let r = try_from_container(&ctx);

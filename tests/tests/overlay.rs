@@ -285,6 +285,7 @@ fn three_hosts_ping_tcp_udp_and_names_across() {
     let c3 = sleeper(h3, "c3", "ov");
     h2.run_whoami("c2", Some("ov"), &[], &["tcp:5000", "udp:5001"]);
     let c2 = h2.ip("c2", "ov");
+    let cap = lab.capture(lab.host_port(0), "udp port 4789");
     for (d, from, to) in [
         (h1, "c1", &c2),
         (h1, "c1", &c3),
@@ -303,6 +304,21 @@ fn three_hosts_ping_tcp_udp_and_names_across() {
             || h1.probe("c1", proto, &c2, port, &[]),
         );
         assert_eq!((hello.tag.as_str(), hello.peer_ip()), ("c2", c1.as_str()));
+    }
+    // What host 1 sent and got is VXLAN between the hosts' underlay
+    // addresses, and tshark finds nothing malformed in it.
+    let file = cap.finish();
+    assert_well_formed(&file);
+    let (_, rows) = tshark(&file, "vxlan", &["ip.src", "ip.dst"]);
+    for i in 1..3 {
+        let (me, peer) = (lab.host_ip(0), lab.host_ip(i));
+        for (a, b) in [(&me, &peer), (&peer, &me)] {
+            assert!(
+                rows.iter()
+                    .any(|r| r.starts_with(&format!("{a},")) && r.contains(&format!("\t{b},"))),
+                "no VXLAN {a} -> {b}: {rows:?}"
+            );
+        }
     }
     // Many full-sized segments each way in one connection.
     let big = "x".repeat(4000);

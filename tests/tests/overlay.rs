@@ -429,6 +429,36 @@ fn each_host_takes_its_own_block_and_claims_another_when_full() {
         "{claimed} is neither in a new block nor free"
     );
     assert!(dataplane_tests::in_subnet(&claimed, "10.205.0.0/24"));
+    // The other host sees the claims: host 1 holds both its blocks.
+    let cidr = |b: u32| format!("{}/26", Ipv4Addr::from(b));
+    let want = [
+        (cidr(mine), lab.node_name(0)),
+        (cidr(new), lab.node_name(0)),
+        (cidr(theirs), lab.node_name(1)),
+    ];
+    retry(
+        "host 2 to see host 1's second block",
+        50,
+        Duration::from_millis(100),
+        || {
+            let v = h2.network_inspect("ov");
+            let blocks: Vec<(String, String)> = v["IPAM"]["Config"][0]["Blocks"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|b| {
+                    (
+                        b["Block"].as_str().unwrap_or_default().to_string(),
+                        b["Host"].as_str().unwrap_or_default().to_string(),
+                    )
+                })
+                .collect();
+            want.iter()
+                .all(|w| blocks.contains(w))
+                .then_some(())
+                .ok_or(format!("{blocks:?}, want {want:?}"))
+        },
+    );
     // Host 2 keeps to its block, and every address is unique.
     let next = sleeper(h2, "b1", "ov");
     assert_eq!(block26(&next), theirs, "{next}");
@@ -632,6 +662,15 @@ fn a_killed_hosts_lease_expires_and_others_see_it_down() {
         "{victim} seen down {:.1} s after the kill",
         seen.as_secs_f64()
     );
+    let entry = nodes(lab.host(0))
+        .into_iter()
+        .find(|n| n["Name"] == victim.as_str())
+        .expect("the victim is listed");
+    assert!(
+        entry["Since"].as_str().is_some_and(|s| !s.is_empty()),
+        "a down node without Since: {entry}"
+    );
+    assert_eq!(entry["Addr"], lab.host_ip(1).as_str(), "{entry}");
     // The third host agrees, and still sees host 1 ready.
     assert_eq!(node_state(lab.host(2), &victim).as_deref(), Some("down"));
     assert_eq!(

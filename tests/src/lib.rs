@@ -13,6 +13,11 @@
 //!   to the daemon's by two veth pairs, with [`WHOAMI_PY`] servers that tell
 //!   each client the address they saw and [`PROBE_PY`] clients that report
 //!   it ([`Hello`]).
+//! - [`Lab`]: several hosts for the overlay: an underlay namespace whose
+//!   bridge is the switch, an [`Etcd`] on it, one [`Daemon`] per host
+//!   namespace with `--store`, plain hosts for a [`KernelVtep`] (the
+//!   kernel's own vxlan as a foreign peer), and [`Capture`]s of the
+//!   underlay that [`tshark`] decodes.
 //!
 //! Waiting is always on a condition with bounded retries ([`retry`]), never a
 //! fixed sleep. Tests only send traffic to loopback and to addresses inside

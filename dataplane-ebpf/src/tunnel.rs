@@ -322,8 +322,15 @@ fn deliver(
     }
     h[eth::PROTO] = (proto >> 8) as u8;
     h[eth::PROTO + 1] = proto as u8;
-    ctx.adjust_room(-(VXLAN_OVERHEAD as i32), BPF_ADJ_ROOM_MAC, 0)
-        .map_err(|_| DropReason::VxlanMalformed)?;
+    // FIXED_GSO: a GSO packet (veth hands them on unsegmented) keeps the
+    // inner segment size it was encapsulated with, instead of growing by
+    // the overhead.
+    ctx.adjust_room(
+        -(VXLAN_OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+    )
+    .map_err(|_| DropReason::VxlanMalformed)?;
     store(ctx, 0, &h, DropReason::VxlanMalformed)?;
     // SAFETY: helper call with plain arguments.
     let a = unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32;

@@ -4,6 +4,10 @@
 //! Every logical key `K` is the etcd key `root + K`, so that two clusters
 //! can share one etcd. Revisions are etcd's own.
 //!
+//! etcd bounds a transaction (128 operations and 1.5 MiB by default,
+//! `--max-txn-ops`, `--max-request-bytes`): a larger commit fails with
+//! etcd's own message, nothing of it applied.
+//!
 //! etcd-client is async; callers of a [`Store`] are plain threads, tokio
 //! `spawn_blocking` closures, perhaps even async tasks. So the store owns a
 //! small runtime of its own: every operation is spawned there and the
@@ -925,6 +929,56 @@ mod tests {
         });
         assert_eq!(got.len(), 1);
         assert_eq!(got[0].key(), "k/a");
+    }
+
+    #[test]
+    fn two_daemons_on_one_etcd_see_each_other_and_cannot_both_claim() {
+        let etcd = EtcdServer::start("two");
+        let (a, b) = (store(&etcd, "/dp/"), store(&etcd, "/dp/"));
+        let mut wb = b.watch("ips/", b.list("").unwrap().revision).unwrap();
+        let claim = |who: &[u8]| {
+            let mut t = Txn::default();
+            t.absent("ips/10.0.0.2").put("ips/10.0.0.2", who.to_vec());
+            t
+        };
+        let rev = a.commit(claim(b"a")).unwrap();
+        assert!(matches!(
+            b.commit(claim(b"b")),
+            Err(StoreError::Conflict { key }) if key == "ips/10.0.0.2"
+        ));
+        assert_eq!(
+            wb.next(Duration::from_secs(5)).unwrap(),
+            [Event::Put {
+                key: "ips/10.0.0.2".into(),
+                value: b"a".to_vec(),
+                revision: rev
+            }]
+        );
+        assert_eq!(b.get("ips/10.0.0.2").unwrap().unwrap().mod_revision, rev);
+        // A key kept alive by one is seen by the other, and goes when revoked.
+        let lease = a
+            .keep_alive("nodes/a", b"10.1.0.1".to_vec(), Duration::from_secs(5))
+            .unwrap();
+        assert_eq!(b.list("nodes/").unwrap().entries.len(), 1);
+        lease.revoke();
+        assert_eq!(b.list("nodes/").unwrap().entries.len(), 0);
+    }
+
+    #[test]
+    fn a_commit_over_etcds_txn_limit_fails_whole_with_its_reason() {
+        let etcd = EtcdServer::start("big");
+        let s = store(&etcd, "/dp/");
+        let mut t = Txn::default();
+        for i in 0..200 {
+            t.put(format!("k/{i}"), b"x".to_vec());
+        }
+        let e = s.commit(t).unwrap_err().to_string();
+        assert!(e.contains("too many operations"), "{e}");
+        assert!(
+            e.contains(&format!("etcd at 127.0.0.1:{}", etcd.client_port())),
+            "{e}"
+        );
+        assert_eq!(s.list("k/").unwrap().entries, []);
     }
 
     #[test]

@@ -29,11 +29,8 @@ pub const APT_PACKAGES: &[&str] = &[
     // DEBIAN_FRONTEND=noninteractive answers with the default (no setuid).
     "tshark",
     "util-linux",
-    // The multi-host lab and its tests: etcd, the health probe, decoding
-    // the VXLAN capture.
-    "etcd-server",
+    // The multi-host lab's etcd health probe.
     "curl",
-    "tshark",
     // The namespace tests' DNS clients and fake upstream are python3 scripts.
     "python3",
 ];

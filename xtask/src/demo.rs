@@ -35,7 +35,7 @@ fn redirected(d: &Daemon) -> Result<u64> {
 }
 
 pub fn demo() -> Result<()> {
-    let mut p = Progress::new(17);
+    let mut p = Progress::new(21);
     setup::setup(&mut p)?;
     p.step("building dataplane-user and its eBPF object");
     let bin = build_dataplane(false)?;
@@ -239,8 +239,116 @@ pub fn demo() -> Result<()> {
     .map(|o| o.stdout.lines().filter(|l| l.starts_with("-A")).count())
     .unwrap_or(0);
     println!("iptables rules in {ns}: {rules}");
-    println!("\ndemo OK: web and client talk through bpf_redirect_peer, no bridge; the published port, localhost and masquerade work with no iptables rule and no proxy.");
+    println!("\none host OK: web and client talk through bpf_redirect_peer, no bridge; the published port, localhost and masquerade work with no iptables rule and no proxy.\n");
     drop(d);
+    drop(cleanup);
+    cross_host(&mut p, &bin, pid)?;
+    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy) and two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd).");
+    Ok(())
+}
+
+/// The second part: two hosts on an underlay switch, etcd, a daemon on each,
+/// an overlay network, and a container on one host reaching one on the other.
+fn cross_host(p: &mut Progress, bin: &std::path::Path, pid: u32) -> Result<()> {
+    let tag = format!("dpdemo{pid}");
+    let dir = std::env::temp_dir().join(format!("dpdemo-{pid}-cluster"));
+    let mut cleanup = Cleanup::default();
+    p.step("two hosts on an underlay switch, etcd, a daemon on each (--store etcd://...)");
+    let mut lab = lab::cluster(&mut cleanup, bin, &tag, &dir, 2)?;
+    for (ns, ip) in &lab.addrs {
+        println!("# host netns {ns}, underlay address {ip}");
+    }
+    println!();
+    let [h1, h2] = &mut lab.hosts[..] else {
+        bail!("the lab has two hosts");
+    };
+    show(
+        "dataplane node ls        # on host1",
+        &h1.cli(&["node", "ls"])?,
+    );
+
+    p.step("network create --driver overlay --subnet 10.89.0.0/24 ov, on host1");
+    let out = h1.cli(&[
+        "network",
+        "create",
+        "--driver",
+        "overlay",
+        "--subnet",
+        "10.89.0.0/24",
+        "ov",
+    ])?;
+    show(
+        "dataplane network create --driver overlay --subnet 10.89.0.0/24 ov   # on host1",
+        &out,
+    );
+    show(
+        "dataplane network ls        # on host2",
+        &h2.cli(&["network", "ls"])?,
+    );
+
+    p.step("web on host2, client on host1");
+    let web = h2.run("web", "ov", &["sh", "-c", WEB])?;
+    show(
+        "dataplane run -d --name web --network ov -- ...        # on host2",
+        &format!("(web: {})", web.ip),
+    );
+    let client = h1.run("client", "ov", &["sleep", "infinity"])?;
+    show(
+        "dataplane run -d --name client --network ov -- sleep infinity   # on host1",
+        &format!("(client: {})", client.ip),
+    );
+
+    p.step(&format!(
+        "ping web ({}) on host2 from client on host1",
+        web.ip
+    ));
+    let ping = lab::poll(Duration::from_secs(15), Duration::from_millis(300), || {
+        let o = sh::capture(
+            &mut h1.client(&[
+                "exec", "client", "--", "ping", "-c", "3", "-W", "2", &web.ip,
+            ]),
+            Some(Duration::from_secs(20)),
+        )?;
+        Ok(o.ok().then_some(o.stdout))
+    })?;
+    let Some(ping) = ping else {
+        bail!("client on host1 could not ping web on host2 within 15 s");
+    };
+    show(
+        &format!("dataplane exec client -- ping -c 3 {}   # on host1", web.ip),
+        &ping,
+    );
+
+    p.step("fetch from web by name, across the hosts");
+    let got = lab::poll(Duration::from_secs(15), Duration::from_millis(300), || {
+        let o = sh::capture(
+            &mut h1.client(&["exec", "client", "--", "nc", "-w", "3", "web", "8080"]),
+            Some(Duration::from_secs(20)),
+        )?;
+        Ok(o.stdout.contains("hello-from-web").then_some(o.stdout))
+    })?;
+    let Some(got) = got else {
+        bail!("no answer from web:8080 (by name) across the hosts within 15 s");
+    };
+    show(
+        "dataplane exec client -- nc -w 3 web 8080   # on host1",
+        &got,
+    );
+    show(
+        "dataplane node ls        # on host2",
+        &h2.cli(&["node", "ls"])?,
+    );
+    let (ns1, _) = &lab.addrs[0];
+    let devices = lab::ip(ns1, &["-d", "-br", "link"])?;
+    show(
+        &format!("ip -n {ns1} -br link   # host1: no vxlan device, no bridge"),
+        &devices,
+    );
+    let kinds = lab::ip(ns1, &["-d", "link", "show"])?;
+    if kinds.contains("vxlan id") || kinds.contains("bridge_id") {
+        bail!("host1 has a vxlan or bridge device; the tunnel should be eBPF's alone");
+    }
+    drop(lab);
     drop(cleanup);
     Ok(())
 }

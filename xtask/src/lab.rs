@@ -592,18 +592,55 @@ pub fn lab_up(bin: &Path, hosts: u8) -> Result<()> {
     if Path::new(LAB_STATE).exists() {
         bail!("a lab is already up ({LAB_STATE}): `cargo xtask lab down` first");
     }
+    let mut c = Cleanup::default();
+    let (state, daemons) = build_lab(&mut c, bin, "dplab", Path::new(LAB_DIR), hosts)?;
+    std::fs::write(LAB_STATE, serde_json::to_vec_pretty(&state)?)
+        .with_context(|| format!("writing {LAB_STATE}"))?;
+    // Up: from here on the lab is `lab down`'s to remove.
+    for d in daemons {
+        d.detach();
+    }
+    c.keep();
+    print_lab(&state);
+    Ok(())
+}
+
+/// A running multi-host lab: what [`build_lab`] made.
+pub struct Lab {
+    pub hosts: Vec<Daemon>,
+    /// Each host's netns and underlay address.
+    pub addrs: Vec<(String, String)>,
+}
+
+/// Builds the multi-host topology under `dir` with names starting with
+/// `tag`, registering its removal in `c` (the demo drops it at the end;
+/// `lab up` keeps it).
+pub fn cluster(c: &mut Cleanup, bin: &Path, tag: &str, dir: &Path, hosts: u8) -> Result<Lab> {
+    let (state, daemons) = build_lab(c, bin, tag, dir, hosts)?;
+    Ok(Lab {
+        hosts: daemons,
+        addrs: state.hosts.into_iter().map(|h| (h.netns, h.ip)).collect(),
+    })
+}
+
+fn build_lab(
+    c: &mut Cleanup,
+    bin: &Path,
+    tag: &str,
+    dir: &Path,
+    hosts: u8,
+) -> Result<(LabState, Vec<Daemon>)> {
     if !Path::new(ETCD_BIN).is_file() {
         bail!("{ETCD_BIN} is missing: run `cargo xtask setup` (Debian's etcd-server)");
     }
-    let underlay = "dplab-underlay".to_string();
-    let names: Vec<String> = (1..=hosts).map(|i| format!("dplab-host{i}")).collect();
+    let underlay = format!("{tag}-underlay");
+    let names: Vec<String> = (1..=hosts).map(|i| format!("{tag}-host{i}")).collect();
     for n in std::iter::once(&underlay).chain(&names) {
         if netns_exists(n) {
             bail!("netns {n} exists but {LAB_STATE} does not: not ours to reuse or remove (delete it by hand if it is a leftover)");
         }
     }
-    let mut c = Cleanup::default();
-    let dir = PathBuf::from(LAB_DIR);
+    let dir = dir.to_path_buf();
     c.dir(&dir)?;
     eprintln!("==> underlay {underlay}: bridge br0 at {LAB_NET}.1/24");
     c.netns(&underlay)?;
@@ -678,7 +715,7 @@ pub fn lab_up(bin: &Path, hosts: u8) -> Result<()> {
         addr(ns, "eth0", &format!("{host_ip}/24"))?;
         wait_reachable(ns, &format!("{LAB_NET}.1"), Duration::from_secs(10))?;
         let hdir = dir.join(&name);
-        let bpffs = PathBuf::from(format!("/sys/fs/bpf/dplab-{name}"));
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/{tag}-{name}"));
         if bpffs.exists() {
             bail!("{} exists: not ours to reuse", bpffs.display());
         }
@@ -712,15 +749,7 @@ pub fn lab_up(bin: &Path, hosts: u8) -> Result<()> {
     for (h, d) in state.hosts.iter_mut().zip(daemons.iter_mut()) {
         h.pid = d.pid();
     }
-    std::fs::write(LAB_STATE, serde_json::to_vec_pretty(&state)?)
-        .with_context(|| format!("writing {LAB_STATE}"))?;
-    // Up: from here on the lab is `lab down`'s to remove.
-    for d in daemons {
-        d.detach();
-    }
-    c.keep();
-    print_lab(&state);
-    Ok(())
+    Ok((state, daemons))
 }
 
 fn print_lab(s: &LabState) {

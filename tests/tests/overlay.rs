@@ -143,6 +143,25 @@ fn wait_output(p: &Proc, needle: &str) {
     );
 }
 
+/// Asserts that every VXLAN packet of the capture goes to UDP port 4789
+/// (a reply sent back to the sender's flow-hash source port instead is
+/// dropped by a kernel VTEP as `UdpNoPorts`).
+#[track_caller]
+fn assert_to_vxlan_port(file: &std::path::Path) {
+    let (_, bad) = tshark(
+        file,
+        "vxlan && udp.dstport != 4789",
+        &[
+            "frame.number",
+            "ip.src",
+            "ip.dst",
+            "udp.srcport",
+            "udp.dstport",
+        ],
+    );
+    assert!(bad.is_empty(), "VXLAN not sent to port 4789: {bad:?}");
+}
+
 /// Which rows of `tshark -T fields` show `want` among their values.
 fn rows_with<'a>(rows: &'a [String], want: &str) -> Vec<&'a String> {
     rows.iter()
@@ -309,6 +328,7 @@ fn three_hosts_ping_tcp_udp_and_names_across() {
     // addresses, and tshark finds nothing malformed in it.
     let file = cap.finish();
     assert_well_formed(&file);
+    assert_to_vxlan_port(&file);
     let (_, rows) = tshark(&file, "vxlan", &["ip.src", "ip.dst"]);
     for i in 1..3 {
         let (me, peer) = (lab.host_ip(0), lab.host_ip(i));
@@ -792,6 +812,7 @@ fn a_kernel_vxlan_host_declared_as_a_vtep_talks_to_our_containers() {
     assert_well_formed(&file);
     let (_, rows) = tshark(&file, "vxlan", &["vxlan.vni", "ip.src", "ip.dst"]);
     assert!(!rows.is_empty(), "no VXLAN captured");
+    assert_to_vxlan_port(&file);
     for r in &rows {
         assert!(r.starts_with(&format!("{vni}\t")), "wrong VNI: {r}");
     }

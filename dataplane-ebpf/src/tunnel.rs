@@ -272,8 +272,10 @@ fn arp_in(ctx: &TcContext, rx: &Rx, vtep: VtepFlags, addr: Ipv4Wire) -> Result<A
         smac: mac_at(f, eth::DST),
         saddr: addr,
         daddr: rx.src,
-        sport: VXLAN_PORT,
-        dport: rx.sport,
+        // To the VXLAN port (RFC 7348): a VTEP listens on 4789 only, and
+        // the request's source port is entropy, not a return address.
+        sport: rx.sport,
+        dport: VXLAN_PORT,
         vni: rx.vni,
     };
     vxlan::write_outer(&mut r, &o, arp::FRAME_LEN as u32);

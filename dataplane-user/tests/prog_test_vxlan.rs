@@ -939,8 +939,9 @@ fn static_vteps_endpoints_are_learned_and_their_arp_answered() {
             macs: (STATIC_MAC, UL_MAC),
             src: LOCAL_VTEP,
             dst: STATIC_VTEP,
-            sport: 4789,
-            dport: 51_234,
+            // Back to the VXLAN port, whatever port the request came from.
+            sport: 51_234,
+            dport: 4789,
             flags: [0x08, 0, 0, 0],
             vni: VNI,
             reserved: 0,

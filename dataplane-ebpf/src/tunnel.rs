@@ -226,7 +226,9 @@ pub(crate) fn decap(ctx: &TcContext) -> Result<Option<Action>, DropReason> {
     if inner_proto == eth::P_ARP {
         return arp_in(ctx, &rx, vtep, t.addr).map(Some);
     }
-    Err(DropReason::VxlanMalformed)
+    // A well-formed frame of a protocol containers do not get (IPv6 is off
+    // in sandboxes: a kernel VTEP's router solicitations, MLD, ...).
+    Err(DropReason::UnsupportedProtocol)
 }
 
 /// An inner ARP frame: a reply for a local endpoint goes into it, a

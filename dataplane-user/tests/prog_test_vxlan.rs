@@ -825,7 +825,7 @@ fn vxlan_that_fails_a_check_is_dropped_with_its_reason() {
         lab.uplink(
             "inner IPv6 ethertype",
             &to_us().wrap(&v6),
-            Outcome::Drop(DropReason::VxlanMalformed),
+            Outcome::Drop(DropReason::UnsupportedProtocol),
         );
         lab.assert_stats();
     });

@@ -111,7 +111,7 @@ pub(crate) fn run(ctx: &TcContext) -> Result<Action, DropReason> {
         return Err(DropReason::ArpUnknownTarget);
     }
     // SAFETY: read-only lookup of plain data.
-    let fl = unsafe { FLOOD.get(&me.network_id) }.ok_or(DropReason::ArpUnknownTarget)?;
+    let fl = unsafe { FLOOD.get(me.network_id) }.ok_or(DropReason::ArpUnknownTarget)?;
     let n = if (fl.len as usize) < MAX_FLOOD {
         fl.len as usize
     } else {

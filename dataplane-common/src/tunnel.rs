@@ -17,6 +17,21 @@ pub const MAX_FLOOD: usize = 8;
 /// Slots of `TUNNEL` (one: this host's end).
 pub const TUNNEL_SLOTS: u32 = 1;
 
+/// Slots of `FLOOD_PROGS`, the program array `from_container` tail-calls
+/// into (the daemon fills it when it loads the programs).
+pub const FLOOD_PROG_SLOTS: u32 = 1;
+/// The slot of the `flood` program in `FLOOD_PROGS`: it encapsulates a
+/// container's ARP request for an unknown address of its overlay network
+/// to every static VTEP of the network's `FLOOD` entry.
+pub const FLOOD_PROG: u32 = 0;
+/// `skb->mark` of a flooded copy whose VTEP had no resolved neighbour: the
+/// copy is sent back into the ingress of the container's host-side veth
+/// (which makes the kernel take it as the IPv4 frame it now is), where
+/// `from_container` hands it to `flood` again, which sends it out with
+/// `bpf_redirect_neigh`. A container cannot send a frame with a mark (the
+/// veth clears it when the frame leaves the container's namespace).
+pub const FLOOD_LOOP_MARK: u32 = 0x7d1f_a10d;
+
 /// This host's end of the tunnel: the value of `TUNNEL[0]`, written by the
 /// daemon when it joins a cluster (all zero otherwise: no overlay).
 #[repr(C)]

@@ -44,6 +44,18 @@ impl Route {
 }
 
 impl Route {
+    /// Whether the FIB also knows the next hop's MAC ([`Route::macs`]).
+    #[inline(always)]
+    pub fn resolved(&self) -> bool {
+        self.r == BPF_FIB_LKUP_RET_SUCCESS as i64
+    }
+
+    /// The device the route leaves through.
+    #[inline(always)]
+    pub fn ifindex(&self) -> u32 {
+        self.fib.ifindex
+    }
+
     /// The Ethernet addresses of the next hop (destination, source): the
     /// destination is all zero when the neighbour is unknown, for
     /// [`send`]'s `bpf_redirect_neigh` fills it in.

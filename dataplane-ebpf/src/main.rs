@@ -16,6 +16,9 @@
 //! whose length disagrees with its frame, spoofed senders, ... A frame for
 //! a container on another host is encapsulated in VXLAN and sent out of the
 //! underlay (`tunnel`); `from_uplink` takes VXLAN for this host apart again.
+//! An ARP request for an unknown address of an overlay network is flooded
+//! to the network's static VTEPs by `flood`, a program of its own that
+//! `from_container` tail-calls (`FLOOD_PROGS`).
 //! No Linux bridge and no kernel vxlan device is involved.
 #![no_std]
 #![no_main]
@@ -23,6 +26,7 @@
 mod conntrack;
 mod ctx;
 mod fib;
+mod flood;
 mod lookup;
 mod maps;
 mod nat;
@@ -39,7 +43,7 @@ use ctx::{account, Action};
 use dataplane_common::{
     iface_slot,
     packet::{arp, decide_arp, decide_ipv4, eth, ArpVerdict, Verdict},
-    DropReason, LinkKey, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    DropReason, LinkKey, FLOOD_LOOP_MARK, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
 };
 use maps::{IFACES, LINKS};
 
@@ -59,6 +63,16 @@ pub fn from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
     let r = try_from_uplink(&ctx);
     account(PROG_FROM_UPLINK, len, r)
+}
+
+/// Reached from `from_container` by a tail call only: a container's ARP
+/// request flooded to its overlay's static VTEPs (`flood`). Counted as
+/// `from_container`.
+#[classifier]
+pub fn flood(ctx: TcContext) -> i32 {
+    let len = ctx.len();
+    let r = flood::run(&ctx);
+    account(PROG_FROM_CONTAINER, len, r)
 }
 
 /// The floor for `cargo xtask bench`: an empty program on the same hook.
@@ -117,6 +131,10 @@ fn uplink_nat(ctx: &TcContext) -> Result<Action, DropReason> {
 
 #[inline(always)]
 fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
+    // A flooded copy sent back in by `flood` itself (see there).
+    if flood::mark(ctx) == FLOOD_LOOP_MARK {
+        return Err(flood::enter(ctx, DropReason::TunnelNoRoute));
+    }
     let ifindex = ctx::ifindex(ctx);
     // Map values are borrowed in place, not copied: the pointers stay valid
     // for this run of the program. SAFETY: plain data; userspace replaces
@@ -164,6 +182,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
                     ctx, f, &mac, ip, ifindex,
                 )?)),
                 ArpVerdict::Pass => Ok(Action::Passed),
+                ArpVerdict::Flood => Err(flood::enter(ctx, DropReason::ArpUnknownTarget)),
                 ArpVerdict::Drop(r) => Err(r),
             }
         }

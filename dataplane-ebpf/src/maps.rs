@@ -3,13 +3,13 @@
 
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use dataplane_common::{
     Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr,
-    PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS,
-    MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SOCK_REV, MAX_VTEPS,
-    PROG_SLOTS, TUNNEL_SLOTS,
+    PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, FLOOD_PROG_SLOTS, MAX_CT,
+    MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SOCK_REV,
+    MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
 };
 
 /// Container IPv4 address -> its endpoint.
@@ -81,7 +81,12 @@ pub static TUNNEL: Array<Tunnel> = Array::pinned(TUNNEL_SLOTS, 0);
 #[map]
 pub static VTEPS: HashMap<Ipv4Wire, VtepFlags> = HashMap::pinned(MAX_VTEPS, 0);
 
-/// Network id -> the static VTEPs its broadcasts go to. Declared for the
-/// daemon's projection; the datapath does not flood yet.
+/// Network id -> the static VTEPs its containers' ARP requests for unknown
+/// addresses are flooded to (`flood`).
 #[map]
 pub static FLOOD: HashMap<u32, Flood> = HashMap::pinned(MAX_NETWORKS, 0);
+
+/// `FLOOD_PROG` -> the `flood` program, which `from_container` tail-calls;
+/// the daemon writes it each time it loads the programs.
+#[map]
+pub static FLOOD_PROGS: ProgramArray = ProgramArray::pinned(FLOOD_PROG_SLOTS, 0);

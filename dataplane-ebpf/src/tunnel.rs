@@ -14,6 +14,8 @@
 //!   the inner frame and goes straight into the container
 //!   (`bpf_redirect_peer`). Static VTEPs' endpoints are learned, and their
 //!   ARP requests for local endpoints answered in place.
+//! - A container's ARP request for an unknown address of its overlay goes
+//!   to the network's static VTEPs (`flood`, a program of its own).
 //!
 //! The header layouts and every decision are `dataplane_common::packet::vxlan`'s
 //! (host-tested); this module reads the frame, asks, and writes.
@@ -48,7 +50,7 @@ use crate::{
 
 /// This host's end of the tunnel, if the daemon enabled it.
 #[inline(always)]
-fn tunnel() -> Option<&'static Tunnel> {
+pub(crate) fn tunnel() -> Option<&'static Tunnel> {
     let t = TUNNEL.get(0)?;
     if t.flags & TUNNEL_ENABLED == 0 {
         return None;

@@ -26,8 +26,9 @@ use std::process::Command;
 use aya::{maps::HashMap, programs::SchedClassifier};
 use common::{in_private_netns, tc_test_run, Scratch};
 use dataplane_common::{
-    ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Network, Tunnel, EP_LEARNED, EP_REMOTE,
-    IFINDEX_BASE, PROG_FROM_CONTAINER, PROG_FROM_UPLINK, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
+    ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Flood, Network, Tunnel, EP_LEARNED,
+    EP_REMOTE, FLOOD_LOOP_MARK, IFINDEX_BASE, MAX_FLOOD, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -1244,5 +1245,341 @@ s.sendall(b'x'*{BYTES})\ns.close()\n",
                 .expect("stats b")
         });
         check(sb, "host B");
+    });
+}
+
+// ---------------------------------------------------------------------------
+// Flooding: ARP for an unknown address to the static VTEPs.
+// ---------------------------------------------------------------------------
+
+/// A second static VTEP, with a neighbour entry.
+const FLOOD_VTEP: [u8; 4] = [192, 0, 2, 4];
+const FLOOD_MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 2, 4];
+/// A static VTEP the FIB has no route to.
+const UNROUTED_VTEP: [u8; 4] = [203, 0, 113, 9];
+
+/// `struct __sk_buff`'s `mark` (after `len` and `pkt_type`).
+const SK_BUFF_MARK: usize = 8;
+
+/// [`tc_test_run`] of a frame that carries `skb->mark` `mark`.
+fn tc_test_run_marked(
+    prog: &SchedClassifier,
+    ifindex: u32,
+    mark: u32,
+    frame: &[u8],
+) -> (u32, Vec<u8>) {
+    use aya::programs::TestRun as _;
+    let mut ctx = [0u8; common::SK_BUFF_LEN];
+    ctx[common::SK_BUFF_IFINDEX..common::SK_BUFF_IFINDEX + 4]
+        .copy_from_slice(&ifindex.to_ne_bytes());
+    ctx[SK_BUFF_MARK..SK_BUFF_MARK + 4].copy_from_slice(&mark.to_ne_bytes());
+    let mut out = vec![0u8; frame.len() + 64];
+    let r = prog
+        .test_run(aya::programs::TestRunOptions {
+            data_in: Some(frame),
+            data_out: Some(&mut out),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..Default::default()
+        })
+        .expect("BPF_PROG_TEST_RUN with a mark");
+    out.truncate(r.data_size_out as usize);
+    (r.return_value, out)
+}
+
+/// The VXLAN frames (UDP to 4789) that pass device `ifname`, seen through
+/// an AF_PACKET socket bound to it: the copies a flood clones out.
+struct Capture {
+    fd: i32,
+}
+
+impl Capture {
+    fn on(ifname: &str) -> Capture {
+        let ifindex = nix::net::if_::if_nametoindex(ifname).expect(ifname);
+        let all = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket calls with valid, correctly sized arguments;
+        // the descriptor is closed on drop.
+        unsafe {
+            let fd = libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_NONBLOCK,
+                i32::from(all),
+            );
+            assert!(
+                fd >= 0,
+                "AF_PACKET socket: {}",
+                std::io::Error::last_os_error()
+            );
+            let mut sll: libc::sockaddr_ll = std::mem::zeroed();
+            sll.sll_family = libc::AF_PACKET as u16;
+            sll.sll_protocol = all;
+            sll.sll_ifindex = ifindex as i32;
+            let r = libc::bind(
+                fd,
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            );
+            assert_eq!(
+                r,
+                0,
+                "bind to {ifname}: {}",
+                std::io::Error::last_os_error()
+            );
+            Capture { fd }
+        }
+    }
+
+    /// The next VXLAN frame, waiting for it up to a second.
+    fn next_vxlan(&self) -> Option<Vec<u8>> {
+        let mut buf = vec![0u8; 2048];
+        for _ in 0..100 {
+            let mut pfd = libc::pollfd {
+                fd: self.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            if unsafe { libc::poll(&mut pfd, 1, 10) } <= 0 {
+                continue;
+            }
+            // SAFETY: `buf` is valid for its length.
+            let n = unsafe { libc::recv(self.fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
+            if n <= 0 {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if f.len() > 50 && be16(f, 12) == 0x0800 && f[23] == 17 && be16(f, 36) == 4789 {
+                return Some(f.to_vec());
+            }
+        }
+        None
+    }
+}
+
+impl Drop for Capture {
+    fn drop(&mut self) {
+        // SAFETY: our own descriptor.
+        unsafe { libc::close(self.fd) };
+    }
+}
+
+fn flood_to(vteps: &[[u8; 4]]) -> Flood {
+    let mut f = Flood {
+        len: vteps.len() as u32,
+        vteps: [0; MAX_FLOOD],
+    };
+    for (i, v) in vteps.iter().enumerate() {
+        f.vteps[i] = ipv4_wire(*v);
+    }
+    f
+}
+
+#[test]
+fn arp_for_an_unknown_address_is_flooded_to_the_static_vteps() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("flood");
+        ip_cmd(&[
+            "neigh",
+            "add",
+            &dotted(FLOOD_VTEP),
+            "lladdr",
+            &mac_str(FLOOD_MAC),
+            "dev",
+            "ul0",
+            "nud",
+            "permanent",
+        ]);
+        let a = lab.a;
+        let k_ip = [10, 7, 0, 250];
+        let req = ethernet(
+            BROADCAST,
+            a.mac,
+            0x0806,
+            &arp(1, a.mac, ip(&a), [0; 6], k_ip),
+        );
+
+        // Without a FLOOD entry for the network: dropped as before.
+        lab.container(
+            "ARP for an unknown address, no static VTEP",
+            a,
+            &req,
+            Outcome::Drop(DropReason::ArpUnknownTarget),
+        );
+
+        // One static VTEP with a known neighbour: the request leaves in
+        // VXLAN of the network's VNI from this host's VTEP, to that VTEP.
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[FLOOD_VTEP]))])
+            .expect("FLOOD");
+        let out = lab.container("ARP flooded to one VTEP", a, &req, Outcome::Redirected);
+        check_encap(
+            "flood to one VTEP",
+            &out,
+            &req,
+            FLOOD_VTEP,
+            (FLOOD_MAC, UL_MAC),
+        );
+
+        // Several: the frame itself goes to the last one, readdressed from
+        // the first one's headers (the checksum fixed incrementally); a
+        // VTEP without a route is skipped.
+        // The clones are captured where they go: out of the underlay to a
+        // resolved VTEP (on the far end of ul0), back into a's veth for an
+        // unresolved one.
+        let (wire, looped) = (Capture::on("ul1"), Capture::on("dpv-a"));
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[STATIC_VTEP, UNROUTED_VTEP, FLOOD_VTEP]))])
+            .expect("FLOOD");
+        let out = lab.container("ARP flooded to three", a, &req, Outcome::Redirected);
+        let sport = check_encap(
+            "flood, last of three",
+            &out,
+            &req,
+            FLOOD_VTEP,
+            (FLOOD_MAC, UL_MAC),
+        );
+        let copy = looped
+            .next_vxlan()
+            .expect("the copy for the unresolved VTEP");
+        let s = check_encap(
+            "flood, copy looped",
+            &copy,
+            &req,
+            STATIC_VTEP,
+            TO_UNRESOLVED,
+        );
+        assert_eq!(s, sport, "one encapsulation, one source port");
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[FLOOD_VTEP, STATIC_VTEP, FLOOD_VTEP]))])
+            .expect("FLOOD");
+        let out = lab.container("ARP flooded, clone first", a, &req, Outcome::Redirected);
+        check_encap(
+            "flood, last of three",
+            &out,
+            &req,
+            FLOOD_VTEP,
+            (FLOOD_MAC, UL_MAC),
+        );
+        let copy = wire.next_vxlan().expect("the clone on the wire");
+        check_encap(
+            "flood, clone on the wire",
+            &copy,
+            &req,
+            FLOOD_VTEP,
+            (FLOOD_MAC, UL_MAC),
+        );
+        let copy = looped.next_vxlan().expect("the second copy looped");
+        check_encap(
+            "flood, second copy looped",
+            &copy,
+            &req,
+            STATIC_VTEP,
+            TO_UNRESOLVED,
+        );
+        assert!(wire.next_vxlan().is_none(), "one clone on the wire only");
+        assert!(looped.next_vxlan().is_none(), "one copy looped only");
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[FLOOD_VTEP, UNROUTED_VTEP]))])
+            .expect("FLOOD");
+        let out = lab.container("ARP flooded, last unrouted", a, &req, Outcome::Redirected);
+        check_encap(
+            "flood, last unrouted",
+            &out,
+            &req,
+            FLOOD_VTEP,
+            (FLOOD_MAC, UL_MAC),
+        );
+
+        // A VTEP whose neighbour is unknown: its copy goes back into the
+        // veth's ingress with the loop mark, without MACs...
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[FLOOD_VTEP, STATIC_VTEP]))])
+            .expect("FLOOD");
+        let out = lab.container("ARP flooded, last unresolved", a, &req, Outcome::Redirected);
+        check_encap("flood, unresolved", &out, &req, STATIC_VTEP, TO_UNRESOLVED);
+        // ... and from there (the kernel has taken it as IPv4) out of the
+        // underlay with bpf_redirect_neigh, as it is.
+        let (ret, again) = tc_test_run_marked(
+            lab.program(Prog::Container),
+            a.ifindex,
+            FLOOD_LOOP_MARK,
+            &out,
+        );
+        assert_eq!(ret, TC_ACT_REDIRECT, "the looped copy is redirected");
+        assert_eq!(hex(&again), hex(&out), "the looped copy, unchanged");
+        let e = &mut lab.expected[Prog::Container.slot()];
+        e.packets += 1;
+        e.bytes += out.len() as u64;
+        e.redirected += 1;
+
+        // What is not flooded: the gateway (answered), a reply, an address
+        // outside the subnet, a forged sender.
+        let gw = ethernet(
+            BROADCAST,
+            a.mac,
+            0x0806,
+            &arp(1, a.mac, ip(&a), [0; 6], ipv4_octets(NET.gateway)),
+        );
+        lab.container("ARP for the gateway", a, &gw, Outcome::ArpReplied);
+        let reply = ethernet(
+            BROADCAST,
+            a.mac,
+            0x0806,
+            &arp(2, a.mac, ip(&a), [0; 6], k_ip),
+        );
+        lab.container("an ARP reply", a, &reply, Outcome::Passed);
+        let outside = ethernet(
+            BROADCAST,
+            a.mac,
+            0x0806,
+            &arp(1, a.mac, ip(&a), [0; 6], [10, 8, 0, 250]),
+        );
+        lab.container(
+            "ARP outside the subnet",
+            a,
+            &outside,
+            Outcome::Drop(DropReason::ArpUnknownTarget),
+        );
+        let forged = ethernet(
+            BROADCAST,
+            a.mac,
+            0x0806,
+            &arp(1, a.mac, [10, 7, 0, 99], [0; 6], k_ip),
+        );
+        lab.container(
+            "ARP with a forged sender",
+            a,
+            &forged,
+            Outcome::Drop(DropReason::SpoofedIp),
+        );
+
+        // No VTEP with a route, or no tunnel: counted, the frame untouched.
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[UNROUTED_VTEP]))])
+            .expect("FLOOD");
+        lab.container(
+            "ARP flooded to an unrouted VTEP only",
+            a,
+            &req,
+            Outcome::Drop(DropReason::TunnelNoRoute),
+        );
+        lab.dp
+            .set_tunnel(Tunnel {
+                addr: 0,
+                ifindex: 0,
+                mtu: 0,
+                flags: 0,
+            })
+            .expect("TUNNEL off");
+        lab.dp
+            .sync_flood(&[(1, flood_to(&[FLOOD_VTEP]))])
+            .expect("FLOOD");
+        lab.container(
+            "ARP flood with the tunnel off",
+            a,
+            &req,
+            Outcome::Drop(DropReason::TunnelDisabled),
+        );
+        lab.assert_stats();
     });
 }

@@ -35,6 +35,12 @@ pub enum ArpVerdict {
     },
     /// Hand to the host stack (replies to the host's own requests, gratuitous ARP).
     Pass,
+    /// A request for an address of the sender's overlay network that no
+    /// endpoint has: flood it to the network's static VTEPs (if it has
+    /// any; otherwise [`DropReason::ArpUnknownTarget`]), where it may be
+    /// the address of a container behind a kernel vxlan host that has not
+    /// sent anything yet. See [`super::vxlan::floods`].
+    Flood,
     Drop(DropReason),
 }
 
@@ -111,7 +117,9 @@ pub fn decide_arp(me: &Endpoint, net: &Network, a: &Arp, target: Option<&Endpoin
             mac: t.mac,
             ip: a.tpa,
         },
-        _ => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
+        Some(_) => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
+        None if super::vxlan::floods(net, a) => ArpVerdict::Flood,
+        None => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
     }
 }
 
@@ -226,6 +234,38 @@ mod tests {
         );
         assert_eq!(
             decide_arp(&a, &OVERLAY, &parsed, Some(&remote(3, 2))),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+    }
+
+    #[test]
+    fn arp_for_an_unknown_address_of_an_overlay_is_flooded() {
+        let a = Endpoint {
+            net: OVERLAY,
+            ..ep(2, 1, 10)
+        };
+        let req = |tpa| arp::parse(&arp_request(a.mac, [172, 18, 0, 2], tpa)).unwrap();
+        assert_eq!(
+            decide_arp(&a, &OVERLAY, &req([172, 18, 0, 77]), None),
+            ArpVerdict::Flood
+        );
+        // Known addresses are answered, the gateway too; another network's
+        // endpoint is no unknown address.
+        assert!(matches!(
+            decide_arp(&a, &OVERLAY, &req([172, 18, 0, 1]), None),
+            ArpVerdict::Reply { .. }
+        ));
+        assert_eq!(
+            decide_arp(&a, &OVERLAY, &req([172, 18, 0, 3]), Some(&remote(3, 2))),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+        // Outside the subnet, or on a network without a VNI: dropped as before.
+        assert_eq!(
+            decide_arp(&a, &OVERLAY, &req([10, 0, 0, 1]), None),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+        assert_eq!(
+            decide_arp(&a, &NET, &req([172, 18, 0, 77]), None),
             ArpVerdict::Drop(DropReason::ArpUnknownTarget)
         );
     }

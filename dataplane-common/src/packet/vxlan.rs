@@ -11,10 +11,13 @@
 //!  0 outer Ethernet | 14 outer IPv4 (IHL 5) | 34 UDP | 42 VXLAN | 50 inner Ethernet | 64 inner L3
 //! ```
 
-use super::{eth, ipv4, load};
+use super::{
+    arp::{self, Arp},
+    eth, ipv4, load,
+};
 use crate::{
-    DropReason, Endpoint, Ipv4Wire, VtepFlags, EP_LEARNED, EP_REMOTE, IPPROTO_ICMP, IPPROTO_UDP,
-    VTEP_STATIC, VXLAN_PORT,
+    DropReason, Endpoint, Ipv4Wire, Network, VtepFlags, EP_LEARNED, EP_REMOTE, IPPROTO_ICMP,
+    IPPROTO_UDP, VTEP_STATIC, VXLAN_PORT,
 };
 
 /// Offset of the outer IPv4 header.
@@ -150,6 +153,61 @@ pub fn write_outer<const N: usize>(f: &mut [u8; N], o: &Outer, inner_len: u32) {
     f[VXLAN + 5] = vni[2];
     f[VXLAN + 6] = vni[3];
     f[VXLAN + 7] = 0;
+}
+
+/// Offset of the outer IPv4 header checksum; the source and destination
+/// addresses follow it, so one store of [`DADDR_FIX_LEN`] bytes from here
+/// readdresses a flooded copy.
+pub const OUTER_CSUM: usize = OUTER_IP + 10;
+/// Bytes from [`OUTER_CSUM`] to the end of the outer destination address.
+pub const DADDR_FIX_LEN: usize = 10;
+
+/// Whether a container's ARP `a` on network `net` is flooded to the
+/// network's static VTEPs when no endpoint owns the requested address: a
+/// request (a reply or a gratuitous ARP announces, it asks nothing), on an
+/// overlay network (a VNI), for an address inside its subnet that is not
+/// the gateway (answered here) nor the subnet's network or broadcast
+/// address (no container has those).
+#[inline(always)]
+pub fn floods(net: &Network, a: &Arp) -> bool {
+    let host = a.tpa & !net.mask;
+    a.op == arp::OP_REQUEST
+        && net.vni != 0
+        && net.contains(a.tpa)
+        && a.tpa != net.gateway
+        && host != 0
+        && host != !net.mask
+}
+
+/// The IPv4 header checksum after a 32-bit field (an address, in wire
+/// form like the checksum's bytes) changed from `old` to `new`, updated
+/// incrementally as RFC 1624 (eqn. 3) says: `HC' = ~(~HC + ~m + m')`.
+#[inline(always)]
+pub fn csum_replace32(csum: u16, old: Ipv4Wire, new: Ipv4Wire) -> u16 {
+    let (o, n) = (old.to_ne_bytes(), new.to_ne_bytes());
+    let word = |b: [u8; 4], i: usize| ((b[i] as u32) << 8) | b[i + 1] as u32;
+    let mut sum = (!csum) as u32;
+    sum += (!word(o, 0)) & 0xffff;
+    sum += (!word(o, 2)) & 0xffff;
+    sum += word(n, 0);
+    sum += word(n, 2);
+    fold(sum)
+}
+
+/// The [`DADDR_FIX_LEN`] bytes at [`OUTER_CSUM`] of a flooded copy whose
+/// outer headers were written by [`write_outer`] with checksum `csum` and
+/// destination `first`, readdressed to `vtep`: the updated checksum, the
+/// source `saddr` (unchanged) and `vtep`.
+#[inline(always)]
+pub fn readdress(
+    csum: u16,
+    saddr: Ipv4Wire,
+    first: Ipv4Wire,
+    vtep: Ipv4Wire,
+) -> [u8; DADDR_FIX_LEN] {
+    let c = csum_replace32(csum, first, vtep).to_be_bytes();
+    let (s, d) = (saddr.to_ne_bytes(), vtep.to_ne_bytes());
+    [c[0], c[1], s[0], s[1], s[2], s[3], d[0], d[1], d[2], d[3]]
 }
 
 /// Whether the frame (at least its Ethernet and a minimal IPv4 header) is
@@ -814,6 +872,56 @@ mod tests {
         };
         let v = decide_rx(&rx(42), VTEP_STATIC, &probe, Some(&local), None).unwrap();
         assert!(!v.learn);
+    }
+
+    #[test]
+    fn a_readdressed_copy_has_the_checksum_written_from_scratch() {
+        let mut o = outer();
+        let f = encapsulated(&o, 42);
+        let csum = u16::from_be_bytes([f[OUTER_CSUM], f[OUTER_CSUM + 1]]);
+        for vtep in [
+            [192, 0, 2, 3],
+            [10, 255, 0, 1],
+            [255, 255, 255, 254],
+            REMOTE,
+        ] {
+            let fix = readdress(csum, o.saddr, o.daddr, ipv4_wire(vtep));
+            let mut g = f.clone();
+            g[OUTER_CSUM..OUTER_CSUM + DADDR_FIX_LEN].copy_from_slice(&fix);
+            o.daddr = ipv4_wire(vtep);
+            assert_eq!(g, encapsulated(&o, 42), "{vtep:?}");
+            assert_eq!(rfc1071(&g[OUTER_IP..OUTER_UDP]), 0, "{vtep:?}");
+            o.daddr = ipv4_wire(REMOTE);
+        }
+    }
+
+    #[test]
+    fn only_requests_for_unknown_hosts_of_an_overlay_subnet_flood() {
+        let net = Network {
+            subnet: ipv4_wire([10, 7, 0, 0]),
+            mask: ipv4_wire([255, 255, 255, 0]),
+            gateway: ipv4_wire([10, 7, 0, 1]),
+            flags: 0,
+            vni: 42,
+        };
+        let a = |op, tpa| Arp {
+            op,
+            sha: [2, 0, 0, 0, 0, 2],
+            spa: ipv4_wire([10, 7, 0, 2]),
+            tpa: ipv4_wire(tpa),
+        };
+        assert!(floods(&net, &a(arp::OP_REQUEST, [10, 7, 0, 250])));
+        assert!(!floods(&net, &a(arp::OP_REPLY, [10, 7, 0, 250])));
+        for tpa in [
+            [10, 7, 0, 1],
+            [10, 7, 0, 0],
+            [10, 7, 0, 255],
+            [10, 8, 0, 250],
+        ] {
+            assert!(!floods(&net, &a(arp::OP_REQUEST, tpa)), "{tpa:?}");
+        }
+        let plain = Network { vni: 0, ..net };
+        assert!(!floods(&plain, &a(arp::OP_REQUEST, [10, 7, 0, 250])));
     }
 
     #[test]

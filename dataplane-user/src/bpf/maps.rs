@@ -7,9 +7,9 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, MapInfo, MapType};
 use dataplane_common::{
     Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr,
-    Network, PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, MAX_CT,
-    MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SOCK_REV,
-    MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
+    Network, PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, FLOOD_PROG_SLOTS,
+    MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS,
+    MAX_SOCK_REV, MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
 };
 
 /// What an unused `IFACES` slot holds.
@@ -46,10 +46,11 @@ pub const CT: &str = "CT";
 pub const TUNNEL: &str = "TUNNEL";
 pub const VTEPS: &str = "VTEPS";
 pub const FLOOD: &str = "FLOOD";
+pub const FLOOD_PROGS: &str = "FLOOD_PROGS";
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 15] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 16] {
     [
         (DNS_PORTS, MapType::Hash, 8, 4, MAX_ENDPOINTS),
         (
@@ -138,6 +139,7 @@ fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 15] {
             size_of::<Flood>() as u32,
             MAX_NETWORKS,
         ),
+        (FLOOD_PROGS, MapType::ProgramArray, 4, 4, FLOOD_PROG_SLOTS),
     ]
 }
 

@@ -16,13 +16,13 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{anyhow, Context as _, Result};
 use aya::{
-    maps::{Array, HashMap, PerCpuArray},
+    maps::{Array, HashMap, PerCpuArray, ProgramArray},
     programs::SchedClassifier,
     Ebpf, EbpfLoader,
 };
 use dataplane_common::{
-    iface_slot, Counters, DropReason, Endpoint, Ipv4Wire, LinkKey, NatAddr, PortKey, IFINDEX_BASE,
-    LAYOUT_VERSION, MAX_ENDPOINTS, PROG_NAMES,
+    iface_slot, Counters, DropReason, Endpoint, Ipv4Wire, LinkKey, NatAddr, PortKey, FLOOD_PROG,
+    IFINDEX_BASE, LAYOUT_VERSION, MAX_ENDPOINTS, PROG_NAMES,
 };
 use serde::Serialize;
 
@@ -125,7 +125,7 @@ impl Datapath {
             .default_map_pin_directory(&maps_dir)
             .load(EBPF_OBJECT)
             .context("loading the eBPF object")?;
-        for name in ["from_container", "from_uplink", "noop"] {
+        for name in ["from_container", "from_uplink", "noop", "flood"] {
             let prog: &mut SchedClassifier = ebpf
                 .program_mut(name)
                 .ok_or_else(|| anyhow!("program {name} missing from the object"))?
@@ -133,6 +133,20 @@ impl Datapath {
             prog.load()
                 .with_context(|| format!("verifying program {name}"))?;
         }
+        // `from_container` tail-calls `flood` through this array (pinned:
+        // a program still attached from before a restart finds this load's
+        // `flood` there).
+        let fd = ebpf
+            .program("flood")
+            .ok_or_else(|| anyhow!("program flood missing from the object"))?
+            .fd()?
+            .try_clone()?;
+        let map = ebpf
+            .map_mut(maps::FLOOD_PROGS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::FLOOD_PROGS))?;
+        ProgramArray::try_from(map)?
+            .set(FLOOD_PROG, &fd, 0)
+            .context("writing FLOOD_PROGS")?;
         Ok(Self {
             ebpf,
             links_dir,

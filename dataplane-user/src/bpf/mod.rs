@@ -244,9 +244,9 @@ impl Datapath {
             .iter()
             .filter_map(|r| r.ok())
             .filter(|(k, v)| {
-                !keep.contains(k)
-                    && !(v.flags & dataplane_common::EP_LEARNED != 0
-                        && learned_nets.contains(&v.network_id))
+                let learned = v.flags & dataplane_common::EP_LEARNED != 0
+                    && learned_nets.contains(&v.network_id);
+                !keep.contains(k) && !learned
             })
             .map(|(k, _)| k)
             .collect();

@@ -208,6 +208,34 @@ pub enum DropReason {
     /// tag in the frame or in the skb's metadata: a tag a container chose
     /// must never reach another segment.
     VlanTagged = 16,
+    /// A frame for a remote endpoint ([`EP_REMOTE`]) while this host has
+    /// no tunnel (`TUNNEL[0]` not [`TUNNEL_ENABLED`]), or for one on a
+    /// network without a VNI.
+    TunnelDisabled = 17,
+    /// The FIB has no way out of the underlay to the remote endpoint's VTEP.
+    TunnelNoRoute = 18,
+    /// An IPv4 packet for a remote endpoint larger than [`Tunnel::mtu`].
+    /// With DF set it is answered with an ICMP fragmentation-needed
+    /// carrying the tunnel MTU (the packet itself still counts here);
+    /// without DF it is dropped (the datapath does not fragment).
+    TunnelTooBig = 19,
+    /// VXLAN to this host's VTEP from an underlay address not in `VTEPS`.
+    VxlanUnknownVtep = 20,
+    /// VXLAN whose outer or inner headers are cut short or disagree with
+    /// the frame's length, an outer fragment, or an inner frame of a kind
+    /// the overlay does not carry.
+    VxlanMalformed = 21,
+    /// A VXLAN header without the I flag, or with reserved bits set.
+    VxlanBadFlags = 22,
+    /// The inner destination is an endpoint of this host, but of another
+    /// VNI (or of a network that is not an overlay).
+    VxlanUnknownVni = 23,
+    /// The inner destination is no endpoint of this host.
+    VxlanNotLocal = 24,
+    /// The inner source is not a remote endpoint of the destination's
+    /// network behind the VTEP that sent the packet (with its MAC), and was
+    /// not learnable (only static VTEPs' endpoints are learned).
+    VxlanSpoofed = 25,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -216,7 +244,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 16] = [
+    pub const ALL: [DropReason; 25] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -233,6 +261,15 @@ impl DropReason {
         DropReason::NatMalformed,
         DropReason::Ipv4Truncated,
         DropReason::VlanTagged,
+        DropReason::TunnelDisabled,
+        DropReason::TunnelNoRoute,
+        DropReason::TunnelTooBig,
+        DropReason::VxlanUnknownVtep,
+        DropReason::VxlanMalformed,
+        DropReason::VxlanBadFlags,
+        DropReason::VxlanUnknownVni,
+        DropReason::VxlanNotLocal,
+        DropReason::VxlanSpoofed,
     ];
 
     /// The counter name shown by `dataplane stats`.
@@ -254,6 +291,15 @@ impl DropReason {
             DropReason::NatMalformed => "nat_malformed",
             DropReason::Ipv4Truncated => "ipv4_truncated",
             DropReason::VlanTagged => "vlan_tagged",
+            DropReason::TunnelDisabled => "tunnel_disabled",
+            DropReason::TunnelNoRoute => "tunnel_no_route",
+            DropReason::TunnelTooBig => "tunnel_too_big",
+            DropReason::VxlanUnknownVtep => "vxlan_unknown_vtep",
+            DropReason::VxlanMalformed => "vxlan_malformed",
+            DropReason::VxlanBadFlags => "vxlan_bad_flags",
+            DropReason::VxlanUnknownVni => "vxlan_unknown_vni",
+            DropReason::VxlanNotLocal => "vxlan_not_local",
+            DropReason::VxlanSpoofed => "vxlan_spoofed_source",
         }
     }
 }

@@ -24,6 +24,10 @@ pub(crate) enum Action {
     New(i32),
     /// Rewritten, then left to the host stack (no direct way out).
     TranslatedPassed,
+    /// Refused for the reason given, which is counted as a drop, but
+    /// answered (e.g. an ICMP error in its place): the verdict is the
+    /// answer's.
+    Refused(i32, DropReason),
 }
 
 impl Action {
@@ -34,7 +38,8 @@ impl Action {
             Action::Redirected(a)
             | Action::ArpReplied(a)
             | Action::Translated(a)
-            | Action::New(a) => *a,
+            | Action::New(a)
+            | Action::Refused(a, _) => *a,
             Action::Passed | Action::TranslatedPassed => TC_ACT_OK as i32,
         }
     }
@@ -73,7 +78,7 @@ fn vlan_tagged(ctx: &TcContext) -> bool {
 
 /// Whether the skb is a GSO packet (segmented later, on its way out).
 #[inline(always)]
-fn is_gso(ctx: &TcContext) -> bool {
+pub(crate) fn is_gso(ctx: &TcContext) -> bool {
     // SAFETY: as above.
     unsafe { (*ctx.skb.skb).gso_size != 0 }
 }
@@ -120,9 +125,11 @@ pub(crate) fn counters(prog: u32) -> Option<&'static mut Counters> {
     STATS.get_ptr_mut(prog).map(|p| unsafe { &mut *p })
 }
 
-/// Counts the outcome of one run of program `prog` and returns its verdict.
+/// Counts the outcome of one run of program `prog` on a frame that was
+/// `len` bytes long when the program started (encapsulation and
+/// decapsulation change the length), and returns its verdict.
 #[inline(always)]
-pub(crate) fn account(ctx: &TcContext, prog: u32, result: Result<Action, DropReason>) -> i32 {
+pub(crate) fn account(prog: u32, len: u32, result: Result<Action, DropReason>) -> i32 {
     let Some(c) = counters(prog) else {
         // STATS is a fixed-size array: this cannot miss. Keep the verdict.
         return match result {
@@ -131,7 +138,7 @@ pub(crate) fn account(ctx: &TcContext, prog: u32, result: Result<Action, DropRea
         };
     };
     c.packets += 1;
-    c.bytes += ctx.len() as u64;
+    c.bytes += len as u64;
     match result {
         Ok(a) => {
             match a {
@@ -150,6 +157,12 @@ pub(crate) fn account(ctx: &TcContext, prog: u32, result: Result<Action, DropRea
                 Action::TranslatedPassed => {
                     c.translated += 1;
                     c.passed += 1;
+                }
+                Action::Refused(_, reason) => {
+                    let i = reason as usize;
+                    if i < c.drops.len() {
+                        c.drops[i] += 1;
+                    }
                 }
             }
             a.verdict()

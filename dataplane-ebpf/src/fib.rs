@@ -6,7 +6,7 @@
 use aya_ebpf::{
     bindings::{
         bpf_fib_lookup as FibParams, bpf_redir_neigh, BPF_FIB_LKUP_RET_NO_NEIGH,
-        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_SRC,
+        BPF_FIB_LKUP_RET_SUCCESS, BPF_FIB_LOOKUP_OUTPUT, BPF_FIB_LOOKUP_SRC,
     },
     helpers::generated::{bpf_fib_lookup, bpf_redirect, bpf_redirect_neigh, bpf_redirect_peer},
     programs::TcContext,
@@ -43,13 +43,33 @@ impl Route {
     }
 }
 
+impl Route {
+    /// The Ethernet addresses of the next hop (destination, source): the
+    /// destination is all zero when the neighbour is unknown, for
+    /// [`send`]'s `bpf_redirect_neigh` fills it in.
+    #[inline(always)]
+    pub fn macs(&self) -> ([u8; 6], [u8; 6]) {
+        if self.r == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+            (self.fib.dmac, self.fib.smac)
+        } else {
+            ([0; 6], self.fib.smac)
+        }
+    }
+}
+
 /// Looks up the route from `saddr` to `daddr` for the packet in `ctx`.
 #[inline(always)]
 fn lookup(ctx: &TcContext, saddr: Ipv4Wire, daddr: Ipv4Wire, flags: u32) -> Route {
+    lookup_on(ctx, ifindex(ctx), saddr, daddr, flags)
+}
+
+/// [`lookup`] with the FIB's `ifindex` parameter chosen by the caller.
+#[inline(always)]
+fn lookup_on(ctx: &TcContext, dev: u32, saddr: Ipv4Wire, daddr: Ipv4Wire, flags: u32) -> Route {
     // SAFETY: an all-zero bpf_fib_lookup is a valid value of the C struct.
     let mut fib: FibParams = unsafe { core::mem::zeroed() };
     fib.family = AF_INET;
-    fib.ifindex = ifindex(ctx);
+    fib.ifindex = dev;
     fib.__bindgen_anon_3.ipv4_src = saddr;
     fib.__bindgen_anon_4.ipv4_dst = daddr;
     // SAFETY: `fib` is a valid, initialised parameter block of the size passed.
@@ -68,6 +88,44 @@ fn lookup(ctx: &TcContext, saddr: Ipv4Wire, daddr: Ipv4Wire, flags: u32) -> Rout
 #[inline(always)]
 pub fn lookup_src(ctx: &TcContext, saddr: Ipv4Wire, daddr: Ipv4Wire) -> Route {
     lookup(ctx, saddr, daddr, BPF_FIB_LOOKUP_SRC)
+}
+
+/// The way out of the underlay device `dev` from this host's VTEP `saddr`
+/// to the remote VTEP `daddr`: an output lookup (the route must leave
+/// through `dev`), as the host's own sockets would send it.
+#[inline(always)]
+pub fn underlay(ctx: &TcContext, saddr: Ipv4Wire, daddr: Ipv4Wire, dev: u32) -> Route {
+    lookup_on(ctx, dev, saddr, daddr, BPF_FIB_LOOKUP_OUTPUT)
+}
+
+/// Sends the frame, whose Ethernet header already holds
+/// [`Route::macs`], out of the device a found `route` names: straight to a
+/// known neighbour, or through `bpf_redirect_neigh`, which resolves it.
+/// The caller checked [`Route::found`]. No TTL change: the frame is this
+/// host's own (an encapsulation), not a routed one.
+#[inline(always)]
+pub fn send(route: &Route) -> i32 {
+    let fib = &route.fib;
+    if route.r == BPF_FIB_LKUP_RET_SUCCESS as i64 {
+        // SAFETY: helper call with plain arguments.
+        return unsafe { bpf_redirect(fib.ifindex, 0) } as i32;
+    }
+    let mut nh = bpf_redir_neigh {
+        nh_family: AF_INET as u32,
+        __bindgen_anon_1: aya_ebpf::bindings::bpf_redir_neigh__bindgen_ty_1 {
+            // SAFETY: reading the union member the lookup filled for AF_INET.
+            ipv4_nh: unsafe { fib.__bindgen_anon_4.ipv4_dst },
+        },
+    };
+    // SAFETY: `nh` is valid for the size passed.
+    unsafe {
+        bpf_redirect_neigh(
+            fib.ifindex,
+            &mut nh,
+            core::mem::size_of::<bpf_redir_neigh>() as i32,
+            0,
+        ) as i32
+    }
 }
 
 /// Puts a translated packet on its way to `daddr`: straight into a

@@ -13,8 +13,10 @@
 //! the gateway or a peer is answered here, traffic for the gateway, the host or
 //! beyond goes to the host stack (translated if it needs to be), and
 //! everything else is dropped with a counted reason: VLAN-tagged frames, IPv4
-//! whose length disagrees with its frame, spoofed senders, ... No Linux bridge
-//! is involved.
+//! whose length disagrees with its frame, spoofed senders, ... A frame for
+//! a container on another host is encapsulated in VXLAN and sent out of the
+//! underlay (`tunnel`); `from_uplink` takes VXLAN for this host apart again.
+//! No Linux bridge and no kernel vxlan device is involved.
 #![no_std]
 #![no_main]
 
@@ -26,6 +28,7 @@ mod maps;
 mod nat;
 mod rewrite;
 mod sock;
+mod tunnel;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -41,9 +44,11 @@ use dataplane_common::{
 use maps::{IFACES, LINKS};
 
 #[classifier]
+#[inline(always)]
 pub fn from_container(ctx: TcContext) -> i32 {
+    let len = ctx.len();
     let r = try_from_container(&ctx);
-    account(&ctx, PROG_FROM_CONTAINER, r)
+    account(PROG_FROM_CONTAINER, len, r)
 }
 
 /// TC ingress of the host's own interfaces (uplinks): published ports and
@@ -51,8 +56,9 @@ pub fn from_container(ctx: TcContext) -> i32 {
 /// else goes to the host untouched.
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
+    let len = ctx.len();
     let r = try_from_uplink(&ctx);
-    account(&ctx, PROG_FROM_UPLINK, r)
+    account(PROG_FROM_UPLINK, len, r)
 }
 
 /// The floor for `cargo xtask bench`: an empty program on the same hook.
@@ -91,6 +97,18 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
     if ctx::ethertype(ctx, hdr) != Ok(eth::P_IPV4) {
         return Ok(Action::Passed);
     }
+    // VXLAN for this host's VTEP first: it is never translated.
+    if let Some(a) = tunnel::decap(ctx)? {
+        return Ok(a);
+    }
+    uplink_nat(ctx)
+}
+
+/// The NAT half of `from_uplink`, a BPF subprogram of its own: the
+/// verifier sums the stack frames along a call chain (512 bytes at most),
+/// and this one and the VXLAN decapsulation's are never live together.
+#[inline(never)]
+fn uplink_nat(ctx: &TcContext) -> Result<Action, DropReason> {
     let Ok(ip) = ctx::ipv4(ctx) else {
         return Ok(Action::Passed);
     };
@@ -130,6 +148,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
                         ctx, hdr, ifindex, &mac,
                     )?))
                 }
+                Verdict::Encap { vtep, mac, vni } => tunnel::encap(ctx, me, f, vtep, &mac, vni),
                 Verdict::Pass => nat::from_container(ctx, me, dst),
                 Verdict::Drop(r) => Err(r),
             }

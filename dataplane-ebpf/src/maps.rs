@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray},
 };
 use dataplane_common::{
-    Counters, CtEntry, CtKey, Endpoint, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr, PeerCache,
-    PortKey, SockRevKey, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS,
-    MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV, PROG_SLOTS,
+    Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr,
+    PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS,
+    MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SOCK_REV, MAX_VTEPS,
+    PROG_SLOTS, TUNNEL_SLOTS,
 };
 
 /// Container IPv4 address -> its endpoint.
@@ -69,3 +70,18 @@ pub static DNS_PORTS: HashMap<u64, u32> = HashMap::pinned(MAX_ENDPOINTS, 0);
 /// Settings the daemon writes once (`CFG_*` slots).
 #[map]
 pub static CONFIG: Array<u64> = Array::pinned(CONFIG_SLOTS, 0);
+
+/// This host's end of the tunnel (slot 0), written when the daemon runs in
+/// a cluster; all zero (disabled) otherwise.
+#[map]
+pub static TUNNEL: Array<Tunnel> = Array::pinned(TUNNEL_SLOTS, 0);
+
+/// Underlay address of a host whose VXLAN this host accepts -> `VTEP_*`
+/// flags (a cluster node, or a static VTEP whose endpoints are learned).
+#[map]
+pub static VTEPS: HashMap<Ipv4Wire, VtepFlags> = HashMap::pinned(MAX_VTEPS, 0);
+
+/// Network id -> the static VTEPs its broadcasts go to. Declared for the
+/// daemon's projection; the datapath does not flood yet.
+#[map]
+pub static FLOOD: HashMap<u32, Flood> = HashMap::pinned(MAX_NETWORKS, 0);

@@ -165,6 +165,7 @@ fn network(subnet: [u8; 4], prefix: u32, gateway: [u8; 4], flags: u32) -> Networ
         mask: ipv4_wire(mask),
         gateway: ipv4_wire(gateway),
         flags,
+        vni: 0,
     }
 }
 
@@ -178,15 +179,7 @@ fn endpoint(ifindex: u32, network_id: u32, net: Network, ip: [u8; 4]) -> Endpoin
         mac: [0x02, 0x42, ip[0], ip[1], ip[2], ip[3]],
         host_mac: [0xee, 0xee, ip[0], ip[1], ip[2], ip[3]],
         flags: 0,
-        vni: 0,
-        vni: 0,
-        vni: 0,
-        vni: 0,
-        vni: 0,
-        vni: 0,
-        vni: 0,
         vtep: 0,
-        vni: 0,
         net,
     }
 }

@@ -13,6 +13,11 @@
 //!   to the daemon's by two veth pairs, with [`WHOAMI_PY`] servers that tell
 //!   each client the address they saw and [`PROBE_PY`] clients that report
 //!   it ([`Hello`]).
+//! - [`Lab`]: several hosts for the overlay: an underlay namespace whose
+//!   bridge is the switch, an [`Etcd`] on it, one [`Daemon`] per host
+//!   namespace with `--store`, plain hosts for a [`KernelVtep`] (the
+//!   kernel's own vxlan as a foreign peer), and [`Capture`]s of the
+//!   underlay that [`tshark`] decodes.
 //!
 //! Waiting is always on a condition with bounded retries ([`retry`]), never a
 //! fixed sleep. Tests only send traffic to loopback and to addresses inside
@@ -451,16 +456,23 @@ pub struct Daemon {
     tracked: RefCell<BTreeMap<String, Tracked>>,
     /// Extra environment of the next start (e.g. `DATAPLANE_CRASH_AT`).
     env: Vec<(String, String)>,
+    /// Extra `daemon` arguments of every start (e.g. `--store URL`).
+    args: Vec<String>,
 }
 
 impl Daemon {
     /// Starts a daemon and waits until it answers.
     pub fn start() -> Daemon {
+        Daemon::start_in(NetNs::new(), &[])
+    }
+
+    /// Starts a daemon in `ns` (which it then owns and deletes on drop) with
+    /// extra `daemon` arguments on every start, and waits until it answers.
+    pub fn start_in(ns: NetNs, args: &[&str]) -> Daemon {
         require_root();
         bin();
         let dir = std::env::temp_dir().join(unique("dataplane-test"));
         std::fs::create_dir_all(&dir).expect("creating the test's tempdir");
-        let ns = NetNs::new();
         let mut d = Daemon {
             ns_name: ns.name().to_string(),
             ns: Some(ns),
@@ -469,6 +481,7 @@ impl Daemon {
             child: None,
             tracked: RefCell::default(),
             env: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn();
         d
@@ -535,6 +548,7 @@ impl Daemon {
             .arg(self.state_dir())
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .args(&self.args)
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
@@ -1424,5 +1438,606 @@ impl Daemon {
             })
             .count();
         Some(n)
+    }
+}
+
+// ----- multi-host: an underlay switch, etcd, one daemon per host ------------
+
+/// Debian's etcd server (`etcd-server`, installed by `cargo xtask setup`).
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+/// etcd's client port on the underlay bridge. It lives in the lab's own
+/// underlay namespace, so it never meets a system etcd on the same port.
+pub const ETCD_PORT: u16 = 2379;
+/// The IANA VXLAN port, which the overlay and the kernel's vxlan use.
+pub const VXLAN_PORT: u16 = 4789;
+/// The underlay's MTU minus VXLAN's 50 bytes of outer headers.
+pub const OVERLAY_MTU: u32 = 1450;
+
+/// The third octet X of a fresh underlay 192.168.X.0/24: different for
+/// each lab of a run (and, through the pid, most likely across the test
+/// binaries running at once). Each lab's addresses live only in its own
+/// namespaces, so a clash would be harmless; the point is that a capture
+/// or a log names one lab.
+fn underlay_octet() -> u8 {
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let n = std::process::id().wrapping_mul(7) + NEXT.fetch_add(1, Ordering::Relaxed);
+    (n % 200 + 20) as u8
+}
+
+/// An etcd server in a namespace, listening on `ip`:[`ETCD_PORT`] with its
+/// own data dir. [`Etcd::stop`] and [`Etcd::start`] keep the data; drop
+/// kills it (the data dir goes with the caller's tempdir).
+pub struct Etcd {
+    ns: String,
+    ip: String,
+    data: PathBuf,
+    log: PathBuf,
+    child: Option<Child>,
+}
+
+impl Etcd {
+    /// Starts etcd in `ns` on `ip` with its data and log under `dir`, and
+    /// waits until it reports healthy.
+    pub fn start_in(ns: &NetNs, ip: &str, dir: &Path) -> Etcd {
+        assert!(
+            Path::new(ETCD_BIN).is_file(),
+            "{ETCD_BIN} is missing: run `cargo xtask setup` (Debian's etcd-server)"
+        );
+        let mut e = Etcd {
+            ns: ns.name().to_string(),
+            ip: ip.to_string(),
+            data: dir.join("etcd-data"),
+            log: dir.join("etcd.log"),
+            child: None,
+        };
+        e.start();
+        e
+    }
+
+    /// `etcd://IP:PORT`, the daemons' `--store`.
+    pub fn url(&self) -> String {
+        format!("etcd://{}:{ETCD_PORT}", self.ip)
+    }
+
+    /// `http://IP:PORT`, for its HTTP API (health, the v3 JSON gateway).
+    pub fn http(&self) -> String {
+        format!("http://{}:{ETCD_PORT}", self.ip)
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Starts it (again, on the same data dir) and waits until healthy.
+    pub fn start(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .expect("opening the etcd log");
+        let client = self.http();
+        let peer = "http://127.0.0.1:2380";
+        let child = Command::new("nsenter")
+            .arg(format!("--net=/var/run/netns/{}", self.ns))
+            .arg(ETCD_BIN)
+            .args(["--name", "lab", "--data-dir"])
+            .arg(&self.data)
+            .args(["--listen-client-urls", &client])
+            .args(["--advertise-client-urls", &client])
+            .args(["--listen-peer-urls", peer])
+            .args(["--initial-advertise-peer-urls", peer])
+            .args(["--initial-cluster", &format!("lab={peer}")])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("log fd"))
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd through nsenter");
+        self.child = Some(child);
+        retry(
+            "etcd to report healthy",
+            100,
+            Duration::from_millis(100),
+            || {
+                if let Some(st) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    self.child = None;
+                    panic!(
+                        "etcd exited during startup ({st}): {}",
+                        tail(&std::fs::read_to_string(&self.log).unwrap_or_default(), 20)
+                    );
+                }
+                self.healthy()
+                    .then_some(())
+                    .ok_or_else(|| "not healthy yet".to_string())
+            },
+        );
+    }
+
+    /// Whether `GET /health` answers `"health":"true"`.
+    pub fn healthy(&self) -> bool {
+        let out = self.curl(&["-s", "-m", "2", &format!("{}/health", self.http())]);
+        out.success() && out.stdout.contains(r#""health":"true""#)
+    }
+
+    /// curl inside etcd's namespace.
+    pub fn curl(&self, args: &[&str]) -> Output {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.ns, "curl"]).args(args);
+        run(c)
+    }
+
+    /// Stops it (SIGTERM, SIGKILL after 10 s) and waits for the exit.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            if !signal_and_wait(&mut child, "TERM", 100) {
+                let _ = child.kill();
+                let _ = child.wait();
+            }
+        }
+    }
+
+    /// Everything etcd logged so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- etcd log (end) ---\n{}", tail(&self.log(), 30));
+        }
+    }
+}
+
+/// A host of the lab without a daemon: a namespace joined to the underlay
+/// bridge by `eth0` (its address `ip`/24).
+pub struct PlainHost {
+    pub ns: NetNs,
+    pub ip: String,
+    /// Its port on the underlay bridge (where a capture sees its traffic).
+    pub port: String,
+}
+
+/// "The physical network": an underlay namespace whose Linux bridge `br0`
+/// (192.168.X.1/24) is the switch, etcd listening on the bridge's address,
+/// and hosts joined to it, each with `eth0` at 192.168.X.(10+i)/24: hosts
+/// with a daemon (`--store` etcd, `--node-name host<i>`, `--advertise-addr`
+/// its eth0) and plain hosts (for a foreign VTEP). Dropping it stops the
+/// daemons (removing their containers while etcd still runs), then etcd,
+/// then deletes the namespaces and the directories.
+pub struct Lab {
+    /// Dropped first: the daemons remove their containers through etcd.
+    hosts: Vec<Daemon>,
+    /// Each daemon's port on the underlay bridge.
+    ports: Vec<String>,
+    plain: Vec<PlainHost>,
+    etcd: Etcd,
+    underlay: NetNs,
+    dir: TempDir,
+    octet: u8,
+    /// The next host number (1-based, for daemons and plain hosts alike).
+    next: u8,
+    lease_ttl: u64,
+    node_grace: u64,
+}
+
+impl Lab {
+    /// An underlay with etcd and `hosts` daemons, each one's lease `lease_ttl`
+    /// seconds (a killed daemon is seen down that long after).
+    pub fn new(hosts: usize, lease_ttl: u64) -> Lab {
+        require_root();
+        let dir = TempDir::new();
+        let underlay = NetNs::new();
+        let octet = underlay_octet();
+        let bridge_ip = format!("192.168.{octet}.1");
+        for args in [
+            &["ip", "link", "add", "br0", "type", "bridge"][..],
+            &[
+                "ip",
+                "addr",
+                "add",
+                &format!("{bridge_ip}/24"),
+                "dev",
+                "br0",
+            ],
+            &["ip", "link", "set", "br0", "up"],
+        ] {
+            underlay.exec(args).ok();
+        }
+        // A switch, not a filter: bridged frames skip iptables.
+        let _ = underlay.exec(&["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"]);
+        let etcd = Etcd::start_in(&underlay, &bridge_ip, dir.path());
+        let mut lab = Lab {
+            hosts: Vec::new(),
+            ports: Vec::new(),
+            plain: Vec::new(),
+            etcd,
+            underlay,
+            dir,
+            octet,
+            next: 1,
+            lease_ttl,
+            node_grace: 300,
+        };
+        for _ in 0..hosts {
+            lab.add_host();
+        }
+        lab
+    }
+
+    /// The bridge's address (etcd's).
+    pub fn bridge_ip(&self) -> String {
+        format!("192.168.{}.1", self.octet)
+    }
+
+    /// The underlay's /24.
+    pub fn underlay_subnet(&self) -> String {
+        format!("192.168.{}.0/24", self.octet)
+    }
+
+    pub fn underlay(&self) -> &NetNs {
+        &self.underlay
+    }
+
+    pub fn etcd(&mut self) -> &mut Etcd {
+        &mut self.etcd
+    }
+
+    pub fn lease_ttl(&self) -> u64 {
+        self.lease_ttl
+    }
+
+    /// A fresh namespace on the underlay: `eth0` at 192.168.X.(10+n)/24
+    /// (MTU 1500) on a bridge port `h<n>`, reaching the bridge. Returns it,
+    /// its address and its bridge port.
+    fn join(&mut self) -> (NetNs, String, String) {
+        let n = self.next;
+        assert!(n <= 200, "too many hosts for one /24");
+        self.next += 1;
+        let ns = NetNs::new();
+        let ip = format!("192.168.{}.{}", self.octet, 10 + u32::from(n));
+        let port = format!("h{n}");
+        let u = &self.underlay;
+        u.exec(&[
+            "ip",
+            "link",
+            "add",
+            &port,
+            "type",
+            "veth",
+            "peer",
+            "name",
+            "eth0",
+            "netns",
+            ns.name(),
+        ])
+        .ok();
+        u.exec(&["ip", "link", "set", &port, "master", "br0", "up"])
+            .ok();
+        ns.exec(&["ip", "addr", "add", &format!("{ip}/24"), "dev", "eth0"])
+            .ok();
+        ns.exec(&["ip", "link", "set", "eth0", "up"]).ok();
+        let bridge = self.bridge_ip();
+        retry(
+            &format!("{ip} to reach the underlay bridge {bridge}"),
+            50,
+            Duration::from_millis(200),
+            || {
+                let out = ns.exec(&["ping", "-c1", "-W1", &bridge]);
+                out.success().then_some(()).ok_or(out.to_string())
+            },
+        );
+        (ns, ip, port)
+    }
+
+    /// Adds a host with a daemon (`host<n>`); returns its index in
+    /// [`Lab::host`].
+    pub fn add_host(&mut self) -> usize {
+        let (ns, ip, port) = self.join();
+        let name = format!("host{}", self.hosts.len() + self.plain.len() + 1);
+        let store = self.etcd.url();
+        let (ttl, grace) = (self.lease_ttl.to_string(), self.node_grace.to_string());
+        let d = Daemon::start_in(
+            ns,
+            &[
+                "--store",
+                &store,
+                "--node-name",
+                &name,
+                "--advertise-addr",
+                &ip,
+                "--lease-ttl",
+                &ttl,
+                "--node-grace",
+                &grace,
+            ],
+        );
+        self.hosts.push(d);
+        self.ports.push(port);
+        self.hosts.len() - 1
+    }
+
+    /// Adds a host without a daemon; returns its index in [`Lab::plain`].
+    pub fn add_plain_host(&mut self) -> usize {
+        let (ns, ip, port) = self.join();
+        self.plain.push(PlainHost { ns, ip, port });
+        self.plain.len() - 1
+    }
+
+    /// The `i`th daemon (0-based).
+    pub fn host(&self, i: usize) -> &Daemon {
+        &self.hosts[i]
+    }
+
+    pub fn host_mut(&mut self, i: usize) -> &mut Daemon {
+        &mut self.hosts[i]
+    }
+
+    pub fn hosts(&self) -> &[Daemon] {
+        &self.hosts
+    }
+
+    /// The `i`th daemon's node name.
+    pub fn node_name(&self, i: usize) -> String {
+        self.arg_of(i, "--node-name")
+    }
+
+    /// The `i`th daemon's underlay address (its `--advertise-addr`).
+    pub fn host_ip(&self, i: usize) -> String {
+        self.arg_of(i, "--advertise-addr")
+    }
+
+    fn arg_of(&self, i: usize, flag: &str) -> String {
+        let a = &self.hosts[i].args;
+        a.iter()
+            .position(|x| x == flag)
+            .and_then(|p| a.get(p + 1))
+            .cloned()
+            .unwrap_or_else(|| panic!("host {i} has no {flag}"))
+    }
+
+    /// The `i`th daemon's port on the underlay bridge.
+    pub fn host_port(&self, i: usize) -> &str {
+        &self.ports[i]
+    }
+
+    pub fn plain(&self, i: usize) -> &PlainHost {
+        &self.plain[i]
+    }
+
+    pub fn tempdir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Starts `tcpdump -U -w FILE` on `port` of the underlay bridge (a
+    /// capture on `br0` itself would miss the frames it forwards between
+    /// ports) for `filter`, and waits until it listens. Stop it with
+    /// [`Capture::finish`].
+    pub fn capture(&self, port: &str, filter: &str) -> Capture {
+        let file = self.dir.path().join(format!("{}.pcap", unique("cap")));
+        let mut c = Command::new("ip");
+        c.args([
+            "netns",
+            "exec",
+            self.underlay.name(),
+            "tcpdump",
+            "-i",
+            port,
+            "-n",
+            "-U",
+        ])
+        // Each packet written as it comes: a SIGINT would otherwise
+        // discard what sits in the capture buffer's current block.
+        .arg("--immediate-mode")
+        .arg("-w")
+        .arg(&file)
+        .args(filter.split_whitespace());
+        let p = Proc::spawn(c);
+        eventually("tcpdump to listen on the underlay", || {
+            let out = p.output_so_far();
+            out.contains("listening on").then_some(()).ok_or(out)
+        });
+        Capture { proc: p, file }
+    }
+}
+
+/// A running capture on the underlay.
+pub struct Capture {
+    proc: Proc,
+    file: PathBuf,
+}
+
+impl Capture {
+    /// Stops tcpdump (SIGINT, so it flushes) and returns the pcap's path.
+    pub fn finish(self) -> PathBuf {
+        signal(self.proc.pid(), "INT");
+        let out = self.proc.wait(Duration::from_secs(10));
+        assert!(
+            out.stderr.contains("packets captured"),
+            "tcpdump did not stop cleanly: {out}"
+        );
+        self.file
+    }
+}
+
+/// tshark's verdict on a capture: `tshark -r FILE -V` (full decode, VXLAN
+/// on [`VXLAN_PORT`] by default) and the lines of `-Y FILTER -T fields`.
+pub fn tshark(file: &Path, filter: &str, fields: &[&str]) -> (Output, Vec<String>) {
+    assert!(
+        Path::new("/usr/bin/tshark").is_file(),
+        "tshark is missing: run `cargo xtask setup` (Debian's tshark)"
+    );
+    let f = file.to_str().expect("utf-8 path");
+    let full = sh("tshark", &["-n", "-r", f, "-V"]);
+    let mut args = vec!["-n", "-r", f, "-Y", filter, "-T", "fields"];
+    for x in fields {
+        args.extend(["-e", x]);
+    }
+    let rows = sh("tshark", &args).ok();
+    let lines = rows.stdout.lines().map(str::to_string).collect();
+    (full, lines)
+}
+
+/// Asserts that tshark decodes every frame of `file` without a malformed
+/// packet or an expert warning.
+#[track_caller]
+pub fn assert_well_formed(file: &Path) {
+    let (full, frames) = tshark(file, "frame", &["frame.number"]);
+    let full = full.ok();
+    assert!(!frames.is_empty(), "the capture is empty");
+    assert!(
+        !full.stdout.contains("Malformed") && !full.stdout.contains("[Expert Info (Warning"),
+        "tshark finds malformed packets: {}",
+        full.stdout
+    );
+    let (_, bad) = tshark(
+        file,
+        "_ws.malformed || _ws.expert.severity >= warning",
+        &["frame.number"],
+    );
+    assert!(bad.is_empty(), "malformed or warned frames: {bad:?}");
+}
+
+/// A host that speaks VXLAN without our daemon: the kernel's own `vx0`
+/// (`id VNI dstport 4789 local IP nolearning`) on a Linux bridge `br0`, and
+/// behind it a plain namespace (`ctr`, `eth0` at `ctr_ip`, MTU
+/// [`OVERLAY_MTU`]) as its container. It floods (and sends unknown
+/// unicast) to every VTEP given to [`KernelVtep::add_remote`] through
+/// static all-zero FDB entries.
+pub struct KernelVtep {
+    /// The container namespace first: deleted before the host's.
+    pub ctr: NetNs,
+    pub ctr_ip: String,
+    pub host_ip: String,
+    host: String,
+}
+
+impl KernelVtep {
+    /// Builds it on the lab's plain host `plain` with container address
+    /// `ctr_cidr` (e.g. `10.77.0.250/24`).
+    pub fn new(lab: &Lab, plain: usize, vni: u32, ctr_cidr: &str) -> KernelVtep {
+        let h = lab.plain(plain);
+        let ns = &h.ns;
+        let vni = vni.to_string();
+        let port = VXLAN_PORT.to_string();
+        let mtu = OVERLAY_MTU.to_string();
+        let ctr = NetNs::new();
+        for args in [
+            &[
+                "ip",
+                "link",
+                "add",
+                "vx0",
+                "type",
+                "vxlan",
+                "id",
+                &vni,
+                "dstport",
+                &port,
+                "local",
+                &h.ip,
+                "dev",
+                "eth0",
+                "nolearning",
+            ][..],
+            &["ip", "link", "add", "br0", "type", "bridge"],
+            &["ip", "link", "set", "vx0", "master", "br0", "up"],
+            &["ip", "link", "set", "br0", "up"],
+            &[
+                "ip",
+                "link",
+                "add",
+                "c0",
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
+                ctr.name(),
+            ],
+            &[
+                "ip", "link", "set", "c0", "mtu", &mtu, "master", "br0", "up",
+            ],
+        ] {
+            ns.exec(args).ok();
+        }
+        let _ = ns.exec(&["sysctl", "-q", "-w", "net.bridge.bridge-nf-call-iptables=0"]);
+        ctr.exec(&["ip", "link", "set", "eth0", "mtu", &mtu, "up"])
+            .ok();
+        ctr.exec(&["ip", "addr", "add", ctr_cidr, "dev", "eth0"])
+            .ok();
+        let ctr_ip = ctr_cidr.split('/').next().unwrap_or(ctr_cidr).to_string();
+        KernelVtep {
+            ctr,
+            ctr_ip,
+            host_ip: h.ip.clone(),
+            host: ns.name().to_string(),
+        }
+    }
+
+    /// `bridge fdb append 00:00:00:00:00:00 dev vx0 dst IP`: floods and
+    /// unknown unicast go (also) to the VTEP at `ip`.
+    pub fn add_remote(&self, ip: &str) {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", &self.host]).args([
+            "bridge",
+            "fdb",
+            "append",
+            "00:00:00:00:00:00",
+            "dev",
+            "vx0",
+            "dst",
+            ip,
+        ]);
+        run(c).ok();
+    }
+
+    /// Runs a command in the container namespace.
+    pub fn exec(&self, args: &[&str]) -> Output {
+        self.ctr.exec(args)
+    }
+
+    /// `ip netns exec CTR ARGS...`, for a background [`Proc`].
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("ip");
+        c.args(["netns", "exec", self.ctr.name()]).args(args);
+        c
+    }
+
+    /// Whether a ping from the container reaches `ip` (a few tries: the
+    /// first waits for ARP across the tunnel).
+    pub fn pings(&self, ip: &str) -> bool {
+        (0..5).any(|_| self.exec(&["ping", "-c1", "-W1", ip]).success())
+    }
+
+    /// A [`WHOAMI_PY`] server tagged `tag` in the container, listening.
+    pub fn serve(&self, tag: &str, specs: &[&str]) -> Proc {
+        let server = Proc::spawn(self.command(&strs(&whoami_args(tag, specs))));
+        eventually(&format!("the server {tag} to listen"), || {
+            let out = server.output_so_far();
+            out.contains("WHOAMI-READY").then_some(()).ok_or(out)
+        });
+        server
+    }
+
+    /// A one-shot [`PROBE_PY`] from the container.
+    pub fn probe(
+        &self,
+        proto: &str,
+        host: &str,
+        port: u16,
+        opts: &[&str],
+    ) -> Result<Hello, String> {
+        probe_result(&self.exec(&strs(&probe_args(proto, host, port, opts))))
     }
 }

@@ -50,6 +50,12 @@ impl Cleanup {
         Ok(())
     }
 
+    /// Forgets every registered action: what they would undo stays (for a
+    /// lab left running on purpose, recorded elsewhere).
+    pub fn keep(&mut self) {
+        self.actions.clear();
+    }
+
     /// A path (e.g. a bpffs pin directory) removed on drop if it exists.
     pub fn path(&mut self, path: &Path) {
         let p = path.to_path_buf();
@@ -208,6 +214,8 @@ pub struct Daemon {
     old_groups: Vec<u32>,
     containers: Vec<String>,
     sandboxes: Vec<String>,
+    /// Extra `daemon` arguments of every start (e.g. `--store URL`).
+    args: Vec<String>,
 }
 
 impl Daemon {
@@ -218,6 +226,18 @@ impl Daemon {
         ns: &str,
         dir: &Path,
         bpffs: &Path,
+        ready_within: Duration,
+    ) -> Result<Self> {
+        Self::start_with(bin, ns, dir, bpffs, &[], ready_within)
+    }
+
+    /// As [`Daemon::start`], with extra `daemon` arguments.
+    pub fn start_with(
+        bin: &Path,
+        ns: &str,
+        dir: &Path,
+        bpffs: &Path,
+        args: &[&str],
         ready_within: Duration,
     ) -> Result<Self> {
         let run = dir.join("run");
@@ -236,6 +256,7 @@ impl Daemon {
             old_groups: Vec::new(),
             containers: Vec::new(),
             sandboxes: Vec::new(),
+            args: args.iter().map(|a| a.to_string()).collect(),
         };
         d.spawn()?;
         d.wait_ready(ready_within)?;
@@ -262,6 +283,7 @@ impl Daemon {
             .arg(self.dir.join("state"))
             .arg("--bpffs")
             .arg(&self.bpffs)
+            .args(&self.args)
             .env_remove("DATAPLANE_HOST")
             .stdout(Stdio::from(f.try_clone()?))
             .stderr(Stdio::from(f));
@@ -287,6 +309,19 @@ impl Daemon {
         self.old_groups.push(ch.id());
         ch.wait().context("reaping the killed daemon")?;
         Ok(())
+    }
+
+    /// Leaves the daemon running past this guard (its own process group,
+    /// so not stopped by a Ctrl-C of ours) and returns its pid; nothing is
+    /// stopped or removed on drop.
+    pub fn detach(mut self) -> Option<u32> {
+        let pid = self.pid();
+        self.child = None;
+        self.containers.clear();
+        self.sandboxes.clear();
+        self.old_groups.clear();
+        std::mem::forget(self);
+        pid
     }
 
     /// Registers a container the caller creates itself (before creating
@@ -483,4 +518,363 @@ mod tests {
         assert_eq!(sandbox_of(&o, "other").unwrap().1, "10.0.0.3");
         assert!(sandbox_of(&json!([]), "n").is_err());
     }
+}
+
+// ----- `cargo xtask lab up` / `lab down`: the multi-host lab -----------------
+
+/// Where `lab up` keeps everything it made (run/state dirs, etcd's data,
+/// logs) and its state file.
+const LAB_DIR: &str = "/run/dataplane-lab";
+const LAB_STATE: &str = "/run/dataplane-lab/lab.json";
+/// The underlay's /24 (in the lab's own namespaces only).
+const LAB_NET: &str = "192.168.100";
+const ETCD_BIN: &str = "/usr/bin/etcd";
+const ETCD_PORT: u16 = 2379;
+
+/// What `lab up` made, as `lab down` finds it in [`LAB_STATE`].
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct LabState {
+    bin: PathBuf,
+    underlay: String,
+    etcd_pid: u32,
+    etcd_data: PathBuf,
+    etcd_url: String,
+    hosts: Vec<LabHost>,
+}
+
+#[derive(serde::Serialize, serde::Deserialize, Debug)]
+struct LabHost {
+    name: String,
+    netns: String,
+    ip: String,
+    pid: Option<u32>,
+    dir: PathBuf,
+    bpffs: PathBuf,
+    sock: PathBuf,
+}
+
+/// Whether `pid` runs a command line containing every one of `needles`
+/// (so that a recycled pid is never signalled).
+fn runs(pid: u32, needles: &[&str]) -> bool {
+    let Ok(raw) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+    needles.iter().all(|n| line.contains(n))
+}
+
+/// SIGTERM, then SIGKILL after `grace`, to a process we did not spawn in
+/// this run (no Child to wait on): polls /proc.
+fn stop_pid(pid: u32, needles: &[&str], grace: Duration) {
+    if !runs(pid, needles) {
+        return;
+    }
+    sh::kill_pid(pid, libc::SIGTERM);
+    let end = Instant::now() + grace;
+    while runs(pid, needles) && Instant::now() < end {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    if runs(pid, needles) {
+        sh::kill_pid(pid, libc::SIGKILL);
+    }
+}
+
+/// `cargo xtask lab up --hosts N`: an underlay netns `dplab-underlay` with
+/// a bridge (the switch) at .1, etcd on it, and N host netns `dplab-hostI`
+/// (eth0 .1I on the bridge), each with a daemon `--store etcd://...
+/// --node-name hostI --advertise-addr ITS-IP`. Everything is left running
+/// and recorded in [`LAB_STATE`]; on any failure what was made is removed.
+pub fn lab_up(bin: &Path, hosts: u8) -> Result<()> {
+    let bin = &std::fs::canonicalize(bin).with_context(|| format!("{}", bin.display()))?;
+    if !(1..=50).contains(&hosts) {
+        bail!("--hosts must be 1 to 50, not {hosts}");
+    }
+    if Path::new(LAB_STATE).exists() {
+        bail!("a lab is already up ({LAB_STATE}): `cargo xtask lab down` first");
+    }
+    if !Path::new(ETCD_BIN).is_file() {
+        bail!("{ETCD_BIN} is missing: run `cargo xtask setup` (Debian's etcd-server)");
+    }
+    let underlay = "dplab-underlay".to_string();
+    let names: Vec<String> = (1..=hosts).map(|i| format!("dplab-host{i}")).collect();
+    for n in std::iter::once(&underlay).chain(&names) {
+        if netns_exists(n) {
+            bail!("netns {n} exists but {LAB_STATE} does not: not ours to reuse or remove (delete it by hand if it is a leftover)");
+        }
+    }
+    let mut c = Cleanup::default();
+    let dir = PathBuf::from(LAB_DIR);
+    c.dir(&dir)?;
+    eprintln!("==> underlay {underlay}: bridge br0 at {LAB_NET}.1/24");
+    c.netns(&underlay)?;
+    ip(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+    addr(&underlay, "br0", &format!("{LAB_NET}.1/24"))?;
+
+    eprintln!("==> etcd on {LAB_NET}.1:{ETCD_PORT}");
+    let client = format!("http://{LAB_NET}.1:{ETCD_PORT}");
+    let peer = "http://127.0.0.1:2380";
+    let etcd_data = dir.join("etcd");
+    let log = File::create(dir.join("etcd.log"))?;
+    let mut e = cmd("nsenter", [format!("--net=/var/run/netns/{underlay}")]);
+    e.arg(ETCD_BIN)
+        .args(["--name", "lab", "--data-dir"])
+        .arg(&etcd_data)
+        .args(["--listen-client-urls", &client])
+        .args(["--advertise-client-urls", &client])
+        .args(["--listen-peer-urls", peer])
+        .args(["--initial-advertise-peer-urls", peer])
+        .args(["--initial-cluster", &format!("lab={peer}")])
+        .stdout(Stdio::from(log.try_clone()?))
+        .stderr(Stdio::from(log));
+    let etcd = sh::spawn(&mut e)?;
+    let etcd_pid = etcd.id();
+    drop(etcd);
+    c.push("stop etcd", move || {
+        stop_pid(etcd_pid, &["etcd"], Duration::from_secs(5));
+        None
+    });
+    let health = format!("{client}/health");
+    let healthy = poll(Duration::from_secs(20), Duration::from_millis(200), || {
+        let o = sh::capture(
+            &mut in_netns(&underlay, &["curl", "-s", "-m", "2", &health]),
+            Some(SHORT),
+        )?;
+        Ok(o.stdout.contains(r#""health":"true""#).then_some(()))
+    })?;
+    if healthy.is_none() {
+        bail!(
+            "etcd did not become healthy within 20 s; its log: {}",
+            sh::tail(
+                &std::fs::read_to_string(dir.join("etcd.log")).unwrap_or_default(),
+                8
+            )
+        );
+    }
+
+    let store = format!("etcd://{LAB_NET}.1:{ETCD_PORT}");
+    let mut daemons = Vec::new();
+    let mut state = LabState {
+        bin: bin.to_path_buf(),
+        underlay: underlay.clone(),
+        etcd_pid,
+        etcd_data,
+        etcd_url: store.clone(),
+        hosts: Vec::new(),
+    };
+    for (i, ns) in names.iter().enumerate() {
+        let n = i + 1;
+        let host_ip = format!("{LAB_NET}.{}", 10 + n);
+        let name = format!("host{n}");
+        eprintln!("==> {name}: netns {ns}, eth0 {host_ip}/24, a daemon");
+        c.netns(ns)?;
+        let port = format!("h{n}");
+        ip(
+            &underlay,
+            &[
+                "link", "add", &port, "type", "veth", "peer", "name", "eth0", "netns", ns,
+            ],
+        )?;
+        ip(&underlay, &["link", "set", &port, "master", "br0", "up"])?;
+        addr(ns, "eth0", &format!("{host_ip}/24"))?;
+        wait_reachable(ns, &format!("{LAB_NET}.1"), Duration::from_secs(10))?;
+        let hdir = dir.join(&name);
+        let bpffs = PathBuf::from(format!("/sys/fs/bpf/dplab-{name}"));
+        if bpffs.exists() {
+            bail!("{} exists: not ours to reuse", bpffs.display());
+        }
+        c.path(&bpffs);
+        let d = Daemon::start_with(
+            bin,
+            ns,
+            &hdir,
+            &bpffs,
+            &[
+                "--store",
+                &store,
+                "--node-name",
+                &name,
+                "--advertise-addr",
+                &host_ip,
+            ],
+            Duration::from_secs(30),
+        )?;
+        state.hosts.push(LabHost {
+            name,
+            netns: ns.clone(),
+            ip: host_ip,
+            pid: None,
+            dir: hdir,
+            bpffs,
+            sock: d.sock.clone(),
+        });
+        daemons.push(d);
+    }
+    for (h, d) in state.hosts.iter_mut().zip(daemons.iter_mut()) {
+        h.pid = d.pid();
+    }
+    std::fs::write(LAB_STATE, serde_json::to_vec_pretty(&state)?)
+        .with_context(|| format!("writing {LAB_STATE}"))?;
+    // Up: from here on the lab is `lab down`'s to remove.
+    for d in daemons {
+        d.detach();
+    }
+    c.keep();
+    print_lab(&state);
+    Ok(())
+}
+
+fn print_lab(s: &LabState) {
+    let b = s.bin.display();
+    println!(
+        "lab up: {} hosts on {LAB_NET}.0/24 (netns {}, bridge br0), etcd at {}",
+        s.hosts.len(),
+        s.underlay,
+        s.etcd_url
+    );
+    for h in &s.hosts {
+        println!(
+            "  {:<6} netns {:<12} eth0 {:<16} -H unix://{}",
+            h.name,
+            h.netns,
+            h.ip,
+            h.sock.display()
+        );
+    }
+    let (first, last) = (&s.hosts[0], &s.hosts[s.hosts.len() - 1]);
+    let h = |x: &LabHost| {
+        format!(
+            "ip netns exec {} {b} -H unix://{}",
+            x.netns,
+            x.sock.display()
+        )
+    };
+    println!("try:");
+    println!(
+        "  {} network create --driver overlay --subnet 10.90.0.0/24 ov",
+        h(first)
+    );
+    println!(
+        "  {} run -d --name a --network ov -- sleep infinity",
+        h(first)
+    );
+    println!(
+        "  {} run -d --name b --network ov -- sleep infinity",
+        h(last)
+    );
+    println!(
+        "  {} exec a -- ping -c3 B-ADDRESS   (from `inspect b`)",
+        h(first)
+    );
+    println!("  {b} -H unix://{} node ls", first.sock.display());
+    println!("  (the client only needs the socket: `ip netns exec` is optional; logs in {LAB_DIR}/HOST/daemon.log)");
+    println!("tear down: cargo xtask lab down");
+}
+
+/// `cargo xtask lab down`: removes what [`LAB_STATE`] records (each host's
+/// containers through its daemon, the daemons, the host netns and pins,
+/// etcd, the underlay, [`LAB_DIR`]), and nothing else.
+pub fn lab_down() -> Result<()> {
+    let raw = match std::fs::read(LAB_STATE) {
+        Ok(r) => r,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            eprintln!("==> no lab is up (no {LAB_STATE})");
+            return Ok(());
+        }
+        Err(e) => return Err(e).with_context(|| format!("reading {LAB_STATE}")),
+    };
+    let s: LabState =
+        serde_json::from_slice(&raw).with_context(|| format!("parsing {LAB_STATE}"))?;
+    let _c = sh::Cleaning::enter();
+    let mut warnings = Vec::new();
+    for h in s.hosts.iter().rev() {
+        eprintln!("==> {}: containers, daemon, netns {}", h.name, h.netns);
+        let sock = h.sock.to_string_lossy().into_owned();
+        let alive = h
+            .pid
+            .is_some_and(|p| runs(p, &["daemon", &sock.replace("/api.sock", "")]));
+        let mut sandboxes = Vec::new();
+        if alive {
+            let client = |args: &[&str]| {
+                let mut c = Command::new(&s.bin);
+                c.arg("--host")
+                    .arg(format!("unix://{sock}"))
+                    .args(args)
+                    .env_remove("DATAPLANE_HOST");
+                sh::capture(&mut c, Some(Duration::from_secs(60)))
+            };
+            let ps = client(&["ps", "--format", "json"]).ok().filter(|o| o.ok());
+            let ids: Vec<String> = ps
+                .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok())
+                .and_then(|v| v.as_array().cloned())
+                .unwrap_or_default()
+                .iter()
+                .filter_map(|c| c["Id"].as_str().map(str::to_string))
+                .collect();
+            for id in &ids {
+                if let Ok(o) = client(&["inspect", id]) {
+                    if let Ok(v) = serde_json::from_str::<Value>(&o.stdout) {
+                        if let Ok((key, _)) = sandbox_of(&v, "") {
+                            sandboxes.push(key);
+                        }
+                    }
+                }
+            }
+            if !ids.is_empty() {
+                let mut args = vec!["rm", "-f"];
+                args.extend(ids.iter().map(String::as_str));
+                match client(&args) {
+                    Ok(o) if o.ok() => {}
+                    Ok(o) => {
+                        warnings.push(format!("{}: rm -f: {}", h.name, sh::tail(&o.stderr, 3)))
+                    }
+                    Err(e) => warnings.push(format!("{}: rm -f: {e:#}", h.name)),
+                }
+            }
+        } else {
+            warnings.push(format!(
+                "{}: the daemon was not running: containers it made by hand may be left (their sandbox netns are not recorded)",
+                h.name
+            ));
+        }
+        if let Some(p) = h.pid {
+            stop_pid(
+                p,
+                &["daemon", &sock.replace("/api.sock", "")],
+                Duration::from_secs(10),
+            );
+        }
+        for key in sandboxes {
+            if let Some(ns) = Path::new(&key).file_name().and_then(|n| n.to_str()) {
+                if let Some(w) = netns_delete(ns) {
+                    warnings.push(format!("sandbox netns {ns}: {w}"));
+                }
+            }
+        }
+        for w in [netns_delete(&h.netns), sh::remove_path(&h.bpffs)]
+            .into_iter()
+            .flatten()
+        {
+            warnings.push(format!("{}: {w}", h.name));
+        }
+    }
+    eprintln!("==> etcd, underlay {}, {LAB_DIR}", s.underlay);
+    stop_pid(
+        s.etcd_pid,
+        &["etcd", &s.etcd_data.to_string_lossy()],
+        Duration::from_secs(5),
+    );
+    for w in [
+        netns_delete(&s.underlay),
+        sh::remove_path(Path::new(LAB_DIR)),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        warnings.push(w);
+    }
+    for w in &warnings {
+        eprintln!("    warning: {w}");
+    }
+    eprintln!("==> lab down");
+    Ok(())
 }

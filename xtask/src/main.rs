@@ -62,6 +62,11 @@ enum Cmd {
     /// and the control plane's costs (run/rm, memory, restart, drift);
     /// writes BENCHMARKS.md (and BENCHMARKS-nat.svg).
     Bench(bench::Args),
+    /// A multi-host lab to try the overlay by hand: `lab up --hosts N`
+    /// (an underlay bridge, etcd, a daemon per host netns, left running),
+    /// `lab down` (removes exactly what `up` recorded).
+    #[command(subcommand)]
+    Lab(LabCmd),
     /// (internal) TCP ping-pong server for the latency fallback.
     #[command(hide = true)]
     PingpongServer {
@@ -88,6 +93,21 @@ enum Cmd {
     /// prints connections per second as JSON.
     #[command(hide = true)]
     ConnClient(connrate::ClientArgs),
+}
+
+#[derive(Subcommand)]
+enum LabCmd {
+    /// Build `dataplane` (debug) and start the lab; prints how to reach
+    /// each host.
+    Up {
+        #[arg(long, default_value_t = 3)]
+        hosts: u8,
+        /// Use this `dataplane` binary instead of building one.
+        #[arg(long)]
+        bin: Option<PathBuf>,
+    },
+    /// Stop and remove the lab recorded by `lab up`.
+    Down,
 }
 
 /// Numbered progress lines on stderr: `==> [2/5] building eBPF object`.
@@ -183,6 +203,14 @@ fn main() {
         Cmd::Test => testrun::test(),
         Cmd::Demo => demo::demo().map(|()| 0),
         Cmd::Bench(args) => bench::bench(args),
+        Cmd::Lab(LabCmd::Up { hosts, bin }) => {
+            let bin = match bin {
+                Some(b) => Ok(b),
+                None => build_dataplane(false),
+            };
+            bin.and_then(|b| lab::lab_up(&b, hosts)).map(|()| 0)
+        }
+        Cmd::Lab(LabCmd::Down) => lab::lab_down().map(|()| 0),
         Cmd::PingpongServer { listen } => pingpong::server(&listen).map(|()| 0),
         Cmd::DnsClient(args) => dnsbench::client(&args).map(|()| 0),
         Cmd::PingpongClient { connect, seconds } => pingpong::client(&connect, seconds).map(|()| 0),

@@ -23,6 +23,11 @@ pub const APT_PACKAGES: &[&str] = &[
     "procps",
     "protobuf-compiler",
     "util-linux",
+    // The multi-host lab and its tests: etcd, the health probe, decoding
+    // the VXLAN capture.
+    "etcd-server",
+    "curl",
+    "tshark",
     // The namespace tests' DNS clients and fake upstream are python3 scripts.
     "python3",
 ];

@@ -2,7 +2,7 @@
 //! ingress of the host side of the container's veth).
 
 use super::arp::{self, Arp};
-use crate::{DropReason, Endpoint, Ipv4Wire, Network, NET_ICC_DISABLED, NET_INTERNAL};
+use crate::{DropReason, Endpoint, Ipv4Wire, Network, EP_REMOTE, NET_ICC_DISABLED, NET_INTERNAL};
 
 /// What to do with an IPv4 frame.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -12,6 +12,13 @@ pub enum Verdict {
     Redirect {
         ifindex: u32,
         mac: [u8; 6],
+    },
+    /// Encapsulate in VXLAN with `vni` to the host at underlay address
+    /// `vtep`, where the endpoint with MAC `mac` lives ([`EP_REMOTE`]).
+    Encap {
+        vtep: Ipv4Wire,
+        mac: [u8; 6],
+        vni: u32,
     },
     /// Hand to the host stack: the gateway, the host, or beyond.
     Pass,
@@ -34,7 +41,10 @@ pub enum ArpVerdict {
 /// Decides an IPv4 frame from endpoint `me` (on `net`), addressed `src -> dst`,
 /// where `peer` is the endpoint that owns `dst`, if any. `linked` says whether
 /// `src -> dst` is a `--link`ed pair; it is asked only on `icc=false`
-/// networks, so other networks pay no lookup for it.
+/// networks, so other networks pay no lookup for it. A peer on another host
+/// ([`EP_REMOTE`]) passes the same checks as a local one and is reached
+/// through the tunnel, with the VNI of the sender's network (0, a network
+/// that is no overlay, cannot be).
 #[inline(always)]
 pub fn decide_ipv4(
     me: &Endpoint,
@@ -53,6 +63,16 @@ pub fn decide_ipv4(
         }
         if net.flags & NET_ICC_DISABLED != 0 && !linked() {
             return Verdict::Drop(DropReason::IccDenied);
+        }
+        if peer.flags & EP_REMOTE != 0 {
+            if net.vni == 0 {
+                return Verdict::Drop(DropReason::TunnelDisabled);
+            }
+            return Verdict::Encap {
+                vtep: peer.vtep,
+                mac: peer.mac,
+                vni: net.vni,
+            };
         }
         return Verdict::Redirect {
             ifindex: peer.ifindex,
@@ -132,6 +152,81 @@ mod tests {
                 ifindex: 11,
                 mac: b.mac
             }
+        );
+    }
+
+    fn remote(last: u8, network_id: u32) -> Endpoint {
+        Endpoint {
+            ifindex: 0,
+            host_mac: [0; 6],
+            flags: crate::EP_REMOTE,
+            vtep: ipv4_wire([192, 0, 2, 9]),
+            ..ep(last, network_id, 0)
+        }
+    }
+
+    const OVERLAY: Network = Network { vni: 4242, ..NET };
+
+    #[test]
+    fn a_remote_peer_is_reached_through_the_tunnel_after_the_same_checks() {
+        let a = Endpoint {
+            net: OVERLAY,
+            ..ep(2, 1, 10)
+        };
+        let r = remote(3, 1);
+        assert_eq!(
+            decide_ipv4(&a, &OVERLAY, a.ip, r.ip, Some(&r), || false),
+            Verdict::Encap {
+                vtep: r.vtep,
+                mac: r.mac,
+                vni: 4242
+            }
+        );
+        // Another network's remote endpoint, a spoofed source, icc=false.
+        let other = remote(3, 2);
+        assert_eq!(
+            decide_ipv4(&a, &OVERLAY, a.ip, other.ip, Some(&other), || false),
+            Verdict::Drop(DropReason::CrossNetwork)
+        );
+        assert_eq!(
+            decide_ipv4(&a, &OVERLAY, r.ip, r.ip, Some(&r), || false),
+            Verdict::Drop(DropReason::SpoofedIp)
+        );
+        let no_icc = Network {
+            flags: NET_ICC_DISABLED,
+            ..OVERLAY
+        };
+        assert_eq!(
+            decide_ipv4(&a, &no_icc, a.ip, r.ip, Some(&r), || false),
+            Verdict::Drop(DropReason::IccDenied)
+        );
+        assert!(matches!(
+            decide_ipv4(&a, &no_icc, a.ip, r.ip, Some(&r), || true),
+            Verdict::Encap { .. }
+        ));
+        // A network without a VNI has no tunnel to send it through.
+        assert_eq!(
+            decide_ipv4(&a, &NET, a.ip, r.ip, Some(&r), || false),
+            Verdict::Drop(DropReason::TunnelDisabled)
+        );
+    }
+
+    #[test]
+    fn arp_for_a_remote_peer_is_answered_with_its_mac() {
+        let a = ep(2, 1, 10);
+        let r = remote(3, 1);
+        let f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 3]);
+        let parsed = arp::parse(&f).unwrap();
+        assert_eq!(
+            decide_arp(&a, &OVERLAY, &parsed, Some(&r)),
+            ArpVerdict::Reply {
+                mac: r.mac,
+                ip: r.ip
+            }
+        );
+        assert_eq!(
+            decide_arp(&a, &OVERLAY, &parsed, Some(&remote(3, 2))),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
         );
     }
 

@@ -10,5 +10,6 @@ pub mod forward;
 pub mod ipv4;
 pub mod load;
 pub mod nat;
+pub mod vxlan;
 
 pub use forward::{decide_arp, decide_ipv4, ArpVerdict, Verdict};

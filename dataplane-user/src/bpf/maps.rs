@@ -6,9 +6,10 @@ use std::{mem::size_of, path::Path};
 use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, MapInfo, MapType};
 use dataplane_common::{
-    Counters, CtEntry, CtKey, Endpoint, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr, Network,
-    PeerCache, PortKey, SockRevKey, CONFIG_SLOTS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS,
-    MAX_LOCAL_ADDRS, MAX_PORTS, MAX_SOCK_REV, PROG_SLOTS,
+    Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr,
+    Network, PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, MAX_CT,
+    MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SOCK_REV,
+    MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
 };
 
 /// What an unused `IFACES` slot holds.
@@ -48,7 +49,7 @@ pub const FLOOD: &str = "FLOOD";
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 12] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 15] {
     [
         (DNS_PORTS, MapType::Hash, 8, 4, MAX_ENDPOINTS),
         (
@@ -115,6 +116,27 @@ fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 12] {
             4,
             size_of::<Counters>() as u32,
             PROG_SLOTS,
+        ),
+        (
+            TUNNEL,
+            MapType::Array,
+            4,
+            size_of::<Tunnel>() as u32,
+            TUNNEL_SLOTS,
+        ),
+        (
+            VTEPS,
+            MapType::Hash,
+            size_of::<Ipv4Wire>() as u32,
+            size_of::<VtepFlags>() as u32,
+            MAX_VTEPS,
+        ),
+        (
+            FLOOD,
+            MapType::Hash,
+            4,
+            size_of::<Flood>() as u32,
+            MAX_NETWORKS,
         ),
     ]
 }

@@ -1087,6 +1087,16 @@ impl Engine {
         if !net.is_cluster() {
             return Ok(ipam::allocate(net, &used, requested)?);
         }
+        if let Some(local) = snap
+            .networks
+            .values()
+            .find(|n| !n.is_cluster() && n.subnet.overlaps(net.subnet))
+        {
+            return Err(ApiError::Conflict(format!(
+                "overlay network {} ({}) overlaps {} of this host's network {}: this host cannot serve it",
+                net.name, net.subnet, local.subnet, local.name
+            )));
+        }
         let blocks = snap.blocks.get(&net.id).map_or(&[][..], Vec::as_slice);
         let pick = ipam::allocate_in_blocks(net, &used, requested, blocks, self.node())?;
         if let Some(b) = pick.new_block {

@@ -487,7 +487,23 @@ impl Reconciler {
             if in_place || (only.is_none() && !self.due(&key)) {
                 continue;
             }
-            let r = drivers::of(net).network_up(net);
+            // A shared network made on another host may overlap one of
+            // this host's own (that host could not see it): serving both
+            // would mix their addresses, so the shared one waits here.
+            let clash = net.is_cluster().then(|| {
+                snap.networks
+                    .values()
+                    .find(|n| !n.is_cluster() && n.subnet.overlaps(net.subnet))
+            });
+            let r = match clash.flatten() {
+                Some(local) => Err(anyhow!(
+                    "its subnet {} overlaps {} of this host's network {}",
+                    net.subnet,
+                    local.subnet,
+                    local.name
+                )),
+                None => drivers::of(net).network_up(net),
+            };
             self.outcome(&key, "network gateway", r);
             self.networks.insert(id.clone(), net.clone());
         }

@@ -420,3 +420,131 @@ impl Snapshot {
         self.pending.values().any(|p| p.container_id == cid)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::{collections::BTreeMap, net::Ipv4Addr, time::Duration};
+
+    use super::*;
+    use crate::{
+        model::{Mac, Node},
+        store::Entry,
+    };
+
+    fn overlay() -> Network {
+        Network {
+            id: "ov".into(),
+            name: "ov".into(),
+            driver: "overlay".into(),
+            num: 0,
+            subnet: "10.211.55.0/24".parse().unwrap(),
+            gateway: Ipv4Addr::new(10, 211, 55, 1),
+            ip_range: None,
+            aux_addresses: BTreeMap::new(),
+            internal: false,
+            options: BTreeMap::new(),
+            created: String::new(),
+            vni: 4096,
+            block_prefix: 26,
+            vteps: Vec::new(),
+        }
+    }
+
+    fn ep(id: &str, node: &str, last: u8) -> Endpoint {
+        let ip = Ipv4Addr::new(10, 211, 55, last);
+        Endpoint {
+            id: id.into(),
+            network_id: "ov".into(),
+            container_id: format!("c-{id}"),
+            ip,
+            mac: Mac::for_container(ip),
+            host_mac: Mac::random_local(),
+            host_ifname: format!("dp{id}"),
+            ifname: "eth0".into(),
+            aliases: vec![format!("{id}-alias")],
+            node: node.into(),
+            container_name: format!("name-{id}"),
+            hostname: String::new(),
+        }
+    }
+
+    fn entry(key: String, value: Vec<u8>) -> Entry {
+        Entry {
+            key,
+            value,
+            mod_revision: 1,
+        }
+    }
+
+    #[test]
+    fn a_host_sees_its_own_endpoints_apart_from_other_hosts() {
+        let net = overlay();
+        let node = |name: &str, last: u8| Node {
+            name: name.into(),
+            addr: Ipv4Addr::new(192, 168, 50, last),
+            joined: String::new(),
+        };
+        let (mine, theirs) = (ep("a1", "a", 2), ep("b1", "b", 64));
+        let listing = Listing {
+            revision: 5,
+            entries: vec![
+                entry(net.key(), serde_json::to_vec(&net).unwrap()),
+                entry(mine.key(), serde_json::to_vec(&mine).unwrap()),
+                entry(theirs.key(), serde_json::to_vec(&theirs).unwrap()),
+                entry(
+                    format!("{}a", model::NODES),
+                    serde_json::to_vec(&node("a", 10)).unwrap(),
+                ),
+                entry(
+                    format!("{}b", model::NODES),
+                    serde_json::to_vec(&node("b", 11)).unwrap(),
+                ),
+                entry(format!("{}a", model::ALIVE), b"now".to_vec()),
+                entry(
+                    model::block_key("ov", "10.211.55.64/26".parse().unwrap()),
+                    b"b".to_vec(),
+                ),
+            ],
+        };
+        assert!(mine.key().starts_with(model::CLUSTER));
+        let mut s = Snapshot::from_listing(&listing, "a").unwrap();
+        assert_eq!(s.endpoints.keys().collect::<Vec<_>>(), ["a1"]);
+        assert_eq!(s.remote.keys().collect::<Vec<_>>(), ["b1"]);
+        assert!(s.endpoints_of_container("c-b1").is_empty());
+        // Addresses are taken cluster-wide; names resolve cluster-wide.
+        assert!(s.used_ips("ov").contains(&theirs.ip));
+        let names = s.names();
+        let on = &names.networks["ov"].entries;
+        assert!(on
+            .iter()
+            .any(|e| e.ip == theirs.ip && e.names.contains(&"name-b1".to_string())));
+        assert!(on
+            .iter()
+            .any(|e| e.ip == theirs.ip && e.names.contains(&"b1-alias".to_string())));
+        assert_eq!(
+            s.blocks["ov"],
+            [("10.211.55.64/26".parse().unwrap(), "b".to_string())]
+        );
+        // b was down when this daemon started: its grace counts from then.
+        assert!(s.node_in_grace("b", Duration::from_secs(60)));
+        assert!(!s.node_in_grace("b", Duration::ZERO));
+        assert!(s.node_in_grace("a", Duration::ZERO));
+        // a's lease goes: a is down from now.
+        s.apply(&Event::Delete {
+            key: format!("{}a", model::ALIVE),
+            revision: 6,
+        });
+        assert!(!s.alive.contains("a"));
+        assert!(!s.node_in_grace("a", Duration::ZERO));
+        // The remote endpoint goes.
+        s.apply(&Event::Delete {
+            key: theirs.key(),
+            revision: 7,
+        });
+        assert!(s.remote.is_empty());
+        // Seen by b, the same listing is the other way round.
+        let s = Snapshot::from_listing(&listing, "b").unwrap();
+        assert_eq!(s.endpoints.keys().collect::<Vec<_>>(), ["b1"]);
+        assert_eq!(s.remote.keys().collect::<Vec<_>>(), ["a1"]);
+    }
+}

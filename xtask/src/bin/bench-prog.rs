@@ -3,6 +3,13 @@
 //! on a private copy of the maps. Run by `cargo xtask bench` (which builds it
 //! with `--features prog`); prints JSON. Needs root, no daemon.
 //!
+//! VXLAN encapsulation (`from_container` to a remote endpoint) and
+//! decapsulation (`from_uplink`) change the frame's length, and `repeat`
+//! re-runs a program on the skb its previous run left: they are measured
+//! with one run per call instead (`--single-calls` calls each, fresh input
+//! every time), against `noop` measured the same way, and the medians of
+//! the per-call times are reported.
+//!
 //! It lives here rather than in the `dataplane` binary so that the product
 //! carries no benchmark code: it drives the library's `Datapath` exactly as
 //! the daemon loads it.
@@ -24,6 +31,9 @@ struct Args {
     /// Calls per program, interleaved; the medians are reported.
     #[arg(long, default_value_t = 7)]
     rounds: usize,
+    /// Single-run calls per program for the VXLAN paths (and their `noop`).
+    #[arg(long, default_value_t = 20_000)]
+    single_calls: usize,
 }
 
 /// What `cargo xtask bench` records under `bpf_prog` in its report.
@@ -36,6 +46,14 @@ struct ProgBench {
     from_container_median_ns: u32,
     noop_median_ns: u32,
     ratio: f64,
+    /// Single-run calls per program behind the three medians below.
+    single_calls: usize,
+    /// `noop`, one run per call (the floor of the two below).
+    noop_single_median_ns: u32,
+    /// A 64-byte frame to a remote endpoint, encapsulated and redirected.
+    encap_median_ns: u32,
+    /// That frame in VXLAN on the uplink, decapsulated into its container.
+    decap_median_ns: u32,
 }
 
 fn median(v: &[u32]) -> u32 {
@@ -115,14 +133,127 @@ fn run_program(
     Ok((r.return_value, r.duration.as_nanos() as u32))
 }
 
+const LOCAL_VTEP: [u8; 4] = [192, 0, 2, 1];
+const REMOTE_VTEP: [u8; 4] = [192, 0, 2, 2];
+
+fn ip_cmd(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .context("running ip")?;
+    if !out.status.success() {
+        bail!(
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}
+
+/// The overlay setup: an underlay veth holding this host's VTEP with a
+/// neighbour for the remote one, the tunnel, the VTEP, and a remote
+/// endpoint on `me`'s network (made an overlay network). Returns the
+/// underlay's ifindex, the frame `me` sends to the remote endpoint and the
+/// VXLAN frame its answer arrives in.
+fn overlay(dp: &mut Datapath, me: &mut Endpoint) -> Result<(u32, Vec<u8>, Vec<u8>)> {
+    dataplane_user::netns::add_veth("dpbench4", "dpbench5", IFINDEX_BASE + 2)?;
+    ip_cmd(&["link", "set", "dpbench4", "up"])?;
+    ip_cmd(&["link", "set", "dpbench5", "up"])?;
+    ip_cmd(&["addr", "add", "192.0.2.1/24", "dev", "dpbench4"])?;
+    ip_cmd(&[
+        "neigh",
+        "add",
+        "192.0.2.2",
+        "lladdr",
+        "02:00:5e:00:02:02",
+        "dev",
+        "dpbench4",
+        "nud",
+        "permanent",
+    ])?;
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").context("forwarding")?;
+    let ul = IFINDEX_BASE + 2;
+    me.net.vni = 4242;
+    dp.set_endpoint(*me)?;
+    let remote = Endpoint {
+        ifindex: 0,
+        ip: dataplane_common::ipv4_wire([10, 0, 0, 9]),
+        mac: [0x02, 0x42, 10, 0, 0, 9],
+        host_mac: [0; 6],
+        flags: dataplane_common::EP_REMOTE,
+        vtep: dataplane_common::ipv4_wire(REMOTE_VTEP),
+        ..*me
+    };
+    dp.set_remote_endpoint(remote)?;
+    dp.set_tunnel(dataplane_common::Tunnel {
+        addr: dataplane_common::ipv4_wire(LOCAL_VTEP),
+        ifindex: ul,
+        mtu: 1450,
+        flags: dataplane_common::TUNNEL_ENABLED,
+    })?;
+    dp.sync_vteps(&[(
+        dataplane_common::ipv4_wire(REMOTE_VTEP),
+        dataplane_common::VTEP_NODE,
+    )])?;
+    let (mut to_remote, _, _) = bench_frame();
+    to_remote[0..6].copy_from_slice(&remote.mac);
+    to_remote[30..34].copy_from_slice(&[10, 0, 0, 9]);
+    let mut answer = to_remote.clone();
+    answer[0..6].copy_from_slice(&me.mac);
+    answer[6..12].copy_from_slice(&remote.mac);
+    answer[26..30].copy_from_slice(&[10, 0, 0, 9]);
+    answer[30..34].copy_from_slice(&[10, 0, 0, 2]);
+    // The outer headers, as a remote host's encapsulation writes them.
+    let mut vx = vec![0u8; 50];
+    vx[0..6].copy_from_slice(&[0x02, 0, 0x5e, 0, 2, 1]);
+    vx[6..12].copy_from_slice(&[0x02, 0, 0x5e, 0, 2, 2]);
+    vx[12..14].copy_from_slice(&[0x08, 0x00]);
+    vx[14] = 0x45;
+    vx[16..18].copy_from_slice(&((36 + answer.len()) as u16).to_be_bytes());
+    vx[20] = 0x40;
+    vx[22] = 64;
+    vx[23] = 17;
+    vx[26..30].copy_from_slice(&REMOTE_VTEP);
+    vx[30..34].copy_from_slice(&LOCAL_VTEP);
+    vx[34..36].copy_from_slice(&50_000u16.to_be_bytes());
+    vx[36..38].copy_from_slice(&4789u16.to_be_bytes());
+    vx[38..40].copy_from_slice(&((16 + answer.len()) as u16).to_be_bytes());
+    vx[42] = 0x08;
+    vx[46..49].copy_from_slice(&4242u32.to_be_bytes()[1..]);
+    vx.extend_from_slice(&answer);
+    Ok((ul, to_remote, vx))
+}
+
+/// Median of `calls` single-run calls of `prog` on `frame` from `ifindex`.
+fn single_runs(
+    dp: &mut Datapath,
+    prog: &str,
+    frame: &[u8],
+    ifindex: u32,
+    calls: usize,
+) -> Result<u32> {
+    let mut ctx = vec![0u8; 192];
+    ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
+    let mut v = Vec::with_capacity(calls);
+    for _ in 0..calls {
+        let (ret, ns) = run_program(dp, prog, frame, &ctx, 1)?;
+        if prog != "noop" && ret != 7 {
+            bail!("{prog}: the bench frame was not redirected (verdict {ret})");
+        }
+        v.push(ns);
+    }
+    Ok(median(&v))
+}
+
 /// The measurement proper; runs on a thread of its own, which it moves into
 /// a network namespace of its own (holding the veths, gone with the thread).
-fn measure(dir: &Path, repeat: u32, rounds: usize) -> Result<ProgBench> {
+fn measure(dir: &Path, repeat: u32, rounds: usize, single_calls: usize) -> Result<ProgBench> {
     nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).context("unshare(CLONE_NEWNET)")?;
     dataplane_user::netns::add_veth("dpbench0", "dpbench1", IFINDEX_BASE)?;
     dataplane_user::netns::add_veth("dpbench2", "dpbench3", IFINDEX_BASE + 1)?;
     let mut dp = Datapath::load(dir)?;
-    let (frame, me, peer) = bench_frame();
+    let (frame, mut me, peer) = bench_frame();
     dp.set_endpoint(me)?;
     dp.set_endpoint(peer)?;
     // A zeroed struct __sk_buff but for `ifindex` (offset 40).
@@ -141,7 +272,26 @@ fn measure(dir: &Path, repeat: u32, rounds: usize) -> Result<ProgBench> {
         noop.push(run_program(&mut dp, "noop", &frame, &ctx, repeat)?.1);
     }
     let (a, b) = (median(&fc), median(&noop));
+    let (ul, to_remote, vx) = overlay(&mut dp, &mut me)?;
+    let (mut n1, mut enc, mut dec) = (Vec::new(), Vec::new(), Vec::new());
+    // Interleaved in slices, as above.
+    let slice = single_calls.div_ceil(10).max(1);
+    for _ in 0..10 {
+        n1.push(single_runs(&mut dp, "noop", &to_remote, me.ifindex, slice)?);
+        enc.push(single_runs(
+            &mut dp,
+            "from_container",
+            &to_remote,
+            me.ifindex,
+            slice,
+        )?);
+        dec.push(single_runs(&mut dp, "from_uplink", &vx, ul, slice)?);
+    }
     Ok(ProgBench {
+        single_calls: slice * 10,
+        noop_single_median_ns: median(&n1),
+        encap_median_ns: median(&enc),
+        decap_median_ns: median(&dec),
         repeat,
         rounds,
         from_container_median_ns: a,
@@ -162,9 +312,10 @@ fn main() -> Result<()> {
         std::process::id()
     ));
     let pins = dir.clone();
-    let res = std::thread::spawn(move || measure(&pins, args.repeat, args.rounds))
-        .join()
-        .map_err(|_| anyhow!("bench thread panicked"));
+    let res =
+        std::thread::spawn(move || measure(&pins, args.repeat, args.rounds, args.single_calls))
+            .join()
+            .map_err(|_| anyhow!("bench thread panicked"));
     // The scratch pins go whatever happened (the maps die with the thread's
     // file descriptors; the pins would keep them).
     let _ = std::fs::remove_dir_all(&dir);

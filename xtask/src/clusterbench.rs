@@ -136,7 +136,7 @@ impl Ipv4KeyMap {
         let mut a = ObjGetAttr {
             pathname: path.as_ptr() as u64,
             bpf_fd: 0,
-            file_flags: 1, // BPF_F_RDONLY
+            file_flags: 1 << 3, // BPF_F_RDONLY
         };
         let fd =
             bpf(BPF_OBJ_GET, &mut a).with_context(|| format!("BPF_OBJ_GET {}", pin.display()))?;
@@ -275,9 +275,11 @@ impl Report {
 }
 
 /// Counters whose growth per created container is reported.
-const COUNTERS: [&str; 5] = [
+const COUNTERS: [&str; 7] = [
     "etcd_mvcc_put_total",
     "etcd_mvcc_txn_total",
+    "etcd_mvcc_range_total",
+    "etcd_debugging_mvcc_total_put_size_in_bytes",
     "etcd_mvcc_delete_total",
     "etcd_debugging_mvcc_events_total",
     "etcd_debugging_mvcc_current_revision",
@@ -392,6 +394,19 @@ fn one_count(cfg: &Config, n: u32, c: &mut Count) -> Result<()> {
         );
     }
     c.start_all_s = Some(t_start.elapsed().as_secs_f64());
+    // Every host has joined (its node record with its VTEP) before the
+    // first container: host1 sees all N ready.
+    let ready = lab::poll(Duration::from_secs(60), Duration::from_millis(100), || {
+        let out = cluster.nodes[0].cli(&["node", "ls", "--format", "json"])?;
+        let v: serde_json::Value = serde_json::from_str(&out).context("parsing `node ls`")?;
+        let up = v
+            .as_array()
+            .map_or(0, |a| a.iter().filter(|n| n["State"] == "ready").count());
+        Ok((up >= n as usize).then_some(()))
+    })?;
+    if ready.is_none() {
+        bail!("host1 does not see all {n} nodes ready 60 s after they started");
+    }
     cluster.nodes[0].cli(&[
         "network", "create", "--driver", "overlay", "--subnet", SUBNET, NETWORK,
     ])?;
@@ -621,11 +636,11 @@ pub fn table(r: &Report) -> String {
     let _ = writeln!(o, "\n#### etcd and the daemons\n");
     let _ = writeln!(
         o,
-        "| hosts | puts / container | txns / container | revisions / container | watch events sent / container | db size (KiB) | watchers | daemon RSS median (MiB) | min–max (MiB) | etcd RSS (MiB) |"
+        "| hosts | puts / container | put bytes / container | txns / container | ranges / container | revisions / container | watch events sent / container | db size (KiB) | watchers | daemon RSS median (MiB) | min–max (MiB) | etcd RSS (MiB) |"
     );
     let _ = writeln!(
         o,
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |"
     );
     let cell = |m: &BTreeMap<String, f64>, k: &str, scale: f64| {
         m.get(k)
@@ -642,10 +657,16 @@ pub fn table(r: &Report) -> String {
         });
         let _ = writeln!(
             o,
-            "| {} | {} | {} | {} | {} | {} | {} | {rss} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {} | {} | {rss} | {} |",
             c.hosts,
             cell(&c.etcd_per_container, "etcd_mvcc_put_total", 1.0),
+            cell(
+                &c.etcd_per_container,
+                "etcd_debugging_mvcc_total_put_size_in_bytes",
+                1.0
+            ),
             cell(&c.etcd_per_container, "etcd_mvcc_txn_total", 1.0),
+            cell(&c.etcd_per_container, "etcd_mvcc_range_total", 1.0),
             cell(
                 &c.etcd_per_container,
                 "etcd_debugging_mvcc_current_revision",

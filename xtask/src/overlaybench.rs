@@ -802,8 +802,7 @@ fn encap_decap(prog: &Value) -> Value {
             "decap_median_ns": d,
             "noop_single_median_ns": prog["noop_single_median_ns"],
             "from_container_median_ns": prog["from_container_median_ns"],
-            "rounds": prog["rounds"],
-            "repeat": prog["repeat"],
+            "single_calls": prog["single_calls"],
         }),
         _ => serde_json::json!({
             "skipped": "bench-prog reports no encap_median_ns / decap_median_ns (the VXLAN programs are not in it yet)"
@@ -992,8 +991,8 @@ pub fn table(r: &Report) -> String {
     } else {
         let _ = writeln!(
             o,
-            "| program path | ns/packet (median of {} rounds) |\n| --- | ---: |",
-            e["rounds"].as_u64().unwrap_or(0)
+            "| program path | ns/packet (median of {} single-run BPF_PROG_TEST_RUN calls) |\n| --- | ---: |",
+            e["single_calls"].as_u64().unwrap_or(0)
         );
         let _ = writeln!(
             o,
@@ -1108,7 +1107,7 @@ mod tests {
         let old = encap_decap(&serde_json::json!({"from_container_median_ns": 30}));
         assert!(old["skipped"].as_str().unwrap().contains("encap_median_ns"));
         let new = encap_decap(&serde_json::json!({
-            "from_container_median_ns": 30, "encap_median_ns": 41, "decap_median_ns": 25, "rounds": 7
+            "from_container_median_ns": 30, "encap_median_ns": 41, "decap_median_ns": 25, "single_calls": 7
         }));
         assert_eq!(new["encap_median_ns"], 41);
         assert_eq!(new["decap_median_ns"], 25);

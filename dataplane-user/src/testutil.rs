@@ -164,3 +164,153 @@ impl Drop for Scratch {
         }
     }
 }
+
+/// A real etcd server for one test: on 127.0.0.1 with free client and peer
+/// ports (never 2379/2380, which a system etcd may hold), its own data
+/// directory in a temporary directory. Stopped, killed if need be, and its
+/// directory removed on drop, even if the test fails. `stop` and `start`
+/// restart it on the same ports and data (an etcd outage).
+pub struct EtcdServer {
+    dir: PathBuf,
+    client_port: u16,
+    peer_port: u16,
+    child: Option<std::process::Child>,
+}
+
+/// Where Debian's etcd-server puts the binary.
+pub const ETCD_BIN: &str = "/usr/bin/etcd";
+
+impl EtcdServer {
+    /// Starts a fresh etcd and waits (bounded) until it is healthy.
+    /// Panics if etcd is not installed, naming the fix.
+    pub fn start(tag: &str) -> Self {
+        assert!(
+            Path::new(ETCD_BIN).is_file(),
+            "{ETCD_BIN} not found: the etcd tests need a real etcd server; run `cargo xtask setup` (installs Debian's etcd-server)"
+        );
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir =
+            std::env::temp_dir().join(format!("dataplane-etcd-{tag}-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("creating the etcd test directory");
+        let (client_port, peer_port) = (free_port(), free_port());
+        let mut s = EtcdServer {
+            dir,
+            client_port,
+            peer_port,
+            child: None,
+        };
+        s.resume();
+        s
+    }
+
+    /// `http://127.0.0.1:PORT`, as the store's connect takes it.
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.client_port)
+    }
+
+    pub fn client_port(&self) -> u16 {
+        self.client_port
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    /// Starts etcd again on the same ports and data directory and waits
+    /// until it is healthy (panics with its log if it never is).
+    pub fn resume(&mut self) {
+        assert!(self.child.is_none(), "etcd is already running");
+        let peer = format!("http://127.0.0.1:{}", self.peer_port);
+        let client = self.endpoint();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.join("etcd.log"))
+            .expect("creating the etcd log");
+        let child = std::process::Command::new(ETCD_BIN)
+            .arg("--name=test")
+            .arg(format!("--data-dir={}", self.dir.join("data").display()))
+            .arg(format!("--listen-client-urls={client}"))
+            .arg(format!("--advertise-client-urls={client}"))
+            .arg(format!("--listen-peer-urls={peer}"))
+            .arg(format!("--initial-advertise-peer-urls={peer}"))
+            .arg(format!("--initial-cluster=test={peer}"))
+            .stdin(std::process::Stdio::null())
+            .stdout(log.try_clone().expect("etcd log"))
+            .stderr(log)
+            .spawn()
+            .expect("starting etcd");
+        self.child = Some(child);
+        // Bounded: etcd is up in about a second here.
+        for _ in 0..200 {
+            if self.healthy() {
+                return;
+            }
+            if let Some(Ok(Some(st))) = self.child.as_mut().map(|c| c.try_wait()) {
+                self.child = None;
+                panic!("etcd exited ({st}) while starting:\n{}", self.log());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("etcd not healthy after 10 s:\n{}", self.log());
+    }
+
+    /// Stops etcd (SIGTERM, then SIGKILL after a bounded wait); its data stays.
+    pub fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        let pid = nix::unistd::Pid::from_raw(child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM);
+        for _ in 0..100 {
+            if matches!(child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    /// GET /health answers `"health":"true"`.
+    pub fn healthy(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.client_port));
+        let t = std::time::Duration::from_millis(500);
+        let Ok(mut c) = std::net::TcpStream::connect_timeout(&addr, t) else {
+            return false;
+        };
+        let _ = c.set_read_timeout(Some(t));
+        let _ = c.set_write_timeout(Some(t));
+        if c.write_all(b"GET /health HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")
+            .is_err()
+        {
+            return false;
+        }
+        let mut body = String::new();
+        let _ = c.read_to_string(&mut body);
+        body.contains("\"health\":\"true\"")
+    }
+
+    /// The server's log so far (for failure messages).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("etcd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for EtcdServer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A port on 127.0.0.1 that was free a moment ago (the kernel's choice).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("binding 127.0.0.1:0")
+        .port()
+}

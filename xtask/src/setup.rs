@@ -21,13 +21,16 @@ pub const APT_PACKAGES: &[&str] = &[
     "iptables",
     "netcat-openbsd",
     "procps",
+    // etcd-client's build (the etcd store's gRPC code) needs protoc.
     "protobuf-compiler",
-    "util-linux",
-    // The multi-host lab and its tests: etcd, the health probe, decoding
-    // the VXLAN capture.
+    // The etcd store's tests start a real etcd (3.4) of their own.
     "etcd-server",
-    "curl",
+    // Packet dissection in the labs; asks about capture permissions, which
+    // DEBIAN_FRONTEND=noninteractive answers with the default (no setuid).
     "tshark",
+    "util-linux",
+    // The multi-host lab's etcd health probe.
+    "curl",
     // The namespace tests' DNS clients and fake upstream are python3 scripts.
     "python3",
 ];
@@ -43,8 +46,9 @@ pub fn setup(p: &mut Progress) -> Result<()> {
     if !sh::is_root() {
         bail!("setup needs root (apt-get, mounting bpffs, loading BPF programs): run it as root");
     }
-    p.step("setup: Debian packages");
+    p.step("setup: Debian packages (and no system etcd: tests start their own)");
     apt()?;
+    system_etcd_off()?;
     p.step("setup: nightly toolchain with rust-src");
     nightly()?;
     p.step("setup: bpf-linker");
@@ -104,6 +108,50 @@ fn apt() -> Result<()> {
         bail!("apt-get install did not install: {}", still.join(" "));
     }
     note(format!("installed: {}", missing.join(" ")));
+    Ok(())
+}
+
+/// Debian's etcd-server starts a system etcd on 127.0.0.1:2379 (systemd
+/// unit, or its init script elsewhere). Nothing here uses it: the tests
+/// start their own on free ports. Stop it and keep it from starting again
+/// (masked under systemd, disabled under sysvinit), through the service
+/// manager only: no process is killed by name.
+fn system_etcd_off() -> Result<()> {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        let state = sh::first_line(&mut cmd("systemctl", ["is-enabled", "etcd.service"]));
+        let active = sh::succeeds(&mut cmd(
+            "systemctl",
+            ["is-active", "--quiet", "etcd.service"],
+        ));
+        if state == "masked" && !active {
+            note("already satisfied: etcd.service masked and stopped");
+            return Ok(());
+        }
+        // `disable --now` fails for a unit that is not installed; mask works.
+        let _ = sh::succeeds(&mut cmd("systemctl", ["disable", "--now", "etcd.service"]));
+        sh::run(
+            &mut cmd("systemctl", ["mask", "--now", "etcd.service"]),
+            Some(MIN),
+        )?;
+        note("stopped and masked etcd.service");
+        return Ok(());
+    }
+    let script = std::path::Path::new("/etc/init.d/etcd");
+    if !script.is_file() {
+        note("already satisfied: no etcd service installed");
+        return Ok(());
+    }
+    // LSB: `status` exits 0 only while the service runs.
+    if sh::succeeds(&mut cmd(script, ["status"])) {
+        sh::run(&mut cmd(script, ["stop"]), Some(MIN))?;
+        note("stopped the etcd service");
+    } else {
+        note("already satisfied: the etcd service is not running");
+    }
+    if sh::which("update-rc.d").is_some() {
+        sh::run(&mut cmd("update-rc.d", ["etcd", "disable"]), Some(MIN))?;
+        note("disabled the etcd service at boot (update-rc.d etcd disable)");
+    }
     Ok(())
 }
 

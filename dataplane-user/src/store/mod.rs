@@ -15,13 +15,18 @@
 //!   order, and can be resumed from the last revision seen (after a daemon
 //!   restart too: the embedded store keeps a log of recent revisions).
 //!
-//! The embedded implementation is [`RedbStore`].
+//! The embedded implementation is [`RedbStore`]; the cluster one, shared by
+//! the daemons of several hosts, is [`EtcdStore`].
 
+#[cfg(test)]
+mod conformance;
+mod etcd_store;
 mod redb_store;
 mod scoped;
 
 use std::time::Duration;
 
+pub use etcd_store::{parse_store_url, EtcdStore};
 pub use redb_store::RedbStore;
 pub use scoped::NodeScoped;
 

@@ -19,14 +19,23 @@ use serde::{Deserialize, Serialize};
 
 use super::{Entry, Event, Expect, Listing, Revision, Store, StoreError, StoreResult, Txn, Watch};
 
-/// One host alone never expires.
-struct Forever;
+/// One host alone never expires: the key stays until revoked.
+struct Forever {
+    store: RedbStore,
+    key: String,
+}
 
 impl super::Lease for Forever {
     fn alive(&self) -> bool {
         true
     }
-    fn revoke(self: Box<Self>) {}
+    fn revoke(self: Box<Self>) {
+        let mut t = Txn::default();
+        t.delete(self.key.clone());
+        if let Err(e) = self.store.commit(t) {
+            tracing::warn!("revoking {}: {e:#}", self.key);
+        }
+    }
 }
 
 /// The table of the first layout (values without revisions), migrated once.
@@ -240,7 +249,13 @@ impl Store for RedbStore {
         let mut t = Txn::default();
         t.put(key, value);
         self.commit(t)?;
-        Ok(Box::new(Forever))
+        Ok(Box::new(Forever {
+            store: RedbStore {
+                db: self.db.clone(),
+                notify: self.notify.clone(),
+            },
+            key: key.to_string(),
+        }))
     }
 
     fn watch(&self, prefix: &str, after: Revision) -> StoreResult<Box<dyn Watch>> {
@@ -371,166 +386,59 @@ mod tests {
         }
     }
 
-    fn keys(l: &Listing) -> Vec<(&str, &[u8])> {
-        l.entries
-            .iter()
-            .map(|e| (e.key.as_str(), e.value.as_slice()))
-            .collect()
+    /// The shared conformance suite (`store/conformance.rs`) on a fresh
+    /// file; `open` reopens the same file (a daemon restart).
+    fn conform(tag: &str, test: crate::store::conformance::Test) {
+        let dir = Dir::new(tag);
+        let open = || Arc::new(RedbStore::open(&dir.db()).unwrap()) as Arc<dyn Store>;
+        test(&open);
     }
 
     #[test]
     fn commit_is_atomic_and_list_is_prefix_scoped() {
-        let dir = Dir::new("atomic");
-        let s = RedbStore::open(&dir.db()).unwrap();
-        let mut t = Txn::default();
-        t.put("networks/a", b"1".to_vec())
-            .put("networks/b", b"2".to_vec())
-            .put("networksX/c", b"3".to_vec())
-            .put("containers/x", b"4".to_vec());
-        assert_eq!(s.commit(t).unwrap(), 1);
-        let nets = s.list("networks/").unwrap();
-        assert_eq!(nets.revision, 1);
-        assert_eq!(
-            keys(&nets),
-            vec![("networks/a", &b"1"[..]), ("networks/b", &b"2"[..])]
+        conform(
+            "atomic",
+            crate::store::conformance::commit_is_atomic_and_list_is_prefix_scoped,
         );
-        let mut t = Txn::default();
-        t.delete("networks/a").put("networks/b", b"22".to_vec());
-        assert_eq!(s.commit(t).unwrap(), 2);
-        assert_eq!(
-            keys(&s.list("networks/").unwrap()),
-            vec![("networks/b", &b"22"[..])]
+    }
+
+    #[test]
+    fn a_key_twice_in_one_commit_ends_as_its_last_put() {
+        conform(
+            "twice",
+            crate::store::conformance::a_key_twice_in_one_commit_ends_as_its_last_put,
         );
-        drop(s);
-        // Reopening keeps what was committed, and the revision.
-        let s = RedbStore::open(&dir.db()).unwrap();
-        assert_eq!(s.list("containers/").unwrap().entries.len(), 1);
-        let b = s.get("networks/b").unwrap().unwrap();
-        assert_eq!((b.value.as_slice(), b.mod_revision), (&b"22"[..], 2));
-        assert_eq!(s.get("networks/a").unwrap(), None);
-        assert_eq!(s.list("").unwrap().revision, 2);
     }
 
     #[test]
     fn a_guarded_commit_that_lost_the_race_is_refused_and_changes_nothing() {
-        let dir = Dir::new("guard");
-        let s = RedbStore::open(&dir.db()).unwrap();
-        // Two writers both saw "ips/10.0.0.2" free and both claim it.
-        let claim = |who: &str| {
-            let mut t = Txn::default();
-            t.absent("ips/10.0.0.2")
-                .put("ips/10.0.0.2", who.as_bytes().to_vec())
-                .put(format!("endpoints/{who}"), b"{}".to_vec());
-            t
-        };
-        assert!(s.commit(claim("a")).is_ok());
-        match s.commit(claim("b")) {
-            Err(StoreError::Conflict { key }) => assert_eq!(key, "ips/10.0.0.2"),
-            other => panic!("the second claim must lose: {other:?}"),
-        }
-        assert_eq!(s.get("ips/10.0.0.2").unwrap().unwrap().value, b"a");
-        assert_eq!(s.get("endpoints/b").unwrap(), None, "nothing of b landed");
-        // Compare-and-swap on a revision read earlier.
-        let read = s.get("ips/10.0.0.2").unwrap().map(|e| e.mod_revision);
-        let mut t = Txn::default();
-        t.unchanged("ips/10.0.0.2", read).delete("ips/10.0.0.2");
-        let rev = s.commit(t).unwrap();
-        let mut stale = Txn::default();
-        stale.unchanged("ips/10.0.0.2", read).put("x", vec![]);
-        assert!(matches!(s.commit(stale), Err(StoreError::Conflict { .. })));
-        assert_eq!(
-            s.list("").unwrap().revision,
-            rev,
-            "a refused commit adds no revision"
+        conform(
+            "guard",
+            crate::store::conformance::a_guarded_commit_that_lost_the_race_is_refused_and_changes_nothing,
         );
     }
 
     #[test]
     fn concurrent_claims_have_exactly_one_winner() {
-        let dir = Dir::new("race");
-        let s = Arc::new(RedbStore::open(&dir.db()).unwrap());
-        let wins: usize = (0..8)
-            .map(|i| {
-                let s = s.clone();
-                std::thread::spawn(move || {
-                    let mut t = Txn::default();
-                    t.absent("ports/tcp/8080")
-                        .put("ports/tcp/8080", format!("{i}").into_bytes());
-                    s.commit(t).is_ok()
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| usize::from(h.join().unwrap()))
-            .sum();
-        assert_eq!(wins, 1);
+        conform(
+            "race",
+            crate::store::conformance::concurrent_claims_have_exactly_one_winner,
+        );
     }
 
     #[test]
     fn a_watch_sees_every_change_in_order_and_resumes_after_a_reopen() {
-        let dir = Dir::new("watch");
-        let s = RedbStore::open(&dir.db()).unwrap();
-        let start = s.list("networks/").unwrap().revision;
-        let mut w = s.watch("networks/", start).unwrap();
-        assert!(w.next(Duration::from_millis(20)).unwrap().is_empty());
-        let mut t = Txn::default();
-        t.put("networks/a", b"1".to_vec())
-            .put("other/x", b"x".to_vec());
-        s.commit(t).unwrap();
-        let mut t = Txn::default();
-        t.delete("networks/a");
-        s.commit(t).unwrap();
-        let mut got = Vec::new();
-        while got.len() < 2 {
-            got.extend(w.next(Duration::from_secs(5)).unwrap());
-        }
-        assert_eq!(
-            got,
-            vec![
-                Event::Put {
-                    key: "networks/a".into(),
-                    value: b"1".to_vec(),
-                    revision: 1
-                },
-                Event::Delete {
-                    key: "networks/a".into(),
-                    revision: 2
-                },
-            ]
+        conform(
+            "watch",
+            crate::store::conformance::a_watch_sees_every_change_in_order_and_resumes_after_a_reopen,
         );
-        assert_eq!(w.revision(), 2);
-        // A watcher blocked in `next` is woken by a commit from another thread.
-        let s = Arc::new(s);
-        let writer = {
-            let s = s.clone();
-            std::thread::spawn(move || {
-                let mut t = Txn::default();
-                t.put("networks/b", b"2".to_vec());
-                s.commit(t).unwrap();
-            })
-        };
-        let woke = w.next(Duration::from_secs(5)).unwrap();
-        writer.join().unwrap();
-        assert_eq!(woke.len(), 1);
-        assert_eq!(woke[0].key(), "networks/b");
-        let seen = w.revision();
-        drop(w);
-        // Changes made while nobody watched are replayed from the log after
-        // the store is reopened (a daemon restart).
-        let mut t = Txn::default();
-        t.put("networks/c", b"3".to_vec());
-        s.commit(t).unwrap();
-        drop(s);
-        let s = RedbStore::open(&dir.db()).unwrap();
-        let mut w = s.watch("networks/", seen).unwrap();
-        let again = w.next(Duration::from_secs(5)).unwrap();
-        assert_eq!(
-            again,
-            vec![Event::Put {
-                key: "networks/c".into(),
-                value: b"3".to_vec(),
-                revision: 4
-            }]
+    }
+
+    #[test]
+    fn a_kept_key_is_there_until_revoked() {
+        conform(
+            "lease",
+            crate::store::conformance::a_kept_key_is_there_until_revoked,
         );
     }
 

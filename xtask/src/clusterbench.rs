@@ -235,6 +235,8 @@ pub struct Count {
     pub failed: Option<String>,
     /// Daemons that answered (of `hosts`).
     pub hosts_up: u32,
+    /// Daemons that exited while starting and were started once more.
+    pub restarts: Vec<String>,
     /// Seconds from the first spawn until every daemon answered.
     pub start_all_s: Option<f64>,
     /// `dataplane run -d` until it returned, ms.
@@ -370,6 +372,7 @@ fn one_count(cfg: &Config, n: u32, c: &mut Count) -> Result<()> {
         for &i in batch {
             let host = format!("{}-c{i}", cfg.tag);
             let ip = u.add_host(&mut cl, &host, &format!("cp{i}"), (10 + i) as u8)?;
+            lab::wait_reachable(&host, &u.gateway(), Duration::from_secs(10))?;
             let bpffs = PathBuf::from(format!("/sys/fs/bpf/{}-c{i}", cfg.tag));
             cl.path(&bpffs);
             cluster.nodes.push(Node::spawn(
@@ -384,7 +387,20 @@ fn one_count(cfg: &Config, n: u32, c: &mut Count) -> Result<()> {
             )?);
         }
         for node in &mut cluster.nodes[first..] {
-            node.wait_ready(Duration::from_secs(180))?;
+            // One second chance: under load a daemon's first etcd call
+            // can time out, and the daemon exits.
+            if let Err(e) = node.wait_ready(Duration::from_secs(180)) {
+                if !node.restart_if_exited()? {
+                    return Err(e);
+                }
+                let m = format!(
+                    "{} exited before it was ready and was started again: {e:#}",
+                    node.name
+                );
+                eprintln!("    warning: {m}");
+                c.restarts.push(m);
+                node.wait_ready(Duration::from_secs(180))?;
+            }
             c.hosts_up += 1;
         }
         eprintln!(
@@ -698,6 +714,22 @@ pub fn table(r: &Report) -> String {
                 )
         })
         .collect();
+    let restarts: Vec<String> = r
+        .counts
+        .iter()
+        .flat_map(|c| {
+            c.restarts
+                .iter()
+                .map(move |m| format!("{} hosts: {m}", c.hosts))
+        })
+        .collect();
+    if !restarts.is_empty() {
+        let _ = writeln!(o, "#### Daemons started twice\n");
+        for m in restarts {
+            let _ = writeln!(o, "- {}", m.replace('\n', " "));
+        }
+        let _ = writeln!(o);
+    }
     if !problems.is_empty() {
         let _ = writeln!(o, "#### Cluster failures\n");
         for p in problems {

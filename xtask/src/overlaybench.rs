@@ -68,7 +68,22 @@ pub struct Underlay {
 impl Underlay {
     pub fn build(cl: &mut Cleanup, ns: &str, prefix: &str) -> Result<Self> {
         cl.netns(ns)?;
-        lab::ip(ns, &["link", "add", "br0", "type", "bridge"])?;
+        // A fixed MAC: a bridge without one takes its lowest port's, so
+        // plugging in a host would change the gateway's MAC under the
+        // hosts that already resolved it (their TCP to etcd then stalls
+        // until their ARP entry goes stale).
+        lab::ip(
+            ns,
+            &[
+                "link",
+                "add",
+                "br0",
+                "address",
+                "02:00:00:00:00:01",
+                "type",
+                "bridge",
+            ],
+        )?;
         addr(ns, "br0", &format!("{prefix}.1/24"))?;
         Ok(Self {
             ns: ns.to_string(),
@@ -223,6 +238,8 @@ pub struct Node {
     pub sock: PathBuf,
     pub bpffs: PathBuf,
     log: PathBuf,
+    /// `nsenter` arguments that start the daemon.
+    argv: Vec<std::ffi::OsString>,
     child: Option<Child>,
     containers: Vec<String>,
     sandboxes: Vec<String>,
@@ -246,38 +263,71 @@ impl Node {
         std::fs::create_dir_all(&run)?;
         std::fs::create_dir_all(dir.join("state"))?;
         let log = dir.join("daemon.log");
-        let f = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let mut c = cmd("nsenter", [format!("--net=/var/run/netns/{ns}")]);
-        c.arg(bin)
-            .arg("daemon")
-            .arg("--run-dir")
-            .arg(&run)
-            .arg("--state-dir")
-            .arg(dir.join("state"))
-            .arg("--bpffs")
-            .arg(bpffs)
-            .args([
-                "--store",
-                store,
-                "--node-name",
-                name,
-                "--advertise-addr",
-                ip,
-            ])
-            .args(extra)
-            .env_remove("DATAPLANE_HOST")
-            .stdout(Stdio::from(f.try_clone()?))
-            .stderr(Stdio::from(f));
-        Ok(Self {
+        File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        let mut argv: Vec<std::ffi::OsString> = vec![
+            format!("--net=/var/run/netns/{ns}").into(),
+            bin.into(),
+            "daemon".into(),
+            "--run-dir".into(),
+            run.clone().into(),
+            "--state-dir".into(),
+            dir.join("state").into(),
+            "--bpffs".into(),
+            bpffs.into(),
+        ];
+        for a in [
+            "--store",
+            store,
+            "--node-name",
+            name,
+            "--advertise-addr",
+            ip,
+        ]
+        .iter()
+        .chain(extra)
+        {
+            argv.push(a.into());
+        }
+        let mut n = Self {
             name: name.to_string(),
             bin: bin.to_path_buf(),
             sock: run.join("api.sock"),
             bpffs: bpffs.to_path_buf(),
             log,
-            child: Some(sh::spawn(&mut c)?),
+            argv,
+            child: None,
             containers: Vec::new(),
             sandboxes: Vec::new(),
-        })
+        };
+        n.start()?;
+        Ok(n)
+    }
+
+    /// Starts the daemon process (its log appended to).
+    fn start(&mut self) -> Result<()> {
+        let f = File::options()
+            .append(true)
+            .open(&self.log)
+            .with_context(|| format!("opening {}", self.log.display()))?;
+        let mut c = cmd("nsenter", &self.argv);
+        c.env_remove("DATAPLANE_HOST")
+            .stdout(Stdio::from(f.try_clone()?))
+            .stderr(Stdio::from(f));
+        self.child = Some(sh::spawn(&mut c)?);
+        Ok(())
+    }
+
+    /// Starts the daemon again if it has exited (e.g. etcd did not answer
+    /// its first list in time on a loaded machine); whether it had.
+    pub fn restart_if_exited(&mut self) -> Result<bool> {
+        if self.pid().is_some() {
+            return Ok(false);
+        }
+        if let Some(mut ch) = self.child.take() {
+            let _ = ch.wait();
+        }
+        self.start()?;
+        Ok(true)
     }
 
     pub fn log_tail(&self) -> String {
@@ -634,6 +684,7 @@ fn build_ours(
     for i in 1..=2u8 {
         let host = format!("{tag}-oc{i}");
         let ip = u.add_host(cl, &host, &format!("oc{i}"), 30 + i)?;
+        lab::wait_reachable(&host, &u.gateway(), Duration::from_secs(10))?;
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{tag}-oc{i}"));
         cl.path(&bpffs);
         let mut n = Node::spawn(

@@ -20,9 +20,9 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    build_dataplane, ctlbench, dnsbench,
+    build_dataplane, clusterbench, ctlbench, dnsbench,
     lab::{self, addr, in_netns, Cleanup, Daemon},
-    md, natbench, root, setup,
+    md, natbench, overlaybench, root, setup,
     sh::{self, bg, first_line, json_of},
     stats::{ratio_cell, spread, Spread},
     Format, Progress,
@@ -46,6 +46,14 @@ pub enum Kind {
     /// clients, daemon memory, restart and drift repair (own namespaces
     /// and daemon; see --sandboxes).
     Control,
+    /// Two hosts on one underlay, a container each: routed without a
+    /// tunnel, the kernel's VXLAN as Docker builds it, and the dataplane's
+    /// overlay network with etcd (own namespaces; see `overlaybench`).
+    Overlay,
+    /// Many hosts (daemons in namespaces, one etcd): how long a new
+    /// container takes to reach every other host, etcd's and the daemons'
+    /// costs (see --cluster-hosts, `clusterbench`).
+    Cluster,
 }
 
 impl Kind {
@@ -58,6 +66,8 @@ impl Kind {
             Kind::Dns => "DNS: embedded resolver vs hosts file",
             Kind::Nat => "published ports: eBPF NAT vs Docker iptables",
             Kind::Control => "control plane: run, rm, memory, restart, drift",
+            Kind::Overlay => "overlay: routed vs kernel VXLAN vs eBPF VXLAN, two hosts",
+            Kind::Cluster => "cluster: endpoint propagation to N hosts through etcd",
         }
     }
 
@@ -83,6 +93,8 @@ impl Kind {
             Kind::Dns => "name lookups inside (d)'s first sandbox (see the DNS section)",
             Kind::Nat => "published ports in namespaces of their own (see the published-ports section)",
             Kind::Control => "a daemon of its own driven through its CLI (see the control-plane section)",
+            Kind::Overlay => "two hosts on an underlay bridge, three ways (see the overlay section)",
+            Kind::Cluster => "daemons in host namespaces sharing one etcd (see the cluster section)",
         }
     }
 }
@@ -129,6 +141,16 @@ pub struct Args {
     #[arg(long, default_value_t = ctlbench::DEFAULT_CLIENTS,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     control_clients: u32,
+    /// `cluster`: host counts to measure (comma-separated), a fresh
+    /// cluster each.
+    #[arg(long, value_delimiter = ',', default_values_t = clusterbench::DEFAULT_HOSTS,
+          value_parser = clap::value_parser!(u32).range(2..=clusterbench::MAX_HOSTS as i64))]
+    cluster_hosts: Vec<u32>,
+    /// `cluster`: containers created (one at a time, hosts in turn) per
+    /// host count; the propagation percentiles are over these.
+    #[arg(long, default_value_t = clusterbench::DEFAULT_RUNS,
+          value_parser = clap::value_parser!(u32).range(1..=1000))]
+    cluster_runs: u32,
     #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
     latency: LatencyTool,
     /// Where to write the report (default: BENCHMARKS.md at the repo root).
@@ -142,7 +164,7 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 7] = [
+const ALL: [Kind; 9] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
@@ -150,14 +172,16 @@ const ALL: [Kind; 7] = [
     Kind::Dns,
     Kind::Nat,
     Kind::Control,
+    Kind::Overlay,
+    Kind::Cluster,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
-struct Pair {
-    kind: Kind,
-    client: String,
-    server: String,
-    server_ip: String,
+pub(crate) struct Pair {
+    pub kind: Kind,
+    pub client: String,
+    pub server: String,
+    pub server_ip: String,
 }
 
 const NF_RULES: &str = "\
@@ -406,7 +430,7 @@ fn sockperf_percentile(out: &str, p: &str) -> Option<f64> {
 
 /// Where the request/response ends run: both on one CPU, or one each.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-enum Cores {
+pub(crate) enum Cores {
     Same(usize),
     Cross(usize, usize),
 }
@@ -440,6 +464,17 @@ fn allowed_cpus() -> Vec<usize> {
             .filter(|&c| libc::CPU_ISSET(c, &set))
             .collect()
     }
+}
+
+/// Where request/response runs: both ends on the first usable CPU, and
+/// (with two or more) on the first two.
+fn cores() -> Vec<Cores> {
+    let cpus = allowed_cpus();
+    let mut cores = vec![Cores::Same(cpus.first().copied().unwrap_or(0))];
+    if let Some(&[s, c]) = cpus.get(..2) {
+        cores.push(Cores::Cross(s, c));
+    }
+    cores
 }
 
 /// `ip netns exec NS taskset -c CPU ARGS...`
@@ -535,18 +570,20 @@ fn latency(p: &Pair, secs: u64, tool: LatencyTool, cores: Cores) -> Result<(f64,
 }
 
 #[derive(Default)]
-struct Samples {
-    tcp: Vec<f64>,
-    retransmits: Vec<f64>,
-    udp: Vec<f64>,
-    same_p50: Vec<f64>,
-    same_p99: Vec<f64>,
-    cross_p50: Vec<f64>,
-    cross_p99: Vec<f64>,
-    errors: Vec<String>,
+pub(crate) struct Samples {
+    pub tcp: Vec<f64>,
+    pub retransmits: Vec<f64>,
+    pub udp: Vec<f64>,
+    pub same_p50: Vec<f64>,
+    pub same_p99: Vec<f64>,
+    pub cross_p50: Vec<f64>,
+    pub cross_p99: Vec<f64>,
+    pub errors: Vec<String>,
 }
 
-fn measure(
+/// One rep of `p`: TCP and UDP through iperf3, then request/response on
+/// each of `cores`; a failed measurement is recorded in `s.errors`.
+pub(crate) fn measure(
     p: &Pair,
     secs: u64,
     tool: LatencyTool,
@@ -675,6 +712,10 @@ struct Report {
     nat: Option<natbench::Report>,
     /// The control-plane costs (`--setups control`), if asked for.
     control: Option<ctlbench::Report>,
+    /// The two-host overlay comparison (`--setups overlay`), if asked for.
+    overlay: Option<overlaybench::Report>,
+    /// Endpoint propagation across N hosts (`--setups cluster`), if asked for.
+    cluster: Option<clusterbench::Report>,
 }
 
 fn machine() -> Machine {
@@ -704,7 +745,7 @@ fn machine() -> Machine {
 
 /// Builds xtask's `bench-prog` (release, `--features prog`: it links the
 /// daemon's library) and runs it; its JSON, or {"skipped": reason}.
-fn bpf_prog() -> Value {
+pub(crate) fn bpf_prog() -> Value {
     let skipped = |why: String| serde_json::json!({ "skipped": why });
     let built = sh::run(
         crate::cargo().args([
@@ -753,6 +794,11 @@ pub fn bench(args: Args) -> Result<i32> {
     let want_dns = args.setups.contains(&Kind::Dns);
     let want_nat = args.setups.contains(&Kind::Nat);
     let want_control = args.setups.contains(&Kind::Control);
+    let want_overlay = args.setups.contains(&Kind::Overlay);
+    let want_cluster = args.setups.contains(&Kind::Cluster);
+    let mut cluster_hosts = args.cluster_hosts.clone();
+    cluster_hosts.sort_unstable();
+    cluster_hosts.dedup();
     let mut sandboxes = args.sandboxes.clone();
     sandboxes.sort_unstable();
     sandboxes.dedup();
@@ -767,7 +813,9 @@ pub fn bench(args: Args) -> Result<i32> {
         8 + usize::from(want_dns || want_nat)
             + usize::from(!kinds.is_empty())
             + 2 * usize::from(want_nat)
-            + if want_control { sandboxes.len() } else { 0 },
+            + if want_control { sandboxes.len() } else { 0 }
+            + 2 * usize::from(want_overlay)
+            + if want_cluster { cluster_hosts.len() } else { 0 },
     );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
@@ -828,7 +876,9 @@ pub fn bench(args: Args) -> Result<i32> {
                 dns_target = want_dns.then_some(t);
                 pair
             }),
-            Kind::Dns | Kind::Nat | Kind::Control => Err(anyhow!("{k:?} is not a network setup")),
+            Kind::Dns | Kind::Nat | Kind::Control | Kind::Overlay | Kind::Cluster => {
+                Err(anyhow!("{k:?} is not a network setup"))
+            }
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -889,14 +939,9 @@ pub fn bench(args: Args) -> Result<i32> {
         ));
     }
     // Request/response twice: both ends pinned to one CPU, then to two.
-    let cpus = allowed_cpus();
-    let mut cores = vec![Cores::Same(cpus.first().copied().unwrap_or(0))];
-    match cpus.get(..2) {
-        Some(&[s, c]) => cores.push(Cores::Cross(s, c)),
-        _ if !kinds.is_empty() => {
-            notes.push("only one CPU is usable here: no cross-core request/response figures".into())
-        }
-        _ => {}
+    let cores = cores();
+    if cores.len() < 2 && !kinds.is_empty() {
+        notes.push("only one CPU is usable here: no cross-core request/response figures".into())
     }
     let mut samples: Vec<Samples> = pairs.iter().map(|_| Samples::default()).collect();
     let mut dns_samples = dnsbench::Samples::default();
@@ -946,8 +991,9 @@ pub fn bench(args: Args) -> Result<i32> {
         None
     };
 
-    // The per-packet program cost belongs to the network figures.
-    let prog = if kinds.is_empty() {
+    // The per-packet program cost belongs to the network figures (and
+    // its encap/decap figures to the overlay's).
+    let prog = if kinds.is_empty() && !want_overlay {
         serde_json::json!({ "skipped": "no network setup was measured (--setups)" })
     } else {
         p.step("BPF_PROG_TEST_RUN: bench-prog (xtask --features prog)");
@@ -956,6 +1002,38 @@ pub fn bench(args: Args) -> Result<i32> {
             eprintln!("    skipped: {why}");
         }
         prog
+    };
+
+    // Cross-host: namespaces, etcd and daemons of their own, after the
+    // single-host parts are torn down.
+    let overlay = if want_overlay {
+        drop(daemon.take());
+        let cfg = overlaybench::Config {
+            reps: args.reps,
+            seconds: args.seconds,
+            tool,
+            cores: cores.clone(),
+            dataplane: bin.clone(),
+            tag: tag.clone(),
+            dir: dir.join("overlay"),
+            bpf_prog: prog.clone(),
+        };
+        Some(overlaybench::run(&cfg, &mut p)?)
+    } else {
+        None
+    };
+    let cluster = if want_cluster {
+        drop(daemon.take());
+        let cfg = clusterbench::Config {
+            hosts: cluster_hosts.clone(),
+            runs: args.cluster_runs,
+            dataplane: bin.clone(),
+            tag: tag.clone(),
+            dir: dir.join("cluster"),
+        };
+        Some(clusterbench::run(&cfg, &mut p)?)
+    } else {
+        None
     };
 
     p.step("report");
@@ -1008,6 +1086,8 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Dns => "dns",
                 Kind::Nat => "nat",
                 Kind::Control => "control",
+                Kind::Overlay => "overlay",
+                Kind::Cluster => "cluster",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -1048,6 +1128,19 @@ pub fn bench(args: Args) -> Result<i32> {
     if want_control && args.control_clients != ctlbench::DEFAULT_CLIENTS {
         command += &format!(" --control-clients {}", args.control_clients);
     }
+    if want_cluster && cluster_hosts != clusterbench::DEFAULT_HOSTS {
+        command += &format!(
+            " --cluster-hosts {}",
+            cluster_hosts
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    if want_cluster && args.cluster_runs != clusterbench::DEFAULT_RUNS {
+        command += &format!(" --cluster-runs {}", args.cluster_runs);
+    }
     let date = first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"]));
     let dns = want_dns.then(|| {
         let meta = dnsbench::Meta {
@@ -1066,6 +1159,16 @@ pub fn bench(args: Args) -> Result<i32> {
         n
     });
     let control = control.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
+    });
+    let overlay = overlay.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
+    });
+    let cluster = cluster.map(|mut c| {
         c.command = command.clone();
         c.date = date.clone();
         c
@@ -1108,6 +1211,8 @@ pub fn bench(args: Args) -> Result<i32> {
         dns,
         nat,
         control,
+        overlay,
+        cluster,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
@@ -1119,6 +1224,8 @@ pub fn bench(args: Args) -> Result<i32> {
         .as_ref()
         .map(|n| natbench::markdown(n, n.svg.as_deref()));
     let control_md = report.control.as_ref().map(ctlbench::markdown);
+    let overlay_md = report.overlay.as_ref().map(overlaybench::markdown);
+    let cluster_md = report.cluster.as_ref().map(clusterbench::markdown);
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1137,6 +1244,14 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### Control plane\n");
             println!("{}", ctlbench::table(c));
         }
+        if let Some(o) = &report.overlay {
+            println!("### Overlay: two hosts\n");
+            println!("{}", overlaybench::table(o));
+        }
+        if let Some(c) = &report.cluster {
+            println!("### Cluster: endpoint propagation\n");
+            println!("{}", clusterbench::table(c));
+        }
     }
     if !args.no_write {
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
@@ -1145,9 +1260,13 @@ pub fn bench(args: Args) -> Result<i32> {
         // appended.
         let (existing, old_nat) = natbench::split(&existing);
         let (existing, old_control) = ctlbench::split(&existing);
+        let (existing, old_overlay) = overlaybench::split(&existing);
+        let (existing, old_cluster) = clusterbench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
         let md = md::append_section(&md, control_md.as_deref().or(old_control.as_deref()));
+        let md = md::append_section(&md, overlay_md.as_deref().or(old_overlay.as_deref()));
+        let md = md::append_section(&md, cluster_md.as_deref().or(old_cluster.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -1157,7 +1276,15 @@ pub fn bench(args: Args) -> Result<i32> {
         .any(|s| s.failed.is_some() || !s.errors.is_empty())
         || report.dns.as_ref().is_some_and(dnsbench::Report::bad)
         || report.nat.as_ref().is_some_and(natbench::Report::bad)
-        || report.control.as_ref().is_some_and(ctlbench::Report::bad);
+        || report.control.as_ref().is_some_and(ctlbench::Report::bad)
+        || report
+            .overlay
+            .as_ref()
+            .is_some_and(overlaybench::Report::bad)
+        || report
+            .cluster
+            .as_ref()
+            .is_some_and(clusterbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {
@@ -1167,7 +1294,7 @@ pub fn bench(args: Args) -> Result<i32> {
     Ok(0)
 }
 
-const METRICS: [(&str, &str, usize); 6] = [
+pub(crate) const METRICS: [(&str, &str, usize); 6] = [
     ("TCP throughput, Gbit/s (iperf3, higher is better)", "Gbit/s", 2),
     (
         "UDP 64-byte packets received, kpps (iperf3 -u -l 64 -b 0, receiver side, higher is better)",

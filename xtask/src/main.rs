@@ -1,6 +1,7 @@
 //! `cargo xtask`: setup, build, test, demo and benchmarks of the dataplane.
 
 mod bench;
+mod clusterbench;
 mod connrate;
 mod ctlbench;
 mod demo;
@@ -8,6 +9,7 @@ mod dnsbench;
 mod lab;
 mod md;
 mod natbench;
+mod overlaybench;
 mod pingpong;
 mod setup;
 mod sh;

@@ -1640,7 +1640,20 @@ impl Lab {
         let octet = underlay_octet();
         let bridge_ip = format!("192.168.{octet}.1");
         for args in [
-            &["ip", "link", "add", "br0", "type", "bridge"][..],
+            // A fixed MAC: a bridge without one takes its lowest port's, so
+            // plugging in a host later would change the gateway's MAC
+            // under the hosts that already resolved it (seen as etcd
+            // stalls in the cluster benchmark).
+            &[
+                "ip",
+                "link",
+                "add",
+                "br0",
+                "address",
+                "02:00:00:00:00:01",
+                "type",
+                "bridge",
+            ][..],
             &[
                 "ip",
                 "addr",

@@ -644,7 +644,21 @@ fn build_lab(
     c.dir(&dir)?;
     eprintln!("==> underlay {underlay}: bridge br0 at {LAB_NET}.1/24");
     c.netns(&underlay)?;
-    ip(&underlay, &["link", "add", "br0", "type", "bridge"])?;
+    // A fixed MAC: a bridge without one takes its lowest port's, and
+    // plugging in the next host would change the gateway's MAC under the
+    // hosts that already resolved it.
+    ip(
+        &underlay,
+        &[
+            "link",
+            "add",
+            "br0",
+            "address",
+            "02:00:00:00:00:01",
+            "type",
+            "bridge",
+        ],
+    )?;
     addr(&underlay, "br0", &format!("{LAB_NET}.1/24"))?;
 
     eprintln!("==> etcd on {LAB_NET}.1:{ETCD_PORT}");

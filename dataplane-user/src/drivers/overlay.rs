@@ -12,11 +12,13 @@ use std::path::Path;
 
 use anyhow::Result;
 
-use super::Driver;
-use crate::{model::Network, netns, netns::VethPlan};
+use super::{Bridge, Driver};
+use crate::{model::Network, netns::VethPlan};
 
 pub struct Overlay;
 
+/// On each host an overlay network is a bridge network with the tunnel's
+/// MTU: everything but the name and that check is the bridge driver's.
 impl Driver for Overlay {
     fn name(&self) -> &'static str {
         "overlay"
@@ -25,22 +27,22 @@ impl Driver for Overlay {
         true
     }
     fn network_up(&self, net: &Network) -> Result<()> {
-        netns::ensure_gateway(net.gateway)
+        Bridge.network_up(net)
     }
     fn network_down(&self, net: &Network) -> Result<()> {
-        netns::remove_gateway(net.gateway)
+        Bridge.network_down(net)
     }
     fn create_link(&self, plan: &VethPlan) -> Result<u32> {
         anyhow::ensure!(
             plan.mtu.is_some(),
             "this host has no tunnel: it must run with --store and --advertise-addr"
         );
-        netns::create_endpoint(plan)
+        Bridge.create_link(plan)
     }
     fn repair_routes(&self, plan: &VethPlan, host_ifindex: u32) -> Result<()> {
-        netns::ensure_host_route(plan.ip, host_ifindex, plan.gateway)
+        Bridge.repair_routes(plan, host_ifindex)
     }
-    fn delete_link(&self, host_ifname: &str, _sandbox: &Path) -> Result<()> {
-        netns::delete_link(host_ifname)
+    fn delete_link(&self, host_ifname: &str, sandbox: &Path) -> Result<()> {
+        Bridge.delete_link(host_ifname, sandbox)
     }
 }

@@ -100,8 +100,9 @@ pub struct Reconciler {
     cluster: Option<ClusterConfig>,
     /// The inner MTU of the tunnel, once `TUNNEL` is written.
     tunnel_mtu: Option<u32>,
-    /// Remote endpoints projected into `ENDPOINTS`: endpoint id -> address.
-    remote: HashMap<String, dataplane_common::Ipv4Wire>,
+    /// Remote endpoints projected into `ENDPOINTS`, by endpoint id, as
+    /// written.
+    remote: HashMap<String, dataplane_common::Endpoint>,
 }
 
 impl Reconciler {
@@ -265,7 +266,7 @@ impl Reconciler {
             .filter_map(|ep| self.bpf_endpoint(snap, ep))
             .collect();
         let remote = self.remote_entries(snap);
-        self.remote = remote.iter().map(|(id, e)| (id.clone(), e.ip)).collect();
+        self.remote = remote.iter().map(|(id, e)| (id.clone(), *e)).collect();
         bpf_eps.extend(remote.into_values());
         let learned_nets: HashSet<u32> = snap
             .networks
@@ -447,22 +448,25 @@ impl Reconciler {
     fn sync_remote(&mut self, snap: &Snapshot) {
         let want = self.remote_entries(snap);
         let r = (|| -> Result<()> {
-            let gone: Vec<(String, u32)> = self
+            let wanted_ips: HashSet<u32> = want.values().map(|e| e.ip).collect();
+            let gone: Vec<String> = self
                 .remote
-                .iter()
-                .filter(|(id, _)| !want.contains_key(*id))
-                .map(|(id, ip)| (id.clone(), *ip))
+                .keys()
+                .filter(|id| !want.contains_key(*id))
+                .cloned()
                 .collect();
-            for (id, ip) in gone {
-                // An address that moved to a local endpoint keeps its entry.
-                if !want.values().any(|e| e.ip == ip) {
-                    self.dp().remove_remote_endpoint(ip)?;
+            for id in gone {
+                let e = self.remote.remove(&id).expect("listed");
+                // An address that moved to another endpoint keeps its entry.
+                if !wanted_ips.contains(&e.ip) {
+                    self.dp().remove_remote_endpoint(e.ip)?;
                 }
-                self.remote.remove(&id);
             }
-            for (id, e) in &want {
-                self.dp().set_remote_endpoint(*e)?;
-                self.remote.insert(id.clone(), e.ip);
+            for (id, e) in want {
+                if self.remote.get(&id) != Some(&e) {
+                    self.dp().set_remote_endpoint(e)?;
+                    self.remote.insert(id, e);
+                }
             }
             self.sync_vteps(snap)
         })();

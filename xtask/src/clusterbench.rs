@@ -723,20 +723,8 @@ pub fn table(r: &Report) -> String {
                 .map(move |m| format!("{} hosts: {m}", c.hosts))
         })
         .collect();
-    if !restarts.is_empty() {
-        let _ = writeln!(o, "#### Daemons started twice\n");
-        for m in restarts {
-            let _ = writeln!(o, "- {}", m.replace('\n', " "));
-        }
-        let _ = writeln!(o);
-    }
-    if !problems.is_empty() {
-        let _ = writeln!(o, "#### Cluster failures\n");
-        for p in problems {
-            let _ = writeln!(o, "- {}", p.replace('\n', " "));
-        }
-        let _ = writeln!(o);
-    }
+    crate::md::bullets(&mut o, "Daemons started twice", &restarts);
+    crate::md::bullets(&mut o, "Cluster failures", &problems);
     o
 }
 

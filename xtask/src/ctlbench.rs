@@ -1073,13 +1073,7 @@ pub fn table(r: &Report) -> String {
                 )
         })
         .collect();
-    if !problems.is_empty() {
-        let _ = writeln!(o, "#### Control-plane failures\n");
-        for p in problems {
-            let _ = writeln!(o, "- {}", p.replace('\n', " "));
-        }
-        let _ = writeln!(o);
-    }
+    crate::md::bullets(&mut o, "Control-plane failures", &problems);
     o
 }
 

@@ -809,13 +809,7 @@ pub fn table(r: &Report) -> String {
         .map(|e| format!("(d) could not be set up, so no DNS lookups ran: {e}"))
         .chain(r.errors.iter().cloned())
         .collect();
-    if !problems.is_empty() {
-        let _ = writeln!(o, "#### DNS failures\n");
-        for p in problems {
-            let _ = writeln!(o, "- {}", p.replace('\n', " "));
-        }
-        let _ = writeln!(o);
-    }
+    crate::md::bullets(&mut o, "DNS failures", &problems);
     o
 }
 

@@ -26,6 +26,20 @@ pub fn split_section(doc: &str, prefix: &str) -> (String, Option<String>) {
     (rest, section)
 }
 
+/// A `#### title` list of `items`, one line each (nothing when empty): the
+/// failures and notes a benchmark section ends with.
+pub fn bullets(o: &mut String, title: &str, items: &[String]) {
+    use std::fmt::Write as _;
+    if items.is_empty() {
+        return;
+    }
+    let _ = writeln!(o, "#### {title}\n");
+    for i in items {
+        let _ = writeln!(o, "- {}", i.replace('\n', " "));
+    }
+    let _ = writeln!(o);
+}
+
 /// `doc` with `section` (if any) appended after a blank line.
 pub fn append_section(doc: &str, section: Option<&str>) -> String {
     match section {

@@ -1208,13 +1208,8 @@ pub fn table(r: &Report) -> String {
                 .chain(pt.errors.iter().cloned())
         })
         .collect();
-    if !problems.is_empty() {
-        let _ = writeln!(o, "#### Published-port failures\n");
-        for p in problems {
-            let _ = writeln!(o, "- {}", p.replace('\n', " ").replace('|', "/"));
-        }
-        let _ = writeln!(o);
-    }
+    let problems: Vec<String> = problems.iter().map(|p| p.replace('|', "/")).collect();
+    crate::md::bullets(&mut o, "Published-port failures", &problems);
     o
 }
 

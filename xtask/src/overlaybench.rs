@@ -1074,13 +1074,7 @@ pub fn table(r: &Report) -> String {
                 .chain(s.errors.iter().map(move |e| format!("{}: {e}", s.title)))
         })
         .collect();
-    if !problems.is_empty() {
-        let _ = writeln!(o, "#### Overlay failures\n");
-        for p in problems {
-            let _ = writeln!(o, "- {}", p.replace('\n', " "));
-        }
-        let _ = writeln!(o);
-    }
+    crate::md::bullets(&mut o, "Overlay failures", &problems);
     o
 }
 

@@ -24,7 +24,7 @@ use crate::{
     lab::{self, addr, in_netns, Cleanup, Daemon},
     md, natbench, overlaybench, root, setup,
     sh::{self, bg, first_line, json_of},
-    stats::{ratio_cell, spread, Spread},
+    stats::{figure_table, spread, FigureRow, Spread},
     Format, Progress,
 };
 
@@ -1377,49 +1377,21 @@ fn tables(r: &Report) -> String {
         // The TCP stream's table also shows its retransmits.
         let retr = i == 0;
         let _ = writeln!(o, "### {title}\n");
-        let _ = writeln!(
-            o,
-            "| setup | median ({unit}) | spread (min–max) | vs floor | vs bridge |{}",
-            if retr {
-                " retransmits (median) | retransmits (min–max) |"
-            } else {
-                ""
-            }
-        );
-        let _ = writeln!(
-            o,
-            "| --- | ---: | ---: | ---: | ---: |{}",
-            if retr { " ---: | ---: |" } else { "" }
-        );
-        for s in &r.setups {
-            let t = s.title;
-            let extra = match (&s.tcp_retransmits, retr) {
-                (_, false) => String::new(),
-                (Some(x), true) => format!(" {:.0} | {:.0}–{:.0} |", x.median, x.min, x.max),
-                (None, true) => " – | |".into(),
-            };
-            match metric(s, i) {
-                Some(st) => {
-                    let _ = writeln!(
-                        o,
-                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |{extra}",
-                        st.s.median,
-                        st.s.min,
-                        st.s.max,
-                        ratio_cell(st.vs_floor),
-                        ratio_cell(st.vs_bridge)
-                    );
-                }
-                None => {
-                    let why = if s.failed.is_some() {
-                        "not set up (see Failures)"
-                    } else {
-                        "no sample"
-                    };
-                    let _ = writeln!(o, "| {t} | {why} | | | |{extra}");
-                }
-            }
-        }
+        let rows: Vec<FigureRow> = r
+            .setups
+            .iter()
+            .map(|s| FigureRow {
+                title: s.title,
+                fig: metric(s, i).map(|st| (&st.s, st.vs_floor, st.vs_bridge)),
+                why_none: if s.failed.is_some() {
+                    "not set up (see Failures)"
+                } else {
+                    "no sample"
+                },
+                retransmits: s.tcp_retransmits.as_ref(),
+            })
+            .collect();
+        figure_table(&mut o, unit, ["vs floor", "vs bridge"], retr, prec, &rows);
         let _ = writeln!(o);
     }
     let _ = writeln!(

@@ -41,7 +41,7 @@ use crate::{
     lab::{self, addr, in_netns, Cleanup, Sandbox},
     md,
     sh::{self, cmd},
-    stats::{ratio_cell, spread, Spread},
+    stats::{figure_table, spread, FigureRow, Spread},
     Progress,
 };
 
@@ -987,49 +987,28 @@ pub fn table(r: &Report) -> String {
     for (i, (title, unit, prec)) in bench::METRICS.into_iter().enumerate() {
         let retr = i == 0;
         let _ = writeln!(o, "#### {title}\n");
-        let _ = writeln!(
-            o,
-            "| setup | median ({unit}) | spread (min–max) | vs (a) routed | vs (b) kernel VXLAN |{}",
-            if retr {
-                " retransmits (median) | retransmits (min–max) |"
-            } else {
-                ""
-            }
+        let rows: Vec<FigureRow> = r
+            .setups
+            .iter()
+            .map(|s| FigureRow {
+                title: s.title,
+                fig: s.metric(i).map(|st| (&st.s, st.vs_routed, st.vs_kernel)),
+                why_none: if s.failed.is_some() {
+                    "not set up (see the failures below)"
+                } else {
+                    "no sample"
+                },
+                retransmits: s.tcp_retransmits.as_ref(),
+            })
+            .collect();
+        figure_table(
+            &mut o,
+            unit,
+            ["vs (a) routed", "vs (b) kernel VXLAN"],
+            retr,
+            prec,
+            &rows,
         );
-        let _ = writeln!(
-            o,
-            "| --- | ---: | ---: | ---: | ---: |{}",
-            if retr { " ---: | ---: |" } else { "" }
-        );
-        for s in &r.setups {
-            let t = s.title;
-            let extra = match (&s.tcp_retransmits, retr) {
-                (_, false) => String::new(),
-                (Some(x), true) => format!(" {:.0} | {:.0}–{:.0} |", x.median, x.min, x.max),
-                (None, true) => " – | |".into(),
-            };
-            match s.metric(i) {
-                Some(st) => {
-                    let _ = writeln!(
-                        o,
-                        "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |{extra}",
-                        st.s.median,
-                        st.s.min,
-                        st.s.max,
-                        ratio_cell(st.vs_routed),
-                        ratio_cell(st.vs_kernel)
-                    );
-                }
-                None => {
-                    let why = if s.failed.is_some() {
-                        "not set up (see the failures below)"
-                    } else {
-                        "no sample"
-                    };
-                    let _ = writeln!(o, "| {t} | {why} | | | |{extra}");
-                }
-            }
-        }
         let _ = writeln!(o);
     }
     let _ = writeln!(

@@ -60,6 +60,70 @@ pub fn ratio_cell(v: Option<f64>) -> String {
     ratio_or(v, "–")
 }
 
+/// One setup's row of a [`figure_table`].
+pub struct FigureRow<'a> {
+    pub title: &'a str,
+    /// The figure over reps and its two ratios, if it was measured.
+    pub fig: Option<(&'a Spread, Option<f64>, Option<f64>)>,
+    /// What the row says when there is no figure.
+    pub why_none: &'a str,
+    /// The TCP stream's retransmits (shown when the table has them).
+    pub retransmits: Option<&'a Spread>,
+}
+
+/// A markdown table of one figure across setups: median, spread, the two
+/// ratio columns named by `ratios`, and with `retr` the retransmits.
+pub fn figure_table(
+    o: &mut String,
+    unit: &str,
+    ratios: [&str; 2],
+    retr: bool,
+    prec: usize,
+    rows: &[FigureRow],
+) {
+    use std::fmt::Write as _;
+    let _ = writeln!(
+        o,
+        "| setup | median ({unit}) | spread (min–max) | {} | {} |{}",
+        ratios[0],
+        ratios[1],
+        if retr {
+            " retransmits (median) | retransmits (min–max) |"
+        } else {
+            ""
+        }
+    );
+    let _ = writeln!(
+        o,
+        "| --- | ---: | ---: | ---: | ---: |{}",
+        if retr { " ---: | ---: |" } else { "" }
+    );
+    for r in rows {
+        let t = r.title;
+        let extra = match (r.retransmits, retr) {
+            (_, false) => String::new(),
+            (Some(x), true) => format!(" {:.0} | {:.0}–{:.0} |", x.median, x.min, x.max),
+            (None, true) => " – | |".into(),
+        };
+        match r.fig {
+            Some((s, a, b)) => {
+                let _ = writeln!(
+                    o,
+                    "| {t} | {:.prec$} | {:.prec$}–{:.prec$} | {} | {} |{extra}",
+                    s.median,
+                    s.min,
+                    s.max,
+                    ratio_cell(a),
+                    ratio_cell(b)
+                );
+            }
+            None => {
+                let _ = writeln!(o, "| {t} | {} | | | |{extra}", r.why_none);
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +156,33 @@ mod tests {
         assert_eq!(ratio_cell(Some(1.5)), "1.50x");
         assert_eq!(ratio_cell(None), "–");
         assert_eq!(ratio_or(None, "not measured"), "not measured");
+    }
+
+    #[test]
+    fn a_figure_table_has_a_row_per_setup_and_says_why_one_is_empty() {
+        let sp = spread(&[1.0, 2.0, 3.0]).unwrap();
+        let mut o = String::new();
+        let rows = [
+            FigureRow {
+                title: "(a)",
+                fig: Some((&sp, Some(1.0), None)),
+                why_none: "",
+                retransmits: Some(&sp),
+            },
+            FigureRow {
+                title: "(b)",
+                fig: None,
+                why_none: "no sample",
+                retransmits: None,
+            },
+        ];
+        figure_table(&mut o, "x", ["vs a", "vs b"], true, 1, &rows);
+        let lines: Vec<&str> = o.lines().collect();
+        assert_eq!(
+            lines[0],
+            "| setup | median (x) | spread (min–max) | vs a | vs b | retransmits (median) | retransmits (min–max) |"
+        );
+        assert_eq!(lines[2], "| (a) | 2.0 | 1.0–3.0 | 1.00x | – | 2 | 1–3 |");
+        assert_eq!(lines[3], "| (b) | no sample | | | | – | |");
     }
 }

@@ -314,3 +314,30 @@ pub fn free_port() -> u16 {
         .expect("binding 127.0.0.1:0")
         .port()
 }
+
+/// Runs `ip args...` in the calling thread's network namespace.
+pub fn ip_cmd(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("running ip (iproute2)");
+    assert!(
+        out.status.success(),
+        "ip {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Dotted-quad text of four address octets.
+pub fn dotted(a: [u8; 4]) -> String {
+    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
+}
+
+/// `aa:bb:...` text of a MAC address.
+pub fn mac_str(m: [u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
+}

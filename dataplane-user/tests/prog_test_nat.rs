@@ -23,13 +23,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use aya::{
     maps::{HashMap, MapData},
     programs::SchedClassifier,
 };
-use common::{in_private_netns, tc_test_run, Scratch};
+use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, Scratch};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, packet::nat::csum_fold, port_host, port_wire, Counters, CtEntry, CtKey,
     DropReason, Endpoint, FragKey, FragPorts, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN,
@@ -788,31 +786,6 @@ fn the_checksum_checks_catch_a_forgotten_update() {
 // ---------------------------------------------------------------------------
 // Environment.
 // ---------------------------------------------------------------------------
-
-/// Runs `ip args...` in the calling thread's network namespace.
-fn ip_cmd(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn dotted(a: [u8; 4]) -> String {
-    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 fn network(subnet: [u8; 4], prefix: u32, gateway: [u8; 4]) -> Network {
     Network {

@@ -24,7 +24,7 @@ mod common;
 use std::process::Command;
 
 use aya::{maps::HashMap, programs::SchedClassifier};
-use common::{in_private_netns, tc_test_run, Scratch};
+use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, Scratch};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Flood, Network, Tunnel, EP_LEARNED,
     EP_REMOTE, FLOOD_LOOP_MARK, IFINDEX_BASE, MAX_FLOOD, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
@@ -191,30 +191,6 @@ fn hex(f: &[u8]) -> String {
 // ---------------------------------------------------------------------------
 // The lab.
 // ---------------------------------------------------------------------------
-
-fn ip_cmd(args: &[&str]) {
-    let out = Command::new("ip")
-        .args(args)
-        .output()
-        .expect("running ip (iproute2)");
-    assert!(
-        out.status.success(),
-        "ip {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-fn dotted(a: [u8; 4]) -> String {
-    format!("{}.{}.{}.{}", a[0], a[1], a[2], a[3])
-}
-
-fn mac_str(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
-}
 
 const NET: Network = Network {
     subnet: ipv4_wire([10, 7, 0, 0]),

@@ -13,7 +13,7 @@ pub mod packet;
 /// Bump whenever a map's key, value, type or capacity changes. The daemon pins
 /// its maps under `<bpffs>/v<LAYOUT_VERSION>/` and also checks every pinned map's
 /// key size, value size and capacity before reusing it.
-pub const LAYOUT_VERSION: u32 = 4;
+pub const LAYOUT_VERSION: u32 = 5;
 
 /// Capacity of `ENDPOINTS` and `IFACES`.
 pub const MAX_ENDPOINTS: u32 = 16_384;
@@ -236,6 +236,9 @@ pub enum DropReason {
     /// network behind the VTEP that sent the packet (with its MAC), and was
     /// not learnable (only static VTEPs' endpoints are learned).
     VxlanSpoofed = 25,
+    /// A new connection to a service (its VIP or an ingress port) while it
+    /// has no live replica.
+    ServiceNoBackend = 26,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -244,7 +247,7 @@ pub const DROP_REASON_SLOTS: usize = 32;
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 25] = [
+    pub const ALL: [DropReason; 26] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -270,6 +273,7 @@ impl DropReason {
         DropReason::VxlanUnknownVni,
         DropReason::VxlanNotLocal,
         DropReason::VxlanSpoofed,
+        DropReason::ServiceNoBackend,
     ];
 
     /// The counter name shown by `dataplane stats`.
@@ -300,6 +304,7 @@ impl DropReason {
             DropReason::VxlanUnknownVni => "vxlan_unknown_vni",
             DropReason::VxlanNotLocal => "vxlan_not_local",
             DropReason::VxlanSpoofed => "vxlan_spoofed_source",
+            DropReason::ServiceNoBackend => "service_no_backend",
         }
     }
 }
@@ -361,6 +366,8 @@ pub mod nat;
 pub use nat::*;
 pub mod tunnel;
 pub use tunnel::*;
+pub mod service;
+pub use service::*;
 
 #[cfg(feature = "user")]
 mod pod {
@@ -380,6 +387,9 @@ mod pod {
     unsafe impl aya::Pod for super::PeerCache {}
     unsafe impl aya::Pod for super::Tunnel {}
     unsafe impl aya::Pod for super::Flood {}
+    unsafe impl aya::Pod for super::Service {}
+    unsafe impl aya::Pod for super::Backend {}
+    unsafe impl aya::Pod for super::ServiceCounters {}
 }
 
 #[cfg(test)]
@@ -436,7 +446,9 @@ mod layout {
         assert_eq!(offset_of!(CtKey, sport), 8);
         assert_eq!(offset_of!(CtKey, dport), 10);
         assert_eq!(offset_of!(CtKey, proto), 12);
-        assert_eq!(size_of::<CtEntry>(), 24);
+        assert_eq!(size_of::<CtEntry>(), 32);
+        assert_eq!(offset_of!(CtEntry, backend), 24);
+        assert_eq!(offset_of!(CtEntry, vtep), 28);
         assert_eq!(offset_of!(CtEntry, flags), 12);
         assert_eq!(offset_of!(CtEntry, seen), 14);
         assert_eq!(offset_of!(CtEntry, last_seen), 16);

@@ -114,6 +114,13 @@ pub struct CtEntry {
     /// `bpf_ktime_get_ns()` of the last packet (refreshed at most once per
     /// [`CT_REFRESH_NS`] to spare the shared cache line).
     pub last_seen: u64,
+    /// For a service flow ([`CT_SERVICE`]): the `BACKENDS` id of the replica
+    /// it was given, for its counters. [`NO_BACKEND`] otherwise.
+    pub backend: u32,
+    /// For a flow that came in through the tunnel from the host that
+    /// received it ([`CT_TUNNEL`]): that host's underlay address, where the
+    /// replies go back to. 0 otherwise.
+    pub vtep: Ipv4Wire,
 }
 
 /// The entry rewrites the source (masquerade, hairpin, reply of a published port).
@@ -126,6 +133,14 @@ pub const CT_REPLY: u16 = 1 << 2;
 pub const CT_PUBLISHED: u16 = 1 << 3;
 /// The flow is a container reaching a published port through the host (hairpin).
 pub const CT_HAIRPIN: u16 = 1 << 4;
+/// The flow was balanced to a service replica (`CtEntry::backend` names it).
+pub const CT_SERVICE: u16 = 1 << 5;
+/// The flow reached this host's replica through the tunnel from the host
+/// that received it: its replies are encapsulated back to `CtEntry::vtep`
+/// (no address is rewritten here).
+pub const CT_TUNNEL: u16 = 1 << 6;
+/// `CtEntry::backend` of a flow that is not a service's.
+pub const NO_BACKEND: u32 = u32::MAX;
 
 /// A TCP segment with SYN has been seen in this direction.
 pub const SEEN_SYN: u8 = 1 << 0;
@@ -253,6 +268,8 @@ pub const fn nat_pair(
         seen,
         _pad: 0,
         last_seen: now,
+        backend: NO_BACKEND,
+        vtep: 0,
     };
     let reply_key = new.reversed();
     let back = orig.reversed();
@@ -272,6 +289,8 @@ pub const fn nat_pair(
         seen: 0,
         _pad: 0,
         last_seen: now,
+        backend: NO_BACKEND,
+        vtep: 0,
     };
     (fwd, reply_key, rev)
 }
@@ -436,6 +455,8 @@ mod tests {
             seen: seen_bits(IPPROTO_TCP, TCP_SYN),
             _pad: 0,
             last_seen: 0,
+            backend: NO_BACKEND,
+            vtep: 0,
         };
         assert!(ct_alive(&e, IPPROTO_TCP, CT_TIMEOUT_TCP_SYN));
         assert!(!ct_alive(&e, IPPROTO_TCP, CT_TIMEOUT_TCP_SYN + 1));

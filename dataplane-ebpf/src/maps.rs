@@ -6,9 +6,10 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use dataplane_common::{
-    Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr,
-    PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, FLOOD_PROG_SLOTS, MAX_CT,
-    MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SOCK_REV,
+    Backend, Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey,
+    NatAddr, PeerCache, PortKey, Service, ServiceCounters, SockRevKey, Tunnel, VtepFlags,
+    CONFIG_SLOTS, FLOOD_PROG_SLOTS, MAGLEV_M, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS,
+    MAX_FRONTENDS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SERVICES, MAX_SOCK_REV,
     MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
 };
 
@@ -90,3 +91,31 @@ pub static FLOOD: HashMap<u32, Flood> = HashMap::pinned(MAX_NETWORKS, 0);
 /// the daemon writes it each time it loads the programs.
 #[map]
 pub static FLOOD_PROGS: ProgramArray = ProgramArray::pinned(FLOOD_PROG_SLOTS, 0);
+
+/// Service frontends: (VIP, target port, proto) for east-west, or (0,
+/// published port, proto) for an ingress port -> the service's slot, live
+/// replica count and target port (see `dataplane_common::service`).
+#[map]
+pub static SERVICES: HashMap<PortKey, Service> = HashMap::pinned(MAX_FRONTENDS, 0);
+
+/// `MAX_SERVICES` Maglev tables of `MAGLEV_M` entries: `maglev_index(slot,
+/// flow_hash)` -> the `BACKENDS` id of the replica a new flow goes to.
+#[map]
+pub static MAGLEV: Array<u32> = Array::pinned(MAX_SERVICES * MAGLEV_M, 0);
+
+/// Replica id -> its address and service slot.
+#[map]
+pub static BACKENDS: Array<Backend> = Array::pinned(MAX_BACKENDS, 0);
+
+/// (replica address, target port, proto) -> replica id: on the replica's
+/// host, a tunnelled ingress flow is recognised by it.
+#[map]
+pub static BACKEND_PORTS: HashMap<PortKey, u32> = HashMap::pinned(MAX_BACKENDS, 0);
+
+/// Per-service counters, by slot.
+#[map]
+pub static SVC_STATS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_SERVICES, 0);
+
+/// Per-replica counters, by id.
+#[map]
+pub static BACKEND_STATS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);

@@ -129,6 +129,8 @@ fn conntrack_expiry_and_flush_work_on_the_pinned_map() {
         seen,
         _pad: 0,
         last_seen: now.saturating_sub(age),
+        backend: dataplane_common::NO_BACKEND,
+        vtep: 0,
     };
     let cases = [
         // (key, entry, expected to survive)

@@ -1146,6 +1146,8 @@ fn live_entry(to: ([u8; 4], u16, [u8; 4], u16), flags: u16, seen: u8, last_seen:
         seen,
         _pad: 0,
         last_seen,
+        backend: dataplane_common::NO_BACKEND,
+        vtep: 0,
     }
 }
 

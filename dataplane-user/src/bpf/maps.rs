@@ -7,9 +7,10 @@ use anyhow::{anyhow, bail, Context as _, Result};
 use aya::maps::{HashMap, MapInfo, MapType};
 use dataplane_common::{
     Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey, NatAddr,
-    Network, PeerCache, PortKey, SockRevKey, Tunnel, VtepFlags, CONFIG_SLOTS, FLOOD_PROG_SLOTS,
-    MAX_CT, MAX_ENDPOINTS, MAX_FRAGS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS,
-    MAX_SOCK_REV, MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
+    Network, PeerCache, PortKey, Service, ServiceCounters, SockRevKey, Tunnel, VtepFlags,
+    CONFIG_SLOTS, FLOOD_PROG_SLOTS, MAGLEV_M, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS,
+    MAX_FRONTENDS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SERVICES, MAX_SOCK_REV,
+    MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
 };
 
 /// What an unused `IFACES` slot holds.
@@ -47,10 +48,16 @@ pub const TUNNEL: &str = "TUNNEL";
 pub const VTEPS: &str = "VTEPS";
 pub const FLOOD: &str = "FLOOD";
 pub const FLOOD_PROGS: &str = "FLOOD_PROGS";
+pub const SERVICES: &str = "SERVICES";
+pub const MAGLEV: &str = "MAGLEV";
+pub const BACKENDS: &str = "BACKENDS";
+pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
+pub const SVC_STATS: &str = "SVC_STATS";
+pub const BACKEND_STATS: &str = "BACKEND_STATS";
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 16] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 22] {
     [
         (DNS_PORTS, MapType::Hash, 8, 4, MAX_ENDPOINTS),
         (
@@ -140,6 +147,42 @@ fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 16] {
             MAX_NETWORKS,
         ),
         (FLOOD_PROGS, MapType::ProgramArray, 4, 4, FLOOD_PROG_SLOTS),
+        (
+            SERVICES,
+            MapType::Hash,
+            size_of::<PortKey>() as u32,
+            size_of::<Service>() as u32,
+            MAX_FRONTENDS,
+        ),
+        (MAGLEV, MapType::Array, 4, 4, MAX_SERVICES * MAGLEV_M),
+        (
+            BACKENDS,
+            MapType::Array,
+            4,
+            size_of::<dataplane_common::Backend>() as u32,
+            MAX_BACKENDS,
+        ),
+        (
+            BACKEND_PORTS,
+            MapType::Hash,
+            size_of::<PortKey>() as u32,
+            4,
+            MAX_BACKENDS,
+        ),
+        (
+            SVC_STATS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<ServiceCounters>() as u32,
+            MAX_SERVICES,
+        ),
+        (
+            BACKEND_STATS,
+            MapType::PerCpuArray,
+            4,
+            size_of::<ServiceCounters>() as u32,
+            MAX_BACKENDS,
+        ),
     ]
 }
 

@@ -27,6 +27,8 @@ mod conntrack;
 mod ctx;
 mod fib;
 mod flood;
+#[allow(dead_code)] // used by the service paths being added
+mod lb;
 mod lookup;
 mod maps;
 mod nat;

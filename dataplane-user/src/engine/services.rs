@@ -527,6 +527,9 @@ struct Agent {
     health: HashMap<String, Health>,
     /// Tasks whose start failed, and when to try again.
     backoff: HashMap<String, Instant>,
+    /// Tasks that stayed unhealthy for another `retries` checks: their
+    /// container is replaced at the next tick.
+    restart: std::collections::HashSet<String>,
 }
 
 /// A task's health checks.
@@ -600,13 +603,17 @@ impl Agent {
             return self.start(e, snap, svc, task);
         };
         let alive = c.pid.is_some_and(crate::host::process_alive);
-        if !alive || c.publish != svc.host_publish() {
+        let sick = self.restart.remove(&key);
+        if !alive || sick || c.publish != svc.host_publish() {
             // Exited (or its host-mode ports changed): out of every table
             // first, then a new container.
             let mut t = task.clone();
             if !alive {
                 t.state = TaskState::Exited;
                 t.message = "its process exited; restarting".into();
+            } else if sick {
+                t.state = TaskState::Unhealthy;
+                t.message = "unhealthy for too long; restarting".into();
             } else {
                 t.state = TaskState::Pending;
                 t.message = "its published ports changed; restarting".into();
@@ -743,6 +750,11 @@ impl Agent {
                 }
                 Err(why) => {
                     h.fails += 1;
+                    if h.fails >= check.retries.saturating_mul(2) {
+                        self.restart.insert(key.clone());
+                        h.fails = 0;
+                        return Ok(());
+                    }
                     if h.fails >= check.retries && task.state != TaskState::Unhealthy {
                         t.state = TaskState::Unhealthy;
                         t.message = format!("health check failed {} times: {why}", h.fails);

@@ -1499,7 +1499,7 @@ fn datapath_a_udp_service_answers_on_every_host_evenly_with_the_clients_address(
 }
 
 #[test]
-fn datapath_host_mode_answers_only_where_a_replica_runs_and_to_that_replica() {
+fn host_mode_answers_only_where_a_replica_runs_and_to_that_replica() {
     let lab = mesh_lab(TTL);
     let svcs = Services::new(lab.hosts());
     let (t, _) = mesh_service(

@@ -1477,6 +1477,23 @@ impl Daemon {
     /// map or `bpftool` is not there to tell.
     pub fn conntrack_mentions(&self, ip: &str) -> Option<usize> {
         let want: Vec<u8> = ip.parse::<std::net::Ipv4Addr>().ok()?.octets().to_vec();
+        let n = self
+            .conntrack_dump()?
+            .iter()
+            .filter(|(k, v)| {
+                [k, v]
+                    .iter()
+                    .any(|b| b.len() >= 8 && (b[0..4] == want[..] || b[4..8] == want[..]))
+            })
+            .count();
+        Some(n)
+    }
+
+    /// Every entry of the pinned conntrack map `CT` as (key, value) bytes
+    /// (a key: source and destination address, source and destination
+    /// port, all in network order, then the protocol); `None` when the map
+    /// or `bpftool` is not there to tell.
+    pub fn conntrack_dump(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         let pin = std::fs::read_dir(&self.bpffs)
             .ok()?
             .filter_map(Result::ok)
@@ -1495,16 +1512,13 @@ impl Daemon {
                 .collect()
         };
         let entries: Value = serde_json::from_str(&out.stdout).ok()?;
-        let n = entries
-            .as_array()?
-            .iter()
-            .filter(|e| {
-                [bytes(&e["key"]), bytes(&e["value"])]
-                    .iter()
-                    .any(|b| b.len() >= 8 && (b[0..4] == want[..] || b[4..8] == want[..]))
-            })
-            .count();
-        Some(n)
+        Some(
+            entries
+                .as_array()?
+                .iter()
+                .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+                .collect(),
+        )
     }
 }
 

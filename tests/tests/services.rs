@@ -497,6 +497,9 @@ enum Client<'a> {
 }
 
 impl Client<'_> {
+    /// Runs [`BURST_PY`] with these arguments (its own command line, one
+    /// to one) and returns its flows.
+    #[allow(clippy::too_many_arguments)]
     fn burst(
         &self,
         proto: &str,
@@ -1144,7 +1147,11 @@ fn service_names_resolve_to_the_vip_dnsrr_replicas_and_tasks() {
     assert!(in_subnet(&v, "10.94.0.0/24"), "VIP {v:?}");
     assert_eq!(vip(&d, "rr"), "", "a dnsrr service has no VIP");
 
-    assert_eq!(resolve(&d, "client", "web"), [v.clone()], "web: the VIP");
+    assert_eq!(
+        resolve(&d, "client", "web"),
+        std::slice::from_ref(&v),
+        "web: the VIP"
+    );
     assert_eq!(resolve(&d, "client", "tasks.web"), sorted_ips(&web));
     assert_eq!(
         resolve(&d, "client", "rr"),
@@ -1295,7 +1302,11 @@ fn datapath_an_unhealthy_replica_leaves_the_vip_and_comes_back_when_healthy() {
     let mut rest = all.clone();
     rest.remove(&sick.hostname("web"));
     let (bad, clean) = time_until_clean(&client, "tcp", 80, &v, &rest, since);
-    println!("unhealthy replica out of the VIP's table {bad:?}..{clean:?} after ps showed it");
+    println!(
+        "unhealthy replica out of the VIP's table by {:.2} s after ps showed it (last flow to it {:.2} s)",
+        clean.as_secs_f64(),
+        bad.as_secs_f64()
+    );
     assert!(clean <= REMOVAL, "out after {clean:?}");
     let flows = client.burst("tcp", 80, 60, 0, 2.0, 2, &v);
     assert_all_ok("while unhealthy", &flows, 60, std::slice::from_ref(&d));
@@ -1695,9 +1706,36 @@ fn datapath_a_vip_is_reached_from_a_container_on_another_host() {
     d.run_sleeper("client", Some("ov"), &[]);
     let cip = d.ip("client", "ov");
     let v = vip(d, "web");
-    assert_eq!(resolve(d, "client", "web"), [v.clone()]);
+    assert_eq!(resolve(d, "client", "web"), std::slice::from_ref(&v));
+    assert_eq!(resolve(d, "client", "tasks.web"), sorted_ips(&t));
+    // A dnsrr service's name gives its replicas, on another host too.
+    svcs.create(
+        lab.host(0),
+        "rr",
+        &[
+            "--replicas",
+            "2",
+            "--network",
+            "ov",
+            "--endpoint-mode",
+            "dnsrr",
+        ],
+        &sleeper(),
+    );
+    let rr = wait_running_everywhere(&lab, "rr", 2);
+    retry(
+        "rr in the names of every host",
+        50,
+        Duration::from_millis(100),
+        || {
+            let got = resolve(d, "client", "rr");
+            (got == sorted_ips(&rr))
+                .then_some(())
+                .ok_or(format!("{got:?}"))
+        },
+    );
     let client = Client::Container(d, "client");
-    client.wait_answers("tcp", 80, &[v.clone()], &all, true);
+    client.wait_answers("tcp", 80, std::slice::from_ref(&v), &all, true);
     let flows = client.burst("tcp", 80, 200, 0, 2.0, 5, &[v.clone(), "web".to_string()]);
     assert_all_ok("VIP from another host", &flows, 200, lab.hosts());
     println!("VIP {v} from host {k}: {:?}", spread(&flows));
@@ -1745,5 +1783,62 @@ fn datapath_a_port_used_again_through_another_host_after_close_is_answered() {
     assert!(
         reused > 0,
         "no port met a replica twice: the case was not tried"
+    );
+}
+
+#[test]
+fn datapath_a_lost_hosts_replica_is_replaced_in_every_live_hosts_table() {
+    let mut lab = Lab::new(3, SHORT_TTL);
+    lab.add_plain_host();
+    overlay(&lab, "ov", "10.91.0.0/24");
+    let svcs = Services::new(lab.hosts());
+    let (t, all) = mesh_service(&lab, &svcs, 3, "published=8080,target=80", "tcp:80");
+    let client = Client::Ns(&lab.plain(0).ns);
+    let hosts = host_ips(&lab);
+    client.wait_answers("tcp", 8080, &hosts, &all, true);
+    let victim = lab.node_name(2);
+    let lost = t
+        .iter()
+        .find(|t| t.node == victim)
+        .cloned()
+        .expect("a replica there");
+    let name = lost.hostname("web");
+    let before = client.burst("tcp", 8080, 60, 0, 2.0, 2, &hosts);
+    let old: BTreeSet<String> = before
+        .iter()
+        .filter(|f| f.replica == name)
+        .map(|f| f.instance.clone())
+        .collect();
+    assert_eq!(old.len(), 1, "{before:?}");
+
+    lab.host_mut(2).stop("KILL");
+    let killed = Instant::now();
+    let client = Client::Ns(&lab.plain(0).ns);
+    retry(
+        "the lost replica to run elsewhere",
+        300,
+        Duration::from_millis(100),
+        || {
+            let v = tasks(lab.host(0), "web");
+            let ok = v.len() == 3 && v.iter().all(|t| t.live && t.node != victim);
+            ok.then_some(()).ok_or(format!("{v:#?}"))
+        },
+    );
+    // The two live hosts answer from the new start of that replica (its
+    // old container still runs on the dead host, unreachable by new flows).
+    let live = hosts[..2].to_vec();
+    client.wait_answers("tcp", 8080, &live, &all, true);
+    println!(
+        "every live host's table has the replaced replica {:.1} s after the kill",
+        killed.elapsed().as_secs_f64()
+    );
+    let flows = client.burst("tcp", 8080, 300, 0, 2.0, 5, &live);
+    assert_all_ok("after the re-placement", &flows, 300, &lab.hosts()[..2]);
+    println!("after the re-placement: {:?}", spread(&flows));
+    assert_eq!(spread(&flows).keys().cloned().collect::<BTreeSet<_>>(), all);
+    let stale: Vec<&Flow> = flows.iter().filter(|f| old.contains(&f.instance)).collect();
+    assert!(
+        stale.is_empty(),
+        "the lost host's old replica still takes new flows: {stale:?}"
     );
 }

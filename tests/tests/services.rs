@@ -540,8 +540,8 @@ impl Client<'_> {
 /// A burst picks its own ports rather than the kernel's: the kernel may
 /// hand a client the same port towards two hosts of the mesh, and two such
 /// flows that land on one replica are one 4-tuple there. The datapath
-/// refuses the second while the first's conntrack entry lives (10 s after
-/// it closed); [`datapath_a_port_used_again_through_another_host_after_close_is_answered`]
+/// refuses the second while the first's conntrack entry on the replica's
+/// host lives, which (see [`forget_flows`]) outlasts the flow; [`datapath_a_port_used_again_through_another_host_after_close_is_answered`]
 /// tests that case on its own.
 fn fresh_sports(n: usize) -> u16 {
     static NEXT: AtomicUsize = AtomicUsize::new(0);
@@ -809,8 +809,10 @@ fn drops_of(hosts: &[Daemon]) -> String {
 /// `client`'s flows from ports `first..first+n`, and checks that none is
 /// left: the same tuples again then ask the Maglev table as new flows
 /// would, instead of finding their old replica in conntrack. (Waiting for
-/// expiry is no option: entries of these reset flows were still there
-/// 40 s later.)
+/// expiry is no option: with the ingress branch of 04:00 UTC the
+/// receiving host's entries of a reset flow go after 10-20 s, but the
+/// `CT_TUNNEL` pair on the replica's host never sees the reset and keeps
+/// the established timeout.)
 fn forget_flows(lab: &Lab, client: &str, first: u16, n: usize) {
     let ip: [u8; 4] = client
         .parse::<std::net::Ipv4Addr>()

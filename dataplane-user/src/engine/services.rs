@@ -832,10 +832,23 @@ impl Agent {
                 .filter(|t| t.replica != task.replica && !placed.contains_key(&t.key()))
                 .collect();
             same.extend(placed.values().filter(|t| t.service == svc.id));
+            let mut t = task.clone();
             let Some(node) = place(&candidates, snap, svc, &same) else {
+                if let Some(old) = &task.node {
+                    // Nowhere to go: unplaced (out of every table) until a
+                    // host can take it.
+                    t.node = None;
+                    t.state = TaskState::Pending;
+                    t.container = None;
+                    t.ip = None;
+                    t.message = format!("host {old} went down; no other host can take it");
+                    t.since = model::now_rfc3339();
+                    if let Err(err) = e.put_task(snap, &t) {
+                        warn!(task = %t.key(), "unplacing a replica: {err}");
+                    }
+                }
                 continue;
             };
-            let mut t = task.clone();
             if let Some(old) = &task.node {
                 t.message = format!("host {old} went down; moved");
             } else {

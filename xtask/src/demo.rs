@@ -44,7 +44,7 @@ fn redirected(d: &Daemon) -> Result<u64> {
 }
 
 pub fn demo() -> Result<()> {
-    let mut p = Progress::new(21);
+    let mut p = Progress::new(23);
     setup::setup(&mut p)?;
     p.step("building dataplane-user and its eBPF object");
     let bin = build_dataplane(false)?;

@@ -28,6 +28,7 @@ use serde::Serialize;
 
 mod conntrack;
 mod links;
+pub mod maglev;
 mod maps;
 pub mod sockhook;
 pub mod uplink;

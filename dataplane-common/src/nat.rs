@@ -462,22 +462,46 @@ mod tests {
         let host = ipv4_wire([192, 0, 2, 1]);
         let replica = ipv4_wire([10, 7, 0, 9]);
         let orig = CtKey::new(IPPROTO_TCP, client, port_wire(40000), host, port_wire(8080));
-        let new = CtKey::new(IPPROTO_TCP, client, port_wire(40000), replica, port_wire(80));
+        let new = CtKey::new(
+            IPPROTO_TCP,
+            client,
+            port_wire(40000),
+            replica,
+            port_wire(80),
+        );
         let flags = CT_DNAT | CT_PUBLISHED | CT_SERVICE;
         let (fwd, reply_key, rev) = nat_pair_for(&orig, &new, flags, SEEN_SYN, 3, 17, 0);
         let (f0, k0, r0) = nat_pair(&orig, &new, flags, SEEN_SYN, 3);
         assert_eq!(reply_key, k0);
         assert_eq!((fwd.backend, rev.backend), (17, 17));
-        assert_eq!(CtEntry { backend: NO_BACKEND, ..fwd }, f0);
-        assert_eq!(CtEntry { backend: NO_BACKEND, ..rev }, r0);
+        assert_eq!(
+            CtEntry {
+                backend: NO_BACKEND,
+                ..fwd
+            },
+            f0
+        );
+        assert_eq!(
+            CtEntry {
+                backend: NO_BACKEND,
+                ..rev
+            },
+            r0
+        );
         assert_eq!(rev.flags, CT_SNAT | CT_PUBLISHED | CT_SERVICE | CT_REPLY);
         // On the replica's host: the tuple maps to itself, both directions
         // know the VTEP the flow came from.
         let vtep = ipv4_wire([192, 0, 2, 2]);
         let (fwd, reply_key, rev) = nat_pair_for(&new, &new, CT_TUNNEL, 0, 3, 17, vtep);
         assert_eq!(reply_key, new.reversed());
-        assert_eq!((fwd.saddr, fwd.sport, fwd.daddr, fwd.dport), (client, port_wire(40000), replica, port_wire(80)));
-        assert_eq!((rev.saddr, rev.sport, rev.daddr, rev.dport), (replica, port_wire(80), client, port_wire(40000)));
+        assert_eq!(
+            (fwd.saddr, fwd.sport, fwd.daddr, fwd.dport),
+            (client, port_wire(40000), replica, port_wire(80))
+        );
+        assert_eq!(
+            (rev.saddr, rev.sport, rev.daddr, rev.dport),
+            (replica, port_wire(80), client, port_wire(40000))
+        );
         assert_eq!((fwd.flags, rev.flags), (CT_TUNNEL, CT_TUNNEL | CT_REPLY));
         assert_eq!((fwd.vtep, rev.vtep), (vtep, vtep));
     }

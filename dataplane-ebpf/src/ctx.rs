@@ -7,8 +7,9 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
+    drop_slot,
     packet::{eth, ipv4},
-    drop_slot, Counters, DropReason, Ipv4Wire, DROP_REASON_SLOTS,
+    Counters, DropReason, Ipv4Wire, DROP_REASON_SLOTS,
 };
 
 use crate::maps::STATS;

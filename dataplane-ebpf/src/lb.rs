@@ -7,8 +7,8 @@
 //! builds the tables (the same on every host) and this module only reads.
 
 use dataplane_common::{
-    drop_slot, flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire, Service,
-    BE_ACTIVE, MAX_BACKENDS, NO_REPLICA,
+    drop_slot, flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire,
+    Service, BE_ACTIVE, MAX_BACKENDS, NO_REPLICA,
 };
 
 use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};

@@ -40,8 +40,8 @@ use dataplane_common::{
             PORTS_LEN, QUOTE, TOO_BIG_HLEN, TOO_BIG_LEN,
         },
     },
-    DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL, IPPROTO_TCP,
-    NO_BACKEND, TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
+    DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL, IPPROTO_TCP, NO_BACKEND,
+    TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
 };
 
 use crate::{
@@ -217,7 +217,10 @@ pub(crate) enum Decap {
     NotOurs,
     Done(Action),
     /// An inner ARP frame ([`arp_in`], called next by `from_uplink`).
-    Arp { rx: Rx, vtep: VtepFlags },
+    Arp {
+        rx: Rx,
+        vtep: VtepFlags,
+    },
     /// An inner IPv4 packet `decide_rx` refused for `refused`: perhaps a
     /// service flow ([`service_rx`], called next by `from_uplink`).
     Service {

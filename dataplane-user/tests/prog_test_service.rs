@@ -26,7 +26,7 @@
 mod common;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, Scratch};
+use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, Scratch};
 use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
     CtEntry, CtKey, DropReason, Endpoint, Network, PortKey, Service, ServiceCounters, Tunnel,
@@ -155,13 +155,26 @@ fn tcp_frame(
     ethernet(
         macs.0,
         macs.1,
-        &ipv4(s.0, d.0, IPPROTO_TCP, 0x3344, ttl, &tcp(s, d, flags, payload)),
+        &ipv4(
+            s.0,
+            d.0,
+            IPPROTO_TCP,
+            0x3344,
+            ttl,
+            &tcp(s, d, flags, payload),
+        ),
     )
 }
 
 /// The frame RFC 7348 makes of `inner` from `src` to `dst` (outer MACs
 /// `macs`, UDP source port `sport`, checksum 0, DF, id 0, TTL 64).
-fn vxlan(macs: ([u8; 6], [u8; 6]), src: [u8; 4], dst: [u8; 4], sport: u16, inner: &[u8]) -> Vec<u8> {
+fn vxlan(
+    macs: ([u8; 6], [u8; 6]),
+    src: [u8; 4],
+    dst: [u8; 4],
+    sport: u16,
+    inner: &[u8],
+) -> Vec<u8> {
     let mut vx = vec![0x08, 0, 0, 0];
     vx.extend_from_slice(&VNI.to_be_bytes()[1..]);
     vx.push(0);
@@ -324,7 +337,15 @@ impl Lab {
         ip_cmd(&["link", "set", "ul0", "up"]);
         ip_cmd(&["link", "set", "ul1", "up"]);
         ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "ul0"]);
-        ip_cmd(&["route", "add", "default", "via", &dotted(ROUTER), "dev", "ul0"]);
+        ip_cmd(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &dotted(ROUTER),
+            "dev",
+            "ul0",
+        ]);
         for (addr, mac) in [(ROUTER, ROUTER_MAC), (NODE, NODE_MAC)] {
             ip_cmd(&[
                 "neigh",
@@ -378,54 +399,20 @@ impl Lab {
         lab
     }
 
-    /// The ingress frontend (tcp, every address, PUBLISHED) with `count`
-    /// live replicas.
     fn set_service(&mut self, count: u32) {
-        let mut m: HashMap<&mut MapData, PortKey, Service> =
-            HashMap::try_from(self.dp.ebpf_mut().map_mut("SERVICES").expect("SERVICES"))
-                .expect("SERVICES");
-        let svc = Service {
-            slot: SLOT,
-            count,
-            target: port_wire(TARGET),
-            flags: SVC_INGRESS,
-        };
-        m.insert(PortKey::new(IPPROTO_TCP, 0, port_wire(PUBLISHED)), svc, 0)
-            .expect("SERVICES insert");
+        set_service(&mut self.dp, PUBLISHED, count);
     }
 
     fn set_backend(&mut self, id: u32, addr: u32, flags: u32) {
-        let mut m: Array<&mut MapData, Backend> =
-            Array::try_from(self.dp.ebpf_mut().map_mut("BACKENDS").expect("BACKENDS"))
-                .expect("BACKENDS");
-        let be = Backend {
-            ip: addr,
-            slot: SLOT,
-            flags,
-        };
-        m.set(id, be, 0).expect("BACKENDS set");
+        set_backend(&mut self.dp, id, addr, flags);
     }
 
-    /// Writes the whole Maglev table of SLOT: entry `i` is `table(i)`.
     fn set_table(&mut self, table: impl Fn(u32) -> u32) {
-        let mut m: Array<&mut MapData, u32> =
-            Array::try_from(self.dp.ebpf_mut().map_mut("MAGLEV").expect("MAGLEV"))
-                .expect("MAGLEV");
-        for i in 0..MAGLEV_M {
-            m.set(SLOT * MAGLEV_M + i, table(i), 0).expect("MAGLEV set");
-        }
+        set_table(&mut self.dp, table);
     }
 
     fn set_backend_port(&mut self, ep: &Endpoint, port: u16, id: u32) {
-        let mut m: HashMap<&mut MapData, PortKey, u32> = HashMap::try_from(
-            self.dp
-                .ebpf_mut()
-                .map_mut("BACKEND_PORTS")
-                .expect("BACKEND_PORTS"),
-        )
-        .expect("BACKEND_PORTS");
-        m.insert(PortKey::new(IPPROTO_TCP, ep.ip, port_wire(port)), id, 0)
-            .expect("BACKEND_PORTS insert");
+        set_backend_port(&mut self.dp, ep, port, id);
     }
 
     fn ct(&mut self, k: &CtKey) -> Option<CtEntry> {
@@ -552,6 +539,52 @@ impl Lab {
     }
 }
 
+/// The ingress frontend (tcp, every address, `port`) of the service at
+/// SLOT, with `count` live replicas.
+fn set_service(dp: &mut Datapath, port: u16, count: u32) {
+    let mut m: HashMap<&mut MapData, PortKey, Service> =
+        HashMap::try_from(dp.ebpf_mut().map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+    let svc = Service {
+        slot: SLOT,
+        count,
+        target: port_wire(TARGET),
+        flags: SVC_INGRESS,
+    };
+    m.insert(PortKey::new(IPPROTO_TCP, 0, port_wire(port)), svc, 0)
+        .expect("SERVICES insert");
+}
+
+fn set_backend(dp: &mut Datapath, id: u32, addr: u32, flags: u32) {
+    let mut m: Array<&mut MapData, Backend> =
+        Array::try_from(dp.ebpf_mut().map_mut("BACKENDS").expect("BACKENDS")).expect("BACKENDS");
+    let be = Backend {
+        ip: addr,
+        slot: SLOT,
+        flags,
+    };
+    m.set(id, be, 0).expect("BACKENDS set");
+}
+
+/// Writes the whole Maglev table of SLOT: entry `i` is `table(i)`.
+fn set_table(dp: &mut Datapath, table: impl Fn(u32) -> u32) {
+    let mut m: Array<&mut MapData, u32> =
+        Array::try_from(dp.ebpf_mut().map_mut("MAGLEV").expect("MAGLEV")).expect("MAGLEV");
+    for i in 0..MAGLEV_M {
+        m.set(SLOT * MAGLEV_M + i, table(i), 0).expect("MAGLEV set");
+    }
+}
+
+fn set_backend_port(dp: &mut Datapath, ep: &Endpoint, port: u16, id: u32) {
+    let mut m: HashMap<&mut MapData, PortKey, u32> = HashMap::try_from(
+        dp.ebpf_mut()
+            .map_mut("BACKEND_PORTS")
+            .expect("BACKEND_PORTS"),
+    )
+    .expect("BACKEND_PORTS");
+    m.insert(PortKey::new(IPPROTO_TCP, ep.ip, port_wire(port)), id, 0)
+        .expect("BACKEND_PORTS insert");
+}
+
 /// A client's connection to the ingress port of this host.
 fn client_at(sport: u16) -> (([u8; 4], u16), ([u8; 4], u16)) {
     ((CLIENT, sport), (HOST, PUBLISHED))
@@ -593,7 +626,9 @@ fn a_new_ingress_flow_to_a_local_replica_is_dnated_into_it() {
         assert_eq!(hex(&out), hex(&want), "the DNATed SYN");
         assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
 
-        let fwd = lab.ct(&tcp_key(c, h)).expect("CT entry of the client's direction");
+        let fwd = lab
+            .ct(&tcp_key(c, h))
+            .expect("CT entry of the client's direction");
         assert_eq!(tuple(&fwd), (CLIENT, sport, ip(&l), TARGET));
         assert_eq!(fwd.flags, CT_DNAT | CT_PUBLISHED | CT_SERVICE);
         assert_eq!((fwd.backend, fwd.vtep), (ID_L, 0));
@@ -658,7 +693,7 @@ fn maglev_gives_each_flow_the_replica_its_hash_names() {
         let mut lab = Lab::new("maglev");
         // Entries of the two local replicas, in runs of 7 (not a pattern
         // the hash could line up with by accident).
-        let table = |i: u32| if (i / 7) % 2 == 0 { ID_L } else { ID_M };
+        let table = |i: u32| if (i / 7).is_multiple_of(2) { ID_L } else { ID_M };
         lab.set_table(table);
         let (l, m) = (lab.l, lab.m);
         let mut seen = std::collections::BTreeMap::new();
@@ -854,7 +889,13 @@ fn the_reply_from_a_remote_replica_is_routed_to_the_client_from_host_and_port() 
         // behind; for a flow this host has no entry of.
         let f = vxlan((UL_MAC, NODE_MAC), STATIC_VTEP, HOST, 50_000, &inner);
         lab.uplink("reply from a static VTEP", &f, Outcome::Drop(not_local));
-        let other = tcp_frame((NET_GW_MAC, r.mac), (ip(&r), TARGET), (CLIENT, 45_001), SYN_ACK, 64);
+        let other = tcp_frame(
+            (NET_GW_MAC, r.mac),
+            (ip(&r), TARGET),
+            (CLIENT, 45_001),
+            SYN_ACK,
+            64,
+        );
         let f = vxlan((UL_MAC, NODE_MAC), NODE, HOST, 50_000, &other);
         lab.uplink("reply of no flow", &f, Outcome::Drop(not_local));
         lab.dp
@@ -882,3 +923,228 @@ fn the_reply_from_a_remote_replica_is_routed_to_the_client_from_host_and_port() 
 
 /// Whatever MAC the replica's own host gives the inner frame: overwritten.
 const NET_GW_MAC: [u8; 6] = [0xee, 0xee, 10, 7, 0, 1];
+
+// ---------------------------------------------------------------------------
+// Live: a client, the host it connects to, and the replica's host.
+// ---------------------------------------------------------------------------
+
+#[test]
+fn a_client_reaches_a_replica_on_another_host_through_the_ingress_port() {
+    in_private_netns(|| {
+        // This thread is host A, the one the client connects to; host B,
+        // the client and the replica are threads in namespaces of their own.
+        let (host_b, client, replica) = (NsThread::spawn(), NsThread::spawn(), NsThread::spawn());
+        let b = local(IFINDEX_BASE + 2, 3);
+        // The client's link to A (A: 198.51.100.1), the underlay A-B.
+        const A_FRONT: [u8; 4] = [198, 51, 100, 1];
+        ip_cmd(&[
+            "link", "add", "cliA", "type", "veth", "peer", "name", "cliC",
+        ]);
+        ip_cmd(&["link", "set", "cliC", "netns", &client.id()]);
+        ip_cmd(&[
+            "addr",
+            "add",
+            &format!("{}/24", dotted(A_FRONT)),
+            "dev",
+            "cliA",
+        ]);
+        ip_cmd(&["link", "set", "cliA", "up"]);
+        ip_cmd(&["link", "add", "ulA", "type", "veth", "peer", "name", "ulB"]);
+        ip_cmd(&["link", "set", "ulB", "netns", &host_b.id()]);
+        ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "ulA"]);
+        ip_cmd(&["link", "set", "ulA", "up"]);
+        dataplane_user::netns::add_veth("vB", "ethB", b.ifindex).expect("veth b");
+        ip_cmd(&["link", "set", "ethB", "netns", &replica.id()]);
+        ip_cmd(&["link", "set", "vB", "netns", &host_b.id()]);
+        host_b.ip(&["addr", "add", &format!("{}/24", dotted(NODE)), "dev", "ulB"]);
+        host_b.ip(&["link", "set", "ulB", "up"]);
+        host_b.ip(&["link", "set", "vB", "up"]);
+        client.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", dotted(CLIENT)),
+            "dev",
+            "cliC",
+        ]);
+        client.ip(&["link", "set", "cliC", "up"]);
+        client.ip(&["link", "set", "lo", "up"]);
+        for c in [&client, &replica] {
+            // IPv6 (not carried) would send router solicitations.
+            let ok = c
+                .cmd("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(ok, "disabling IPv6");
+        }
+        replica.ip(&["link", "set", "ethB", "address", &mac_str(b.mac)]);
+        replica.ip(&["link", "set", "ethB", "mtu", &MTU.to_string()]);
+        replica.ip(&[
+            "addr",
+            "add",
+            &format!("{}/24", dotted(ip(&b))),
+            "dev",
+            "ethB",
+        ]);
+        replica.ip(&["link", "set", "ethB", "up"]);
+        replica.ip(&["link", "set", "lo", "up"]);
+        replica.ip(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &dotted(ipv4_octets(NET.gateway)),
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+
+        // Host A: the ingress port, its one replica b behind B.
+        let pins_a = Scratch::new("svc-live-a");
+        let mut dp_a = Datapath::load(pins_a.path()).expect("datapath A");
+        let ul_a = nix::net::if_::if_nametoindex("ulA").expect("ulA");
+        let cli_a = nix::net::if_::if_nametoindex("cliA").expect("cliA");
+        dp_a.set_remote_endpoint(remote(3, NODE)).expect("remote b");
+        dp_a.set_tunnel(Tunnel {
+            addr: ipv4_wire(HOST),
+            ifindex: ul_a,
+            mtu: MTU,
+            flags: TUNNEL_ENABLED,
+        })
+        .expect("TUNNEL A");
+        dp_a.sync_vteps(&[(ipv4_wire(NODE), VTEP_NODE)])
+            .expect("VTEPS A");
+        dp_a.sync_local_addrs(&[ipv4_wire(A_FRONT), ipv4_wire(HOST)])
+            .expect("LOCAL_ADDRS A");
+        set_service(&mut dp_a, PUBLISHED, 1);
+        set_backend(&mut dp_a, ID_R, b.ip, BE_ACTIVE);
+        set_table(&mut dp_a, |_| ID_R);
+        dp_a.attach_uplink("cliA", cli_a).expect("attach cliA");
+        dp_a.attach_uplink("ulA", ul_a).expect("attach ulA");
+
+        // Host B: the replica b, its port known as replica ID_R's.
+        host_b.run(move |keep| {
+            let pins = Scratch::new("svc-live-b");
+            let mut dp = Datapath::load(pins.path()).expect("datapath B");
+            let ul = nix::net::if_::if_nametoindex("ulB").expect("ulB");
+            dp.set_endpoint(b).expect("endpoint b");
+            dp.set_tunnel(Tunnel {
+                addr: ipv4_wire(NODE),
+                ifindex: ul,
+                mtu: MTU,
+                flags: TUNNEL_ENABLED,
+            })
+            .expect("TUNNEL B");
+            dp.sync_vteps(&[(ipv4_wire(HOST), VTEP_NODE)])
+                .expect("VTEPS B");
+            set_backend(&mut dp, ID_R, b.ip, BE_ACTIVE);
+            set_backend_port(&mut dp, &b, TARGET, ID_R);
+            dp.attach("vB").expect("attach vB");
+            dp.attach_uplink("ulB", ul).expect("attach ulB");
+            std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+            keep.push(Box::new(pins));
+            keep.push(Box::new(dp));
+        });
+
+        // The replica answers each connection with the address it sees the
+        // client at, then echoes what it gets.
+        let server = format!(
+            r#"import socket
+s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
+s.bind(('{}',{TARGET}));s.listen(8);s.settimeout(20)
+print('ready',flush=True)
+for _ in range(3):
+    c,a=s.accept();c.settimeout(20)
+    c.sendall(('%s:%d\n'%a).encode())
+    while True:
+        d=c.recv(1<<16)
+        if not d: break
+        c.sendall(d)
+    c.close()
+"#,
+            dotted(ip(&b))
+        );
+        let mut srv = replica
+            .cmd("python3", &["-c", &server])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("server");
+        let mut srv_out = std::io::BufReader::new(srv.stdout.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut srv_out, &mut line).expect("server ready");
+        assert_eq!(line.trim(), "ready");
+
+        // Three connections from the client to A's ingress port, 256 KiB
+        // echoed on each: what the replica saw, and every byte back.
+        const BYTES: usize = 256 << 10;
+        let probe = format!(
+            r#"import socket,threading
+data=bytes(range(256))*({BYTES}//256)
+for _ in range(3):
+    s=socket.create_connection(('{}',{PUBLISHED}),timeout=20)
+    f=s.makefile('rb');seen=f.readline().decode().strip()
+    me='%s:%d'%s.getsockname()
+    def send():
+        s.sendall(data);s.shutdown(socket.SHUT_WR)
+    t=threading.Thread(target=send);t.start()
+    got=f.read();t.join();s.close()
+    print(seen==me,got==data,seen,me,len(got),flush=True)
+"#,
+            dotted(A_FRONT)
+        );
+        let out = client
+            .cmd("python3", &["-c", &probe])
+            .output()
+            .expect("client");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let _ = srv.kill();
+        let _ = srv.wait();
+        assert!(
+            out.status.success(),
+            "client: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 3, "{text}");
+        for l in &lines {
+            assert!(
+                l.starts_with(&format!("True True {}:", dotted(CLIENT))),
+                "the replica sees the client's own address and port, and every byte comes back: {l}"
+            );
+        }
+
+        // Both hosts: no drop anywhere; A counted the connections for the
+        // service and the replica; B's replies went through its tunnel path.
+        let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
+            for s in &stats[..2] {
+                for r in DropReason::ALL {
+                    assert_eq!(s.drops[r.name()], 0, "{host}: {} {}", s.name, r.name());
+                }
+            }
+            (
+                stats[PROG_FROM_CONTAINER as usize].redirected,
+                stats[PROG_FROM_UPLINK as usize].redirected,
+            )
+        };
+        let (_, up_a) = check(dp_a.stats().expect("stats A"), "host A");
+        assert!(up_a > 0, "host A redirected nothing");
+        let m: PerCpuArray<&mut MapData, ServiceCounters> =
+            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
+                .expect("BACKEND_STATS");
+        let conns: u64 = m
+            .get(&ID_R, 0)
+            .expect("counters")
+            .iter()
+            .map(|c| c.conns)
+            .sum();
+        assert_eq!(conns, 3, "host A: connections given to the replica");
+        let stats_b = host_b.run(|keep| {
+            keep.last()
+                .and_then(|d| d.downcast_ref::<Datapath>())
+                .expect("host B's datapath")
+                .stats()
+                .expect("stats B")
+        });
+        let (fc_b, up_b) = check(stats_b, "host B");
+        assert!(fc_b > 0 && up_b > 0, "host B: {fc_b} {up_b}");
+        drop(dp_a);
+        drop(pins_a);
+    });
+}

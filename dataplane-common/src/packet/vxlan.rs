@@ -1105,10 +1105,16 @@ mod tests {
                 port_wire(8080),
             ))
         };
-        assert_eq!(inner_flow(&inner_tcp(IPPROTO_TCP, 5, 0x4000)), want(IPPROTO_TCP));
+        assert_eq!(
+            inner_flow(&inner_tcp(IPPROTO_TCP, 5, 0x4000)),
+            want(IPPROTO_TCP)
+        );
         assert_eq!(inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0)), want(IPPROTO_UDP));
         // A first fragment (MF, offset 0) still carries the ports.
-        assert_eq!(inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0x2000)), want(IPPROTO_UDP));
+        assert_eq!(
+            inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0x2000)),
+            want(IPPROTO_UDP)
+        );
         // A later fragment, options (ports elsewhere), ICMP: no flow.
         assert_eq!(inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0x2001)), None);
         assert_eq!(inner_flow(&inner_tcp(IPPROTO_TCP, 6, 0)), None);
@@ -1135,16 +1141,35 @@ mod tests {
             Err(spoofed)
         );
         let other = ep(5, 0, [0; 4]);
-        assert_eq!(run(VTEP_NODE, Some(&local), Some(&other), true), Err(spoofed));
+        assert_eq!(
+            run(VTEP_NODE, Some(&local), Some(&other), true),
+            Err(spoofed)
+        );
         // Another VNI than the replica's network.
         assert_eq!(
-            decide_rx_service(spoofed, &rx(43), VTEP_NODE, Some(&local), None, || true, || None),
+            decide_rx_service(
+                spoofed,
+                &rx(43),
+                VTEP_NODE,
+                Some(&local),
+                None,
+                || true,
+                || None
+            ),
             Err(spoofed)
         );
         // Other refusals are never turned into an ingress flow.
         let not_local = DropReason::VxlanUnknownVni;
         assert_eq!(
-            decide_rx_service(not_local, &rx(42), VTEP_NODE, Some(&local), None, || true, || None),
+            decide_rx_service(
+                not_local,
+                &rx(42),
+                VTEP_NODE,
+                Some(&local),
+                None,
+                || true,
+                || None
+            ),
             Err(not_local)
         );
         // The BACKEND_PORTS lookup is not made for what fails before it.
@@ -1172,7 +1197,10 @@ mod tests {
         let run = |vtep, src: Option<&Endpoint>, flags: Option<u16>| {
             decide_rx_service(nl, &rx(42), vtep, None, src, || false, || flags)
         };
-        assert_eq!(run(VTEP_NODE, Some(&replica), Some(reply)), Ok(ServiceRx::Reply));
+        assert_eq!(
+            run(VTEP_NODE, Some(&replica), Some(reply)),
+            Ok(ServiceRx::Reply)
+        );
         // The original direction's entry, a flow that is no service's, or none.
         assert_eq!(run(VTEP_NODE, Some(&replica), Some(CT_SERVICE)), Err(nl));
         assert_eq!(run(VTEP_NODE, Some(&replica), Some(CT_REPLY)), Err(nl));
@@ -1188,7 +1216,15 @@ mod tests {
         // To a remote endpoint (not the client): not this path.
         let other = ep(3, EP_REMOTE, REMOTE);
         assert_eq!(
-            decide_rx_service(nl, &rx(42), VTEP_NODE, Some(&other), Some(&replica), || false, || Some(reply)),
+            decide_rx_service(
+                nl,
+                &rx(42),
+                VTEP_NODE,
+                Some(&other),
+                Some(&replica),
+                || false,
+                || Some(reply)
+            ),
             Err(nl)
         );
     }

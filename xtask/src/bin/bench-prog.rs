@@ -387,7 +387,8 @@ fn measure(dir: &Path, repeat: u32, rounds: usize, single_calls: usize) -> Resul
         bail!("--single-calls too large for fresh source ports");
     }
     let fresh = |round: usize, i: usize| (1024 + round * slice + i) as u16;
-    let (mut new_l, mut hit_l, mut new_r, mut hit_r) = (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let (mut new_l, mut hit_l, mut new_r, mut hit_r) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
     for round in 0..10 {
         let f = |dport| move |i| ingress_frame(fresh(round, i), dport, SYN);
         new_l.push(single_runs_of(&mut dp, "from_uplink", f(8080), ul, slice)?);

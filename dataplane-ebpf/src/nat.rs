@@ -11,7 +11,7 @@ use dataplane_common::{
     opens_flow,
     packet::nat::{self as pn, Kind, ICMP_ERR_FRAME},
     CtEntry, CtKey, DropReason, Endpoint, NatAddr, Service, CT_DNAT, CT_HAIRPIN, CT_PUBLISHED,
-    CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_REMOTE, NO_BACKEND, SVC_INGRESS,
+    CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_REMOTE, NO_BACKEND, SVC_INGRESS,
 };
 
 use crate::{
@@ -55,7 +55,7 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Egress
         return icmp_error(ctx, &p).map(Done);
     }
     if let Some(e) = ct::get(&p.key, p.tcp_flags) {
-        if e.flags & CT_TUNNEL != 0 {
+        if e.flags & (CT_TUNNEL | CT_REPLY) == CT_TUNNEL | CT_REPLY {
             // A replica's reply to a flow another host received: back
             // through the tunnel to that host, never masqueraded.
             lb::count_packet(e.backend, ctx.len());

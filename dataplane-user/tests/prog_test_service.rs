@@ -693,7 +693,13 @@ fn maglev_gives_each_flow_the_replica_its_hash_names() {
         let mut lab = Lab::new("maglev");
         // Entries of the two local replicas, in runs of 7 (not a pattern
         // the hash could line up with by accident).
-        let table = |i: u32| if (i / 7).is_multiple_of(2) { ID_L } else { ID_M };
+        let table = |i: u32| {
+            if (i / 7).is_multiple_of(2) {
+                ID_L
+            } else {
+                ID_M
+            }
+        };
         lab.set_table(table);
         let (l, m) = (lab.l, lab.m);
         let mut seen = std::collections::BTreeMap::new();

@@ -31,8 +31,8 @@ use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
     CtEntry, CtKey, DropReason, Endpoint, Network, PortKey, Service, ServiceCounters, Tunnel,
     BE_ACTIVE, CT_DNAT, CT_PUBLISHED, CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_REMOTE,
-    IFINDEX_BASE, IPPROTO_TCP, MAGLEV_M, NO_REPLICA, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
-    SVC_INGRESS, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
+    IFINDEX_BASE, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_REPLICA, PROG_FROM_CONTAINER,
+    PROG_FROM_UPLINK, SVC_INGRESS, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -163,6 +163,30 @@ fn tcp_frame(
             ttl,
             &tcp(s, d, flags, payload),
         ),
+    )
+}
+
+/// A UDP frame `s` -> `d` with a correct checksum (TTL `ttl`).
+fn udp_frame(macs: ([u8; 6], [u8; 6]), s: ([u8; 4], u16), d: ([u8; 4], u16), ttl: u8) -> Vec<u8> {
+    let payload = b"a datagram of a UDP service";
+    let mut u = Vec::new();
+    u.extend_from_slice(&s.1.to_be_bytes());
+    u.extend_from_slice(&d.1.to_be_bytes());
+    u.extend_from_slice(&((8 + payload.len()) as u16).to_be_bytes());
+    u.extend_from_slice(&[0, 0]);
+    u.extend_from_slice(payload);
+    let mut pseudo = Vec::new();
+    pseudo.extend_from_slice(&s.0);
+    pseudo.extend_from_slice(&d.0);
+    pseudo.extend_from_slice(&[0, IPPROTO_UDP]);
+    pseudo.extend_from_slice(&(u.len() as u16).to_be_bytes());
+    pseudo.extend_from_slice(&u);
+    let c = csum(&pseudo);
+    u[6..8].copy_from_slice(&c.to_be_bytes());
+    ethernet(
+        macs.0,
+        macs.1,
+        &ipv4(s.0, d.0, IPPROTO_UDP, 0x5566, ttl, &u),
     )
 }
 
@@ -815,6 +839,42 @@ fn no_live_replica_is_a_counted_drop() {
         lab.expected[PROG_FROM_UPLINK as usize].packets += 1;
         lab.expected[PROG_FROM_UPLINK as usize].bytes += other.len() as u64;
         lab.expected[PROG_FROM_UPLINK as usize].passed += 1;
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_udp_ingress_flow_is_dnated_both_ways_with_its_checksum() {
+    in_private_netns(|| {
+        let mut lab = Lab::new("udp");
+        set_table(&mut lab.dp, |_| ID_M);
+        {
+            let mut m: HashMap<&mut MapData, PortKey, Service> =
+                HashMap::try_from(lab.dp.ebpf_mut().map_mut("SERVICES").expect("SERVICES"))
+                    .expect("SERVICES");
+            let svc = Service {
+                slot: SLOT,
+                count: 1,
+                target: port_wire(5353),
+                flags: SVC_INGRESS,
+            };
+            m.insert(PortKey::new(IPPROTO_UDP, 0, port_wire(53)), svc, 0)
+                .expect("SERVICES insert");
+        }
+        let m = lab.m;
+        let (c, h) = ((CLIENT, 46_000), (HOST, 53));
+        let q = udp_frame((UL_MAC, ROUTER_MAC), c, h, 64);
+        let out = lab.uplink("UDP to the ingress port", &q, Outcome::New);
+        let want = udp_frame((m.mac, m.host_mac), c, (ip(&m), 5353), 63);
+        assert_eq!(hex(&out), hex(&want), "the DNATed datagram");
+        let again = lab.uplink("the next datagram", &q, Outcome::Translated);
+        assert_eq!(hex(&again), hex(&want), "same flow, same replica");
+        let a = udp_frame((m.host_mac, m.mac), (ip(&m), 5353), c, 64);
+        let out = lab.container("the answer", m, &a, Outcome::Translated);
+        let want = udp_frame((ROUTER_MAC, UL_MAC), h, c, 63);
+        assert_eq!(hex(&out), hex(&want), "the answer from host:53");
+        let be = lab.svc_counters("BACKEND_STATS", ID_M);
+        assert_eq!((be.conns, be.packets), (1, 3));
         lab.assert_stats();
     });
 }

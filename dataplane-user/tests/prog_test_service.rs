@@ -310,6 +310,9 @@ enum Outcome {
     Redirected,
     /// Dropped (2), counted under the reason, untouched.
     Drop(DropReason),
+    /// Dropped (2), counted under the reason, after the rewrite (the way
+    /// out failed).
+    DropLate(DropReason),
 }
 
 #[derive(Clone, Copy)]
@@ -505,7 +508,7 @@ impl Lab {
                 e.redirected += 1;
                 TC_ACT_REDIRECT
             }
-            Outcome::Drop(r) => {
+            Outcome::Drop(r) | Outcome::DropLate(r) => {
                 e.drops[r as usize] += 1;
                 TC_ACT_SHOT
             }
@@ -707,6 +710,21 @@ fn a_new_ingress_flow_to_a_remote_replica_is_tunnelled_to_its_host() {
         let be = lab.svc_counters("BACKEND_STATS", ID_R);
         let len = (syn.len() + ack.len()) as u64;
         assert_eq!((be.conns, be.packets, be.bytes), (1, 2, len), "replica r");
+
+        // The tunnel switched off: the flow's packets cannot reach r, and
+        // the drops are the service's too.
+        lab.dp
+            .set_tunnel(Tunnel {
+                addr: 0,
+                ifindex: 0,
+                mtu: 0,
+                flags: 0,
+            })
+            .expect("TUNNEL off");
+        let off = DropReason::TunnelDisabled;
+        lab.uplink("ACK, tunnel off", &ack, Outcome::DropLate(off));
+        let svc = lab.svc_counters("SVC_STATS", SLOT);
+        assert_eq!(svc.drops[off as usize], 1, "service drops");
         lab.assert_stats();
     });
 }

@@ -1,6 +1,8 @@
 //! Address translation decisions in the TC programs: masquerade of
 //! container traffic leaving the host, published ports (from outside and,
-//! as hairpin, from containers), and the reverse translation of both.
+//! as hairpin, from containers), ingress ports of services (a replica
+//! picked by `lb`, on this host or through the tunnel), and the reverse
+//! translation of all of them.
 //!
 //! Decisions use `dataplane_common::{nat, packet::nat}` (host-tested); the
 //! flow and its entries are `conntrack`'s, the rewrites `rewrite`'s, the

@@ -16,6 +16,11 @@
 //!   ARP requests for local endpoints answered in place.
 //! - A container's ARP request for an unknown address of its overlay goes
 //!   to the network's static VTEPs (`flood`, a program of its own).
+//! - The routing mesh of ingress services: [`to_replica`] carries a flow
+//!   the receiving host DNATed to a replica on another host; on that host
+//!   [`service_rx`] lets it in (`CT_TUNNEL`), and the replica's replies go
+//!   back by [`encap`]; on the receiving host [`service_reply`] takes them
+//!   apart, un-DNATs them and routes them to the client.
 //!
 //! The header layouts and every decision are `dataplane_common::packet::vxlan`'s
 //! (host-tested); this module reads the frame, asks, and writes.

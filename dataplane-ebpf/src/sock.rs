@@ -68,7 +68,8 @@ const ALLOW: i32 = 1;
 /// `packets` counts calls (these hooks see socket calls, not packets),
 /// `translated` those whose address was rewritten. Counted: connect/sendmsg
 /// of the daemon's namespace to one of the host's addresses (a published
-/// port or not) and of its sandboxes to 127.0.0.11:53, and the
+/// port or not) and of its sandboxes to 127.0.0.11:53, of either to a
+/// service VIP (translated if it has a live replica), and the
 /// recvmsg/getpeername calls shown an address back.
 #[inline(always)]
 fn count(translated: bool) {

@@ -24,12 +24,7 @@ const SLOT: u32 = 3;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
 
 fn replica(name: &str, last: u8, live: bool) -> ReplicaSpec {
-    ReplicaSpec {
-        name: name.to_string(),
-        ip: Ipv4Addr::new(10, 99, 0, last),
-        live,
-        weight: 1,
-    }
+    ReplicaSpec::new(name, Ipv4Addr::new(10, 99, 0, last), live)
 }
 
 fn service(replicas: Vec<ReplicaSpec>) -> ServiceSpec {

@@ -63,6 +63,18 @@ pub struct ReplicaSpec {
     pub weight: u32,
 }
 
+impl ReplicaSpec {
+    /// A replica of weight 1.
+    pub fn new(name: impl Into<String>, ip: Ipv4Addr, live: bool) -> Self {
+        ReplicaSpec {
+            name: name.into(),
+            ip,
+            live,
+            weight: 1,
+        }
+    }
+}
+
 /// A service as the maps must hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {

@@ -484,10 +484,14 @@ pub(super) fn sync(ebpf: &mut Ebpf, st: &mut State, want: &[ServiceSpec]) -> Res
         .collect();
     gone.sort();
     for slot in gone {
-        let empty = vec![NO_REPLICA; MAGLEV_M as usize];
-        let known_differs = st.tables.get(&slot).is_some_and(|t| !t.is_empty());
-        if write_table(ebpf, slot, &empty, known_differs)? {
-            report.tables_written.push(slot);
+        // Known empty: already all NO_REPLICA. Unknown (recovered after a
+        // restart): compared with the map.
+        let known = st.tables.get(&slot).map(|t| !t.is_empty());
+        if known != Some(false) {
+            let empty = vec![NO_REPLICA; MAGLEV_M as usize];
+            if write_table(ebpf, slot, &empty, known == Some(true))? {
+                report.tables_written.push(slot);
+            }
         }
         st.tables.remove(&slot);
         st.slots.remove(&slot);

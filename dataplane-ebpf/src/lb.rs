@@ -7,8 +7,8 @@
 //! builds the tables (the same on every host) and this module only reads.
 
 use dataplane_common::{
-    flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire, Service,
-    BE_ACTIVE, MAX_BACKENDS, NO_REPLICA,
+    drop_slot, flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire,
+    Service, BE_ACTIVE, MAX_BACKENDS, NO_REPLICA, SVC_INGRESS, SVC_VIP,
 };
 
 use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};
@@ -19,6 +19,23 @@ use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};
 pub(crate) fn frontend(proto: u8, addr: Ipv4Wire, port: PortWire) -> Option<&'static Service> {
     // SAFETY: plain data; userspace replaces entries whole.
     unsafe { SERVICES.get(&PortKey::new(proto, addr, port)) }
+}
+
+/// The service whose virtual IP frontend is `(proto, vip, port)`: an exact
+/// `SERVICES` entry flagged `SVC_VIP` (never an ingress port's wildcard).
+#[inline(always)]
+pub(crate) fn vip_frontend(proto: u8, vip: Ipv4Wire, port: PortWire) -> Option<&'static Service> {
+    if vip == 0 {
+        return None;
+    }
+    frontend(proto, vip, port).filter(|s| s.flags & SVC_VIP != 0)
+}
+
+/// The service whose ingress port is `(proto, port)` (answered on every
+/// address of the host: the `SERVICES` key with address 0).
+#[inline(always)]
+pub(crate) fn ingress_frontend(proto: u8, port: PortWire) -> Option<&'static Service> {
+    frontend(proto, 0, port).filter(|s| s.flags & SVC_INGRESS != 0)
 }
 
 /// The replica a new flow of `svc` whose hash is `hash` goes to: its id
@@ -88,12 +105,15 @@ pub(crate) fn count_packet(id: u32, len: u32) {
 #[inline(always)]
 pub(crate) fn count_drop(slot: u32, reason: DropReason) {
     if let Some(c) = SVC_STATS.get_ptr_mut(slot) {
-        let i = reason as usize;
         // SAFETY: per-CPU slot.
-        unsafe {
-            if i < (*c).drops.len() {
-                (*c).drops[i] += 1;
-            }
-        }
+        unsafe { (*c).drops[drop_slot(reason)] += 1 };
+    }
+}
+
+/// Counts a dropped packet of a flow of replica `id` (under its service).
+#[inline(always)]
+pub(crate) fn count_drop_of(id: u32, reason: DropReason) {
+    if let Some(be) = BACKENDS.get(id) {
+        count_drop(be.slot, reason);
     }
 }

@@ -2,8 +2,9 @@
 //!
 //! `maps` names every pinned map with the layout it must have, `links` the
 //! TCX links of endpoints and uplinks, `conntrack` the flow table, `sockhook`
-//! the cgroup socket hooks, and `uplink` the host's own interfaces and
-//! addresses. (The program-cost benchmark is xtask's `bench-prog`, which
+//! the cgroup socket hooks, `uplink` the host's own interfaces and
+//! addresses, `maglev` the services' lookup tables and `services` their
+//! projection into the service maps. (The program-cost benchmark is xtask's `bench-prog`, which
 //! drives this module from outside the product.)
 //!
 //! Pins live under `<bpffs>/v<LAYOUT_VERSION>/`: `maps/<NAME>` (reused by name
@@ -28,7 +29,9 @@ use serde::Serialize;
 
 mod conntrack;
 mod links;
+pub mod maglev;
 mod maps;
+pub mod services;
 pub mod sockhook;
 pub mod uplink;
 
@@ -45,6 +48,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     links_dir: PathBuf,
     root: PathBuf,
+    /// What `sync_services` knows the service maps hold; read back from
+    /// the pins on first use.
+    services: Option<services::State>,
 }
 
 fn is_bpffs(p: &Path) -> bool {
@@ -89,8 +95,8 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 /// What the `sock_addr` row of `dataplane stats` counts: the socket hooks
 /// see calls, not packets (`dataplane-ebpf/src/sock.rs`).
 pub const SOCK_STATS_NOTE: &str = "sock_addr counts socket calls, not packets: PACKETS = \
-connect/sendto to a host address or (from a sandbox) 127.0.0.11:53, and recvfrom/getpeername \
-shown an address back; TRANSLATED = those whose address was rewritten";
+connect/sendto to a host address, to a service VIP or (from a sandbox) 127.0.0.11:53, and \
+recvfrom/getpeername shown an address back; TRANSLATED = those whose address was rewritten";
 
 /// One program's counters, summed over CPUs.
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]
@@ -151,6 +157,7 @@ impl Datapath {
             ebpf,
             links_dir,
             root,
+            services: None,
         })
     }
 
@@ -385,6 +392,34 @@ impl Datapath {
         let mut a: Array<_, u64> = Array::try_from(map)?;
         a.set(slot, value, 0)?;
         Ok(())
+    }
+
+    /// Makes the service maps (`SERVICES`, `MAGLEV`, `BACKENDS`,
+    /// `BACKEND_PORTS`) hold exactly `want`, the whole wanted state; see
+    /// `services` for the order of writes that keeps traffic safe.
+    pub fn sync_services(
+        &mut self,
+        want: &[services::ServiceSpec],
+    ) -> Result<services::SyncReport> {
+        if self.services.is_none() {
+            self.services = Some(services::State::recover(&self.ebpf)?);
+        }
+        let st = self.services.as_mut().expect("set above");
+        let r = services::sync(&mut self.ebpf, st, want);
+        if r.is_err() {
+            // Half-applied: read the truth back from the maps next time.
+            self.services = None;
+        }
+        r
+    }
+
+    /// Per-service and per-replica counters, summed over CPUs, for every
+    /// service slot the maps hold.
+    pub fn service_stats(&self) -> Result<Vec<services::ServiceStats>> {
+        match &self.services {
+            Some(st) => services::stats(&self.ebpf, st),
+            None => services::stats(&self.ebpf, &services::State::recover(&self.ebpf)?),
+        }
     }
 
     /// Per-program counters summed over CPUs.

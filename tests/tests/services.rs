@@ -1878,3 +1878,60 @@ fn datapath_a_lost_hosts_replica_is_replaced_in_every_live_hosts_table() {
         "the lost host's old replica still takes new flows: {stale:?}"
     );
 }
+
+#[test]
+fn datapath_one_host_answers_its_ingress_port_from_outside_and_from_itself() {
+    let d = Daemon::start();
+    let svcs = Services::new([&d]);
+    let outside = dataplane_tests::Outside::new(&d);
+    d.network_create(&["--subnet", "10.97.0.0/24", "n"]);
+    svcs.create(
+        &d,
+        "web",
+        &[
+            "--replicas",
+            "2",
+            "--network",
+            "n",
+            "-p",
+            "published=8080,target=80",
+        ],
+        &whoami("tcp:80"),
+    );
+    let t = wait_running(&d, "web", 2);
+    let all: BTreeSet<String> = t.iter().map(|t| t.hostname("web")).collect();
+    let host = vec![dataplane_tests::HOST_IP.to_string()];
+
+    // From outside: balanced over both, each seeing the client's address.
+    let client = Client::Ns(outside.ns());
+    client.wait_answers("tcp", 8080, &host, &all, true);
+    let flows = client.burst("tcp", 8080, 200, 0, 2.0, 5, &host);
+    assert_all_ok("from outside", &flows, 200, std::slice::from_ref(&d));
+    println!("from outside: {:?}", spread(&flows));
+    assert_eq!(spread(&flows).keys().cloned().collect::<BTreeSet<_>>(), all);
+    assert!(
+        flows
+            .iter()
+            .all(|f| f.peer_ip() == dataplane_tests::OUTSIDE_IP),
+        "{:?}",
+        flows
+            .iter()
+            .find(|f| f.peer_ip() != dataplane_tests::OUTSIDE_IP)
+    );
+
+    // From the host itself (no TC program sees loopback: the socket hooks).
+    let local = vec!["127.0.0.1".to_string()];
+    let from_host = Client::Ns(d.ns());
+    from_host.wait_answers("tcp", 8080, &local, &all, true);
+
+    // And no host process can take the port the mesh answers.
+    let bind = d.ns().exec(&[
+        "python3",
+        "-c",
+        "import socket; s = socket.socket(); s.bind(('0.0.0.0', 8080))",
+    ]);
+    assert!(
+        !bind.success() && bind.stderr.contains("Address already in use"),
+        "a host process bound the ingress port: {bind}"
+    );
+}

@@ -3,13 +3,17 @@
 //! - One host alone (embedded store, a bridge network): the life of a
 //!   service (create, ls, ps, inspect, scale 3 -> 5 -> 2, rm, nothing
 //!   left), bad input refused with nothing created, DNS (`NAME` in vip and
-//!   dnsrr modes, `tasks.NAME`), health checks.
+//!   dnsrr modes, `tasks.NAME`), health checks; through the datapath, an
+//!   unhealthy replica leaving the VIP, and the ingress port answered from
+//!   outside and from the host itself.
 //! - The multi-host [`Lab`] with etcd: placement over the hosts and
-//!   re-placement of a lost host's replicas; and, through the datapath,
-//!   the ingress port on every host from a client on the underlay outside
-//!   the cluster (spread, the client's own address, consistent hashing
-//!   across scaling, a killed replica leaving the tables), a UDP service,
-//!   host mode, and a VIP reached from a container on another host.
+//!   re-placement of a lost host's replicas, host mode; and, through the
+//!   datapath, the ingress port on every host from a client on the
+//!   underlay outside the cluster (spread, the client's own address,
+//!   consistent hashing across scaling, a killed replica leaving the
+//!   tables, a lost host's replica replaced, a source port used again
+//!   through another host), a UDP service, and a VIP (and the names) from
+//!   a container on another host.
 //!
 //! Tests that need the service datapath (the Maglev tables in BPF maps,
 //! the socket-level VIP translation, ingress ports in `from_uplink`) are

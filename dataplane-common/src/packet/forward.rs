@@ -91,6 +91,36 @@ pub fn decide_ipv4(
     Verdict::Pass
 }
 
+/// Decides a packet from endpoint `me` (on `net`, source `src`) to the
+/// service VIP `vip` whose flow goes to `replica` (its endpoint, if the
+/// daemon has projected it): the way to the replica, with the checks of
+/// direct traffic to it ([`decide_ipv4`]: spoofed source, another network,
+/// `icc=false` unless `linked` names the client and the replica). A VIP
+/// outside the sender's subnet is another network's
+/// ([`DropReason::CrossNetwork`]); a replica with no endpoint entry is
+/// [`DropReason::ServiceNoBackend`].
+#[inline(always)]
+pub fn decide_vip(
+    me: &Endpoint,
+    net: &Network,
+    src: Ipv4Wire,
+    vip: Ipv4Wire,
+    replica: Option<&Endpoint>,
+    linked: impl FnOnce() -> bool,
+) -> Verdict {
+    if !net.contains(vip) {
+        return Verdict::Drop(DropReason::CrossNetwork);
+    }
+    let Some(r) = replica else {
+        return Verdict::Drop(DropReason::ServiceNoBackend);
+    };
+    match decide_ipv4(me, net, src, r.ip, Some(r), linked) {
+        // Never: a peer is given.
+        Verdict::Pass => Verdict::Drop(DropReason::ServiceNoBackend),
+        v => v,
+    }
+}
+
 /// Decides an ARP frame from endpoint `me` (on `net`); `target` is the endpoint
 /// that owns the requested address, if any.
 #[inline(always)]
@@ -454,6 +484,68 @@ mod tests {
         assert_eq!(
             crate::packet::ipv4::addrs(&f),
             Ok((ipv4_wire([172, 18, 0, 2]), ipv4_wire([172, 18, 0, 3])))
+        );
+    }
+
+    #[test]
+    fn a_vip_goes_to_its_replica_after_the_checks_of_direct_traffic() {
+        let vip = ipv4_wire([172, 18, 0, 100]);
+        let (a, l) = (ep(2, 1, 10), ep(3, 1, 11));
+        assert_eq!(
+            decide_vip(&a, &NET, a.ip, vip, Some(&l), || false),
+            Verdict::Redirect {
+                ifindex: 11,
+                mac: l.mac
+            }
+        );
+        let a = Endpoint {
+            net: OVERLAY,
+            ..a
+        };
+        let r = remote(4, 1);
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, vip, Some(&r), || false),
+            Verdict::Encap {
+                vtep: r.vtep,
+                mac: r.mac,
+                vni: 4242
+            }
+        );
+        // No replica entry; a VIP outside the sender's subnet; a replica
+        // of another network; a spoofed sender.
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, vip, None, || false),
+            Verdict::Drop(DropReason::ServiceNoBackend)
+        );
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, ipv4_wire([10, 0, 0, 100]), Some(&r), || false),
+            Verdict::Drop(DropReason::CrossNetwork)
+        );
+        let other = remote(4, 2);
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, vip, Some(&other), || false),
+            Verdict::Drop(DropReason::CrossNetwork)
+        );
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, l.ip, vip, Some(&r), || false),
+            Verdict::Drop(DropReason::SpoofedIp)
+        );
+        // icc=false: only a linked client reaches the replica.
+        let closed = Network {
+            flags: NET_ICC_DISABLED,
+            ..NET
+        };
+        let a = ep(2, 1, 10);
+        assert_eq!(
+            decide_vip(&a, &closed, a.ip, vip, Some(&l), || false),
+            Verdict::Drop(DropReason::IccDenied)
+        );
+        assert_eq!(
+            decide_vip(&a, &closed, a.ip, vip, Some(&l), || true),
+            Verdict::Redirect {
+                ifindex: 11,
+                mac: l.mac
+            }
         );
     }
 }

@@ -30,9 +30,9 @@ use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, S
 use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
     CtEntry, CtKey, DropReason, Endpoint, Network, PortKey, Service, ServiceCounters, Tunnel,
-    BE_ACTIVE, CT_DNAT, CT_PUBLISHED, CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_REMOTE,
-    IFINDEX_BASE, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_REPLICA, PROG_FROM_CONTAINER,
-    PROG_FROM_UPLINK, SVC_INGRESS, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
+    BE_ACTIVE, CT_DNAT, CT_PUBLISHED, CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_BACKEND,
+    EP_REMOTE, IFINDEX_BASE, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_REPLICA, PROG_FROM_CONTAINER,
+    PROG_FROM_UPLINK, SVC_INGRESS, SVC_VIP, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -1007,6 +1007,270 @@ fn the_reply_from_a_remote_replica_is_routed_to_the_client_from_host_and_port() 
 
 /// Whatever MAC the replica's own host gives the inner frame: overwritten.
 const NET_GW_MAC: [u8; 6] = [0xee, 0xee, 10, 7, 0, 1];
+
+// ---------------------------------------------------------------------------
+// East-west, per packet: a container's flow to the VIP that no socket hook
+// translated (another runtime's container, a raw socket).
+// ---------------------------------------------------------------------------
+
+/// The service's virtual IP on the lab's network, and its port.
+const VIP: [u8; 4] = [10, 7, 0, 100];
+const VIP_PORT: u16 = 8000;
+
+/// The VIP frontend (`proto`, VIP, `port`) of the service at SLOT, to
+/// `target`, with `count` live replicas.
+fn set_vip(dp: &mut Datapath, proto: u8, vip: [u8; 4], port: u16, target: u16, count: u32) {
+    let mut m: HashMap<&mut MapData, PortKey, Service> =
+        HashMap::try_from(dp.ebpf_mut().map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+    let svc = Service {
+        slot: SLOT,
+        count,
+        target: port_wire(target),
+        flags: SVC_VIP,
+    };
+    m.insert(PortKey::new(proto, ipv4_wire(vip), port_wire(port)), svc, 0)
+        .expect("SERVICES insert");
+}
+
+/// The lab with a client container `c` (10.7.0.5, host veth `dps-c`, no
+/// EP_BACKEND) and the replicas l, m and r marked EP_BACKEND, as the
+/// reconciler marks every task's endpoint; the VIP frontend tcp
+/// VIP:VIP_PORT -> TARGET with three replicas.
+fn vip_lab(tag: &str) -> (Lab, Endpoint) {
+    let mut lab = Lab::new(tag);
+    let c = local(IFINDEX_BASE + 3, 5);
+    dataplane_user::netns::add_veth("dps-c", "dps-c-c", c.ifindex).expect("veth dps-c");
+    ip_cmd(&["link", "set", "dps-c", "up"]);
+    ip_cmd(&["link", "set", "dps-c-c", "up"]);
+    lab.dp.set_endpoint(c).expect("endpoint c");
+    lab.l.flags |= EP_BACKEND;
+    lab.m.flags |= EP_BACKEND;
+    lab.r.flags |= EP_BACKEND;
+    let (l, m, r) = (lab.l, lab.m, lab.r);
+    lab.dp.set_endpoint(l).expect("endpoint l");
+    lab.dp.set_endpoint(m).expect("endpoint m");
+    lab.dp.set_remote_endpoint(r).expect("endpoint r");
+    set_vip(&mut lab.dp, IPPROTO_TCP, VIP, VIP_PORT, TARGET, 3);
+    (lab, c)
+}
+
+/// Client `c`'s frame to VIP:VIP_PORT from `sport` (to its gateway's MAC,
+/// the one a VIP resolves to).
+fn to_vip(c: &Endpoint, sport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame((c.host_mac, c.mac), (ip(c), sport), (VIP, VIP_PORT), flags, 64)
+}
+
+#[test]
+fn a_new_vip_flow_to_a_local_replica_is_dnated_into_it_and_its_reply_shows_the_vip() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-local");
+        lab.set_table(|_| ID_L);
+        let l = lab.l;
+        let sport = 47_000;
+        let syn = to_vip(&c, sport, SYN);
+        let out = lab.container("SYN to the VIP", c, &syn, Outcome::New);
+        // To the replica's address, MAC and target port; the client's
+        // address, port and MAC kept; switched, not routed (TTL kept).
+        let want = tcp_frame((l.mac, c.mac), (ip(&c), sport), (ip(&l), TARGET), SYN, 64);
+        assert_eq!(hex(&out), hex(&want), "the DNATed SYN");
+        assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
+
+        let cs = (ip(&c), sport);
+        let fwd = lab.ct(&tcp_key(cs, (VIP, VIP_PORT))).expect("CT forward");
+        assert_eq!(tuple(&fwd), (ip(&c), sport, ip(&l), TARGET));
+        assert_eq!(fwd.flags, CT_DNAT | CT_SERVICE);
+        assert_eq!((fwd.backend, fwd.vtep), (ID_L, 0));
+        let rev = lab.ct(&tcp_key((ip(&l), TARGET), cs)).expect("CT reply");
+        assert_eq!(tuple(&rev), (VIP, VIP_PORT, ip(&c), sport));
+        assert_eq!(rev.flags, CT_SNAT | CT_SERVICE | CT_REPLY);
+        assert_eq!(rev.backend, ID_L);
+        assert_eq!(lab.ct_len(), 2);
+
+        // The replica answers the client's own address; the client gets
+        // it from VIP:VIP_PORT.
+        let sa = tcp_frame((c.mac, l.mac), (ip(&l), TARGET), cs, SYN_ACK, 64);
+        let out = lab.container("SYN-ACK from the replica", l, &sa, Outcome::Translated);
+        let want = tcp_frame((c.mac, l.mac), (VIP, VIP_PORT), cs, SYN_ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "the reverse-translated SYN-ACK");
+        assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
+        // A later packet of the client hits conntrack.
+        let ack = to_vip(&c, sport, ACK);
+        let out = lab.container("ACK (conntrack hit)", c, &ack, Outcome::Translated);
+        let want = tcp_frame((l.mac, c.mac), cs, (ip(&l), TARGET), ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "the DNATed ACK");
+        assert_eq!(lab.ct_len(), 2, "no second pair");
+
+        let len = (syn.len() + sa.len() + ack.len()) as u64;
+        let svc = lab.svc_counters("SVC_STATS", SLOT);
+        assert_eq!((svc.conns, svc.packets, svc.bytes), (1, 3, len), "service");
+        let be = lab.svc_counters("BACKEND_STATS", ID_L);
+        assert_eq!((be.conns, be.packets, be.bytes), (1, 3, len), "replica l");
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_M).conns, 0);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_udp_vip_flow_is_dnated_both_ways_with_its_checksum() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-udp");
+        lab.set_table(|_| ID_M);
+        set_vip(&mut lab.dp, IPPROTO_UDP, VIP, 53, 5353, 3);
+        let m = lab.m;
+        let cs = (ip(&c), 47_100);
+        let q = udp_frame((c.host_mac, c.mac), cs, (VIP, 53), 64);
+        let out = lab.container("UDP to the VIP", c, &q, Outcome::New);
+        let want = udp_frame((m.mac, c.mac), cs, (ip(&m), 5353), 64);
+        assert_eq!(hex(&out), hex(&want), "the DNATed datagram");
+        let again = lab.container("the next datagram", c, &q, Outcome::Translated);
+        assert_eq!(hex(&again), hex(&want), "same flow, same replica");
+        let a = udp_frame((c.mac, m.mac), (ip(&m), 5353), cs, 64);
+        let out = lab.container("the answer", m, &a, Outcome::Translated);
+        let want = udp_frame((c.mac, m.mac), (VIP, 53), cs, 64);
+        assert_eq!(hex(&out), hex(&want), "the answer from VIP:53");
+        let be = lab.svc_counters("BACKEND_STATS", ID_M);
+        assert_eq!((be.conns, be.packets), (1, 3));
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_new_vip_flow_to_a_remote_replica_is_tunnelled_and_its_reply_reverse_translated_at_decap() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-remote");
+        lab.set_table(|_| ID_R);
+        let r = lab.r;
+        let cs = (ip(&c), 47_200);
+        let syn = to_vip(&c, cs.1, SYN);
+        let out = lab.container("SYN for a remote replica", c, &syn, Outcome::New);
+        // Inside: DNATed to the replica, as direct traffic to it is sent
+        // (the client's MAC, the replica's); outside: to the node's VTEP.
+        let inner = tcp_frame((r.mac, c.mac), cs, (ip(&r), TARGET), SYN, 64);
+        check_encap("SYN to r", &out, &inner, NODE, (NODE_MAC, UL_MAC));
+        let fwd = lab.ct(&tcp_key(cs, (VIP, VIP_PORT))).expect("CT forward");
+        assert_eq!(tuple(&fwd), (ip(&c), cs.1, ip(&r), TARGET));
+        assert_eq!((fwd.flags, fwd.backend), (CT_DNAT | CT_SERVICE, ID_R));
+        let ack = to_vip(&c, cs.1, ACK);
+        let out = lab.container("ACK for r (conntrack hit)", c, &ack, Outcome::Translated);
+        let inner_ack = tcp_frame((r.mac, c.mac), cs, (ip(&r), TARGET), ACK, 64);
+        check_encap("ACK to r", &out, &inner_ack, NODE, (NODE_MAC, UL_MAC));
+
+        // r's host sends the reply as direct traffic to the client (r's
+        // host has no entry of the flow); here it is decapsulated and its
+        // source goes back to the VIP before it reaches the client.
+        let sa = tcp_frame((c.mac, r.mac), (ip(&r), TARGET), cs, SYN_ACK, 64);
+        let f = vxlan((UL_MAC, NODE_MAC), NODE, HOST, 50_000, &sa);
+        let out = lab.uplink("the reply in VXLAN", &f, Outcome::Translated);
+        let want = tcp_frame((c.mac, r.mac), (VIP, VIP_PORT), cs, SYN_ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "decapsulated, from VIP:VIP_PORT");
+        assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
+        // Another packet of r's to the client, of no VIP flow: delivered
+        // untouched (direct traffic).
+        let other = tcp_frame((c.mac, r.mac), (ip(&r), 22), cs, ACK, 64);
+        let f = vxlan((UL_MAC, NODE_MAC), NODE, HOST, 50_000, &other);
+        let out = lab.uplink("r's own traffic", &f, Outcome::Redirected);
+        assert_eq!(hex(&out), hex(&other), "decapsulated, unchanged");
+
+        let be = lab.svc_counters("BACKEND_STATS", ID_R);
+        let len = (syn.len() + ack.len() + sa.len()) as u64;
+        assert_eq!((be.conns, be.packets, be.bytes), (1, 3, len), "replica r");
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_vip_flow_keeps_its_replica_when_the_table_changes() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-keep");
+        lab.set_table(|_| ID_L);
+        let (l, m) = (lab.l, lab.m);
+        let cs = (ip(&c), 47_300);
+        lab.container("SYN (miss)", c, &to_vip(&c, cs.1, SYN), Outcome::New);
+        lab.set_table(|_| ID_M);
+        let out = lab.container("ACK (hit)", c, &to_vip(&c, cs.1, ACK), Outcome::Translated);
+        let want = tcp_frame((l.mac, c.mac), cs, (ip(&l), TARGET), ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "still to l");
+        // A retransmitted SYN renews the flow on the same replica.
+        let out = lab.container("SYN again", c, &to_vip(&c, cs.1, SYN), Outcome::Translated);
+        let want = tcp_frame((l.mac, c.mac), cs, (ip(&l), TARGET), SYN, 64);
+        assert_eq!(hex(&out), hex(&want), "renewed, still to l");
+        // A new flow follows the new table.
+        let cs2 = (ip(&c), 47_301);
+        let out = lab.container("new SYN", c, &to_vip(&c, cs2.1, SYN), Outcome::New);
+        let want = tcp_frame((m.mac, c.mac), cs2, (ip(&m), TARGET), SYN, 64);
+        assert_eq!(hex(&out), hex(&want), "a new flow goes to m");
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_L).conns, 1);
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_M).conns, 1);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_vip_with_no_replica_or_of_another_network_is_a_counted_drop() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-none");
+        let no = DropReason::ServiceNoBackend;
+        lab.set_table(|_| ID_L);
+        let syn = to_vip(&c, 47_400, SYN);
+        set_vip(&mut lab.dp, IPPROTO_TCP, VIP, VIP_PORT, TARGET, 0);
+        lab.container("no replica", c, &syn, Outcome::Drop(no));
+        set_vip(&mut lab.dp, IPPROTO_TCP, VIP, VIP_PORT, TARGET, 1);
+        lab.set_table(|_| NO_REPLICA);
+        lab.container("empty table entry", c, &syn, Outcome::Drop(no));
+        lab.set_table(|_| ID_L);
+        lab.set_backend(ID_L, ipv4_wire([10, 7, 0, 99]), BE_ACTIVE);
+        lab.container("replica without endpoint", c, &syn, Outcome::Drop(no));
+        // The VIP of a service of another network (outside the client's
+        // subnet): as direct traffic to another network is.
+        set_vip(&mut lab.dp, IPPROTO_TCP, [10, 8, 0, 100], VIP_PORT, TARGET, 1);
+        lab.set_backend(ID_L, lab.l.ip, BE_ACTIVE);
+        let far = tcp_frame(
+            (c.host_mac, c.mac),
+            (ip(&c), 47_400),
+            ([10, 8, 0, 100], VIP_PORT),
+            SYN,
+            64,
+        );
+        let cross = DropReason::CrossNetwork;
+        lab.container("another network's VIP", c, &far, Outcome::Drop(cross));
+        assert_eq!(lab.ct_len(), 0, "no conntrack entry for a dropped flow");
+        let svc = lab.svc_counters("SVC_STATS", SLOT);
+        assert_eq!((svc.drops[no as usize], svc.drops[cross as usize]), (3, 1));
+        assert_eq!((svc.conns, svc.packets), (0, 0));
+        // Back in service: the same SYN opens its flow.
+        lab.container("replica back", c, &syn, Outcome::New);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_replica_without_ep_backend_pays_no_conntrack_lookup_and_its_reply_is_untouched() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-plain");
+        lab.set_table(|_| ID_L);
+        // l as an endpoint that is no replica (the flag is off).
+        lab.l.flags &= !EP_BACKEND;
+        let l = lab.l;
+        lab.dp.set_endpoint(l).expect("endpoint l");
+        let cs = (ip(&c), 47_500);
+        lab.container("SYN to the VIP", c, &to_vip(&c, cs.1, SYN), Outcome::New);
+        let sa = tcp_frame((c.mac, l.mac), (ip(&l), TARGET), cs, SYN_ACK, 64);
+        let out = lab.container("l's SYN-ACK", l, &sa, Outcome::Redirected);
+        assert_eq!(hex(&out), hex(&sa), "switched as it was sent");
+        // Its CT reply entry was not even looked at: no packet counted
+        // for the replica beyond the SYN.
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_L).packets, 1);
+        // A replica's packet that is no VIP flow's goes on as it was sent.
+        lab.l.flags |= EP_BACKEND;
+        let l = lab.l;
+        lab.dp.set_endpoint(l).expect("endpoint l");
+        let other = tcp_frame((c.mac, l.mac), (ip(&l), 22), cs, ACK, 64);
+        let out = lab.container("l's own traffic", l, &other, Outcome::Redirected);
+        assert_eq!(hex(&out), hex(&other), "switched as it was sent");
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_L).packets, 1);
+        lab.assert_stats();
+    });
+}
 
 // ---------------------------------------------------------------------------
 // Live: a client, the host it connects to, and the replica's host.

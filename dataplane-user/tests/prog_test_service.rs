@@ -1496,3 +1496,274 @@ for _ in range(3):
         drop(pins_a);
     });
 }
+
+/// Puts the container end `dev` of endpoint `ep` in shape inside `ns`: its
+/// MAC, the tunnel's MTU, its address, the default route via the gateway,
+/// no IPv6.
+fn container_up(ns: &NsThread, dev: &str, ep: &Endpoint) {
+    let ok = ns
+        .cmd("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "disabling IPv6");
+    ns.ip(&["link", "set", dev, "address", &mac_str(ep.mac)]);
+    ns.ip(&["link", "set", dev, "mtu", &MTU.to_string()]);
+    let addr = format!("{}/24", dotted(ip(ep)));
+    ns.ip(&["addr", "add", &addr, "dev", dev]);
+    ns.ip(&["link", "set", dev, "up"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    let gw = dotted(ipv4_octets(NET.gateway));
+    ns.ip(&["route", "add", "default", "via", &gw]);
+}
+
+#[test]
+fn a_container_whose_sockets_no_hook_translates_reaches_the_vip_on_both_hosts() {
+    in_private_netns(|| {
+        // This thread is host A, with the client container and replica l;
+        // host B runs replica r. No socket hook is attached anywhere: the
+        // client's sockets go to the VIP as they were made (a container of
+        // another runtime, whose netns is in no DNS_PORTS).
+        let (host_b, client, rep_l, rep_r) = (
+            NsThread::spawn(),
+            NsThread::spawn(),
+            NsThread::spawn(),
+            NsThread::spawn(),
+        );
+        let c = local(IFINDEX_BASE + 1, 5);
+        let l = Endpoint {
+            flags: EP_BACKEND,
+            ..local(IFINDEX_BASE + 2, 2)
+        };
+        let r = Endpoint {
+            flags: EP_BACKEND,
+            ..local(IFINDEX_BASE + 3, 9)
+        };
+        ip_cmd(&["link", "add", "ulA", "type", "veth", "peer", "name", "ulB"]);
+        ip_cmd(&["link", "set", "ulB", "netns", &host_b.id()]);
+        ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "ulA"]);
+        ip_cmd(&["link", "set", "ulA", "up"]);
+        for (host, dev, ep, ns) in [("vC", "ethC", &c, &client), ("vL", "ethL", &l, &rep_l)] {
+            dataplane_user::netns::add_veth(host, dev, ep.ifindex).expect("veth");
+            ip_cmd(&["link", "set", dev, "netns", &ns.id()]);
+            ip_cmd(&["link", "set", host, "up"]);
+            container_up(ns, dev, ep);
+        }
+        dataplane_user::netns::add_veth("vR", "ethR", r.ifindex).expect("veth r");
+        ip_cmd(&["link", "set", "ethR", "netns", &rep_r.id()]);
+        ip_cmd(&["link", "set", "vR", "netns", &host_b.id()]);
+        container_up(&rep_r, "ethR", &r);
+        host_b.ip(&["addr", "add", &format!("{}/24", dotted(NODE)), "dev", "ulB"]);
+        host_b.ip(&["link", "set", "ulB", "up"]);
+        host_b.ip(&["link", "set", "vR", "up"]);
+        // The ARP responder answers for endpoints and the gateway; the
+        // VIP's neighbour entry is the gateway's MAC (see the report).
+        client.ip(&[
+            "neigh",
+            "add",
+            &dotted(VIP),
+            "lladdr",
+            &mac_str(c.host_mac),
+            "dev",
+            "ethC",
+            "nud",
+            "permanent",
+        ]);
+        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+
+        // The client's source ports: one whose flows the table gives to l,
+        // one to r, for each protocol (the programs' hash, computed here).
+        let table = |i: u32| if i % 2 == 0 { ID_L } else { ID_R };
+        let sport_to = |proto: u8, id: u32| -> u16 {
+            (41_000u16..)
+                .find(|&p| {
+                    let k = CtKey::new(
+                        proto,
+                        c.ip,
+                        port_wire(p),
+                        ipv4_wire(VIP),
+                        port_wire(VIP_PORT),
+                    );
+                    Lab::expected_id(table, &k) == id
+                })
+                .expect("a source port")
+        };
+        let flows = [
+            ("tcp", sport_to(IPPROTO_TCP, ID_L), "l"),
+            ("tcp", sport_to(IPPROTO_TCP, ID_R), "r"),
+            ("udp", sport_to(IPPROTO_UDP, ID_L), "l"),
+            ("udp", sport_to(IPPROTO_UDP, ID_R), "r"),
+        ];
+
+        // Host A: the VIP (tcp and udp) over l (here) and r (behind B).
+        let pins_a = Scratch::new("svc-vip-a");
+        let mut dp_a = Datapath::load(pins_a.path()).expect("datapath A");
+        let ul_a = nix::net::if_::if_nametoindex("ulA").expect("ulA");
+        dp_a.set_endpoint(c).expect("endpoint c");
+        dp_a.set_endpoint(l).expect("endpoint l");
+        dp_a.set_remote_endpoint(Endpoint {
+            flags: EP_REMOTE | EP_BACKEND,
+            ..remote(9, NODE)
+        })
+        .expect("remote r");
+        dp_a.set_tunnel(Tunnel {
+            addr: ipv4_wire(HOST),
+            ifindex: ul_a,
+            mtu: MTU,
+            flags: TUNNEL_ENABLED,
+        })
+        .expect("TUNNEL A");
+        dp_a.sync_vteps(&[(ipv4_wire(NODE), VTEP_NODE)])
+            .expect("VTEPS A");
+        dp_a.sync_local_addrs(&[ipv4_wire(HOST), NET.gateway])
+            .expect("LOCAL_ADDRS A");
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            set_vip(&mut dp_a, proto, VIP, VIP_PORT, TARGET, 2);
+        }
+        set_backend(&mut dp_a, ID_L, l.ip, BE_ACTIVE);
+        set_backend(&mut dp_a, ID_R, r.ip, BE_ACTIVE);
+        set_table(&mut dp_a, table);
+        dp_a.attach("vC").expect("attach vC");
+        dp_a.attach("vL").expect("attach vL");
+        dp_a.attach_uplink("ulA", ul_a).expect("attach ulA");
+
+        // Host B: replica r, the client as a remote endpoint behind A. No
+        // service map: the flow reaches r as direct traffic from the client.
+        host_b.run(move |keep| {
+            let pins = Scratch::new("svc-vip-b");
+            let mut dp = Datapath::load(pins.path()).expect("datapath B");
+            let ul = nix::net::if_::if_nametoindex("ulB").expect("ulB");
+            dp.set_endpoint(r).expect("endpoint r");
+            dp.set_remote_endpoint(remote(5, HOST)).expect("remote c");
+            dp.set_tunnel(Tunnel {
+                addr: ipv4_wire(NODE),
+                ifindex: ul,
+                mtu: MTU,
+                flags: TUNNEL_ENABLED,
+            })
+            .expect("TUNNEL B");
+            dp.sync_vteps(&[(ipv4_wire(HOST), VTEP_NODE)])
+                .expect("VTEPS B");
+            dp.attach("vR").expect("attach vR");
+            dp.attach_uplink("ulB", ul).expect("attach ulB");
+            std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+            keep.push(Box::new(pins));
+            keep.push(Box::new(dp));
+        });
+
+        // Each replica answers with its name and the address it sees the
+        // client at, over TCP and UDP on the target port.
+        let server = |name: &str| {
+            format!(
+                r#"import socket,threading
+def udp():
+    u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind(('',{TARGET}))
+    while True:
+        d,a=u.recvfrom(512);u.sendto(('{name} %s:%d'%a).encode(),a)
+s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
+s.bind(('',{TARGET}));s.listen(8);s.settimeout(30)
+threading.Thread(target=udp,daemon=True).start()
+print('ready',flush=True)
+while True:
+    c,a=s.accept();c.sendall(('{name} %s:%d\n'%a).encode());c.close()
+"#
+            )
+        };
+        let mut servers = Vec::new();
+        for (ns, name) in [(&rep_l, "l"), (&rep_r, "r")] {
+            let mut srv = ns
+                .cmd("python3", &["-c", &server(name)])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("server");
+            let mut out = std::io::BufReader::new(srv.stdout.take().unwrap());
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("server ready");
+            assert_eq!(line.trim(), "ready", "replica {name}");
+            servers.push(srv);
+        }
+
+        // The client: what its socket says the peer is, and what the
+        // replica saw. UDP retries a lost first datagram (ARP on the way),
+        // at most five times.
+        let flows_py: Vec<String> = flows
+            .iter()
+            .map(|(p, s, _)| format!("('{p}',{s})"))
+            .collect();
+        let probe = format!(
+            r#"import socket
+for proto,sport in [{}]:
+    if proto=='tcp':
+        s=socket.socket();s.bind(('',sport));s.settimeout(10)
+        s.connect(('{vip}',{VIP_PORT}));peer='%s:%d'%s.getpeername()
+        said=s.makefile().readline().strip();s.close()
+    else:
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('',sport));s.settimeout(2)
+        said=None
+        for _ in range(5):
+            s.sendto(b'q',('{vip}',{VIP_PORT}))
+            try:
+                d,a=s.recvfrom(512);said=d.decode();peer='%s:%d'%a;break
+            except socket.timeout:
+                pass
+        s.close()
+    print(proto,sport,peer,said,flush=True)
+"#,
+            flows_py.join(","),
+            vip = dotted(VIP)
+        );
+        let out = client
+            .cmd("python3", &["-c", &probe])
+            .output()
+            .expect("client");
+        for mut s in servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "client: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), flows.len(), "{text}");
+        for (line, (proto, sport, name)) in lines.iter().zip(flows) {
+            let want = format!(
+                "{proto} {sport} {}:{VIP_PORT} {name} {}:{sport}",
+                dotted(VIP),
+                dotted(ip(&c))
+            );
+            assert_eq!(
+                *line, want,
+                "the client sees the VIP, replica {name} the client's own address"
+            );
+        }
+
+        // No drop on either host; A counted two flows for each replica.
+        let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
+            for s in &stats[..2] {
+                for reason in DropReason::ALL {
+                    assert_eq!(s.drops[reason.name()], 0, "{host}: {} {}", s.name, reason.name());
+                }
+            }
+        };
+        check(dp_a.stats().expect("stats A"), "host A");
+        let m: PerCpuArray<&mut MapData, ServiceCounters> =
+            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
+                .expect("BACKEND_STATS");
+        for id in [ID_L, ID_R] {
+            let conns: u64 = m.get(&id, 0).expect("counters").iter().map(|c| c.conns).sum();
+            assert_eq!(conns, 2, "host A: flows given to replica {id}");
+        }
+        let stats_b = host_b.run(|keep| {
+            keep.last()
+                .and_then(|d| d.downcast_ref::<Datapath>())
+                .expect("host B's datapath")
+                .stats()
+                .expect("stats B")
+        });
+        check(stats_b, "host B");
+        drop(dp_a);
+        drop(pins_a);
+    });
+}

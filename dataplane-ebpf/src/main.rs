@@ -44,7 +44,7 @@ use aya_ebpf::{
 use ctx::{account, Action};
 use dataplane_common::{
     iface_slot,
-    packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
+    packet::{arp, decide_arp_vip, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
     DropReason, LinkKey, EP_BACKEND, FLOOD_LOOP_MARK, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
 };
 use maps::{IFACES, LINKS};
@@ -222,7 +222,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let f = unsafe { &*f };
             let a = arp::parse(f)?;
             let target = lookup::endpoint(a.tpa);
-            match decide_arp(me, &me.net, &a, target) {
+            match decide_arp_vip(me, &me.net, &a, target, lb::is_vip) {
                 ArpVerdict::Reply { mac, ip } => Ok(Action::arp_replied(rewrite::arp_reply(
                     ctx, f, &mac, ip, ifindex,
                 )?)),

@@ -1555,19 +1555,6 @@ fn a_container_whose_sockets_no_hook_translates_reaches_the_vip_on_both_hosts() 
         host_b.ip(&["addr", "add", &format!("{}/24", dotted(NODE)), "dev", "ulB"]);
         host_b.ip(&["link", "set", "ulB", "up"]);
         host_b.ip(&["link", "set", "vR", "up"]);
-        // The ARP responder answers for endpoints and the gateway; the
-        // VIP's neighbour entry is the gateway's MAC (see the report).
-        client.ip(&[
-            "neigh",
-            "add",
-            &dotted(VIP),
-            "lladdr",
-            &mac_str(c.host_mac),
-            "dev",
-            "ethC",
-            "nud",
-            "permanent",
-        ]);
         std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
 
         // The client's source ports: one whose flows the table gives to l,
@@ -1619,6 +1606,9 @@ fn a_container_whose_sockets_no_hook_translates_reaches_the_vip_on_both_hosts() 
         for proto in [IPPROTO_TCP, IPPROTO_UDP] {
             set_vip(&mut dp_a, proto, VIP, VIP_PORT, TARGET, 2);
         }
+        // The VIP's address entry: the client's ARP request for it is
+        // answered (with its gateway's MAC).
+        set_vip(&mut dp_a, 0, VIP, 0, 0, 2);
         set_backend(&mut dp_a, ID_L, l.ip, BE_ACTIVE);
         set_backend(&mut dp_a, ID_R, r.ip, BE_ACTIVE);
         set_table(&mut dp_a, table);
@@ -1739,6 +1729,16 @@ for proto,sport in [{}]:
             );
         }
 
+        // The client resolved the VIP through the ARP responder.
+        let neigh = client
+            .cmd("ip", &["neigh", "show", &dotted(VIP)])
+            .output()
+            .expect("ip neigh");
+        let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+        assert!(
+            neigh.contains(&mac_str(c.host_mac)),
+            "the VIP's neighbour entry: {neigh}"
+        );
         // No drop on either host; A counted two flows for each replica.
         let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
             for s in &stats[..2] {

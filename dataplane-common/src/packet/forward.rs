@@ -125,6 +125,22 @@ pub fn decide_vip(
 /// that owns the requested address, if any.
 #[inline(always)]
 pub fn decide_arp(me: &Endpoint, net: &Network, a: &Arp, target: Option<&Endpoint>) -> ArpVerdict {
+    decide_arp_vip(me, net, a, target, |_| false)
+}
+
+/// [`decide_arp`], where `is_vip` says whether an address of the sender's
+/// subnet that no endpoint has is a service VIP (asked only then): a VIP
+/// is answered with the sender's gateway MAC, so that a container whose
+/// sockets no hook translates sends its packets to the VIP here, where
+/// `from_container` balances them.
+#[inline(always)]
+pub fn decide_arp_vip(
+    me: &Endpoint,
+    net: &Network,
+    a: &Arp,
+    target: Option<&Endpoint>,
+    is_vip: impl FnOnce(Ipv4Wire) -> bool,
+) -> ArpVerdict {
     if a.sha != me.mac {
         return ArpVerdict::Drop(DropReason::SpoofedMac);
     }
@@ -148,6 +164,10 @@ pub fn decide_arp(me: &Endpoint, net: &Network, a: &Arp, target: Option<&Endpoin
             ip: a.tpa,
         },
         Some(_) => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
+        None if net.contains(a.tpa) && is_vip(a.tpa) => ArpVerdict::Reply {
+            mac: me.host_mac,
+            ip: a.tpa,
+        },
         None if super::vxlan::floods(net, a) => ArpVerdict::Flood,
         None => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
     }
@@ -547,5 +567,35 @@ mod tests {
                 mac: l.mac
             }
         );
+    }
+
+    #[test]
+    fn arp_for_a_vip_is_answered_with_the_gateway_mac() {
+        let a = ep(2, 1, 10);
+        let vip = ipv4_wire([172, 18, 0, 100]);
+        let f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 100]);
+        let req = arp::parse(&f).expect("request");
+        assert_eq!(
+            decide_arp_vip(&a, &NET, &req, None, |ip| ip == vip),
+            ArpVerdict::Reply {
+                mac: a.host_mac,
+                ip: vip
+            }
+        );
+        // Not a VIP: as before.
+        assert_eq!(
+            decide_arp_vip(&a, &NET, &req, None, |_| false),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+        // An address outside the subnet is never asked about.
+        let f = arp_request(a.mac, [172, 18, 0, 2], [10, 0, 0, 100]);
+        let req = arp::parse(&f).expect("request");
+        let asked = core::cell::Cell::new(false);
+        let v = decide_arp_vip(&a, &NET, &req, None, |_| {
+            asked.set(true);
+            true
+        });
+        assert_eq!(v, ArpVerdict::Drop(DropReason::ArpUnknownTarget));
+        assert!(!asked.get());
     }
 }

@@ -282,7 +282,11 @@ mod tests {
         assert!(is_vip_forward(f.flags) && !is_vip_reply(f.flags));
         assert!(is_vip_reply(r.flags) && !is_vip_forward(r.flags));
         // An ingress port's flow and a tunnelled one are not VIP flows.
-        for flags in [CT_VIP | CT_PUBLISHED, CT_TUNNEL, crate::CT_DNAT | CT_PUBLISHED] {
+        for flags in [
+            CT_VIP | CT_PUBLISHED,
+            CT_TUNNEL,
+            crate::CT_DNAT | CT_PUBLISHED,
+        ] {
             let (f, r) = pair(flags);
             assert!(!is_vip_forward(f.flags), "{flags:#x}");
             assert!(!is_vip_reply(r.flags), "{flags:#x}");

@@ -203,7 +203,12 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
                     // container sent it (to its gateway's MAC), or a VIP
                     // flow's packet for a replica on another host. The
                     // frame is read again: conntrack may have pulled it.
-                    nat::Egress::Tunnel { vtep, mac, vni, how } => {
+                    nat::Egress::Tunnel {
+                        vtep,
+                        mac,
+                        vni,
+                        how,
+                    } => {
                         let f = ctx::frame::<{ ipv4::FRAME_MIN }>(ctx)?;
                         // SAFETY: bounds checked by `frame`.
                         (unsafe { &*f }, vtep, mac, vni, how)

@@ -134,13 +134,15 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Egress
 #[inline(always)]
 fn vip_way(me: &Endpoint, src: u32, vip: u32, replica_ip: u32) -> Verdict {
     // SAFETY: read-only lookup of plain data.
-    let linked = || unsafe {
-        LINKS.get(&LinkKey {
-            src,
-            dst: replica_ip,
-        })
-    }
-    .is_some();
+    let linked = || {
+        unsafe {
+            LINKS.get(&LinkKey {
+                src,
+                dst: replica_ip,
+            })
+        }
+        .is_some()
+    };
     decide_vip(me, &me.net, src, vip, lookup::endpoint(replica_ip), linked)
 }
 
@@ -243,7 +245,9 @@ pub fn backend_to_peer(ctx: &TcContext, ifindex: u32, mac: &[u8; 6]) -> Result<A
     }
     // Read again: conntrack may have pulled the frame.
     let hdr = ctx::eth_header(ctx)?;
-    Ok(Action::redirected(rewrite::to_peer(ctx, hdr, ifindex, mac)?))
+    Ok(Action::redirected(rewrite::to_peer(
+        ctx, hdr, ifindex, mac,
+    )?))
 }
 
 /// A packet of a known flow (entry `e`): rewritten to `to` and sent on

@@ -38,6 +38,7 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
+    is_vip_reply,
     packet::{
         arp, eth, ipv4, load,
         nat::Kind,
@@ -46,8 +47,8 @@ use dataplane_common::{
             PORTS_LEN, QUOTE, TOO_BIG_HLEN, TOO_BIG_LEN,
         },
     },
-    is_vip_reply, DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL,
-    EP_BACKEND, IPPROTO_TCP, NO_BACKEND, TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
+    DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL, EP_BACKEND, IPPROTO_TCP,
+    NO_BACKEND, TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
 };
 
 use crate::{
@@ -431,7 +432,11 @@ pub(crate) fn service_reply(ctx: &TcContext) -> Result<Action, DropReason> {
 /// to `VIP:port` from its CT entry; then into the endpoint. Its own BPF
 /// subprogram, as [`decap`].
 #[inline(never)]
-pub(crate) fn backend_rx(ctx: &TcContext, ip: Ipv4Wire, smac: &[u8; 6]) -> Result<Action, DropReason> {
+pub(crate) fn backend_rx(
+    ctx: &TcContext,
+    ip: Ipv4Wire,
+    smac: &[u8; 6],
+) -> Result<Action, DropReason> {
     // Accepted by `decap` a moment ago.
     let ep = lookup::endpoint(ip).ok_or(DropReason::VxlanNotLocal)?;
     let ifindex = ep.ifindex;

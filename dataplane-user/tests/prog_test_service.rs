@@ -1057,7 +1057,13 @@ fn vip_lab(tag: &str) -> (Lab, Endpoint) {
 /// Client `c`'s frame to VIP:VIP_PORT from `sport` (to its gateway's MAC,
 /// the one a VIP resolves to).
 fn to_vip(c: &Endpoint, sport: u16, flags: u8) -> Vec<u8> {
-    tcp_frame((c.host_mac, c.mac), (ip(c), sport), (VIP, VIP_PORT), flags, 64)
+    tcp_frame(
+        (c.host_mac, c.mac),
+        (ip(c), sport),
+        (VIP, VIP_PORT),
+        flags,
+        64,
+    )
 }
 
 #[test]
@@ -1222,7 +1228,14 @@ fn a_vip_with_no_replica_or_of_another_network_is_a_counted_drop() {
         lab.container("replica without endpoint", c, &syn, Outcome::Drop(no));
         // The VIP of a service of another network (outside the client's
         // subnet): as direct traffic to another network is.
-        set_vip(&mut lab.dp, IPPROTO_TCP, [10, 8, 0, 100], VIP_PORT, TARGET, 1);
+        set_vip(
+            &mut lab.dp,
+            IPPROTO_TCP,
+            [10, 8, 0, 100],
+            VIP_PORT,
+            TARGET,
+            1,
+        );
         lab.set_backend(ID_L, lab.l.ip, BE_ACTIVE);
         let far = tcp_frame(
             (c.host_mac, c.mac),
@@ -1559,7 +1572,7 @@ fn a_container_whose_sockets_no_hook_translates_reaches_the_vip_on_both_hosts() 
 
         // The client's source ports: one whose flows the table gives to l,
         // one to r, for each protocol (the programs' hash, computed here).
-        let table = |i: u32| if i % 2 == 0 { ID_L } else { ID_R };
+        let table = |i: u32| if i.is_multiple_of(2) { ID_L } else { ID_R };
         let sport_to = |proto: u8, id: u32| -> u16 {
             (41_000u16..)
                 .find(|&p| {
@@ -1743,7 +1756,13 @@ for proto,sport in [{}]:
         let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
             for s in &stats[..2] {
                 for reason in DropReason::ALL {
-                    assert_eq!(s.drops[reason.name()], 0, "{host}: {} {}", s.name, reason.name());
+                    assert_eq!(
+                        s.drops[reason.name()],
+                        0,
+                        "{host}: {} {}",
+                        s.name,
+                        reason.name()
+                    );
                 }
             }
         };
@@ -1752,7 +1771,12 @@ for proto,sport in [{}]:
             PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
                 .expect("BACKEND_STATS");
         for id in [ID_L, ID_R] {
-            let conns: u64 = m.get(&id, 0).expect("counters").iter().map(|c| c.conns).sum();
+            let conns: u64 = m
+                .get(&id, 0)
+                .expect("counters")
+                .iter()
+                .map(|c| c.conns)
+                .sum();
             assert_eq!(conns, 2, "host A: flows given to replica {id}");
         }
         let stats_b = host_b.run(|keep| {

@@ -518,10 +518,7 @@ mod tests {
                 mac: l.mac
             }
         );
-        let a = Endpoint {
-            net: OVERLAY,
-            ..a
-        };
+        let a = Endpoint { net: OVERLAY, ..a };
         let r = remote(4, 1);
         assert_eq!(
             decide_vip(&a, &OVERLAY, a.ip, vip, Some(&r), || false),
@@ -538,7 +535,14 @@ mod tests {
             Verdict::Drop(DropReason::ServiceNoBackend)
         );
         assert_eq!(
-            decide_vip(&a, &OVERLAY, a.ip, ipv4_wire([10, 0, 0, 100]), Some(&r), || false),
+            decide_vip(
+                &a,
+                &OVERLAY,
+                a.ip,
+                ipv4_wire([10, 0, 0, 100]),
+                Some(&r),
+                || false
+            ),
             Verdict::Drop(DropReason::CrossNetwork)
         );
         let other = remote(4, 2);

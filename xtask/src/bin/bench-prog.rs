@@ -347,7 +347,11 @@ fn vip(dp: &mut Datapath, replica: &mut Endpoint) -> Result<()> {
         target: port_wire(80),
         flags: SVC_VIP,
     };
-    let key = PortKey::new(IPPROTO_TCP, dataplane_common::ipv4_wire(VIP), port_wire(8000));
+    let key = PortKey::new(
+        IPPROTO_TCP,
+        dataplane_common::ipv4_wire(VIP),
+        port_wire(8000),
+    );
     svcs.insert(key, svc, 0)?;
     let mut bes: Array<&mut MapData, Backend> =
         Array::try_from(ebpf.map_mut("BACKENDS").context("BACKENDS")?)?;
@@ -482,12 +486,42 @@ fn measure(dir: &Path, repeat: u32, rounds: usize, single_calls: usize) -> Resul
     let (c, r) = (me.ip.to_ne_bytes(), replica.ip.to_ne_bytes());
     let (mut new_v, mut hit_v, mut rep_v) = (Vec::new(), Vec::new(), Vec::new());
     for round in 0..10 {
-        let syn = |i| container_tcp((me.host_mac, me.mac), (c, fresh(round, i)), (VIP, 8000), SYN);
-        new_v.push(single_runs_of(&mut dp, "from_container", syn, me.ifindex, slice)?);
-        let ack = container_tcp((me.host_mac, me.mac), (c, fresh(round, 0)), (VIP, 8000), ACK);
-        hit_v.push(single_runs(&mut dp, "from_container", &ack, me.ifindex, slice)?);
+        let syn = |i| {
+            container_tcp(
+                (me.host_mac, me.mac),
+                (c, fresh(round, i)),
+                (VIP, 8000),
+                SYN,
+            )
+        };
+        new_v.push(single_runs_of(
+            &mut dp,
+            "from_container",
+            syn,
+            me.ifindex,
+            slice,
+        )?);
+        let ack = container_tcp(
+            (me.host_mac, me.mac),
+            (c, fresh(round, 0)),
+            (VIP, 8000),
+            ACK,
+        );
+        hit_v.push(single_runs(
+            &mut dp,
+            "from_container",
+            &ack,
+            me.ifindex,
+            slice,
+        )?);
         let reply = container_tcp((me.mac, replica.mac), (r, 80), (c, fresh(round, 0)), ACK);
-        rep_v.push(single_runs(&mut dp, "from_container", &reply, replica.ifindex, slice)?);
+        rep_v.push(single_runs(
+            &mut dp,
+            "from_container",
+            &reply,
+            replica.ifindex,
+            slice,
+        )?);
     }
     Ok(ProgBench {
         vip_new_median_ns: median(&new_v),

@@ -1113,3 +1113,46 @@ pub fn is_host_veth_name(name: &str) -> bool {
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(id: &str, container: &str, ip: &str) -> Endpoint {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "network_id": "n", "container_id": container, "ip": ip,
+            "mac": "02:42:0a:00:00:02", "host_mac": "0e:00:00:00:00:02",
+            "host_ifname": format!("dp{id}"), "ifname": "eth0",
+        }))
+        .expect("an endpoint record")
+    }
+
+    fn container(id: &str, task: Option<&str>) -> Container {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": id, "hostname": id, "cmd": [], "netns": id, "pid": null,
+            "log_path": "", "created": "", "task": task,
+        }))
+        .expect("a container record")
+    }
+
+    #[test]
+    fn replicas_are_task_containers_or_task_addresses() {
+        let mut snap = Snapshot::default();
+        for c in [
+            container("plain", None),
+            container("replica", Some("cluster/tasks/s/00001")),
+        ] {
+            snap.containers.insert(c.id.clone(), c);
+        }
+        let tasks: HashSet<Ipv4Addr> = ["10.0.0.9".parse().unwrap()].into();
+        let is = |ep: &Endpoint| is_replica(&snap, ep, &tasks);
+        // A task's container, before its task has an address.
+        assert!(is(&endpoint("a", "replica", "10.0.0.3")));
+        // An address that is a task's (its container record elsewhere).
+        assert!(is(&endpoint("b", "other-host", "10.0.0.9")));
+        // Neither.
+        assert!(!is(&endpoint("c", "plain", "10.0.0.4")));
+        assert_eq!(backend_flag(true), dataplane_common::EP_BACKEND);
+        assert_eq!(backend_flag(false), 0);
+    }
+}

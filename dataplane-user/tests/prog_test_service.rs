@@ -9,7 +9,13 @@
 //!   node, to a replica's port only) with its `CT_TUNNEL` pair, and the
 //!   replica's reply encapsulated back to the host that received the flow;
 //! - back on the receiving host: that reply decapsulated, un-DNATed and
-//!   routed to the client.
+//!   routed to the client;
+//! - east-west per packet (a container's flow to a VIP that no socket hook
+//!   translated): the DNAT to a local replica or the VXLAN to a remote
+//!   one, the replies' source back to the VIP (at the replica's veth, or at
+//!   decapsulation), a flow that keeps its replica, the drops, and a
+//!   replica without `EP_BACKEND` whose reply nothing looks up; and live,
+//!   TCP and UDP from a client namespace to replicas on two hosts.
 //!
 //! Each case checks the verdict, the output frame byte for byte against
 //! frames built here from the RFCs (checksums from scratch), the CT

@@ -95,6 +95,12 @@ pub const EP_REMOTE: u32 = 1 << 0;
 /// without our daemon, `--opt vtep=`) sent: the daemon's projection leaves
 /// such entries alone, except to remove them with their network.
 pub const EP_LEARNED: u32 = 1 << 1;
+/// The endpoint is a service replica (a task's container, on this host or
+/// another): `from_container` of its veth, and the decapsulation of what it
+/// sends from another host, look its packets up in conntrack for the reply
+/// of a per-packet VIP flow (source back to `VIP:port`). No other
+/// endpoint's packets pay that lookup.
+pub const EP_BACKEND: u32 = 1 << 2;
 
 /// A value of `PEER_CACHE`, indexed by the sender's [`iface_slot`]: the
 /// last destination it sent to that is an endpoint, and the `IFACES` slot

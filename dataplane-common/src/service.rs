@@ -134,6 +134,36 @@ pub const fn maglev_index(slot: u32, hash: u32) -> u32 {
     slot * MAGLEV_M + hash % MAGLEV_M
 }
 
+/// The flags of the CT entry a container's new flow to a VIP gets in the
+/// TC programs (per-packet balancing, for a socket the hooks did not
+/// translate): the destination rewritten to the replica, no published port.
+pub const CT_VIP: u16 = crate::CT_DNAT | crate::CT_SERVICE;
+
+/// The CT flags that tell a per-packet VIP flow from the other service
+/// flows (an ingress port's: `CT_PUBLISHED`; a tunnelled one: `CT_TUNNEL`).
+const VIP_MASK: u16 = crate::CT_SNAT
+    | crate::CT_DNAT
+    | crate::CT_REPLY
+    | crate::CT_PUBLISHED
+    | crate::CT_TUNNEL
+    | crate::CT_SERVICE
+    | crate::CT_HAIRPIN;
+
+/// The forward entry of a per-packet VIP flow (client -> `VIP:port`,
+/// rewritten to the replica): its packets go to the replica as
+/// container-to-container traffic does.
+#[inline(always)]
+pub const fn is_vip_forward(flags: u16) -> bool {
+    flags & VIP_MASK == CT_VIP
+}
+
+/// The reply entry of a per-packet VIP flow (replica -> client, whose
+/// source goes back to `VIP:port`).
+#[inline(always)]
+pub const fn is_vip_reply(flags: u16) -> bool {
+    flags & VIP_MASK == crate::CT_SNAT | crate::CT_SERVICE | crate::CT_REPLY
+}
+
 /// One murmur3 round.
 #[inline(always)]
 const fn mix(h: u32, k: u32) -> u32 {
@@ -225,6 +255,46 @@ mod tests {
         assert_ne!(base, h(7, [10, 0, 0, 1], 81, IPPROTO_TCP));
         assert_ne!(base, h(7, [10, 0, 0, 1], 80, crate::IPPROTO_UDP));
         assert_ne!(base, h(7 | (1 << 32), [10, 0, 0, 1], 80, IPPROTO_TCP));
+    }
+
+    #[test]
+    fn vip_flows_are_told_from_the_other_service_flows() {
+        use crate::{nat_pair_for, CtEntry, CT_PUBLISHED, CT_TUNNEL};
+        let orig = CtKey::new(
+            IPPROTO_TCP,
+            ipv4_wire([10, 7, 0, 5]),
+            port_wire(40_000),
+            ipv4_wire([10, 7, 0, 100]),
+            port_wire(80),
+        );
+        let new = CtKey::new(
+            IPPROTO_TCP,
+            orig.saddr,
+            orig.sport,
+            ipv4_wire([10, 7, 0, 2]),
+            port_wire(8080),
+        );
+        let pair = |flags| -> (CtEntry, CtEntry) {
+            let (f, _, r) = nat_pair_for(&orig, &new, flags, 0, 0, 7, 0);
+            (f, r)
+        };
+        let (f, r) = pair(CT_VIP);
+        assert!(is_vip_forward(f.flags) && !is_vip_reply(f.flags));
+        assert!(is_vip_reply(r.flags) && !is_vip_forward(r.flags));
+        // An ingress port's flow and a tunnelled one are not VIP flows.
+        for flags in [
+            CT_VIP | CT_PUBLISHED,
+            CT_TUNNEL,
+            crate::CT_DNAT | CT_PUBLISHED,
+        ] {
+            let (f, r) = pair(flags);
+            assert!(!is_vip_forward(f.flags), "{flags:#x}");
+            assert!(!is_vip_reply(r.flags), "{flags:#x}");
+        }
+        // Nor a masqueraded one.
+        let (f, r) = pair(crate::CT_SNAT);
+        assert!(!is_vip_forward(f.flags) && !is_vip_reply(r.flags));
+        assert!(!is_vip_forward(r.flags) && !is_vip_reply(f.flags));
     }
 
     #[test]

@@ -92,6 +92,20 @@ impl Action {
     pub(crate) fn verdict(&self) -> i32 {
         self.verdict
     }
+
+    /// A redirect (an encapsulation's) counted as what the packet was
+    /// before it: `crate::nat::TUNNEL_*`. Anything else (a refusal) stays.
+    #[inline(always)]
+    pub(crate) fn counted_as(self, how: u32) -> Self {
+        if !matches!(self.outcome, Outcome::Redirected) {
+            return self;
+        }
+        match how {
+            crate::nat::TUNNEL_NEW => Action::new_flow(self.verdict),
+            crate::nat::TUNNEL_TRANSLATED => Action::translated(self.verdict),
+            _ => self,
+        }
+    }
 }
 
 /// Bounds-checked view of the first `N` bytes of the frame, pulling

@@ -31,6 +31,14 @@ pub(crate) fn vip_frontend(proto: u8, vip: Ipv4Wire, port: PortWire) -> Option<&
     frontend(proto, vip, port).filter(|s| s.flags & SVC_VIP != 0)
 }
 
+/// Whether `addr` is a service VIP: the daemon writes one address entry
+/// per VIP (`SERVICES` key with protocol and port 0, `SVC_VIP`) for the
+/// ARP responder.
+#[inline(always)]
+pub(crate) fn is_vip(addr: Ipv4Wire) -> bool {
+    frontend(0, addr, 0).is_some_and(|s| s.flags & SVC_VIP != 0)
+}
+
 /// The service whose ingress port is `(proto, port)` (answered on every
 /// address of the host: the `SERVICES` key with address 0).
 #[inline(always)]

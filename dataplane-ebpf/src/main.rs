@@ -27,7 +27,7 @@ mod conntrack;
 mod ctx;
 mod fib;
 mod flood;
-#[allow(dead_code)] // `pick` and the VIP paths: the east-west side's
+#[allow(dead_code)] // `pick`: the socket hooks'
 mod lb;
 mod lookup;
 mod maps;
@@ -44,8 +44,8 @@ use aya_ebpf::{
 use ctx::{account, Action};
 use dataplane_common::{
     iface_slot,
-    packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
-    DropReason, LinkKey, FLOOD_LOOP_MARK, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    packet::{arp, decide_arp_vip, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
+    DropReason, LinkKey, EP_BACKEND, FLOOD_LOOP_MARK, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
 };
 use maps::{IFACES, LINKS};
 
@@ -120,6 +120,7 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
         tunnel::Decap::NotOurs => {}
         tunnel::Decap::Done(a) => return Ok(a),
         tunnel::Decap::Arp { rx, vtep } => return tunnel::arp_in(ctx, &rx, vtep),
+        tunnel::Decap::Backend { ip, smac } => return tunnel::backend_rx(ctx, ip, &smac),
         tunnel::Decap::Service { rx, vtep, refused } => {
             return match tunnel::service_rx(ctx, &rx, vtep, refused)? {
                 tunnel::ServiceIn::Done(a) => Ok(a),
@@ -181,8 +182,13 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let peer = lookup::peer(slot, dst);
             // SAFETY: read-only lookup of plain data.
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
-            let (f, vtep, mac, vni) = match decide_ipv4(me, &me.net, src, dst, peer, linked) {
+            let (f, vtep, mac, vni, how) = match decide_ipv4(me, &me.net, src, dst, peer, linked) {
                 Verdict::Redirect { ifindex, mac } => {
+                    // Only a service replica's frames may be the reply of
+                    // a VIP flow: the others pay no conntrack lookup.
+                    if me.flags & EP_BACKEND != 0 {
+                        return nat::backend_to_peer(ctx, ifindex, &mac);
+                    }
                     // SAFETY: the first HLEN bytes of the frame are the
                     // Ethernet header.
                     let hdr = unsafe { &*(f.as_ptr() as *const [u8; eth::HLEN]) };
@@ -190,23 +196,30 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
                         ctx, hdr, ifindex, &mac,
                     )?));
                 }
-                Verdict::Encap { vtep, mac, vni } => (f, vtep, mac, vni),
+                Verdict::Encap { vtep, mac, vni } => (f, vtep, mac, vni, nat::TUNNEL_AS_IS),
                 Verdict::Pass => match nat::from_container(ctx, me, dst)? {
                     nat::Egress::Done(a) => return Ok(a),
                     // A replica's reply through the tunnel, as the
-                    // container sent it (to its gateway's MAC). The frame
-                    // is read again: conntrack may have pulled it.
-                    nat::Egress::Tunnel(vtep) => {
+                    // container sent it (to its gateway's MAC), or a VIP
+                    // flow's packet for a replica on another host. The
+                    // frame is read again: conntrack may have pulled it.
+                    nat::Egress::Tunnel {
+                        vtep,
+                        mac,
+                        vni,
+                        how,
+                    } => {
                         let f = ctx::frame::<{ ipv4::FRAME_MIN }>(ctx)?;
                         // SAFETY: bounds checked by `frame`.
-                        (unsafe { &*f }, vtep, me.host_mac, me.net.vni)
+                        (unsafe { &*f }, vtep, mac, vni, how)
                     }
                 },
                 Verdict::Drop(r) => return Err(r),
             };
-            // One encapsulation for both, so that its buffers are on the
+            // One encapsulation for all, so that its buffers are on the
             // stack once.
-            tunnel::encap(ctx, me, f, vtep, &mac, vni)
+            let a = tunnel::encap(ctx, me, f, vtep, &mac, vni)?;
+            Ok(a.counted_as(how))
         }
         eth::P_ARP => {
             let f = ctx::frame::<{ arp::FRAME_LEN }>(ctx)?;
@@ -214,7 +227,7 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let f = unsafe { &*f };
             let a = arp::parse(f)?;
             let target = lookup::endpoint(a.tpa);
-            match decide_arp(me, &me.net, &a, target) {
+            match decide_arp_vip(me, &me.net, &a, target, lb::is_vip) {
                 ArpVerdict::Reply { mac, ip } => Ok(Action::arp_replied(rewrite::arp_reply(
                     ctx, f, &mac, ip, ifindex,
                 )?)),

@@ -10,27 +10,48 @@
 
 use aya_ebpf::programs::TcContext;
 use dataplane_common::{
-    opens_flow,
-    packet::nat::{self as pn, Kind, ICMP_ERR_FRAME},
-    CtEntry, CtKey, DropReason, Endpoint, NatAddr, Service, CT_DNAT, CT_HAIRPIN, CT_PUBLISHED,
-    CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_REMOTE, NO_BACKEND, SVC_INGRESS,
+    is_vip_forward, is_vip_reply, opens_flow,
+    packet::{
+        decide_vip,
+        nat::{self as pn, Kind, ICMP_ERR_FRAME},
+        Verdict,
+    },
+    CtEntry, CtKey, DropReason, Endpoint, LinkKey, NatAddr, Service, CT_DNAT, CT_HAIRPIN,
+    CT_PUBLISHED, CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, CT_VIP, EP_REMOTE, NO_BACKEND,
+    SVC_INGRESS,
 };
 
 use crate::{
     conntrack::{self as ct, Pkt},
     ctx::{self, frame, Action},
-    fib, lb, lookup, rewrite, tunnel,
+    fib, lb, lookup,
+    maps::LINKS,
+    rewrite, tunnel,
 };
 
 /// What [`from_container`] made of a packet.
 pub enum Egress {
     /// Done with it.
     Done(Action),
-    /// Encapsulate it, unchanged, to this VTEP (with the sender's VNI):
-    /// the caller's encapsulation, so that one copy of its buffers sits on
-    /// the stack (`from_container`'s frame has no room for a second).
-    Tunnel(u32),
+    /// Encapsulate it to `vtep`, in VXLAN of `vni`, inner destination MAC
+    /// `mac`: the caller's encapsulation, so that one copy of its buffers
+    /// sits on the stack (`from_container`'s frame has no room for a
+    /// second). `how` says what the packet was for the counters: one of
+    /// [`TUNNEL_AS_IS`], [`TUNNEL_TRANSLATED`], [`TUNNEL_NEW`].
+    Tunnel {
+        vtep: u32,
+        mac: [u8; 6],
+        vni: u32,
+        how: u32,
+    },
 }
+
+/// [`Egress::Tunnel`]: untranslated (a tunnelled flow's reply).
+pub const TUNNEL_AS_IS: u32 = 0;
+/// [`Egress::Tunnel`]: a known VIP flow's packet, rewritten to its replica.
+pub const TUNNEL_TRANSLATED: u32 = 1;
+/// [`Egress::Tunnel`]: the first packet of a VIP flow, rewritten.
+pub const TUNNEL_NEW: u32 = 2;
 
 /// A container's packet to a destination that is not a container: a
 /// translated flow in progress, a new hairpin to a published port, a new
@@ -61,10 +82,18 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Egress
             // A replica's reply to a flow another host received: back
             // through the tunnel to that host, never masqueraded.
             lb::count_packet(e.backend, ctx.len());
-            return Ok(Egress::Tunnel(e.vtep));
+            return Ok(Egress::Tunnel {
+                vtep: e.vtep,
+                mac: me.host_mac,
+                vni: me.net.vni,
+                how: TUNNEL_AS_IS,
+            });
         }
         let to = ct::entry_key(p.key.proto, &e);
         if ct::renew_on_syn(&p, &to, &e) {
+            if is_vip_forward(e.flags) {
+                return vip_known(ctx, me, &p, &to, e.backend);
+            }
             return finish(ctx, &p, &to, &e).map(Done);
         }
     }
@@ -83,10 +112,142 @@ pub fn from_container(ctx: &TcContext, me: &Endpoint, dst: u32) -> Result<Egress
         }
         return Ok(Done(Action::PASSED));
     }
+    // A VIP (a socket the hooks did not translate: another runtime's
+    // container, a raw socket): balanced here, per packet.
+    if matches!(p.kind, Kind::Tcp | Kind::Udp) && opens_flow(p.key.proto, p.tcp_flags) {
+        if let Some(svc) = lb::vip_frontend(p.key.proto, dst, p.key.dport) {
+            let r = vip_new(ctx, me, &p, svc);
+            if let Err(reason) = r {
+                lb::count_drop(svc.slot, reason);
+            }
+            return r;
+        }
+    }
     if me.net.contains(dst) || !matches!(p.kind, Kind::Tcp | Kind::Udp | Kind::EchoRequest) {
         return Ok(Done(Action::PASSED));
     }
     masquerade(ctx, &p).map(Done)
+}
+
+/// The way from client `me` to the replica `replica_ip` of a flow to the
+/// VIP `vip`: `decide_vip`'s verdict (the checks of direct traffic).
+#[inline(always)]
+fn vip_way(me: &Endpoint, src: u32, vip: u32, replica_ip: u32) -> Verdict {
+    // SAFETY: read-only lookup of plain data.
+    let linked = || {
+        unsafe {
+            LINKS.get(&LinkKey {
+                src,
+                dst: replica_ip,
+            })
+        }
+        .is_some()
+    };
+    decide_vip(me, &me.net, src, vip, lookup::endpoint(replica_ip), linked)
+}
+
+/// Sends a VIP flow's packet, rewritten already, the way `v` says: into
+/// the replica's namespace (its MAC, as `rewrite::to_peer` does for direct
+/// traffic) or to its host through the caller's tunnel.
+#[inline(always)]
+fn vip_send(ctx: &TcContext, v: Verdict, new: bool) -> Result<Egress, DropReason> {
+    match v {
+        Verdict::Redirect { ifindex, mac } => {
+            let hdr = ctx::eth_header(ctx)?;
+            let verdict = rewrite::to_peer(ctx, hdr, ifindex, &mac)?;
+            Ok(Egress::Done(if new {
+                Action::new_flow(verdict)
+            } else {
+                Action::translated(verdict)
+            }))
+        }
+        Verdict::Encap { vtep, mac, vni } => Ok(Egress::Tunnel {
+            vtep,
+            mac,
+            vni,
+            how: if new { TUNNEL_NEW } else { TUNNEL_TRANSLATED },
+        }),
+        Verdict::Drop(r) => Err(r),
+        Verdict::Pass => Err(DropReason::ServiceNoBackend),
+    }
+}
+
+/// A container's new flow to a VIP frontend: a replica from the service's
+/// Maglev table (hash of the original tuple), checked as direct traffic to
+/// it would be, a CT pair (client -> replica:target, the client's address
+/// kept; the reply's source back to `VIP:port`), and on to the replica.
+#[inline(always)]
+fn vip_new(ctx: &TcContext, me: &Endpoint, p: &Pkt, svc: &Service) -> Result<Egress, DropReason> {
+    let (id, be) = lb::pick_flow(svc, &p.key)?;
+    let ip = be.ip;
+    let v = vip_way(me, p.key.saddr, p.key.daddr, ip);
+    if let Verdict::Drop(r) = v {
+        return Err(r);
+    }
+    let new = CtKey::new(p.key.proto, p.key.saddr, p.key.sport, ip, svc.target);
+    ct::create_for(&p.key, &new, CT_VIP, p.tcp_flags, id, 0)?;
+    lb::count_conn(svc.slot, id);
+    lb::count_packet(id, ctx.len());
+    rewrite::tuple(ctx, p, &new)?;
+    vip_send(ctx, v, true)
+}
+
+/// A packet of a known VIP flow of replica `id`: rewritten to `to` and
+/// sent to the replica (the same way as its first packet, checked again:
+/// the replica may have moved or gone).
+#[inline(always)]
+fn vip_known(
+    ctx: &TcContext,
+    me: &Endpoint,
+    p: &Pkt,
+    to: &CtKey,
+    id: u32,
+) -> Result<Egress, DropReason> {
+    lb::count_packet(id, ctx.len());
+    let r = (|| {
+        let v = vip_way(me, p.key.saddr, p.key.daddr, to.daddr);
+        if let Verdict::Drop(r) = v {
+            return Err(r);
+        }
+        rewrite::tuple(ctx, p, to)?;
+        vip_send(ctx, v, false)
+    })();
+    if let Err(reason) = r {
+        lb::count_drop_of(id, reason);
+    }
+    r
+}
+
+/// A frame from a service replica (`EP_BACKEND`) to a peer endpoint of
+/// this host (host-side veth `ifindex`, MAC `mac`), which `decide_ipv4`
+/// let through: if it is the reply of a per-packet VIP flow, its source
+/// goes back to `VIP:port` first (the client connected to that); anything
+/// else goes on as direct traffic.
+#[inline(always)]
+pub fn backend_to_peer(ctx: &TcContext, ifindex: u32, mac: &[u8; 6]) -> Result<Action, DropReason> {
+    if let Ok(Some(p)) = ct::read(ctx) {
+        if matches!(p.kind, Kind::Tcp | Kind::Udp) {
+            if let Some(e) = ct::get(&p.key, p.tcp_flags) {
+                if is_vip_reply(e.flags) {
+                    let to = ct::entry_key(p.key.proto, &e);
+                    lb::count_packet(e.backend, ctx.len());
+                    let r = rewrite::tuple(ctx, &p, &to).and_then(|_| {
+                        let hdr = ctx::eth_header(ctx)?;
+                        rewrite::to_peer(ctx, hdr, ifindex, mac)
+                    });
+                    if let Err(reason) = r {
+                        lb::count_drop_of(e.backend, reason);
+                    }
+                    return r.map(Action::translated);
+                }
+            }
+        }
+    }
+    // Read again: conntrack may have pulled the frame.
+    let hdr = ctx::eth_header(ctx)?;
+    Ok(Action::redirected(rewrite::to_peer(
+        ctx, hdr, ifindex, mac,
+    )?))
 }
 
 /// A packet of a known flow (entry `e`): rewritten to `to` and sent on

@@ -38,15 +38,17 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
+    is_vip_reply,
     packet::{
         arp, eth, ipv4, load,
+        nat::Kind,
         vxlan::{
             self, InnerSrc, Outer, Rx, ServiceRx, INNER, INNER_L3, INNER_PORTS, INNER_TCP_FLAGS,
             PORTS_LEN, QUOTE, TOO_BIG_HLEN, TOO_BIG_LEN,
         },
     },
-    DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL, IPPROTO_TCP, NO_BACKEND,
-    TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
+    DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL, EP_BACKEND, IPPROTO_TCP,
+    NO_BACKEND, TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
 };
 
 use crate::{
@@ -226,6 +228,13 @@ pub(crate) enum Decap {
         rx: Rx,
         vtep: VtepFlags,
     },
+    /// An inner IPv4 packet from a service replica (`EP_BACKEND`) that
+    /// `decide_rx` accepted for the local endpoint `ip`, from inner source
+    /// MAC `smac` ([`backend_rx`], called next by `from_uplink`).
+    Backend {
+        ip: Ipv4Wire,
+        smac: [u8; 6],
+    },
     /// An inner IPv4 packet `decide_rx` refused for `refused`: perhaps a
     /// service flow ([`service_rx`], called next by `from_uplink`).
     Service {
@@ -286,19 +295,23 @@ pub(crate) fn decap(ctx: &TcContext) -> Result<Decap, DropReason> {
             ip: isrc,
             mac: mac_at(f, INNER + eth::SRC),
         };
-        let v = match vxlan::decide_rx(
-            &rx,
-            vtep,
-            &s,
-            lookup::endpoint(idst),
-            lookup::endpoint(isrc),
-        ) {
+        let from = lookup::endpoint(isrc);
+        let backend = matches!(from, Some(e) if e.flags & EP_BACKEND != 0);
+        let v = match vxlan::decide_rx(&rx, vtep, &s, lookup::endpoint(idst), from) {
             Ok(v) => v,
             // Perhaps a flow of the routing mesh, which no endpoint sends.
             Err(refused) => return Ok(Decap::Service { rx, vtep, refused }),
         };
         if v.learn {
             learn(&rx, &s, v.dst);
+        }
+        if backend {
+            // A service replica's packet: perhaps the reply of a VIP flow
+            // of this host ([`backend_rx`]). Only replicas pay for it.
+            return Ok(Decap::Backend {
+                ip: idst,
+                smac: s.mac,
+            });
         }
         return Ok(Decap::Done(deliver(ctx, v.dst, &s.mac, eth::P_IPV4)?));
     }
@@ -413,6 +426,46 @@ pub(crate) fn service_reply(ctx: &TcContext) -> Result<Action, DropReason> {
     }
 }
 
+/// [`Decap::Backend`]: a replica's packet for the local endpoint `ip`,
+/// decapsulated; the reply of a per-packet VIP flow this host balanced
+/// (the client here, the replica on the sending host) gets its source back
+/// to `VIP:port` from its CT entry; then into the endpoint. Its own BPF
+/// subprogram, as [`decap`].
+#[inline(never)]
+pub(crate) fn backend_rx(
+    ctx: &TcContext,
+    ip: Ipv4Wire,
+    smac: &[u8; 6],
+) -> Result<Action, DropReason> {
+    // Accepted by `decap` a moment ago.
+    let ep = lookup::endpoint(ip).ok_or(DropReason::VxlanNotLocal)?;
+    let ifindex = ep.ifindex;
+    strip(ctx, &ep.mac, smac, eth::P_IPV4)?;
+    let mut translated = false;
+    if let Ok(Some(p)) = ct::read(ctx) {
+        if matches!(p.kind, Kind::Tcp | Kind::Udp) {
+            if let Some(e) = ct::get(&p.key, p.tcp_flags) {
+                if is_vip_reply(e.flags) {
+                    let to = ct::entry_key(p.key.proto, &e);
+                    lb::count_packet(e.backend, ctx.len());
+                    if let Err(r) = rewrite::tuple(ctx, &p, &to) {
+                        lb::count_drop_of(e.backend, r);
+                        return Err(r);
+                    }
+                    translated = true;
+                }
+            }
+        }
+    }
+    // SAFETY: helper call with plain arguments.
+    let a = unsafe { bpf_redirect_peer(ifindex, 0) } as i32;
+    Ok(if translated {
+        Action::translated(a)
+    } else {
+        Action::redirected(a)
+    })
+}
+
 /// An inner ARP frame: a reply for a local endpoint goes into it, a
 /// request for one is answered in place, back to the VTEP that asked, out
 /// of the device it came in on. Its own BPF subprogram, as [`decap`].
@@ -501,10 +554,20 @@ fn deliver(
     smac: &[u8; 6],
     proto: u16,
 ) -> Result<Action, DropReason> {
+    strip(ctx, &ep.mac, smac, proto)?;
+    // SAFETY: helper call with plain arguments.
+    let a = unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32;
+    Ok(Action::redirected(a))
+}
+
+/// Takes the outer headers off; the inner frame gets the Ethernet header
+/// `smac` -> `dmac` of `proto`.
+#[inline(always)]
+fn strip(ctx: &TcContext, dmac: &[u8; 6], smac: &[u8; 6], proto: u16) -> Result<(), DropReason> {
     let mut h = [0u8; eth::HLEN];
     let mut i = 0;
     while i < 6 {
-        h[eth::DST + i] = ep.mac[i];
+        h[eth::DST + i] = dmac[i];
         h[eth::SRC + i] = smac[i];
         i += 1;
     }
@@ -519,8 +582,5 @@ fn deliver(
         BPF_F_ADJ_ROOM_FIXED_GSO as u64,
     )
     .map_err(|_| DropReason::VxlanMalformed)?;
-    store(ctx, 0, &h, DropReason::VxlanMalformed)?;
-    // SAFETY: helper call with plain arguments.
-    let a = unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32;
-    Ok(Action::redirected(a))
+    store(ctx, 0, &h, DropReason::VxlanMalformed)
 }

@@ -9,7 +9,13 @@
 //!   node, to a replica's port only) with its `CT_TUNNEL` pair, and the
 //!   replica's reply encapsulated back to the host that received the flow;
 //! - back on the receiving host: that reply decapsulated, un-DNATed and
-//!   routed to the client.
+//!   routed to the client;
+//! - east-west per packet (a container's flow to a VIP that no socket hook
+//!   translated): the DNAT to a local replica or the VXLAN to a remote
+//!   one, the replies' source back to the VIP (at the replica's veth, or at
+//!   decapsulation), a flow that keeps its replica, the drops, and a
+//!   replica without `EP_BACKEND` whose reply nothing looks up; and live,
+//!   TCP and UDP from a client namespace to replicas on two hosts.
 //!
 //! Each case checks the verdict, the output frame byte for byte against
 //! frames built here from the RFCs (checksums from scratch), the CT
@@ -30,9 +36,9 @@ use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, S
 use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
     CtEntry, CtKey, DropReason, Endpoint, Network, PortKey, Service, ServiceCounters, Tunnel,
-    BE_ACTIVE, CT_DNAT, CT_PUBLISHED, CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_REMOTE,
-    IFINDEX_BASE, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_REPLICA, PROG_FROM_CONTAINER,
-    PROG_FROM_UPLINK, SVC_INGRESS, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
+    BE_ACTIVE, CT_DNAT, CT_PUBLISHED, CT_REPLY, CT_SERVICE, CT_SNAT, CT_TUNNEL, EP_BACKEND,
+    EP_REMOTE, IFINDEX_BASE, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, NO_REPLICA, PROG_FROM_CONTAINER,
+    PROG_FROM_UPLINK, SVC_INGRESS, SVC_VIP, TUNNEL_ENABLED, VTEP_NODE, VTEP_STATIC,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -1009,6 +1015,283 @@ fn the_reply_from_a_remote_replica_is_routed_to_the_client_from_host_and_port() 
 const NET_GW_MAC: [u8; 6] = [0xee, 0xee, 10, 7, 0, 1];
 
 // ---------------------------------------------------------------------------
+// East-west, per packet: a container's flow to the VIP that no socket hook
+// translated (another runtime's container, a raw socket).
+// ---------------------------------------------------------------------------
+
+/// The service's virtual IP on the lab's network, and its port.
+const VIP: [u8; 4] = [10, 7, 0, 100];
+const VIP_PORT: u16 = 8000;
+
+/// The VIP frontend (`proto`, VIP, `port`) of the service at SLOT, to
+/// `target`, with `count` live replicas.
+fn set_vip(dp: &mut Datapath, proto: u8, vip: [u8; 4], port: u16, target: u16, count: u32) {
+    let mut m: HashMap<&mut MapData, PortKey, Service> =
+        HashMap::try_from(dp.ebpf_mut().map_mut("SERVICES").expect("SERVICES")).expect("SERVICES");
+    let svc = Service {
+        slot: SLOT,
+        count,
+        target: port_wire(target),
+        flags: SVC_VIP,
+    };
+    m.insert(PortKey::new(proto, ipv4_wire(vip), port_wire(port)), svc, 0)
+        .expect("SERVICES insert");
+}
+
+/// The lab with a client container `c` (10.7.0.5, host veth `dps-c`, no
+/// EP_BACKEND) and the replicas l, m and r marked EP_BACKEND, as the
+/// reconciler marks every task's endpoint; the VIP frontend tcp
+/// VIP:VIP_PORT -> TARGET with three replicas.
+fn vip_lab(tag: &str) -> (Lab, Endpoint) {
+    let mut lab = Lab::new(tag);
+    let c = local(IFINDEX_BASE + 3, 5);
+    dataplane_user::netns::add_veth("dps-c", "dps-c-c", c.ifindex).expect("veth dps-c");
+    ip_cmd(&["link", "set", "dps-c", "up"]);
+    ip_cmd(&["link", "set", "dps-c-c", "up"]);
+    lab.dp.set_endpoint(c).expect("endpoint c");
+    lab.l.flags |= EP_BACKEND;
+    lab.m.flags |= EP_BACKEND;
+    lab.r.flags |= EP_BACKEND;
+    let (l, m, r) = (lab.l, lab.m, lab.r);
+    lab.dp.set_endpoint(l).expect("endpoint l");
+    lab.dp.set_endpoint(m).expect("endpoint m");
+    lab.dp.set_remote_endpoint(r).expect("endpoint r");
+    set_vip(&mut lab.dp, IPPROTO_TCP, VIP, VIP_PORT, TARGET, 3);
+    (lab, c)
+}
+
+/// Client `c`'s frame to VIP:VIP_PORT from `sport` (to its gateway's MAC,
+/// the one a VIP resolves to).
+fn to_vip(c: &Endpoint, sport: u16, flags: u8) -> Vec<u8> {
+    tcp_frame(
+        (c.host_mac, c.mac),
+        (ip(c), sport),
+        (VIP, VIP_PORT),
+        flags,
+        64,
+    )
+}
+
+#[test]
+fn a_new_vip_flow_to_a_local_replica_is_dnated_into_it_and_its_reply_shows_the_vip() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-local");
+        lab.set_table(|_| ID_L);
+        let l = lab.l;
+        let sport = 47_000;
+        let syn = to_vip(&c, sport, SYN);
+        let out = lab.container("SYN to the VIP", c, &syn, Outcome::New);
+        // To the replica's address, MAC and target port; the client's
+        // address, port and MAC kept; switched, not routed (TTL kept).
+        let want = tcp_frame((l.mac, c.mac), (ip(&c), sport), (ip(&l), TARGET), SYN, 64);
+        assert_eq!(hex(&out), hex(&want), "the DNATed SYN");
+        assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
+
+        let cs = (ip(&c), sport);
+        let fwd = lab.ct(&tcp_key(cs, (VIP, VIP_PORT))).expect("CT forward");
+        assert_eq!(tuple(&fwd), (ip(&c), sport, ip(&l), TARGET));
+        assert_eq!(fwd.flags, CT_DNAT | CT_SERVICE);
+        assert_eq!((fwd.backend, fwd.vtep), (ID_L, 0));
+        let rev = lab.ct(&tcp_key((ip(&l), TARGET), cs)).expect("CT reply");
+        assert_eq!(tuple(&rev), (VIP, VIP_PORT, ip(&c), sport));
+        assert_eq!(rev.flags, CT_SNAT | CT_SERVICE | CT_REPLY);
+        assert_eq!(rev.backend, ID_L);
+        assert_eq!(lab.ct_len(), 2);
+
+        // The replica answers the client's own address; the client gets
+        // it from VIP:VIP_PORT.
+        let sa = tcp_frame((c.mac, l.mac), (ip(&l), TARGET), cs, SYN_ACK, 64);
+        let out = lab.container("SYN-ACK from the replica", l, &sa, Outcome::Translated);
+        let want = tcp_frame((c.mac, l.mac), (VIP, VIP_PORT), cs, SYN_ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "the reverse-translated SYN-ACK");
+        assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
+        // A later packet of the client hits conntrack.
+        let ack = to_vip(&c, sport, ACK);
+        let out = lab.container("ACK (conntrack hit)", c, &ack, Outcome::Translated);
+        let want = tcp_frame((l.mac, c.mac), cs, (ip(&l), TARGET), ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "the DNATed ACK");
+        assert_eq!(lab.ct_len(), 2, "no second pair");
+
+        let len = (syn.len() + sa.len() + ack.len()) as u64;
+        let svc = lab.svc_counters("SVC_STATS", SLOT);
+        assert_eq!((svc.conns, svc.packets, svc.bytes), (1, 3, len), "service");
+        let be = lab.svc_counters("BACKEND_STATS", ID_L);
+        assert_eq!((be.conns, be.packets, be.bytes), (1, 3, len), "replica l");
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_M).conns, 0);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_udp_vip_flow_is_dnated_both_ways_with_its_checksum() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-udp");
+        lab.set_table(|_| ID_M);
+        set_vip(&mut lab.dp, IPPROTO_UDP, VIP, 53, 5353, 3);
+        let m = lab.m;
+        let cs = (ip(&c), 47_100);
+        let q = udp_frame((c.host_mac, c.mac), cs, (VIP, 53), 64);
+        let out = lab.container("UDP to the VIP", c, &q, Outcome::New);
+        let want = udp_frame((m.mac, c.mac), cs, (ip(&m), 5353), 64);
+        assert_eq!(hex(&out), hex(&want), "the DNATed datagram");
+        let again = lab.container("the next datagram", c, &q, Outcome::Translated);
+        assert_eq!(hex(&again), hex(&want), "same flow, same replica");
+        let a = udp_frame((c.mac, m.mac), (ip(&m), 5353), cs, 64);
+        let out = lab.container("the answer", m, &a, Outcome::Translated);
+        let want = udp_frame((c.mac, m.mac), (VIP, 53), cs, 64);
+        assert_eq!(hex(&out), hex(&want), "the answer from VIP:53");
+        let be = lab.svc_counters("BACKEND_STATS", ID_M);
+        assert_eq!((be.conns, be.packets), (1, 3));
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_new_vip_flow_to_a_remote_replica_is_tunnelled_and_its_reply_reverse_translated_at_decap() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-remote");
+        lab.set_table(|_| ID_R);
+        let r = lab.r;
+        let cs = (ip(&c), 47_200);
+        let syn = to_vip(&c, cs.1, SYN);
+        let out = lab.container("SYN for a remote replica", c, &syn, Outcome::New);
+        // Inside: DNATed to the replica, as direct traffic to it is sent
+        // (the client's MAC, the replica's); outside: to the node's VTEP.
+        let inner = tcp_frame((r.mac, c.mac), cs, (ip(&r), TARGET), SYN, 64);
+        check_encap("SYN to r", &out, &inner, NODE, (NODE_MAC, UL_MAC));
+        let fwd = lab.ct(&tcp_key(cs, (VIP, VIP_PORT))).expect("CT forward");
+        assert_eq!(tuple(&fwd), (ip(&c), cs.1, ip(&r), TARGET));
+        assert_eq!((fwd.flags, fwd.backend), (CT_DNAT | CT_SERVICE, ID_R));
+        let ack = to_vip(&c, cs.1, ACK);
+        let out = lab.container("ACK for r (conntrack hit)", c, &ack, Outcome::Translated);
+        let inner_ack = tcp_frame((r.mac, c.mac), cs, (ip(&r), TARGET), ACK, 64);
+        check_encap("ACK to r", &out, &inner_ack, NODE, (NODE_MAC, UL_MAC));
+
+        // r's host sends the reply as direct traffic to the client (r's
+        // host has no entry of the flow); here it is decapsulated and its
+        // source goes back to the VIP before it reaches the client.
+        let sa = tcp_frame((c.mac, r.mac), (ip(&r), TARGET), cs, SYN_ACK, 64);
+        let f = vxlan((UL_MAC, NODE_MAC), NODE, HOST, 50_000, &sa);
+        let out = lab.uplink("the reply in VXLAN", &f, Outcome::Translated);
+        let want = tcp_frame((c.mac, r.mac), (VIP, VIP_PORT), cs, SYN_ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "decapsulated, from VIP:VIP_PORT");
+        assert_eq!(csum(&out[14..34]), 0, "its IPv4 checksum");
+        // Another packet of r's to the client, of no VIP flow: delivered
+        // untouched (direct traffic).
+        let other = tcp_frame((c.mac, r.mac), (ip(&r), 22), cs, ACK, 64);
+        let f = vxlan((UL_MAC, NODE_MAC), NODE, HOST, 50_000, &other);
+        let out = lab.uplink("r's own traffic", &f, Outcome::Redirected);
+        assert_eq!(hex(&out), hex(&other), "decapsulated, unchanged");
+
+        let be = lab.svc_counters("BACKEND_STATS", ID_R);
+        let len = (syn.len() + ack.len() + sa.len()) as u64;
+        assert_eq!((be.conns, be.packets, be.bytes), (1, 3, len), "replica r");
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_vip_flow_keeps_its_replica_when_the_table_changes() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-keep");
+        lab.set_table(|_| ID_L);
+        let (l, m) = (lab.l, lab.m);
+        let cs = (ip(&c), 47_300);
+        lab.container("SYN (miss)", c, &to_vip(&c, cs.1, SYN), Outcome::New);
+        lab.set_table(|_| ID_M);
+        let out = lab.container("ACK (hit)", c, &to_vip(&c, cs.1, ACK), Outcome::Translated);
+        let want = tcp_frame((l.mac, c.mac), cs, (ip(&l), TARGET), ACK, 64);
+        assert_eq!(hex(&out), hex(&want), "still to l");
+        // A retransmitted SYN renews the flow on the same replica.
+        let out = lab.container("SYN again", c, &to_vip(&c, cs.1, SYN), Outcome::Translated);
+        let want = tcp_frame((l.mac, c.mac), cs, (ip(&l), TARGET), SYN, 64);
+        assert_eq!(hex(&out), hex(&want), "renewed, still to l");
+        // A new flow follows the new table.
+        let cs2 = (ip(&c), 47_301);
+        let out = lab.container("new SYN", c, &to_vip(&c, cs2.1, SYN), Outcome::New);
+        let want = tcp_frame((m.mac, c.mac), cs2, (ip(&m), TARGET), SYN, 64);
+        assert_eq!(hex(&out), hex(&want), "a new flow goes to m");
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_L).conns, 1);
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_M).conns, 1);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_vip_with_no_replica_or_of_another_network_is_a_counted_drop() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-none");
+        let no = DropReason::ServiceNoBackend;
+        lab.set_table(|_| ID_L);
+        let syn = to_vip(&c, 47_400, SYN);
+        set_vip(&mut lab.dp, IPPROTO_TCP, VIP, VIP_PORT, TARGET, 0);
+        lab.container("no replica", c, &syn, Outcome::Drop(no));
+        set_vip(&mut lab.dp, IPPROTO_TCP, VIP, VIP_PORT, TARGET, 1);
+        lab.set_table(|_| NO_REPLICA);
+        lab.container("empty table entry", c, &syn, Outcome::Drop(no));
+        lab.set_table(|_| ID_L);
+        lab.set_backend(ID_L, ipv4_wire([10, 7, 0, 99]), BE_ACTIVE);
+        lab.container("replica without endpoint", c, &syn, Outcome::Drop(no));
+        // The VIP of a service of another network (outside the client's
+        // subnet): as direct traffic to another network is.
+        set_vip(
+            &mut lab.dp,
+            IPPROTO_TCP,
+            [10, 8, 0, 100],
+            VIP_PORT,
+            TARGET,
+            1,
+        );
+        lab.set_backend(ID_L, lab.l.ip, BE_ACTIVE);
+        let far = tcp_frame(
+            (c.host_mac, c.mac),
+            (ip(&c), 47_400),
+            ([10, 8, 0, 100], VIP_PORT),
+            SYN,
+            64,
+        );
+        let cross = DropReason::CrossNetwork;
+        lab.container("another network's VIP", c, &far, Outcome::Drop(cross));
+        assert_eq!(lab.ct_len(), 0, "no conntrack entry for a dropped flow");
+        let svc = lab.svc_counters("SVC_STATS", SLOT);
+        assert_eq!((svc.drops[no as usize], svc.drops[cross as usize]), (3, 1));
+        assert_eq!((svc.conns, svc.packets), (0, 0));
+        // Back in service: the same SYN opens its flow.
+        lab.container("replica back", c, &syn, Outcome::New);
+        lab.assert_stats();
+    });
+}
+
+#[test]
+fn a_replica_without_ep_backend_pays_no_conntrack_lookup_and_its_reply_is_untouched() {
+    in_private_netns(|| {
+        let (mut lab, c) = vip_lab("vip-plain");
+        lab.set_table(|_| ID_L);
+        // l as an endpoint that is no replica (the flag is off).
+        lab.l.flags &= !EP_BACKEND;
+        let l = lab.l;
+        lab.dp.set_endpoint(l).expect("endpoint l");
+        let cs = (ip(&c), 47_500);
+        lab.container("SYN to the VIP", c, &to_vip(&c, cs.1, SYN), Outcome::New);
+        let sa = tcp_frame((c.mac, l.mac), (ip(&l), TARGET), cs, SYN_ACK, 64);
+        let out = lab.container("l's SYN-ACK", l, &sa, Outcome::Redirected);
+        assert_eq!(hex(&out), hex(&sa), "switched as it was sent");
+        // Its CT reply entry was not even looked at: no packet counted
+        // for the replica beyond the SYN.
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_L).packets, 1);
+        // A replica's packet that is no VIP flow's goes on as it was sent.
+        lab.l.flags |= EP_BACKEND;
+        let l = lab.l;
+        lab.dp.set_endpoint(l).expect("endpoint l");
+        let other = tcp_frame((c.mac, l.mac), (ip(&l), 22), cs, ACK, 64);
+        let out = lab.container("l's own traffic", l, &other, Outcome::Redirected);
+        assert_eq!(hex(&out), hex(&other), "switched as it was sent");
+        assert_eq!(lab.svc_counters("BACKEND_STATS", ID_L).packets, 1);
+        lab.assert_stats();
+    });
+}
+
+// ---------------------------------------------------------------------------
 // Live: a client, the host it connects to, and the replica's host.
 // ---------------------------------------------------------------------------
 
@@ -1228,6 +1511,288 @@ for _ in range(3):
         });
         let (fc_b, up_b) = check(stats_b, "host B");
         assert!(fc_b > 0 && up_b > 0, "host B: {fc_b} {up_b}");
+        drop(dp_a);
+        drop(pins_a);
+    });
+}
+
+/// Puts the container end `dev` of endpoint `ep` in shape inside `ns`: its
+/// MAC, the tunnel's MTU, its address, the default route via the gateway,
+/// no IPv6.
+fn container_up(ns: &NsThread, dev: &str, ep: &Endpoint) {
+    let ok = ns
+        .cmd("sysctl", &["-qw", "net.ipv6.conf.all.disable_ipv6=1"])
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "disabling IPv6");
+    ns.ip(&["link", "set", dev, "address", &mac_str(ep.mac)]);
+    ns.ip(&["link", "set", dev, "mtu", &MTU.to_string()]);
+    let addr = format!("{}/24", dotted(ip(ep)));
+    ns.ip(&["addr", "add", &addr, "dev", dev]);
+    ns.ip(&["link", "set", dev, "up"]);
+    ns.ip(&["link", "set", "lo", "up"]);
+    let gw = dotted(ipv4_octets(NET.gateway));
+    ns.ip(&["route", "add", "default", "via", &gw]);
+}
+
+#[test]
+fn a_container_whose_sockets_no_hook_translates_reaches_the_vip_on_both_hosts() {
+    in_private_netns(|| {
+        // This thread is host A, with the client container and replica l;
+        // host B runs replica r. No socket hook is attached anywhere: the
+        // client's sockets go to the VIP as they were made (a container of
+        // another runtime, whose netns is in no DNS_PORTS).
+        let (host_b, client, rep_l, rep_r) = (
+            NsThread::spawn(),
+            NsThread::spawn(),
+            NsThread::spawn(),
+            NsThread::spawn(),
+        );
+        let c = local(IFINDEX_BASE + 1, 5);
+        let l = Endpoint {
+            flags: EP_BACKEND,
+            ..local(IFINDEX_BASE + 2, 2)
+        };
+        let r = Endpoint {
+            flags: EP_BACKEND,
+            ..local(IFINDEX_BASE + 3, 9)
+        };
+        ip_cmd(&["link", "add", "ulA", "type", "veth", "peer", "name", "ulB"]);
+        ip_cmd(&["link", "set", "ulB", "netns", &host_b.id()]);
+        ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "ulA"]);
+        ip_cmd(&["link", "set", "ulA", "up"]);
+        for (host, dev, ep, ns) in [("vC", "ethC", &c, &client), ("vL", "ethL", &l, &rep_l)] {
+            dataplane_user::netns::add_veth(host, dev, ep.ifindex).expect("veth");
+            ip_cmd(&["link", "set", dev, "netns", &ns.id()]);
+            ip_cmd(&["link", "set", host, "up"]);
+            container_up(ns, dev, ep);
+        }
+        dataplane_user::netns::add_veth("vR", "ethR", r.ifindex).expect("veth r");
+        ip_cmd(&["link", "set", "ethR", "netns", &rep_r.id()]);
+        ip_cmd(&["link", "set", "vR", "netns", &host_b.id()]);
+        container_up(&rep_r, "ethR", &r);
+        host_b.ip(&["addr", "add", &format!("{}/24", dotted(NODE)), "dev", "ulB"]);
+        host_b.ip(&["link", "set", "ulB", "up"]);
+        host_b.ip(&["link", "set", "vR", "up"]);
+        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+
+        // The client's source ports: one whose flows the table gives to l,
+        // one to r, for each protocol (the programs' hash, computed here).
+        let table = |i: u32| if i.is_multiple_of(2) { ID_L } else { ID_R };
+        let sport_to = |proto: u8, id: u32| -> u16 {
+            (41_000u16..)
+                .find(|&p| {
+                    let k = CtKey::new(
+                        proto,
+                        c.ip,
+                        port_wire(p),
+                        ipv4_wire(VIP),
+                        port_wire(VIP_PORT),
+                    );
+                    Lab::expected_id(table, &k) == id
+                })
+                .expect("a source port")
+        };
+        let flows = [
+            ("tcp", sport_to(IPPROTO_TCP, ID_L), "l"),
+            ("tcp", sport_to(IPPROTO_TCP, ID_R), "r"),
+            ("udp", sport_to(IPPROTO_UDP, ID_L), "l"),
+            ("udp", sport_to(IPPROTO_UDP, ID_R), "r"),
+        ];
+
+        // Host A: the VIP (tcp and udp) over l (here) and r (behind B).
+        let pins_a = Scratch::new("svc-vip-a");
+        let mut dp_a = Datapath::load(pins_a.path()).expect("datapath A");
+        let ul_a = nix::net::if_::if_nametoindex("ulA").expect("ulA");
+        dp_a.set_endpoint(c).expect("endpoint c");
+        dp_a.set_endpoint(l).expect("endpoint l");
+        dp_a.set_remote_endpoint(Endpoint {
+            flags: EP_REMOTE | EP_BACKEND,
+            ..remote(9, NODE)
+        })
+        .expect("remote r");
+        dp_a.set_tunnel(Tunnel {
+            addr: ipv4_wire(HOST),
+            ifindex: ul_a,
+            mtu: MTU,
+            flags: TUNNEL_ENABLED,
+        })
+        .expect("TUNNEL A");
+        dp_a.sync_vteps(&[(ipv4_wire(NODE), VTEP_NODE)])
+            .expect("VTEPS A");
+        dp_a.sync_local_addrs(&[ipv4_wire(HOST), NET.gateway])
+            .expect("LOCAL_ADDRS A");
+        for proto in [IPPROTO_TCP, IPPROTO_UDP] {
+            set_vip(&mut dp_a, proto, VIP, VIP_PORT, TARGET, 2);
+        }
+        // The VIP's address entry: the client's ARP request for it is
+        // answered (with its gateway's MAC).
+        set_vip(&mut dp_a, 0, VIP, 0, 0, 2);
+        set_backend(&mut dp_a, ID_L, l.ip, BE_ACTIVE);
+        set_backend(&mut dp_a, ID_R, r.ip, BE_ACTIVE);
+        set_table(&mut dp_a, table);
+        dp_a.attach("vC").expect("attach vC");
+        dp_a.attach("vL").expect("attach vL");
+        dp_a.attach_uplink("ulA", ul_a).expect("attach ulA");
+
+        // Host B: replica r, the client as a remote endpoint behind A. No
+        // service map: the flow reaches r as direct traffic from the client.
+        host_b.run(move |keep| {
+            let pins = Scratch::new("svc-vip-b");
+            let mut dp = Datapath::load(pins.path()).expect("datapath B");
+            let ul = nix::net::if_::if_nametoindex("ulB").expect("ulB");
+            dp.set_endpoint(r).expect("endpoint r");
+            dp.set_remote_endpoint(remote(5, HOST)).expect("remote c");
+            dp.set_tunnel(Tunnel {
+                addr: ipv4_wire(NODE),
+                ifindex: ul,
+                mtu: MTU,
+                flags: TUNNEL_ENABLED,
+            })
+            .expect("TUNNEL B");
+            dp.sync_vteps(&[(ipv4_wire(HOST), VTEP_NODE)])
+                .expect("VTEPS B");
+            dp.attach("vR").expect("attach vR");
+            dp.attach_uplink("ulB", ul).expect("attach ulB");
+            std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+            keep.push(Box::new(pins));
+            keep.push(Box::new(dp));
+        });
+
+        // Each replica answers with its name and the address it sees the
+        // client at, over TCP and UDP on the target port.
+        let server = |name: &str| {
+            format!(
+                r#"import socket,threading
+def udp():
+    u=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);u.bind(('',{TARGET}))
+    while True:
+        d,a=u.recvfrom(512);u.sendto(('{name} %s:%d'%a).encode(),a)
+s=socket.socket();s.setsockopt(socket.SOL_SOCKET,socket.SO_REUSEADDR,1)
+s.bind(('',{TARGET}));s.listen(8);s.settimeout(30)
+threading.Thread(target=udp,daemon=True).start()
+print('ready',flush=True)
+while True:
+    c,a=s.accept();c.sendall(('{name} %s:%d\n'%a).encode());c.close()
+"#
+            )
+        };
+        let mut servers = Vec::new();
+        for (ns, name) in [(&rep_l, "l"), (&rep_r, "r")] {
+            let mut srv = ns
+                .cmd("python3", &["-c", &server(name)])
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .expect("server");
+            let mut out = std::io::BufReader::new(srv.stdout.take().unwrap());
+            let mut line = String::new();
+            std::io::BufRead::read_line(&mut out, &mut line).expect("server ready");
+            assert_eq!(line.trim(), "ready", "replica {name}");
+            servers.push(srv);
+        }
+
+        // The client: what its socket says the peer is, and what the
+        // replica saw. UDP retries a lost first datagram (ARP on the way),
+        // at most five times.
+        let flows_py: Vec<String> = flows
+            .iter()
+            .map(|(p, s, _)| format!("('{p}',{s})"))
+            .collect();
+        let probe = format!(
+            r#"import socket
+for proto,sport in [{}]:
+    if proto=='tcp':
+        s=socket.socket();s.bind(('',sport));s.settimeout(10)
+        s.connect(('{vip}',{VIP_PORT}));peer='%s:%d'%s.getpeername()
+        said=s.makefile().readline().strip();s.close()
+    else:
+        s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);s.bind(('',sport));s.settimeout(2)
+        said=None
+        for _ in range(5):
+            s.sendto(b'q',('{vip}',{VIP_PORT}))
+            try:
+                d,a=s.recvfrom(512);said=d.decode();peer='%s:%d'%a;break
+            except socket.timeout:
+                pass
+        s.close()
+    print(proto,sport,peer,said,flush=True)
+"#,
+            flows_py.join(","),
+            vip = dotted(VIP)
+        );
+        let out = client
+            .cmd("python3", &["-c", &probe])
+            .output()
+            .expect("client");
+        for mut s in servers {
+            let _ = s.kill();
+            let _ = s.wait();
+        }
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert!(
+            out.status.success(),
+            "client: {text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), flows.len(), "{text}");
+        for (line, (proto, sport, name)) in lines.iter().zip(flows) {
+            let want = format!(
+                "{proto} {sport} {}:{VIP_PORT} {name} {}:{sport}",
+                dotted(VIP),
+                dotted(ip(&c))
+            );
+            assert_eq!(
+                *line, want,
+                "the client sees the VIP, replica {name} the client's own address"
+            );
+        }
+
+        // The client resolved the VIP through the ARP responder.
+        let neigh = client
+            .cmd("ip", &["neigh", "show", &dotted(VIP)])
+            .output()
+            .expect("ip neigh");
+        let neigh = String::from_utf8_lossy(&neigh.stdout).to_string();
+        assert!(
+            neigh.contains(&mac_str(c.host_mac)),
+            "the VIP's neighbour entry: {neigh}"
+        );
+        // No drop on either host; A counted two flows for each replica.
+        let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
+            for s in &stats[..2] {
+                for reason in DropReason::ALL {
+                    assert_eq!(
+                        s.drops[reason.name()],
+                        0,
+                        "{host}: {} {}",
+                        s.name,
+                        reason.name()
+                    );
+                }
+            }
+        };
+        check(dp_a.stats().expect("stats A"), "host A");
+        let m: PerCpuArray<&mut MapData, ServiceCounters> =
+            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
+                .expect("BACKEND_STATS");
+        for id in [ID_L, ID_R] {
+            let conns: u64 = m
+                .get(&id, 0)
+                .expect("counters")
+                .iter()
+                .map(|c| c.conns)
+                .sum();
+            assert_eq!(conns, 2, "host A: flows given to replica {id}");
+        }
+        let stats_b = host_b.run(|keep| {
+            keep.last()
+                .and_then(|d| d.downcast_ref::<Datapath>())
+                .expect("host B's datapath")
+                .stats()
+                .expect("stats B")
+        });
+        check(stats_b, "host B");
         drop(dp_a);
         drop(pins_a);
     });

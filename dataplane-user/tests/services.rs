@@ -128,7 +128,28 @@ fn check(p: &Pins, spec: &ServiceSpec) {
             assert_eq!(p.backend_ports.get(&key), Some(&ids[&r.ip]), "{r:?} {f:?}");
         }
     }
-    assert_eq!(p.services.len(), spec.frontends.len());
+    // One address entry per VIP (protocol and port 0) for the ARP
+    // responder, beside the frontends.
+    let vips: std::collections::BTreeSet<Ipv4Addr> = spec
+        .frontends
+        .iter()
+        .filter(|f| f.flags & SVC_VIP != 0)
+        .map(|f| f.addr)
+        .collect();
+    for vip in &vips {
+        let key = PortKey::new(0, ipv4_wire(vip.octets()), 0);
+        assert_eq!(
+            p.services.get(&key),
+            Some(&Service {
+                slot: SLOT,
+                count: live.len() as u32,
+                target: 0,
+                flags: SVC_VIP,
+            }),
+            "the address entry of {vip}"
+        );
+    }
+    assert_eq!(p.services.len(), spec.frontends.len() + vips.len());
     // (proto, target) pairs: TCP 8080 (two frontends share it), UDP 5353.
     assert_eq!(p.backend_ports.len(), 2 * spec.replicas.len());
     // The table is the Maglev table of the live replicas' names.

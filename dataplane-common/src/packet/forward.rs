@@ -91,10 +91,56 @@ pub fn decide_ipv4(
     Verdict::Pass
 }
 
+/// Decides a packet from endpoint `me` (on `net`, source `src`) to the
+/// service VIP `vip` whose flow goes to `replica` (its endpoint, if the
+/// daemon has projected it): the way to the replica, with the checks of
+/// direct traffic to it ([`decide_ipv4`]: spoofed source, another network,
+/// `icc=false` unless `linked` names the client and the replica). A VIP
+/// outside the sender's subnet is another network's
+/// ([`DropReason::CrossNetwork`]); a replica with no endpoint entry is
+/// [`DropReason::ServiceNoBackend`].
+#[inline(always)]
+pub fn decide_vip(
+    me: &Endpoint,
+    net: &Network,
+    src: Ipv4Wire,
+    vip: Ipv4Wire,
+    replica: Option<&Endpoint>,
+    linked: impl FnOnce() -> bool,
+) -> Verdict {
+    if !net.contains(vip) {
+        return Verdict::Drop(DropReason::CrossNetwork);
+    }
+    let Some(r) = replica else {
+        return Verdict::Drop(DropReason::ServiceNoBackend);
+    };
+    match decide_ipv4(me, net, src, r.ip, Some(r), linked) {
+        // Never: a peer is given.
+        Verdict::Pass => Verdict::Drop(DropReason::ServiceNoBackend),
+        v => v,
+    }
+}
+
 /// Decides an ARP frame from endpoint `me` (on `net`); `target` is the endpoint
 /// that owns the requested address, if any.
 #[inline(always)]
 pub fn decide_arp(me: &Endpoint, net: &Network, a: &Arp, target: Option<&Endpoint>) -> ArpVerdict {
+    decide_arp_vip(me, net, a, target, |_| false)
+}
+
+/// [`decide_arp`], where `is_vip` says whether an address of the sender's
+/// subnet that no endpoint has is a service VIP (asked only then): a VIP
+/// is answered with the sender's gateway MAC, so that a container whose
+/// sockets no hook translates sends its packets to the VIP here, where
+/// `from_container` balances them.
+#[inline(always)]
+pub fn decide_arp_vip(
+    me: &Endpoint,
+    net: &Network,
+    a: &Arp,
+    target: Option<&Endpoint>,
+    is_vip: impl FnOnce(Ipv4Wire) -> bool,
+) -> ArpVerdict {
     if a.sha != me.mac {
         return ArpVerdict::Drop(DropReason::SpoofedMac);
     }
@@ -118,6 +164,10 @@ pub fn decide_arp(me: &Endpoint, net: &Network, a: &Arp, target: Option<&Endpoin
             ip: a.tpa,
         },
         Some(_) => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
+        None if net.contains(a.tpa) && is_vip(a.tpa) => ArpVerdict::Reply {
+            mac: me.host_mac,
+            ip: a.tpa,
+        },
         None if super::vxlan::floods(net, a) => ArpVerdict::Flood,
         None => ArpVerdict::Drop(DropReason::ArpUnknownTarget),
     }
@@ -455,5 +505,101 @@ mod tests {
             crate::packet::ipv4::addrs(&f),
             Ok((ipv4_wire([172, 18, 0, 2]), ipv4_wire([172, 18, 0, 3])))
         );
+    }
+
+    #[test]
+    fn a_vip_goes_to_its_replica_after_the_checks_of_direct_traffic() {
+        let vip = ipv4_wire([172, 18, 0, 100]);
+        let (a, l) = (ep(2, 1, 10), ep(3, 1, 11));
+        assert_eq!(
+            decide_vip(&a, &NET, a.ip, vip, Some(&l), || false),
+            Verdict::Redirect {
+                ifindex: 11,
+                mac: l.mac
+            }
+        );
+        let a = Endpoint { net: OVERLAY, ..a };
+        let r = remote(4, 1);
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, vip, Some(&r), || false),
+            Verdict::Encap {
+                vtep: r.vtep,
+                mac: r.mac,
+                vni: 4242
+            }
+        );
+        // No replica entry; a VIP outside the sender's subnet; a replica
+        // of another network; a spoofed sender.
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, vip, None, || false),
+            Verdict::Drop(DropReason::ServiceNoBackend)
+        );
+        assert_eq!(
+            decide_vip(
+                &a,
+                &OVERLAY,
+                a.ip,
+                ipv4_wire([10, 0, 0, 100]),
+                Some(&r),
+                || false
+            ),
+            Verdict::Drop(DropReason::CrossNetwork)
+        );
+        let other = remote(4, 2);
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, a.ip, vip, Some(&other), || false),
+            Verdict::Drop(DropReason::CrossNetwork)
+        );
+        assert_eq!(
+            decide_vip(&a, &OVERLAY, l.ip, vip, Some(&r), || false),
+            Verdict::Drop(DropReason::SpoofedIp)
+        );
+        // icc=false: only a linked client reaches the replica.
+        let closed = Network {
+            flags: NET_ICC_DISABLED,
+            ..NET
+        };
+        let a = ep(2, 1, 10);
+        assert_eq!(
+            decide_vip(&a, &closed, a.ip, vip, Some(&l), || false),
+            Verdict::Drop(DropReason::IccDenied)
+        );
+        assert_eq!(
+            decide_vip(&a, &closed, a.ip, vip, Some(&l), || true),
+            Verdict::Redirect {
+                ifindex: 11,
+                mac: l.mac
+            }
+        );
+    }
+
+    #[test]
+    fn arp_for_a_vip_is_answered_with_the_gateway_mac() {
+        let a = ep(2, 1, 10);
+        let vip = ipv4_wire([172, 18, 0, 100]);
+        let f = arp_request(a.mac, [172, 18, 0, 2], [172, 18, 0, 100]);
+        let req = arp::parse(&f).expect("request");
+        assert_eq!(
+            decide_arp_vip(&a, &NET, &req, None, |ip| ip == vip),
+            ArpVerdict::Reply {
+                mac: a.host_mac,
+                ip: vip
+            }
+        );
+        // Not a VIP: as before.
+        assert_eq!(
+            decide_arp_vip(&a, &NET, &req, None, |_| false),
+            ArpVerdict::Drop(DropReason::ArpUnknownTarget)
+        );
+        // An address outside the subnet is never asked about.
+        let f = arp_request(a.mac, [172, 18, 0, 2], [10, 0, 0, 100]);
+        let req = arp::parse(&f).expect("request");
+        let asked = core::cell::Cell::new(false);
+        let v = decide_arp_vip(&a, &NET, &req, None, |_| {
+            asked.set(true);
+            true
+        });
+        assert_eq!(v, ArpVerdict::Drop(DropReason::ArpUnknownTarget));
+        assert!(!asked.get());
     }
 }

@@ -12,4 +12,4 @@ pub mod load;
 pub mod nat;
 pub mod vxlan;
 
-pub use forward::{decide_arp, decide_ipv4, ArpVerdict, Verdict};
+pub use forward::{decide_arp, decide_arp_vip, decide_ipv4, decide_vip, ArpVerdict, Verdict};

@@ -32,7 +32,7 @@ use aya::{
 };
 use dataplane_common::{
     ipv4_wire, port_wire, Backend, DropReason, PortKey, Service, ServiceCounters, BE_ACTIVE,
-    MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_REPLICA,
+    MAGLEV_M, MAX_BACKENDS, MAX_SERVICES, NO_REPLICA, SVC_VIP,
 };
 use serde::Serialize;
 
@@ -451,7 +451,23 @@ pub(super) fn sync(ebpf: &mut Ebpf, st: &mut State, want: &[ServiceSpec]) -> Res
     let mut ports: StdHashMap<PortKey, u32> = StdHashMap::new();
     for s in want {
         let count = st.tables[&s.slot].len() as u32;
+        let mut vips: Vec<Ipv4Addr> = Vec::new();
         for f in &s.frontends {
+            if f.flags & SVC_VIP != 0 && !vips.contains(&f.addr) {
+                // The VIP's address entry (protocol and port 0): the ARP
+                // responder answers for it, so that a container whose
+                // sockets no hook translates sends to the VIP here.
+                vips.push(f.addr);
+                services.push((
+                    PortKey::new(0, ipv4_wire(f.addr.octets()), 0),
+                    Service {
+                        slot: s.slot,
+                        count,
+                        target: 0,
+                        flags: SVC_VIP,
+                    },
+                ));
+            }
             services.push((
                 PortKey::new(f.proto, ipv4_wire(f.addr.octets()), port_wire(f.port)),
                 Service {

@@ -108,6 +108,26 @@ pub struct Reconciler {
     /// Sockets bound on every address for the services' ingress ports, so
     /// that no process of this host takes a port the routing mesh answers.
     ingress_held: HashMap<(model::Proto, u16), Reservation>,
+    /// Local endpoints whose entries were written with `EP_BACKEND`.
+    backends: HashSet<String>,
+}
+
+/// Whether local endpoint `ep` is a service replica: its container runs a
+/// task, or its address is a task's (`replicas`).
+fn is_replica(snap: &Snapshot, ep: &Endpoint, replicas: &HashSet<Ipv4Addr>) -> bool {
+    snap.containers
+        .get(&ep.container_id)
+        .is_some_and(|c| c.task.is_some())
+        || replicas.contains(&ep.ip)
+}
+
+/// `EP_BACKEND` for a replica, else nothing.
+fn backend_flag(replica: bool) -> u32 {
+    if replica {
+        dataplane_common::EP_BACKEND
+    } else {
+        0
+    }
 }
 
 impl Reconciler {
@@ -138,6 +158,7 @@ impl Reconciler {
             remote: HashMap::new(),
             services_applied: None,
             ingress_held: HashMap::new(),
+            backends: HashSet::new(),
         }
     }
 
@@ -267,11 +288,15 @@ impl Reconciler {
             self.ensure_endpoint(snap, ep, observed.as_ref());
         }
         self.sweep_endpoints(snap, observed.as_ref());
-        let mut bpf_eps: Vec<dataplane_common::Endpoint> = snap
-            .endpoints
-            .values()
-            .filter_map(|ep| self.bpf_endpoint(snap, ep))
-            .collect();
+        let replicas = model::service::replica_addrs(snap.tasks.values());
+        self.backends.clear();
+        let mut bpf_eps: Vec<dataplane_common::Endpoint> = Vec::new();
+        for ep in snap.endpoints.values() {
+            if let Some(b) = self.bpf_endpoint(snap, ep, &replicas) {
+                self.note_backend(&ep.id, b.flags);
+                bpf_eps.push(b);
+            }
+        }
         let remote = self.remote_entries(snap);
         self.remote = remote.iter().map(|(id, e)| (id.clone(), *e)).collect();
         bpf_eps.extend(remote.into_values());
@@ -340,16 +365,46 @@ impl Reconciler {
                 None => self.remove_sandbox_of(id),
             }
         }
+        let services_changed = dirty.iter().any(|k| model::service::is_service_key(k));
+        let replicas = if services_changed || !eps.is_empty() {
+            model::service::replica_addrs(snap.tasks.values())
+        } else {
+            HashSet::new()
+        };
         for id in &eps {
             match snap.endpoints.get(id) {
                 Some(ep) => {
                     self.ensure_endpoint(snap, ep, None);
-                    if let Some(b) = self.bpf_endpoint(snap, ep) {
+                    if let Some(b) = self.bpf_endpoint(snap, ep, &replicas) {
                         let r = self.dp().set_endpoint(b);
+                        if r.is_ok() {
+                            self.note_backend(&ep.id, b.flags);
+                        }
                         self.outcome(&ep.key(), "endpoint map entries", r);
                     }
                 }
-                None => self.teardown_endpoint(id),
+                None => {
+                    self.teardown_endpoint(id);
+                    self.backends.remove(id);
+                }
+            }
+        }
+        if services_changed {
+            // A task that got (or lost) its address makes its endpoint a
+            // replica (or no longer one): only those entries are rewritten.
+            let changed: Vec<(&Endpoint, dataplane_common::Endpoint)> = snap
+                .endpoints
+                .values()
+                .filter(|ep| !eps.contains(&ep.id))
+                .filter(|ep| self.backends.contains(&ep.id) != is_replica(snap, ep, &replicas))
+                .filter_map(|ep| Some((ep, self.bpf_endpoint(snap, ep, &replicas)?)))
+                .collect();
+            for (ep, b) in changed {
+                let r = self.dp().set_endpoint(b);
+                if r.is_ok() {
+                    self.note_backend(&ep.id, b.flags);
+                }
+                self.outcome(&ep.key(), "endpoint map entries", r);
             }
         }
         if !ctrs.is_empty() || !eps.is_empty() {
@@ -357,7 +412,6 @@ impl Reconciler {
             self.sync_links(snap);
             self.sync_dns(snap, Some(&ctrs));
         }
-        let services_changed = dirty.iter().any(|k| model::service::is_service_key(k));
         if services_changed {
             // Names (VIPs, dnsrr and tasks.NAME) and the tables.
             self.sync_dns(snap, Some(&BTreeSet::new()));
@@ -365,7 +419,8 @@ impl Reconciler {
         if services_changed || cluster_changed || !eps.is_empty() {
             self.sync_services(snap);
         }
-        if cluster_changed && self.cluster.is_some() {
+        if (cluster_changed || services_changed) && self.cluster.is_some() {
+            // Other hosts' replicas carry EP_BACKEND too.
             self.sync_remote(snap);
             if !remote_eps.is_empty() {
                 // The names of other hosts' containers.
@@ -485,6 +540,7 @@ impl Reconciler {
         let Some(c) = &self.cluster else {
             return BTreeMap::new();
         };
+        let replicas = model::service::replica_addrs(snap.tasks.values());
         snap.remote
             .values()
             .filter(|ep| snap.node_in_grace(&ep.node, c.grace))
@@ -499,7 +555,8 @@ impl Reconciler {
                         ip: dataplane_common::ipv4_wire(ep.ip.octets()),
                         mac: ep.mac.0,
                         host_mac: [0; 6],
-                        flags: dataplane_common::EP_REMOTE,
+                        flags: dataplane_common::EP_REMOTE
+                            | backend_flag(replicas.contains(&ep.ip)),
                         vtep: dataplane_common::ipv4_wire(node.addr.octets()),
                         net: net.to_bpf(),
                     },
@@ -686,7 +743,14 @@ impl Reconciler {
 
     // ----- endpoints -----------------------------------------------------
 
-    fn bpf_endpoint(&self, snap: &Snapshot, ep: &Endpoint) -> Option<dataplane_common::Endpoint> {
+    /// The map entry of a local endpoint; `replicas` are the tasks'
+    /// addresses ([`model::service::replica_addrs`]).
+    fn bpf_endpoint(
+        &self,
+        snap: &Snapshot,
+        ep: &Endpoint,
+        replicas: &HashSet<Ipv4Addr>,
+    ) -> Option<dataplane_common::Endpoint> {
         let applied = self.endpoints.get(&ep.id)?;
         let net = snap.networks.get(&ep.network_id)?;
         Some(dataplane_common::Endpoint {
@@ -695,10 +759,20 @@ impl Reconciler {
             ip: dataplane_common::ipv4_wire(ep.ip.octets()),
             mac: ep.mac.0,
             host_mac: ep.host_mac.0,
-            flags: 0,
+            flags: backend_flag(is_replica(snap, ep, replicas)),
             vtep: 0,
             net: net.to_bpf(),
         })
+    }
+
+    /// Remembers whether endpoint `id`'s entry was written with
+    /// `EP_BACKEND` (`flags`).
+    fn note_backend(&mut self, id: &str, flags: u32) {
+        if flags & dataplane_common::EP_BACKEND != 0 {
+            self.backends.insert(id.to_string());
+        } else {
+            self.backends.remove(id);
+        }
     }
 
     fn plan(&self, net: &Network, ep: &Endpoint, sandbox: &Path) -> netns::VethPlan {
@@ -1038,4 +1112,47 @@ pub fn is_host_veth_name(name: &str) -> bool {
         && name[2..]
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint(id: &str, container: &str, ip: &str) -> Endpoint {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "network_id": "n", "container_id": container, "ip": ip,
+            "mac": "02:42:0a:00:00:02", "host_mac": "0e:00:00:00:00:02",
+            "host_ifname": format!("dp{id}"), "ifname": "eth0",
+        }))
+        .expect("an endpoint record")
+    }
+
+    fn container(id: &str, task: Option<&str>) -> Container {
+        serde_json::from_value(serde_json::json!({
+            "id": id, "name": id, "hostname": id, "cmd": [], "netns": id, "pid": null,
+            "log_path": "", "created": "", "task": task,
+        }))
+        .expect("a container record")
+    }
+
+    #[test]
+    fn replicas_are_task_containers_or_task_addresses() {
+        let mut snap = Snapshot::default();
+        for c in [
+            container("plain", None),
+            container("replica", Some("cluster/tasks/s/00001")),
+        ] {
+            snap.containers.insert(c.id.clone(), c);
+        }
+        let tasks: HashSet<Ipv4Addr> = ["10.0.0.9".parse().unwrap()].into();
+        let is = |ep: &Endpoint| is_replica(&snap, ep, &tasks);
+        // A task's container, before its task has an address.
+        assert!(is(&endpoint("a", "replica", "10.0.0.3")));
+        // An address that is a task's (its container record elsewhere).
+        assert!(is(&endpoint("b", "other-host", "10.0.0.9")));
+        // Neither.
+        assert!(!is(&endpoint("c", "plain", "10.0.0.4")));
+        assert_eq!(backend_flag(true), dataplane_common::EP_BACKEND);
+        assert_eq!(backend_flag(false), 0);
+    }
 }

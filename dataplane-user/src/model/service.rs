@@ -5,7 +5,7 @@
 //! replica; each task names the host that runs it, and that host's engine
 //! starts, watches and restarts its container.
 
-use std::net::Ipv4Addr;
+use std::{collections::HashSet, net::Ipv4Addr};
 
 use serde::{Deserialize, Serialize};
 
@@ -224,6 +224,14 @@ pub fn task_key(service_id: &str, replica: u32) -> String {
     format!("{TASKS}{service_id}/{replica:05}")
 }
 
+/// The addresses of every task that has one, whatever its state and host:
+/// the endpoints the datapath marks `EP_BACKEND` (a replica's replies of
+/// VIP flows balanced per packet are reverse-translated, and an unhealthy
+/// or exited replica's established flows still have replies in flight).
+pub fn replica_addrs<'a>(tasks: impl IntoIterator<Item = &'a Task>) -> HashSet<Ipv4Addr> {
+    tasks.into_iter().filter_map(|t| t.ip).collect()
+}
+
 /// Whether `key` is a service's or a task's.
 pub fn is_service_key(key: &str) -> bool {
     key.starts_with(SERVICES) || key.starts_with(TASKS)
@@ -240,6 +248,33 @@ mod tests {
         assert!(task_key("s", 2) < task_key("s", 10));
         assert!(is_service_key(&task_key("s", 1)));
         assert!(!is_service_key("cluster/endpoints/x"));
+    }
+
+    #[test]
+    fn replica_addresses_are_every_task_with_one() {
+        let t = |replica, ip: Option<[u8; 4]>, state| Task {
+            id: format!("t{replica}"),
+            service: "s".into(),
+            replica,
+            node: Some("a".into()),
+            state,
+            message: String::new(),
+            container: None,
+            ip: ip.map(Ipv4Addr::from),
+            restarts: 0,
+            since: String::new(),
+        };
+        let tasks = [
+            t(1, Some([10, 0, 0, 2]), TaskState::Running),
+            t(2, Some([10, 0, 0, 3]), TaskState::Unhealthy),
+            t(3, None, TaskState::Pending),
+        ];
+        let got = replica_addrs(&tasks);
+        let want: HashSet<Ipv4Addr> = [[10, 0, 0, 2], [10, 0, 0, 3]]
+            .into_iter()
+            .map(Ipv4Addr::from)
+            .collect();
+        assert_eq!(got, want);
     }
 
     #[test]

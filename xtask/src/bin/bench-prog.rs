@@ -16,6 +16,10 @@
 //! the same way: a new flow needs a new tuple every call, and the rewrite
 //! changes the frame `repeat` would feed back.
 //!
+//! So are the per-packet VIP paths of `from_container` (a container's SYN
+//! to a VIP for a local replica, an ACK of such a flow, and the replica's
+//! reply, reverse-translated because the replica is `EP_BACKEND`).
+//!
 //! It lives here rather than in the `dataplane` binary so that the product
 //! carries no benchmark code: it drives the library's `Datapath` exactly as
 //! the daemon loads it.
@@ -70,6 +74,14 @@ struct ProgBench {
     ingress_remote_new_median_ns: u32,
     /// An ACK of such a flow (conntrack hit, DNAT, VXLAN).
     ingress_remote_hit_median_ns: u32,
+    /// A container's SYN to a VIP (per packet: a new flow, Maglev pick, CT
+    /// pair, DNAT) for a replica on this host, redirected into it.
+    vip_new_median_ns: u32,
+    /// An ACK of such a flow (conntrack hit, DNAT).
+    vip_hit_median_ns: u32,
+    /// The replica's reply to it (`EP_BACKEND`: conntrack hit, source back
+    /// to the VIP), redirected into the client.
+    vip_reply_median_ns: u32,
 }
 
 fn median(v: &[u32]) -> u32 {
@@ -316,6 +328,75 @@ fn services(dp: &mut Datapath, local: &Endpoint, remote: u32) -> Result<()> {
     Ok(())
 }
 
+/// The VIP 10.0.0.100:8000 (tcp, slot 2) whose one replica is `replica`
+/// (id 2, on this host, marked `EP_BACKEND` as the daemon marks a task's
+/// endpoint), target port 80.
+fn vip(dp: &mut Datapath, replica: &mut Endpoint) -> Result<()> {
+    use aya::maps::{Array, HashMap, MapData};
+    use dataplane_common::{
+        port_wire, Backend, PortKey, Service, BE_ACTIVE, EP_BACKEND, IPPROTO_TCP, MAGLEV_M, SVC_VIP,
+    };
+    replica.flags |= EP_BACKEND;
+    dp.set_endpoint(*replica)?;
+    let ebpf = dp.ebpf_mut();
+    let mut svcs: HashMap<&mut MapData, PortKey, Service> =
+        HashMap::try_from(ebpf.map_mut("SERVICES").context("SERVICES")?)?;
+    let svc = Service {
+        slot: 2,
+        count: 1,
+        target: port_wire(80),
+        flags: SVC_VIP,
+    };
+    let key = PortKey::new(
+        IPPROTO_TCP,
+        dataplane_common::ipv4_wire(VIP),
+        port_wire(8000),
+    );
+    svcs.insert(key, svc, 0)?;
+    let mut bes: Array<&mut MapData, Backend> =
+        Array::try_from(ebpf.map_mut("BACKENDS").context("BACKENDS")?)?;
+    let be = Backend {
+        ip: replica.ip,
+        slot: 2,
+        flags: BE_ACTIVE,
+    };
+    bes.set(2, be, 0)?;
+    let mut table: Array<&mut MapData, u32> =
+        Array::try_from(ebpf.map_mut("MAGLEV").context("MAGLEV")?)?;
+    for i in 0..MAGLEV_M {
+        table.set(2 * MAGLEV_M + i, 2, 0)?;
+    }
+    Ok(())
+}
+
+const VIP: [u8; 4] = [10, 0, 0, 100];
+
+/// A 64-byte TCP segment (`flags`) `src` -> `dst` between containers of
+/// the bench network (MACs `macs`: destination, source).
+fn container_tcp(
+    macs: ([u8; 6], [u8; 6]),
+    src: ([u8; 4], u16),
+    dst: ([u8; 4], u16),
+    flags: u8,
+) -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..6].copy_from_slice(&macs.0);
+    f[6..12].copy_from_slice(&macs.1);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&50u16.to_be_bytes());
+    f[20] = 0x40;
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&src.0);
+    f[30..34].copy_from_slice(&dst.0);
+    f[34..36].copy_from_slice(&src.1.to_be_bytes());
+    f[36..38].copy_from_slice(&dst.1.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = flags;
+    f
+}
+
 /// A 64-byte TCP segment (`flags`) from 198.51.100.7:`sport` to this
 /// host's VTEP address, port `dport`, as it arrives on the underlay.
 fn ingress_frame(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
@@ -398,7 +479,54 @@ fn measure(dir: &Path, repeat: u32, rounds: usize, single_calls: usize) -> Resul
         hit_l.push(single_runs(&mut dp, "from_uplink", &ack(8080), ul, slice)?);
         hit_r.push(single_runs(&mut dp, "from_uplink", &ack(8081), ul, slice)?);
     }
+    // Per-packet VIP flows, from `me` (the client: 10.0.0.2, an overlay
+    // endpoint now, no EP_BACKEND) to `peer` (the replica).
+    let mut replica = peer;
+    vip(&mut dp, &mut replica)?;
+    let (c, r) = (me.ip.to_ne_bytes(), replica.ip.to_ne_bytes());
+    let (mut new_v, mut hit_v, mut rep_v) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 0..10 {
+        let syn = |i| {
+            container_tcp(
+                (me.host_mac, me.mac),
+                (c, fresh(round, i)),
+                (VIP, 8000),
+                SYN,
+            )
+        };
+        new_v.push(single_runs_of(
+            &mut dp,
+            "from_container",
+            syn,
+            me.ifindex,
+            slice,
+        )?);
+        let ack = container_tcp(
+            (me.host_mac, me.mac),
+            (c, fresh(round, 0)),
+            (VIP, 8000),
+            ACK,
+        );
+        hit_v.push(single_runs(
+            &mut dp,
+            "from_container",
+            &ack,
+            me.ifindex,
+            slice,
+        )?);
+        let reply = container_tcp((me.mac, replica.mac), (r, 80), (c, fresh(round, 0)), ACK);
+        rep_v.push(single_runs(
+            &mut dp,
+            "from_container",
+            &reply,
+            replica.ifindex,
+            slice,
+        )?);
+    }
     Ok(ProgBench {
+        vip_new_median_ns: median(&new_v),
+        vip_hit_median_ns: median(&hit_v),
+        vip_reply_median_ns: median(&rep_v),
         ingress_new_median_ns: median(&new_l),
         ingress_hit_median_ns: median(&hit_l),
         ingress_remote_new_median_ns: median(&new_r),

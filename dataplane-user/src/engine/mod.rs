@@ -621,6 +621,21 @@ impl Engine {
                     attached.join(", ")
                 )));
             }
+            // A service holds its VIP on the network (and starts replicas
+            // there) even while none of them runs.
+            let services: Vec<&str> = snap
+                .services
+                .values()
+                .filter(|s| s.network == id)
+                .map(|s| s.name.as_str())
+                .collect();
+            if !services.is_empty() {
+                return Err(ApiError::Conflict(format!(
+                    "network {} is used by services ({}): remove them first",
+                    net.name,
+                    services.join(", ")
+                )));
+            }
             if net.is_cluster() && self.cluster.is_none() {
                 return Err(bad(NEEDS_CLUSTER));
             }

@@ -11,7 +11,7 @@
 //! its Maglev tables (`specs`).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     process::{Command, Stdio},
     sync::{mpsc, Arc},
@@ -48,17 +48,34 @@ const AGENT_TICK: Duration = Duration::from_millis(200);
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_RETRIES: u32 = 3;
-/// Wait before starting a task again whose container could not start.
-const FAILED_BACKOFF: Duration = Duration::from_secs(2);
+/// Wait before starting a task again whose container could not start or
+/// exited soon after it started: doubled by every such failure in a row,
+/// up to `MAX_BACKOFF` (so a replica that crashes at once is not restarted
+/// five times a second).
+const FAILED_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A container that ran this long before it exited starts again at once
+/// (Docker resets its restart delay after 10 s too).
+const STABLE_RUN: Duration = Duration::from_secs(10);
+/// The longest service name whose replicas' container names
+/// (`NAME.REPLICA.TASKID12`) and hostnames still fit: 63 characters, less
+/// `.1000.` and 12.
+pub const MAX_SERVICE_NAME: usize = 63 - 6 - 12;
+
+/// The wait before the next start after `streak` failed or short-lived
+/// starts in a row.
+pub fn restart_delay(streak: u32) -> Duration {
+    FAILED_BACKOFF
+        .saturating_mul(1u32 << streak.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
 
 impl Engine {
     // ----- operations ----------------------------------------------------
 
     pub fn create_service(&self, req: ServiceCreate) -> ApiResult<String> {
         let name = req.name.clone();
-        if !validate::valid_name(&name) {
-            return Err(bad(format!("invalid service name {name:?}")));
-        }
+        check_service_name(&name)?;
         if req.replicas > MAX_REPLICAS {
             return Err(bad(format!(
                 "--replicas {} is more than {MAX_REPLICAS}",
@@ -171,11 +188,11 @@ impl Engine {
                 .put(SERVICES_CLAIM, id.clone().into_bytes())
                 .put(model::net_use_claim(net), id.clone().into_bytes())
                 .put(svc.key(), json(&svc)?);
-            let mut placed = Vec::new();
+            let candidates = self.candidate_nodes(snap);
+            let mut placer = Placer::new(&candidates, snap, &Default::default());
             for replica in 1..=req.replicas {
-                let task = self.new_task(snap, &svc, replica, &placed);
+                let task = Self::new_task(&mut placer, &svc, replica);
                 t.put(task.key(), json(&task)?);
-                placed.push(task);
             }
             Ok((t, ()))
         })?;
@@ -185,6 +202,11 @@ impl Engine {
     }
 
     pub fn update_service(&self, name: &str, req: ServiceUpdate) -> ApiResult<()> {
+        if req.replicas.is_none() && req.publish_add.is_empty() && req.publish_rm.is_empty() {
+            return Err(bad(
+                "nothing to change: give --replicas, --publish-add or --publish-rm",
+            ));
+        }
         if let Some(n) = req.replicas {
             if n > MAX_REPLICAS {
                 return Err(bad(format!("replicas {n} is more than {MAX_REPLICAS}")));
@@ -239,23 +261,22 @@ impl Engine {
                 .unchanged(SERVICES_CLAIM, snap.rev_of(SERVICES_CLAIM))
                 .put(SERVICES_CLAIM, sid.clone().into_bytes())
                 .put(svc.key(), json(&svc)?);
-            let tasks: Vec<Task> = snap.tasks_of(&sid).into_iter().cloned().collect();
-            let mut kept: Vec<Task> = Vec::new();
-            for task in tasks {
+            let mut gone = HashSet::new();
+            let mut kept = HashSet::new();
+            for task in snap.tasks_of(&sid) {
                 if task.replica > svc.replicas {
                     t.unchanged(task.key(), snap.rev_of(&task.key()))
                         .delete(task.key());
+                    gone.insert(task.key());
                 } else {
-                    kept.push(task);
+                    kept.insert(task.replica);
                 }
             }
-            for replica in 1..=svc.replicas {
-                if kept.iter().any(|k| k.replica == replica) {
-                    continue;
-                }
-                let task = self.new_task(snap, &svc, replica, &kept);
+            let candidates = self.candidate_nodes(snap);
+            let mut placer = Placer::new(&candidates, snap, &gone);
+            for replica in (1..=svc.replicas).filter(|r| !kept.contains(r)) {
+                let task = Self::new_task(&mut placer, &svc, replica);
                 t.put(task.key(), json(&task)?);
-                kept.push(task);
             }
             Ok((t, ()))
         })?;
@@ -321,15 +342,14 @@ impl Engine {
             .unwrap_or(serde_json::Value::Null))
     }
 
-    /// A new task for replica `replica` of `svc`, placed on the host with
-    /// the fewest replicas of this service (then of all services), given
-    /// the tasks `placed` of this commit so far.
-    fn new_task(&self, snap: &Snapshot, svc: &Service, replica: u32, placed: &[Task]) -> Task {
+    /// A new task for replica `replica` of `svc`, placed by `placer` (and
+    /// counted there).
+    fn new_task(placer: &mut Placer, svc: &Service, replica: u32) -> Task {
         let mut task = Task {
             id: model::new_id(),
             service: svc.id.clone(),
             replica,
-            node: None,
+            node: placer.place(svc),
             state: TaskState::Pending,
             message: String::new(),
             container: None,
@@ -337,19 +357,15 @@ impl Engine {
             restarts: 0,
             since: model::now_rfc3339(),
         };
-        let candidates = self.candidate_nodes(snap);
-        let mut same: Vec<&Task> = snap.tasks_of(&svc.id);
-        same.retain(|t| !placed.iter().any(|p| p.replica == t.replica));
-        same.extend(placed.iter());
-        task.node = place(&candidates, snap, svc, &same);
         if task.node.is_none() {
-            task.message = if candidates.is_empty() {
+            task.message = if placer.candidates.is_empty() {
                 "no host is alive".into()
             } else {
                 "no host can take it: each host runs one replica of a service with host-mode ports"
                     .into()
             };
         }
+        placer.add(&task);
         task
     }
 
@@ -393,6 +409,24 @@ impl Engine {
         self.shared.cached.wait(rev, super::APPLY_TIMEOUT);
         Ok(())
     }
+}
+
+/// A service name that DNS and its replicas' container names can carry.
+fn check_service_name(name: &str) -> ApiResult<()> {
+    if name.is_empty() {
+        return Err(bad("a service needs a name: --name NAME"));
+    }
+    if !validate::valid_name(name) {
+        return Err(bad(format!(
+            "invalid service name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )));
+    }
+    if name.len() > MAX_SERVICE_NAME {
+        return Err(bad(format!(
+            "service name {name:?} is longer than {MAX_SERVICE_NAME} characters (its replicas' names must fit in 63)"
+        )));
+    }
+    Ok(())
 }
 
 /// `--health-*` into a check.
@@ -500,34 +534,106 @@ fn check_ports(snap: &Snapshot, sid: &str, ports: &[ServicePort]) -> ApiResult<(
     Ok(())
 }
 
-/// The host a new replica of `svc` goes to: among `candidates`, the one
-/// with the fewest replicas of `svc` (`same`), then of all services, then
-/// by name. With host-mode ports, a host runs one replica at most.
-pub fn place(
-    candidates: &[String],
-    snap: &Snapshot,
-    svc: &Service,
-    same: &[&Task],
-) -> Option<String> {
-    let host_mode = svc.ports.iter().any(|p| p.mode == PublishMode::Host);
-    let mut total: HashMap<&str, usize> = HashMap::new();
-    for t in snap.tasks.values() {
-        if let Some(n) = &t.node {
-            *total.entry(n.as_str()).or_default() += 1;
+/// Places new replicas: among the candidate hosts, the one with the
+/// fewest replicas of the service, then of all services, then by name.
+/// With host-mode ports, a host runs one replica of a service at most.
+///
+/// Built once from a snapshot and updated by every placement, so placing
+/// `n` replicas costs `O(n * hosts)`, not a scan of every task each.
+pub struct Placer<'a> {
+    candidates: &'a [String],
+    /// Tasks per host, of every service.
+    total: HashMap<String, usize>,
+    /// Tasks per (service id, host).
+    per_service: HashMap<(String, String), usize>,
+}
+
+impl<'a> Placer<'a> {
+    /// Counts the tasks of `snap`, leaving out those `moving` names (the
+    /// keys of tasks about to be placed again).
+    pub fn new(candidates: &'a [String], snap: &Snapshot, moving: &HashSet<String>) -> Self {
+        let mut p = Placer {
+            candidates,
+            total: HashMap::new(),
+            per_service: HashMap::new(),
+        };
+        for (key, t) in &snap.tasks {
+            if !moving.contains(key) {
+                p.add(t);
+            }
+        }
+        p
+    }
+
+    /// Counts `task` where it is placed.
+    pub fn add(&mut self, task: &Task) {
+        if let Some(n) = &task.node {
+            *self.total.entry(n.clone()).or_default() += 1;
+            *self
+                .per_service
+                .entry((task.service.clone(), n.clone()))
+                .or_default() += 1;
         }
     }
-    candidates
-        .iter()
-        .map(|n| {
-            let mine = same
-                .iter()
-                .filter(|t| t.node.as_deref() == Some(n.as_str()))
-                .count();
-            (mine, total.get(n.as_str()).copied().unwrap_or(0), n)
-        })
-        .filter(|(mine, _, _)| !host_mode || *mine == 0)
-        .min()
-        .map(|(_, _, n)| n.clone())
+
+    /// The host for a new replica of `svc` (not counted until `add`).
+    pub fn place(&self, svc: &Service) -> Option<String> {
+        let host_mode = svc.ports.iter().any(|p| p.mode == PublishMode::Host);
+        self.candidates
+            .iter()
+            .map(|n| {
+                let mine = self
+                    .per_service
+                    .get(&(svc.id.clone(), n.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                (mine, self.total.get(n).copied().unwrap_or(0), n)
+            })
+            .filter(|(mine, _, _)| !host_mode || *mine == 0)
+            .min()
+            .map(|(_, _, n)| n.clone())
+    }
+}
+
+/// Where the tasks of hosts whose lease expired (and the tasks no host
+/// could take) go: their new records, to commit one by one. A task that no
+/// host can take comes back unplaced (`node: None`) if it was placed.
+pub fn replan(snap: &Snapshot, candidates: &[String]) -> Vec<Task> {
+    let lost: Vec<&Task> = snap
+        .tasks
+        .values()
+        .filter(|t| t.node.as_ref().is_none_or(|n| !snap.alive.contains(n)))
+        .filter(|t| snap.services.contains_key(&t.service))
+        .collect();
+    let moving = lost.iter().map(|t| t.key()).collect();
+    let mut placer = Placer::new(candidates, snap, &moving);
+    let mut out = Vec::new();
+    for task in lost {
+        let svc = &snap.services[&task.service];
+        let mut t = task.clone();
+        t.state = TaskState::Pending;
+        t.container = None;
+        t.ip = None;
+        t.since = model::now_rfc3339();
+        match (placer.place(svc), &task.node) {
+            (Some(node), old) => {
+                t.message = old
+                    .as_ref()
+                    .map_or_else(String::new, |o| format!("host {o} went down; moved"));
+                t.node = Some(node);
+                placer.add(&t);
+            }
+            // Nowhere to go: unplaced (out of every table) until a host
+            // can take it.
+            (None, Some(old)) => {
+                t.node = None;
+                t.message = format!("host {old} went down; no other host can take it");
+            }
+            (None, None) => continue,
+        }
+        out.push(t);
+    }
+    out
 }
 
 /// What the agent remembers between ticks (nothing of it is needed after
@@ -535,11 +641,34 @@ pub fn place(
 #[derive(Default)]
 struct Agent {
     health: HashMap<String, Health>,
-    /// Tasks whose start failed, and when to try again.
-    backoff: HashMap<String, Instant>,
+    /// Tasks whose start failed or whose container exited soon after it
+    /// started: how many times in a row, and when to try again.
+    backoff: HashMap<String, Backoff>,
+    /// When this agent started a task's container (to tell a crash loop
+    /// from a replica that ran a while).
+    started: HashMap<String, Instant>,
     /// Tasks that stayed unhealthy for another `retries` checks: their
     /// container is replaced at the next tick.
-    restart: std::collections::HashSet<String>,
+    restart: HashSet<String>,
+}
+
+struct Backoff {
+    streak: u32,
+    until: Instant,
+}
+
+impl Agent {
+    /// One more failed (or short-lived) start of task `key`.
+    fn failed(&mut self, key: &str) -> Duration {
+        let b = self.backoff.entry(key.to_string()).or_insert(Backoff {
+            streak: 0,
+            until: Instant::now(),
+        });
+        b.streak = b.streak.saturating_add(1);
+        let delay = restart_delay(b.streak);
+        b.until = Instant::now() + delay;
+        delay
+    }
 }
 
 /// A task's health checks.
@@ -555,6 +684,13 @@ impl Agent {
     fn tick(&mut self, e: &Engine) {
         let snap = e.snapshot();
         let me = e.node().to_string();
+        // Replicas by task, once a tick (not a scan of every container for
+        // every task).
+        let by_task: HashMap<&str, &model::Container> = snap
+            .containers
+            .values()
+            .filter_map(|c| Some((c.task.as_deref()?, c)))
+            .collect();
         for task in snap.tasks.values() {
             if task.node.as_deref() != Some(me.as_str()) {
                 continue;
@@ -562,7 +698,7 @@ impl Agent {
             let Some(svc) = snap.services.get(&task.service) else {
                 continue;
             };
-            if let Err(err) = self.tend(e, &snap, svc, task) {
+            if let Err(err) = self.tend(e, &snap, svc, task, by_task.get(task.key().as_str())) {
                 if !matches!(err, ApiError::Conflict(_)) {
                     warn!(task = %task.key(), "{err}");
                 }
@@ -572,16 +708,26 @@ impl Agent {
         if e.cluster.is_some() {
             self.replace_lost(e, &snap, &me);
         }
-        self.health.retain(|k, _| {
+        let mine = |k: &String| {
             snap.tasks
                 .get(k)
                 .is_some_and(|t| t.node.as_deref() == Some(me.as_str()))
-        });
+        };
+        self.health.retain(|k, _| mine(k));
+        self.backoff.retain(|k, _| mine(k));
+        self.started.retain(|k, _| mine(k));
     }
 
     /// Brings one of this host's tasks along: starts its container,
     /// notices its exit, runs its health check.
-    fn tend(&mut self, e: &Engine, snap: &Snapshot, svc: &Service, task: &Task) -> ApiResult<()> {
+    fn tend(
+        &mut self,
+        e: &Engine,
+        snap: &Snapshot,
+        svc: &Service,
+        task: &Task,
+        replica: Option<&&model::Container>,
+    ) -> ApiResult<()> {
         let key = task.key();
         let ctr = task
             .container
@@ -591,11 +737,7 @@ impl Agent {
         if ctr.is_none() && task.container.is_none() {
             // Started, but the task was not updated (a daemon that died in
             // between, or a lost race): adopt it.
-            if let Some(c) = snap
-                .containers
-                .values()
-                .find(|c| c.task.as_deref() == Some(key.as_str()) && !snap.is_pending(&c.id))
-            {
+            if let Some(c) = replica.filter(|c| !snap.is_pending(&c.id)) {
                 let mut t = task.clone();
                 t.container = Some(c.id.clone());
                 t.ip = snap.endpoints_of_container(&c.id).first().map(|ep| ep.ip);
@@ -606,7 +748,7 @@ impl Agent {
             if self
                 .backoff
                 .get(&key)
-                .is_some_and(|at| Instant::now() < *at)
+                .is_some_and(|b| Instant::now() < b.until)
             {
                 return Ok(());
             }
@@ -619,8 +761,18 @@ impl Agent {
             // first, then a new container.
             let mut t = task.clone();
             if !alive {
+                let ran = self.started.get(&key).map(Instant::elapsed);
                 t.state = TaskState::Exited;
-                t.message = "its process exited; restarting".into();
+                t.message = if ran.is_some_and(|r| r < STABLE_RUN) {
+                    let delay = self.failed(&key);
+                    format!(
+                        "its process exited after {:.1}s; restarting in {delay:?}",
+                        ran.unwrap_or_default().as_secs_f32()
+                    )
+                } else {
+                    self.backoff.remove(&key);
+                    "its process exited; restarting".into()
+                };
             } else if sick {
                 t.state = TaskState::Unhealthy;
                 t.message = "unhealthy for too long; restarting".into();
@@ -675,12 +827,21 @@ impl Agent {
         };
         match e.run_as(req, Some(key.clone())) {
             Ok(cid) => {
-                self.backoff.remove(&key);
+                self.started.insert(key.clone(), Instant::now());
                 let now = e.snapshot();
                 let ip = now.endpoints_of_container(&cid).first().map(|ep| ep.ip);
-                let Some(cur) = now.tasks.get(&key).cloned() else {
-                    // Removed while it started.
-                    let _ = e.remove_container(&cid, true);
+                let Some(cur) = now
+                    .tasks
+                    .get(&key)
+                    .filter(|cur| cur.id == task.id && cur.node == task.node)
+                    .cloned()
+                else {
+                    // Removed, or removed and made again (a scale down and
+                    // up) or moved, while it started: this container is no
+                    // one's.
+                    if let Err(err) = e.remove_container(&cid, true) {
+                        warn!(container = %cid, "removing a replica whose task went: {err}");
+                    }
                     return Ok(());
                 };
                 let mut t = cur;
@@ -701,12 +862,12 @@ impl Agent {
                 Ok(())
             }
             Err(err) => {
-                self.backoff
-                    .insert(key.clone(), Instant::now() + FAILED_BACKOFF);
-                if task.state != TaskState::Failed || task.message != err.to_string() {
+                let delay = self.failed(&key);
+                let message = format!("starting its container: {err} (trying again in {delay:?})");
+                if task.state != TaskState::Failed || task.message != message {
                     let mut t = task.clone();
                     t.state = TaskState::Failed;
-                    t.message = err.to_string();
+                    t.message = message;
                     t.since = model::now_rfc3339();
                     e.put_task(snap, &t)?;
                 }
@@ -824,57 +985,13 @@ impl Agent {
             return;
         }
         let candidates = e.candidate_nodes(snap);
-        let mut placed: BTreeMap<String, Task> = BTreeMap::new();
-        for task in snap.tasks.values() {
-            let lost = match &task.node {
-                Some(n) => !snap.alive.contains(n),
-                None => true,
-            };
-            if !lost {
-                continue;
-            }
-            let Some(svc) = snap.services.get(&task.service) else {
-                continue;
-            };
-            let mut same: Vec<&Task> = snap
-                .tasks_of(&svc.id)
-                .into_iter()
-                .filter(|t| t.replica != task.replica && !placed.contains_key(&t.key()))
-                .collect();
-            same.extend(placed.values().filter(|t| t.service == svc.id));
-            let mut t = task.clone();
-            let Some(node) = place(&candidates, snap, svc, &same) else {
-                if let Some(old) = &task.node {
-                    // Nowhere to go: unplaced (out of every table) until a
-                    // host can take it.
-                    t.node = None;
-                    t.state = TaskState::Pending;
-                    t.container = None;
-                    t.ip = None;
-                    t.message = format!("host {old} went down; no other host can take it");
-                    t.since = model::now_rfc3339();
-                    if let Err(err) = e.put_task(snap, &t) {
-                        warn!(task = %t.key(), "unplacing a replica: {err}");
-                    }
+        for t in replan(snap, &candidates) {
+            match (e.put_task(snap, &t), &t.node) {
+                (Ok(()), Some(node)) => {
+                    info!(task = %t.key(), node = %node, "replica placed again")
                 }
-                continue;
-            };
-            if let Some(old) = &task.node {
-                t.message = format!("host {old} went down; moved");
-            } else {
-                t.message.clear();
-            }
-            t.node = Some(node.clone());
-            t.state = TaskState::Pending;
-            t.container = None;
-            t.ip = None;
-            t.since = model::now_rfc3339();
-            match e.put_task(snap, &t) {
-                Ok(()) => {
-                    info!(task = %t.key(), node = %node, "replica placed again");
-                    placed.insert(t.key(), t);
-                }
-                Err(err) => warn!(task = %t.key(), "placing a replica again: {err}"),
+                (Ok(()), None) => info!(task = %t.key(), "replica unplaced: no host can take it"),
+                (Err(err), _) => warn!(task = %t.key(), "placing a replica again: {err}"),
             }
         }
     }
@@ -1035,7 +1152,7 @@ mod tests {
             state: TaskState::Running,
             message: String::new(),
             container: None,
-            ip: Some(Ipv4Addr::new(10, 0, 0, 10 + replica as u8)),
+            ip: Some(Ipv4Addr::from(0x0a00_000a + replica)),
             restarts: 0,
             since: String::new(),
         }
@@ -1046,11 +1163,12 @@ mod tests {
         let snap = Snapshot::default();
         let nodes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let s = svc(vec![]);
+        let mut placer = Placer::new(&nodes, &snap, &HashSet::new());
         let mut placed: Vec<Task> = Vec::new();
         for r in 1..=6 {
-            let same: Vec<&Task> = placed.iter().collect();
-            let n = place(&nodes, &snap, &s, &same).unwrap();
-            placed.push(task(r, &n));
+            let t = task(r, &placer.place(&s).unwrap());
+            placer.add(&t);
+            placed.push(t);
         }
         for n in &nodes {
             assert_eq!(
@@ -1061,23 +1179,87 @@ mod tests {
                 2
             );
         }
-        let h = svc(vec![ServicePort {
+        let mut h = svc(vec![ServicePort {
             published: 80,
             target: 80,
             proto: Proto::Tcp,
             mode: PublishMode::Host,
         }]);
-        let mut placed: Vec<Task> = Vec::new();
+        h.id = "s2".into();
         for r in 1..=3 {
-            let same: Vec<&Task> = placed.iter().collect();
-            placed.push(task(r, &place(&nodes, &snap, &h, &same).unwrap()));
+            let mut t = task(r, &placer.place(&h).unwrap());
+            t.service = h.id.clone();
+            placer.add(&t);
         }
-        let same: Vec<&Task> = placed.iter().collect();
         assert_eq!(
-            place(&nodes, &snap, &h, &same),
+            placer.place(&h),
             None,
             "a fourth host-mode replica has no host"
         );
+    }
+
+    /// Placement also weighs other services' replicas: a host that runs
+    /// more of them gets the next replica last.
+    #[test]
+    fn placement_prefers_the_least_loaded_host() {
+        let mut snap = Snapshot::default();
+        let mut other = task(1, "a");
+        other.service = "busy".into();
+        snap.tasks.insert(other.key(), other);
+        let nodes = vec!["a".to_string(), "b".to_string()];
+        let placer = Placer::new(&nodes, &snap, &HashSet::new());
+        assert_eq!(placer.place(&svc(vec![])).as_deref(), Some("b"));
+    }
+
+    /// A host that went down has its replicas spread over the live hosts
+    /// (evenly, counting what they run already); with host-mode ports, a
+    /// replica no host can take comes back unplaced. Also the cost: 1,000
+    /// replicas of a lost host are planned in one linear pass.
+    #[test]
+    fn replan_moves_a_lost_hosts_replicas() {
+        let mut snap = Snapshot::default();
+        let s = svc(vec![]);
+        snap.services.insert(s.id.clone(), s.clone());
+        for r in 1..=1_000 {
+            let t = task(r, if r <= 10 { "a" } else { "gone" });
+            snap.tasks.insert(t.key(), t);
+        }
+        snap.alive.extend(["a".to_string(), "b".to_string()]);
+        let nodes: Vec<String> = snap.alive.iter().cloned().collect();
+        let started = Instant::now();
+        let plan = replan(&snap, &nodes);
+        let took = started.elapsed();
+        eprintln!("replan of 990 lost replicas over 2 hosts: {took:?}");
+        assert_eq!(plan.len(), 990);
+        let on = |n: &str| plan.iter().filter(|t| t.node.as_deref() == Some(n)).count();
+        // 1,000 over two hosts, "a" runs 10 already.
+        assert_eq!((on("a"), on("b")), (490, 500));
+        assert!(plan.iter().all(|t| t.state == TaskState::Pending
+            && t.ip.is_none()
+            && t.message == "host gone went down; moved"));
+        assert!(took < Duration::from_secs(1), "replan took {took:?}");
+
+        let mut h = svc(vec![ServicePort {
+            published: 80,
+            target: 80,
+            proto: Proto::Tcp,
+            mode: PublishMode::Host,
+        }]);
+        h.id = "s1".into();
+        let mut snap = Snapshot::default();
+        snap.services.insert(h.id.clone(), h);
+        for (r, n) in [(1, "a"), (2, "gone")] {
+            let t = task(r, n);
+            snap.tasks.insert(t.key(), t);
+        }
+        snap.alive.insert("a".into());
+        let plan = replan(&snap, &["a".to_string()]);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].replica, plan[0].node.as_deref()), (2, None));
+        // Unplaced already: nothing to write again.
+        let mut snap2 = snap.clone();
+        snap2.tasks.insert(plan[0].key(), plan[0].clone());
+        assert!(replan(&snap2, &["a".to_string()]).is_empty());
     }
 
     #[test]
@@ -1127,6 +1309,68 @@ mod tests {
             vec![true, false, false],
             "unhealthy, and on a host that is down"
         );
+    }
+
+    /// A misspelt field is an error naming it, not a default taken in
+    /// silence; the CLI's own bodies still parse.
+    #[test]
+    fn service_requests_refuse_unknown_fields() {
+        let err = serde_json::from_str::<ServiceCreate>(
+            r#"{"name":"web","network":"n","replica":3,"cmd":["sleep","1"]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `replica`"), "{err}");
+        let ok: ServiceCreate = serde_json::from_value(serde_json::json!({
+            "name": "web", "network": "n", "replicas": 3, "publish": ["8080:80"],
+            "endpoint_mode": null, "health_cmd": null, "health_interval": null,
+            "health_timeout": null, "health_retries": null, "env": [], "cmd": ["sleep", "1"],
+        }))
+        .unwrap();
+        assert_eq!(ok.replicas, 3);
+        let err = serde_json::from_str::<ServiceUpdate>(r#"{"replicas":2,"publish-add":[]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `publish-add`"), "{err}");
+        serde_json::from_value::<ServiceUpdate>(serde_json::json!({
+            "replicas": null, "publish_add": ["9090:90"], "publish_rm": ["8080"],
+        }))
+        .unwrap();
+    }
+
+    #[test]
+    fn restart_delay_doubles_up_to_a_minute() {
+        let d: Vec<u64> = [1, 2, 3, 4, 6, 7, 8, 100, u32::MAX]
+            .into_iter()
+            .map(|n| restart_delay(n).as_secs())
+            .collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 32, 60, 60, 60, 60]);
+        assert_eq!(restart_delay(0), FAILED_BACKOFF);
+    }
+
+    /// The longest accepted name still gives replica container names and
+    /// hostnames that `run` accepts, for the highest replica number; one
+    /// character more is refused at create, not at every start.
+    #[test]
+    fn service_names_fit_their_replicas_names() {
+        let name = "s".repeat(MAX_SERVICE_NAME);
+        check_service_name(&name).unwrap();
+        let mut t = task(MAX_REPLICAS, "a");
+        t.id = model::new_id();
+        let cname = t.container_name(&name);
+        assert!(validate::valid_name(&cname), "{cname}");
+        assert!(
+            validate::valid_hostname(&cname.replace('.', "-")),
+            "{cname}"
+        );
+        let long = format!("{name}s");
+        let err = check_service_name(&long).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        assert!(check_service_name("")
+            .unwrap_err()
+            .to_string()
+            .contains("needs a name"));
+        assert!(check_service_name("-web").is_err());
     }
 
     #[test]

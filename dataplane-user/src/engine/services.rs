@@ -41,6 +41,12 @@ use crate::{
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: u32 = 1_000;
+/// Most tasks one commit makes or removes: etcd refuses a transaction of
+/// more than 128 operations (or guards) by default, and a service of 1,000
+/// replicas must still be created, scaled and removed on it. What does not
+/// fit goes in the commits that follow (`fill_tasks`), and the agent of the
+/// first live host finishes the work of a daemon that died in between.
+pub const TASKS_PER_COMMIT: usize = 100;
 /// How often the agent looks at its tasks.
 const AGENT_TICK: Duration = Duration::from_millis(200);
 /// Health-check defaults (Docker's interval is 30 s; a routing mesh that
@@ -148,6 +154,7 @@ impl Engine {
                 )));
             }
             check_ports(snap, &id, &ports)?;
+            check_total_replicas(snap, &id, req.replicas)?;
             let slot = (0..dataplane_common::MAX_SERVICES)
                 .find(|s| !snap.services.values().any(|o| o.slot == *s))
                 .ok_or_else(|| {
@@ -188,15 +195,11 @@ impl Engine {
                 .put(SERVICES_CLAIM, id.clone().into_bytes())
                 .put(model::net_use_claim(net), id.clone().into_bytes())
                 .put(svc.key(), json(&svc)?);
-            let candidates = self.candidate_nodes(snap);
-            let mut placer = Placer::new(&candidates, snap, &Default::default());
-            for replica in 1..=req.replicas {
-                let task = Self::new_task(&mut placer, &svc, replica);
-                t.put(task.key(), json(&task)?);
-            }
+            self.converge_tasks(snap, &svc, &mut t)?;
             Ok((t, ()))
         })?;
         self.applied(rev, &[])?;
+        self.fill_tasks(&id)?;
         info!(service = %name, replicas = req.replicas, "service created");
         Ok(id)
     }
@@ -222,7 +225,7 @@ impl Engine {
             .iter()
             .map(|p| parse_port_ref(p))
             .collect::<ApiResult<Vec<_>>>()?;
-        let (rev, ()) = self.commit_with(|snap| {
+        let (rev, sid) = self.commit_with(|snap| {
             let sid = snap.service_id(name)?;
             let old = &snap.services[&sid];
             let mut svc = old.clone();
@@ -253,6 +256,7 @@ impl Engine {
             }
             check_ports(snap, &sid, &svc.ports)?;
             if let Some(n) = req.replicas {
+                check_total_replicas(snap, &sid, n)?;
                 svc.replicas = n;
             }
             svc.version += 1;
@@ -261,32 +265,17 @@ impl Engine {
                 .unchanged(SERVICES_CLAIM, snap.rev_of(SERVICES_CLAIM))
                 .put(SERVICES_CLAIM, sid.clone().into_bytes())
                 .put(svc.key(), json(&svc)?);
-            let mut gone = HashSet::new();
-            let mut kept = HashSet::new();
-            for task in snap.tasks_of(&sid) {
-                if task.replica > svc.replicas {
-                    t.unchanged(task.key(), snap.rev_of(&task.key()))
-                        .delete(task.key());
-                    gone.insert(task.key());
-                } else {
-                    kept.insert(task.replica);
-                }
-            }
-            let candidates = self.candidate_nodes(snap);
-            let mut placer = Placer::new(&candidates, snap, &gone);
-            for replica in (1..=svc.replicas).filter(|r| !kept.contains(r)) {
-                let task = Self::new_task(&mut placer, &svc, replica);
-                t.put(task.key(), json(&task)?);
-            }
-            Ok((t, ()))
+            self.converge_tasks(snap, &svc, &mut t)?;
+            Ok((t, sid))
         })?;
         self.applied(rev, &[])?;
+        self.fill_tasks(&sid)?;
         info!(service = %name, "service updated");
         Ok(())
     }
 
     pub fn remove_service(&self, name: &str) -> ApiResult<()> {
-        let (rev, mine) = self.commit_with(|snap| {
+        let (rev, (sid, mine)) = self.commit_with(|snap| {
             let sid = snap.service_id(name)?;
             let svc = &snap.services[&sid];
             let mut t = Txn::default();
@@ -297,16 +286,21 @@ impl Engine {
             if let (Some(vip), Some(net)) = (svc.vip, snap.networks.get(&svc.network)) {
                 t.delete(model::ip_claim(net, vip));
             }
-            let mut mine = Vec::new();
-            for task in snap.tasks_of(&sid) {
+            // The first tasks go with it; the rest (a service of more
+            // than fit in one commit) right after, by `fill_tasks`.
+            for task in snap.tasks_of(&sid).into_iter().take(TASKS_PER_COMMIT) {
                 t.delete(task.key());
-                if task.node.as_deref() == Some(self.node()) {
-                    mine.extend(task.container.clone());
-                }
             }
-            Ok((t, mine))
+            let mine: Vec<String> = snap
+                .tasks_of(&sid)
+                .into_iter()
+                .filter(|task| task.node.as_deref() == Some(self.node()))
+                .filter_map(|task| task.container.clone())
+                .collect();
+            Ok((t, (sid, mine)))
         })?;
         self.applied(rev, &[])?;
+        self.fill_tasks(&sid)?;
         // This host's replicas go now; other hosts' agents remove theirs.
         for cid in mine {
             match self.remove_container(&cid, true) {
@@ -316,6 +310,58 @@ impl Engine {
         }
         info!(service = %name, "service removed");
         Ok(())
+    }
+
+    /// Adds to `t` the first `TASKS_PER_COMMIT` changes that bring the
+    /// tasks of `svc` (as `t` will write it) to its replica count: tasks
+    /// of replicas above it removed, missing ones made and placed. Each
+    /// guarded, so that two writers (the call and the agent that finishes
+    /// its work) cannot both make or remove one. Returns how many.
+    fn converge_tasks(&self, snap: &Snapshot, svc: &Service, t: &mut Txn) -> ApiResult<usize> {
+        let plan = task_changes(snap, svc, TASKS_PER_COMMIT);
+        for key in &plan.remove {
+            t.unchanged(key.clone(), snap.rev_of(key))
+                .delete(key.clone());
+        }
+        if !plan.add.is_empty() {
+            let candidates = self.candidate_nodes(snap);
+            let gone: HashSet<String> = plan.remove.iter().cloned().collect();
+            let mut placer = Placer::new(&candidates, snap, &gone);
+            for replica in &plan.add {
+                let task = Self::new_task(&mut placer, svc, *replica);
+                t.absent(task.key()).put(task.key(), json(&task)?);
+            }
+        }
+        Ok(plan.remove.len() + plan.add.len())
+    }
+
+    /// Commits, `TASKS_PER_COMMIT` at a time, what is left of bringing the
+    /// tasks of service `sid` to its replica count (all its tasks removed,
+    /// once it is gone).
+    pub(super) fn fill_tasks(&self, sid: &str) -> ApiResult<()> {
+        loop {
+            let (rev, n) = self.commit_with(|snap| {
+                let mut t = Txn::default();
+                let n = match snap.services.get(sid) {
+                    Some(svc) => {
+                        t.unchanged(svc.key(), snap.rev_of(&svc.key()));
+                        self.converge_tasks(snap, svc, &mut t)?
+                    }
+                    None => {
+                        let orphans = snap.tasks_of(sid);
+                        for task in orphans.iter().take(TASKS_PER_COMMIT) {
+                            t.delete(task.key());
+                        }
+                        orphans.len().min(TASKS_PER_COMMIT)
+                    }
+                };
+                Ok((t, n))
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.applied(rev, &[])?;
+        }
     }
 
     /// `service inspect`: the record, its tasks, and its counters on this
@@ -493,6 +539,26 @@ fn parse_port_ref(s: &str) -> ApiResult<(u16, Option<model::Proto>)> {
     Ok((port, proto))
 }
 
+/// Refuses a replica count that would take the cluster's services past
+/// the replicas every host's `BACKENDS` map holds (the maps of every host
+/// would then fail to take them all, for every service).
+fn check_total_replicas(snap: &Snapshot, sid: &str, replicas: u32) -> ApiResult<()> {
+    let others: u64 = snap
+        .services
+        .values()
+        .filter(|s| s.id != sid)
+        .map(|s| u64::from(s.replicas))
+        .sum();
+    let room = u64::from(dataplane_common::MAX_BACKENDS).saturating_sub(others);
+    if u64::from(replicas) > room {
+        return Err(ApiError::Conflict(format!(
+            "{replicas} replicas would take the cluster's services past {} replicas in all (the other services have {others})",
+            dataplane_common::MAX_BACKENDS
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses ports published twice, by another service, or (ingress ports:
 /// every host address answers them) by a container of this host.
 fn check_ports(snap: &Snapshot, sid: &str, ports: &[ServicePort]) -> ApiResult<()> {
@@ -593,6 +659,33 @@ impl<'a> Placer<'a> {
             .min()
             .map(|(_, _, n)| n.clone())
     }
+}
+
+/// What brings a service's tasks to its replica count.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TaskChanges {
+    /// Keys of the tasks of replicas above the count.
+    pub remove: Vec<String>,
+    /// Replica numbers that have no task.
+    pub add: Vec<u32>,
+}
+
+/// The first `max` changes (removals first) that bring the tasks of `svc`
+/// in `snap` to `svc.replicas`; linear in the service's tasks.
+pub fn task_changes(snap: &Snapshot, svc: &Service, max: usize) -> TaskChanges {
+    let tasks = snap.tasks_of(&svc.id);
+    let remove: Vec<String> = tasks
+        .iter()
+        .filter(|t| t.replica > svc.replicas)
+        .take(max)
+        .map(|t| t.key())
+        .collect();
+    let have: HashSet<u32> = tasks.iter().map(|t| t.replica).collect();
+    let add = (1..=svc.replicas)
+        .filter(|r| !have.contains(r))
+        .take(max - remove.len())
+        .collect();
+    TaskChanges { remove, add }
 }
 
 /// Where the tasks of hosts whose lease expired (and the tasks no host
@@ -705,6 +798,9 @@ impl Agent {
             }
         }
         self.sweep(e, &snap, &me);
+        if e.cluster.is_none() || snap.alive.iter().next() == Some(&me) {
+            finish_tasks(e, &snap);
+        }
         if e.cluster.is_some() {
             self.replace_lost(e, &snap, &me);
         }
@@ -962,7 +1058,9 @@ impl Agent {
                 continue;
             };
             let wanted = snap.tasks.get(key).is_some_and(|t| {
-                t.node.as_deref() == Some(me) && t.container.as_deref().is_none_or(|id| id == c.id)
+                t.node.as_deref() == Some(me)
+                    && t.container.as_deref().is_none_or(|id| id == c.id)
+                    && snap.services.contains_key(&t.service)
             });
             // A container being started has no task container yet: leave
             // it to the start that made it.
@@ -993,6 +1091,37 @@ impl Agent {
                 (Ok(()), None) => info!(task = %t.key(), "replica unplaced: no host can take it"),
                 (Err(err), _) => warn!(task = %t.key(), "placing a replica again: {err}"),
             }
+        }
+    }
+}
+
+/// Finishes what a `service create|update|rm` left undone (its daemon died
+/// between two of its commits): tasks missing or above the replica count,
+/// tasks of a removed service. Done by the first live host alone.
+fn finish_tasks(e: &Engine, snap: &Snapshot) {
+    let mut per_service: HashMap<&str, (u32, u32)> = HashMap::new();
+    for t in snap.tasks.values() {
+        let c = per_service.entry(t.service.as_str()).or_default();
+        c.0 += 1;
+        c.1 = c.1.max(t.replica);
+    }
+    let unfinished = snap
+        .services
+        .values()
+        .filter(|s| {
+            let (n, top) = per_service.get(s.id.as_str()).copied().unwrap_or_default();
+            n != s.replicas || top > s.replicas
+        })
+        .map(|s| s.id.as_str())
+        .chain(
+            per_service
+                .keys()
+                .copied()
+                .filter(|sid| !snap.services.contains_key(*sid)),
+        );
+    for sid in unfinished {
+        if let Err(err) = e.fill_tasks(sid) {
+            warn!(service = %sid, "finishing the tasks of a service: {err}");
         }
     }
 }
@@ -1123,7 +1252,7 @@ pub fn counters(snap: &Snapshot, stats: &[ServiceStats]) -> Vec<serde_json::Valu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Proto;
+    use crate::model::{service::task_key, Proto};
 
     fn svc(ports: Vec<ServicePort>) -> Service {
         Service {
@@ -1336,6 +1465,67 @@ mod tests {
             "replicas": null, "publish_add": ["9090:90"], "publish_rm": ["8080"],
         }))
         .unwrap();
+    }
+
+    /// Scaling happens `max` changes a commit at most (etcd's 128
+    /// operations), removals first, and converges: the next round after
+    /// the changes are in has nothing left.
+    #[test]
+    fn task_changes_are_bounded_and_converge() {
+        let mut snap = Snapshot::default();
+        let mut s = svc(vec![]);
+        snap.services.insert(s.id.clone(), s.clone());
+        for r in 1..=5 {
+            let t = task(r, "a");
+            snap.tasks.insert(t.key(), t);
+        }
+        s.replicas = 2;
+        let c = task_changes(&snap, &s, TASKS_PER_COMMIT);
+        assert_eq!(
+            c.remove,
+            (3..=5).map(|r| task_key("s1", r)).collect::<Vec<_>>()
+        );
+        assert!(c.add.is_empty());
+        assert_eq!(task_changes(&snap, &s, 2).remove.len(), 2);
+
+        s.replicas = MAX_REPLICAS;
+        let mut rounds = 0;
+        loop {
+            let c = task_changes(&snap, &s, TASKS_PER_COMMIT);
+            if c.add.is_empty() && c.remove.is_empty() {
+                break;
+            }
+            assert!(c.add.len() + c.remove.len() <= TASKS_PER_COMMIT);
+            for r in c.add {
+                let t = task(r, "a");
+                snap.tasks.insert(t.key(), t);
+            }
+            rounds += 1;
+        }
+        assert_eq!(rounds, 10, "995 new tasks, 100 a commit");
+        assert_eq!(snap.tasks_of("s1").len(), MAX_REPLICAS as usize);
+        // Each commit of a task change is a guard and a write: within
+        // etcd's 128 with the service's own few.
+        const { assert!(TASKS_PER_COMMIT + 8 <= 128) };
+    }
+
+    #[test]
+    fn total_replicas_stay_within_the_backends_map() {
+        let mut snap = Snapshot::default();
+        let mut other = svc(vec![]);
+        other.id = "other".into();
+        other.replicas = dataplane_common::MAX_BACKENDS - 10;
+        snap.services.insert(other.id.clone(), other);
+        let mut me = svc(vec![]);
+        me.replicas = 500;
+        snap.services.insert(me.id.clone(), me);
+        // Its own current count does not count against it.
+        check_total_replicas(&snap, "s1", 10).unwrap();
+        let err = check_total_replicas(&snap, "s1", 11)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the other services have 65526"), "{err}");
+        check_total_replicas(&snap, "new", 0).unwrap();
     }
 
     #[test]

@@ -703,11 +703,7 @@ impl Engine {
             .iter()
             .map(|s| validate::parse_ip(s, "--dns"))
             .collect::<ApiResult<Vec<_>>>()?;
-        for kv in &req.env {
-            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
-                return Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE")));
-            }
-        }
+        validate::check_env(&req.env)?;
         let exposed = req
             .expose
             .iter()

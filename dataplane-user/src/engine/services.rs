@@ -82,12 +82,7 @@ impl Engine {
     pub fn create_service(&self, req: ServiceCreate) -> ApiResult<String> {
         let name = req.name.clone();
         check_service_name(&name)?;
-        if req.replicas > MAX_REPLICAS {
-            return Err(bad(format!(
-                "--replicas {} is more than {MAX_REPLICAS}",
-                req.replicas
-            )));
-        }
+        check_replicas(req.replicas)?;
         if req.cmd.is_empty() {
             return Err(bad(
                 "no command given: dataplane service create [OPTIONS] -- CMD [ARGS...]",
@@ -96,16 +91,8 @@ impl Engine {
         if super::sandbox::resolve_command(&req.cmd[0]).is_none() {
             return Err(bad(format!("executable file not found: {}", req.cmd[0])));
         }
-        for kv in &req.env {
-            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
-                return Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE")));
-            }
-        }
-        let ports = req
-            .publish
-            .iter()
-            .map(|p| validate::parse_service_port(p))
-            .collect::<ApiResult<Vec<_>>>()?;
+        validate::check_env(&req.env)?;
+        let ports = parse_ports(&req.publish)?;
         let endpoint_mode = match req.endpoint_mode.as_deref() {
             None | Some("vip") => EndpointMode::Vip,
             Some("dnsrr") => EndpointMode::Dnsrr,
@@ -115,15 +102,7 @@ impl Engine {
                 )))
             }
         };
-        if endpoint_mode == EndpointMode::Dnsrr
-            && ports.iter().any(|p| p.mode == PublishMode::Ingress)
-        {
-            // Swarm refuses this too: the routing mesh balances to a VIP's
-            // replicas.
-            return Err(bad(
-                "ingress-mode ports need --endpoint-mode vip; publish with mode=host for dnsrr",
-            ));
-        }
+        check_endpoint_mode(endpoint_mode, &ports)?;
         let health = health_check(&req)?;
         let id = model::new_id();
         let (rev, ()) = self.commit_with(|snap| {
@@ -211,15 +190,9 @@ impl Engine {
             ));
         }
         if let Some(n) = req.replicas {
-            if n > MAX_REPLICAS {
-                return Err(bad(format!("replicas {n} is more than {MAX_REPLICAS}")));
-            }
+            check_replicas(n)?;
         }
-        let add = req
-            .publish_add
-            .iter()
-            .map(|p| validate::parse_service_port(p))
-            .collect::<ApiResult<Vec<_>>>()?;
+        let add = parse_ports(&req.publish_add)?;
         let rm = req
             .publish_rm
             .iter()
@@ -242,13 +215,7 @@ impl Engine {
                 }
             }
             svc.ports.extend(add.iter().copied());
-            if svc.endpoint_mode == EndpointMode::Dnsrr
-                && svc.ports.iter().any(|p| p.mode == PublishMode::Ingress)
-            {
-                return Err(bad(
-                    "ingress-mode ports need --endpoint-mode vip; publish with mode=host for dnsrr",
-                ));
-            }
+            check_endpoint_mode(svc.endpoint_mode, &svc.ports)?;
             if !add.is_empty() && snap.networks.get(&svc.network).is_some_and(|n| n.internal) {
                 return Err(bad(
                     "cannot publish ports of a service on an internal network",
@@ -457,6 +424,35 @@ impl Engine {
     }
 }
 
+/// A replica count a service may have.
+fn check_replicas(n: u32) -> ApiResult<()> {
+    if n > MAX_REPLICAS {
+        return Err(bad(format!(
+            "--replicas {n} is more than {MAX_REPLICAS}, the most one service may have"
+        )));
+    }
+    Ok(())
+}
+
+/// `--publish` (and `--publish-add`) specs.
+fn parse_ports(specs: &[String]) -> ApiResult<Vec<ServicePort>> {
+    specs
+        .iter()
+        .map(|p| validate::parse_service_port(p))
+        .collect()
+}
+
+/// Swarm refuses ingress ports of a `dnsrr` service too: the routing mesh
+/// balances to a VIP's replicas.
+fn check_endpoint_mode(mode: EndpointMode, ports: &[ServicePort]) -> ApiResult<()> {
+    if mode == EndpointMode::Dnsrr && ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+        return Err(bad(
+            "ingress-mode ports need --endpoint-mode vip; publish with mode=host for dnsrr",
+        ));
+    }
+    Ok(())
+}
+
 /// A service name that DNS and its replicas' container names can carry.
 fn check_service_name(name: &str) -> ApiResult<()> {
     if name.is_empty() {
@@ -562,40 +558,38 @@ fn check_total_replicas(snap: &Snapshot, sid: &str, replicas: u32) -> ApiResult<
 /// Refuses ports published twice, by another service, or (ingress ports:
 /// every host address answers them) by a container of this host.
 fn check_ports(snap: &Snapshot, sid: &str, ports: &[ServicePort]) -> ApiResult<()> {
+    let own_tasks = format!("{}{sid}/", model::service::TASKS);
     for (i, p) in ports.iter().enumerate() {
-        if ports[..i]
-            .iter()
-            .any(|q| q.published == p.published && q.proto == p.proto)
-        {
+        let same = |q: &ServicePort| q.published == p.published && q.proto == p.proto;
+        if ports[..i].iter().any(same) {
             return Err(bad(format!(
                 "port {}/{} is published twice",
                 p.published, p.proto
             )));
         }
-        if let Some(other) = snap.services.values().find(|s| {
-            s.id != sid
-                && s.ports
+        let taken_by = if let Some(other) = snap
+            .services
+            .values()
+            .find(|s| s.id != sid && s.ports.iter().any(same))
+        {
+            format!("service {}", other.name)
+        } else if let Some(c) = snap.containers.values().find(|c| {
+            // Ingress ports: every host address answers them. (This
+            // service's own replicas hold its host-mode ports.)
+            p.mode == PublishMode::Ingress
+                && c.task.as_ref().is_none_or(|k| !k.starts_with(&own_tasks))
+                && c.ports
                     .iter()
-                    .any(|q| q.published == p.published && q.proto == p.proto)
+                    .any(|b| b.host_port == p.published && b.proto == p.proto)
         }) {
-            return Err(ApiError::Conflict(format!(
-                "port {}/{} is already published by service {}",
-                p.published, p.proto, other.name
-            )));
-        }
-        if p.mode == PublishMode::Ingress {
-            if let Some(c) = snap.containers.values().find(|c| {
-                c.task.as_ref().is_none_or(|k| !k.contains(sid))
-                    && c.ports
-                        .iter()
-                        .any(|b| b.host_port == p.published && b.proto == p.proto)
-            }) {
-                return Err(ApiError::Conflict(format!(
-                    "port {}/{} is already published by container {}",
-                    p.published, p.proto, c.name
-                )));
-            }
-        }
+            format!("container {}", c.name)
+        } else {
+            continue;
+        };
+        return Err(ApiError::Conflict(format!(
+            "port {}/{} is already published by {taken_by}",
+            p.published, p.proto
+        )));
     }
     Ok(())
 }
@@ -703,11 +697,9 @@ pub fn replan(snap: &Snapshot, candidates: &[String]) -> Vec<Task> {
     let mut out = Vec::new();
     for task in lost {
         let svc = &snap.services[&task.service];
-        let mut t = task.clone();
-        t.state = TaskState::Pending;
+        let mut t = task.entering(TaskState::Pending, "");
         t.container = None;
         t.ip = None;
-        t.since = model::now_rfc3339();
         match (placer.place(svc), &task.node) {
             (Some(node), old) => {
                 t.message = old
@@ -855,11 +847,9 @@ impl Agent {
         if !alive || sick || c.publish != svc.host_publish() {
             // Exited (or its host-mode ports changed): out of every table
             // first, then a new container.
-            let mut t = task.clone();
-            if !alive {
+            let t = if !alive {
                 let ran = self.started.get(&key).map(Instant::elapsed);
-                t.state = TaskState::Exited;
-                t.message = if ran.is_some_and(|r| r < STABLE_RUN) {
+                let message = if ran.is_some_and(|r| r < STABLE_RUN) {
                     let delay = self.failed(&key);
                     format!(
                         "its process exited after {:.1}s; restarting in {delay:?}",
@@ -869,14 +859,15 @@ impl Agent {
                     self.backoff.remove(&key);
                     "its process exited; restarting".into()
                 };
+                task.entering(TaskState::Exited, message)
             } else if sick {
-                t.state = TaskState::Unhealthy;
-                t.message = "unhealthy for too long; restarting".into();
+                task.entering(TaskState::Unhealthy, "unhealthy for too long; restarting")
             } else {
-                t.state = TaskState::Pending;
-                t.message = "its published ports changed; restarting".into();
-            }
-            t.since = model::now_rfc3339();
+                task.entering(
+                    TaskState::Pending,
+                    "its published ports changed; restarting",
+                )
+            };
             e.put_task(snap, &t)?;
             let cid = c.id.clone();
             match e.remove_container(&cid, true) {
@@ -896,11 +887,7 @@ impl Agent {
         }
         let Some(check) = &svc.health else {
             if task.state != TaskState::Running {
-                let mut t = task.clone();
-                t.state = TaskState::Running;
-                t.message.clear();
-                t.since = model::now_rfc3339();
-                e.put_task(snap, &t)?;
+                e.put_task(snap, &task.entering(TaskState::Running, ""))?;
             }
             return Ok(());
         };
@@ -940,16 +927,14 @@ impl Agent {
                     }
                     return Ok(());
                 };
-                let mut t = cur;
-                t.container = Some(cid.clone());
-                t.ip = ip;
-                t.state = if svc.health.is_some() {
+                let state = if svc.health.is_some() {
                     TaskState::Starting
                 } else {
                     TaskState::Running
                 };
-                t.message.clear();
-                t.since = model::now_rfc3339();
+                let mut t = cur.entering(state, "");
+                t.container = Some(cid.clone());
+                t.ip = ip;
                 if let Err(err) = e.put_task(&now, &t) {
                     let _ = e.remove_container(&cid, true);
                     return Err(err);
@@ -961,11 +946,7 @@ impl Agent {
                 let delay = self.failed(&key);
                 let message = format!("starting its container: {err} (trying again in {delay:?})");
                 if task.state != TaskState::Failed || task.message != message {
-                    let mut t = task.clone();
-                    t.state = TaskState::Failed;
-                    t.message = message;
-                    t.since = model::now_rfc3339();
-                    e.put_task(snap, &t)?;
+                    e.put_task(snap, &task.entering(TaskState::Failed, message))?;
                 }
                 Err(err)
             }
@@ -981,19 +962,16 @@ impl Agent {
         check: &HealthCheck,
     ) -> ApiResult<()> {
         let key = task.key();
-        let h = self.health.entry(key.clone()).or_insert_with(|| Health {
+        let fresh = || Health {
             next: Instant::now(),
             fails: 0,
             running: None,
             container: c.id.clone(),
-        });
+        };
+        let h = self.health.entry(key.clone()).or_insert_with(fresh);
         if h.container != c.id {
-            *h = Health {
-                next: Instant::now(),
-                fails: 0,
-                running: None,
-                container: c.id.clone(),
-            };
+            // Counts of a container that is gone.
+            *h = fresh();
         }
         if let Some(rx) = &h.running {
             let outcome = match rx.try_recv() {
@@ -1003,15 +981,11 @@ impl Agent {
             };
             h.running = None;
             h.next = Instant::now() + Duration::from_millis(check.interval_ms);
-            let mut t = task.clone();
             match outcome {
                 Ok(()) => {
                     h.fails = 0;
                     if task.state != TaskState::Running {
-                        t.state = TaskState::Running;
-                        t.message.clear();
-                        t.since = model::now_rfc3339();
-                        e.put_task(snap, &t)?;
+                        e.put_task(snap, &task.entering(TaskState::Running, ""))?;
                         info!(task = %key, "replica healthy");
                     }
                 }
@@ -1023,10 +997,8 @@ impl Agent {
                         return Ok(());
                     }
                     if h.fails >= check.retries && task.state != TaskState::Unhealthy {
-                        t.state = TaskState::Unhealthy;
-                        t.message = format!("health check failed {} times: {why}", h.fails);
-                        t.since = model::now_rfc3339();
-                        e.put_task(snap, &t)?;
+                        let why = format!("health check failed {} times: {why}", h.fails);
+                        e.put_task(snap, &task.entering(TaskState::Unhealthy, why.clone()))?;
                         warn!(task = %key, "replica unhealthy: {why}");
                     }
                 }
@@ -1226,12 +1198,16 @@ pub fn counters(snap: &Snapshot, stats: &[ServiceStats]) -> Vec<serde_json::Valu
         let Some(st) = stats.iter().find(|s| s.slot == svc.slot) else {
             continue;
         };
-        let tasks = snap.tasks_of(&svc.id);
+        let tasks: HashMap<&str, &Task> = snap
+            .tasks_of(&svc.id)
+            .into_iter()
+            .map(|t| (t.id.as_str(), t))
+            .collect();
         let replicas: Vec<serde_json::Value> = st
             .replicas
             .iter()
             .map(|r| {
-                let t = tasks.iter().find(|t| t.id == r.name);
+                let t = tasks.get(r.name.as_str());
                 serde_json::json!({
                     "Name": t.map_or_else(|| r.ip.to_string(), |t| format!("{}.{}", svc.name, t.replica)),
                     "Task": r.name, "IP": r.ip.to_string(), "Live": r.live,
@@ -1526,6 +1502,73 @@ mod tests {
             .to_string();
         assert!(err.contains("the other services have 65526"), "{err}");
         check_total_replicas(&snap, "new", 0).unwrap();
+    }
+
+    /// A port published twice, by another service, or (ingress) by a
+    /// container is refused, naming who has it; this service's own
+    /// replicas (a task key of it, not one that merely contains its id)
+    /// do not count.
+    #[test]
+    fn ports_taken_are_refused_with_their_holder() {
+        let port = |published, mode| ServicePort {
+            published,
+            target: 80,
+            proto: Proto::Tcp,
+            mode,
+        };
+        let mut snap = Snapshot::default();
+        let mut other = svc(vec![port(8080, PublishMode::Host)]);
+        other.id = "other".into();
+        other.name = "api".into();
+        snap.services.insert(other.id.clone(), other);
+        let ctr = |id: &str, task: Option<String>| model::Container {
+            id: id.into(),
+            name: format!("c-{id}"),
+            hostname: String::new(),
+            cmd: vec![],
+            netns: String::new(),
+            pid: None,
+            log_path: String::new(),
+            created: String::new(),
+            dns: vec![],
+            links: vec![],
+            env: vec![],
+            exposed: vec![],
+            ports: vec![model::PortBinding {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_port: 9090,
+                container_port: 80,
+            }],
+            publish: vec![],
+            publish_all: false,
+            network_mode: None,
+            task,
+        };
+        snap.containers
+            .insert("own".into(), ctr("own", Some(task_key("s1", 1))));
+        let check = |snap: &Snapshot, ports: &[ServicePort]| {
+            check_ports(snap, "s1", ports).map_err(|e| e.to_string())
+        };
+        assert!(check(&snap, &[port(9090, PublishMode::Ingress)]).is_ok());
+        let twice = [port(81, PublishMode::Ingress), port(81, PublishMode::Host)];
+        assert!(check(&snap, &twice)
+            .unwrap_err()
+            .contains("published twice"));
+        assert_eq!(
+            check(&snap, &[port(8080, PublishMode::Ingress)]).unwrap_err(),
+            "port 8080/tcp is already published by service api"
+        );
+        // A replica of service "xs1y" is not one of "s1"'s.
+        snap.containers
+            .insert("theirs".into(), ctr("theirs", Some(task_key("xs1y", 1))));
+        assert_eq!(
+            check(&snap, &[port(9090, PublishMode::Ingress)]).unwrap_err(),
+            "port 9090/tcp is already published by container c-theirs"
+        );
+        // Host-mode ports only meet containers on the host a replica
+        // lands on.
+        assert!(check(&snap, &[port(9090, PublishMode::Host)]).is_ok());
     }
 
     #[test]

@@ -148,3 +148,75 @@ fn a_crashing_replica_is_restarted_with_a_growing_delay() {
     });
     d.ok(&["network", "rm", "crashnet"]);
 }
+
+/// A daemon killed and started again adopts the replicas it runs: the
+/// same containers, no restarts, no second container for any task.
+#[test]
+fn a_restarted_daemon_adopts_its_replicas() {
+    require_root();
+    let mut d = Daemon::start();
+    d.network_create(&["--subnet", "10.80.0.0/24", "adoptnet"]);
+    d.ok(&[
+        "service",
+        "create",
+        "--name",
+        "keep",
+        "--replicas",
+        "2",
+        "--network",
+        "adoptnet",
+        "--",
+        "sleep",
+        "1000",
+    ]);
+    let tasks = |d: &Daemon| d.ok(&["service", "ps", "keep", "--format", "json"]).json();
+    let running = |d: &Daemon| {
+        eventually("two running replicas", || {
+            let v = tasks(d);
+            let all = v.as_array().cloned().unwrap_or_default();
+            if all.len() == 2 && all.iter().all(|t| t["State"] == "running") {
+                Ok(all)
+            } else {
+                Err(v.to_string())
+            }
+        })
+    };
+    let containers = |d: &Daemon| -> Vec<String> {
+        let v = d.ok(&["ps", "--format", "json"]).json();
+        let mut ids: Vec<String> = v
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|c| c["Id"].as_str().map(str::to_string))
+            .collect();
+        ids.sort();
+        ids
+    };
+    let before = running(&d);
+    let ids = containers(&d);
+    assert_eq!(ids.len(), 2, "{ids:?}");
+    d.stop("KILL");
+    d.restart();
+    let after = running(&d);
+    // Watched over a second (five ticks of the restarted agent, the
+    // window in which a duplicate start would show): nothing changes.
+    let watched = Instant::now();
+    while watched.elapsed() < Duration::from_secs(1) {
+        let now = tasks(&d);
+        for (b, a) in before.iter().zip(now.as_array().into_iter().flatten()) {
+            assert_eq!(
+                (&b["Container"], &b["Restarts"]),
+                (&a["Container"], &a["Restarts"]),
+                "{now}"
+            );
+        }
+        assert_eq!(containers(&d), ids);
+    }
+    assert_eq!(after.len(), 2);
+    d.ok(&["service", "rm", "keep"]);
+    eventually("its replicas removed", || match containers(&d).len() {
+        0 => Ok(()),
+        n => Err(format!("{n} left")),
+    });
+    d.ok(&["network", "rm", "adoptnet"]);
+}

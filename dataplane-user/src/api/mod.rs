@@ -109,8 +109,11 @@ pub struct ErrorBody {
     pub message: String,
 }
 
-/// `service create`.
+/// `service create`. Unknown fields are refused: a misspelt `replica` or
+/// `health_command` would otherwise create a service other than the one
+/// asked for, without a word.
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceCreate {
     pub name: String,
     pub network: String,
@@ -141,8 +144,10 @@ fn one() -> u32 {
     1
 }
 
-/// `service update` and `service scale`.
+/// `service update` and `service scale` (unknown fields refused, as for
+/// create).
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ServiceUpdate {
     #[serde(default)]
     pub replicas: Option<u32>,

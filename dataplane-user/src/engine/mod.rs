@@ -621,6 +621,21 @@ impl Engine {
                     attached.join(", ")
                 )));
             }
+            // A service holds its VIP on the network (and starts replicas
+            // there) even while none of them runs.
+            let services: Vec<&str> = snap
+                .services
+                .values()
+                .filter(|s| s.network == id)
+                .map(|s| s.name.as_str())
+                .collect();
+            if !services.is_empty() {
+                return Err(ApiError::Conflict(format!(
+                    "network {} is used by services ({}): remove them first",
+                    net.name,
+                    services.join(", ")
+                )));
+            }
             if net.is_cluster() && self.cluster.is_none() {
                 return Err(bad(NEEDS_CLUSTER));
             }
@@ -688,11 +703,7 @@ impl Engine {
             .iter()
             .map(|s| validate::parse_ip(s, "--dns"))
             .collect::<ApiResult<Vec<_>>>()?;
-        for kv in &req.env {
-            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
-                return Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE")));
-            }
-        }
+        validate::check_env(&req.env)?;
         let exposed = req
             .expose
             .iter()

@@ -11,7 +11,7 @@
 //! its Maglev tables (`specs`).
 
 use std::{
-    collections::{BTreeMap, HashMap},
+    collections::{HashMap, HashSet},
     net::Ipv4Addr,
     process::{Command, Stdio},
     sync::{mpsc, Arc},
@@ -41,6 +41,17 @@ use crate::{
 
 /// Most replicas one service may ask for.
 pub const MAX_REPLICAS: u32 = 1_000;
+/// Most tasks one commit makes or removes: etcd refuses a transaction of
+/// more than 128 operations (or guards) by default, and a service of 1,000
+/// replicas must still be created, scaled and removed on it. What does not
+/// fit goes in the commits that follow (`fill_tasks`), and the agent of the
+/// first live host finishes the work of a daemon that died in between.
+pub const TASKS_PER_COMMIT: usize = 100;
+/// How long one tick may spend starting containers (a `run` takes a
+/// tenth of a second or more): 1,000 replicas to start must not hold off
+/// noticing, for seconds, that a running one exited. The rest start in
+/// the ticks that follow.
+const START_BUDGET: Duration = Duration::from_secs(1);
 /// How often the agent looks at its tasks.
 const AGENT_TICK: Duration = Duration::from_millis(200);
 /// Health-check defaults (Docker's interval is 30 s; a routing mesh that
@@ -48,23 +59,35 @@ const AGENT_TICK: Duration = Duration::from_millis(200);
 const HEALTH_INTERVAL: Duration = Duration::from_secs(5);
 const HEALTH_TIMEOUT: Duration = Duration::from_secs(5);
 const HEALTH_RETRIES: u32 = 3;
-/// Wait before starting a task again whose container could not start.
-const FAILED_BACKOFF: Duration = Duration::from_secs(2);
+/// Wait before starting a task again whose container could not start or
+/// exited soon after it started: doubled by every such failure in a row,
+/// up to `MAX_BACKOFF` (so a replica that crashes at once is not restarted
+/// five times a second).
+const FAILED_BACKOFF: Duration = Duration::from_secs(1);
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+/// A container that ran this long before it exited starts again at once
+/// (Docker resets its restart delay after 10 s too).
+const STABLE_RUN: Duration = Duration::from_secs(10);
+/// The longest service name whose replicas' container names
+/// (`NAME.REPLICA.TASKID12`) and hostnames still fit: 63 characters, less
+/// `.1000.` and 12.
+pub const MAX_SERVICE_NAME: usize = 63 - 6 - 12;
+
+/// The wait before the next start after `streak` failed or short-lived
+/// starts in a row.
+pub fn restart_delay(streak: u32) -> Duration {
+    FAILED_BACKOFF
+        .saturating_mul(1u32 << streak.saturating_sub(1).min(16))
+        .min(MAX_BACKOFF)
+}
 
 impl Engine {
     // ----- operations ----------------------------------------------------
 
     pub fn create_service(&self, req: ServiceCreate) -> ApiResult<String> {
         let name = req.name.clone();
-        if !validate::valid_name(&name) {
-            return Err(bad(format!("invalid service name {name:?}")));
-        }
-        if req.replicas > MAX_REPLICAS {
-            return Err(bad(format!(
-                "--replicas {} is more than {MAX_REPLICAS}",
-                req.replicas
-            )));
-        }
+        check_service_name(&name)?;
+        check_replicas(req.replicas)?;
         if req.cmd.is_empty() {
             return Err(bad(
                 "no command given: dataplane service create [OPTIONS] -- CMD [ARGS...]",
@@ -73,16 +96,8 @@ impl Engine {
         if super::sandbox::resolve_command(&req.cmd[0]).is_none() {
             return Err(bad(format!("executable file not found: {}", req.cmd[0])));
         }
-        for kv in &req.env {
-            if kv.split_once('=').is_none_or(|(k, _)| k.is_empty()) {
-                return Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE")));
-            }
-        }
-        let ports = req
-            .publish
-            .iter()
-            .map(|p| validate::parse_service_port(p))
-            .collect::<ApiResult<Vec<_>>>()?;
+        validate::check_env(&req.env)?;
+        let ports = parse_ports(&req.publish)?;
         let endpoint_mode = match req.endpoint_mode.as_deref() {
             None | Some("vip") => EndpointMode::Vip,
             Some("dnsrr") => EndpointMode::Dnsrr,
@@ -92,15 +107,7 @@ impl Engine {
                 )))
             }
         };
-        if endpoint_mode == EndpointMode::Dnsrr
-            && ports.iter().any(|p| p.mode == PublishMode::Ingress)
-        {
-            // Swarm refuses this too: the routing mesh balances to a VIP's
-            // replicas.
-            return Err(bad(
-                "ingress-mode ports need --endpoint-mode vip; publish with mode=host for dnsrr",
-            ));
-        }
+        check_endpoint_mode(endpoint_mode, &ports)?;
         let health = health_check(&req)?;
         let id = model::new_id();
         let (rev, ()) = self.commit_with(|snap| {
@@ -131,6 +138,7 @@ impl Engine {
                 )));
             }
             check_ports(snap, &id, &ports)?;
+            check_total_replicas(snap, &id, req.replicas)?;
             let slot = (0..dataplane_common::MAX_SERVICES)
                 .find(|s| !snap.services.values().any(|o| o.slot == *s))
                 .ok_or_else(|| {
@@ -171,36 +179,31 @@ impl Engine {
                 .put(SERVICES_CLAIM, id.clone().into_bytes())
                 .put(model::net_use_claim(net), id.clone().into_bytes())
                 .put(svc.key(), json(&svc)?);
-            let mut placed = Vec::new();
-            for replica in 1..=req.replicas {
-                let task = self.new_task(snap, &svc, replica, &placed);
-                t.put(task.key(), json(&task)?);
-                placed.push(task);
-            }
+            self.converge_tasks(snap, &svc, &mut t)?;
             Ok((t, ()))
         })?;
         self.applied(rev, &[])?;
+        self.fill_tasks(&id)?;
         info!(service = %name, replicas = req.replicas, "service created");
         Ok(id)
     }
 
     pub fn update_service(&self, name: &str, req: ServiceUpdate) -> ApiResult<()> {
-        if let Some(n) = req.replicas {
-            if n > MAX_REPLICAS {
-                return Err(bad(format!("replicas {n} is more than {MAX_REPLICAS}")));
-            }
+        if req.replicas.is_none() && req.publish_add.is_empty() && req.publish_rm.is_empty() {
+            return Err(bad(
+                "nothing to change: give --replicas, --publish-add or --publish-rm",
+            ));
         }
-        let add = req
-            .publish_add
-            .iter()
-            .map(|p| validate::parse_service_port(p))
-            .collect::<ApiResult<Vec<_>>>()?;
+        if let Some(n) = req.replicas {
+            check_replicas(n)?;
+        }
+        let add = parse_ports(&req.publish_add)?;
         let rm = req
             .publish_rm
             .iter()
             .map(|p| parse_port_ref(p))
             .collect::<ApiResult<Vec<_>>>()?;
-        let (rev, ()) = self.commit_with(|snap| {
+        let (rev, sid) = self.commit_with(|snap| {
             let sid = snap.service_id(name)?;
             let old = &snap.services[&sid];
             let mut svc = old.clone();
@@ -217,13 +220,7 @@ impl Engine {
                 }
             }
             svc.ports.extend(add.iter().copied());
-            if svc.endpoint_mode == EndpointMode::Dnsrr
-                && svc.ports.iter().any(|p| p.mode == PublishMode::Ingress)
-            {
-                return Err(bad(
-                    "ingress-mode ports need --endpoint-mode vip; publish with mode=host for dnsrr",
-                ));
-            }
+            check_endpoint_mode(svc.endpoint_mode, &svc.ports)?;
             if !add.is_empty() && snap.networks.get(&svc.network).is_some_and(|n| n.internal) {
                 return Err(bad(
                     "cannot publish ports of a service on an internal network",
@@ -231,6 +228,7 @@ impl Engine {
             }
             check_ports(snap, &sid, &svc.ports)?;
             if let Some(n) = req.replicas {
+                check_total_replicas(snap, &sid, n)?;
                 svc.replicas = n;
             }
             svc.version += 1;
@@ -239,33 +237,17 @@ impl Engine {
                 .unchanged(SERVICES_CLAIM, snap.rev_of(SERVICES_CLAIM))
                 .put(SERVICES_CLAIM, sid.clone().into_bytes())
                 .put(svc.key(), json(&svc)?);
-            let tasks: Vec<Task> = snap.tasks_of(&sid).into_iter().cloned().collect();
-            let mut kept: Vec<Task> = Vec::new();
-            for task in tasks {
-                if task.replica > svc.replicas {
-                    t.unchanged(task.key(), snap.rev_of(&task.key()))
-                        .delete(task.key());
-                } else {
-                    kept.push(task);
-                }
-            }
-            for replica in 1..=svc.replicas {
-                if kept.iter().any(|k| k.replica == replica) {
-                    continue;
-                }
-                let task = self.new_task(snap, &svc, replica, &kept);
-                t.put(task.key(), json(&task)?);
-                kept.push(task);
-            }
-            Ok((t, ()))
+            self.converge_tasks(snap, &svc, &mut t)?;
+            Ok((t, sid))
         })?;
         self.applied(rev, &[])?;
+        self.fill_tasks(&sid)?;
         info!(service = %name, "service updated");
         Ok(())
     }
 
     pub fn remove_service(&self, name: &str) -> ApiResult<()> {
-        let (rev, mine) = self.commit_with(|snap| {
+        let (rev, (sid, mine)) = self.commit_with(|snap| {
             let sid = snap.service_id(name)?;
             let svc = &snap.services[&sid];
             let mut t = Txn::default();
@@ -276,16 +258,21 @@ impl Engine {
             if let (Some(vip), Some(net)) = (svc.vip, snap.networks.get(&svc.network)) {
                 t.delete(model::ip_claim(net, vip));
             }
-            let mut mine = Vec::new();
-            for task in snap.tasks_of(&sid) {
+            // The first tasks go with it; the rest (a service of more
+            // than fit in one commit) right after, by `fill_tasks`.
+            for task in snap.tasks_of(&sid).into_iter().take(TASKS_PER_COMMIT) {
                 t.delete(task.key());
-                if task.node.as_deref() == Some(self.node()) {
-                    mine.extend(task.container.clone());
-                }
             }
-            Ok((t, mine))
+            let mine: Vec<String> = snap
+                .tasks_of(&sid)
+                .into_iter()
+                .filter(|task| task.node.as_deref() == Some(self.node()))
+                .filter_map(|task| task.container.clone())
+                .collect();
+            Ok((t, (sid, mine)))
         })?;
         self.applied(rev, &[])?;
+        self.fill_tasks(&sid)?;
         // This host's replicas go now; other hosts' agents remove theirs.
         for cid in mine {
             match self.remove_container(&cid, true) {
@@ -295,6 +282,58 @@ impl Engine {
         }
         info!(service = %name, "service removed");
         Ok(())
+    }
+
+    /// Adds to `t` the first `TASKS_PER_COMMIT` changes that bring the
+    /// tasks of `svc` (as `t` will write it) to its replica count: tasks
+    /// of replicas above it removed, missing ones made and placed. Each
+    /// guarded, so that two writers (the call and the agent that finishes
+    /// its work) cannot both make or remove one. Returns how many.
+    fn converge_tasks(&self, snap: &Snapshot, svc: &Service, t: &mut Txn) -> ApiResult<usize> {
+        let plan = task_changes(snap, svc, TASKS_PER_COMMIT);
+        for key in &plan.remove {
+            t.unchanged(key.clone(), snap.rev_of(key))
+                .delete(key.clone());
+        }
+        if !plan.add.is_empty() {
+            let candidates = self.candidate_nodes(snap);
+            let gone: HashSet<String> = plan.remove.iter().cloned().collect();
+            let mut placer = Placer::new(&candidates, snap, &gone);
+            for replica in &plan.add {
+                let task = Self::new_task(&mut placer, svc, *replica);
+                t.absent(task.key()).put(task.key(), json(&task)?);
+            }
+        }
+        Ok(plan.remove.len() + plan.add.len())
+    }
+
+    /// Commits, `TASKS_PER_COMMIT` at a time, what is left of bringing the
+    /// tasks of service `sid` to its replica count (all its tasks removed,
+    /// once it is gone).
+    pub(super) fn fill_tasks(&self, sid: &str) -> ApiResult<()> {
+        loop {
+            let (rev, n) = self.commit_with(|snap| {
+                let mut t = Txn::default();
+                let n = match snap.services.get(sid) {
+                    Some(svc) => {
+                        t.unchanged(svc.key(), snap.rev_of(&svc.key()));
+                        self.converge_tasks(snap, svc, &mut t)?
+                    }
+                    None => {
+                        let orphans = snap.tasks_of(sid);
+                        for task in orphans.iter().take(TASKS_PER_COMMIT) {
+                            t.delete(task.key());
+                        }
+                        orphans.len().min(TASKS_PER_COMMIT)
+                    }
+                };
+                Ok((t, n))
+            })?;
+            if n == 0 {
+                return Ok(());
+            }
+            self.applied(rev, &[])?;
+        }
     }
 
     /// `service inspect`: the record, its tasks, and its counters on this
@@ -321,15 +360,14 @@ impl Engine {
             .unwrap_or(serde_json::Value::Null))
     }
 
-    /// A new task for replica `replica` of `svc`, placed on the host with
-    /// the fewest replicas of this service (then of all services), given
-    /// the tasks `placed` of this commit so far.
-    fn new_task(&self, snap: &Snapshot, svc: &Service, replica: u32, placed: &[Task]) -> Task {
+    /// A new task for replica `replica` of `svc`, placed by `placer` (and
+    /// counted there).
+    fn new_task(placer: &mut Placer, svc: &Service, replica: u32) -> Task {
         let mut task = Task {
             id: model::new_id(),
             service: svc.id.clone(),
             replica,
-            node: None,
+            node: placer.place(svc),
             state: TaskState::Pending,
             message: String::new(),
             container: None,
@@ -337,19 +375,15 @@ impl Engine {
             restarts: 0,
             since: model::now_rfc3339(),
         };
-        let candidates = self.candidate_nodes(snap);
-        let mut same: Vec<&Task> = snap.tasks_of(&svc.id);
-        same.retain(|t| !placed.iter().any(|p| p.replica == t.replica));
-        same.extend(placed.iter());
-        task.node = place(&candidates, snap, svc, &same);
         if task.node.is_none() {
-            task.message = if candidates.is_empty() {
+            task.message = if placer.candidates.is_empty() {
                 "no host is alive".into()
             } else {
                 "no host can take it: each host runs one replica of a service with host-mode ports"
                     .into()
             };
         }
+        placer.add(&task);
         task
     }
 
@@ -393,6 +427,53 @@ impl Engine {
         self.shared.cached.wait(rev, super::APPLY_TIMEOUT);
         Ok(())
     }
+}
+
+/// A replica count a service may have.
+fn check_replicas(n: u32) -> ApiResult<()> {
+    if n > MAX_REPLICAS {
+        return Err(bad(format!(
+            "--replicas {n} is more than {MAX_REPLICAS}, the most one service may have"
+        )));
+    }
+    Ok(())
+}
+
+/// `--publish` (and `--publish-add`) specs.
+fn parse_ports(specs: &[String]) -> ApiResult<Vec<ServicePort>> {
+    specs
+        .iter()
+        .map(|p| validate::parse_service_port(p))
+        .collect()
+}
+
+/// Swarm refuses ingress ports of a `dnsrr` service too: the routing mesh
+/// balances to a VIP's replicas.
+fn check_endpoint_mode(mode: EndpointMode, ports: &[ServicePort]) -> ApiResult<()> {
+    if mode == EndpointMode::Dnsrr && ports.iter().any(|p| p.mode == PublishMode::Ingress) {
+        return Err(bad(
+            "ingress-mode ports need --endpoint-mode vip; publish with mode=host for dnsrr",
+        ));
+    }
+    Ok(())
+}
+
+/// A service name that DNS and its replicas' container names can carry.
+fn check_service_name(name: &str) -> ApiResult<()> {
+    if name.is_empty() {
+        return Err(bad("a service needs a name: --name NAME"));
+    }
+    if !validate::valid_name(name) {
+        return Err(bad(format!(
+            "invalid service name {name:?}: letters, digits, '_', '.' and '-', starting with a letter or digit"
+        )));
+    }
+    if name.len() > MAX_SERVICE_NAME {
+        return Err(bad(format!(
+            "service name {name:?} is longer than {MAX_SERVICE_NAME} characters (its replicas' names must fit in 63)"
+        )));
+    }
+    Ok(())
 }
 
 /// `--health-*` into a check.
@@ -459,75 +540,194 @@ fn parse_port_ref(s: &str) -> ApiResult<(u16, Option<model::Proto>)> {
     Ok((port, proto))
 }
 
+/// Refuses a replica count that would take the cluster's services past
+/// the replicas every host's `BACKENDS` map holds (the maps of every host
+/// would then fail to take them all, for every service).
+fn check_total_replicas(snap: &Snapshot, sid: &str, replicas: u32) -> ApiResult<()> {
+    let others: u64 = snap
+        .services
+        .values()
+        .filter(|s| s.id != sid)
+        .map(|s| u64::from(s.replicas))
+        .sum();
+    let room = u64::from(dataplane_common::MAX_BACKENDS).saturating_sub(others);
+    if u64::from(replicas) > room {
+        return Err(ApiError::Conflict(format!(
+            "{replicas} replicas would take the cluster's services past {} replicas in all (the other services have {others})",
+            dataplane_common::MAX_BACKENDS
+        )));
+    }
+    Ok(())
+}
+
 /// Refuses ports published twice, by another service, or (ingress ports:
 /// every host address answers them) by a container of this host.
 fn check_ports(snap: &Snapshot, sid: &str, ports: &[ServicePort]) -> ApiResult<()> {
+    let own_tasks = format!("{}{sid}/", model::service::TASKS);
     for (i, p) in ports.iter().enumerate() {
-        if ports[..i]
-            .iter()
-            .any(|q| q.published == p.published && q.proto == p.proto)
-        {
+        let same = |q: &ServicePort| q.published == p.published && q.proto == p.proto;
+        if ports[..i].iter().any(same) {
             return Err(bad(format!(
                 "port {}/{} is published twice",
                 p.published, p.proto
             )));
         }
-        if let Some(other) = snap.services.values().find(|s| {
-            s.id != sid
-                && s.ports
+        let taken_by = if let Some(other) = snap
+            .services
+            .values()
+            .find(|s| s.id != sid && s.ports.iter().any(same))
+        {
+            format!("service {}", other.name)
+        } else if let Some(c) = snap.containers.values().find(|c| {
+            // Ingress ports: every host address answers them. (This
+            // service's own replicas hold its host-mode ports.)
+            p.mode == PublishMode::Ingress
+                && c.task.as_ref().is_none_or(|k| !k.starts_with(&own_tasks))
+                && c.ports
                     .iter()
-                    .any(|q| q.published == p.published && q.proto == p.proto)
+                    .any(|b| b.host_port == p.published && b.proto == p.proto)
         }) {
-            return Err(ApiError::Conflict(format!(
-                "port {}/{} is already published by service {}",
-                p.published, p.proto, other.name
-            )));
-        }
-        if p.mode == PublishMode::Ingress {
-            if let Some(c) = snap.containers.values().find(|c| {
-                c.task.as_ref().is_none_or(|k| !k.contains(sid))
-                    && c.ports
-                        .iter()
-                        .any(|b| b.host_port == p.published && b.proto == p.proto)
-            }) {
-                return Err(ApiError::Conflict(format!(
-                    "port {}/{} is already published by container {}",
-                    p.published, p.proto, c.name
-                )));
-            }
-        }
+            format!("container {}", c.name)
+        } else {
+            continue;
+        };
+        return Err(ApiError::Conflict(format!(
+            "port {}/{} is already published by {taken_by}",
+            p.published, p.proto
+        )));
     }
     Ok(())
 }
 
-/// The host a new replica of `svc` goes to: among `candidates`, the one
-/// with the fewest replicas of `svc` (`same`), then of all services, then
-/// by name. With host-mode ports, a host runs one replica at most.
-pub fn place(
-    candidates: &[String],
-    snap: &Snapshot,
-    svc: &Service,
-    same: &[&Task],
-) -> Option<String> {
-    let host_mode = svc.ports.iter().any(|p| p.mode == PublishMode::Host);
-    let mut total: HashMap<&str, usize> = HashMap::new();
-    for t in snap.tasks.values() {
-        if let Some(n) = &t.node {
-            *total.entry(n.as_str()).or_default() += 1;
+/// Places new replicas: among the candidate hosts, the one with the
+/// fewest replicas of the service, then of all services, then by name.
+/// With host-mode ports, a host runs one replica of a service at most.
+///
+/// Built once from a snapshot and updated by every placement, so placing
+/// `n` replicas costs `O(n * hosts)`, not a scan of every task each.
+pub struct Placer<'a> {
+    candidates: &'a [String],
+    /// Tasks per host, of every service.
+    total: HashMap<String, usize>,
+    /// Tasks per (service id, host).
+    per_service: HashMap<(String, String), usize>,
+}
+
+impl<'a> Placer<'a> {
+    /// Counts the tasks of `snap`, leaving out those `moving` names (the
+    /// keys of tasks about to be placed again).
+    pub fn new(candidates: &'a [String], snap: &Snapshot, moving: &HashSet<String>) -> Self {
+        let mut p = Placer {
+            candidates,
+            total: HashMap::new(),
+            per_service: HashMap::new(),
+        };
+        for (key, t) in &snap.tasks {
+            if !moving.contains(key) {
+                p.add(t);
+            }
+        }
+        p
+    }
+
+    /// Counts `task` where it is placed.
+    pub fn add(&mut self, task: &Task) {
+        if let Some(n) = &task.node {
+            *self.total.entry(n.clone()).or_default() += 1;
+            *self
+                .per_service
+                .entry((task.service.clone(), n.clone()))
+                .or_default() += 1;
         }
     }
-    candidates
+
+    /// The host for a new replica of `svc` (not counted until `add`).
+    pub fn place(&self, svc: &Service) -> Option<String> {
+        let host_mode = svc.ports.iter().any(|p| p.mode == PublishMode::Host);
+        self.candidates
+            .iter()
+            .map(|n| {
+                let mine = self
+                    .per_service
+                    .get(&(svc.id.clone(), n.clone()))
+                    .copied()
+                    .unwrap_or(0);
+                (mine, self.total.get(n).copied().unwrap_or(0), n)
+            })
+            .filter(|(mine, _, _)| !host_mode || *mine == 0)
+            .min()
+            .map(|(_, _, n)| n.clone())
+    }
+}
+
+/// What brings a service's tasks to its replica count.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct TaskChanges {
+    /// Keys of the tasks of replicas above the count.
+    pub remove: Vec<String>,
+    /// Replica numbers that have no task.
+    pub add: Vec<u32>,
+}
+
+/// The first `max` changes (removals first) that bring the tasks of `svc`
+/// in `snap` to `svc.replicas`; linear in the service's tasks.
+pub fn task_changes(snap: &Snapshot, svc: &Service, max: usize) -> TaskChanges {
+    let tasks = snap.tasks_of(&svc.id);
+    let remove: Vec<String> = tasks
         .iter()
-        .map(|n| {
-            let mine = same
-                .iter()
-                .filter(|t| t.node.as_deref() == Some(n.as_str()))
-                .count();
-            (mine, total.get(n.as_str()).copied().unwrap_or(0), n)
-        })
-        .filter(|(mine, _, _)| !host_mode || *mine == 0)
-        .min()
-        .map(|(_, _, n)| n.clone())
+        .filter(|t| t.replica > svc.replicas)
+        .take(max)
+        .map(|t| t.key())
+        .collect();
+    let have: HashSet<u32> = tasks.iter().map(|t| t.replica).collect();
+    let add = (1..=svc.replicas)
+        .filter(|r| !have.contains(r))
+        .take(max - remove.len())
+        .collect();
+    TaskChanges { remove, add }
+}
+
+/// Where the tasks of hosts whose lease expired (and the tasks no host
+/// could take) go: their new records, to commit one by one. A task that no
+/// host can take comes back unplaced (`node: None`) if it was placed.
+pub fn replan(snap: &Snapshot, candidates: &[String]) -> Vec<Task> {
+    let lost: Vec<&Task> = snap
+        .tasks
+        .values()
+        .filter(|t| t.node.as_ref().is_none_or(|n| !snap.alive.contains(n)))
+        .filter(|t| snap.services.contains_key(&t.service))
+        .collect();
+    if lost.is_empty() {
+        // The common tick: nothing to count.
+        return Vec::new();
+    }
+    let moving = lost.iter().map(|t| t.key()).collect();
+    let mut placer = Placer::new(candidates, snap, &moving);
+    let mut out = Vec::new();
+    for task in lost {
+        let svc = &snap.services[&task.service];
+        let mut t = task.entering(TaskState::Pending, "");
+        t.container = None;
+        t.ip = None;
+        match (placer.place(svc), &task.node) {
+            (Some(node), old) => {
+                t.message = old
+                    .as_ref()
+                    .map_or_else(String::new, |o| format!("host {o} went down; moved"));
+                t.node = Some(node);
+                placer.add(&t);
+            }
+            // Nowhere to go: unplaced (out of every table) until a host
+            // can take it.
+            (None, Some(old)) => {
+                t.node = None;
+                t.message = format!("host {old} went down; no other host can take it");
+            }
+            (None, None) => continue,
+        }
+        out.push(t);
+    }
+    out
 }
 
 /// What the agent remembers between ticks (nothing of it is needed after
@@ -535,11 +735,36 @@ pub fn place(
 #[derive(Default)]
 struct Agent {
     health: HashMap<String, Health>,
-    /// Tasks whose start failed, and when to try again.
-    backoff: HashMap<String, Instant>,
+    /// Tasks whose start failed or whose container exited soon after it
+    /// started: how many times in a row, and when to try again.
+    backoff: HashMap<String, Backoff>,
+    /// When this agent started a task's container (to tell a crash loop
+    /// from a replica that ran a while).
+    started: HashMap<String, Instant>,
+    /// Until when this tick may start containers (`START_BUDGET`).
+    starts_until: Option<Instant>,
     /// Tasks that stayed unhealthy for another `retries` checks: their
     /// container is replaced at the next tick.
-    restart: std::collections::HashSet<String>,
+    restart: HashSet<String>,
+}
+
+struct Backoff {
+    streak: u32,
+    until: Instant,
+}
+
+impl Agent {
+    /// One more failed (or short-lived) start of task `key`.
+    fn failed(&mut self, key: &str) -> Duration {
+        let b = self.backoff.entry(key.to_string()).or_insert(Backoff {
+            streak: 0,
+            until: Instant::now(),
+        });
+        b.streak = b.streak.saturating_add(1);
+        let delay = restart_delay(b.streak);
+        b.until = Instant::now() + delay;
+        delay
+    }
 }
 
 /// A task's health checks.
@@ -555,6 +780,10 @@ impl Agent {
     fn tick(&mut self, e: &Engine) {
         let snap = e.snapshot();
         let me = e.node().to_string();
+        self.starts_until = Some(Instant::now() + START_BUDGET);
+        // Replicas by task, once a tick (not a scan of every container for
+        // every task).
+        let by_task = replicas_by_task(&snap);
         for task in snap.tasks.values() {
             if task.node.as_deref() != Some(me.as_str()) {
                 continue;
@@ -562,26 +791,39 @@ impl Agent {
             let Some(svc) = snap.services.get(&task.service) else {
                 continue;
             };
-            if let Err(err) = self.tend(e, &snap, svc, task) {
+            if let Err(err) = self.tend(e, &snap, svc, task, by_task.get(task.key().as_str())) {
                 if !matches!(err, ApiError::Conflict(_)) {
                     warn!(task = %task.key(), "{err}");
                 }
             }
         }
         self.sweep(e, &snap, &me);
+        if e.cluster.is_none() || snap.alive.iter().next() == Some(&me) {
+            finish_tasks(e, &snap);
+        }
         if e.cluster.is_some() {
             self.replace_lost(e, &snap, &me);
         }
-        self.health.retain(|k, _| {
+        let mine = |k: &String| {
             snap.tasks
                 .get(k)
                 .is_some_and(|t| t.node.as_deref() == Some(me.as_str()))
-        });
+        };
+        self.health.retain(|k, _| mine(k));
+        self.backoff.retain(|k, _| mine(k));
+        self.started.retain(|k, _| mine(k));
     }
 
     /// Brings one of this host's tasks along: starts its container,
     /// notices its exit, runs its health check.
-    fn tend(&mut self, e: &Engine, snap: &Snapshot, svc: &Service, task: &Task) -> ApiResult<()> {
+    fn tend(
+        &mut self,
+        e: &Engine,
+        snap: &Snapshot,
+        svc: &Service,
+        task: &Task,
+        replica: Option<&&model::Container>,
+    ) -> ApiResult<()> {
         let key = task.key();
         let ctr = task
             .container
@@ -591,11 +833,7 @@ impl Agent {
         if ctr.is_none() && task.container.is_none() {
             // Started, but the task was not updated (a daemon that died in
             // between, or a lost race): adopt it.
-            if let Some(c) = snap
-                .containers
-                .values()
-                .find(|c| c.task.as_deref() == Some(key.as_str()) && !snap.is_pending(&c.id))
-            {
+            if let Some(c) = replica.filter(|c| !snap.is_pending(&c.id)) {
                 let mut t = task.clone();
                 t.container = Some(c.id.clone());
                 t.ip = snap.endpoints_of_container(&c.id).first().map(|ep| ep.ip);
@@ -606,7 +844,8 @@ impl Agent {
             if self
                 .backoff
                 .get(&key)
-                .is_some_and(|at| Instant::now() < *at)
+                .is_some_and(|b| Instant::now() < b.until)
+                || self.starts_until.is_some_and(|u| Instant::now() >= u)
             {
                 return Ok(());
             }
@@ -617,18 +856,27 @@ impl Agent {
         if !alive || sick || c.publish != svc.host_publish() {
             // Exited (or its host-mode ports changed): out of every table
             // first, then a new container.
-            let mut t = task.clone();
-            if !alive {
-                t.state = TaskState::Exited;
-                t.message = "its process exited; restarting".into();
+            let t = if !alive {
+                let ran = self.started.get(&key).map(Instant::elapsed);
+                let message = if ran.is_some_and(|r| r < STABLE_RUN) {
+                    let delay = self.failed(&key);
+                    format!(
+                        "its process exited after {:.1}s; restarting in {delay:?}",
+                        ran.unwrap_or_default().as_secs_f32()
+                    )
+                } else {
+                    self.backoff.remove(&key);
+                    "its process exited; restarting".into()
+                };
+                task.entering(TaskState::Exited, message)
             } else if sick {
-                t.state = TaskState::Unhealthy;
-                t.message = "unhealthy for too long; restarting".into();
+                task.entering(TaskState::Unhealthy, "unhealthy for too long; restarting")
             } else {
-                t.state = TaskState::Pending;
-                t.message = "its published ports changed; restarting".into();
-            }
-            t.since = model::now_rfc3339();
+                task.entering(
+                    TaskState::Pending,
+                    "its published ports changed; restarting",
+                )
+            };
             e.put_task(snap, &t)?;
             let cid = c.id.clone();
             match e.remove_container(&cid, true) {
@@ -648,11 +896,7 @@ impl Agent {
         }
         let Some(check) = &svc.health else {
             if task.state != TaskState::Running {
-                let mut t = task.clone();
-                t.state = TaskState::Running;
-                t.message.clear();
-                t.since = model::now_rfc3339();
-                e.put_task(snap, &t)?;
+                e.put_task(snap, &task.entering(TaskState::Running, ""))?;
             }
             return Ok(());
         };
@@ -675,24 +919,31 @@ impl Agent {
         };
         match e.run_as(req, Some(key.clone())) {
             Ok(cid) => {
-                self.backoff.remove(&key);
+                self.started.insert(key.clone(), Instant::now());
                 let now = e.snapshot();
                 let ip = now.endpoints_of_container(&cid).first().map(|ep| ep.ip);
-                let Some(cur) = now.tasks.get(&key).cloned() else {
-                    // Removed while it started.
-                    let _ = e.remove_container(&cid, true);
+                let Some(cur) = now
+                    .tasks
+                    .get(&key)
+                    .filter(|cur| cur.id == task.id && cur.node == task.node)
+                    .cloned()
+                else {
+                    // Removed, or removed and made again (a scale down and
+                    // up) or moved, while it started: this container is no
+                    // one's.
+                    if let Err(err) = e.remove_container(&cid, true) {
+                        warn!(container = %cid, "removing a replica whose task went: {err}");
+                    }
                     return Ok(());
                 };
-                let mut t = cur;
-                t.container = Some(cid.clone());
-                t.ip = ip;
-                t.state = if svc.health.is_some() {
+                let state = if svc.health.is_some() {
                     TaskState::Starting
                 } else {
                     TaskState::Running
                 };
-                t.message.clear();
-                t.since = model::now_rfc3339();
+                let mut t = cur.entering(state, "");
+                t.container = Some(cid.clone());
+                t.ip = ip;
                 if let Err(err) = e.put_task(&now, &t) {
                     let _ = e.remove_container(&cid, true);
                     return Err(err);
@@ -701,14 +952,10 @@ impl Agent {
                 Ok(())
             }
             Err(err) => {
-                self.backoff
-                    .insert(key.clone(), Instant::now() + FAILED_BACKOFF);
-                if task.state != TaskState::Failed || task.message != err.to_string() {
-                    let mut t = task.clone();
-                    t.state = TaskState::Failed;
-                    t.message = err.to_string();
-                    t.since = model::now_rfc3339();
-                    e.put_task(snap, &t)?;
+                let delay = self.failed(&key);
+                let message = format!("starting its container: {err} (trying again in {delay:?})");
+                if task.state != TaskState::Failed || task.message != message {
+                    e.put_task(snap, &task.entering(TaskState::Failed, message))?;
                 }
                 Err(err)
             }
@@ -724,19 +971,16 @@ impl Agent {
         check: &HealthCheck,
     ) -> ApiResult<()> {
         let key = task.key();
-        let h = self.health.entry(key.clone()).or_insert_with(|| Health {
+        let fresh = || Health {
             next: Instant::now(),
             fails: 0,
             running: None,
             container: c.id.clone(),
-        });
+        };
+        let h = self.health.entry(key.clone()).or_insert_with(fresh);
         if h.container != c.id {
-            *h = Health {
-                next: Instant::now(),
-                fails: 0,
-                running: None,
-                container: c.id.clone(),
-            };
+            // Counts of a container that is gone.
+            *h = fresh();
         }
         if let Some(rx) = &h.running {
             let outcome = match rx.try_recv() {
@@ -746,15 +990,11 @@ impl Agent {
             };
             h.running = None;
             h.next = Instant::now() + Duration::from_millis(check.interval_ms);
-            let mut t = task.clone();
             match outcome {
                 Ok(()) => {
                     h.fails = 0;
                     if task.state != TaskState::Running {
-                        t.state = TaskState::Running;
-                        t.message.clear();
-                        t.since = model::now_rfc3339();
-                        e.put_task(snap, &t)?;
+                        e.put_task(snap, &task.entering(TaskState::Running, ""))?;
                         info!(task = %key, "replica healthy");
                     }
                 }
@@ -766,10 +1006,8 @@ impl Agent {
                         return Ok(());
                     }
                     if h.fails >= check.retries && task.state != TaskState::Unhealthy {
-                        t.state = TaskState::Unhealthy;
-                        t.message = format!("health check failed {} times: {why}", h.fails);
-                        t.since = model::now_rfc3339();
-                        e.put_task(snap, &t)?;
+                        let why = format!("health check failed {} times: {why}", h.fails);
+                        e.put_task(snap, &task.entering(TaskState::Unhealthy, why.clone()))?;
                         warn!(task = %key, "replica unhealthy: {why}");
                     }
                 }
@@ -801,7 +1039,9 @@ impl Agent {
                 continue;
             };
             let wanted = snap.tasks.get(key).is_some_and(|t| {
-                t.node.as_deref() == Some(me) && t.container.as_deref().is_none_or(|id| id == c.id)
+                t.node.as_deref() == Some(me)
+                    && t.container.as_deref().is_none_or(|id| id == c.id)
+                    && snap.services.contains_key(&t.service)
             });
             // A container being started has no task container yet: leave
             // it to the start that made it.
@@ -824,60 +1064,60 @@ impl Agent {
             return;
         }
         let candidates = e.candidate_nodes(snap);
-        let mut placed: BTreeMap<String, Task> = BTreeMap::new();
-        for task in snap.tasks.values() {
-            let lost = match &task.node {
-                Some(n) => !snap.alive.contains(n),
-                None => true,
-            };
-            if !lost {
-                continue;
-            }
-            let Some(svc) = snap.services.get(&task.service) else {
-                continue;
-            };
-            let mut same: Vec<&Task> = snap
-                .tasks_of(&svc.id)
-                .into_iter()
-                .filter(|t| t.replica != task.replica && !placed.contains_key(&t.key()))
-                .collect();
-            same.extend(placed.values().filter(|t| t.service == svc.id));
-            let mut t = task.clone();
-            let Some(node) = place(&candidates, snap, svc, &same) else {
-                if let Some(old) = &task.node {
-                    // Nowhere to go: unplaced (out of every table) until a
-                    // host can take it.
-                    t.node = None;
-                    t.state = TaskState::Pending;
-                    t.container = None;
-                    t.ip = None;
-                    t.message = format!("host {old} went down; no other host can take it");
-                    t.since = model::now_rfc3339();
-                    if let Err(err) = e.put_task(snap, &t) {
-                        warn!(task = %t.key(), "unplacing a replica: {err}");
-                    }
+        for t in replan(snap, &candidates) {
+            match (e.put_task(snap, &t), &t.node) {
+                (Ok(()), Some(node)) => {
+                    info!(task = %t.key(), node = %node, "replica placed again")
                 }
-                continue;
-            };
-            if let Some(old) = &task.node {
-                t.message = format!("host {old} went down; moved");
-            } else {
-                t.message.clear();
-            }
-            t.node = Some(node.clone());
-            t.state = TaskState::Pending;
-            t.container = None;
-            t.ip = None;
-            t.since = model::now_rfc3339();
-            match e.put_task(snap, &t) {
-                Ok(()) => {
-                    info!(task = %t.key(), node = %node, "replica placed again");
-                    placed.insert(t.key(), t);
-                }
-                Err(err) => warn!(task = %t.key(), "placing a replica again: {err}"),
+                (Ok(()), None) => info!(task = %t.key(), "replica unplaced: no host can take it"),
+                (Err(err), _) => warn!(task = %t.key(), "placing a replica again: {err}"),
             }
         }
     }
+}
+
+/// Finishes what a `service create|update|rm` left undone (its daemon died
+/// between two of its commits): tasks missing or above the replica count,
+/// tasks of a removed service. Done by the first live host alone.
+fn finish_tasks(e: &Engine, snap: &Snapshot) {
+    for sid in unfinished(snap) {
+        if let Err(err) = e.fill_tasks(sid) {
+            warn!(service = %sid, "finishing the tasks of a service: {err}");
+        }
+    }
+}
+
+/// The services whose tasks do not match their replica count, and the ids
+/// of removed services that still have tasks; one pass over the tasks.
+pub fn unfinished(snap: &Snapshot) -> Vec<&str> {
+    let mut per_service: HashMap<&str, (u32, u32)> = HashMap::new();
+    for t in snap.tasks.values() {
+        let c = per_service.entry(t.service.as_str()).or_default();
+        c.0 += 1;
+        c.1 = c.1.max(t.replica);
+    }
+    snap.services
+        .values()
+        .filter(|s| {
+            let (n, top) = per_service.get(s.id.as_str()).copied().unwrap_or_default();
+            n != s.replicas || top > s.replicas
+        })
+        .map(|s| s.id.as_str())
+        .chain(
+            per_service
+                .keys()
+                .copied()
+                .filter(|sid| !snap.services.contains_key(*sid)),
+        )
+        .collect()
+}
+
+/// This host's replicas by their task's key, built once a tick.
+fn replicas_by_task(snap: &Snapshot) -> HashMap<&str, &model::Container> {
+    snap.containers
+        .values()
+        .filter_map(|c| Some((c.task.as_deref()?, c)))
+        .collect()
 }
 
 /// Runs a health check in the sandbox `netns`: success is exit status 0
@@ -980,12 +1220,16 @@ pub fn counters(snap: &Snapshot, stats: &[ServiceStats]) -> Vec<serde_json::Valu
         let Some(st) = stats.iter().find(|s| s.slot == svc.slot) else {
             continue;
         };
-        let tasks = snap.tasks_of(&svc.id);
+        let tasks: HashMap<&str, &Task> = snap
+            .tasks_of(&svc.id)
+            .into_iter()
+            .map(|t| (t.id.as_str(), t))
+            .collect();
         let replicas: Vec<serde_json::Value> = st
             .replicas
             .iter()
             .map(|r| {
-                let t = tasks.iter().find(|t| t.id == r.name);
+                let t = tasks.get(r.name.as_str());
                 serde_json::json!({
                     "Name": t.map_or_else(|| r.ip.to_string(), |t| format!("{}.{}", svc.name, t.replica)),
                     "Task": r.name, "IP": r.ip.to_string(), "Live": r.live,
@@ -1006,7 +1250,7 @@ pub fn counters(snap: &Snapshot, stats: &[ServiceStats]) -> Vec<serde_json::Valu
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::Proto;
+    use crate::model::{service::task_key, Proto};
 
     fn svc(ports: Vec<ServicePort>) -> Service {
         Service {
@@ -1035,7 +1279,7 @@ mod tests {
             state: TaskState::Running,
             message: String::new(),
             container: None,
-            ip: Some(Ipv4Addr::new(10, 0, 0, 10 + replica as u8)),
+            ip: Some(Ipv4Addr::from(0x0a00_000a + replica)),
             restarts: 0,
             since: String::new(),
         }
@@ -1046,11 +1290,12 @@ mod tests {
         let snap = Snapshot::default();
         let nodes = vec!["a".to_string(), "b".to_string(), "c".to_string()];
         let s = svc(vec![]);
+        let mut placer = Placer::new(&nodes, &snap, &HashSet::new());
         let mut placed: Vec<Task> = Vec::new();
         for r in 1..=6 {
-            let same: Vec<&Task> = placed.iter().collect();
-            let n = place(&nodes, &snap, &s, &same).unwrap();
-            placed.push(task(r, &n));
+            let t = task(r, &placer.place(&s).unwrap());
+            placer.add(&t);
+            placed.push(t);
         }
         for n in &nodes {
             assert_eq!(
@@ -1061,23 +1306,87 @@ mod tests {
                 2
             );
         }
-        let h = svc(vec![ServicePort {
+        let mut h = svc(vec![ServicePort {
             published: 80,
             target: 80,
             proto: Proto::Tcp,
             mode: PublishMode::Host,
         }]);
-        let mut placed: Vec<Task> = Vec::new();
+        h.id = "s2".into();
         for r in 1..=3 {
-            let same: Vec<&Task> = placed.iter().collect();
-            placed.push(task(r, &place(&nodes, &snap, &h, &same).unwrap()));
+            let mut t = task(r, &placer.place(&h).unwrap());
+            t.service = h.id.clone();
+            placer.add(&t);
         }
-        let same: Vec<&Task> = placed.iter().collect();
         assert_eq!(
-            place(&nodes, &snap, &h, &same),
+            placer.place(&h),
             None,
             "a fourth host-mode replica has no host"
         );
+    }
+
+    /// Placement also weighs other services' replicas: a host that runs
+    /// more of them gets the next replica last.
+    #[test]
+    fn placement_prefers_the_least_loaded_host() {
+        let mut snap = Snapshot::default();
+        let mut other = task(1, "a");
+        other.service = "busy".into();
+        snap.tasks.insert(other.key(), other);
+        let nodes = vec!["a".to_string(), "b".to_string()];
+        let placer = Placer::new(&nodes, &snap, &HashSet::new());
+        assert_eq!(placer.place(&svc(vec![])).as_deref(), Some("b"));
+    }
+
+    /// A host that went down has its replicas spread over the live hosts
+    /// (evenly, counting what they run already); with host-mode ports, a
+    /// replica no host can take comes back unplaced. Also the cost: 1,000
+    /// replicas of a lost host are planned in one linear pass.
+    #[test]
+    fn replan_moves_a_lost_hosts_replicas() {
+        let mut snap = Snapshot::default();
+        let s = svc(vec![]);
+        snap.services.insert(s.id.clone(), s.clone());
+        for r in 1..=1_000 {
+            let t = task(r, if r <= 10 { "a" } else { "gone" });
+            snap.tasks.insert(t.key(), t);
+        }
+        snap.alive.extend(["a".to_string(), "b".to_string()]);
+        let nodes: Vec<String> = snap.alive.iter().cloned().collect();
+        let started = Instant::now();
+        let plan = replan(&snap, &nodes);
+        let took = started.elapsed();
+        eprintln!("replan of 990 lost replicas over 2 hosts: {took:?}");
+        assert_eq!(plan.len(), 990);
+        let on = |n: &str| plan.iter().filter(|t| t.node.as_deref() == Some(n)).count();
+        // 1,000 over two hosts, "a" runs 10 already.
+        assert_eq!((on("a"), on("b")), (490, 500));
+        assert!(plan.iter().all(|t| t.state == TaskState::Pending
+            && t.ip.is_none()
+            && t.message == "host gone went down; moved"));
+        assert!(took < Duration::from_secs(1), "replan took {took:?}");
+
+        let mut h = svc(vec![ServicePort {
+            published: 80,
+            target: 80,
+            proto: Proto::Tcp,
+            mode: PublishMode::Host,
+        }]);
+        h.id = "s1".into();
+        let mut snap = Snapshot::default();
+        snap.services.insert(h.id.clone(), h);
+        for (r, n) in [(1, "a"), (2, "gone")] {
+            let t = task(r, n);
+            snap.tasks.insert(t.key(), t);
+        }
+        snap.alive.insert("a".into());
+        let plan = replan(&snap, &["a".to_string()]);
+        assert_eq!(plan.len(), 1);
+        assert_eq!((plan[0].replica, plan[0].node.as_deref()), (2, None));
+        // Unplaced already: nothing to write again.
+        let mut snap2 = snap.clone();
+        snap2.tasks.insert(plan[0].key(), plan[0].clone());
+        assert!(replan(&snap2, &["a".to_string()]).is_empty());
     }
 
     #[test]
@@ -1127,6 +1436,247 @@ mod tests {
             vec![true, false, false],
             "unhealthy, and on a host that is down"
         );
+    }
+
+    /// A misspelt field is an error naming it, not a default taken in
+    /// silence; the CLI's own bodies still parse.
+    #[test]
+    fn service_requests_refuse_unknown_fields() {
+        let err = serde_json::from_str::<ServiceCreate>(
+            r#"{"name":"web","network":"n","replica":3,"cmd":["sleep","1"]}"#,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("unknown field `replica`"), "{err}");
+        let ok: ServiceCreate = serde_json::from_value(serde_json::json!({
+            "name": "web", "network": "n", "replicas": 3, "publish": ["8080:80"],
+            "endpoint_mode": null, "health_cmd": null, "health_interval": null,
+            "health_timeout": null, "health_retries": null, "env": [], "cmd": ["sleep", "1"],
+        }))
+        .unwrap();
+        assert_eq!(ok.replicas, 3);
+        let err = serde_json::from_str::<ServiceUpdate>(r#"{"replicas":2,"publish-add":[]}"#)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("unknown field `publish-add`"), "{err}");
+        serde_json::from_value::<ServiceUpdate>(serde_json::json!({
+            "replicas": null, "publish_add": ["9090:90"], "publish_rm": ["8080"],
+        }))
+        .unwrap();
+    }
+
+    /// Scaling happens `max` changes a commit at most (etcd's 128
+    /// operations), removals first, and converges: the next round after
+    /// the changes are in has nothing left.
+    #[test]
+    fn task_changes_are_bounded_and_converge() {
+        let mut snap = Snapshot::default();
+        let mut s = svc(vec![]);
+        snap.services.insert(s.id.clone(), s.clone());
+        for r in 1..=5 {
+            let t = task(r, "a");
+            snap.tasks.insert(t.key(), t);
+        }
+        s.replicas = 2;
+        let c = task_changes(&snap, &s, TASKS_PER_COMMIT);
+        assert_eq!(
+            c.remove,
+            (3..=5).map(|r| task_key("s1", r)).collect::<Vec<_>>()
+        );
+        assert!(c.add.is_empty());
+        assert_eq!(task_changes(&snap, &s, 2).remove.len(), 2);
+
+        s.replicas = MAX_REPLICAS;
+        let mut rounds = 0;
+        loop {
+            let c = task_changes(&snap, &s, TASKS_PER_COMMIT);
+            if c.add.is_empty() && c.remove.is_empty() {
+                break;
+            }
+            assert!(c.add.len() + c.remove.len() <= TASKS_PER_COMMIT);
+            for r in c.add {
+                let t = task(r, "a");
+                snap.tasks.insert(t.key(), t);
+            }
+            rounds += 1;
+        }
+        assert_eq!(rounds, 10, "995 new tasks, 100 a commit");
+        assert_eq!(snap.tasks_of("s1").len(), MAX_REPLICAS as usize);
+        // Each commit of a task change is a guard and a write: within
+        // etcd's 128 with the service's own few.
+        const { assert!(TASKS_PER_COMMIT + 8 <= 128) };
+    }
+
+    #[test]
+    fn total_replicas_stay_within_the_backends_map() {
+        let mut snap = Snapshot::default();
+        let mut other = svc(vec![]);
+        other.id = "other".into();
+        other.replicas = dataplane_common::MAX_BACKENDS - 10;
+        snap.services.insert(other.id.clone(), other);
+        let mut me = svc(vec![]);
+        me.replicas = 500;
+        snap.services.insert(me.id.clone(), me);
+        // Its own current count does not count against it.
+        check_total_replicas(&snap, "s1", 10).unwrap();
+        let err = check_total_replicas(&snap, "s1", 11)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("the other services have 65526"), "{err}");
+        check_total_replicas(&snap, "new", 0).unwrap();
+    }
+
+    /// A port published twice, by another service, or (ingress) by a
+    /// container is refused, naming who has it; this service's own
+    /// replicas (a task key of it, not one that merely contains its id)
+    /// do not count.
+    #[test]
+    fn ports_taken_are_refused_with_their_holder() {
+        let port = |published, mode| ServicePort {
+            published,
+            target: 80,
+            proto: Proto::Tcp,
+            mode,
+        };
+        let mut snap = Snapshot::default();
+        let mut other = svc(vec![port(8080, PublishMode::Host)]);
+        other.id = "other".into();
+        other.name = "api".into();
+        snap.services.insert(other.id.clone(), other);
+        let ctr = |id: &str, task: Option<String>| model::Container {
+            id: id.into(),
+            name: format!("c-{id}"),
+            hostname: String::new(),
+            cmd: vec![],
+            netns: String::new(),
+            pid: None,
+            log_path: String::new(),
+            created: String::new(),
+            dns: vec![],
+            links: vec![],
+            env: vec![],
+            exposed: vec![],
+            ports: vec![model::PortBinding {
+                proto: Proto::Tcp,
+                host_ip: None,
+                host_port: 9090,
+                container_port: 80,
+            }],
+            publish: vec![],
+            publish_all: false,
+            network_mode: None,
+            task,
+        };
+        snap.containers
+            .insert("own".into(), ctr("own", Some(task_key("s1", 1))));
+        let check = |snap: &Snapshot, ports: &[ServicePort]| {
+            check_ports(snap, "s1", ports).map_err(|e| e.to_string())
+        };
+        assert!(check(&snap, &[port(9090, PublishMode::Ingress)]).is_ok());
+        let twice = [port(81, PublishMode::Ingress), port(81, PublishMode::Host)];
+        assert!(check(&snap, &twice)
+            .unwrap_err()
+            .contains("published twice"));
+        assert_eq!(
+            check(&snap, &[port(8080, PublishMode::Ingress)]).unwrap_err(),
+            "port 8080/tcp is already published by service api"
+        );
+        // A replica of service "xs1y" is not one of "s1"'s.
+        snap.containers
+            .insert("theirs".into(), ctr("theirs", Some(task_key("xs1y", 1))));
+        assert_eq!(
+            check(&snap, &[port(9090, PublishMode::Ingress)]).unwrap_err(),
+            "port 9090/tcp is already published by container c-theirs"
+        );
+        // Host-mode ports only meet containers on the host a replica
+        // lands on.
+        assert!(check(&snap, &[port(9090, PublishMode::Host)]).is_ok());
+    }
+
+    /// What a tick computes besides tending each task, with 1,000
+    /// replicas: the replica index, the unfinished services, the lost-host
+    /// plan. Linear: measured, and bounded well below the 200 ms tick.
+    #[test]
+    fn tick_bookkeeping_is_linear_in_tasks() {
+        let mut snap = Snapshot::default();
+        let mut s = svc(vec![]);
+        s.replicas = MAX_REPLICAS;
+        snap.services.insert(s.id.clone(), s.clone());
+        let mut gone = svc(vec![]);
+        gone.id = "gone".into();
+        for r in 1..=MAX_REPLICAS {
+            let mut t = task(r, "a");
+            t.container = Some(format!("c{r}"));
+            let mut c = serde_json::from_value::<model::Container>(serde_json::json!({
+                "id": format!("c{r}"), "name": format!("web.{r}"), "hostname": "h",
+                "cmd": ["sleep"], "netns": "n", "pid": null, "log_path": "",
+                "created": "",
+            }))
+            .unwrap();
+            c.task = Some(t.key());
+            snap.containers.insert(c.id.clone(), c);
+            snap.tasks.insert(t.key(), t);
+        }
+        snap.alive.insert("a".into());
+        let nodes = vec!["a".to_string()];
+        let started = Instant::now();
+        let index = replicas_by_task(&snap);
+        let todo = unfinished(&snap);
+        let plan = replan(&snap, &nodes);
+        let took = started.elapsed();
+        eprintln!("tick bookkeeping with 1,000 replicas: {took:?}");
+        assert_eq!(index.len(), 1_000);
+        assert_eq!(index[task_key("s1", 7).as_str()].id, "c7");
+        assert!(todo.is_empty() && plan.is_empty());
+        assert!(took < Duration::from_millis(100), "{took:?}");
+        // One replica short, one too many, and leftovers of a removed
+        // service: all three are found.
+        snap.tasks.remove(&task_key("s1", 3));
+        let mut extra = task(1, "a");
+        extra.service = "gone".into();
+        snap.tasks.insert(extra.key(), extra);
+        let mut todo = unfinished(&snap);
+        todo.sort();
+        assert_eq!(todo, vec!["gone", "s1"]);
+        let mut s2 = s.clone();
+        s2.replicas = 998;
+        snap.services.insert(s2.id.clone(), s2);
+        assert_eq!(unfinished(&snap), vec!["s1", "gone"]);
+    }
+
+    #[test]
+    fn restart_delay_doubles_up_to_a_minute() {
+        let d: Vec<u64> = [1, 2, 3, 4, 6, 7, 8, 100, u32::MAX]
+            .into_iter()
+            .map(|n| restart_delay(n).as_secs())
+            .collect();
+        assert_eq!(d, vec![1, 2, 4, 8, 32, 60, 60, 60, 60]);
+        assert_eq!(restart_delay(0), FAILED_BACKOFF);
+    }
+
+    /// The longest accepted name still gives replica container names and
+    /// hostnames that `run` accepts, for the highest replica number; one
+    /// character more is refused at create, not at every start.
+    #[test]
+    fn service_names_fit_their_replicas_names() {
+        let name = "s".repeat(MAX_SERVICE_NAME);
+        check_service_name(&name).unwrap();
+        let mut t = task(MAX_REPLICAS, "a");
+        t.id = model::new_id();
+        let cname = t.container_name(&name);
+        assert!(validate::valid_name(&cname), "{cname}");
+        assert!(
+            validate::valid_hostname(&cname.replace('.', "-")),
+            "{cname}"
+        );
+        let long = format!("{name}s");
+        let err = check_service_name(&long).unwrap_err().to_string();
+        assert!(err.contains("longer than"), "{err}");
+        assert!(check_service_name("")
+            .unwrap_err()
+            .to_string()
+            .contains("needs a name"));
+        assert!(check_service_name("-web").is_err());
     }
 
     #[test]

@@ -204,6 +204,16 @@ impl Task {
         task_key(&self.service, self.replica)
     }
 
+    /// This task in `state` from now, for `message`.
+    pub fn entering(&self, state: TaskState, message: impl Into<String>) -> Task {
+        Task {
+            state,
+            message: message.into(),
+            since: super::now_rfc3339(),
+            ..self.clone()
+        }
+    }
+
     /// Whether new connections may go to it.
     pub fn live(&self) -> bool {
         self.state == TaskState::Running && self.ip.is_some()

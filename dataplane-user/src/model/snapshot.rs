@@ -70,12 +70,15 @@ fn parse_block(rest: &str) -> Option<(&str, ipnetwork::Ipv4Network)> {
     Some((nid, block))
 }
 
-/// Finds the id of the object named `name_or_id`, or whose id starts with
-/// it, as Docker does. `Err(true)`: none; `Err(false)`: an ambiguous prefix.
+/// Finds the id of the `what` (network, container, service) named
+/// `name_or_id`, or whose id starts with it, as Docker does; none is
+/// `not_found`, an ambiguous prefix a bad request.
 fn resolve_name<'a>(
     objects: impl Iterator<Item = (&'a str, &'a str)> + Clone,
     name_or_id: &str,
-) -> Result<String, bool> {
+    what: &str,
+    not_found: impl FnOnce() -> String,
+) -> ApiResult<String> {
     if let Some((_, id)) = objects.clone().find(|(name, _)| *name == name_or_id) {
         return Ok(id.to_string());
     }
@@ -83,8 +86,8 @@ fn resolve_name<'a>(
         objects.filter(|(_, id)| !name_or_id.is_empty() && id.starts_with(name_or_id));
     match (by_prefix.next(), by_prefix.next()) {
         (Some((_, id)), None) => Ok(id.to_string()),
-        (None, _) => Err(true),
-        _ => Err(false),
+        (None, _) => Err(ApiError::NotFound(not_found())),
+        _ => Err(bad(format!("{what} id prefix {name_or_id} is ambiguous"))),
     }
 }
 
@@ -236,14 +239,9 @@ impl Snapshot {
                 .values()
                 .map(|n| (n.name.as_str(), n.id.as_str())),
             name_or_id,
+            "network",
+            || format!("network {name_or_id} not found"),
         )
-        .map_err(|found_none| {
-            if found_none {
-                ApiError::NotFound(format!("network {name_or_id} not found"))
-            } else {
-                bad(format!("network id prefix {name_or_id} is ambiguous"))
-            }
-        })
     }
 
     pub fn container_id(&self, name_or_id: &str) -> ApiResult<String> {
@@ -252,14 +250,9 @@ impl Snapshot {
                 .values()
                 .map(|c| (c.name.as_str(), c.id.as_str())),
             name_or_id,
+            "container",
+            || format!("no such container: {name_or_id}"),
         )
-        .map_err(|found_none| {
-            if found_none {
-                ApiError::NotFound(format!("no such container: {name_or_id}"))
-            } else {
-                bad(format!("container id prefix {name_or_id} is ambiguous"))
-            }
-        })
     }
 
     /// The container's endpoints, eth0 first.
@@ -322,7 +315,6 @@ impl Snapshot {
                 .is_some_and(|(at, _)| at.elapsed() < grace)
     }
 
-    /// Every published host port of every container.
     /// Host ports in use: containers' published ports, and the ingress
     /// ports of services (every address of every host answers those).
     pub fn taken_ports(&self) -> Taken {
@@ -352,14 +344,9 @@ impl Snapshot {
                 .iter()
                 .map(|(id, s)| (s.name.as_str(), id.as_str())),
             name_or_id,
+            "service",
+            || format!("no such service: {name_or_id}"),
         )
-        .map_err(|found_none| {
-            if found_none {
-                ApiError::NotFound(format!("no such service: {name_or_id}"))
-            } else {
-                bad(format!("service id prefix {name_or_id} is ambiguous"))
-            }
-        })
     }
 
     /// The tasks of service `sid`, in replica order.

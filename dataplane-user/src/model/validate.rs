@@ -15,6 +15,17 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 64
 }
 
+/// `-e KEY=VALUE` arguments (of `run` and `service create`).
+pub fn check_env(env: &[String]) -> ApiResult<()> {
+    match env
+        .iter()
+        .find(|kv| kv.split_once('=').is_none_or(|(k, _)| k.is_empty()))
+    {
+        Some(kv) => Err(bad(format!("invalid -e {kv:?}: expected KEY=VALUE"))),
+        None => Ok(()),
+    }
+}
+
 pub fn valid_hostname(h: &str) -> bool {
     !h.is_empty()
         && h.len() <= 63
@@ -322,6 +333,17 @@ mod service_tests {
             "70000:80",
         ] {
             assert!(parse_service_port(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn env_arguments() {
+        check_env(&["A=1".into(), "B=".into(), "C=x=y".into()]).unwrap();
+        for bad in ["A", "=1"] {
+            let err = check_env(&["OK=1".into(), bad.into()])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(&format!("invalid -e {bad:?}")), "{err}");
         }
     }
 

@@ -1099,8 +1099,12 @@ mod tests {
         // Byte 13 of the inner TCP header (after a 20-byte IPv4 header):
         // the tunnelled flows' conntrack must see their FIN and RST, or
         // their pass-through pair keeps an established timeout for hours.
-        assert_eq!(INNER_TCP_FLAGS - 1, INNER_L3 + 20 + 13);
-        assert!(INNER_TCP_FLAGS > INNER_PORTS);
+        let mut f = [0u8; INNER_TCP_FLAGS];
+        f[INNER_L3] = 0x45;
+        f[INNER_L3 + 20 + 12] = 0x50; // data offset: 5 words
+        f[INNER_L3 + 20 + 13] = crate::TCP_FIN | crate::TCP_ACK;
+        assert_eq!(f[INNER_TCP_FLAGS - 1], crate::TCP_FIN | crate::TCP_ACK);
+        const { assert!(INNER_TCP_FLAGS > INNER_PORTS) };
     }
 
     #[test]

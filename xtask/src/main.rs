@@ -12,6 +12,7 @@ mod natbench;
 mod overlaybench;
 mod pingpong;
 mod plot;
+mod servicebench;
 mod setup;
 mod sh;
 mod stats;

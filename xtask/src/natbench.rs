@@ -333,31 +333,46 @@ fn conn_server(x: &str, inst: &Instance) -> Result<Bg> {
 
 /// `dataplane stats`, summed over the programs.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     /// None if this build has no such counter.
-    translated: Option<u64>,
-    drops: BTreeMap<String, u64>,
+    pub translated: Option<u64>,
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    /// From `dataplane stats --format json` output (empty if it does not
+    /// parse).
+    pub fn parse(stats_json: &str) -> Self {
+        let mut c = Counters::default();
+        let Ok(v) = serde_json::from_str::<Value>(stats_json) else {
+            return c;
+        };
+        let progs = v["programs"].as_array().or_else(|| v.as_array());
+        for p in progs.into_iter().flatten() {
+            if let Some(x) = p["translated"].as_u64() {
+                *c.translated.get_or_insert(0) += x;
+            }
+            for (k, n) in p["drops"].as_object().into_iter().flatten() {
+                *c.drops.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+        c
+    }
+
+    /// The drop counters that grew from `before` to `self`, by how much.
+    pub fn grown_drops(&self, before: &Counters) -> Vec<(String, u64)> {
+        self.drops
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(before.drops.get(k).copied().unwrap_or(0));
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect()
+    }
 }
 
 fn counters(d: &Daemon) -> Counters {
-    let mut c = Counters::default();
-    let Some(v) = d
-        .cli(&["stats", "--format", "json"])
-        .ok()
-        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-    else {
-        return c;
-    };
-    let progs = v["programs"].as_array().or_else(|| v.as_array());
-    for p in progs.into_iter().flatten() {
-        if let Some(x) = p["translated"].as_u64() {
-            *c.translated.get_or_insert(0) += x;
-        }
-        for (k, n) in p["drops"].as_object().into_iter().flatten() {
-            *c.drops.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
-        }
-    }
-    c
+    Counters::parse(&d.cli(&["stats", "--format", "json"]).unwrap_or_default())
 }
 
 /// What is attached to the eBPF host's uplink, for error messages.
@@ -980,12 +995,7 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
             if let (Some(b), Some(a)) = (b.translated, a.translated) {
                 ebpf_translated.push((inst.ports, a.saturating_sub(b)));
             }
-            for (k, v) in a.drops {
-                let d = v.saturating_sub(b.drops.get(&k).copied().unwrap_or(0));
-                if d > 0 {
-                    drops.push((k, d));
-                }
-            }
+            drops = a.grown_drops(&b);
         }
         if let Some(pt) = points
             .iter_mut()
@@ -1400,6 +1410,22 @@ mod tests {
         assert_eq!(sec.unwrap(), format!("{HEADING}\nx\n"));
         assert_eq!(split("# B\n").1, None);
         assert_eq!(append("", Some("## S\n")), "## S\n");
+    }
+
+    #[test]
+    fn counters_summed_over_programs_and_grown_drops() {
+        let before = Counters::parse(
+            r#"{"programs":[{"translated":3,"drops":{"no_route":1}},{"translated":4,"drops":{"no_route":2,"malformed":5}}]}"#,
+        );
+        assert_eq!(before.translated, Some(7));
+        assert_eq!(before.drops["no_route"], 3);
+        let after =
+            Counters::parse(r#"[{"translated":9,"drops":{"no_route":3,"malformed":6,"new":1}}]"#);
+        assert_eq!(
+            after.grown_drops(&before),
+            vec![("malformed".to_string(), 1), ("new".to_string(), 1)]
+        );
+        assert!(Counters::parse("not json").drops.is_empty());
     }
 
     #[test]

@@ -52,6 +52,10 @@ pub enum Cmd {
     /// The hosts of the cluster (with --store).
     #[command(subcommand)]
     Node(NodeCmd),
+    /// Services: replicas of one command balanced behind a virtual IP and
+    /// ingress ports every host answers (swarm's routing mesh, in eBPF).
+    #[command(subcommand)]
+    Service(ServiceCmd),
     /// Create a sandbox on a network and start a command in it, detached.
     Run(RunArgs),
     /// List containers.
@@ -134,6 +138,87 @@ pub enum NodeCmd {
         #[arg(long, value_enum, default_value_t)]
         format: Format,
     },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ServiceCmd {
+    /// Create a service and start its replicas on the cluster's hosts.
+    Create(ServiceCreateArgs),
+    /// List services: replicas live/desired, VIP, ports.
+    #[command(alias = "list")]
+    Ls {
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Show services as JSON: spec, virtual IP, tasks, counters.
+    Inspect {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// List a service's replicas: host, state, address.
+    Ps {
+        name: String,
+        #[arg(long, value_enum, default_value_t)]
+        format: Format,
+    },
+    /// Set the replica count of services: NAME=N ...
+    Scale {
+        #[arg(required = true, value_name = "NAME=REPLICAS")]
+        pairs: Vec<String>,
+    },
+    /// Change a service's replica count or published ports.
+    Update {
+        name: String,
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// A port to publish (as --publish of create).
+        #[arg(long, value_name = "SPEC")]
+        publish_add: Vec<String>,
+        /// A published port to remove: PORT[/PROTO].
+        #[arg(long, value_name = "PORT")]
+        publish_rm: Vec<String>,
+    },
+    /// Remove services and their replicas.
+    #[command(alias = "remove")]
+    Rm {
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+}
+
+#[derive(Args, Debug)]
+pub struct ServiceCreateArgs {
+    #[arg(long)]
+    pub name: String,
+    /// Number of replicas.
+    #[arg(long, default_value = "1", value_name = "N")]
+    pub replicas: u32,
+    /// The network the replicas join and the VIP lives on.
+    #[arg(long)]
+    pub network: String,
+    /// published=P,target=T[,protocol=tcp|udp][,mode=ingress|host], or P:T[/PROTO].
+    #[arg(short = 'p', long, value_name = "SPEC")]
+    pub publish: Vec<String>,
+    /// vip (one virtual IP, balanced in eBPF) or dnsrr (DNS answers the replicas).
+    #[arg(long, value_name = "MODE")]
+    pub endpoint_mode: Option<String>,
+    /// Command run with /bin/sh -c in each replica's sandbox; exit 0 is healthy.
+    #[arg(long, value_name = "CMD")]
+    pub health_cmd: Option<String>,
+    /// Time between health checks (e.g. 1s, 500ms; default 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_interval: Option<String>,
+    /// Time a health check may take (default 5s).
+    #[arg(long, value_name = "DURATION")]
+    pub health_timeout: Option<String>,
+    /// Consecutive failures that make a replica unhealthy (default 3).
+    #[arg(long, value_name = "N")]
+    pub health_retries: Option<u32>,
+    /// KEY=VALUE in each replica's environment.
+    #[arg(short = 'e', long = "env")]
+    pub env: Vec<String>,
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+    pub cmd: Vec<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -302,6 +387,7 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
     match cmd {
         Cmd::Daemon(_) => unreachable!("handled in main"),
         Cmd::Network(n) => network(&c, n).await?,
+        Cmd::Service(cmd) => service(&c, cmd).await?,
         Cmd::Node(NodeCmd::Ls { format }) => {
             let v = c.json(Method::GET, "/nodes", None).await?;
             let headers = ["NAME", "ADDRESS", "STATE", "SINCE", "CONTAINERS"];
@@ -607,4 +693,126 @@ async fn exec(c: &Client, name: &str, cmd: &[String]) -> Result<i32> {
     Ok(status
         .code()
         .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+async fn service(c: &Client, cmd: ServiceCmd) -> Result<()> {
+    match cmd {
+        ServiceCmd::Create(a) => {
+            let v = c
+                .json(
+                    Method::POST,
+                    "/services",
+                    Some(json!({
+                        "name": a.name, "network": a.network, "replicas": a.replicas,
+                        "publish": a.publish, "endpoint_mode": a.endpoint_mode,
+                        "health_cmd": a.health_cmd, "health_interval": a.health_interval,
+                        "health_timeout": a.health_timeout, "health_retries": a.health_retries,
+                        "env": a.env, "cmd": a.cmd,
+                    })),
+                )
+                .await?;
+            println!("{}", s(&v["Id"]));
+        }
+        ServiceCmd::Ls { format } => {
+            let v = c.json(Method::GET, "/services", None).await?;
+            let headers = ["ID", "NAME", "MODE", "REPLICAS", "NETWORK", "VIP", "PORTS"];
+            print_listing(&v, &v, format, &headers, |x| {
+                let ports: Vec<String> =
+                    x["Ports"].as_array().into_iter().flatten().map(s).collect();
+                vec![
+                    short(&x["ID"]),
+                    s(&x["Name"]),
+                    s(&x["Mode"]),
+                    s(&x["Replicas"]),
+                    s(&x["Network"]),
+                    s(&x["VIP"]),
+                    ports.join(", "),
+                ]
+            })?;
+        }
+        ServiceCmd::Inspect { names } => {
+            let mut all = Vec::new();
+            for n in names {
+                all.push(
+                    c.json(Method::GET, &format!("/services/{}", seg(&n)), None)
+                        .await?,
+                );
+            }
+            println!("{}", serde_json::to_string_pretty(&all)?);
+        }
+        ServiceCmd::Ps { name, format } => {
+            let v = c
+                .json(
+                    Method::GET,
+                    &format!("/services/{}/tasks", seg(&name)),
+                    None,
+                )
+                .await?;
+            let headers = [
+                "ID", "NAME", "NODE", "STATE", "SINCE", "IP", "RESTARTS", "MESSAGE",
+            ];
+            print_listing(&v, &v, format, &headers, |t| {
+                let node = match (t["Placed"].as_bool(), s(&t["Node"])) {
+                    (Some(false), _) => "-".to_string(),
+                    (_, n) if n.is_empty() => "(this host)".to_string(),
+                    (_, n) => n,
+                };
+                vec![
+                    short(&t["ID"]),
+                    s(&t["Name"]),
+                    node,
+                    s(&t["State"]),
+                    s(&t["Since"]),
+                    s(&t["IP"]),
+                    s(&t["Restarts"]),
+                    s(&t["Message"]),
+                ]
+            })?;
+        }
+        ServiceCmd::Scale { pairs } => {
+            let mut parsed = Vec::new();
+            for p in &pairs {
+                let (name, n) = p.split_once('=').ok_or_else(|| {
+                    anyhow!("invalid scale argument {p:?}: expected NAME=REPLICAS")
+                })?;
+                let n: u32 = n.parse().map_err(|_| {
+                    anyhow!("invalid replicas {n:?} for service {name}: not a number")
+                })?;
+                parsed.push((name.to_string(), n));
+            }
+            for (name, n) in parsed {
+                c.call(
+                    Method::POST,
+                    &format!("/services/{}/update", seg(&name)),
+                    Some(json!({ "replicas": n })),
+                )
+                .await?;
+                println!("{name} scaled to {n}");
+            }
+        }
+        ServiceCmd::Update {
+            name,
+            replicas,
+            publish_add,
+            publish_rm,
+        } => {
+            c.call(
+                Method::POST,
+                &format!("/services/{}/update", seg(&name)),
+                Some(json!({
+                    "replicas": replicas, "publish_add": publish_add, "publish_rm": publish_rm,
+                })),
+            )
+            .await?;
+            println!("{name}");
+        }
+        ServiceCmd::Rm { names } => {
+            for n in names {
+                c.call(Method::DELETE, &format!("/services/{}", seg(&n)), None)
+                    .await?;
+                println!("{n}");
+            }
+        }
+    }
+    Ok(())
 }

@@ -108,3 +108,47 @@ pub struct Created {
 pub struct ErrorBody {
     pub message: String,
 }
+
+/// `service create`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ServiceCreate {
+    pub name: String,
+    pub network: String,
+    #[serde(default = "one")]
+    pub replicas: u32,
+    /// `--publish` in swarm's long form (`published=P,target=T,...`) or
+    /// short form (`P:T[/PROTO]`).
+    #[serde(default)]
+    pub publish: Vec<String>,
+    /// `vip` (default) or `dnsrr`.
+    #[serde(default)]
+    pub endpoint_mode: Option<String>,
+    #[serde(default)]
+    pub health_cmd: Option<String>,
+    /// `--health-interval` (`5s`, `500ms`, `1m`).
+    #[serde(default)]
+    pub health_interval: Option<String>,
+    #[serde(default)]
+    pub health_timeout: Option<String>,
+    #[serde(default)]
+    pub health_retries: Option<u32>,
+    #[serde(default)]
+    pub env: Vec<String>,
+    pub cmd: Vec<String>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// `service update` and `service scale`.
+#[derive(Debug, Default, Clone, Serialize, Deserialize)]
+pub struct ServiceUpdate {
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    #[serde(default)]
+    pub publish_add: Vec<String>,
+    /// A published port (`P` or `P/PROTO`) or a whole spec to remove.
+    #[serde(default)]
+    pub publish_rm: Vec<String>,
+}

@@ -16,6 +16,7 @@ use serde_json::Value;
 use super::{
     error::{ApiError, ApiResult},
     views, Connect, ContainerCreate, Created, Disconnect, ErrorBody, NetworkCreate, PublishedPort,
+    ServiceCreate, ServiceUpdate,
 };
 use crate::engine::Engine;
 
@@ -149,6 +150,43 @@ async fn nodes(State(e): State<Shared>) -> JsonResult {
     Ok(Json(views::list_nodes(&e.snapshot())))
 }
 
+async fn services(State(e): State<Shared>) -> JsonResult {
+    Ok(Json(views::list_services(&e.snapshot())))
+}
+
+async fn service_create(
+    State(e): State<Shared>,
+    Json(req): Json<ServiceCreate>,
+) -> ApiResult<(StatusCode, Json<Created>)> {
+    let id = write(e, move |e| e.create_service(req)).await?;
+    Ok((StatusCode::CREATED, Json(Created { id })))
+}
+
+async fn service_inspect(State(e): State<Shared>, UrlPath(name): UrlPath<String>) -> JsonResult {
+    write(e, move |e| e.inspect_service(&name).map(Json)).await
+}
+
+async fn service_tasks(State(e): State<Shared>, UrlPath(name): UrlPath<String>) -> JsonResult {
+    views::service_tasks(&e.snapshot(), &name).map(Json)
+}
+
+async fn service_update(
+    State(e): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+    Json(req): Json<ServiceUpdate>,
+) -> ApiResult<StatusCode> {
+    write(e, move |e| e.update_service(&name, req)).await?;
+    Ok(StatusCode::OK)
+}
+
+async fn service_rm(
+    State(e): State<Shared>,
+    UrlPath(name): UrlPath<String>,
+) -> ApiResult<StatusCode> {
+    write(e, move |e| e.remove_service(&name)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn stats(State(e): State<Shared>) -> JsonResult {
     write(e, |e| e.stats().map(Json)).await
 }
@@ -168,6 +206,10 @@ pub fn router(state: Shared) -> Router {
         .route("/containers/{name}/logs", get(container_logs))
         .route("/containers/{name}/ports", get(container_ports))
         .route("/nodes", get(nodes))
+        .route("/services", get(services).post(service_create))
+        .route("/services/{name}", get(service_inspect).delete(service_rm))
+        .route("/services/{name}/tasks", get(service_tasks))
+        .route("/services/{name}/update", post(service_update))
         .route("/stats", get(stats))
         .with_state(state)
 }

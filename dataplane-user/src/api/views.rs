@@ -259,3 +259,73 @@ pub fn logs(snap: &Snapshot, name: &str) -> ApiResult<String> {
     let path = &snap.containers[&cid].log_path;
     Ok(std::fs::read_to_string(path).unwrap_or_default())
 }
+
+/// `service ls`.
+pub fn list_services(snap: &Snapshot) -> Value {
+    let out = snap
+        .services
+        .values()
+        .map(|svc| {
+            let tasks = snap.tasks_of(&svc.id);
+            let live = tasks.iter().filter(|t| t.live()).count();
+            json!({
+                "ID": svc.id, "Name": svc.name, "Mode": "replicated",
+                "Replicas": format!("{live}/{}", svc.replicas),
+                "Network": snap.networks.get(&svc.network).map_or("", |n| n.name.as_str()),
+                "EndpointMode": svc.endpoint_mode.as_str(),
+                "VIP": svc.vip.map(|v| v.to_string()).unwrap_or_default(),
+                "Ports": svc.ports.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    Value::Array(out)
+}
+
+/// `service ps NAME`: which replica runs where, in what state.
+pub fn service_tasks(snap: &Snapshot, name: &str) -> ApiResult<Value> {
+    let sid = snap.service_id(name)?;
+    let svc = &snap.services[&sid];
+    let out = snap
+        .tasks_of(&sid)
+        .into_iter()
+        .map(|t| {
+            json!({
+                "ID": t.id, "Name": format!("{}.{}", svc.name, t.replica),
+                "Node": t.node.clone().unwrap_or_default(),
+                "Placed": t.node.is_some(),
+                "State": t.state.as_str(), "Since": t.since, "Message": t.message,
+                "Container": t.container.clone().unwrap_or_default(),
+                "IP": t.ip.map(|i| i.to_string()).unwrap_or_default(),
+                "Restarts": t.restarts, "Live": t.live(),
+            })
+        })
+        .collect();
+    Ok(Value::Array(out))
+}
+
+/// `service inspect NAME` (without counters: the engine adds them).
+pub fn inspect_service(snap: &Snapshot, name: &str) -> ApiResult<Value> {
+    let sid = snap.service_id(name)?;
+    let svc = &snap.services[&sid];
+    let net = snap.networks.get(&svc.network);
+    Ok(json!({
+        "ID": svc.id, "Name": svc.name, "CreatedAt": svc.created, "Version": svc.version,
+        "Spec": {
+            "Replicas": svc.replicas, "Command": svc.cmd, "Env": svc.env,
+            "Network": net.map_or("", |n| n.name.as_str()),
+            "EndpointMode": svc.endpoint_mode.as_str(),
+            "Ports": svc.ports.iter().map(|p| json!({
+                "PublishedPort": p.published, "TargetPort": p.target,
+                "Protocol": p.proto, "PublishMode": p.mode.as_str(),
+            })).collect::<Vec<_>>(),
+            "HealthCheck": svc.health.as_ref().map(|h| json!({
+                "Cmd": h.cmd, "IntervalMs": h.interval_ms, "TimeoutMs": h.timeout_ms, "Retries": h.retries,
+            })),
+        },
+        "Endpoint": {
+            "VirtualIP": svc.vip.map(|v| v.to_string()),
+            "Slot": svc.slot,
+        },
+        "Tasks": service_tasks(snap, name)?,
+    }))
+}

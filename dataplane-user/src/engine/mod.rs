@@ -13,6 +13,7 @@
 
 pub mod reconcile;
 pub mod sandbox;
+pub mod services;
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -275,6 +276,7 @@ impl Engine {
                 });
             made.map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
         }
+        engine.start_agent()?;
         let snap = engine.snapshot();
         info!(
             networks = snap.networks.len(),
@@ -648,6 +650,11 @@ impl Engine {
     // ----- containers ----------------------------------------------------
 
     pub fn run(&self, req: ContainerCreate) -> ApiResult<String> {
+        self.run_as(req, None)
+    }
+
+    /// `run`, for the replica of service task `task` (its key) when given.
+    pub(crate) fn run_as(&self, req: ContainerCreate, task: Option<String>) -> ApiResult<String> {
         let id = model::new_id();
         let name = req
             .name
@@ -797,6 +804,7 @@ impl Engine {
                     publish: req.publish.clone(),
                     publish_all: req.publish_all,
                     network_mode: mode,
+                    task: task.clone(),
                 };
                 let mut keys = vec![ctr.key(), model::name_claim(&name)];
                 t.absent(model::name_claim(&name))

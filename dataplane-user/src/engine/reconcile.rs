@@ -103,6 +103,8 @@ pub struct Reconciler {
     /// Remote endpoints projected into `ENDPOINTS`, by endpoint id, as
     /// written.
     remote: HashMap<String, dataplane_common::Endpoint>,
+    /// The services as last written into the maps.
+    services_applied: Option<Vec<super::services::Projection>>,
 }
 
 impl Reconciler {
@@ -131,6 +133,7 @@ impl Reconciler {
             cluster,
             tunnel_mtu: None,
             remote: HashMap::new(),
+            services_applied: None,
         }
     }
 
@@ -285,6 +288,9 @@ impl Reconciler {
         self.sync_ports(snap, None);
         self.sync_links(snap);
         self.sync_dns(snap, None);
+        // Compared with the maps themselves, not with what was written.
+        self.services_applied = None;
+        self.sync_services(snap);
         let dp = self.dp.clone();
         let mut dp = dp.lock().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = crate::uplink::sync(&mut dp, &mut self.uplinks) {
@@ -347,6 +353,14 @@ impl Reconciler {
             self.sync_links(snap);
             self.sync_dns(snap, Some(&ctrs));
         }
+        let services_changed = dirty.iter().any(|k| model::service::is_service_key(k));
+        if services_changed {
+            // Names (VIPs, dnsrr and tasks.NAME) and the tables.
+            self.sync_dns(snap, Some(&BTreeSet::new()));
+        }
+        if services_changed || cluster_changed || !eps.is_empty() {
+            self.sync_services(snap);
+        }
         if cluster_changed && self.cluster.is_some() {
             self.sync_remote(snap);
             if !remote_eps.is_empty() {
@@ -354,6 +368,22 @@ impl Reconciler {
                 self.sync_dns(snap, Some(&BTreeSet::new()));
             }
         }
+    }
+
+    // ----- services ------------------------------------------------------
+
+    /// The services' frontends, replicas and Maglev tables (`SERVICES`,
+    /// `BACKENDS`, `BACKEND_PORTS`, `MAGLEV`).
+    fn sync_services(&mut self, snap: &Snapshot) {
+        let want = super::services::projections(snap, self.cluster.is_some());
+        if self.services_applied.as_ref() == Some(&want) {
+            return;
+        }
+        let r = super::services::apply(&mut self.dp(), &want);
+        if r.is_ok() {
+            self.services_applied = Some(want);
+        }
+        self.outcome("services", "service tables", r);
     }
 
     // ----- the cluster ---------------------------------------------------

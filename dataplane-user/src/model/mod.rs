@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub mod service;
 pub mod snapshot;
 pub mod validate;
 
@@ -289,6 +290,10 @@ pub struct Container {
     /// container joined instead of a network of its own (`host`, `none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network_mode: Option<String>,
+    /// The key of the service task this container runs, if it is a
+    /// service's replica (its host's engine owns it then).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task: Option<String>,
 }
 
 /// The transport protocol of a published or exposed port. Serialised as

@@ -50,6 +50,11 @@ pub struct Snapshot {
     /// endpoints and for `node ls`); hosts already down when it started
     /// count from its start.
     pub down_since: BTreeMap<String, (Instant, String)>,
+    /// Services, by id.
+    pub services: BTreeMap<String, model::service::Service>,
+    /// Their tasks, by key (`cluster/tasks/<service id>/<replica>`), so in
+    /// replica order per service.
+    pub tasks: BTreeMap<String, model::service::Task>,
     /// Every host's address blocks of each overlay network (by network id).
     pub blocks: BTreeMap<String, Vec<(ipnetwork::Ipv4Network, String)>>,
     /// The mod revision of every key, records and claims alike, for the
@@ -118,6 +123,14 @@ impl Snapshot {
             self.down_since.remove(name);
             return Ok(());
         }
+        if let Some(id) = key.strip_prefix(model::service::SERVICES) {
+            self.services.insert(id.to_string(), de(key, value)?);
+            return Ok(());
+        }
+        if key.starts_with(model::service::TASKS) {
+            self.tasks.insert(key.to_string(), de(key, value)?);
+            return Ok(());
+        }
         if let Some(rest) = key.strip_prefix(model::BLOCKS) {
             let (nid, block) = parse_block(rest).with_context(|| format!("decoding {key}"))?;
             let owner = String::from_utf8_lossy(value).into_owned();
@@ -154,6 +167,14 @@ impl Snapshot {
             self.alive.remove(name);
             self.down_since
                 .insert(name.to_string(), (Instant::now(), model::now_rfc3339()));
+            return;
+        }
+        if let Some(id) = key.strip_prefix(model::service::SERVICES) {
+            self.services.remove(id);
+            return;
+        }
+        if key.starts_with(model::service::TASKS) {
+            self.tasks.remove(key);
             return;
         }
         if let Some(rest) = key.strip_prefix(model::BLOCKS) {
@@ -265,6 +286,12 @@ impl Snapshot {
             .iter()
             .chain(self.remote_endpoints_of_network(nid).iter())
             .map(|e| e.ip)
+            .chain(
+                self.services
+                    .values()
+                    .filter(|s| s.network == nid)
+                    .filter_map(|s| s.vip),
+            )
             .collect()
     }
 
@@ -296,8 +323,53 @@ impl Snapshot {
     }
 
     /// Every published host port of every container.
+    /// Host ports in use: containers' published ports, and the ingress
+    /// ports of services (every address of every host answers those).
     pub fn taken_ports(&self) -> Taken {
-        Taken::new(self.containers.values().flat_map(|c| &c.ports))
+        let ingress: Vec<model::PortBinding> = self
+            .services
+            .values()
+            .flat_map(|s| s.ingress_ports())
+            .map(|p| model::PortBinding {
+                proto: p.proto,
+                host_ip: None,
+                host_port: p.published,
+                container_port: p.target,
+            })
+            .collect();
+        Taken::new(
+            self.containers
+                .values()
+                .flat_map(|c| &c.ports)
+                .chain(ingress.iter()),
+        )
+    }
+
+    /// The id of the service named `name_or_id` (or with that id prefix).
+    pub fn service_id(&self, name_or_id: &str) -> ApiResult<String> {
+        resolve_name(
+            self.services
+                .iter()
+                .map(|(id, s)| (s.name.as_str(), id.as_str())),
+            name_or_id,
+        )
+        .map_err(|found_none| {
+            if found_none {
+                ApiError::NotFound(format!("no such service: {name_or_id}"))
+            } else {
+                bad(format!("service id prefix {name_or_id} is ambiguous"))
+            }
+        })
+    }
+
+    /// The tasks of service `sid`, in replica order.
+    pub fn tasks_of(&self, sid: &str) -> Vec<&model::service::Task> {
+        let prefix = format!("{}{sid}/", model::service::TASKS);
+        self.tasks
+            .range(prefix.clone()..)
+            .take_while(|(k, _)| k.starts_with(&prefix))
+            .map(|(_, t)| t)
+            .collect()
     }
 
     /// The `PORTS` entries of container `cid`: its published ports, leading
@@ -378,6 +450,7 @@ impl Snapshot {
                             }
                         }),
                 )
+                .chain(self.service_names(&n.id))
                 .collect();
             names.networks.insert(
                 n.id.clone(),
@@ -412,6 +485,39 @@ impl Snapshot {
             }
         }
         names
+    }
+
+    /// The names services of network `nid` give: `NAME` for the VIP (or,
+    /// with `dnsrr`, for every live replica's address), and
+    /// `tasks.NAME` for every live replica's address, as swarm has them.
+    fn service_names(&self, nid: &str) -> Vec<NameEntry> {
+        let mut out = Vec::new();
+        for svc in self.services.values().filter(|s| s.network == nid) {
+            let live: Vec<&model::service::Task> = self
+                .tasks_of(&svc.id)
+                .into_iter()
+                .filter(|t| t.live())
+                .collect();
+            if let Some(vip) = svc.vip {
+                out.push(NameEntry {
+                    container_id: format!("service:{}", svc.id),
+                    names: vec![svc.name.clone()],
+                    ip: vip,
+                });
+            }
+            for t in live {
+                let mut names = vec![format!("tasks.{}", svc.name)];
+                if svc.vip.is_none() {
+                    names.push(svc.name.clone());
+                }
+                out.push(NameEntry {
+                    container_id: format!("task:{}", t.id),
+                    names,
+                    ip: t.ip.expect("live tasks have an address"),
+                });
+            }
+        }
+        out
     }
 
     /// Whether a `run` or `connect` of this container is still in progress

@@ -192,3 +192,146 @@ mod overlay_tests {
         );
     }
 }
+
+/// Reads a service's `--publish`: swarm's long form
+/// `published=P,target=T[,protocol=tcp|udp][,mode=ingress|host]` or the
+/// short form `P:T[/PROTO]` (ingress).
+pub fn parse_service_port(s: &str) -> ApiResult<crate::model::service::ServicePort> {
+    use crate::model::{
+        service::{PublishMode, ServicePort},
+        Proto,
+    };
+    let err = |why: &str| {
+        bad(format!(
+            "invalid --publish {s:?}: {why} (expected published=P,target=T[,protocol=tcp|udp][,mode=ingress|host] or P:T[/PROTO])"
+        ))
+    };
+    let port = |v: &str, what: &str| -> ApiResult<u16> {
+        match v.parse::<u16>() {
+            Ok(p) if p > 0 => Ok(p),
+            _ => Err(err(&format!("{what} {v:?} is not a port number (1-65535)"))),
+        }
+    };
+    if !s.contains('=') {
+        let (ports, proto) = match s.split_once('/') {
+            Some((p, proto)) => (p, proto.parse::<Proto>().map_err(|e| err(&e.to_string()))?),
+            None => (s, Proto::Tcp),
+        };
+        let (p, t) = ports.split_once(':').ok_or_else(|| err("no target port"))?;
+        return Ok(ServicePort {
+            published: port(p, "published port")?,
+            target: port(t, "target port")?,
+            proto,
+            mode: PublishMode::Ingress,
+        });
+    }
+    let (mut published, mut target, mut proto, mut mode) = (None, None, Proto::Tcp, None);
+    for kv in s.split(',') {
+        let (k, v) = kv
+            .split_once('=')
+            .ok_or_else(|| err(&format!("{kv:?} is not KEY=VALUE")))?;
+        match k.trim() {
+            "published" => published = Some(port(v, "published port")?),
+            "target" => target = Some(port(v, "target port")?),
+            "protocol" => proto = v.parse::<Proto>().map_err(|e| err(&e.to_string()))?,
+            "mode" => {
+                mode = Some(match v {
+                    "ingress" => PublishMode::Ingress,
+                    "host" => PublishMode::Host,
+                    _ => return Err(err(&format!("unknown mode {v:?}"))),
+                })
+            }
+            _ => return Err(err(&format!("unknown key {k:?}"))),
+        }
+    }
+    let target = target.ok_or_else(|| err("no target"))?;
+    Ok(ServicePort {
+        published: published.ok_or_else(|| err("no published port"))?,
+        target,
+        proto,
+        mode: mode.unwrap_or_default(),
+    })
+}
+
+/// Reads a duration as Docker writes them: `500ms`, `5s`, `1m`, `1m30s`.
+pub fn parse_duration(s: &str, what: &str) -> ApiResult<std::time::Duration> {
+    let err = || {
+        bad(format!(
+            "invalid {what} {s:?}: expected a duration like 500ms, 5s or 1m"
+        ))
+    };
+    let mut total = std::time::Duration::ZERO;
+    let mut rest = s.trim();
+    if rest.is_empty() {
+        return Err(err());
+    }
+    while !rest.is_empty() {
+        let digits = rest.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+        if digits == 0 {
+            return Err(err());
+        }
+        let n: u64 = rest[..digits].parse().map_err(|_| err())?;
+        rest = &rest[digits..];
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit())
+            .unwrap_or(rest.len());
+        let unit = match &rest[..unit_len] {
+            "ms" => std::time::Duration::from_millis(n),
+            "s" => std::time::Duration::from_secs(n),
+            "m" => std::time::Duration::from_secs(n.saturating_mul(60)),
+            "h" => std::time::Duration::from_secs(n.saturating_mul(3600)),
+            _ => return Err(err()),
+        };
+        total = total.saturating_add(unit);
+        rest = &rest[unit_len..];
+    }
+    Ok(total)
+}
+
+#[cfg(test)]
+mod service_tests {
+    use super::*;
+    use crate::model::{service::PublishMode, Proto};
+
+    #[test]
+    fn publish_long_and_short_forms() {
+        let p = parse_service_port("published=8080,target=80").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.proto, p.mode),
+            (8080, 80, Proto::Tcp, PublishMode::Ingress)
+        );
+        let p = parse_service_port("published=53,target=5353,protocol=udp,mode=host").unwrap();
+        assert_eq!(
+            (p.published, p.target, p.proto, p.mode),
+            (53, 5353, Proto::Udp, PublishMode::Host)
+        );
+        let p = parse_service_port("8080:80/udp").unwrap();
+        assert_eq!((p.published, p.target, p.proto), (8080, 80, Proto::Udp));
+        for bad in [
+            "",
+            "8080",
+            "published=8080",
+            "target=80",
+            "published=x,target=80",
+            "published=0,target=80",
+            "published=8080,target=80,mode=dsr",
+            "published=8080,target=80,protocol=sctp",
+            "published=8080,target=80,color=red",
+            "80:",
+            ":80",
+            "70000:80",
+        ] {
+            assert!(parse_service_port(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("500ms", "d").unwrap().as_millis(), 500);
+        assert_eq!(parse_duration("5s", "d").unwrap().as_secs(), 5);
+        assert_eq!(parse_duration("1m30s", "d").unwrap().as_secs(), 90);
+        for bad in ["", "5", "s", "5x", "-1s", "1.5s"] {
+            assert!(parse_duration(bad, "d").is_err(), "{bad:?} accepted");
+        }
+    }
+}

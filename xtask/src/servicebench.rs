@@ -441,34 +441,19 @@ pub struct Task {
     pub state: String,
 }
 
-fn first_str<'a>(v: &'a Value, keys: &[&str]) -> Option<&'a str> {
-    keys.iter()
-        .find_map(|k| v[*k].as_str())
-        .filter(|s| !s.is_empty())
-}
-
-/// The tasks of `service ps NAME --format json` (an array of tasks, or an
-/// object with a `tasks`/`Tasks` array).
+/// The tasks of `service ps NAME --format json` (an array of
+/// `{"Name", "Node", "State", "Container", ...}`) that have a container.
 pub fn parse_tasks(v: &Value) -> Vec<Task> {
-    let arr = v
-        .as_array()
-        .or_else(|| v["tasks"].as_array())
-        .or_else(|| v["Tasks"].as_array());
-    arr.into_iter()
+    v.as_array()
+        .into_iter()
         .flatten()
         .filter_map(|t| {
-            Some(Task {
-                container: first_str(
-                    t,
-                    &["Container", "container", "ContainerName", "Name", "name"],
-                )?
-                .to_string(),
-                node: first_str(t, &["Node", "node", "NodeName", "Host", "host"])
-                    .unwrap_or_default()
-                    .to_string(),
-                state: first_str(t, &["State", "state", "CurrentState", "Status", "status"])
-                    .unwrap_or_default()
-                    .to_lowercase(),
+            let s = |k: &str| t[k].as_str().unwrap_or_default().to_string();
+            let container = s("Container");
+            (!container.is_empty()).then(|| Task {
+                container,
+                node: s("Node"),
+                state: s("State"),
             })
         })
         .collect()
@@ -559,6 +544,22 @@ fn tasks(n: &Node, service: &str) -> Result<Vec<Task>> {
     let v: Value = serde_json::from_str(&out)
         .with_context(|| format!("parsing `service ps {service} --format json`: {out}"))?;
     Ok(parse_tasks(&v))
+}
+
+/// (services, services whose replicas are all live) of `service ls
+/// --format json` (`"Replicas": "LIVE/DESIRED"`).
+pub fn converged(v: &Value) -> (usize, usize) {
+    let all = v.as_array().map_or(&[][..], Vec::as_slice);
+    let done = all
+        .iter()
+        .filter(|s| {
+            s["Replicas"]
+                .as_str()
+                .and_then(|r| r.split_once('/'))
+                .is_some_and(|(live, want)| live == want)
+        })
+        .count();
+    (all.len(), done)
 }
 
 fn running(t: &Task) -> bool {
@@ -698,18 +699,23 @@ impl Ours {
                 );
             }
         }
+        let mut last = (0, 0);
         let listed = lab::poll(
             Duration::from_secs(120 + u64::from(count) / 2),
             Duration::from_millis(500),
             || {
                 let out = self.a().cli(&["service", "ls", "--format", "json"])?;
                 let v: Value = serde_json::from_str(&out).context("parsing `service ls`")?;
-                let n = v.as_array().map_or(0, Vec::len);
-                Ok((n >= count as usize).then_some(()))
+                last = converged(&v);
+                Ok((last.0 >= count as usize && last.1 == last.0).then_some(()))
             },
         )?;
         if listed.is_none() {
-            bail!("host A does not list {count} services");
+            bail!(
+                "host A lists {} of {count} services, {} of them with all their replicas live",
+                last.0,
+                last.1
+            );
         }
         self.check_placement()?;
         Ok(t0.elapsed().as_secs_f64())
@@ -1798,26 +1804,36 @@ mod tests {
 
     #[test]
     fn tasks_from_service_ps() {
+        // The shape of `service ps NAME --format json`.
         let v = serde_json::json!([
-            {"Name": "svcm.1", "Container": "svcm.1.abc", "Node": "hostb", "State": "Running"},
-            {"name": "svcm.2", "node": "hostb", "state": "starting"},
-            {"Node": "hosta"}
+            {"ID": "t1", "Name": "svcm.1", "Node": "hostb", "Placed": true, "State": "running",
+             "Container": "svcm.1.0123", "IP": "10.203.0.3", "Live": true},
+            {"ID": "t2", "Name": "svcm.2", "Node": "hostb", "Placed": true, "State": "starting",
+             "Container": "svcm.2.4567", "IP": ""},
+            {"ID": "t3", "Name": "svcm.3", "Node": "", "Placed": false, "State": "pending", "Container": ""}
         ]);
         let t = parse_tasks(&v);
         assert_eq!(t.len(), 2);
         assert_eq!(
             t[0],
             Task {
-                container: "svcm.1.abc".into(),
+                container: "svcm.1.0123".into(),
                 node: "hostb".into(),
                 state: "running".into()
             }
         );
         assert!(running(&t[0]) && !running(&t[1]));
-        assert_eq!(t[1].container, "svcm.2");
-        let wrapped = serde_json::json!({"Tasks": [{"Name": "x", "Host": "h"}]});
-        assert_eq!(parse_tasks(&wrapped)[0].node, "h");
         assert!(parse_tasks(&serde_json::json!({})).is_empty());
+    }
+
+    #[test]
+    fn services_converged_when_every_replica_is_live() {
+        let v = serde_json::json!([
+            {"Name": "a", "Replicas": "3/3"}, {"Name": "b", "Replicas": "0/1"},
+            {"Name": "c", "Replicas": "0/0"}, {"Name": "d"}
+        ]);
+        assert_eq!(converged(&v), (4, 2));
+        assert_eq!(converged(&serde_json::json!([])), (0, 0));
     }
 
     #[test]

@@ -500,6 +500,54 @@ impl Drop for Ours {
             }
         }
         self.services.clear();
+        // The hosts' agents remove the replicas: wait (bounded) until no
+        // container is left, then remove what is (and its netns) by hand,
+        // so that no sandbox outlives its daemon.
+        let mut nodes: Vec<&mut Node> = self.a.iter_mut().collect();
+        nodes.push(&mut self.b);
+        for n in nodes {
+            let ids = |n: &Node| -> Vec<String> {
+                n.cli(&["ps", "--format", "json"])
+                    .ok()
+                    .and_then(|o| serde_json::from_str::<Value>(&o).ok())
+                    .and_then(|v| v.as_array().cloned())
+                    .unwrap_or_default()
+                    .iter()
+                    .filter_map(|c| c["Id"].as_str().map(str::to_string))
+                    .collect()
+            };
+            let end = Instant::now() + limit;
+            let mut left = ids(n);
+            while !left.is_empty() && Instant::now() < end {
+                std::thread::sleep(Duration::from_millis(500));
+                left = ids(n);
+            }
+            if left.is_empty() {
+                continue;
+            }
+            eprintln!(
+                "    warning: {}: {} container(s) left after `service rm`: removing them",
+                n.name,
+                left.len()
+            );
+            for id in &left {
+                if let Ok(o) = n.cli(&["inspect", id]) {
+                    if let Some(ns) = serde_json::from_str::<Value>(&o)
+                        .ok()
+                        .and_then(|v| lab::sandbox_of(&v, "").ok())
+                        .and_then(|(key, _)| {
+                            Path::new(&key)
+                                .file_name()
+                                .and_then(|f| f.to_str())
+                                .map(str::to_string)
+                        })
+                    {
+                        n.track_netns(&ns);
+                    }
+                }
+                n.track(id);
+            }
+        }
     }
 }
 

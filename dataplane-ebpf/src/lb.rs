@@ -8,7 +8,7 @@
 
 use dataplane_common::{
     flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire, Service,
-    BE_ACTIVE, MAX_BACKENDS, NO_REPLICA,
+    BE_ACTIVE, MAX_BACKENDS, NO_REPLICA, SVC_VIP,
 };
 
 use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};
@@ -19,6 +19,16 @@ use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};
 pub(crate) fn frontend(proto: u8, addr: Ipv4Wire, port: PortWire) -> Option<&'static Service> {
     // SAFETY: plain data; userspace replaces entries whole.
     unsafe { SERVICES.get(&PortKey::new(proto, addr, port)) }
+}
+
+/// The service whose virtual IP frontend is `(proto, vip, port)`: an exact
+/// `SERVICES` entry flagged `SVC_VIP` (never an ingress port's wildcard).
+#[inline(always)]
+pub(crate) fn vip_frontend(proto: u8, vip: Ipv4Wire, port: PortWire) -> Option<&'static Service> {
+    if vip == 0 {
+        return None;
+    }
+    frontend(proto, vip, port).filter(|s| s.flags & SVC_VIP != 0)
 }
 
 /// The replica a new flow of `svc` whose hash is `hash` goes to: its id

@@ -16,6 +16,19 @@
 //!   on, and shown as :53 again on the way back, so that the container
 //!   itself may bind port 53.
 //!
+//! - Service VIPs (east-west): a `connect`/`sendmsg` of the daemon's
+//!   namespace or of one of its sandboxes to a (proto, VIP, port) that is an
+//!   `SVC_VIP` frontend in `SERVICES` goes to a replica that the service's
+//!   Maglev table gives for `sock_hash(socket cookie, VIP, port)` (the
+//!   cookie stands for the flow: the source port is not chosen yet), on the
+//!   service's target port; recorded in `SOCK_REV` like a published port,
+//!   so `getpeername`/`recvmsg` show the VIP. A connection is counted for
+//!   the service and the replica the first time a socket goes to that
+//!   replica. A VIP with no live replica is left alone (the call goes to
+//!   the VIP and fails) and counted as a `service_no_backend` drop of the
+//!   service. Translating at the socket means the packets already carry
+//!   the replica's address: no per-packet NAT, no conntrack entry.
+//!
 //! The hooks sit on the cgroup v2 root and so see every network namespace of
 //! the machine: each program acts only when the socket's netns cookie is the
 //! one the daemon wrote into `CONFIG[CFG_NETNS_COOKIE]` (and that is set), so
@@ -38,13 +51,13 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use dataplane_common::{
-    is_loopback, Ipv4Wire, NatAddr, PortWire, SockRevKey, CFG_NETNS_COOKIE, DNS_IP, DNS_PORT,
-    IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
+    is_loopback, sock_hash, Ipv4Wire, NatAddr, PortWire, Service, SockRevKey, CFG_NETNS_COOKIE,
+    DNS_IP, DNS_PORT, IPPROTO_TCP, IPPROTO_UDP, PROG_SOCK,
 };
 
 use crate::{
     ctx::counters,
-    lookup,
+    lb, lookup,
     maps::{CONFIG, DNS_PORTS, SOCK_REV},
 };
 
@@ -122,13 +135,22 @@ fn resolver_port(sa: *mut bpf_sock_addr) -> Option<u32> {
     unsafe { DNS_PORTS.get(&netns_cookie(sa)) }.copied()
 }
 
-/// connect4 / sendmsg4: a local destination whose port is published goes to
-/// the container instead; in a sandbox, 127.0.0.11:53 goes to the embedded
-/// resolver's real port.
+/// Whether the socket is the daemon's or one of its sandboxes' (the
+/// namespaces whose VIPs this daemon answers).
+#[inline(always)]
+fn ours_or_sandbox(sa: *mut bpf_sock_addr, ours: bool) -> bool {
+    ours || resolver_port(sa).is_some()
+}
+
+/// connect4 / sendmsg4: a service VIP goes to a replica; a local
+/// destination whose port is published goes to the container instead; in a
+/// sandbox, 127.0.0.11:53 goes to the embedded resolver's real port.
 #[inline(always)]
 pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
-    if user_ip4(sa) == DNS_IP && user_port(sa) == DNS_PORT {
+    let dst = user_ip4(sa);
+    let port = user_port(sa);
+    if dst == DNS_IP && port == DNS_PORT {
         if let Some(port) = resolver_port(sa) {
             // SAFETY: 4-byte write of a field every attach type here may write.
             unsafe { addr_of_mut!((*sa).user_port).write_volatile(port) };
@@ -136,7 +158,8 @@ pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
         }
         return ALLOW;
     }
-    if !in_our_netns(sa) {
+    let ours = in_our_netns(sa);
+    if !ours_or_sandbox(sa, ours) {
         return ALLOW;
     }
     // SAFETY: 4-byte read of a readable context field.
@@ -145,11 +168,13 @@ pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let proto = proto as u8;
-    let dst = user_ip4(sa);
-    if !is_loopback(dst) && !lookup::is_local(dst) {
+    if let Some(svc) = lb::vip_frontend(proto, dst, port) {
+        to_replica(sa, svc, proto, dst, port);
         return ALLOW;
     }
-    let port = user_port(sa);
+    if !ours || (!is_loopback(dst) && !lookup::is_local(dst)) {
+        return ALLOW;
+    }
     let Some(to) = lookup::published(proto, dst, port) else {
         count(false);
         return ALLOW;
@@ -167,8 +192,43 @@ pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
     ALLOW
 }
 
+/// Points the call to `vip:port` of `svc` at the replica the Maglev table
+/// gives this socket; leaves it alone (counted as a drop of the service) if
+/// there is none.
+#[inline(always)]
+fn to_replica(sa: *mut bpf_sock_addr, svc: &Service, proto: u8, vip: Ipv4Wire, port: PortWire) {
+    let cookie = socket_cookie(sa);
+    let (id, be) = match lb::pick(svc, sock_hash(cookie, vip, port, proto)) {
+        Ok(p) => p,
+        Err(reason) => {
+            lb::count_drop(svc.slot, reason);
+            count(false);
+            return;
+        }
+    };
+    let to = NatAddr::new(be.ip, svc.target);
+    let key = SockRevKey {
+        cookie,
+        addr: to.addr,
+        port: to.port,
+        _pad: 0,
+    };
+    let orig = NatAddr::new(vip, port);
+    // SAFETY: plain data; entries are replaced whole.
+    let known = unsafe { SOCK_REV.get(&key) }.is_some_and(|o| *o == orig);
+    if !known {
+        // A new connection (or the first datagram of this socket to this
+        // replica). A full LRU map evicts; an error only costs the reverse
+        // view.
+        let _ = SOCK_REV.insert(&key, &orig, 0);
+        lb::count_conn(svc.slot, id);
+    }
+    set_user_addr(sa, &to);
+    count(true);
+}
+
 /// recvmsg4 / getpeername4: show the address the application asked for
-/// (127.0.0.11:53 for the embedded resolver).
+/// (127.0.0.11:53 for the embedded resolver, the VIP for a replica).
 #[inline(always)]
 pub(crate) fn reverse(ctx: &SockAddrContext) -> i32 {
     let sa = ctx.sock_addr;
@@ -180,7 +240,7 @@ pub(crate) fn reverse(ctx: &SockAddrContext) -> i32 {
         }
         return ALLOW;
     }
-    if !in_our_netns(sa) {
+    if !ours_or_sandbox(sa, in_our_netns(sa)) {
         return ALLOW;
     }
     let key = SockRevKey {

@@ -12,6 +12,9 @@
 //! - "stranger": a third namespace with only `lo`, whose sockets must not be
 //!   translated (another netns cookie).
 //!
+//! The second test: service VIPs balanced at `connect`/`sendto` over
+//! three replicas (see its comment).
+//!
 //! The hooks are attached to the machine's cgroup v2 root (they cannot be
 //! scoped to a namespace any other way); they act only on sockets of the
 //! "host" namespace and go away when the scratch pin directory is removed.
@@ -19,6 +22,7 @@
 mod common;
 
 use std::{
+    collections::HashMap as StdHashMap,
     fs::File,
     io::{self, Read as _, Write as _},
     net::{Ipv4Addr, Shutdown, SocketAddr, SocketAddrV4, TcpListener, TcpStream, UdpSocket},
@@ -29,8 +33,17 @@ use std::{
 };
 
 use common::Scratch;
-use dataplane_common::{ipv4_wire, port_wire, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP};
-use dataplane_user::{bpf::Datapath, sockhook};
+use dataplane_common::{
+    ipv4_wire, port_wire, sock_hash, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, SVC_VIP,
+};
+use dataplane_user::{
+    bpf::{
+        maglev,
+        services::{FrontendSpec, ReplicaSpec, ServiceSpec, ServiceStats},
+        Datapath,
+    },
+    sockhook,
+};
 use nix::sched::{setns, unshare, CloneFlags};
 
 const HOST_IP: Ipv4Addr = Ipv4Addr::new(10, 231, 77, 1);
@@ -440,4 +453,365 @@ fn sandbox_resolver(dp: &mut Datapath, sandbox: &File, stop: &AtomicBool) {
         assert_eq!(moved, (2, 2), "(packets, translated) of sendto + recvfrom");
     });
     dp.remove_dns_port(cookie).unwrap();
+}
+
+// ---------------------------------------------------------------------------
+// Service VIPs, east-west: a connect/sendto of the daemon's namespace or of
+// one of its sandboxes to a VIP goes to a replica of the service's Maglev
+// table.
+//
+// Namespaces: "host" (the daemon's; veth to "replicas", 10.231.78.1/24),
+// "replicas" (10.231.78.2-4 on that veth, the three replicas' servers, and
+// 10.231.79.1/24 toward "sandbox"), "sandbox" (10.231.79.2/24, default
+// route via "replicas"; its cookie in DNS_PORTS) and "stranger" (no entry:
+// its connects to the VIP are left alone). No namespace has a route to the
+// VIPs (10.231.80.0/24): only a translated call gets anywhere.
+
+const VIP: Ipv4Addr = Ipv4Addr::new(10, 231, 80, 100);
+/// A service whose only replica is not live.
+const DEAD_VIP: Ipv4Addr = Ipv4Addr::new(10, 231, 80, 101);
+const VIP_SLOT: u32 = 7;
+const DEAD_SLOT: u32 = 8;
+const REPLICAS: [(&str, Ipv4Addr); 3] = [
+    ("task-1", Ipv4Addr::new(10, 231, 78, 2)),
+    ("task-2", Ipv4Addr::new(10, 231, 78, 3)),
+    ("task-3", Ipv4Addr::new(10, 231, 78, 4)),
+];
+const TCP_TARGET: u16 = 8080;
+const UDP_TARGET: u16 = 5353;
+
+/// The VIP services: TCP VIP:80 -> 8080 and UDP VIP:53 -> 5353 over the
+/// three replicas (`live` says which take new flows), and DEAD_VIP:80 with
+/// one replica that is not.
+fn vip_services(live: [bool; 3]) -> Vec<ServiceSpec> {
+    let fe = |proto, addr, port, target| FrontendSpec {
+        proto,
+        addr,
+        port,
+        target,
+        flags: SVC_VIP,
+    };
+    vec![
+        ServiceSpec {
+            slot: VIP_SLOT,
+            frontends: vec![
+                fe(IPPROTO_TCP, VIP, 80, TCP_TARGET),
+                fe(IPPROTO_UDP, VIP, 53, UDP_TARGET),
+            ],
+            replicas: REPLICAS
+                .iter()
+                .zip(live)
+                .map(|(&(name, ip), live)| ReplicaSpec {
+                    name: name.to_string(),
+                    ip,
+                    live,
+                    weight: 1,
+                })
+                .collect(),
+        },
+        ServiceSpec {
+            slot: DEAD_SLOT,
+            frontends: vec![fe(IPPROTO_TCP, DEAD_VIP, 80, TCP_TARGET)],
+            replicas: vec![ReplicaSpec {
+                name: "task-dead".to_string(),
+                ip: Ipv4Addr::new(10, 231, 78, 9),
+                live: false,
+                weight: 1,
+            }],
+        },
+    ]
+}
+
+/// The replica address the hooks must choose for a socket with `cookie`
+/// to `(proto, VIP, port)`, from the live replicas' names alone: the
+/// kernel's pick and the daemon's table must agree with the builder.
+fn expected_replica(live: [bool; 3], cookie: u64, proto: u8, port: u16) -> Ipv4Addr {
+    let names: Vec<(&str, Ipv4Addr)> = REPLICAS
+        .iter()
+        .zip(live)
+        .filter(|(_, l)| *l)
+        .map(|(r, _)| *r)
+        .collect();
+    let table = maglev::build(&names.iter().map(|r| r.0).collect::<Vec<_>>(), MAGLEV_M).unwrap();
+    let h = sock_hash(cookie, ipv4_wire(VIP.octets()), port_wire(port), proto);
+    names[table[(h % MAGLEV_M) as usize] as usize].1
+}
+
+/// `SO_COOKIE` of a socket: what `bpf_get_socket_cookie` returns for it.
+fn socket_cookie(s: &impl std::os::fd::AsRawFd) -> u64 {
+    let mut cookie = 0u64;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `cookie` and `len` outlive the call and match in size.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(r, 0, "SO_COOKIE: {}", io::Error::last_os_error());
+    cookie
+}
+
+/// A TCP connect to `to` on a socket whose cookie is known before the
+/// connect (std opens and connects in one call).
+fn tcp_connect(to: SocketAddrV4) -> io::Result<(TcpStream, u64)> {
+    use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd};
+    // SAFETY: plain syscall; the descriptor is owned at once.
+    let fd = unsafe { libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: a fresh descriptor nothing else owns.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+    let cookie = socket_cookie(&fd);
+    let sa = libc::sockaddr_in {
+        sin_family: libc::AF_INET as libc::sa_family_t,
+        sin_port: to.port().to_be(),
+        sin_addr: libc::in_addr {
+            s_addr: u32::from_ne_bytes(to.ip().octets()),
+        },
+        sin_zero: [0; 8],
+    };
+    // SAFETY: `sa` is a valid sockaddr_in of the size passed.
+    let r = unsafe {
+        libc::connect(
+            fd.as_raw_fd(),
+            (&sa as *const libc::sockaddr_in).cast(),
+            std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    let s = TcpStream::from(fd);
+    s.set_read_timeout(Some(TIMEOUT))?;
+    Ok((s, cookie))
+}
+
+/// One request to the TCP VIP: the replica's answer (its address), what
+/// getpeername shows, and the socket's cookie.
+fn vip_request() -> io::Result<(Ipv4Addr, SocketAddr, u64)> {
+    let (mut s, cookie) = tcp_connect(SocketAddrV4::new(VIP, 80))?;
+    let peer = s.peer_addr()?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)?;
+    let ip = answer
+        .parse()
+        .map_err(|e| io::Error::other(format!("answer {answer:?}: {e}")))?;
+    Ok((ip, peer, cookie))
+}
+
+/// A replica's TCP server: answers each connection with the address it was
+/// reached at, and closes.
+fn replica_tcp_server(l: TcpListener, stop: &AtomicBool) {
+    l.set_nonblocking(true).unwrap();
+    while !stop.load(Ordering::SeqCst) {
+        match l.accept() {
+            Ok((mut s, _)) => {
+                s.set_nonblocking(false).unwrap();
+                let local = s.local_addr().unwrap();
+                let _ = write!(s, "{}", local.ip());
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                std::thread::sleep(Duration::from_millis(1))
+            }
+            Err(e) => panic!("accept: {e}"),
+        }
+    }
+}
+
+/// A replica's UDP server (bound to its own address): answers each
+/// datagram with that address.
+fn replica_udp_server(u: UdpSocket, stop: &AtomicBool) {
+    u.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+    let me = u.local_addr().unwrap().ip().to_string();
+    let mut buf = [0u8; 64];
+    while !stop.load(Ordering::SeqCst) {
+        match u.recv_from(&mut buf) {
+            Ok((_, from)) => {
+                u.send_to(me.as_bytes(), from).unwrap();
+            }
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) => {}
+            Err(e) => panic!("recv_from: {e}"),
+        }
+    }
+}
+
+/// The stats of service `slot`.
+fn svc_stats(dp: &Datapath, slot: u32) -> ServiceStats {
+    dp.service_stats()
+        .unwrap()
+        .into_iter()
+        .find(|s| s.slot == slot)
+        .unwrap_or_else(|| panic!("no stats for slot {slot}"))
+}
+
+#[test]
+fn vip_connects_are_balanced_over_the_replicas() {
+    let scratch = Scratch::new("sockvip");
+    let host = new_netns();
+    let replicas = new_netns();
+    let sandbox = new_netns();
+    let stranger = new_netns();
+
+    let rpath = fd_path(&replicas);
+    run_in(&host, || {
+        ip(&[
+            "link", "add", "dpv-h", "type", "veth", "peer", "name", "dpv-r", "netns", &rpath,
+        ]);
+        ip(&["addr", "add", "10.231.78.1/24", "dev", "dpv-h"]);
+        ip(&["link", "set", "dpv-h", "up"]);
+    });
+    run_in(&sandbox, || {
+        ip(&[
+            "link", "add", "dpv-s", "type", "veth", "peer", "name", "dpv-rs", "netns", &rpath,
+        ]);
+        ip(&["addr", "add", "10.231.79.2/24", "dev", "dpv-s"]);
+        ip(&["link", "set", "dpv-s", "up"]);
+        ip(&["route", "add", "default", "via", "10.231.79.1"]);
+    });
+    let (tcp, udps) = run_in(&replicas, || {
+        for (_, a) in REPLICAS {
+            ip(&["addr", "add", &format!("{a}/24"), "dev", "dpv-r"]);
+        }
+        ip(&["link", "set", "dpv-r", "up"]);
+        ip(&["addr", "add", "10.231.79.1/24", "dev", "dpv-rs"]);
+        ip(&["link", "set", "dpv-rs", "up"]);
+        let tcp = TcpListener::bind(v4(Ipv4Addr::UNSPECIFIED, TCP_TARGET)).unwrap();
+        let udps: Vec<UdpSocket> = REPLICAS
+            .iter()
+            .map(|(_, a)| UdpSocket::bind(v4(*a, UDP_TARGET)).unwrap())
+            .collect();
+        (tcp, udps)
+    });
+
+    let stop = AtomicBool::new(false);
+    std::thread::scope(|s| {
+        s.spawn(|| replica_tcp_server(tcp, &stop));
+        for u in udps {
+            let stop = &stop;
+            s.spawn(move || replica_udp_server(u, stop));
+        }
+        let _stop = StopOnDrop(&stop);
+
+        let mut dp = run_in(&host, || {
+            let mut dp = Datapath::load(scratch.path()).expect("loading the datapath");
+            sockhook::attach(&mut dp).expect("attaching the socket hooks");
+            dp
+        });
+        let all = [true; 3];
+        dp.sync_services(&vip_services(all)).unwrap();
+
+        // The daemon's namespace: each connect reaches the replica its
+        // cookie picks, and getpeername shows the VIP.
+        let vip80 = v4(VIP, 80);
+        let (got, peer, cookie) = run_in(&host, vip_request).expect("TCP to the VIP");
+        assert_eq!(peer, vip80, "getpeername shows the VIP");
+        assert_eq!(got, expected_replica(all, cookie, IPPROTO_TCP, 80));
+
+        // A few thousand connects spread within 10 % of even, each to its
+        // expected replica, and each counted once for the service and for
+        // its replica.
+        const N: usize = 3000;
+        let before = svc_stats(&dp, VIP_SLOT);
+        let counts = run_in(&host, || {
+            let mut counts = StdHashMap::<Ipv4Addr, u64>::new();
+            for _ in 0..N {
+                let (got, peer, cookie) = vip_request().expect("TCP to the VIP");
+                assert_eq!(peer, vip80);
+                assert_eq!(got, expected_replica(all, cookie, IPPROTO_TCP, 80));
+                *counts.entry(got).or_default() += 1;
+            }
+            counts
+        });
+        eprintln!("{N} connects to the VIP per replica: {counts:?}");
+        let even = (N / REPLICAS.len()) as f64;
+        for (_, a) in REPLICAS {
+            let c = counts.get(&a).copied().unwrap_or(0) as f64;
+            assert!(
+                (c - even).abs() <= even * 0.1,
+                "{a}: {c} of {N}: {counts:?}"
+            );
+        }
+        let after = svc_stats(&dp, VIP_SLOT);
+        assert_eq!(after.conns - before.conns, N as u64);
+        for r in &after.replicas {
+            let was = before.replicas.iter().find(|b| b.id == r.id).unwrap();
+            assert_eq!(r.conns - was.conns, counts[&r.ip], "{r:?}");
+        }
+
+        // A sandbox of the daemon: the same; a stranger namespace: left
+        // alone (no route to the VIP).
+        let cookie = run_in(&sandbox, sockhook::netns_cookie).unwrap();
+        dp.set_dns_port(cookie, 18053).unwrap();
+        let (got, peer, cookie) = run_in(&sandbox, vip_request).expect("TCP from the sandbox");
+        assert_eq!(peer, vip80);
+        assert_eq!(got, expected_replica(all, cookie, IPPROTO_TCP, 80));
+        let err =
+            run_in(&stranger, vip_request).expect_err("a stranger's connect is not translated");
+        assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+
+        // UDP, unconnected: every datagram of one socket to its replica,
+        // recvfrom shows the VIP; counted as one connection.
+        let vip53 = v4(VIP, 53);
+        let before = svc_stats(&dp, VIP_SLOT).conns;
+        run_in(&host, || {
+            let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            u.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let want = expected_replica(all, socket_cookie(&u), IPPROTO_UDP, 53);
+            let mut buf = [0u8; 64];
+            for _ in 0..3 {
+                u.send_to(b"q", vip53).unwrap();
+                let (n, from) = u.recv_from(&mut buf).expect("the replica answers");
+                assert_eq!(from, vip53, "recvfrom shows the VIP");
+                assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), want.to_string());
+            }
+        });
+        assert_eq!(svc_stats(&dp, VIP_SLOT).conns - before, 1);
+        // UDP, connected: connect4 translates, getpeername shows the VIP.
+        run_in(&sandbox, || {
+            let u = UdpSocket::bind(v4(Ipv4Addr::UNSPECIFIED, 0)).unwrap();
+            u.set_read_timeout(Some(TIMEOUT)).unwrap();
+            let want = expected_replica(all, socket_cookie(&u), IPPROTO_UDP, 53);
+            u.connect(vip53).unwrap();
+            assert_eq!(u.peer_addr().unwrap(), vip53);
+            u.send(b"q").unwrap();
+            let mut buf = [0u8; 64];
+            let (n, from) = u.recv_from(&mut buf).expect("the replica answers");
+            assert_eq!(from, vip53);
+            assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), want.to_string());
+        });
+
+        // A VIP whose replicas are all down: the connect is left alone (and
+        // fails), and the service counts a service_no_backend drop.
+        let err = run_in(&host, || tcp_connect(SocketAddrV4::new(DEAD_VIP, 80)))
+            .expect_err("no replica: the connect goes nowhere");
+        assert_eq!(err.raw_os_error(), Some(libc::ENETUNREACH), "{err}");
+        let dead = svc_stats(&dp, DEAD_SLOT);
+        assert_eq!(dead.drops.get("service_no_backend"), Some(&1), "{dead:?}");
+        assert_eq!(dead.conns, 0);
+
+        // A replica that dies takes no new connection; the others' share
+        // follows the new table.
+        let live = [true, false, true];
+        dp.sync_services(&vip_services(live)).unwrap();
+        run_in(&host, || {
+            for _ in 0..200 {
+                let (got, _, cookie) = vip_request().expect("TCP to the VIP");
+                assert_ne!(got, REPLICAS[1].1, "the dead replica got a new connection");
+                assert_eq!(got, expected_replica(live, cookie, IPPROTO_TCP, 80));
+            }
+        });
+
+        dp.remove_dns_port(cookie).unwrap();
+        dp.sync_services(&[]).unwrap();
+        sockhook::detach(&dp).unwrap();
+    });
 }

@@ -14,6 +14,15 @@ use crate::{
 
 const WEB: &str = "while true; do echo hello-from-web | nc -l -p 8080 -q 1; done";
 
+/// A service replica's server: answers each connection with its own
+/// hostname and the client address it sees.
+const HELLO: &str = "import socket,socketserver
+class H(socketserver.BaseRequestHandler):
+    def handle(self):
+        self.request.sendall(('hello from %s; you are %s:%d\\n' % ((socket.gethostname(),) + self.client_address)).encode())
+socketserver.ThreadingTCPServer.allow_reuse_address = True
+socketserver.ThreadingTCPServer(('0.0.0.0', 8081), H).serve_forever()";
+
 fn show(cmdline: &str, out: &str) {
     println!("$ {cmdline}");
     let out = out.trim_end();
@@ -35,7 +44,7 @@ fn redirected(d: &Daemon) -> Result<u64> {
 }
 
 pub fn demo() -> Result<()> {
-    let mut p = Progress::new(21);
+    let mut p = Progress::new(23);
     setup::setup(&mut p)?;
     p.step("building dataplane-user and its eBPF object");
     let bin = build_dataplane(false)?;
@@ -338,6 +347,57 @@ fn cross_host(p: &mut Progress, bin: &std::path::Path, pid: u32) -> Result<()> {
         "dataplane node ls        # on host2",
         &h2.cli(&["node", "ls"])?,
     );
+
+    p.step("service create --name hello --replicas 2 -p 8081:8081 (ingress), on host1");
+    let out = h1.cli(&[
+        "service", "create", "--name", "hello", "--replicas", "2", "--network", "ov", "-p",
+        "published=8081,target=8081", "--", "python3", "-c", HELLO,
+    ])?;
+    show(
+        "dataplane service create --name hello --replicas 2 --network ov -p published=8081,target=8081 -- python3 ...   # on host1",
+        &out,
+    );
+    let live = lab::poll(Duration::from_secs(30), Duration::from_millis(300), || {
+        let ls = h2.cli(&["service", "ls"])?;
+        Ok(ls.contains("2/2").then_some(ls))
+    })?;
+    let Some(ls) = live else {
+        bail!("service hello did not get 2 live replicas within 30 s");
+    };
+    show("dataplane service ls        # on host2", &ls);
+    show(
+        "dataplane service ps hello",
+        &h1.cli(&["service", "ps", "hello"])?,
+    );
+
+    p.step("the routing mesh: both hosts answer 8081 from outside the cluster, spread over the replicas");
+    let outside = format!("{tag}-underlay");
+    let mut seen = std::collections::BTreeSet::new();
+    for (_, ip) in &lab.addrs {
+        for _ in 0..8 {
+            let got = lab::poll(Duration::from_secs(15), Duration::from_millis(300), || {
+                let o = sh::capture(
+                    &mut lab::in_netns(&outside, &["nc", "-w", "3", ip, "8081"]),
+                    Some(Duration::from_secs(10)),
+                )?;
+                Ok(o.stdout.contains("hello from").then_some(o.stdout))
+            })?;
+            let Some(got) = got else {
+                bail!("no answer from {ip}:8081 (ingress) within 15 s");
+            };
+            println!("$ nc {ip} 8081   # from {outside}, outside the cluster\n{}", got.trim_end());
+            if !got.contains(&format!("you are {}.1:", lab::LAB_NET)) {
+                bail!("the replica did not see the client's own address: {got}");
+            }
+            if let Some(who) = got.split_whitespace().nth(2) {
+                seen.insert(who.trim_end_matches(';').to_string());
+            }
+        }
+    }
+    if seen.len() < 2 {
+        bail!("16 connections through both hosts all reached one replica ({seen:?})");
+    }
+    println!("replicas that answered: {seen:?}, each seeing the client's own address");
     let (ns1, _) = &lab.addrs[0];
     let devices = lab::ip(ns1, &["-d", "-br", "link"])?;
     show(

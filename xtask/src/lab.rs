@@ -527,7 +527,7 @@ mod tests {
 const LAB_DIR: &str = "/run/dataplane-lab";
 const LAB_STATE: &str = "/run/dataplane-lab/lab.json";
 /// The underlay's /24 (in the lab's own namespaces only).
-const LAB_NET: &str = "192.168.100";
+pub const LAB_NET: &str = "192.168.100";
 const ETCD_BIN: &str = "/usr/bin/etcd";
 const ETCD_PORT: u16 = 2379;
 

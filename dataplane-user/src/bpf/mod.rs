@@ -28,7 +28,9 @@ use serde::Serialize;
 
 mod conntrack;
 mod links;
+pub mod maglev;
 mod maps;
+pub mod services;
 pub mod sockhook;
 pub mod uplink;
 
@@ -45,6 +47,9 @@ pub struct Datapath {
     ebpf: Ebpf,
     links_dir: PathBuf,
     root: PathBuf,
+    /// What `sync_services` knows the service maps hold; read back from
+    /// the pins on first use.
+    services: Option<services::State>,
 }
 
 fn is_bpffs(p: &Path) -> bool {
@@ -151,6 +156,7 @@ impl Datapath {
             ebpf,
             links_dir,
             root,
+            services: None,
         })
     }
 
@@ -385,6 +391,34 @@ impl Datapath {
         let mut a: Array<_, u64> = Array::try_from(map)?;
         a.set(slot, value, 0)?;
         Ok(())
+    }
+
+    /// Makes the service maps (`SERVICES`, `MAGLEV`, `BACKENDS`,
+    /// `BACKEND_PORTS`) hold exactly `want`, the whole wanted state; see
+    /// `services` for the order of writes that keeps traffic safe.
+    pub fn sync_services(
+        &mut self,
+        want: &[services::ServiceSpec],
+    ) -> Result<services::SyncReport> {
+        if self.services.is_none() {
+            self.services = Some(services::State::recover(&self.ebpf)?);
+        }
+        let st = self.services.as_mut().expect("set above");
+        let r = services::sync(&mut self.ebpf, st, want);
+        if r.is_err() {
+            // Half-applied: read the truth back from the maps next time.
+            self.services = None;
+        }
+        r
+    }
+
+    /// Per-service and per-replica counters, summed over CPUs, for every
+    /// service slot the maps hold.
+    pub fn service_stats(&self) -> Result<Vec<services::ServiceStats>> {
+        match &self.services {
+            Some(st) => services::stats(&self.ebpf, st),
+            None => services::stats(&self.ebpf, &services::State::recover(&self.ebpf)?),
+        }
     }
 
     /// Per-program counters summed over CPUs.

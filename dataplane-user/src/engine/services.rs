@@ -527,6 +527,9 @@ struct Agent {
     health: HashMap<String, Health>,
     /// Tasks whose start failed, and when to try again.
     backoff: HashMap<String, Instant>,
+    /// Tasks that stayed unhealthy for another `retries` checks: their
+    /// container is replaced at the next tick.
+    restart: std::collections::HashSet<String>,
 }
 
 /// A task's health checks.
@@ -600,13 +603,17 @@ impl Agent {
             return self.start(e, snap, svc, task);
         };
         let alive = c.pid.is_some_and(crate::host::process_alive);
-        if !alive || c.publish != svc.host_publish() {
+        let sick = self.restart.remove(&key);
+        if !alive || sick || c.publish != svc.host_publish() {
             // Exited (or its host-mode ports changed): out of every table
             // first, then a new container.
             let mut t = task.clone();
             if !alive {
                 t.state = TaskState::Exited;
                 t.message = "its process exited; restarting".into();
+            } else if sick {
+                t.state = TaskState::Unhealthy;
+                t.message = "unhealthy for too long; restarting".into();
             } else {
                 t.state = TaskState::Pending;
                 t.message = "its published ports changed; restarting".into();
@@ -743,6 +750,11 @@ impl Agent {
                 }
                 Err(why) => {
                     h.fails += 1;
+                    if h.fails >= check.retries.saturating_mul(2) {
+                        self.restart.insert(key.clone());
+                        h.fails = 0;
+                        return Ok(());
+                    }
                     if h.fails >= check.retries && task.state != TaskState::Unhealthy {
                         t.state = TaskState::Unhealthy;
                         t.message = format!("health check failed {} times: {why}", h.fails);
@@ -820,10 +832,23 @@ impl Agent {
                 .filter(|t| t.replica != task.replica && !placed.contains_key(&t.key()))
                 .collect();
             same.extend(placed.values().filter(|t| t.service == svc.id));
+            let mut t = task.clone();
             let Some(node) = place(&candidates, snap, svc, &same) else {
+                if let Some(old) = &task.node {
+                    // Nowhere to go: unplaced (out of every table) until a
+                    // host can take it.
+                    t.node = None;
+                    t.state = TaskState::Pending;
+                    t.container = None;
+                    t.ip = None;
+                    t.message = format!("host {old} went down; no other host can take it");
+                    t.since = model::now_rfc3339();
+                    if let Err(err) = e.put_task(snap, &t) {
+                        warn!(task = %t.key(), "unplacing a replica: {err}");
+                    }
+                }
                 continue;
             };
-            let mut t = task.clone();
             if let Some(old) = &task.node {
                 t.message = format!("host {old} went down; moved");
             } else {

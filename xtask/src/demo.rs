@@ -350,8 +350,20 @@ fn cross_host(p: &mut Progress, bin: &std::path::Path, pid: u32) -> Result<()> {
 
     p.step("service create --name hello --replicas 2 -p 8081:8081 (ingress), on host1");
     let out = h1.cli(&[
-        "service", "create", "--name", "hello", "--replicas", "2", "--network", "ov", "-p",
-        "published=8081,target=8081", "--", "python3", "-c", HELLO,
+        "service",
+        "create",
+        "--name",
+        "hello",
+        "--replicas",
+        "2",
+        "--network",
+        "ov",
+        "-p",
+        "published=8081,target=8081",
+        "--",
+        "python3",
+        "-c",
+        HELLO,
     ])?;
     show(
         "dataplane service create --name hello --replicas 2 --network ov -p published=8081,target=8081 -- python3 ...   # on host1",
@@ -385,7 +397,10 @@ fn cross_host(p: &mut Progress, bin: &std::path::Path, pid: u32) -> Result<()> {
             let Some(got) = got else {
                 bail!("no answer from {ip}:8081 (ingress) within 15 s");
             };
-            println!("$ nc {ip} 8081   # from {outside}, outside the cluster\n{}", got.trim_end());
+            println!(
+                "$ nc {ip} 8081   # from {outside}, outside the cluster\n{}",
+                got.trim_end()
+            );
             if !got.contains(&format!("you are {}.1:", lab::LAB_NET)) {
                 bail!("the replica did not see the client's own address: {got}");
             }

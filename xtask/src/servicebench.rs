@@ -1422,7 +1422,10 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
         checks: Vec::new(),
         placement,
         lb_prog: lb_prog(&cfg.bpf_prog),
-        maglev: maglev(&cfg.dataplane),
+        maglev: {
+            p.step("services: Maglev table rebuild (bench-maglev, xtask --features prog)");
+            maglev()
+        },
         took_s: started.elapsed().as_secs_f64(),
         notes,
         svg: None,
@@ -1431,11 +1434,60 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
     Ok(r)
 }
 
-/// The Maglev rebuild time for 1,000 replicas, or why it is not measured.
-fn maglev(_dataplane: &Path) -> Value {
-    serde_json::json!({
-        "skipped": "the Maglev table builder is not in dataplane-user yet"
-    })
+/// The Maglev rebuild times of xtask's `bench-maglev` (built release with
+/// `--features prog`: it links the daemon's builder), or {"skipped": why}.
+fn maglev() -> Value {
+    let skipped = |why: String| serde_json::json!({ "skipped": why });
+    let built = sh::run(
+        crate::cargo().args([
+            "build",
+            "--release",
+            "-p",
+            "xtask",
+            "--features",
+            "prog",
+            "--bin",
+            "bench-maglev",
+        ]),
+        Some(Duration::from_secs(60 * 60)),
+    )
+    .and_then(|()| Ok(crate::target_dir()?.join("release").join("bench-maglev")));
+    let exe = match built {
+        Ok(exe) => exe,
+        Err(e) => return skipped(format!("building bench-maglev: {e:#}")),
+    };
+    match sh::capture(&mut sh::cmd(&exe, [""; 0]), Some(Duration::from_secs(600))) {
+        Err(e) => skipped(format!("{e:#}")),
+        Ok(o) if !o.ok() => skipped(format!(
+            "`bench-maglev` failed ({}): {}",
+            o.status,
+            sh::tail(&format!("{}{}", o.stderr, o.stdout), 3)
+        )),
+        Ok(o) => match serde_json::from_str::<Value>(&o.stdout) {
+            Ok(v) if v["rows"].is_array() => v,
+            _ => skipped(format!(
+                "unexpected `bench-maglev` output: {}",
+                sh::tail(&o.stdout, 3)
+            )),
+        },
+    }
+}
+
+/// The rebuild table's rows: (replicas, median, min, max) in µs.
+fn maglev_rows(v: &Value) -> Vec<(u64, f64, f64, f64)> {
+    v["rows"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|r| {
+            Some((
+                r["replicas"].as_u64()?,
+                r["median_us"].as_f64()?,
+                r["min_us"].as_f64()?,
+                r["max_us"].as_f64()?,
+            ))
+        })
+        .collect()
 }
 
 // ------------------------------------------------------------ output
@@ -1530,30 +1582,41 @@ pub fn table(r: &Report) -> String {
          own syncs; for eBPF, `service create` of the services added since the previous count, one \
          at a time, until host A's `service ls` lists them all.)\n"
     );
-    let _ = writeln!(o, "#### The LB program and the Maglev table\n");
-    for (what, v) in [
-        (
-            "Per-packet cost of the LB program (BPF_PROG_TEST_RUN)",
-            &r.lb_prog,
-        ),
-        ("Maglev table rebuild for 1,000 replicas", &r.maglev),
-    ] {
-        match v["skipped"].as_str() {
-            Some(why) => {
-                let _ = writeln!(o, "- {what}: not measured: {}", why.replace('\n', " "));
+    let _ = writeln!(o, "#### Maglev table rebuild\n");
+    if let Some(why) = r.maglev["skipped"].as_str() {
+        let _ = writeln!(o, "Not measured: {}\n", why.replace('\n', " "));
+    } else {
+        let _ = writeln!(
+            o,
+            "One service's table of {} entries built from scratch by the daemon's builder \
+             (`dataplane_user::bpf::maglev::build`), {} builds per row, each timed alone:\n",
+            r.maglev["table_size"], r.maglev["builds"]
+        );
+        let _ = writeln!(
+            o,
+            "| replicas | median µs | min–max µs |\n| ---: | ---: | ---: |"
+        );
+        for (n, med, lo, hi) in maglev_rows(&r.maglev) {
+            let _ = writeln!(o, "| {n} | {med:.0} | {lo:.0}–{hi:.0} |");
+        }
+        let _ = writeln!(o);
+    }
+    let _ = writeln!(
+        o,
+        "#### Per-packet cost of the LB program (BPF_PROG_TEST_RUN)\n"
+    );
+    match r.lb_prog["skipped"].as_str() {
+        Some(why) => {
+            let _ = writeln!(o, "Not measured: {}\n", why.replace('\n', " "));
+        }
+        None => {
+            let _ = writeln!(o, "| figure | value |\n| --- | ---: |");
+            for (k, v) in r.lb_prog.as_object().into_iter().flatten() {
+                let _ = writeln!(o, "| {k} | {v} |");
             }
-            None => {
-                let figs: Vec<String> = v
-                    .as_object()
-                    .into_iter()
-                    .flatten()
-                    .map(|(k, v)| format!("{k} = {v}"))
-                    .collect();
-                let _ = writeln!(o, "- {what}: {}", figs.join(", "));
-            }
+            let _ = writeln!(o);
         }
     }
-    let _ = writeln!(o);
     let odd: Vec<String> = r
         .points
         .iter()
@@ -1928,7 +1991,9 @@ mod tests {
             checks: Vec::new(),
             placement: Some("B first".into()),
             lb_prog: serde_json::json!({"skipped": "not yet"}),
-            maglev: serde_json::json!({"build_1000_median_us": 900}),
+            maglev: serde_json::json!({"table_size": 16381, "builds": 31, "rows": [
+                {"replicas": 1000, "median_us": 900.4, "min_us": 850.0, "max_us": 1200.0}
+            ]}),
             took_s: 600.0,
             notes: vec!["a note".into()],
             svg: None,
@@ -1963,12 +2028,9 @@ mod tests {
             t.contains("| 1000 | 900 | 855–945 | 9800 | 9310–10290 | 10.89x |"),
             "{t}"
         );
+        assert!(t.contains("| 1000 | 900 | 850–1200 |"), "{t}");
         assert!(
-            t.contains("Maglev table rebuild for 1,000 replicas: build_1000_median_us = 900"),
-            "{t}"
-        );
-        assert!(
-            t.contains("LB program (BPF_PROG_TEST_RUN): not measured: not yet"),
+            t.contains("(BPF_PROG_TEST_RUN)\n\nNot measured: not yet"),
             "{t}"
         );
         let md = markdown(&r, Some("BENCHMARKS-services.svg"));

@@ -1340,21 +1340,13 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
                 }),
             };
             let Some(built) = built else { continue };
-            match built.and_then(|(s, t)| Ok((s, probe(&x, &t)?, t))) {
-                Ok((s, ready, t)) => {
-                    eprintln!(
-                        "    {}: installed in {s:.2} s, first connection after {ready:.2} s",
-                        t.label()
-                    );
-                    pt.install_s = Some(s);
-                    pt.ready_s = Some(ready);
-                    targets.push(t);
-                }
+            let (s, t) = match built {
+                Ok(st) => st,
                 Err(e) => {
                     sh::check_interrupted()?;
                     let m = format!("{e:#}");
                     eprintln!("    error: {}, {n} service(s): {m}", path.title());
-                    // A later count builds on this one: it fails too.
+                    // A later count builds on this one: it is not reached.
                     for pt in points
                         .iter_mut()
                         .filter(|pt| pt.path == path && pt.services >= n)
@@ -1363,10 +1355,30 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
                             if pt.services == n {
                                 m.clone()
                             } else {
-                                format!("not reached: {n} service(s) failed")
+                                format!("not reached: installing {n} service(s) failed")
                             }
                         });
                     }
+                    continue;
+                }
+            };
+            pt.install_s = Some(s);
+            match probe(&x, &t) {
+                Ok(ready) => {
+                    eprintln!(
+                        "    {}: installed in {s:.2} s, first connection after {ready:.2} s",
+                        t.label()
+                    );
+                    pt.ready_s = Some(ready);
+                    targets.push(t);
+                }
+                Err(e) => {
+                    // Installed but carrying nothing: this count fails, the
+                    // next one is still installed and tried.
+                    sh::check_interrupted()?;
+                    let m = format!("installed in {s:.2} s, but {e:#}");
+                    eprintln!("    error: {}: {m}", t.label());
+                    pt.failed = Some(m);
                 }
             }
         }

@@ -1220,6 +1220,24 @@ pub fn lb_prog(prog: &Value) -> Value {
     Value::Object(m)
 }
 
+/// What a bench-prog LB figure measures.
+fn lb_label(key: &str) -> String {
+    match key {
+        "ingress_new_median_ns" => {
+            "SYN to an ingress port, replica on this host: new flow (Maglev pick, conntrack pair, DNAT)".into()
+        }
+        "ingress_hit_median_ns" => "ACK of that flow: conntrack hit, DNAT".into(),
+        "ingress_remote_new_median_ns" => {
+            "SYN to an ingress port, replica on another host: new flow, DNAT and VXLAN encapsulation".into()
+        }
+        "ingress_remote_hit_median_ns" => {
+            "ACK of that flow: conntrack hit, DNAT, VXLAN encapsulation".into()
+        }
+        "noop_single_median_ns" => "noop program, measured the same way".into(),
+        other => format!("`{other}`"),
+    }
+}
+
 // ------------------------------------------------------------ the run
 
 pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
@@ -1523,6 +1541,9 @@ pub fn table(r: &Report) -> String {
         for &n in &r.counts {
             let cell = |path: SvcPath| -> (String, String) {
                 match r.point(path, n) {
+                    Some(pt) if pt.failed.is_some() && pt.install_s.is_some() => {
+                        ("no traffic".into(), String::new())
+                    }
                     Some(pt) if pt.failed.is_some() => ("not set up".into(), String::new()),
                     Some(pt) => match f(pt) {
                         Some(s) => (
@@ -1622,9 +1643,17 @@ pub fn table(r: &Report) -> String {
             let _ = writeln!(o, "Not measured: {}\n", why.replace('\n', " "));
         }
         None => {
-            let _ = writeln!(o, "| figure | value |\n| --- | ---: |");
+            let _ = writeln!(
+                o,
+                "Medians of {} single-run BPF_PROG_TEST_RUN calls of the TC program on the \
+                 receiving host's uplink, a fresh tuple per call for new flows (`bench-prog`):\n",
+                r.lb_prog["single_calls"]
+            );
+            let _ = writeln!(o, "| packet | ns/packet |\n| --- | ---: |");
             for (k, v) in r.lb_prog.as_object().into_iter().flatten() {
-                let _ = writeln!(o, "| {k} | {v} |");
+                if k.ends_with("_ns") {
+                    let _ = writeln!(o, "| {} | {v} |", lb_label(k));
+                }
             }
             let _ = writeln!(o);
         }
@@ -1967,11 +1996,21 @@ mod tests {
             lb_prog(&serde_json::json!({"from_container_median_ns": 30, "encap_median_ns": 40}));
         assert!(old["skipped"].as_str().unwrap().contains("LB case"));
         let new = lb_prog(&serde_json::json!({
-            "from_container_median_ns": 30, "lb_ingress_median_ns": 55, "single_calls": 7
+            "from_container_median_ns": 30, "ingress_new_median_ns": 55,
+            "ingress_remote_hit_median_ns": 40, "noop_single_median_ns": 9, "single_calls": 7
         }));
-        assert_eq!(new["lb_ingress_median_ns"], 55);
+        assert_eq!(new["ingress_new_median_ns"], 55);
         assert_eq!(new["single_calls"], 7);
         assert!(new["from_container_median_ns"].is_null());
+        let mut r = report(vec![pt(SvcPath::Ebpf, 1, 1.0)], vec![1]);
+        r.lb_prog = new;
+        let t = table(&r);
+        assert!(t.contains("Medians of 7 single-run"), "{t}");
+        assert!(t.contains("| SYN to an ingress port, replica on this host: new flow (Maglev pick, conntrack pair, DNAT) | 55 |"), "{t}");
+        assert!(
+            t.contains("| noop program, measured the same way | 9 |"),
+            "{t}"
+        );
     }
 
     fn pt(path: SvcPath, n: u32, conn: f64) -> Point {

@@ -244,6 +244,16 @@ pub enum DropReason {
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
 /// without a layout change.
 pub const DROP_REASON_SLOTS: usize = 32;
+const _: () = assert!(DROP_REASON_SLOTS.is_power_of_two());
+
+/// The `drops` index of `reason`, masked into the array: every code is
+/// below [`DROP_REASON_SLOTS`] (a layout test says so), and the mask lets
+/// the verifier see the bound on the very register that indexes (LLVM may
+/// check one copy of a value and index with another).
+#[inline(always)]
+pub const fn drop_slot(reason: DropReason) -> usize {
+    (reason as usize) & (DROP_REASON_SLOTS - 1)
+}
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
@@ -520,6 +530,7 @@ mod layout {
         for (i, r) in DropReason::ALL.iter().enumerate() {
             assert_eq!(*r as usize, i + 1, "codes are dense from 1");
             assert!((*r as usize) < DROP_REASON_SLOTS);
+            assert_eq!(drop_slot(*r), *r as usize);
         }
     }
 

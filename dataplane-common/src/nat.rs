@@ -295,6 +295,27 @@ pub const fn nat_pair(
     (fwd, reply_key, rev)
 }
 
+/// [`nat_pair`] for a flow that names its replica: both entries carry the
+/// `BACKENDS` id `backend` (a service flow's, or [`NO_BACKEND`]) and the
+/// VTEP `vtep` its replies go back to (`CT_TUNNEL`, or 0).
+#[inline(always)]
+pub const fn nat_pair_for(
+    orig: &CtKey,
+    new: &CtKey,
+    flags: u16,
+    seen: u8,
+    now: u64,
+    backend: u32,
+    vtep: Ipv4Wire,
+) -> (CtEntry, CtKey, CtEntry) {
+    let (mut fwd, reply_key, mut rev) = nat_pair(orig, new, flags, seen, now);
+    fwd.backend = backend;
+    rev.backend = backend;
+    fwd.vtep = vtep;
+    rev.vtep = vtep;
+    (fwd, reply_key, rev)
+}
+
 /// Key of `PORTS`: a published port. `addr` 0 means every host address
 /// (`-p 8080:80`); otherwise only that address answers (`-p IP:8080:80`).
 #[repr(C)]
@@ -433,6 +454,56 @@ mod tests {
         assert_eq!(reply_key.sport, port_wire(53));
         assert_eq!((rev.saddr, rev.sport), (host, port_wire(8053)));
         assert_eq!(rev.flags, CT_SNAT | CT_PUBLISHED | CT_REPLY);
+    }
+
+    #[test]
+    fn service_pairs_name_their_replica_both_ways() {
+        let client = ipv4_wire([198, 51, 100, 7]);
+        let host = ipv4_wire([192, 0, 2, 1]);
+        let replica = ipv4_wire([10, 7, 0, 9]);
+        let orig = CtKey::new(IPPROTO_TCP, client, port_wire(40000), host, port_wire(8080));
+        let new = CtKey::new(
+            IPPROTO_TCP,
+            client,
+            port_wire(40000),
+            replica,
+            port_wire(80),
+        );
+        let flags = CT_DNAT | CT_PUBLISHED | CT_SERVICE;
+        let (fwd, reply_key, rev) = nat_pair_for(&orig, &new, flags, SEEN_SYN, 3, 17, 0);
+        let (f0, k0, r0) = nat_pair(&orig, &new, flags, SEEN_SYN, 3);
+        assert_eq!(reply_key, k0);
+        assert_eq!((fwd.backend, rev.backend), (17, 17));
+        assert_eq!(
+            CtEntry {
+                backend: NO_BACKEND,
+                ..fwd
+            },
+            f0
+        );
+        assert_eq!(
+            CtEntry {
+                backend: NO_BACKEND,
+                ..rev
+            },
+            r0
+        );
+        assert_eq!(rev.flags, CT_SNAT | CT_PUBLISHED | CT_SERVICE | CT_REPLY);
+        // On the replica's host: the tuple maps to itself, both directions
+        // know the VTEP the flow came from.
+        let vtep = ipv4_wire([192, 0, 2, 2]);
+        let (fwd, reply_key, rev) = nat_pair_for(&new, &new, CT_TUNNEL, 0, 3, 17, vtep);
+        assert_eq!(reply_key, new.reversed());
+        assert_eq!(
+            (fwd.saddr, fwd.sport, fwd.daddr, fwd.dport),
+            (client, port_wire(40000), replica, port_wire(80))
+        );
+        assert_eq!(
+            (rev.saddr, rev.sport, rev.daddr, rev.dport),
+            (replica, port_wire(80), client, port_wire(40000))
+        );
+        assert_eq!((fwd.flags, rev.flags), (CT_TUNNEL, CT_TUNNEL | CT_REPLY));
+        assert_eq!((fwd.vtep, rev.vtep), (vtep, vtep));
     }
 
     #[test]

@@ -13,10 +13,10 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
-    ct_alive, nat_pair, nat_port_candidate, opens_flow,
+    ct_alive, nat_pair_for, nat_port_candidate, opens_flow,
     packet::nat::{self as pn, Frag, Kind, IP_TTL, L4, L4_FRAME, TCP_FRAME},
-    seen_bits, CtEntry, CtKey, DropReason, FragPorts, CT_REFRESH_NS, CT_REPLY, IPPROTO_ICMP,
-    IPPROTO_TCP, IPPROTO_UDP, NAT_ATTEMPTS, SEEN_CLOSING, TCP_RST,
+    seen_bits, CtEntry, CtKey, DropReason, FragPorts, Ipv4Wire, CT_REFRESH_NS, CT_REPLY,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_ATTEMPTS, NO_BACKEND, SEEN_CLOSING, TCP_RST,
 };
 
 use crate::{
@@ -141,7 +141,22 @@ pub fn live(key: &CtKey) -> Option<CtEntry> {
 /// the reply tuple first so that two flows never share one.
 #[inline(always)]
 pub fn create(orig: &CtKey, new: &CtKey, flags: u16, tcp_flags: u8) -> Result<(), DropReason> {
-    let (fwd, reply_key, rev) = nat_pair(orig, new, flags, seen_bits(orig.proto, tcp_flags), now());
+    create_for(orig, new, flags, tcp_flags, NO_BACKEND, 0)
+}
+
+/// [`create`] for a flow that names its replica (`backend`, a `BACKENDS`
+/// id) and, on a replica's host, the VTEP its replies go back to.
+#[inline(always)]
+pub fn create_for(
+    orig: &CtKey,
+    new: &CtKey,
+    flags: u16,
+    tcp_flags: u8,
+    backend: u32,
+    vtep: Ipv4Wire,
+) -> Result<(), DropReason> {
+    let seen = seen_bits(orig.proto, tcp_flags);
+    let (fwd, reply_key, rev) = nat_pair_for(orig, new, flags, seen, now(), backend, vtep);
     if CT.insert(&reply_key, &rev, BPF_NOEXIST as u64).is_err() {
         // Taken: only a dead flow, or the leftover reply half of this very
         // flow (its forward half expired first), may be replaced.
@@ -215,7 +230,7 @@ pub fn renew_on_syn(p: &Pkt, to: &CtKey, e: &CtEntry) -> bool {
     if p.key.proto == IPPROTO_TCP
         && opens_flow(IPPROTO_TCP, p.tcp_flags)
         && e.flags & CT_REPLY == 0
-        && create(&p.key, to, e.flags, p.tcp_flags).is_err()
+        && create_for(&p.key, to, e.flags, p.tcp_flags, e.backend, e.vtep).is_err()
     {
         // Another flow took the reply tuple meanwhile: forget this mapping
         // and let the SYN open a flow afresh (a masqueraded one gets

@@ -7,41 +7,90 @@ use aya_ebpf::{
     programs::TcContext,
 };
 use dataplane_common::{
+    drop_slot,
     packet::{eth, ipv4},
-    Counters, DropReason, Ipv4Wire,
+    Counters, DropReason, Ipv4Wire, DROP_REASON_SLOTS,
 };
 
 use crate::maps::STATS;
 
-/// Outcome of a frame, for the counters.
-pub(crate) enum Action {
-    Redirected(i32),
+/// What happened to a frame, for the counters ([`Action`]).
+#[repr(u32)]
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Outcome {
+    Redirected,
     Passed,
-    ArpReplied(i32),
+    ArpReplied,
     /// A packet of a known translated flow, rewritten and redirected.
-    Translated(i32),
+    Translated,
     /// The first packet of a new translated flow, rewritten and redirected.
-    New(i32),
+    New,
     /// Rewritten, then left to the host stack (no direct way out).
     TranslatedPassed,
     /// Refused for the reason given, which is counted as a drop, but
     /// answered (e.g. an ICMP error in its place): the verdict is the
     /// answer's.
-    Refused(i32, DropReason),
+    Refused,
+}
+
+/// Outcome of a frame, for the counters, and its TC verdict.
+///
+/// A struct whose every field is always written, not an enum with
+/// payload-less variants: actions cross BPF subprogram boundaries in
+/// memory (`main::try_from_uplink`'s stages), and LLVM fills the unused
+/// payload of such a variant with whatever a register holds, which the
+/// verifier refuses when it is a packet pointer ("invalid size of
+/// register spill").
+#[repr(C)]
+#[derive(Clone, Copy)]
+pub(crate) struct Action {
+    pub(crate) outcome: Outcome,
+    verdict: i32,
+    reason: u32,
 }
 
 impl Action {
+    #[inline(always)]
+    const fn of(outcome: Outcome, verdict: i32) -> Self {
+        Action {
+            outcome,
+            verdict,
+            reason: 0,
+        }
+    }
+    pub(crate) const PASSED: Action = Action::of(Outcome::Passed, TC_ACT_OK as i32);
+    pub(crate) const TRANSLATED_PASSED: Action =
+        Action::of(Outcome::TranslatedPassed, TC_ACT_OK as i32);
+
+    #[inline(always)]
+    pub(crate) const fn redirected(verdict: i32) -> Self {
+        Action::of(Outcome::Redirected, verdict)
+    }
+    #[inline(always)]
+    pub(crate) const fn arp_replied(verdict: i32) -> Self {
+        Action::of(Outcome::ArpReplied, verdict)
+    }
+    #[inline(always)]
+    pub(crate) const fn translated(verdict: i32) -> Self {
+        Action::of(Outcome::Translated, verdict)
+    }
+    #[inline(always)]
+    pub(crate) const fn new_flow(verdict: i32) -> Self {
+        Action::of(Outcome::New, verdict)
+    }
+    #[inline(always)]
+    pub(crate) const fn refused(verdict: i32, reason: DropReason) -> Self {
+        Action {
+            outcome: Outcome::Refused,
+            verdict,
+            reason: reason as u32,
+        }
+    }
+
     /// The TC verdict.
     #[inline(always)]
     pub(crate) fn verdict(&self) -> i32 {
-        match self {
-            Action::Redirected(a)
-            | Action::ArpReplied(a)
-            | Action::Translated(a)
-            | Action::New(a)
-            | Action::Refused(a, _) => *a,
-            Action::Passed | Action::TranslatedPassed => TC_ACT_OK as i32,
-        }
+        self.verdict
     }
 }
 
@@ -141,28 +190,25 @@ pub(crate) fn account(prog: u32, len: u32, result: Result<Action, DropReason>) -
     c.bytes += len as u64;
     match result {
         Ok(a) => {
-            match a {
-                Action::Redirected(_) => c.redirected += 1,
-                Action::ArpReplied(_) => c.arp_replies += 1,
-                Action::Passed => c.passed += 1,
-                Action::Translated(_) => {
+            match a.outcome {
+                Outcome::Redirected => c.redirected += 1,
+                Outcome::ArpReplied => c.arp_replies += 1,
+                Outcome::Passed => c.passed += 1,
+                Outcome::Translated => {
                     c.translated += 1;
                     c.redirected += 1;
                 }
-                Action::New(_) => {
+                Outcome::New => {
                     c.translated += 1;
                     c.ct_created += 1;
                     c.redirected += 1;
                 }
-                Action::TranslatedPassed => {
+                Outcome::TranslatedPassed => {
                     c.translated += 1;
                     c.passed += 1;
                 }
-                Action::Refused(_, reason) => {
-                    let i = reason as usize;
-                    if i < c.drops.len() {
-                        c.drops[i] += 1;
-                    }
+                Outcome::Refused => {
+                    c.drops[(a.reason as usize) & (DROP_REASON_SLOTS - 1)] += 1;
                 }
             }
             a.verdict()
@@ -171,10 +217,7 @@ pub(crate) fn account(prog: u32, len: u32, result: Result<Action, DropReason>) -
             if reason as u32 == DropReason::NatExhausted as u32 {
                 c.alloc_failed += 1;
             }
-            let i = reason as usize;
-            if i < c.drops.len() {
-                c.drops[i] += 1;
-            }
+            c.drops[drop_slot(reason)] += 1;
             TC_ACT_SHOT as i32
         }
     }

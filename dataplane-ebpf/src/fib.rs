@@ -161,12 +161,12 @@ pub fn to_endpoint(ctx: &TcContext, ep: &Endpoint) -> Result<Action, DropReason>
     // Routed through the host: one hop. (TTL 1 was sent to the stack before
     // any rewrite, see `nat::from_container`/`nat::from_uplink`.)
     if !dec_ttl(ctx)? {
-        return Ok(Action::TranslatedPassed);
+        return Ok(Action::TRANSLATED_PASSED);
     }
     set_macs(ctx, &ep.mac, &ep.host_mac)?;
     // SAFETY: helper call with plain arguments.
     let a = unsafe { bpf_redirect_peer(ep.ifindex, 0) };
-    Ok(Action::Translated(a as i32))
+    Ok(Action::translated(a as i32))
 }
 
 /// Out of the interface `route` names. `None`: the stack knows best.
@@ -180,7 +180,7 @@ pub fn out(ctx: &TcContext, route: &Route) -> Result<Option<Action>, DropReason>
         set_macs(ctx, &fib.dmac, &fib.smac)?;
         // SAFETY: helper call with plain arguments.
         let a = unsafe { bpf_redirect(fib.ifindex, 0) };
-        return Ok(Some(Action::Translated(a as i32)));
+        return Ok(Some(Action::translated(a as i32)));
     }
     if route.r == BPF_FIB_LKUP_RET_NO_NEIGH as i64 {
         if !dec_ttl(ctx)? {
@@ -202,7 +202,7 @@ pub fn out(ctx: &TcContext, route: &Route) -> Result<Option<Action>, DropReason>
                 0,
             )
         };
-        return Ok(Some(Action::Translated(a as i32)));
+        return Ok(Some(Action::translated(a as i32)));
     }
     // Local, unreachable, needs fragmenting, ...: the stack knows best.
     Ok(None)

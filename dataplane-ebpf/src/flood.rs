@@ -181,7 +181,7 @@ pub(crate) fn run(ctx: &TcContext) -> Result<Action, DropReason> {
         if i > last {
             // SAFETY: helper call with plain arguments.
             let a = unsafe { bpf_redirect(dev, flags) } as i32;
-            return Ok(Action::Redirected(a));
+            return Ok(Action::redirected(a));
         }
         // SAFETY: helper call on the program's own skb.
         unsafe { bpf_clone_redirect(ctx.skb.skb, dev, flags) };
@@ -223,5 +223,5 @@ fn looped(ctx: &TcContext) -> Result<Action, DropReason> {
         }
         store(ctx, 0, &macs)?;
     }
-    Ok(Action::Redirected(fib::send(&route)))
+    Ok(Action::redirected(fib::send(&route)))
 }

@@ -7,8 +7,8 @@
 //! builds the tables (the same on every host) and this module only reads.
 
 use dataplane_common::{
-    flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire, Service,
-    BE_ACTIVE, MAX_BACKENDS, NO_REPLICA, SVC_VIP,
+    drop_slot, flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire,
+    Service, BE_ACTIVE, MAX_BACKENDS, NO_REPLICA, SVC_VIP,
 };
 
 use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};
@@ -98,12 +98,15 @@ pub(crate) fn count_packet(id: u32, len: u32) {
 #[inline(always)]
 pub(crate) fn count_drop(slot: u32, reason: DropReason) {
     if let Some(c) = SVC_STATS.get_ptr_mut(slot) {
-        let i = reason as usize;
         // SAFETY: per-CPU slot.
-        unsafe {
-            if i < (*c).drops.len() {
-                (*c).drops[i] += 1;
-            }
-        }
+        unsafe { (*c).drops[drop_slot(reason)] += 1 };
+    }
+}
+
+/// Counts a dropped packet of a flow of replica `id` (under its service).
+#[inline(always)]
+pub(crate) fn count_drop_of(id: u32, reason: DropReason) {
+    if let Some(be) = BACKENDS.get(id) {
+        count_drop(be.slot, reason);
     }
 }

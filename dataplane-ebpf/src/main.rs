@@ -27,7 +27,7 @@ mod conntrack;
 mod ctx;
 mod fib;
 mod flood;
-#[allow(dead_code)] // used by the service paths being added
+#[allow(dead_code)] // `pick` and the VIP paths: the east-west side's
 mod lb;
 mod lookup;
 mod maps;
@@ -44,7 +44,7 @@ use aya_ebpf::{
 use ctx::{account, Action};
 use dataplane_common::{
     iface_slot,
-    packet::{arp, decide_arp, decide_ipv4, eth, ArpVerdict, Verdict},
+    packet::{arp, decide_arp, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
     DropReason, LinkKey, FLOOD_LOOP_MARK, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
 };
 use maps::{IFACES, LINKS};
@@ -108,25 +108,47 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
     // Whatever the prologue refuses is not ours to judge (a tagged frame
     // belongs to a VLAN of the host's): it goes on untranslated.
     let Ok(hdr) = ctx::eth_header(ctx) else {
-        return Ok(Action::Passed);
+        return Ok(Action::PASSED);
     };
     if ctx::ethertype(ctx, hdr) != Ok(eth::P_IPV4) {
-        return Ok(Action::Passed);
+        return Ok(Action::PASSED);
     }
-    // VXLAN for this host's VTEP first: it is never translated.
-    if let Some(a) = tunnel::decap(ctx)? {
-        return Ok(a);
+    // VXLAN for this host's VTEP first: it is never translated. The stages
+    // below are BPF subprograms called one after the other, never one
+    // inside another (see `nat::Uplink`).
+    match tunnel::decap(ctx)? {
+        tunnel::Decap::NotOurs => {}
+        tunnel::Decap::Done(a) => return Ok(a),
+        tunnel::Decap::Arp { rx, vtep } => return tunnel::arp_in(ctx, &rx, vtep),
+        tunnel::Decap::Service { rx, vtep, refused } => {
+            return match tunnel::service_rx(ctx, &rx, vtep, refused)? {
+                tunnel::ServiceIn::Done(a) => Ok(a),
+                tunnel::ServiceIn::Reply => tunnel::service_reply(ctx),
+            };
+        }
     }
-    uplink_nat(ctx)
+    let mut next = uplink_nat(ctx)?;
+    if let nat::Uplink::Ingress(p) = next {
+        next = nat::ingress(ctx, &p)?;
+    }
+    if let nat::Uplink::Service { p, to, id } = next {
+        next = nat::service_finish(ctx, &p, &to, id)?;
+    }
+    match next {
+        nat::Uplink::Done(a) => Ok(a),
+        nat::Uplink::Remote(r) => nat::to_remote(ctx, &r),
+        // Neither `ingress` nor `service_finish` answers these.
+        nat::Uplink::Ingress(_) | nat::Uplink::Service { .. } => Ok(Action::PASSED),
+    }
 }
 
 /// The NAT half of `from_uplink`, a BPF subprogram of its own: the
 /// verifier sums the stack frames along a call chain (512 bytes at most),
 /// and this one and the VXLAN decapsulation's are never live together.
 #[inline(never)]
-fn uplink_nat(ctx: &TcContext) -> Result<Action, DropReason> {
+fn uplink_nat(ctx: &TcContext) -> Result<nat::Uplink, DropReason> {
     let Ok(ip) = ctx::ipv4(ctx) else {
-        return Ok(Action::Passed);
+        return Ok(nat::Uplink::Done(Action::PASSED));
     };
     nat::from_uplink(ctx, ip.dst)
 }
@@ -159,19 +181,32 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let peer = lookup::peer(slot, dst);
             // SAFETY: read-only lookup of plain data.
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
-            match decide_ipv4(me, &me.net, src, dst, peer, linked) {
+            let (f, vtep, mac, vni) = match decide_ipv4(me, &me.net, src, dst, peer, linked) {
                 Verdict::Redirect { ifindex, mac } => {
                     // SAFETY: the first HLEN bytes of the frame are the
                     // Ethernet header.
                     let hdr = unsafe { &*(f.as_ptr() as *const [u8; eth::HLEN]) };
-                    Ok(Action::Redirected(rewrite::to_peer(
+                    return Ok(Action::redirected(rewrite::to_peer(
                         ctx, hdr, ifindex, &mac,
-                    )?))
+                    )?));
                 }
-                Verdict::Encap { vtep, mac, vni } => tunnel::encap(ctx, me, f, vtep, &mac, vni),
-                Verdict::Pass => nat::from_container(ctx, me, dst),
-                Verdict::Drop(r) => Err(r),
-            }
+                Verdict::Encap { vtep, mac, vni } => (f, vtep, mac, vni),
+                Verdict::Pass => match nat::from_container(ctx, me, dst)? {
+                    nat::Egress::Done(a) => return Ok(a),
+                    // A replica's reply through the tunnel, as the
+                    // container sent it (to its gateway's MAC). The frame
+                    // is read again: conntrack may have pulled it.
+                    nat::Egress::Tunnel(vtep) => {
+                        let f = ctx::frame::<{ ipv4::FRAME_MIN }>(ctx)?;
+                        // SAFETY: bounds checked by `frame`.
+                        (unsafe { &*f }, vtep, me.host_mac, me.net.vni)
+                    }
+                },
+                Verdict::Drop(r) => return Err(r),
+            };
+            // One encapsulation for both, so that its buffers are on the
+            // stack once.
+            tunnel::encap(ctx, me, f, vtep, &mac, vni)
         }
         eth::P_ARP => {
             let f = ctx::frame::<{ arp::FRAME_LEN }>(ctx)?;
@@ -180,10 +215,10 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let a = arp::parse(f)?;
             let target = lookup::endpoint(a.tpa);
             match decide_arp(me, &me.net, &a, target) {
-                ArpVerdict::Reply { mac, ip } => Ok(Action::ArpReplied(rewrite::arp_reply(
+                ArpVerdict::Reply { mac, ip } => Ok(Action::arp_replied(rewrite::arp_reply(
                     ctx, f, &mac, ip, ifindex,
                 )?)),
-                ArpVerdict::Pass => Ok(Action::Passed),
+                ArpVerdict::Pass => Ok(Action::PASSED),
                 ArpVerdict::Flood => Err(flood::enter(ctx, DropReason::ArpUnknownTarget)),
                 ArpVerdict::Drop(r) => Err(r),
             }

@@ -16,6 +16,11 @@
 //!   ARP requests for local endpoints answered in place.
 //! - A container's ARP request for an unknown address of its overlay goes
 //!   to the network's static VTEPs (`flood`, a program of its own).
+//! - The routing mesh of ingress services: [`to_replica`] carries a flow
+//!   the receiving host DNATed to a replica on another host; on that host
+//!   [`service_rx`] lets it in (`CT_TUNNEL`), and the replica's replies go
+//!   back by [`encap`]; on the receiving host [`service_reply`] takes them
+//!   apart, un-DNATs them and routes them to the client.
 //!
 //! The header layouts and every decision are `dataplane_common::packet::vxlan`'s
 //! (host-tested); this module reads the frame, asks, and writes.
@@ -36,16 +41,20 @@ use dataplane_common::{
     packet::{
         arp, eth, ipv4, load,
         vxlan::{
-            self, InnerSrc, Outer, Rx, INNER, INNER_L3, PORTS_LEN, QUOTE, TOO_BIG_HLEN, TOO_BIG_LEN,
+            self, InnerSrc, Outer, Rx, ServiceRx, INNER, INNER_L3, INNER_PORTS, INNER_TCP_FLAGS,
+            PORTS_LEN, QUOTE, TOO_BIG_HLEN, TOO_BIG_LEN,
         },
     },
-    DropReason, Endpoint, Ipv4Wire, Tunnel, VtepFlags, TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
+    DropReason, Endpoint, Ipv4Wire, PortKey, Tunnel, VtepFlags, CT_TUNNEL, IPPROTO_TCP, NO_BACKEND,
+    TUNNEL_ENABLED, VXLAN_OVERHEAD, VXLAN_PORT,
 };
 
 use crate::{
+    conntrack as ct,
     ctx::{frame, ifindex, is_gso, Action},
-    fib, lookup,
-    maps::{ENDPOINTS, TUNNEL, VTEPS},
+    fib, lb, lookup,
+    maps::{BACKEND_PORTS, ENDPOINTS, TUNNEL, VTEPS},
+    rewrite,
 };
 
 /// This host's end of the tunnel, if the daemon enabled it.
@@ -87,6 +96,21 @@ pub(crate) fn encap(
         // tunnel's, so only a container that raised its own gets here.
         return Err(DropReason::TunnelTooBig);
     }
+    send(ctx, t, vtep, mac, &me.mac, vni)
+}
+
+/// The encapsulation itself: the frame (IPv4, its size checked against the
+/// tunnel) gets outer headers to `vtep` with VNI `vni` and an inner
+/// Ethernet header `src` -> `dst`, and leaves through the underlay.
+#[inline(always)]
+fn send(
+    ctx: &TcContext,
+    t: &Tunnel,
+    vtep: Ipv4Wire,
+    dst: &[u8; 6],
+    src: &[u8; 6],
+    vni: u32,
+) -> Result<Action, DropReason> {
     let route = fib::underlay(ctx, t.addr, vtep, t.ifindex);
     if !route.found() {
         return Err(DropReason::TunnelNoRoute);
@@ -107,8 +131,8 @@ pub(crate) fn encap(
     vxlan::write_outer(&mut h, &o, ctx.len());
     let mut i = 0;
     while i < 6 {
-        h[INNER + eth::DST + i] = mac[i];
-        h[INNER + eth::SRC + i] = me.mac[i];
+        h[INNER + eth::DST + i] = dst[i];
+        h[INNER + eth::SRC + i] = src[i];
         i += 1;
     }
     h[INNER + eth::PROTO] = (eth::P_IPV4 >> 8) as u8;
@@ -127,7 +151,29 @@ pub(crate) fn encap(
     ctx.adjust_room(VXLAN_OVERHEAD as i32, BPF_ADJ_ROOM_MAC, flags)
         .map_err(|_| DropReason::TunnelTooBig)?;
     store(ctx, 0, &h, DropReason::TunnelNoRoute)?;
-    Ok(Action::Redirected(fib::send(&route)))
+    Ok(Action::redirected(fib::send(&route)))
+}
+
+/// An ingress flow's packet (already DNATed to the replica `ep`, a remote
+/// endpoint) on its way to the replica's host: encapsulated to `ep.vtep`
+/// with its network's VNI, inner Ethernet `src` (the MAC the client's
+/// packet was sent to) -> the replica's MAC; the redirect's verdict. A
+/// packet too big for the tunnel is dropped: the client is no container
+/// of ours to answer with the tunnel's MTU, and a TCP client's segments
+/// fit (the replica's MSS is its own, tunnel-sized, MTU's).
+#[inline(always)]
+pub(crate) fn to_replica(ctx: &TcContext, ep: &Endpoint, src: &[u8; 6]) -> Result<i32, DropReason> {
+    let t = tunnel().ok_or(DropReason::TunnelDisabled)?;
+    if ep.net.vni == 0 {
+        return Err(DropReason::TunnelDisabled);
+    }
+    let f = frame::<{ ipv4::FRAME_MIN }>(ctx)?;
+    // SAFETY: bounds checked by `frame`.
+    let tot = load::be16(unsafe { &*f }, ipv4::TOT_LEN) as u32;
+    if vxlan::too_big(tot, t.mtu, is_gso(ctx)) {
+        return Err(DropReason::TunnelTooBig);
+    }
+    Ok(send(ctx, t, ep.vtep, &ep.mac, src, ep.net.vni)?.verdict())
 }
 
 /// Answers the sender of a packet too big for the tunnel with an ICMP
@@ -166,34 +212,61 @@ fn too_big(ctx: &TcContext, me: &Endpoint, mtu: u32) -> Result<Action, DropReaso
     store(ctx, 0, &h, DropReason::TunnelTooBig)?;
     // SAFETY: helper call with plain arguments.
     let a = unsafe { bpf_redirect(ifindex(ctx), 0) } as i32;
-    Ok(Action::Refused(a, DropReason::TunnelTooBig))
+    Ok(Action::refused(a, DropReason::TunnelTooBig))
 }
 
-/// VXLAN arriving on an uplink. `None`: not VXLAN for this host's VTEP (or
-/// no tunnel), the frame goes on to NAT and the host. A frame that is UDP
+/// What [`decap`] made of a frame.
+pub(crate) enum Decap {
+    /// Not VXLAN for this host's VTEP (or no tunnel): the frame goes on to
+    /// NAT and the host.
+    NotOurs,
+    Done(Action),
+    /// An inner ARP frame ([`arp_in`], called next by `from_uplink`).
+    Arp {
+        rx: Rx,
+        vtep: VtepFlags,
+    },
+    /// An inner IPv4 packet `decide_rx` refused for `refused`: perhaps a
+    /// service flow ([`service_rx`], called next by `from_uplink`).
+    Service {
+        rx: Rx,
+        vtep: VtepFlags,
+        refused: DropReason,
+    },
+}
+
+/// What [`service_rx`] made of a packet.
+pub(crate) enum ServiceIn {
+    Done(Action),
+    /// The reply of an ingress flow of this host: [`service_reply`] next.
+    Reply,
+}
+
+/// VXLAN arriving on an uplink. `NotOurs`: not VXLAN for this host's VTEP
+/// (or no tunnel), the frame goes on to NAT and the host. A frame that is UDP
 /// to the VTEP address but too short to show its ports is counted as
 /// malformed VXLAN.
 ///
 /// A BPF subprogram of its own (not inlined into `from_uplink`), so that
 /// its buffers and NAT's do not have to fit one 512-byte stack frame.
 #[inline(never)]
-pub(crate) fn decap(ctx: &TcContext) -> Result<Option<Action>, DropReason> {
+pub(crate) fn decap(ctx: &TcContext) -> Result<Decap, DropReason> {
     let Some(t) = tunnel() else {
-        return Ok(None);
+        return Ok(Decap::NotOurs);
     };
     let Ok(f) = frame::<{ ipv4::FRAME_MIN }>(ctx) else {
-        return Ok(None);
+        return Ok(Decap::NotOurs);
     };
     // SAFETY: bounds checked by `frame`.
     if !vxlan::to_vtep(unsafe { &*f }, t.addr) {
-        return Ok(None);
+        return Ok(Decap::NotOurs);
     }
     let m = |_| DropReason::VxlanMalformed;
     let f = frame::<PORTS_LEN>(ctx).map_err(m)?;
     // SAFETY: as above.
     let f = unsafe { &*f };
     if !vxlan::is_vxlan_port(f) {
-        return Ok(None);
+        return Ok(Decap::NotOurs);
     }
     let src = load::ne32(f, vxlan::OUTER_IP + 12);
     // SAFETY: read-only lookup of plain data.
@@ -213,31 +286,140 @@ pub(crate) fn decap(ctx: &TcContext) -> Result<Option<Action>, DropReason> {
             ip: isrc,
             mac: mac_at(f, INNER + eth::SRC),
         };
-        let v = vxlan::decide_rx(
+        let v = match vxlan::decide_rx(
             &rx,
             vtep,
             &s,
             lookup::endpoint(idst),
             lookup::endpoint(isrc),
-        )?;
+        ) {
+            Ok(v) => v,
+            // Perhaps a flow of the routing mesh, which no endpoint sends.
+            Err(refused) => return Ok(Decap::Service { rx, vtep, refused }),
+        };
         if v.learn {
             learn(&rx, &s, v.dst);
         }
-        return Ok(Some(deliver(ctx, v.dst, &s.mac, eth::P_IPV4)?));
+        return Ok(Decap::Done(deliver(ctx, v.dst, &s.mac, eth::P_IPV4)?));
     }
     if inner_proto == eth::P_ARP {
-        return arp_in(ctx, &rx, vtep, t.addr).map(Some);
+        return Ok(Decap::Arp { rx, vtep });
     }
     // A well-formed frame of a protocol containers do not get (IPv6 is off
     // in sandboxes: a kernel VTEP's router solicitations, MLD, ...).
     Err(DropReason::UnsupportedProtocol)
 }
 
+/// An inner IPv4 packet `decide_rx` refused (`refused`): a service flow
+/// of the routing mesh (`vxlan::decide_rx_service` says which), or a drop
+/// for that reason. Its own BPF subprogram, as [`decap`].
+///
+/// - An ingress flow for a local replica, from the node that received it:
+///   the CT pair (`CT_TUNNEL`, the tuple mapped to itself, `vtep` = that
+///   node) is created if absent, and the packet goes into the replica
+///   unchanged, from its gateway's MAC.
+/// - The reply of an ingress flow this host received: the outer headers
+///   go, the reply direction's CT entry rewrites its source back to this
+///   host's address and published port, and the FIB sends it to the client.
+#[inline(never)]
+pub(crate) fn service_rx(
+    ctx: &TcContext,
+    rx: &Rx,
+    vtep: VtepFlags,
+    refused: DropReason,
+) -> Result<ServiceIn, DropReason> {
+    let f = frame::<INNER_PORTS>(ctx).map_err(|_| refused)?;
+    // SAFETY: bounds checked by `frame`.
+    let key = vxlan::inner_flow(unsafe { &*f }).ok_or(refused)?;
+    let port = PortKey::new(key.proto, key.daddr, key.dport);
+    // SAFETY: read-only lookup of plain data.
+    let id = unsafe { BACKEND_PORTS.get(&port) }.copied();
+    let dst = lookup::endpoint(key.daddr);
+    let v = vxlan::decide_rx_service(
+        refused,
+        rx,
+        vtep,
+        dst,
+        lookup::endpoint(key.saddr),
+        || id.is_some(),
+        || ct::live(&key).map(|e| e.flags),
+    )?;
+    match v {
+        ServiceRx::Ingress { dst } => {
+            let id = id.unwrap_or(NO_BACKEND);
+            let tcp_flags = if key.proto == IPPROTO_TCP {
+                let f = frame::<INNER_TCP_FLAGS>(ctx).map_err(|_| DropReason::VxlanMalformed)?;
+                // SAFETY: bounds checked by `frame`.
+                let f = unsafe { &*f };
+                f[INNER_TCP_FLAGS - 1]
+            } else {
+                0
+            };
+            let known = matches!(
+                ct::get(&key, tcp_flags),
+                Some(e) if e.flags & CT_TUNNEL != 0 && e.vtep == rx.src
+            );
+            if !known {
+                ct::create_for(&key, &key, CT_TUNNEL, tcp_flags, id, rx.src)?;
+            }
+            lb::count_packet(id, ctx.len().saturating_sub(VXLAN_OVERHEAD));
+            deliver(ctx, dst, &dst.host_mac, eth::P_IPV4).map(ServiceIn::Done)
+        }
+        ServiceRx::Reply => Ok(ServiceIn::Reply),
+    }
+}
+
+/// [`service_rx`]'s reply path, once decided: decapsulated, un-DNATed by
+/// its CT entry, routed to the client.
+#[inline(never)]
+pub(crate) fn service_reply(ctx: &TcContext) -> Result<Action, DropReason> {
+    let f = frame::<{ eth::HLEN }>(ctx).map_err(|_| DropReason::VxlanMalformed)?;
+    // SAFETY: bounds checked by `frame`.
+    let f = unsafe { &*f };
+    // The inner frame leaves as the outer one came: to this host's MAC,
+    // from the underlay neighbour's (the FIB's route rewrites both; what
+    // goes to the host stack instead is addressed to it).
+    let (to_us, from) = (mac_at(f, eth::DST), mac_at(f, eth::SRC));
+    ctx.adjust_room(
+        -(VXLAN_OVERHEAD as i32),
+        BPF_ADJ_ROOM_MAC,
+        BPF_F_ADJ_ROOM_FIXED_GSO as u64,
+    )
+    .map_err(|_| DropReason::VxlanMalformed)?;
+    let mut h = [0u8; eth::HLEN];
+    let mut i = 0;
+    while i < 6 {
+        h[eth::DST + i] = to_us[i];
+        h[eth::SRC + i] = from[i];
+        i += 1;
+    }
+    h[eth::PROTO] = (eth::P_IPV4 >> 8) as u8;
+    h[eth::PROTO + 1] = eth::P_IPV4 as u8;
+    store(ctx, 0, &h, DropReason::VxlanMalformed)?;
+    let p = ct::read(ctx)?.ok_or(DropReason::VxlanMalformed)?;
+    // Checked by `decide_rx_service` a moment ago; gone meanwhile only if
+    // it expired in between.
+    let e = ct::get(&p.key, p.tcp_flags).ok_or(DropReason::VxlanNotLocal)?;
+    let to = ct::entry_key(p.key.proto, &e);
+    lb::count_packet(e.backend, ctx.len());
+    let r = rewrite::tuple(ctx, &p, &to).and_then(|_| fib::deliver(ctx, to.saddr, to.daddr));
+    match r {
+        Ok(Some(a)) => Ok(a),
+        Ok(None) => Ok(Action::TRANSLATED_PASSED),
+        Err(r) => {
+            lb::count_drop_of(e.backend, r);
+            Err(r)
+        }
+    }
+}
+
 /// An inner ARP frame: a reply for a local endpoint goes into it, a
 /// request for one is answered in place, back to the VTEP that asked, out
 /// of the device it came in on. Its own BPF subprogram, as [`decap`].
 #[inline(never)]
-fn arp_in(ctx: &TcContext, rx: &Rx, vtep: VtepFlags, addr: Ipv4Wire) -> Result<Action, DropReason> {
+pub(crate) fn arp_in(ctx: &TcContext, rx: &Rx, vtep: VtepFlags) -> Result<Action, DropReason> {
+    // `decap` saw the tunnel enabled a moment ago.
+    let addr = tunnel().ok_or(DropReason::TunnelDisabled)?.addr;
     if rx.inner_len < arp::FRAME_LEN as u32 {
         return Err(DropReason::VxlanMalformed);
     }
@@ -292,7 +474,7 @@ fn arp_in(ctx: &TcContext, rx: &Rx, vtep: VtepFlags, addr: Ipv4Wire) -> Result<A
     store(ctx, 0, &r, DropReason::VxlanMalformed)?;
     // SAFETY: helper call with plain arguments.
     let a = unsafe { bpf_redirect(ifindex(ctx), 0) } as i32;
-    Ok(Action::ArpReplied(a))
+    Ok(Action::arp_replied(a))
 }
 
 #[inline(always)]
@@ -340,5 +522,5 @@ fn deliver(
     store(ctx, 0, &h, DropReason::VxlanMalformed)?;
     // SAFETY: helper call with plain arguments.
     let a = unsafe { bpf_redirect_peer(ep.ifindex, 0) } as i32;
-    Ok(Action::Redirected(a))
+    Ok(Action::redirected(a))
 }

@@ -533,6 +533,62 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
                     s(&v["conntrack"]["entries"])
                 );
                 println!("{}", crate::bpf::SOCK_STATS_NOTE);
+                let rows: Vec<Vec<String>> = v["services"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .flat_map(|svc| {
+                        let drops: Vec<String> = svc["Drops"]
+                            .as_object()
+                            .into_iter()
+                            .flatten()
+                            .map(|(k, n)| format!("{k}={n}"))
+                            .collect();
+                        let head = vec![
+                            s(&svc["Service"]),
+                            s(&svc["Connections"]),
+                            s(&svc["Packets"]),
+                            s(&svc["Bytes"]),
+                            if drops.is_empty() {
+                                "0".into()
+                            } else {
+                                drops.join(" ")
+                            },
+                        ];
+                        let replicas = svc["Replicas"].as_array().cloned().unwrap_or_default();
+                        std::iter::once(head).chain(replicas.into_iter().map(|r| {
+                            vec![
+                                format!(
+                                    "  {} ({}{})",
+                                    s(&r["Name"]),
+                                    s(&r["IP"]),
+                                    if r["Live"].as_bool() == Some(true) {
+                                        ""
+                                    } else {
+                                        ", out"
+                                    }
+                                ),
+                                s(&r["Connections"]),
+                                s(&r["Packets"]),
+                                s(&r["Bytes"]),
+                                String::new(),
+                            ]
+                        }))
+                    })
+                    .collect();
+                if !rows.is_empty() {
+                    println!();
+                    print_table(
+                        &[
+                            "SERVICE / REPLICA",
+                            "CONNECTIONS",
+                            "PACKETS",
+                            "BYTES",
+                            "DROPS",
+                        ],
+                        rows,
+                    );
+                }
             }
         }
     }

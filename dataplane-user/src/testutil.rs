@@ -341,3 +341,88 @@ pub fn mac_str(m: [u8; 6]) -> String {
         .collect::<Vec<_>>()
         .join(":")
 }
+
+pub type Job = Box<dyn FnOnce(&mut Vec<Box<dyn std::any::Any>>) + Send>;
+
+/// A thread parked in a network namespace of its own (which lives as long
+/// as the thread), running jobs sent to it there; what a job keeps (a
+/// loaded datapath, a pin directory) is dropped when the thread ends, on
+/// drop of this handle, before the namespace goes.
+pub struct NsThread {
+    tid: i32,
+    jobs: Option<std::sync::mpsc::Sender<Job>>,
+    handle: Option<std::thread::JoinHandle<()>>,
+}
+
+impl NsThread {
+    pub fn spawn() -> Self {
+        let (tx, rx) = std::sync::mpsc::channel::<Job>();
+        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
+        let handle = std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
+            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let mut kept = Vec::new();
+            for job in rx {
+                job(&mut kept);
+            }
+            // Pins and datapath go before the namespace does.
+            while let Some(k) = kept.pop() {
+                drop(k);
+            }
+        });
+        NsThread {
+            tid: tid_rx.recv().expect("namespace thread started"),
+            jobs: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Runs `f` in the namespace and waits for it (a panic there fails the test).
+    pub fn run<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&mut Vec<Box<dyn std::any::Any>>) -> T + Send + 'static,
+    ) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.jobs
+            .as_ref()
+            .unwrap()
+            .send(Box::new(move |k| {
+                let _ = tx.send(f(k));
+            }))
+            .expect("namespace thread alive");
+        rx.recv()
+            .expect("job finished (a panic in the namespace thread?)")
+    }
+
+    /// `ip ... netns` accepts a process id; a thread id names that thread's namespace.
+    pub fn id(&self) -> String {
+        self.tid.to_string()
+    }
+
+    pub fn cmd(&self, prog: &str, args: &[&str]) -> std::process::Command {
+        let mut c = std::process::Command::new("nsenter");
+        c.arg(format!("--net=/proc/{}/ns/net", self.tid))
+            .arg(prog)
+            .args(args);
+        c
+    }
+
+    pub fn ip(&self, args: &[&str]) {
+        let out = self.cmd("ip", args).output().expect("nsenter ip");
+        assert!(
+            out.status.success(),
+            "ip {}: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+impl Drop for NsThread {
+    fn drop(&mut self) {
+        self.jobs.take();
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}

@@ -21,10 +21,8 @@
 
 mod common;
 
-use std::process::Command;
-
 use aya::{maps::HashMap, programs::SchedClassifier};
-use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, Scratch};
+use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, Scratch};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Flood, Network, Tunnel, EP_LEARNED,
     EP_REMOTE, FLOOD_LOOP_MARK, IFINDEX_BASE, MAX_FLOOD, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
@@ -961,91 +959,6 @@ fn static_vteps_endpoints_are_learned_and_their_arp_answered() {
 // ---------------------------------------------------------------------------
 // Live: two hosts, real traffic through both programs.
 // ---------------------------------------------------------------------------
-
-type Job = Box<dyn FnOnce(&mut Vec<Box<dyn std::any::Any>>) + Send>;
-
-/// A thread parked in a network namespace of its own (which lives as long
-/// as the thread), running jobs sent to it there; what a job keeps (a
-/// loaded datapath, a pin directory) is dropped when the thread ends, on
-/// drop of this handle, before the namespace goes.
-struct NsThread {
-    tid: i32,
-    jobs: Option<std::sync::mpsc::Sender<Job>>,
-    handle: Option<std::thread::JoinHandle<()>>,
-}
-
-impl NsThread {
-    fn spawn() -> Self {
-        let (tx, rx) = std::sync::mpsc::channel::<Job>();
-        let (tid_tx, tid_rx) = std::sync::mpsc::channel();
-        let handle = std::thread::spawn(move || {
-            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET).expect("unshare");
-            tid_tx.send(nix::unistd::gettid().as_raw()).unwrap();
-            let mut kept = Vec::new();
-            for job in rx {
-                job(&mut kept);
-            }
-            // Pins and datapath go before the namespace does.
-            while let Some(k) = kept.pop() {
-                drop(k);
-            }
-        });
-        NsThread {
-            tid: tid_rx.recv().expect("namespace thread started"),
-            jobs: Some(tx),
-            handle: Some(handle),
-        }
-    }
-
-    /// Runs `f` in the namespace and waits for it (a panic there fails the test).
-    fn run<T: Send + 'static>(
-        &self,
-        f: impl FnOnce(&mut Vec<Box<dyn std::any::Any>>) -> T + Send + 'static,
-    ) -> T {
-        let (tx, rx) = std::sync::mpsc::channel();
-        self.jobs
-            .as_ref()
-            .unwrap()
-            .send(Box::new(move |k| {
-                let _ = tx.send(f(k));
-            }))
-            .expect("namespace thread alive");
-        rx.recv()
-            .expect("job finished (a panic in the namespace thread?)")
-    }
-
-    /// `ip ... netns` accepts a process id; a thread id names that thread's namespace.
-    fn id(&self) -> String {
-        self.tid.to_string()
-    }
-
-    fn cmd(&self, prog: &str, args: &[&str]) -> Command {
-        let mut c = Command::new("nsenter");
-        c.arg(format!("--net=/proc/{}/ns/net", self.tid))
-            .arg(prog)
-            .args(args);
-        c
-    }
-
-    fn ip(&self, args: &[&str]) {
-        let out = self.cmd("ip", args).output().expect("nsenter ip");
-        assert!(
-            out.status.success(),
-            "ip {}: {}",
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for NsThread {
-    fn drop(&mut self) {
-        self.jobs.take();
-        if let Some(h) = self.handle.take() {
-            let _ = h.join();
-        }
-    }
-}
 
 /// One host's datapath, loaded and attached in the calling thread's
 /// namespace: local endpoint `me` behind veth `veth`, the remote `peer`

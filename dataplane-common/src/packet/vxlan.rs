@@ -16,8 +16,8 @@ use super::{
     eth, ipv4, load,
 };
 use crate::{
-    DropReason, Endpoint, Ipv4Wire, Network, VtepFlags, EP_LEARNED, EP_REMOTE, IPPROTO_ICMP,
-    IPPROTO_UDP, VTEP_STATIC, VXLAN_PORT,
+    CtKey, DropReason, Endpoint, Ipv4Wire, Network, VtepFlags, CT_REPLY, CT_SERVICE, EP_LEARNED,
+    EP_REMOTE, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, VTEP_NODE, VTEP_STATIC, VXLAN_PORT,
 };
 
 /// Offset of the outer IPv4 header.
@@ -380,6 +380,114 @@ pub fn learned(rx: &Rx, src: &InnerSrc, dst: &Endpoint) -> Endpoint {
         flags: EP_REMOTE | EP_LEARNED,
         vtep: rx.src,
         net: dst.net,
+    }
+}
+
+/// Bytes of a VXLAN frame up to the inner TCP/UDP ports (inner IHL 5).
+pub const INNER_PORTS: usize = INNER_L3 + 24;
+/// Bytes of a VXLAN frame up to the inner TCP flags (inner IHL 5).
+pub const INNER_TCP_FLAGS: usize = INNER_L3 + 20 + 13;
+
+/// The 5-tuple of the inner IPv4 packet of a VXLAN frame, for the service
+/// paths: TCP or UDP in an IHL-5 header that is not a later fragment
+/// (which carries no ports). `None` for anything else: such a packet is
+/// no service flow and keeps the refusal `decide_rx` gave it.
+#[inline(always)]
+pub fn inner_flow(f: &[u8; INNER_PORTS]) -> Option<CtKey> {
+    let at = INNER_L3;
+    let proto = f[at + 9];
+    if f[at] != 0x45 || (proto != IPPROTO_TCP && proto != IPPROTO_UDP) {
+        return None;
+    }
+    if load::be16(f, at + 6) & 0x1fff != 0 {
+        return None;
+    }
+    Some(CtKey::new(
+        proto,
+        load::ne32(f, at + 12),
+        load::ne16(f, at + 20),
+        load::ne32(f, at + 16),
+        load::ne16(f, at + 22),
+    ))
+}
+
+/// What a received inner IPv4 packet that [`decide_rx`] refused may still
+/// be: a service flow of the routing mesh.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ServiceRx<'a> {
+    /// A new or known ingress flow, tunnelled here by the host that
+    /// received it, for the local replica `dst`: goes in unchanged, and
+    /// its replies go back to that host (`CT_TUNNEL`).
+    Ingress { dst: &'a Endpoint },
+    /// The reply of an ingress flow this host received and sent to a
+    /// replica on the sending host: un-DNATed here and routed to the client.
+    Reply,
+}
+
+/// Whether VTEP flags name a cluster node (runs our daemon, its endpoints
+/// and replicas come from the store) and not a static VTEP.
+#[inline(always)]
+const fn node_only(vtep: VtepFlags) -> bool {
+    vtep & VTEP_NODE != 0 && vtep & VTEP_STATIC == 0
+}
+
+/// Decides an inner IPv4 packet of flow `key`, from VTEP `rx.src` (flags
+/// `vtep`), that [`decide_rx`] refused with `refused`; `dst_ep`/`src_ep`
+/// are the `ENDPOINTS` entries of its destination and source. Asked
+/// lazily: `backend_port()` (whether `(key.daddr, key.dport, proto)` is in
+/// `BACKEND_PORTS`) and `ct_flags()` (the flags of `key`'s live CT entry).
+///
+/// Accepted, only from a cluster node:
+///
+/// - [`ServiceRx::Ingress`]: the source is no endpoint at all (a client
+///   from outside the cluster, whose address the replica is to see), the
+///   destination a local endpoint of the frame's VNI, and its address and
+///   port a replica's target (a node can thus reach only the ports of
+///   replicas, not any port of any container, from an unknown source).
+/// - [`ServiceRx::Reply`]: the destination is no endpoint (the client),
+///   the source a remote endpoint of the frame's VNI behind the very VTEP
+///   that sent it (the replica), and this host holds the reply direction
+///   of a service flow for the tuple (`CT_SERVICE | CT_REPLY`).
+///
+/// Anything else keeps `refused`.
+#[inline(always)]
+pub fn decide_rx_service<'a>(
+    refused: DropReason,
+    rx: &Rx,
+    vtep: VtepFlags,
+    dst_ep: Option<&'a Endpoint>,
+    src_ep: Option<&Endpoint>,
+    backend_port: impl FnOnce() -> bool,
+    ct_flags: impl FnOnce() -> Option<u16>,
+) -> Result<ServiceRx<'a>, DropReason> {
+    if !node_only(vtep) || rx.vni == 0 {
+        return Err(refused);
+    }
+    match (dst_ep, src_ep) {
+        (Some(d), None)
+            if refused as u32 == DropReason::VxlanSpoofed as u32
+                && d.flags & EP_REMOTE == 0
+                && d.net.vni == rx.vni =>
+        {
+            if backend_port() {
+                Ok(ServiceRx::Ingress { dst: d })
+            } else {
+                Err(refused)
+            }
+        }
+        (None, Some(s))
+            if refused as u32 == DropReason::VxlanNotLocal as u32
+                && s.flags & EP_REMOTE != 0
+                && s.vtep == rx.src
+                && s.net.vni == rx.vni =>
+        {
+            let want = CT_SERVICE | CT_REPLY;
+            match ct_flags() {
+                Some(f) if f & want == want => Ok(ServiceRx::Reply),
+                _ => Err(refused),
+            }
+        }
+        _ => Err(refused),
     }
 }
 
@@ -970,5 +1078,154 @@ mod tests {
         let mut f = h.to_vec();
         f.extend_from_slice(&quote);
         assert_eq!(rfc1071(&f[34..]), 0);
+    }
+
+    fn inner_tcp(proto: u8, ihl: u8, frag: u16) -> [u8; INNER_PORTS] {
+        let mut f = [0u8; INNER_PORTS];
+        let at = INNER_L3;
+        f[at] = 0x40 | ihl;
+        f[at + 6..at + 8].copy_from_slice(&frag.to_be_bytes());
+        f[at + 9] = proto;
+        f[at + 12..at + 16].copy_from_slice(&[198, 51, 100, 7]);
+        f[at + 16..at + 20].copy_from_slice(&[10, 7, 0, 9]);
+        f[at + 20..at + 22].copy_from_slice(&40_000u16.to_be_bytes());
+        f[at + 22..at + 24].copy_from_slice(&8080u16.to_be_bytes());
+        f
+    }
+
+    #[test]
+    fn the_inner_flow_is_read_from_tcp_and_udp_first_fragments_only() {
+        use crate::{port_wire, IPPROTO_TCP};
+        let want = |proto| {
+            Some(CtKey::new(
+                proto,
+                ipv4_wire([198, 51, 100, 7]),
+                port_wire(40_000),
+                ipv4_wire([10, 7, 0, 9]),
+                port_wire(8080),
+            ))
+        };
+        assert_eq!(
+            inner_flow(&inner_tcp(IPPROTO_TCP, 5, 0x4000)),
+            want(IPPROTO_TCP)
+        );
+        assert_eq!(inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0)), want(IPPROTO_UDP));
+        // A first fragment (MF, offset 0) still carries the ports.
+        assert_eq!(
+            inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0x2000)),
+            want(IPPROTO_UDP)
+        );
+        // A later fragment, options (ports elsewhere), ICMP: no flow.
+        assert_eq!(inner_flow(&inner_tcp(IPPROTO_UDP, 5, 0x2001)), None);
+        assert_eq!(inner_flow(&inner_tcp(IPPROTO_TCP, 6, 0)), None);
+        assert_eq!(inner_flow(&inner_tcp(IPPROTO_ICMP, 5, 0)), None);
+    }
+
+    #[test]
+    fn tunnelled_ingress_flows_reach_replica_ports_only_from_nodes() {
+        let local = ep(2, 0, [0; 4]);
+        let spoofed = DropReason::VxlanSpoofed;
+        let run = |vtep, dst: Option<&Endpoint>, src: Option<&Endpoint>, port: bool| {
+            decide_rx_service(spoofed, &rx(42), vtep, dst, src, || port, || None).map(|v| match v {
+                ServiceRx::Ingress { dst } => Some(*dst),
+                ServiceRx::Reply => None,
+            })
+        };
+        assert_eq!(run(VTEP_NODE, Some(&local), None, true), Ok(Some(local)));
+        // Not a replica's port; from a static VTEP (or one flagged both);
+        // a source that is a known endpoint (spoofing one of ours).
+        assert_eq!(run(VTEP_NODE, Some(&local), None, false), Err(spoofed));
+        assert_eq!(run(VTEP_STATIC, Some(&local), None, true), Err(spoofed));
+        assert_eq!(
+            run(VTEP_NODE | VTEP_STATIC, Some(&local), None, true),
+            Err(spoofed)
+        );
+        let other = ep(5, 0, [0; 4]);
+        assert_eq!(
+            run(VTEP_NODE, Some(&local), Some(&other), true),
+            Err(spoofed)
+        );
+        // Another VNI than the replica's network.
+        assert_eq!(
+            decide_rx_service(
+                spoofed,
+                &rx(43),
+                VTEP_NODE,
+                Some(&local),
+                None,
+                || true,
+                || None
+            ),
+            Err(spoofed)
+        );
+        // Other refusals are never turned into an ingress flow.
+        let not_local = DropReason::VxlanUnknownVni;
+        assert_eq!(
+            decide_rx_service(
+                not_local,
+                &rx(42),
+                VTEP_NODE,
+                Some(&local),
+                None,
+                || true,
+                || None
+            ),
+            Err(not_local)
+        );
+        // The BACKEND_PORTS lookup is not made for what fails before it.
+        let asked = core::cell::Cell::new(false);
+        let _ = decide_rx_service(
+            spoofed,
+            &rx(42),
+            VTEP_STATIC,
+            Some(&local),
+            None,
+            || {
+                asked.set(true);
+                true
+            },
+            || None,
+        );
+        assert!(!asked.get());
+    }
+
+    #[test]
+    fn replies_of_ingress_flows_come_back_from_the_replicas_vtep_only() {
+        let replica = ep(9, EP_REMOTE, REMOTE);
+        let nl = DropReason::VxlanNotLocal;
+        let reply = CT_SERVICE | CT_REPLY;
+        let run = |vtep, src: Option<&Endpoint>, flags: Option<u16>| {
+            decide_rx_service(nl, &rx(42), vtep, None, src, || false, || flags)
+        };
+        assert_eq!(
+            run(VTEP_NODE, Some(&replica), Some(reply)),
+            Ok(ServiceRx::Reply)
+        );
+        // The original direction's entry, a flow that is no service's, or none.
+        assert_eq!(run(VTEP_NODE, Some(&replica), Some(CT_SERVICE)), Err(nl));
+        assert_eq!(run(VTEP_NODE, Some(&replica), Some(CT_REPLY)), Err(nl));
+        assert_eq!(run(VTEP_NODE, Some(&replica), None), Err(nl));
+        // The replica lives behind another VTEP; is a local endpoint; is unknown.
+        let elsewhere = ep(9, EP_REMOTE, [192, 0, 2, 99]);
+        assert_eq!(run(VTEP_NODE, Some(&elsewhere), Some(reply)), Err(nl));
+        let local = ep(9, 0, [0; 4]);
+        assert_eq!(run(VTEP_NODE, Some(&local), Some(reply)), Err(nl));
+        assert_eq!(run(VTEP_NODE, None, Some(reply)), Err(nl));
+        // From a static VTEP.
+        assert_eq!(run(VTEP_STATIC, Some(&replica), Some(reply)), Err(nl));
+        // To a remote endpoint (not the client): not this path.
+        let other = ep(3, EP_REMOTE, REMOTE);
+        assert_eq!(
+            decide_rx_service(
+                nl,
+                &rx(42),
+                VTEP_NODE,
+                Some(&other),
+                Some(&replica),
+                || false,
+                || Some(reply)
+            ),
+            Err(nl)
+        );
     }
 }

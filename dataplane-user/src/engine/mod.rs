@@ -352,9 +352,11 @@ impl Engine {
 
     pub fn stats(&self) -> ApiResult<serde_json::Value> {
         let dp = self.dp.lock().unwrap_or_else(PoisonError::into_inner);
+        let services = services::counters(&self.snapshot(), &dp.service_stats()?);
         Ok(serde_json::json!({
             "programs": dp.stats()?,
             "conntrack": {"entries": dp.conntrack_entries()?},
+            "services": services,
         }))
     }
 

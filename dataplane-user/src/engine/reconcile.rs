@@ -104,7 +104,7 @@ pub struct Reconciler {
     /// written.
     remote: HashMap<String, dataplane_common::Endpoint>,
     /// The services as last written into the maps.
-    services_applied: Option<Vec<super::services::Projection>>,
+    services_applied: Option<Vec<crate::bpf::services::ServiceSpec>>,
 }
 
 impl Reconciler {

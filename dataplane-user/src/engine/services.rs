@@ -27,6 +27,7 @@ use crate::{
         error::{bad, ApiError, ApiResult},
         ContainerCreate, ServiceCreate, ServiceUpdate,
     },
+    bpf::services::{FrontendSpec, ReplicaSpec, ServiceSpec, ServiceStats},
     model::{
         self,
         service::{
@@ -307,8 +308,17 @@ impl Engine {
     }
 
     /// This host's counters of service `sid` and of its replicas.
-    fn service_counters(&self, _snap: &Snapshot, _sid: &str) -> ApiResult<serde_json::Value> {
-        Ok(serde_json::Value::Null)
+    fn service_counters(&self, snap: &Snapshot, sid: &str) -> ApiResult<serde_json::Value> {
+        let stats = self
+            .dp
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .service_stats()?;
+        let name = &snap.services[sid].name;
+        Ok(counters(snap, &stats)
+            .into_iter()
+            .find(|c| c["Service"] == name.as_str())
+            .unwrap_or(serde_json::Value::Null))
     }
 
     /// A new task for replica `replica` of `svc`, placed on the host with
@@ -897,47 +907,36 @@ fn run_check(netns: &str, cmd: &str, timeout: Duration) -> Result<(), String> {
     }
 }
 
-/// One service as the reconciler projects it into the maps.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Projection {
-    pub slot: u32,
-    /// (proto, address (the VIP, or unspecified for an ingress port), port,
-    /// target port, `SVC_*` flags).
-    pub frontends: Vec<(u8, Ipv4Addr, u16, u16, u16)>,
-    /// (task id, address, live): the replicas that have an address.
-    pub replicas: Vec<(String, Ipv4Addr, bool)>,
-}
-
-/// The services as this host projects them: a replica is live while its
-/// task says so and its host is alive (a down host's replicas take no new
-/// connections; their established ones go on while its grace lasts).
-pub fn projections(snap: &Snapshot, cluster: bool) -> Vec<Projection> {
+/// The services as this host projects them into the maps: a replica is
+/// live while its task says so and its host is alive (a down host's
+/// replicas take no new connections; their established ones go on while
+/// its grace lasts).
+pub fn projections(snap: &Snapshot, cluster: bool) -> Vec<ServiceSpec> {
     snap.services
         .values()
         .map(|svc| {
             let mut frontends = Vec::new();
             for p in &svc.ports {
-                let target = p.target;
                 if let Some(vip) = svc.vip {
-                    frontends.push((
-                        p.proto.ipproto(),
-                        vip,
-                        target,
-                        target,
-                        dataplane_common::SVC_VIP,
-                    ));
+                    frontends.push(FrontendSpec {
+                        proto: p.proto.ipproto(),
+                        addr: vip,
+                        port: p.target,
+                        target: p.target,
+                        flags: dataplane_common::SVC_VIP,
+                    });
                 }
                 if p.mode == PublishMode::Ingress {
-                    frontends.push((
-                        p.proto.ipproto(),
-                        Ipv4Addr::UNSPECIFIED,
-                        p.published,
-                        target,
-                        dataplane_common::SVC_INGRESS,
-                    ));
+                    frontends.push(FrontendSpec {
+                        proto: p.proto.ipproto(),
+                        addr: Ipv4Addr::UNSPECIFIED,
+                        port: p.published,
+                        target: p.target,
+                        flags: dataplane_common::SVC_INGRESS,
+                    });
                 }
             }
-            frontends.sort();
+            frontends.sort_by_key(|f| (f.proto, f.addr, f.port));
             frontends.dedup();
             let replicas = snap
                 .tasks_of(&svc.id)
@@ -946,10 +945,15 @@ pub fn projections(snap: &Snapshot, cluster: bool) -> Vec<Projection> {
                     let ip = t.ip?;
                     let host_up =
                         !cluster || t.node.as_ref().is_some_and(|n| snap.alive.contains(n));
-                    Some((t.id.clone(), ip, t.live() && host_up))
+                    Some(ReplicaSpec {
+                        name: t.id.clone(),
+                        ip,
+                        live: t.live() && host_up,
+                        weight: 1,
+                    })
                 })
                 .collect();
-            Projection {
+            ServiceSpec {
                 slot: svc.slot,
                 frontends,
                 replicas,
@@ -959,8 +963,44 @@ pub fn projections(snap: &Snapshot, cluster: bool) -> Vec<Projection> {
 }
 
 /// Writes the projections into the maps.
-pub fn apply(_dp: &mut crate::bpf::Datapath, _want: &[Projection]) -> anyhow::Result<()> {
-    anyhow::bail!("the service maps are not written by this build yet")
+pub fn apply(dp: &mut crate::bpf::Datapath, want: &[ServiceSpec]) -> anyhow::Result<()> {
+    let report = dp.sync_services(want)?;
+    if !report.tables_written.is_empty() {
+        tracing::debug!(slots = ?report.tables_written, "Maglev tables written");
+    }
+    Ok(())
+}
+
+/// The counters of every service on this host, with names: `SVC_STATS`
+/// by slot and `BACKEND_STATS` by replica, as `stats` and `service
+/// inspect` show them.
+pub fn counters(snap: &Snapshot, stats: &[ServiceStats]) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for svc in snap.services.values() {
+        let Some(st) = stats.iter().find(|s| s.slot == svc.slot) else {
+            continue;
+        };
+        let tasks = snap.tasks_of(&svc.id);
+        let replicas: Vec<serde_json::Value> = st
+            .replicas
+            .iter()
+            .map(|r| {
+                let t = tasks.iter().find(|t| t.id == r.name);
+                serde_json::json!({
+                    "Name": t.map_or_else(|| r.ip.to_string(), |t| format!("{}.{}", svc.name, t.replica)),
+                    "Task": r.name, "IP": r.ip.to_string(), "Live": r.live,
+                    "Node": t.and_then(|t| t.node.clone()).unwrap_or_default(),
+                    "Connections": r.conns, "Packets": r.packets, "Bytes": r.bytes,
+                })
+            })
+            .collect();
+        out.push(serde_json::json!({
+            "Service": svc.name, "Slot": svc.slot,
+            "Connections": st.conns, "Packets": st.packets, "Bytes": st.bytes,
+            "Drops": st.drops, "Replicas": replicas,
+        }));
+    }
+    out
 }
 
 #[cfg(test)]
@@ -1059,18 +1099,21 @@ mod tests {
         snap.alive.insert("b".into());
         let p = &projections(&snap, true)[0];
         assert_eq!(p.slot, 3);
+        let fe: Vec<(Ipv4Addr, u16, u16, u16)> = p
+            .frontends
+            .iter()
+            .map(|f| (f.addr, f.port, f.target, f.flags))
+            .collect();
         assert_eq!(
-            p.frontends,
+            fe,
             vec![
                 (
-                    6,
                     Ipv4Addr::UNSPECIFIED,
                     8080,
                     80,
                     dataplane_common::SVC_INGRESS
                 ),
                 (
-                    6,
                     Ipv4Addr::new(10, 0, 0, 2),
                     80,
                     80,
@@ -1078,7 +1121,7 @@ mod tests {
                 ),
             ]
         );
-        let live: Vec<bool> = p.replicas.iter().map(|r| r.2).collect();
+        let live: Vec<bool> = p.replicas.iter().map(|r| r.live).collect();
         assert_eq!(
             live,
             vec![true, false, false],

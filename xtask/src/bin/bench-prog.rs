@@ -10,6 +10,12 @@
 //! every time), against `noop` measured the same way, and the medians of
 //! the per-call times are reported.
 //!
+//! The ingress-port paths of services (`from_uplink` on a SYN to an
+//! ingress port, Maglev pick and DNAT to a local replica or VXLAN to a
+//! remote one; and an ACK of such a flow, a conntrack hit) are measured
+//! the same way: a new flow needs a new tuple every call, and the rewrite
+//! changes the frame `repeat` would feed back.
+//!
 //! It lives here rather than in the `dataplane` binary so that the product
 //! carries no benchmark code: it drives the library's `Datapath` exactly as
 //! the daemon loads it.
@@ -54,6 +60,16 @@ struct ProgBench {
     encap_median_ns: u32,
     /// That frame in VXLAN on the uplink, decapsulated into its container.
     decap_median_ns: u32,
+    /// A SYN to an ingress port (a new flow: Maglev pick, CT pair, DNAT)
+    /// for a replica on this host, redirected into it.
+    ingress_new_median_ns: u32,
+    /// An ACK of such a flow (conntrack hit, DNAT).
+    ingress_hit_median_ns: u32,
+    /// A SYN to an ingress port for a replica on another host: also
+    /// encapsulated to that host.
+    ingress_remote_new_median_ns: u32,
+    /// An ACK of such a flow (conntrack hit, DNAT, VXLAN).
+    ingress_remote_hit_median_ns: u32,
 }
 
 fn median(v: &[u32]) -> u32 {
@@ -233,17 +249,92 @@ fn single_runs(
     ifindex: u32,
     calls: usize,
 ) -> Result<u32> {
+    single_runs_of(dp, prog, |_| frame.to_vec(), ifindex, calls)
+}
+
+/// [`single_runs`] with frame `frame(i)` for call `i`.
+fn single_runs_of(
+    dp: &mut Datapath,
+    prog: &str,
+    frame: impl Fn(usize) -> Vec<u8>,
+    ifindex: u32,
+    calls: usize,
+) -> Result<u32> {
     let mut ctx = vec![0u8; 192];
     ctx[40..44].copy_from_slice(&ifindex.to_ne_bytes());
     let mut v = Vec::with_capacity(calls);
-    for _ in 0..calls {
-        let (ret, ns) = run_program(dp, prog, frame, &ctx, 1)?;
+    for i in 0..calls {
+        let frame = frame(i);
+        let (ret, ns) = run_program(dp, prog, &frame, &ctx, 1)?;
         if prog != "noop" && ret != 7 {
             bail!("{prog}: the bench frame was not redirected (verdict {ret})");
         }
         v.push(ns);
     }
     Ok(median(&v))
+}
+
+/// The ingress ports: 8080 of a service (slot 0) whose one replica is
+/// `local` (this host), 8081 of one (slot 1) whose one replica is
+/// `remote` (behind the remote VTEP), both answered on this host's VTEP
+/// address; the maps written as the daemon's projection writes them.
+fn services(dp: &mut Datapath, local: &Endpoint, remote: u32) -> Result<()> {
+    use aya::maps::{Array, HashMap, MapData};
+    use dataplane_common::{
+        port_wire, Backend, PortKey, Service, BE_ACTIVE, IPPROTO_TCP, MAGLEV_M, SVC_INGRESS,
+    };
+    dp.sync_local_addrs(&[dataplane_common::ipv4_wire(LOCAL_VTEP)])?;
+    let ebpf = dp.ebpf_mut();
+    let mut svcs: HashMap<&mut MapData, PortKey, Service> =
+        HashMap::try_from(ebpf.map_mut("SERVICES").context("SERVICES")?)?;
+    for (slot, port) in [(0u32, 8080u16), (1, 8081)] {
+        let svc = Service {
+            slot,
+            count: 1,
+            target: port_wire(80),
+            flags: SVC_INGRESS,
+        };
+        svcs.insert(PortKey::new(IPPROTO_TCP, 0, port_wire(port)), svc, 0)?;
+    }
+    let mut bes: Array<&mut MapData, Backend> =
+        Array::try_from(ebpf.map_mut("BACKENDS").context("BACKENDS")?)?;
+    for (id, ip) in [(0u32, local.ip), (1, remote)] {
+        let be = Backend {
+            ip,
+            slot: id,
+            flags: BE_ACTIVE,
+        };
+        bes.set(id, be, 0)?;
+    }
+    let mut table: Array<&mut MapData, u32> =
+        Array::try_from(ebpf.map_mut("MAGLEV").context("MAGLEV")?)?;
+    for slot in 0..2u32 {
+        for i in 0..MAGLEV_M {
+            table.set(slot * MAGLEV_M + i, slot, 0)?;
+        }
+    }
+    Ok(())
+}
+
+/// A 64-byte TCP segment (`flags`) from 198.51.100.7:`sport` to this
+/// host's VTEP address, port `dport`, as it arrives on the underlay.
+fn ingress_frame(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
+    let mut f = vec![0u8; 64];
+    f[0..6].copy_from_slice(&[0x02, 0, 0x5e, 0, 2, 1]);
+    f[6..12].copy_from_slice(&[0x02, 0, 0x5e, 0, 2, 2]);
+    f[12..14].copy_from_slice(&[0x08, 0x00]);
+    f[14] = 0x45;
+    f[16..18].copy_from_slice(&50u16.to_be_bytes());
+    f[20] = 0x40;
+    f[22] = 64;
+    f[23] = 6;
+    f[26..30].copy_from_slice(&[198, 51, 100, 7]);
+    f[30..34].copy_from_slice(&LOCAL_VTEP);
+    f[34..36].copy_from_slice(&sport.to_be_bytes());
+    f[36..38].copy_from_slice(&dport.to_be_bytes());
+    f[46] = 0x50;
+    f[47] = flags;
+    f
 }
 
 /// The measurement proper; runs on a thread of its own, which it moves into
@@ -287,7 +378,31 @@ fn measure(dir: &Path, repeat: u32, rounds: usize, single_calls: usize) -> Resul
         )?);
         dec.push(single_runs(&mut dp, "from_uplink", &vx, ul, slice)?);
     }
+    // The ingress paths, on the same setup: `peer` is the local replica.
+    services(&mut dp, &peer, dataplane_common::ipv4_wire([10, 0, 0, 9]))?;
+    const SYN: u8 = 0x02;
+    const ACK: u8 = 0x10;
+    // Fresh source ports for the new flows: 10 slices of `slice` calls.
+    if slice * 10 > usize::from(u16::MAX - 1024) {
+        bail!("--single-calls too large for fresh source ports");
+    }
+    let fresh = |round: usize, i: usize| (1024 + round * slice + i) as u16;
+    let (mut new_l, mut hit_l, mut new_r, mut hit_r) =
+        (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    for round in 0..10 {
+        let f = |dport| move |i| ingress_frame(fresh(round, i), dport, SYN);
+        new_l.push(single_runs_of(&mut dp, "from_uplink", f(8080), ul, slice)?);
+        new_r.push(single_runs_of(&mut dp, "from_uplink", f(8081), ul, slice)?);
+        // The first flow of each slice, conntrack hits from then on.
+        let ack = |dport| ingress_frame(fresh(round, 0), dport, ACK);
+        hit_l.push(single_runs(&mut dp, "from_uplink", &ack(8080), ul, slice)?);
+        hit_r.push(single_runs(&mut dp, "from_uplink", &ack(8081), ul, slice)?);
+    }
     Ok(ProgBench {
+        ingress_new_median_ns: median(&new_l),
+        ingress_hit_median_ns: median(&hit_l),
+        ingress_remote_new_median_ns: median(&new_r),
+        ingress_remote_hit_median_ns: median(&hit_r),
         single_calls: slice * 10,
         noop_single_median_ns: median(&n1),
         encap_median_ns: median(&enc),

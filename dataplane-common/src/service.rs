@@ -174,7 +174,9 @@ mod tests {
     #[test]
     fn the_table_size_is_prime() {
         let m = MAGLEV_M;
-        assert!((2..m).take_while(|d| d * d <= m).all(|d| !m.is_multiple_of(d)));
+        assert!((2..m)
+            .take_while(|d| d * d <= m)
+            .all(|d| !m.is_multiple_of(d)));
         // The tables fit the array's u32 index.
         assert!((MAX_SERVICES as u64) * (MAGLEV_M as u64) < u32::MAX as u64);
     }

@@ -16,7 +16,8 @@ use dataplane_common::{
     ct_alive, nat_pair_for, nat_port_candidate, opens_flow,
     packet::nat::{self as pn, Frag, Kind, IP_TTL, L4, L4_FRAME, TCP_FRAME},
     seen_bits, CtEntry, CtKey, DropReason, FragPorts, Ipv4Wire, CT_REFRESH_NS, CT_REPLY,
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_ATTEMPTS, NO_BACKEND, SEEN_CLOSING, TCP_RST,
+    CT_SERVICE, CT_TUNNEL, IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_ATTEMPTS, NO_BACKEND,
+    SEEN_CLOSING, TCP_RST,
 };
 
 use crate::{
@@ -183,6 +184,12 @@ pub fn create_for(
 fn reply_free(orig: &CtKey, new: &CtKey) -> bool {
     match live(&new.reversed()) {
         None => true,
+        // A service flow to the same replica that has closed (FIN or RST
+        // seen): its client may open the same tuple again through another
+        // host, or through this one after another host, before the closing
+        // timeout ends (a client's port meets one replica through two
+        // hosts, or a NAT in front of many clients).
+        Some(e) if e.flags & (CT_TUNNEL | CT_SERVICE) != 0 && e.seen & SEEN_CLOSING != 0 => true,
         Some(e) => {
             let back = orig.reversed();
             e.saddr == back.saddr

@@ -8,7 +8,7 @@
 
 use dataplane_common::{
     drop_slot, flow_hash, maglev_index, Backend, CtKey, DropReason, Ipv4Wire, PortKey, PortWire,
-    Service, BE_ACTIVE, MAX_BACKENDS, NO_REPLICA, SVC_VIP,
+    Service, BE_ACTIVE, MAX_BACKENDS, NO_REPLICA, SVC_INGRESS, SVC_VIP,
 };
 
 use crate::maps::{BACKENDS, BACKEND_STATS, MAGLEV, SERVICES, SVC_STATS};
@@ -29,6 +29,13 @@ pub(crate) fn vip_frontend(proto: u8, vip: Ipv4Wire, port: PortWire) -> Option<&
         return None;
     }
     frontend(proto, vip, port).filter(|s| s.flags & SVC_VIP != 0)
+}
+
+/// The service whose ingress port is `(proto, port)` (answered on every
+/// address of the host: the `SERVICES` key with address 0).
+#[inline(always)]
+pub(crate) fn ingress_frontend(proto: u8, port: PortWire) -> Option<&'static Service> {
+    frontend(proto, 0, port).filter(|s| s.flags & SVC_INGRESS != 0)
 }
 
 /// The replica a new flow of `svc` whose hash is `hash` goes to: its id

@@ -29,6 +29,11 @@
 //!   service. Translating at the socket means the packets already carry
 //!   the replica's address: no per-packet NAT, no conntrack entry.
 //!
+//! - A service's ingress port (`SVC_INGRESS`, answered on every host
+//!   address) asked by a process of the daemon's namespace on loopback or a
+//!   local address goes to a replica the same way (after `PORTS`: a port is
+//!   either published or a service's, the daemon refuses both).
+//!
 //! The hooks sit on the cgroup v2 root and so see every network namespace of
 //! the machine: each program acts only when the socket's netns cookie is the
 //! one the daemon wrote into `CONFIG[CFG_NETNS_COOKIE]` (and that is set), so
@@ -68,7 +73,8 @@ const ALLOW: i32 = 1;
 /// `packets` counts calls (these hooks see socket calls, not packets),
 /// `translated` those whose address was rewritten. Counted: connect/sendmsg
 /// of the daemon's namespace to one of the host's addresses (a published
-/// port or not) and of its sandboxes to 127.0.0.11:53, and the
+/// port or not) and of its sandboxes to 127.0.0.11:53, of either to a
+/// service VIP (translated if it has a live replica), and the
 /// recvmsg/getpeername calls shown an address back.
 #[inline(always)]
 fn count(translated: bool) {
@@ -176,7 +182,13 @@ pub(crate) fn forward(ctx: &SockAddrContext) -> i32 {
         return ALLOW;
     }
     let Some(to) = lookup::published(proto, dst, port) else {
-        count(false);
+        if let Some(svc) = lb::ingress_frontend(proto, port) {
+            // A service's ingress port, asked by a process of the host
+            // itself (no packet of it crosses a TC hook).
+            to_replica(sa, svc, proto, dst, port);
+        } else {
+            count(false);
+        }
         return ALLOW;
     };
     let key = SockRevKey {

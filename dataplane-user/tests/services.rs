@@ -24,12 +24,7 @@ const SLOT: u32 = 3;
 const VIP: Ipv4Addr = Ipv4Addr::new(10, 99, 0, 100);
 
 fn replica(name: &str, last: u8, live: bool) -> ReplicaSpec {
-    ReplicaSpec {
-        name: name.to_string(),
-        ip: Ipv4Addr::new(10, 99, 0, last),
-        live,
-        weight: 1,
-    }
+    ReplicaSpec::new(name, Ipv4Addr::new(10, 99, 0, last), live)
 }
 
 fn service(replicas: Vec<ReplicaSpec>) -> ServiceSpec {
@@ -274,9 +269,19 @@ fn services_are_projected_and_survive_a_restart() {
     check(&p, &spec);
     assert!(p.table.iter().all(|&e| e == NO_REPLICA));
 
+    // Back to live, then a restart just before the service is removed: the
+    // table, unknown to the new daemon, is found non-empty and cleared.
+    for r in &mut spec.replicas {
+        r.live = true;
+    }
+    dp.sync_services(std::slice::from_ref(&spec)).unwrap();
+    check(&read(&maps), &spec);
+    drop(dp);
+    let mut dp = Datapath::load(scratch.path()).expect("reloading the datapath");
+
     // The service removed: no frontend, an empty table, no id.
     let r = dp.sync_services(&[]).unwrap();
-    assert_eq!(r.freed, 4);
+    assert_eq!((r.tables_written.as_slice(), r.freed), (&[SLOT][..], 4));
     let p = read(&maps);
     assert!(p.services.is_empty() && p.backend_ports.is_empty() && p.backends.is_empty());
     assert!(p.table.iter().all(|&e| e == NO_REPLICA));

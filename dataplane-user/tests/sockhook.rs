@@ -34,7 +34,8 @@ use std::{
 
 use common::Scratch;
 use dataplane_common::{
-    ipv4_wire, port_wire, sock_hash, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M, SVC_VIP,
+    ipv4_wire, port_wire, sock_hash, NatAddr, PortKey, IPPROTO_TCP, IPPROTO_UDP, MAGLEV_M,
+    SVC_INGRESS, SVC_VIP,
 };
 use dataplane_user::{
     bpf::{
@@ -478,6 +479,8 @@ const REPLICAS: [(&str, Ipv4Addr); 3] = [
     ("task-3", Ipv4Addr::new(10, 231, 78, 4)),
 ];
 const TCP_TARGET: u16 = 8080;
+/// The service's ingress port (every host address).
+const INGRESS_PORT: u16 = 30080;
 const UDP_TARGET: u16 = 5353;
 
 /// The VIP services: TCP VIP:80 -> 8080 and UDP VIP:53 -> 5353 over the
@@ -497,6 +500,13 @@ fn vip_services(live: [bool; 3]) -> Vec<ServiceSpec> {
             frontends: vec![
                 fe(IPPROTO_TCP, VIP, 80, TCP_TARGET),
                 fe(IPPROTO_UDP, VIP, 53, UDP_TARGET),
+                FrontendSpec {
+                    proto: IPPROTO_TCP,
+                    addr: Ipv4Addr::UNSPECIFIED,
+                    port: INGRESS_PORT,
+                    target: TCP_TARGET,
+                    flags: SVC_INGRESS,
+                },
             ],
             replicas: REPLICAS
                 .iter()
@@ -526,6 +536,17 @@ fn vip_services(live: [bool; 3]) -> Vec<ServiceSpec> {
 /// to `(proto, VIP, port)`, from the live replicas' names alone: the
 /// kernel's pick and the daemon's table must agree with the builder.
 fn expected_replica(live: [bool; 3], cookie: u64, proto: u8, port: u16) -> Ipv4Addr {
+    expected_replica_of(live, cookie, proto, VIP, port)
+}
+
+/// [`expected_replica`] for a socket that asked for `addr:port`.
+fn expected_replica_of(
+    live: [bool; 3],
+    cookie: u64,
+    proto: u8,
+    addr: Ipv4Addr,
+    port: u16,
+) -> Ipv4Addr {
     let names: Vec<(&str, Ipv4Addr)> = REPLICAS
         .iter()
         .zip(live)
@@ -533,7 +554,7 @@ fn expected_replica(live: [bool; 3], cookie: u64, proto: u8, port: u16) -> Ipv4A
         .map(|(r, _)| *r)
         .collect();
     let table = maglev::build(&names.iter().map(|r| r.0).collect::<Vec<_>>(), MAGLEV_M).unwrap();
-    let h = sock_hash(cookie, ipv4_wire(VIP.octets()), port_wire(port), proto);
+    let h = sock_hash(cookie, ipv4_wire(addr.octets()), port_wire(port), proto);
     names[table[(h % MAGLEV_M) as usize] as usize].1
 }
 
@@ -594,26 +615,35 @@ fn tcp_connect(to: SocketAddrV4) -> io::Result<(TcpStream, u64)> {
 /// One request to the TCP VIP: the replica's answer (its address), what
 /// getpeername shows, and the socket's cookie.
 fn vip_request() -> io::Result<(Ipv4Addr, SocketAddr, u64)> {
-    let (mut s, cookie) = tcp_connect(SocketAddrV4::new(VIP, 80))?;
+    vip_request_to(SocketAddrV4::new(VIP, 80))
+}
+
+/// [`vip_request`] to any address.
+fn vip_request_to(to: SocketAddrV4) -> io::Result<(Ipv4Addr, SocketAddr, u64)> {
+    let (mut s, cookie) = tcp_connect(to)?;
     let peer = s.peer_addr()?;
+    s.shutdown(Shutdown::Write)?;
     let mut answer = String::new();
     s.read_to_string(&mut answer)?;
     let ip = answer
+        .trim_end()
         .parse()
         .map_err(|e| io::Error::other(format!("answer {answer:?}: {e}")))?;
     Ok((ip, peer, cookie))
 }
 
-/// A replica's TCP server: answers each connection with the address it was
-/// reached at, and closes.
+/// A replica's TCP server: greets each connection with the address it was
+/// reached at and a newline, then echoes what it reads until EOF.
 fn replica_tcp_server(l: TcpListener, stop: &AtomicBool) {
     l.set_nonblocking(true).unwrap();
     while !stop.load(Ordering::SeqCst) {
         match l.accept() {
             Ok((mut s, _)) => {
                 s.set_nonblocking(false).unwrap();
+                s.set_read_timeout(Some(TIMEOUT)).unwrap();
                 let local = s.local_addr().unwrap();
-                let _ = write!(s, "{}", local.ip());
+                let _ = writeln!(s, "{}", local.ip());
+                let _ = io::copy(&mut s.try_clone().unwrap(), &mut s);
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 std::thread::sleep(Duration::from_millis(1))
@@ -789,6 +819,27 @@ fn vip_connects_are_balanced_over_the_replicas() {
             assert_eq!(std::str::from_utf8(&buf[..n]).unwrap(), want.to_string());
         });
 
+        // The ingress port, from a process of the host itself: loopback
+        // and the host's address, shown back as asked. A sandbox's own
+        // loopback is its own business.
+        dp.sync_local_addrs(&[ipv4_wire([10, 231, 78, 1])]).unwrap();
+        run_in(&host, || {
+            for addr in [Ipv4Addr::LOCALHOST, Ipv4Addr::new(10, 231, 78, 1)] {
+                let to = SocketAddrV4::new(addr, INGRESS_PORT);
+                let (got, peer, cookie) = vip_request_to(to).expect("the ingress port");
+                assert_eq!(peer, SocketAddr::V4(to));
+                assert_eq!(
+                    got,
+                    expected_replica_of(all, cookie, IPPROTO_TCP, addr, INGRESS_PORT)
+                );
+            }
+        });
+        let err = run_in(&sandbox, || {
+            vip_request_to(SocketAddrV4::new(Ipv4Addr::LOCALHOST, INGRESS_PORT))
+        })
+        .expect_err("not translated in a sandbox");
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused, "{err}");
+
         // A VIP whose replicas are all down: the connect is left alone (and
         // fails), and the service counts a service_no_backend drop.
         let err = run_in(&host, || tcp_connect(SocketAddrV4::new(DEAD_VIP, 80)))
@@ -798,14 +849,35 @@ fn vip_connects_are_balanced_over_the_replicas() {
         assert_eq!(dead.drops.get("service_no_backend"), Some(&1), "{dead:?}");
         assert_eq!(dead.conns, 0);
 
-        // A replica that dies takes no new connection; the others' share
-        // follows the new table.
-        let live = [true, false, true];
+        // A replica that dies takes no new connection, the others' share
+        // follows the new table, and a connection it already has goes on
+        // (still shown as the VIP).
+        let (mut held, _) = run_in(&host, || tcp_connect(SocketAddrV4::new(VIP, 80))).unwrap();
+        let mut greeting = [0u8; 16];
+        let n = held.read(&mut greeting).unwrap();
+        let dying: Ipv4Addr = std::str::from_utf8(&greeting[..n])
+            .unwrap()
+            .trim_end()
+            .parse()
+            .unwrap();
+        let mut live = [true; 3];
+        let k = REPLICAS.iter().position(|r| r.1 == dying).unwrap();
+        live[k] = false;
         dp.sync_services(&vip_services(live)).unwrap();
+        assert_eq!(held.peer_addr().unwrap(), vip80, "still shown as the VIP");
+        held.write_all(b"still here").unwrap();
+        held.shutdown(Shutdown::Write).unwrap();
+        let mut echo = String::new();
+        held.read_to_string(&mut echo).unwrap();
+        assert_eq!(
+            echo, "still here",
+            "an established connection keeps its replica"
+        );
+        drop(held);
         run_in(&host, || {
             for _ in 0..200 {
                 let (got, _, cookie) = vip_request().expect("TCP to the VIP");
-                assert_ne!(got, REPLICAS[1].1, "the dead replica got a new connection");
+                assert_ne!(got, dying, "the dead replica got a new connection");
                 assert_eq!(got, expected_replica(live, cookie, IPPROTO_TCP, 80));
             }
         });

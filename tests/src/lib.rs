@@ -1116,6 +1116,73 @@ except OSError as e:
     sys.exit(1)
 "#;
 
+/// A DNS client: `python3 -c DNS_QUERY_PY NAME TYPE udp|tcp SERVER COUNT`
+/// prints one JSON object per query: rcode, tc, answers (A as addresses,
+/// PTR as names, others as `typeN`) and the time taken in ms.
+pub const DNS_QUERY_PY: &str = r#"
+import json, random, socket, struct, sys, time
+
+def name(msg, off):
+    labels, end, hops = [], None, 0
+    while True:
+        n = msg[off]
+        if n >= 0xC0:
+            end = off + 2 if end is None else end
+            off, hops = ((n & 0x3F) << 8) | msg[off + 1], hops + 1
+            assert hops < 20, 'pointer loop'
+        elif n == 0:
+            return '.'.join(labels) + '.', off + 1 if end is None else end
+        else:
+            labels.append(msg[off + 1:off + 1 + n].decode())
+            off += n + 1
+
+def ask(qname, qtype, proto, server):
+    qid = random.randrange(65536)
+    q = struct.pack('>HHHHHH', qid, 0x0100, 1, 0, 0, 0)
+    for label in qname.strip('.').split('.'):
+        q += bytes([len(label)]) + label.encode()
+    q += b'\0' + struct.pack('>HH', qtype, 1)
+    start = time.monotonic()
+    if proto == 'tcp':
+        s = socket.create_connection((server, 53), timeout=5)
+        s.sendall(struct.pack('>H', len(q)) + q)
+        buf = b''
+        while len(buf) < 2 or len(buf) < 2 + struct.unpack('>H', buf[:2])[0]:
+            chunk = s.recv(65535)
+            assert chunk, 'connection closed early'
+            buf += chunk
+        msg = buf[2:]
+    else:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.settimeout(5)
+        s.connect((server, 53))
+        s.send(q)
+        msg = s.recv(65535)
+    ms = int((time.monotonic() - start) * 1000)
+    rid, flags, qd, an = struct.unpack('>HHHH', msg[:8])
+    assert rid == qid, 'wrong id'
+    off = 12
+    for _ in range(qd):
+        off = name(msg, off)[1] + 4
+    answers = []
+    for _ in range(an):
+        off = name(msg, off)[1]
+        rtype, _, _, rdlen = struct.unpack('>HHIH', msg[off:off + 10])
+        off += 10
+        if rtype == 1:
+            answers.append(socket.inet_ntoa(msg[off:off + 4]))
+        elif rtype == 12:
+            answers.append(name(msg, off)[0])
+        else:
+            answers.append('type%d' % rtype)
+        off += rdlen
+    return {'rcode': flags & 15, 'tc': bool(flags & 0x200), 'answers': answers, 'ms': ms}
+
+qname, qtype, proto, server, count = sys.argv[1:6]
+for _ in range(int(count)):
+    print(json.dumps(ask(qname, {'A': 1, 'PTR': 12, 'AAAA': 28}[qtype], proto, server)), flush=True)
+"#;
+
 /// `python3 -u -c WHOAMI_PY TAG SPECS...`.
 pub fn whoami_args(tag: &str, specs: &[&str]) -> Vec<String> {
     let mut v: Vec<String> = ["python3", "-u", "-c", WHOAMI_PY, tag]
@@ -1410,6 +1477,23 @@ impl Daemon {
     /// map or `bpftool` is not there to tell.
     pub fn conntrack_mentions(&self, ip: &str) -> Option<usize> {
         let want: Vec<u8> = ip.parse::<std::net::Ipv4Addr>().ok()?.octets().to_vec();
+        let n = self
+            .conntrack_dump()?
+            .iter()
+            .filter(|(k, v)| {
+                [k, v]
+                    .iter()
+                    .any(|b| b.len() >= 8 && (b[0..4] == want[..] || b[4..8] == want[..]))
+            })
+            .count();
+        Some(n)
+    }
+
+    /// Every entry of the pinned conntrack map `CT` as (key, value) bytes
+    /// (a key: source and destination address, source and destination
+    /// port, all in network order, then the protocol); `None` when the map
+    /// or `bpftool` is not there to tell.
+    pub fn conntrack_dump(&self) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
         let pin = std::fs::read_dir(&self.bpffs)
             .ok()?
             .filter_map(Result::ok)
@@ -1428,16 +1512,13 @@ impl Daemon {
                 .collect()
         };
         let entries: Value = serde_json::from_str(&out.stdout).ok()?;
-        let n = entries
-            .as_array()?
-            .iter()
-            .filter(|e| {
-                [bytes(&e["key"]), bytes(&e["value"])]
-                    .iter()
-                    .any(|b| b.len() >= 8 && (b[0..4] == want[..] || b[4..8] == want[..]))
-            })
-            .count();
-        Some(n)
+        Some(
+            entries
+                .as_array()?
+                .iter()
+                .map(|e| (bytes(&e["key"]), bytes(&e["value"])))
+                .collect(),
+        )
     }
 }
 

@@ -252,7 +252,7 @@ pub fn demo() -> Result<()> {
     drop(d);
     drop(cleanup);
     cross_host(&mut p, &bin, pid)?;
-    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy) and two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd).");
+    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy) and two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd, a service answered on both hosts by the Maglev routing mesh with the client's own address kept).");
     Ok(())
 }
 

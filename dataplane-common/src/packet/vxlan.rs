@@ -385,8 +385,9 @@ pub fn learned(rx: &Rx, src: &InnerSrc, dst: &Endpoint) -> Endpoint {
 
 /// Bytes of a VXLAN frame up to the inner TCP/UDP ports (inner IHL 5).
 pub const INNER_PORTS: usize = INNER_L3 + 24;
-/// Bytes of a VXLAN frame up to the inner TCP flags (inner IHL 5).
-pub const INNER_TCP_FLAGS: usize = INNER_L3 + 20 + 13;
+/// Bytes of a VXLAN frame up to and including the inner TCP flags (inner
+/// IHL 5): the flags are byte `INNER_TCP_FLAGS - 1`.
+pub const INNER_TCP_FLAGS: usize = INNER_L3 + 20 + 14;
 
 /// The 5-tuple of the inner IPv4 packet of a VXLAN frame, for the service
 /// paths: TCP or UDP in an IHL-5 header that is not a later fragment
@@ -1091,6 +1092,15 @@ mod tests {
         f[at + 20..at + 22].copy_from_slice(&40_000u16.to_be_bytes());
         f[at + 22..at + 24].copy_from_slice(&8080u16.to_be_bytes());
         f
+    }
+
+    #[test]
+    fn the_inner_tcp_flags_are_the_last_byte_of_their_prefix() {
+        // Byte 13 of the inner TCP header (after a 20-byte IPv4 header):
+        // the tunnelled flows' conntrack must see their FIN and RST, or
+        // their pass-through pair keeps an established timeout for hours.
+        assert_eq!(INNER_TCP_FLAGS - 1, INNER_L3 + 20 + 13);
+        assert!(INNER_TCP_FLAGS > INNER_PORTS);
     }
 
     #[test]

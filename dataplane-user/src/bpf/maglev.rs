@@ -85,7 +85,10 @@ pub fn offset_skip(name: &str, m: u32) -> (u32, u32) {
 }
 
 fn is_prime(m: u32) -> bool {
-    m >= 2 && (2..m).take_while(|d| d * d <= m).all(|d| m % d != 0)
+    m >= 2
+        && (2..m)
+            .take_while(|d| d * d <= m)
+            .all(|d| !m.is_multiple_of(d))
 }
 
 /// The lookup table of size `m` for `replicas` (names, all weight 1):

@@ -2,8 +2,9 @@
 //!
 //! `maps` names every pinned map with the layout it must have, `links` the
 //! TCX links of endpoints and uplinks, `conntrack` the flow table, `sockhook`
-//! the cgroup socket hooks, and `uplink` the host's own interfaces and
-//! addresses. (The program-cost benchmark is xtask's `bench-prog`, which
+//! the cgroup socket hooks, `uplink` the host's own interfaces and
+//! addresses, `maglev` the services' lookup tables and `services` their
+//! projection into the service maps. (The program-cost benchmark is xtask's `bench-prog`, which
 //! drives this module from outside the product.)
 //!
 //! Pins live under `<bpffs>/v<LAYOUT_VERSION>/`: `maps/<NAME>` (reused by name
@@ -94,8 +95,8 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
 /// What the `sock_addr` row of `dataplane stats` counts: the socket hooks
 /// see calls, not packets (`dataplane-ebpf/src/sock.rs`).
 pub const SOCK_STATS_NOTE: &str = "sock_addr counts socket calls, not packets: PACKETS = \
-connect/sendto to a host address or (from a sandbox) 127.0.0.11:53, and recvfrom/getpeername \
-shown an address back; TRANSLATED = those whose address was rewritten";
+connect/sendto to a host address, to a service VIP or (from a sandbox) 127.0.0.11:53, and \
+recvfrom/getpeername shown an address back; TRANSLATED = those whose address was rewritten";
 
 /// One program's counters, summed over CPUs.
 #[derive(Debug, Serialize, serde::Deserialize, Clone)]

@@ -63,6 +63,18 @@ pub struct ReplicaSpec {
     pub weight: u32,
 }
 
+impl ReplicaSpec {
+    /// A replica of weight 1.
+    pub fn new(name: impl Into<String>, ip: Ipv4Addr, live: bool) -> Self {
+        ReplicaSpec {
+            name: name.into(),
+            ip,
+            live,
+            weight: 1,
+        }
+    }
+}
+
 /// A service as the maps must hold it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServiceSpec {
@@ -186,9 +198,13 @@ impl State {
     }
 }
 
+/// Refuses a wanted state the maps cannot hold, before anything is
+/// written.
 fn validate(want: &[ServiceSpec]) -> Result<()> {
     let mut slots = HashSet::new();
     let mut keys = HashSet::new();
+    // (proto, replica address, target) -> slot: BACKEND_PORTS names one id.
+    let mut targets: StdHashMap<(u8, Ipv4Addr, u16), u32> = StdHashMap::new();
     for s in want {
         if s.slot >= MAX_SERVICES {
             bail!("service slot {} is not below {MAX_SERVICES}", s.slot);
@@ -214,6 +230,18 @@ fn validate(want: &[ServiceSpec]) -> Result<()> {
             }
             if !names.insert(&r.name) {
                 bail!("slot {}: replica name {:?} is given twice", s.slot, r.name);
+            }
+            for f in &s.frontends {
+                let other = *targets.entry((f.proto, r.ip, f.target)).or_insert(s.slot);
+                if other != s.slot {
+                    bail!(
+                        "{}:{} (protocol {}) is a target of services {other} and {}",
+                        r.ip,
+                        f.target,
+                        f.proto,
+                        s.slot
+                    );
+                }
             }
         }
     }
@@ -437,16 +465,8 @@ pub(super) fn sync(ebpf: &mut Ebpf, st: &mut State, want: &[ServiceSpec]) -> Res
                 let ip = ipv4_wire(r.ip.octets());
                 let key = PortKey::new(f.proto, ip, port_wire(f.target));
                 let id = st.ids[&(s.slot, ip)].id;
-                if let Some(other) = ports.insert(key, id) {
-                    if other != id {
-                        bail!(
-                            "{}:{} (protocol {}) is a target of two replicas (ids {other} and {id})",
-                            r.ip,
-                            f.target,
-                            f.proto
-                        );
-                    }
-                }
+                // One id per key: `validate` refused two services sharing it.
+                ports.insert(key, id);
             }
         }
     }
@@ -472,10 +492,14 @@ pub(super) fn sync(ebpf: &mut Ebpf, st: &mut State, want: &[ServiceSpec]) -> Res
         .collect();
     gone.sort();
     for slot in gone {
-        let empty = vec![NO_REPLICA; MAGLEV_M as usize];
-        let known_differs = st.tables.get(&slot).is_some_and(|t| !t.is_empty());
-        if write_table(ebpf, slot, &empty, known_differs)? {
-            report.tables_written.push(slot);
+        // Known empty: already all NO_REPLICA. Unknown (recovered after a
+        // restart): compared with the map.
+        let known = st.tables.get(&slot).map(|t| !t.is_empty());
+        if known != Some(false) {
+            let empty = vec![NO_REPLICA; MAGLEV_M as usize];
+            if write_table(ebpf, slot, &empty, known == Some(true))? {
+                report.tables_written.push(slot);
+            }
         }
         st.tables.remove(&slot);
         st.slots.remove(&slot);
@@ -609,6 +633,22 @@ mod tests {
             spec(1, &[("a", [10, 0, 0, 1])])
         ])
         .is_ok());
+        // One replica address and target port in two services.
+        let fe = |port| FrontendSpec {
+            proto: 6,
+            addr: Ipv4Addr::new(10, 0, 0, 100),
+            port,
+            target: 8080,
+            flags: 0,
+        };
+        let mut a = spec(0, &[("a", [10, 0, 0, 1])]);
+        let mut b = spec(1, &[("b", [10, 0, 0, 1])]);
+        a.frontends = vec![fe(80)];
+        b.frontends = vec![fe(81)];
+        assert!(validate(&[a.clone(), b]).is_err());
+        // Two frontends of one service sharing a target are fine.
+        a.frontends = vec![fe(80), fe(81)];
+        assert!(validate(&[a]).is_ok());
     }
 
     #[test]

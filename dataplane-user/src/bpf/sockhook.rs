@@ -6,7 +6,9 @@
 //! translate at the socket level: a `connect`/`sendto` of a process in the
 //! daemon's network namespace to 127.0.0.0/8 or to one of the daemon's own
 //! addresses on a published port goes straight to the container, and
-//! `recvfrom`/`getpeername` show the address the process asked for.
+//! `recvfrom`/`getpeername` show the address the process asked for. The
+//! same hooks balance a service's VIP over its replicas, for the daemon's
+//! namespace and its sandboxes (the maps `services` writes).
 //!
 //! They are attached to the root of the cgroup v2 hierarchy with
 //! multi-attach links, so other daemons (in other namespaces, each with its

@@ -105,6 +105,9 @@ pub struct Reconciler {
     remote: HashMap<String, dataplane_common::Endpoint>,
     /// The services as last written into the maps.
     services_applied: Option<Vec<crate::bpf::services::ServiceSpec>>,
+    /// Sockets bound on every address for the services' ingress ports, so
+    /// that no process of this host takes a port the routing mesh answers.
+    ingress_held: HashMap<(model::Proto, u16), Reservation>,
 }
 
 impl Reconciler {
@@ -134,6 +137,7 @@ impl Reconciler {
             tunnel_mtu: None,
             remote: HashMap::new(),
             services_applied: None,
+            ingress_held: HashMap::new(),
         }
     }
 
@@ -375,6 +379,7 @@ impl Reconciler {
     /// The services' frontends, replicas and Maglev tables (`SERVICES`,
     /// `BACKENDS`, `BACKEND_PORTS`, `MAGLEV`).
     fn sync_services(&mut self, snap: &Snapshot) {
+        self.hold_ingress_ports(snap);
         let want = super::services::projections(snap, self.cluster.is_some());
         if self.services_applied.as_ref() == Some(&want) {
             return;
@@ -384,6 +389,36 @@ impl Reconciler {
             self.services_applied = Some(want);
         }
         self.outcome("services", "service tables", r);
+    }
+
+    /// Binds (without listening) every ingress port of every service on
+    /// this host's addresses, as published ports are held, and lets go of
+    /// the ports no service publishes any more. A port a host process
+    /// already holds is a problem of this host (the routing mesh still
+    /// answers it: its packets never reach the socket).
+    fn hold_ingress_ports(&mut self, snap: &Snapshot) {
+        let want: HashSet<(model::Proto, u16)> = snap
+            .services
+            .values()
+            .flat_map(|s| s.ingress_ports())
+            .map(|p| (p.proto, p.published))
+            .collect();
+        self.ingress_held.retain(|k, _| want.contains(k));
+        for (proto, port) in want {
+            if self.ingress_held.contains_key(&(proto, port)) {
+                continue;
+            }
+            let key = format!("ingress/{port}/{proto}");
+            if !self.due(&key) {
+                continue;
+            }
+            let r = crate::ports::reserve(&proto, None, port)
+                .map(|(held, _)| {
+                    self.ingress_held.insert((proto, port), held);
+                })
+                .map_err(|e| anyhow::anyhow!("holding ingress port {port}/{proto} on this host: {e} (a process of this host has it)"));
+            self.outcome(&key, "ingress port", r);
+        }
     }
 
     // ----- the cluster ---------------------------------------------------

@@ -739,7 +739,7 @@ impl Ours {
             service_create(self.a(), &name, cfg.filler_replicas, PORT + k as u16)
                 .with_context(|| format!("creating service {k} of {count}"))?;
             self.count = k + 1;
-            if (k + 1 - from) % 100 == 0 {
+            if (k + 1 - from).is_multiple_of(100) {
                 eprintln!(
                     "    eBPF: {} / {count} services ({:.0} s)",
                     k + 1,
@@ -1207,18 +1207,22 @@ pub fn lb_prog(prog: &Value) -> Value {
     for (k, v) in keys {
         m.insert(k.clone(), v.clone());
     }
-    for k in [
-        "noop_single_median_ns",
-        "noop_median_ns",
-        "single_calls",
-        "repeat",
-    ] {
+    for k in ["noop_single_median_ns", "single_calls"] {
         if !prog[k].is_null() {
             m.insert(k.into(), prog[k].clone());
         }
     }
     Value::Object(m)
 }
+
+/// The LB figures in the order the table shows them.
+const LB_ORDER: [&str; 5] = [
+    "ingress_new_median_ns",
+    "ingress_hit_median_ns",
+    "ingress_remote_new_median_ns",
+    "ingress_remote_hit_median_ns",
+    "noop_single_median_ns",
+];
 
 /// What a bench-prog LB figure measures.
 fn lb_label(key: &str) -> String {
@@ -1404,7 +1408,7 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
         let mut samples: Vec<Samples> = targets.iter().map(|_| Samples::default()).collect();
         for rep in 1..=cfg.reps {
             let mut order: Vec<usize> = (0..targets.len()).collect();
-            if (rep as usize + ci) % 2 == 0 {
+            if (rep as usize + ci).is_multiple_of(2) {
                 order.reverse();
             }
             for j in order {
@@ -1650,10 +1654,23 @@ pub fn table(r: &Report) -> String {
                 r.lb_prog["single_calls"]
             );
             let _ = writeln!(o, "| packet | ns/packet |\n| --- | ---: |");
-            for (k, v) in r.lb_prog.as_object().into_iter().flatten() {
-                if k.ends_with("_ns") {
-                    let _ = writeln!(o, "| {} | {v} |", lb_label(k));
-                }
+            // The known figures in reading order, then any others.
+            let mut keys: Vec<&String> = r
+                .lb_prog
+                .as_object()
+                .into_iter()
+                .flatten()
+                .map(|(k, _)| k)
+                .filter(|k| k.ends_with("_ns"))
+                .collect();
+            keys.sort_by_key(|k| {
+                (
+                    LB_ORDER.iter().position(|o| o == k).unwrap_or(usize::MAX),
+                    *k,
+                )
+            });
+            for k in keys {
+                let _ = writeln!(o, "| {} | {} |", lb_label(k), r.lb_prog[k.as_str()]);
             }
             let _ = writeln!(o);
         }

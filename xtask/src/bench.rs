@@ -8,6 +8,8 @@
 //! 1, 1,000 and 10,000 ports, in namespaces of its own (see `natbench`).
 //! Plus `control`: what the daemon costs to drive (run/rm latency, memory,
 //! restart and drift repair) at 100 and 1,000 sandboxes (see `ctlbench`).
+//! Plus `services`: the routing mesh against kube-proxy's iptables rules at
+//! 1, 100 and 1,000 services, two hosts (see `servicebench`).
 
 use std::{
     fmt::Write as _,
@@ -22,7 +24,7 @@ use serde_json::Value;
 use crate::{
     build_dataplane, clusterbench, ctlbench, dnsbench,
     lab::{self, addr, in_netns, Cleanup, Daemon},
-    md, natbench, overlaybench, root, setup,
+    md, natbench, overlaybench, root, servicebench, setup,
     sh::{self, bg, first_line, json_of},
     stats::{figure_table, spread, FigureRow, Spread},
     Format, Progress,
@@ -54,6 +56,11 @@ pub enum Kind {
     /// container takes to reach every other host, etcd's and the daemons'
     /// costs (see --cluster-hosts, `clusterbench`).
     Cluster,
+    /// A client outside a two-host cluster, a service on host B reached
+    /// through host A: the eBPF routing mesh (Maglev, our VXLAN) against
+    /// kube-proxy's iptables rules on a kernel VXLAN, at 1, 100 and 1,000
+    /// services (see --services, `servicebench`).
+    Services,
 }
 
 impl Kind {
@@ -68,6 +75,7 @@ impl Kind {
             Kind::Control => "control plane: run, rm, memory, restart, drift",
             Kind::Overlay => "overlay: routed vs kernel VXLAN vs eBPF VXLAN, two hosts",
             Kind::Cluster => "cluster: endpoint propagation to N hosts through etcd",
+            Kind::Services => "services: eBPF routing mesh vs kube-proxy iptables",
         }
     }
 
@@ -95,6 +103,7 @@ impl Kind {
             Kind::Control => "a daemon of its own driven through its CLI (see the control-plane section)",
             Kind::Overlay => "two hosts on an underlay bridge, three ways (see the overlay section)",
             Kind::Cluster => "daemons in host namespaces sharing one etcd (see the cluster section)",
+            Kind::Services => "two hosts per path and a client on an underlay (see the services section)",
         }
     }
 }
@@ -151,6 +160,24 @@ pub struct Args {
     #[arg(long, default_value_t = clusterbench::DEFAULT_RUNS,
           value_parser = clap::value_parser!(u32).range(1..=1000))]
     cluster_runs: u32,
+    /// `services`: service counts to measure (comma-separated), ascending.
+    #[arg(long, value_delimiter = ',', default_values_t = servicebench::DEFAULT_COUNTS,
+          value_parser = clap::value_parser!(u32).range(1..=servicebench::MAX_COUNT as i64))]
+    services: Vec<u32>,
+    /// `services`: seconds per measurement (connections/s, latency,
+    /// throughput); the repetitions are --reps.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..=120))]
+    services_seconds: u64,
+    /// `services`: replicas of the measured service (all on host B).
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    service_replicas: u32,
+    /// `services`: replicas of every other service.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=4))]
+    filler_replicas: u32,
+    /// `services`, for development: 1 rep, 1 s per measurement, 1 and 100
+    /// services (unless --services or --reps say otherwise).
+    #[arg(long)]
+    quick: bool,
     #[arg(long, value_enum, default_value_t = LatencyTool::Auto)]
     latency: LatencyTool,
     /// Where to write the report (default: BENCHMARKS.md at the repo root).
@@ -164,7 +191,7 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 9] = [
+const ALL: [Kind; 10] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
@@ -174,6 +201,7 @@ const ALL: [Kind; 9] = [
     Kind::Control,
     Kind::Overlay,
     Kind::Cluster,
+    Kind::Services,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
@@ -716,6 +744,8 @@ struct Report {
     overlay: Option<overlaybench::Report>,
     /// Endpoint propagation across N hosts (`--setups cluster`), if asked for.
     cluster: Option<clusterbench::Report>,
+    /// The routing mesh against kube-proxy (`--setups services`), if asked for.
+    services: Option<servicebench::Report>,
 }
 
 fn machine() -> Machine {
@@ -796,6 +826,24 @@ pub fn bench(args: Args) -> Result<i32> {
     let want_control = args.setups.contains(&Kind::Control);
     let want_overlay = args.setups.contains(&Kind::Overlay);
     let want_cluster = args.setups.contains(&Kind::Cluster);
+    let want_services = args.setups.contains(&Kind::Services);
+    // Explicit --services / --reps win over --quick.
+    let services_given =
+        std::env::args().any(|a| a == "--services" || a.starts_with("--services="));
+    let reps_given = std::env::args().any(|a| a == "--reps" || a.starts_with("--reps="));
+    let mut service_counts = if args.quick && !services_given {
+        vec![1, 100]
+    } else {
+        args.services.clone()
+    };
+    service_counts.sort_unstable();
+    service_counts.dedup();
+    let service_reps = if args.quick && !reps_given {
+        1
+    } else {
+        args.reps
+    };
+    let service_seconds = if args.quick { 1 } else { args.services_seconds };
     let mut cluster_hosts = args.cluster_hosts.clone();
     cluster_hosts.sort_unstable();
     cluster_hosts.dedup();
@@ -815,7 +863,12 @@ pub fn bench(args: Args) -> Result<i32> {
             + 2 * usize::from(want_nat)
             + if want_control { sandboxes.len() } else { 0 }
             + 2 * usize::from(want_overlay)
-            + if want_cluster { cluster_hosts.len() } else { 0 },
+            + if want_cluster { cluster_hosts.len() } else { 0 }
+            + if want_services {
+                1 + service_counts.len()
+            } else {
+                0
+            },
     );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
@@ -830,7 +883,7 @@ pub fn bench(args: Args) -> Result<i32> {
     };
     // The DNS and connection-rate clients loop in optimized code, so that
     // their own cost per lookup or connection is not a debug build's.
-    let release_xtask = if want_dns || want_nat {
+    let release_xtask = if want_dns || want_nat || want_services {
         p.step("building the DNS and connection-rate clients (xtask, release)");
         Some(dnsbench::build_client()?)
     } else {
@@ -876,9 +929,12 @@ pub fn bench(args: Args) -> Result<i32> {
                 dns_target = want_dns.then_some(t);
                 pair
             }),
-            Kind::Dns | Kind::Nat | Kind::Control | Kind::Overlay | Kind::Cluster => {
-                Err(anyhow!("{k:?} is not a network setup"))
-            }
+            Kind::Dns
+            | Kind::Nat
+            | Kind::Control
+            | Kind::Overlay
+            | Kind::Cluster
+            | Kind::Services => Err(anyhow!("{k:?} is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -993,7 +1049,7 @@ pub fn bench(args: Args) -> Result<i32> {
 
     // The per-packet program cost belongs to the network figures (and
     // its encap/decap figures to the overlay's).
-    let prog = if kinds.is_empty() && !want_overlay {
+    let prog = if kinds.is_empty() && !want_overlay && !want_services {
         serde_json::json!({ "skipped": "no network setup was measured (--setups)" })
     } else {
         p.step("BPF_PROG_TEST_RUN: bench-prog (xtask --features prog)");
@@ -1034,6 +1090,27 @@ pub fn bench(args: Args) -> Result<i32> {
         Some(clusterbench::run(&cfg, &mut p)?)
     } else {
         None
+    };
+
+    let services = match (&release_xtask, want_services) {
+        (Some(x), true) => {
+            drop(daemon.take());
+            let cfg = servicebench::Config {
+                counts: service_counts.clone(),
+                reps: service_reps,
+                seconds: service_seconds,
+                replicas: args.service_replicas,
+                filler_replicas: args.filler_replicas,
+                xtask: x.clone(),
+                dataplane: bin.clone(),
+                tag: tag.clone(),
+                dir: dir.join("services"),
+                bpf_prog: prog.clone(),
+            };
+            std::fs::create_dir_all(&cfg.dir)?;
+            Some(servicebench::run(&cfg, &mut p)?)
+        }
+        _ => None,
     };
 
     p.step("report");
@@ -1088,6 +1165,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Control => "control",
                 Kind::Overlay => "overlay",
                 Kind::Cluster => "cluster",
+                Kind::Services => "services",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -1141,6 +1219,28 @@ pub fn bench(args: Args) -> Result<i32> {
     if want_cluster && args.cluster_runs != clusterbench::DEFAULT_RUNS {
         command += &format!(" --cluster-runs {}", args.cluster_runs);
     }
+    if want_services && args.quick {
+        command += " --quick";
+    }
+    if want_services && services_given && service_counts != servicebench::DEFAULT_COUNTS {
+        command += &format!(
+            " --services {}",
+            service_counts
+                .iter()
+                .map(u32::to_string)
+                .collect::<Vec<_>>()
+                .join(",")
+        );
+    }
+    if want_services && !args.quick && args.services_seconds != 3 {
+        command += &format!(" --services-seconds {}", args.services_seconds);
+    }
+    if want_services && args.service_replicas != 3 {
+        command += &format!(" --service-replicas {}", args.service_replicas);
+    }
+    if want_services && args.filler_replicas != 1 {
+        command += &format!(" --filler-replicas {}", args.filler_replicas);
+    }
     let date = first_line(&mut sh::cmd("date", ["-u", "+%Y-%m-%d %H:%M UTC"]));
     let dns = want_dns.then(|| {
         let meta = dnsbench::Meta {
@@ -1173,6 +1273,11 @@ pub fn bench(args: Args) -> Result<i32> {
         c.date = date.clone();
         c
     });
+    let services = services.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
+    });
     let out = args
         .out
         .clone()
@@ -1198,6 +1303,26 @@ pub fn bench(args: Args) -> Result<i32> {
         }
         n => n,
     };
+    let services_svg = servicebench::svg_path(&out);
+    let services = match services {
+        Some(mut s) if !args.no_write => {
+            match servicebench::svg(&s, &services_svg) {
+                Ok(true) => {
+                    eprintln!("    wrote {}", services_svg.display());
+                    s.svg = services_svg
+                        .file_name()
+                        .map(|f| f.to_string_lossy().into_owned());
+                }
+                Ok(false) => eprintln!("    no service connections/s measured: no curve drawn"),
+                Err(e) => {
+                    eprintln!("    error: {e:#}");
+                    s.notes.push(format!("the curve could not be drawn: {e:#}"));
+                }
+            }
+            Some(s)
+        }
+        s => s,
+    };
     let report = Report {
         command,
         date,
@@ -1213,6 +1338,7 @@ pub fn bench(args: Args) -> Result<i32> {
         control,
         overlay,
         cluster,
+        services,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
@@ -1226,6 +1352,10 @@ pub fn bench(args: Args) -> Result<i32> {
     let control_md = report.control.as_ref().map(ctlbench::markdown);
     let overlay_md = report.overlay.as_ref().map(overlaybench::markdown);
     let cluster_md = report.cluster.as_ref().map(clusterbench::markdown);
+    let services_md = report
+        .services
+        .as_ref()
+        .map(|s| servicebench::markdown(s, s.svg.as_deref()));
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1252,6 +1382,10 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### Cluster: endpoint propagation\n");
             println!("{}", clusterbench::table(c));
         }
+        if let Some(s) = &report.services {
+            println!("### Services: eBPF routing mesh against kube-proxy's iptables\n");
+            println!("{}", servicebench::table(s));
+        }
     }
     if !args.no_write {
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
@@ -1262,11 +1396,13 @@ pub fn bench(args: Args) -> Result<i32> {
         let (existing, old_control) = ctlbench::split(&existing);
         let (existing, old_overlay) = overlaybench::split(&existing);
         let (existing, old_cluster) = clusterbench::split(&existing);
+        let (existing, old_services) = servicebench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
         let md = md::append_section(&md, control_md.as_deref().or(old_control.as_deref()));
         let md = md::append_section(&md, overlay_md.as_deref().or(old_overlay.as_deref()));
         let md = md::append_section(&md, cluster_md.as_deref().or(old_cluster.as_deref()));
+        let md = md::append_section(&md, services_md.as_deref().or(old_services.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -1284,7 +1420,11 @@ pub fn bench(args: Args) -> Result<i32> {
         || report
             .cluster
             .as_ref()
-            .is_some_and(clusterbench::Report::bad);
+            .is_some_and(clusterbench::Report::bad)
+        || report
+            .services
+            .as_ref()
+            .is_some_and(servicebench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {

@@ -11,9 +11,12 @@ mod md;
 mod natbench;
 mod overlaybench;
 mod pingpong;
+mod plot;
+mod servicebench;
 mod setup;
 mod sh;
 mod stats;
+mod stream;
 mod testrun;
 
 use std::{
@@ -93,6 +96,14 @@ enum Cmd {
     /// prints connections per second as JSON.
     #[command(hide = true)]
     ConnClient(connrate::ClientArgs),
+    /// (internal) Write to every accepted connection until it closes: the
+    /// server of the services benchmark's single-connection throughput.
+    #[command(hide = true)]
+    StreamServer(stream::ServerArgs),
+    /// (internal) Read from one connection for N seconds; prints Gbit/s
+    /// as JSON.
+    #[command(hide = true)]
+    StreamClient(stream::ClientArgs),
 }
 
 #[derive(Subcommand)]
@@ -177,7 +188,10 @@ fn main() {
     // The benches stop their internal servers with SIGTERM: those keep the
     // default disposition (the handler only sets a flag that they never
     // check, so each stop would wait out its grace period).
-    if !matches!(cli.cmd, Cmd::PingpongServer { .. } | Cmd::ConnServer(_)) {
+    if !matches!(
+        cli.cmd,
+        Cmd::PingpongServer { .. } | Cmd::ConnServer(_) | Cmd::StreamServer(_)
+    ) {
         sh::install_signal_handlers();
     }
     let res = match cli.cmd {
@@ -216,6 +230,8 @@ fn main() {
         Cmd::PingpongClient { connect, seconds } => pingpong::client(&connect, seconds).map(|()| 0),
         Cmd::ConnServer(args) => connrate::server(&args).map(|()| 0),
         Cmd::ConnClient(args) => connrate::client(&args).map(|()| 0),
+        Cmd::StreamServer(args) => stream::server(&args).map(|()| 0),
+        Cmd::StreamClient(args) => stream::client(&args).map(|()| 0),
     };
     match res {
         Ok(code) => std::process::exit(code),

@@ -42,7 +42,7 @@ use serde_json::Value;
 use crate::{
     connrate::ClientResult,
     lab::{self, addr, in_netns, Cleanup, Daemon},
-    md,
+    md, plot,
     sh::{self, bg, first_line, json_of, Bg},
     stats::{ratio, ratio_cell, ratio_or, spread, Spread},
     Progress,
@@ -333,31 +333,46 @@ fn conn_server(x: &str, inst: &Instance) -> Result<Bg> {
 
 /// `dataplane stats`, summed over the programs.
 #[derive(Default)]
-struct Counters {
+pub(crate) struct Counters {
     /// None if this build has no such counter.
-    translated: Option<u64>,
-    drops: BTreeMap<String, u64>,
+    pub translated: Option<u64>,
+    pub drops: BTreeMap<String, u64>,
+}
+
+impl Counters {
+    /// From `dataplane stats --format json` output (empty if it does not
+    /// parse).
+    pub fn parse(stats_json: &str) -> Self {
+        let mut c = Counters::default();
+        let Ok(v) = serde_json::from_str::<Value>(stats_json) else {
+            return c;
+        };
+        let progs = v["programs"].as_array().or_else(|| v.as_array());
+        for p in progs.into_iter().flatten() {
+            if let Some(x) = p["translated"].as_u64() {
+                *c.translated.get_or_insert(0) += x;
+            }
+            for (k, n) in p["drops"].as_object().into_iter().flatten() {
+                *c.drops.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
+            }
+        }
+        c
+    }
+
+    /// The drop counters that grew from `before` to `self`, by how much.
+    pub fn grown_drops(&self, before: &Counters) -> Vec<(String, u64)> {
+        self.drops
+            .iter()
+            .filter_map(|(k, v)| {
+                let d = v.saturating_sub(before.drops.get(k).copied().unwrap_or(0));
+                (d > 0).then(|| (k.clone(), d))
+            })
+            .collect()
+    }
 }
 
 fn counters(d: &Daemon) -> Counters {
-    let mut c = Counters::default();
-    let Some(v) = d
-        .cli(&["stats", "--format", "json"])
-        .ok()
-        .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-    else {
-        return c;
-    };
-    let progs = v["programs"].as_array().or_else(|| v.as_array());
-    for p in progs.into_iter().flatten() {
-        if let Some(x) = p["translated"].as_u64() {
-            *c.translated.get_or_insert(0) += x;
-        }
-        for (k, n) in p["drops"].as_object().into_iter().flatten() {
-            *c.drops.entry(k.clone()).or_default() += n.as_u64().unwrap_or(0);
-        }
-    }
-    c
+    Counters::parse(&d.cli(&["stats", "--format", "json"]).unwrap_or_default())
 }
 
 /// What is attached to the eBPF host's uplink, for error messages.
@@ -980,12 +995,7 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
             if let (Some(b), Some(a)) = (b.translated, a.translated) {
                 ebpf_translated.push((inst.ports, a.saturating_sub(b)));
             }
-            for (k, v) in a.drops {
-                let d = v.saturating_sub(b.drops.get(&k).copied().unwrap_or(0));
-                if d > 0 {
-                    drops.push((k, d));
-                }
-            }
+            drops = a.grown_drops(&b);
         }
         if let Some(pt) = points
             .iter_mut()
@@ -1334,103 +1344,37 @@ pub fn append(doc: &str, section: Option<&str>) -> String {
 /// The SVG's file name beside the report `out` (BENCHMARKS.md ->
 /// BENCHMARKS-nat.svg).
 pub fn svg_path(out: &Path) -> PathBuf {
-    let stem = out
-        .file_stem()
-        .and_then(|s| s.to_str())
-        .unwrap_or("BENCHMARKS");
-    out.with_file_name(format!("{stem}-nat.svg"))
+    plot::beside(out, "nat")
 }
 
 /// Draws connections/s against published ports (log x axis), one line per
 /// path with min–max bars, to `path`. False if nothing was measured.
 pub fn svg(r: &Report, path: &Path) -> Result<bool> {
-    use plotters::prelude::*;
-
-    let series: Vec<(NatPath, Vec<(f64, Spread)>)> = PATHS
+    let series: Vec<plot::Series> = PATHS
         .iter()
-        .map(|&p| {
-            let pts = r
+        .map(|&p| plot::Series {
+            label: p.title(),
+            rgb: match p {
+                NatPath::Iptables => plot::RED,
+                NatPath::Ebpf => plot::BLUE,
+            },
+            points: r
                 .points
                 .iter()
                 .filter(|pt| pt.path == p)
                 .filter_map(|pt| pt.conn_per_s.clone().map(|s| (pt.ports as f64, s)))
-                .collect();
-            (p, pts)
+                .collect(),
         })
         .collect();
-    if series.iter().all(|(_, v)| v.is_empty()) {
-        return Ok(false);
-    }
-    let ymax = series
-        .iter()
-        .flat_map(|(_, v)| v.iter().map(|(_, s)| s.max))
-        .fold(0.0, f64::max)
-        * 1.35; // room for the legend above the data
-    let xmax = r.ports.iter().copied().max().unwrap_or(1).max(10) as f64 * 2.0;
-    let e = |e: &dyn std::fmt::Display| anyhow!("drawing {}: {e}", path.display());
-    let root = SVGBackend::new(path, (880, 540)).into_drawing_area();
-    root.fill(&WHITE).map_err(|x| e(&x))?;
-    let mut chart = ChartBuilder::on(&root)
-        .caption(
-            "New TCP connections/s to the last published port",
-            ("sans-serif", 22),
-        )
-        .margin(18)
-        .x_label_area_size(52)
-        .y_label_area_size(80)
-        .build_cartesian_2d((0.5f64..xmax).log_scale(), 0f64..ymax.max(1.0))
-        .map_err(|x| e(&x))?;
-    chart
-        .configure_mesh()
-        .x_desc("published ports (log scale)")
-        .y_desc("connections/s (median; bars: min–max over reps)")
-        .x_label_formatter(&|v| format!("{v:.0}"))
-        .y_label_formatter(&|v| format!("{v:.0}"))
-        .label_style(("sans-serif", 14))
-        .axis_desc_style(("sans-serif", 15))
-        .draw()
-        .map_err(|x| e(&x))?;
-    for (p, pts) in &series {
-        if pts.is_empty() {
-            continue;
-        }
-        let color = match p {
-            NatPath::Iptables => RGBColor(0xd6, 0x27, 0x28),
-            NatPath::Ebpf => RGBColor(0x1f, 0x77, 0xb4),
-        };
-        let label = p.title();
-        chart
-            .draw_series(LineSeries::new(
-                pts.iter().map(|(x, s)| (*x, s.median)),
-                color.stroke_width(3),
-            ))
-            .map_err(|x| e(&x))?
-            .label(label)
-            .legend(move |(x, y)| {
-                PathElement::new(vec![(x, y), (x + 24, y)], color.stroke_width(3))
-            });
-        chart
-            .draw_series(
-                pts.iter()
-                    .map(|(x, s)| Circle::new((*x, s.median), 5, color.filled())),
-            )
-            .map_err(|x| e(&x))?;
-        chart
-            .draw_series(pts.iter().map(|(x, s)| {
-                ErrorBar::new_vertical(*x, s.min, s.median, s.max, color.stroke_width(2), 12)
-            }))
-            .map_err(|x| e(&x))?;
-    }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperMiddle)
-        .label_font(("sans-serif", 15))
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .draw()
-        .map_err(|x| e(&x))?;
-    root.present().map_err(|x| e(&x))?;
-    Ok(true)
+    plot::curve(
+        path,
+        &plot::Labels {
+            caption: "New TCP connections/s to the last published port",
+            x: "published ports (log scale)",
+            y: "connections/s (median; bars: min–max over reps)",
+        },
+        &series,
+    )
 }
 
 #[cfg(test)]
@@ -1466,6 +1410,22 @@ mod tests {
         assert_eq!(sec.unwrap(), format!("{HEADING}\nx\n"));
         assert_eq!(split("# B\n").1, None);
         assert_eq!(append("", Some("## S\n")), "## S\n");
+    }
+
+    #[test]
+    fn counters_summed_over_programs_and_grown_drops() {
+        let before = Counters::parse(
+            r#"{"programs":[{"translated":3,"drops":{"no_route":1}},{"translated":4,"drops":{"no_route":2,"malformed":5}}]}"#,
+        );
+        assert_eq!(before.translated, Some(7));
+        assert_eq!(before.drops["no_route"], 3);
+        let after =
+            Counters::parse(r#"[{"translated":9,"drops":{"no_route":3,"malformed":6,"new":1}}]"#);
+        assert_eq!(
+            after.grown_drops(&before),
+            vec![("malformed".to_string(), 1), ("new".to_string(), 1)]
+        );
+        assert!(Counters::parse("not json").drops.is_empty());
     }
 
     #[test]

@@ -31,7 +31,13 @@ pub fn server(listen: &str) -> Result<()> {
 
 /// Prints `{"p50_us":..,"p99_us":..,"avg_us":..,"samples":..}` (round trips).
 pub fn client(connect: &str, seconds: u64) -> Result<()> {
-    let mut s = TcpStream::connect(connect).with_context(|| format!("connecting to {connect}"))?;
+    // Bounded: a path that drops the SYN is an error in 3 s, not after the
+    // kernel's SYN retries.
+    let to: std::net::SocketAddr = connect
+        .parse()
+        .with_context(|| format!("{connect:?} is not an IP:PORT"))?;
+    let mut s = TcpStream::connect_timeout(&to, Duration::from_secs(3))
+        .with_context(|| format!("connecting to {connect}"))?;
     s.set_nodelay(true)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
     let mut b = [0u8; 1];

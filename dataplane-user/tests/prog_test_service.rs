@@ -32,7 +32,10 @@
 mod common;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, Scratch};
+use common::{
+    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip_cmd, mac_str,
+    run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+};
 use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
     CtEntry, CtKey, DropReason, Endpoint, Network, PortKey, Service, ServiceCounters, Tunnel,
@@ -82,18 +85,6 @@ const NET: Network = Network {
 // ---------------------------------------------------------------------------
 // Frames, built from the RFCs independently of the code under test.
 // ---------------------------------------------------------------------------
-
-/// RFC 1071 over `b` (padded with a zero byte if odd).
-fn csum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
 
 fn ethernet(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -223,17 +214,6 @@ fn vxlan(
     ethernet(macs.0, macs.1, &ip)
 }
 
-fn be16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Checks that `out` is `inner` encapsulated from this host to `vtep`
 /// (outer MACs `macs`), and returns the outer UDP source port, which comes
 /// from the skb's flow hash (only its range is known here).
@@ -321,27 +301,6 @@ enum Outcome {
     DropLate(DropReason),
 }
 
-#[derive(Clone, Copy)]
-enum Prog {
-    Container,
-    Uplink,
-}
-
-impl Prog {
-    fn name(self) -> &'static str {
-        match self {
-            Prog::Container => "from_container",
-            Prog::Uplink => "from_uplink",
-        }
-    }
-    fn slot(self) -> usize {
-        match self {
-            Prog::Container => PROG_FROM_CONTAINER as usize,
-            Prog::Uplink => PROG_FROM_UPLINK as usize,
-        }
-    }
-}
-
 struct Lab {
     // Field order is drop order: close program and maps before unpinning.
     dp: Datapath,
@@ -358,43 +317,15 @@ impl Lab {
     fn new(tag: &str) -> Self {
         let l = local(IFINDEX_BASE + 1, 2);
         let m = local(IFINDEX_BASE + 2, 3);
-        for (n, ep) in [("l", &l), ("m", &m)] {
-            let (host, peer) = (format!("dps-{n}"), format!("dps-{n}-c"));
-            dataplane_user::netns::add_veth(&host, &peer, ep.ifindex)
-                .unwrap_or_else(|e| panic!("veth {host}: {e:#}"));
-            ip_cmd(&["link", "set", &host, "up"]);
-            ip_cmd(&["link", "set", &peer, "up"]);
-        }
-        ip_cmd(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        ip_cmd(&["link", "set", "ul0", "address", &mac_str(UL_MAC)]);
-        ip_cmd(&["link", "set", "ul0", "up"]);
-        ip_cmd(&["link", "set", "ul1", "up"]);
-        ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "ul0"]);
-        ip_cmd(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &dotted(ROUTER),
-            "dev",
+        container_veths("dps", &[("l", &l), ("m", &m)]);
+        let uplink = uplink_veth(
             "ul0",
-        ]);
-        for (addr, mac) in [(ROUTER, ROUTER_MAC), (NODE, NODE_MAC)] {
-            ip_cmd(&[
-                "neigh",
-                "add",
-                &dotted(addr),
-                "lladdr",
-                &mac_str(mac),
-                "dev",
-                "ul0",
-                "nud",
-                "permanent",
-            ]);
-        }
-        // The FIB lookup for BPF answers FWD_DISABLED on a non-forwarding device.
-        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
-        let uplink = nix::net::if_::if_nametoindex("ul0").expect("ul0");
+            "ul1",
+            UL_MAC,
+            HOST,
+            Some(ROUTER),
+            &[(ROUTER, ROUTER_MAC), (NODE, NODE_MAC)],
+        );
 
         let pins = Scratch::new(&format!("svc-{tag}"));
         let mut dp = Datapath::load(pins.path()).expect("loading the datapath");
@@ -486,15 +417,7 @@ impl Lab {
     /// Runs `frame`, asserts the verdict (and an untouched frame for a
     /// drop), books the program counters and returns the output.
     fn send(&mut self, what: &str, prog: Prog, ifindex: u32, frame: &[u8], o: Outcome) -> Vec<u8> {
-        let p: &aya::programs::SchedClassifier = self
-            .dp
-            .ebpf_mut()
-            .program(prog.name())
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        let (ret, out) = tc_test_run(p, ifindex, frame)
-            .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()));
+        let (ret, out) = run_prog(&mut self.dp, what, prog, ifindex, frame);
         let e = &mut self.expected[prog.slot()];
         e.packets += 1;
         e.bytes += frame.len() as u64;
@@ -536,39 +459,9 @@ impl Lab {
     }
 
     fn assert_stats(&self) {
-        let stats = self.dp.stats().expect("STATS");
-        for prog in [Prog::Container, Prog::Uplink] {
-            let got = &stats[prog.slot()];
-            let want = &self.expected[prog.slot()];
-            let name = prog.name();
-            assert_eq!(
-                (
-                    got.packets,
-                    got.bytes,
-                    got.redirected,
-                    got.passed,
-                    got.translated,
-                    got.ct_created
-                ),
-                (
-                    want.packets,
-                    want.bytes,
-                    want.redirected,
-                    want.passed,
-                    want.translated,
-                    want.ct_created
-                ),
-                "{name}: (packets, bytes, redirected, passed, translated, ct_created)"
-            );
-            for r in DropReason::ALL {
-                assert_eq!(
-                    got.drops[r.name()],
-                    want.drops[r as usize],
-                    "{name}: drops[{}]",
-                    r.name()
-                );
-            }
-        }
+        use Field::*;
+        let fields = [Packets, Bytes, Redirected, Passed, Translated, CtCreated];
+        assert_prog_stats(&self.dp, &self.expected, &fields);
     }
 }
 

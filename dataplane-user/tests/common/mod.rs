@@ -9,3 +9,83 @@
 mod testutil;
 
 pub use testutil::*;
+
+use dataplane_common::{Counters, DropReason, Endpoint};
+use dataplane_user::bpf::Datapath;
+
+/// The host side `{prefix}-{n}` (peer `{prefix}-{n}-c`) of each named
+/// container's veth, at the endpoint's ifindex, both ends up.
+pub fn container_veths(prefix: &str, eps: &[(&str, &Endpoint)]) {
+    for (n, ep) in eps {
+        let (host, peer) = (format!("{prefix}-{n}"), format!("{prefix}-{n}-c"));
+        dataplane_user::netns::add_veth(&host, &peer, ep.ifindex)
+            .unwrap_or_else(|e| panic!("veth {host}: {e:#}"));
+        ip_cmd(&["link", "set", &host, "up"]);
+        ip_cmd(&["link", "set", &peer, "up"]);
+    }
+}
+
+/// One BPF_PROG_TEST_RUN of `prog` on `frame` arriving at `ifindex`: the
+/// verdict and the output frame.
+pub fn run_prog(
+    dp: &mut Datapath,
+    what: &str,
+    prog: Prog,
+    ifindex: u32,
+    frame: &[u8],
+) -> (u32, Vec<u8>) {
+    let p: &aya::programs::SchedClassifier = dp
+        .ebpf_mut()
+        .program(prog.name())
+        .expect("program")
+        .try_into()
+        .expect("classifier");
+    tc_test_run(p, ifindex, frame)
+        .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()))
+}
+
+/// A counter of `Counters` / `ProgramStats` by the name both give it.
+#[derive(Clone, Copy, Debug)]
+pub enum Field {
+    Packets,
+    Bytes,
+    Redirected,
+    Passed,
+    ArpReplies,
+    Translated,
+    CtCreated,
+    AllocFailed,
+}
+
+/// Checks the named counters and every drop reason of both programs in
+/// `STATS` against what the cases booked in `expected`.
+pub fn assert_prog_stats(dp: &Datapath, expected: &[Counters; 2], fields: &[Field]) {
+    let stats = dp.stats().expect("STATS");
+    for prog in [Prog::Container, Prog::Uplink] {
+        let got = &stats[prog.slot()];
+        let want = &expected[prog.slot()];
+        let name = prog.name();
+        assert_eq!(got.name, name);
+        for f in fields {
+            let (g, w) = match f {
+                Field::Packets => (got.packets, want.packets),
+                Field::Bytes => (got.bytes, want.bytes),
+                Field::Redirected => (got.redirected, want.redirected),
+                Field::Passed => (got.passed, want.passed),
+                Field::ArpReplies => (got.arp_replies, want.arp_replies),
+                Field::Translated => (got.translated, want.translated),
+                Field::CtCreated => (got.ct_created, want.ct_created),
+                Field::AllocFailed => (got.alloc_failed, want.alloc_failed),
+            };
+            assert_eq!(g, w, "{name}: {f:?}");
+        }
+        for r in DropReason::ALL {
+            assert_eq!(
+                got.drops[r.name()],
+                want.drops[r as usize],
+                "{name}: drops[{}]",
+                r.name()
+            );
+        }
+    }
+}

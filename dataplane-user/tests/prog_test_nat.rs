@@ -1028,18 +1028,7 @@ impl Lab {
 
     /// Every counter of both programs against what the cases booked.
     fn assert_stats(&self) {
-        use Field::*;
-        let fields = [
-            Packets,
-            Bytes,
-            Redirected,
-            Passed,
-            ArpReplies,
-            Translated,
-            CtCreated,
-            AllocFailed,
-        ];
-        assert_prog_stats(&self.dp, &self.expected, &fields);
+        assert_prog_stats(&self.dp, &self.expected, &Field::ALL);
     }
 }
 

@@ -189,6 +189,16 @@ fn counted<T>(dp: &Datapath, f: impl FnOnce() -> T) -> (T, (u64, u64)) {
     (r, (after.0 - before.0, after.1 - before.1))
 }
 
+/// In the calling thread's namespace: a veth `dev` with `cidr`, up, whose
+/// peer `peer` is in the namespace at `peer_ns` (set up there).
+fn veth_to(dev: &str, peer: &str, peer_ns: &str, cidr: &str) {
+    ip(&[
+        "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", peer_ns,
+    ]);
+    ip(&["addr", "add", cidr, "dev", dev]);
+    ip(&["link", "set", dev, "up"]);
+}
+
 #[test]
 fn host_processes_reach_published_ports_without_a_proxy() {
     let scratch = Scratch::new("sockhook");
@@ -199,11 +209,7 @@ fn host_processes_reach_published_ports_without_a_proxy() {
     // The veth between "host" and "container".
     let cpath = fd_path(&container);
     run_in(&host, || {
-        ip(&[
-            "link", "add", "dpsk-h", "type", "veth", "peer", "name", "dpsk-c", "netns", &cpath,
-        ]);
-        ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "dpsk-h"]);
-        ip(&["link", "set", "dpsk-h", "up"]);
+        veth_to("dpsk-h", "dpsk-c", &cpath, &format!("{HOST_IP}/24"));
     });
     let (tcp, udp) = run_in(&container, || {
         ip(&[
@@ -693,18 +699,10 @@ fn vip_connects_are_balanced_over_the_replicas() {
 
     let rpath = fd_path(&replicas);
     run_in(&host, || {
-        ip(&[
-            "link", "add", "dpv-h", "type", "veth", "peer", "name", "dpv-r", "netns", &rpath,
-        ]);
-        ip(&["addr", "add", "10.231.78.1/24", "dev", "dpv-h"]);
-        ip(&["link", "set", "dpv-h", "up"]);
+        veth_to("dpv-h", "dpv-r", &rpath, "10.231.78.1/24");
     });
     run_in(&sandbox, || {
-        ip(&[
-            "link", "add", "dpv-s", "type", "veth", "peer", "name", "dpv-rs", "netns", &rpath,
-        ]);
-        ip(&["addr", "add", "10.231.79.2/24", "dev", "dpv-s"]);
-        ip(&["link", "set", "dpv-s", "up"]);
+        veth_to("dpv-s", "dpv-rs", &rpath, "10.231.79.2/24");
         ip(&["route", "add", "default", "via", "10.231.79.1"]);
     });
     let (tcp, udps) = run_in(&replicas, || {

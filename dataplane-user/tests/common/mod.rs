@@ -57,6 +57,19 @@ pub enum Field {
     AllocFailed,
 }
 
+impl Field {
+    pub const ALL: [Field; 8] = [
+        Field::Packets,
+        Field::Bytes,
+        Field::Redirected,
+        Field::Passed,
+        Field::ArpReplies,
+        Field::Translated,
+        Field::CtCreated,
+        Field::AllocFailed,
+    ];
+}
+
 /// Checks the named counters and every drop reason of both programs in
 /// `STATS` against what the cases booked in `expected`.
 pub fn assert_prog_stats(dp: &Datapath, expected: &[Counters; 2], fields: &[Field]) {

@@ -1188,6 +1188,38 @@ fn a_replica_without_ep_backend_pays_no_conntrack_lookup_and_its_reply_is_untouc
 // Live: a client, the host it connects to, and the replica's host.
 // ---------------------------------------------------------------------------
 
+/// The statistics of the datapath that the namespace thread `ns` keeps last.
+fn kept_stats(ns: &NsThread, host: &'static str) -> Vec<dataplane_user::bpf::ProgramStats> {
+    ns.run(move |keep| {
+        keep.last()
+            .and_then(|d| d.downcast_ref::<Datapath>())
+            .unwrap_or_else(|| panic!("{host}'s datapath"))
+            .stats()
+            .unwrap_or_else(|e| panic!("stats of {host}: {e:#}"))
+    })
+}
+
+/// Asserts that neither tc program of a host counted a drop of any reason.
+fn assert_no_drops(stats: &[dataplane_user::bpf::ProgramStats], host: &str) {
+    for s in &stats[..2] {
+        for r in DropReason::ALL {
+            assert_eq!(s.drops[r.name()], 0, "{host}: {} {}", s.name, r.name());
+        }
+    }
+}
+
+/// The connections `BACKEND_STATS` counted for replica `id`, over CPUs.
+fn backend_conns(dp: &mut Datapath, id: u32) -> u64 {
+    let m: PerCpuArray<&mut MapData, ServiceCounters> =
+        PerCpuArray::try_from(dp.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
+            .expect("BACKEND_STATS");
+    m.get(&id, 0)
+        .expect("counters")
+        .iter()
+        .map(|c| c.conns)
+        .sum()
+}
+
 #[test]
 fn a_client_reaches_a_replica_on_another_host_through_the_ingress_port() {
     in_private_netns(|| {
@@ -1373,11 +1405,7 @@ for _ in range(3):
         // Both hosts: no drop anywhere; A counted the connections for the
         // service and the replica; B's replies went through its tunnel path.
         let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
-            for s in &stats[..2] {
-                for r in DropReason::ALL {
-                    assert_eq!(s.drops[r.name()], 0, "{host}: {} {}", s.name, r.name());
-                }
-            }
+            assert_no_drops(&stats, host);
             (
                 stats[PROG_FROM_CONTAINER as usize].redirected,
                 stats[PROG_FROM_UPLINK as usize].redirected,
@@ -1385,23 +1413,9 @@ for _ in range(3):
         };
         let (_, up_a) = check(dp_a.stats().expect("stats A"), "host A");
         assert!(up_a > 0, "host A redirected nothing");
-        let m: PerCpuArray<&mut MapData, ServiceCounters> =
-            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
-                .expect("BACKEND_STATS");
-        let conns: u64 = m
-            .get(&ID_R, 0)
-            .expect("counters")
-            .iter()
-            .map(|c| c.conns)
-            .sum();
+        let conns = backend_conns(&mut dp_a, ID_R);
         assert_eq!(conns, 3, "host A: connections given to the replica");
-        let stats_b = host_b.run(|keep| {
-            keep.last()
-                .and_then(|d| d.downcast_ref::<Datapath>())
-                .expect("host B's datapath")
-                .stats()
-                .expect("stats B")
-        });
+        let stats_b = kept_stats(&host_b, "host B");
         let (fc_b, up_b) = check(stats_b, "host B");
         assert!(fc_b > 0 && up_b > 0, "host B: {fc_b} {up_b}");
         drop(dp_a);
@@ -1652,40 +1666,12 @@ for proto,sport in [{}]:
             "the VIP's neighbour entry: {neigh}"
         );
         // No drop on either host; A counted two flows for each replica.
-        let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
-            for s in &stats[..2] {
-                for reason in DropReason::ALL {
-                    assert_eq!(
-                        s.drops[reason.name()],
-                        0,
-                        "{host}: {} {}",
-                        s.name,
-                        reason.name()
-                    );
-                }
-            }
-        };
-        check(dp_a.stats().expect("stats A"), "host A");
-        let m: PerCpuArray<&mut MapData, ServiceCounters> =
-            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
-                .expect("BACKEND_STATS");
+        assert_no_drops(&dp_a.stats().expect("stats A"), "host A");
         for id in [ID_L, ID_R] {
-            let conns: u64 = m
-                .get(&id, 0)
-                .expect("counters")
-                .iter()
-                .map(|c| c.conns)
-                .sum();
+            let conns = backend_conns(&mut dp_a, id);
             assert_eq!(conns, 2, "host A: flows given to replica {id}");
         }
-        let stats_b = host_b.run(|keep| {
-            keep.last()
-                .and_then(|d| d.downcast_ref::<Datapath>())
-                .expect("host B's datapath")
-                .stats()
-                .expect("stats B")
-        });
-        check(stats_b, "host B");
+        assert_no_drops(&kept_stats(&host_b, "host B"), "host B");
         drop(dp_a);
         drop(pins_a);
     });

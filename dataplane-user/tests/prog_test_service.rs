@@ -33,8 +33,9 @@ mod common;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
 use common::{
-    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip_cmd, mac_str,
-    run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip, ip_cmd,
+    local, mac_str, remote, run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+    OVERLAY_NET,
 };
 use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
@@ -62,7 +63,7 @@ const NODE_MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 2, 2];
 const STATIC_VTEP: [u8; 4] = [192, 0, 2, 3];
 /// The client, outside the cluster (behind the router).
 const CLIENT: [u8; 4] = [198, 51, 100, 7];
-const VNI: u32 = 0x01_0a0b;
+const VNI: u32 = OVERLAY_NET.vni;
 const MTU: u32 = 1450;
 
 /// The ingress port, the replicas' port, the service's slot.
@@ -74,13 +75,7 @@ const ID_L: u32 = 10;
 const ID_R: u32 = 11;
 const ID_M: u32 = 12;
 
-const NET: Network = Network {
-    subnet: ipv4_wire([10, 7, 0, 0]),
-    mask: ipv4_wire([255, 255, 255, 0]),
-    gateway: ipv4_wire([10, 7, 0, 1]),
-    flags: 0,
-    vni: VNI,
-};
+const NET: Network = OVERLAY_NET;
 
 // ---------------------------------------------------------------------------
 // Frames, built from the RFCs independently of the code under test.
@@ -235,36 +230,6 @@ fn check_encap(what: &str, out: &[u8], inner: &[u8], vtep: [u8; 4], macs: ([u8; 
 // ---------------------------------------------------------------------------
 // The lab.
 // ---------------------------------------------------------------------------
-
-fn local(ifindex: u32, last: u8) -> Endpoint {
-    Endpoint {
-        ifindex,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0xee, 0xee, 10, 7, 0, last],
-        flags: 0,
-        vtep: 0,
-        net: NET,
-    }
-}
-
-fn remote(last: u8, vtep: [u8; 4]) -> Endpoint {
-    Endpoint {
-        ifindex: 0,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0; 6],
-        flags: EP_REMOTE,
-        vtep: ipv4_wire(vtep),
-        net: NET,
-    }
-}
-
-fn ip(ep: &Endpoint) -> [u8; 4] {
-    ipv4_octets(ep.ip)
-}
 
 fn tcp_key(s: ([u8; 4], u16), d: ([u8; 4], u16)) -> CtKey {
     CtKey::new(

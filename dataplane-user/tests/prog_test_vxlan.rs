@@ -23,8 +23,9 @@ mod common;
 
 use aya::{maps::HashMap, programs::SchedClassifier};
 use common::{
-    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip_cmd, mac_str,
-    run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip, ip_cmd,
+    local, mac_str, remote, run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+    OVERLAY_NET,
 };
 use dataplane_common::{
     ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Flood, Network, Tunnel, EP_LEARNED,
@@ -48,7 +49,7 @@ const STATIC_VTEP: [u8; 4] = [192, 0, 2, 3];
 const STATIC_MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 2, 3];
 /// Not in VTEPS.
 const STRANGER: [u8; 4] = [192, 0, 2, 77];
-const VNI: u32 = 0x01_0a0b;
+const VNI: u32 = OVERLAY_NET.vni;
 const MTU: u32 = 1450;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
@@ -170,44 +171,7 @@ impl VxOuter {
 // The lab.
 // ---------------------------------------------------------------------------
 
-const NET: Network = Network {
-    subnet: ipv4_wire([10, 7, 0, 0]),
-    mask: ipv4_wire([255, 255, 255, 0]),
-    gateway: ipv4_wire([10, 7, 0, 1]),
-    flags: 0,
-    vni: VNI,
-};
-
-fn local(ifindex: u32, last: u8) -> Endpoint {
-    Endpoint {
-        ifindex,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0xee, 0xee, 10, 7, 0, last],
-        flags: 0,
-        vtep: 0,
-        net: NET,
-    }
-}
-
-/// As the daemon writes another host's endpoint.
-fn remote(last: u8, vtep: [u8; 4]) -> Endpoint {
-    Endpoint {
-        ifindex: 0,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0; 6],
-        flags: EP_REMOTE,
-        vtep: ipv4_wire(vtep),
-        net: NET,
-    }
-}
-
-fn ip(ep: &Endpoint) -> [u8; 4] {
-    ipv4_octets(ep.ip)
-}
+const NET: Network = OVERLAY_NET;
 
 #[derive(Clone, Copy, Debug)]
 enum Outcome {

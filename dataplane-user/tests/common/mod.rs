@@ -10,7 +10,9 @@ mod testutil;
 
 pub use testutil::*;
 
-use dataplane_common::{Counters, DropReason, Endpoint};
+use dataplane_common::{
+    ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Network, EP_REMOTE,
+};
 use dataplane_user::bpf::Datapath;
 
 /// The host side `{prefix}-{n}` (peer `{prefix}-{n}-c`) of each named
@@ -101,4 +103,48 @@ pub fn assert_prog_stats(dp: &Datapath, expected: &[Counters; 2], fields: &[Fiel
             );
         }
     }
+}
+
+/// The overlay network of the VXLAN and service labs: 10.7.0.0/24,
+/// gateway 10.7.0.1, VNI 0x010a0b.
+pub const OVERLAY_NET: Network = Network {
+    subnet: ipv4_wire([10, 7, 0, 0]),
+    mask: ipv4_wire([255, 255, 255, 0]),
+    gateway: ipv4_wire([10, 7, 0, 1]),
+    flags: 0,
+    vni: 0x01_0a0b,
+};
+
+/// A container of `OVERLAY_NET` on this host, 10.7.0.`last`, at `ifindex`.
+pub fn local(ifindex: u32, last: u8) -> Endpoint {
+    Endpoint {
+        ifindex,
+        network_id: 1,
+        ip: ipv4_wire([10, 7, 0, last]),
+        mac: [0x02, 0x42, 10, 7, 0, last],
+        host_mac: [0xee, 0xee, 10, 7, 0, last],
+        flags: 0,
+        vtep: 0,
+        net: OVERLAY_NET,
+    }
+}
+
+/// A container of `OVERLAY_NET` behind `vtep`, as the daemon writes another
+/// host's endpoint.
+pub fn remote(last: u8, vtep: [u8; 4]) -> Endpoint {
+    Endpoint {
+        ifindex: 0,
+        network_id: 1,
+        ip: ipv4_wire([10, 7, 0, last]),
+        mac: [0x02, 0x42, 10, 7, 0, last],
+        host_mac: [0; 6],
+        flags: EP_REMOTE,
+        vtep: ipv4_wire(vtep),
+        net: OVERLAY_NET,
+    }
+}
+
+/// An endpoint's address in octets.
+pub fn ip(ep: &Endpoint) -> [u8; 4] {
+    ipv4_octets(ep.ip)
 }

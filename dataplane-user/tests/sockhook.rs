@@ -107,20 +107,32 @@ impl Drop for StopOnDrop<'_> {
 /// The container's TCP server: reads a request to EOF and answers
 /// `<request> from <peer address>`.
 fn tcp_server(l: TcpListener, stop: &AtomicBool) {
+    accept_loop(l, stop, Duration::from_millis(20), |mut s, peer| {
+        let mut req = String::new();
+        if s.read_to_string(&mut req).is_ok() {
+            let _ = write!(s, "{req} from {}", peer.ip());
+        }
+    });
+}
+
+/// Until `stop`: accepts on `l` (polling every `poll`) and hands each
+/// connection, blocking with the read timeout TIMEOUT, and its peer to
+/// `serve`, one at a time.
+fn accept_loop(
+    l: TcpListener,
+    stop: &AtomicBool,
+    poll: Duration,
+    serve: impl Fn(std::net::TcpStream, std::net::SocketAddr),
+) {
     l.set_nonblocking(true).unwrap();
     while !stop.load(Ordering::SeqCst) {
         match l.accept() {
-            Ok((mut s, peer)) => {
+            Ok((s, peer)) => {
                 s.set_nonblocking(false).unwrap();
                 s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                let mut req = String::new();
-                if s.read_to_string(&mut req).is_ok() {
-                    let _ = write!(s, "{req} from {}", peer.ip());
-                }
+                serve(s, peer);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(poll),
             Err(e) => panic!("accept: {e}"),
         }
     }
@@ -641,22 +653,11 @@ fn vip_request_to(to: SocketAddrV4) -> io::Result<(Ipv4Addr, SocketAddr, u64)> {
 /// A replica's TCP server: greets each connection with the address it was
 /// reached at and a newline, then echoes what it reads until EOF.
 fn replica_tcp_server(l: TcpListener, stop: &AtomicBool) {
-    l.set_nonblocking(true).unwrap();
-    while !stop.load(Ordering::SeqCst) {
-        match l.accept() {
-            Ok((mut s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                let local = s.local_addr().unwrap();
-                let _ = writeln!(s, "{}", local.ip());
-                let _ = io::copy(&mut s.try_clone().unwrap(), &mut s);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
+    accept_loop(l, stop, Duration::from_millis(1), |mut s, _| {
+        let local = s.local_addr().unwrap();
+        let _ = writeln!(s, "{}", local.ip());
+        let _ = io::copy(&mut s.try_clone().unwrap(), &mut s);
+    });
 }
 
 /// A replica's UDP server (bound to its own address): answers each

@@ -426,3 +426,98 @@ impl Drop for NsThread {
         }
     }
 }
+
+/// RFC 1071 over `b` (padded with a zero byte if odd).
+pub fn csum(b: &[u8]) -> u16 {
+    let mut s: u32 = b
+        .chunks(2)
+        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
+        .sum();
+    while s > 0xffff {
+        s = (s & 0xffff) + (s >> 16);
+    }
+    !(s as u16)
+}
+
+/// The big-endian u16 of a frame at `at`.
+pub fn be16(f: &[u8], at: usize) -> u16 {
+    u16::from_be_bytes([f[at], f[at + 1]])
+}
+
+/// Frames as space-separated hex, so a mismatch shows the differing bytes.
+pub fn hex(f: &[u8]) -> String {
+    f.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// The two tc programs the BPF_PROG_TEST_RUN tests run: their names in the
+/// object and their slots in `STATS`.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Prog {
+    Container,
+    Uplink,
+}
+
+impl Prog {
+    pub fn name(self) -> &'static str {
+        match self {
+            Prog::Container => "from_container",
+            Prog::Uplink => "from_uplink",
+        }
+    }
+
+    pub fn slot(self) -> usize {
+        match self {
+            Prog::Container => dataplane_common::PROG_FROM_CONTAINER as usize,
+            Prog::Uplink => dataplane_common::PROG_FROM_UPLINK as usize,
+        }
+    }
+}
+
+/// An uplink in the calling thread's namespace: the veth `dev` (MAC `mac`,
+/// address `addr`/24) with its peer `peer`, both up, a default route via
+/// `via` if given, permanent neighbours `neigh`, and forwarding on (the FIB
+/// lookup for BPF answers FWD_DISABLED on a non-forwarding device).
+/// Returns the ifindex of `dev`.
+pub fn uplink_veth(
+    dev: &str,
+    peer: &str,
+    mac: [u8; 6],
+    addr: [u8; 4],
+    via: Option<[u8; 4]>,
+    neigh: &[([u8; 4], [u8; 6])],
+) -> u32 {
+    ip_cmd(&["link", "add", dev, "type", "veth", "peer", "name", peer]);
+    ip_cmd(&["link", "set", dev, "address", &mac_str(mac)]);
+    ip_cmd(&["link", "set", dev, "up"]);
+    ip_cmd(&["link", "set", peer, "up"]);
+    ip_cmd(&["addr", "add", &format!("{}/24", dotted(addr)), "dev", dev]);
+    if let Some(router) = via {
+        ip_cmd(&[
+            "route",
+            "add",
+            "default",
+            "via",
+            &dotted(router),
+            "dev",
+            dev,
+        ]);
+    }
+    for (a, m) in neigh {
+        ip_cmd(&[
+            "neigh",
+            "add",
+            &dotted(*a),
+            "lladdr",
+            &mac_str(*m),
+            "dev",
+            dev,
+            "nud",
+            "permanent",
+        ]);
+    }
+    std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
+    nix::net::if_::if_nametoindex(dev).unwrap_or_else(|e| panic!("{dev}: {e}"))
+}

@@ -23,17 +23,17 @@
 
 mod common;
 
-use aya::{
-    maps::{HashMap, MapData},
-    programs::SchedClassifier,
+use aya::maps::{HashMap, MapData};
+use common::{
+    assert_prog_stats, be16, container_veths, dotted, hex, in_private_netns, ip_cmd, run_prog,
+    uplink_veth, Field, Prog, Scratch,
 };
-use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, Scratch};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, packet::nat::csum_fold, port_host, port_wire, Counters, CtEntry, CtKey,
     DropReason, Endpoint, FragKey, FragPorts, NatAddr, Network, PortKey, CT_DNAT, CT_HAIRPIN,
     CT_PUBLISHED, CT_REPLY, CT_SNAT, CT_TIMEOUT_TCP_SYN, CT_TIMEOUT_UDP, IFINDEX_BASE,
-    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_MIN, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
-    SEEN_CLOSING, SEEN_ESTABLISHED, SEEN_SYN, TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
+    IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, NAT_PORT_MIN, SEEN_CLOSING, SEEN_ESTABLISHED, SEEN_SYN,
+    TCP_ACK, TCP_FIN, TCP_RST, TCP_SYN,
 };
 use dataplane_user::bpf::Datapath;
 
@@ -387,10 +387,6 @@ impl Pkt {
 // Reading and checking output frames.
 // ---------------------------------------------------------------------------
 
-fn be16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
 fn ip4(f: &[u8], at: usize) -> [u8; 4] {
     f[at..at + 4].try_into().unwrap()
 }
@@ -496,13 +492,6 @@ fn assert_frame(what: &str, got: &[u8], want: &Pkt) {
         hex(&masked(&want)),
         "{what}: output frame"
     );
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
 }
 
 // ---------------------------------------------------------------------------
@@ -861,28 +850,6 @@ fn now_ns() -> u64 {
 // The lab.
 // ---------------------------------------------------------------------------
 
-#[derive(Clone, Copy, PartialEq, Eq, Debug)]
-enum Prog {
-    Container,
-    Uplink,
-}
-
-impl Prog {
-    fn name(self) -> &'static str {
-        match self {
-            Prog::Container => "from_container",
-            Prog::Uplink => "from_uplink",
-        }
-    }
-
-    fn slot(self) -> usize {
-        match self {
-            Prog::Container => PROG_FROM_CONTAINER as usize,
-            Prog::Uplink => PROG_FROM_UPLINK as usize,
-        }
-    }
-}
-
 /// What a program must do with a frame (the verdict and the counters).
 #[derive(Clone, Copy, Debug)]
 enum Outcome {
@@ -915,41 +882,15 @@ impl Lab {
         let net = network([172, 18, 0, 0], 16, [172, 18, 0, 1]);
         let a = endpoint(IFINDEX_BASE + 1, net, [172, 18, 0, 2]);
         let b = endpoint(IFINDEX_BASE + 2, net, [172, 18, 0, 3]);
-        for (n, ep) in [("a", &a), ("b", &b)] {
-            let (host, peer) = (format!("dpn-{n}"), format!("dpn-{n}-c"));
-            dataplane_user::netns::add_veth(&host, &peer, ep.ifindex)
-                .unwrap_or_else(|e| panic!("veth {host}: {e:#}"));
-            ip_cmd(&["link", "set", &host, "up"]);
-            ip_cmd(&["link", "set", &peer, "up"]);
-        }
-        ip_cmd(&["link", "add", "up0", "type", "veth", "peer", "name", "up1"]);
-        ip_cmd(&["link", "set", "up0", "address", &mac_str(UPLINK_MAC)]);
-        ip_cmd(&["link", "set", "up0", "up"]);
-        ip_cmd(&["link", "set", "up1", "up"]);
-        ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "up0"]);
-        ip_cmd(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &dotted(ROUTER),
-            "dev",
+        container_veths("dpn", &[("a", &a), ("b", &b)]);
+        let uplink = uplink_veth(
             "up0",
-        ]);
-        ip_cmd(&[
-            "neigh",
-            "add",
-            &dotted(ROUTER),
-            "lladdr",
-            &mac_str(ROUTER_MAC),
-            "dev",
-            "up0",
-            "nud",
-            "permanent",
-        ]);
-        // The FIB lookup for BPF answers FWD_DISABLED on a non-forwarding device.
-        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("enabling forwarding");
-        let uplink = nix::net::if_::if_nametoindex("up0").expect("up0");
+            "up1",
+            UPLINK_MAC,
+            HOST,
+            Some(ROUTER),
+            &[(ROUTER, ROUTER_MAC)],
+        );
 
         // Removed (pins and all) when the lab is dropped, even on failure.
         let pins = Scratch::new(&format!("nat-{tag}"));
@@ -970,15 +911,7 @@ impl Lab {
 
     /// One BPF_PROG_TEST_RUN of `prog` on `frame` from device `ifindex`.
     fn run(&mut self, prog: Prog, ifindex: u32, frame: &[u8]) -> (u32, Vec<u8>) {
-        let p: &SchedClassifier = self
-            .dp
-            .ebpf_mut()
-            .program(prog.name())
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        tc_test_run(p, ifindex, frame)
-            .unwrap_or_else(|e| panic!("BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()))
+        run_prog(&mut self.dp, "prog_test_nat", prog, ifindex, frame)
     }
 
     /// Runs `frame` through `prog`, asserts the verdict of `outcome` (and an
@@ -1095,43 +1028,7 @@ impl Lab {
 
     /// Every counter of both programs against what the cases booked.
     fn assert_stats(&self) {
-        let stats = self.dp.stats().expect("STATS");
-        for prog in [Prog::Container, Prog::Uplink] {
-            let got = &stats[prog.slot()];
-            let want = &self.expected[prog.slot()];
-            let name = prog.name();
-            assert_eq!(got.name, name);
-            assert_eq!(
-                (
-                    got.packets,
-                    got.bytes,
-                    got.redirected,
-                    got.passed,
-                    got.arp_replies
-                ),
-                (
-                    want.packets,
-                    want.bytes,
-                    want.redirected,
-                    want.passed,
-                    want.arp_replies
-                ),
-                "{name}: (packets, bytes, redirected, passed, arp_replies)"
-            );
-            assert_eq!(
-                (got.translated, got.ct_created, got.alloc_failed),
-                (want.translated, want.ct_created, want.alloc_failed),
-                "{name}: (translated, ct_created, alloc_failed)"
-            );
-            for r in DropReason::ALL {
-                assert_eq!(
-                    got.drops[r.name()],
-                    want.drops[r as usize],
-                    "{name}: drops[{}]",
-                    r.name()
-                );
-            }
-        }
+        assert_prog_stats(&self.dp, &self.expected, &Field::ALL);
     }
 }
 

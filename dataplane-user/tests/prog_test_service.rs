@@ -32,7 +32,11 @@
 mod common;
 
 use aya::maps::{Array, HashMap, MapData, PerCpuArray};
-use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, Scratch};
+use common::{
+    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip, ip_cmd,
+    local, mac_str, remote, run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+    OVERLAY_NET,
+};
 use dataplane_common::{
     flow_hash, ipv4_octets, ipv4_wire, maglev_index, port_host, port_wire, Backend, Counters,
     CtEntry, CtKey, DropReason, Endpoint, Network, PortKey, Service, ServiceCounters, Tunnel,
@@ -59,7 +63,7 @@ const NODE_MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 2, 2];
 const STATIC_VTEP: [u8; 4] = [192, 0, 2, 3];
 /// The client, outside the cluster (behind the router).
 const CLIENT: [u8; 4] = [198, 51, 100, 7];
-const VNI: u32 = 0x01_0a0b;
+const VNI: u32 = OVERLAY_NET.vni;
 const MTU: u32 = 1450;
 
 /// The ingress port, the replicas' port, the service's slot.
@@ -71,29 +75,11 @@ const ID_L: u32 = 10;
 const ID_R: u32 = 11;
 const ID_M: u32 = 12;
 
-const NET: Network = Network {
-    subnet: ipv4_wire([10, 7, 0, 0]),
-    mask: ipv4_wire([255, 255, 255, 0]),
-    gateway: ipv4_wire([10, 7, 0, 1]),
-    flags: 0,
-    vni: VNI,
-};
+const NET: Network = OVERLAY_NET;
 
 // ---------------------------------------------------------------------------
 // Frames, built from the RFCs independently of the code under test.
 // ---------------------------------------------------------------------------
-
-/// RFC 1071 over `b` (padded with a zero byte if odd).
-fn csum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
 
 fn ethernet(dst: [u8; 6], src: [u8; 6], payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -223,17 +209,6 @@ fn vxlan(
     ethernet(macs.0, macs.1, &ip)
 }
 
-fn be16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 /// Checks that `out` is `inner` encapsulated from this host to `vtep`
 /// (outer MACs `macs`), and returns the outer UDP source port, which comes
 /// from the skb's flow hash (only its range is known here).
@@ -255,36 +230,6 @@ fn check_encap(what: &str, out: &[u8], inner: &[u8], vtep: [u8; 4], macs: ([u8; 
 // ---------------------------------------------------------------------------
 // The lab.
 // ---------------------------------------------------------------------------
-
-fn local(ifindex: u32, last: u8) -> Endpoint {
-    Endpoint {
-        ifindex,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0xee, 0xee, 10, 7, 0, last],
-        flags: 0,
-        vtep: 0,
-        net: NET,
-    }
-}
-
-fn remote(last: u8, vtep: [u8; 4]) -> Endpoint {
-    Endpoint {
-        ifindex: 0,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0; 6],
-        flags: EP_REMOTE,
-        vtep: ipv4_wire(vtep),
-        net: NET,
-    }
-}
-
-fn ip(ep: &Endpoint) -> [u8; 4] {
-    ipv4_octets(ep.ip)
-}
 
 fn tcp_key(s: ([u8; 4], u16), d: ([u8; 4], u16)) -> CtKey {
     CtKey::new(
@@ -321,27 +266,6 @@ enum Outcome {
     DropLate(DropReason),
 }
 
-#[derive(Clone, Copy)]
-enum Prog {
-    Container,
-    Uplink,
-}
-
-impl Prog {
-    fn name(self) -> &'static str {
-        match self {
-            Prog::Container => "from_container",
-            Prog::Uplink => "from_uplink",
-        }
-    }
-    fn slot(self) -> usize {
-        match self {
-            Prog::Container => PROG_FROM_CONTAINER as usize,
-            Prog::Uplink => PROG_FROM_UPLINK as usize,
-        }
-    }
-}
-
 struct Lab {
     // Field order is drop order: close program and maps before unpinning.
     dp: Datapath,
@@ -358,43 +282,15 @@ impl Lab {
     fn new(tag: &str) -> Self {
         let l = local(IFINDEX_BASE + 1, 2);
         let m = local(IFINDEX_BASE + 2, 3);
-        for (n, ep) in [("l", &l), ("m", &m)] {
-            let (host, peer) = (format!("dps-{n}"), format!("dps-{n}-c"));
-            dataplane_user::netns::add_veth(&host, &peer, ep.ifindex)
-                .unwrap_or_else(|e| panic!("veth {host}: {e:#}"));
-            ip_cmd(&["link", "set", &host, "up"]);
-            ip_cmd(&["link", "set", &peer, "up"]);
-        }
-        ip_cmd(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        ip_cmd(&["link", "set", "ul0", "address", &mac_str(UL_MAC)]);
-        ip_cmd(&["link", "set", "ul0", "up"]);
-        ip_cmd(&["link", "set", "ul1", "up"]);
-        ip_cmd(&["addr", "add", &format!("{}/24", dotted(HOST)), "dev", "ul0"]);
-        ip_cmd(&[
-            "route",
-            "add",
-            "default",
-            "via",
-            &dotted(ROUTER),
-            "dev",
+        container_veths("dps", &[("l", &l), ("m", &m)]);
+        let uplink = uplink_veth(
             "ul0",
-        ]);
-        for (addr, mac) in [(ROUTER, ROUTER_MAC), (NODE, NODE_MAC)] {
-            ip_cmd(&[
-                "neigh",
-                "add",
-                &dotted(addr),
-                "lladdr",
-                &mac_str(mac),
-                "dev",
-                "ul0",
-                "nud",
-                "permanent",
-            ]);
-        }
-        // The FIB lookup for BPF answers FWD_DISABLED on a non-forwarding device.
-        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
-        let uplink = nix::net::if_::if_nametoindex("ul0").expect("ul0");
+            "ul1",
+            UL_MAC,
+            HOST,
+            Some(ROUTER),
+            &[(ROUTER, ROUTER_MAC), (NODE, NODE_MAC)],
+        );
 
         let pins = Scratch::new(&format!("svc-{tag}"));
         let mut dp = Datapath::load(pins.path()).expect("loading the datapath");
@@ -486,15 +382,7 @@ impl Lab {
     /// Runs `frame`, asserts the verdict (and an untouched frame for a
     /// drop), books the program counters and returns the output.
     fn send(&mut self, what: &str, prog: Prog, ifindex: u32, frame: &[u8], o: Outcome) -> Vec<u8> {
-        let p: &aya::programs::SchedClassifier = self
-            .dp
-            .ebpf_mut()
-            .program(prog.name())
-            .expect("program")
-            .try_into()
-            .expect("classifier");
-        let (ret, out) = tc_test_run(p, ifindex, frame)
-            .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()));
+        let (ret, out) = run_prog(&mut self.dp, what, prog, ifindex, frame);
         let e = &mut self.expected[prog.slot()];
         e.packets += 1;
         e.bytes += frame.len() as u64;
@@ -536,39 +424,9 @@ impl Lab {
     }
 
     fn assert_stats(&self) {
-        let stats = self.dp.stats().expect("STATS");
-        for prog in [Prog::Container, Prog::Uplink] {
-            let got = &stats[prog.slot()];
-            let want = &self.expected[prog.slot()];
-            let name = prog.name();
-            assert_eq!(
-                (
-                    got.packets,
-                    got.bytes,
-                    got.redirected,
-                    got.passed,
-                    got.translated,
-                    got.ct_created
-                ),
-                (
-                    want.packets,
-                    want.bytes,
-                    want.redirected,
-                    want.passed,
-                    want.translated,
-                    want.ct_created
-                ),
-                "{name}: (packets, bytes, redirected, passed, translated, ct_created)"
-            );
-            for r in DropReason::ALL {
-                assert_eq!(
-                    got.drops[r.name()],
-                    want.drops[r as usize],
-                    "{name}: drops[{}]",
-                    r.name()
-                );
-            }
-        }
+        use Field::*;
+        let fields = [Packets, Bytes, Redirected, Passed, Translated, CtCreated];
+        assert_prog_stats(&self.dp, &self.expected, &fields);
     }
 }
 
@@ -1295,6 +1153,38 @@ fn a_replica_without_ep_backend_pays_no_conntrack_lookup_and_its_reply_is_untouc
 // Live: a client, the host it connects to, and the replica's host.
 // ---------------------------------------------------------------------------
 
+/// The statistics of the datapath that the namespace thread `ns` keeps last.
+fn kept_stats(ns: &NsThread, host: &'static str) -> Vec<dataplane_user::bpf::ProgramStats> {
+    ns.run(move |keep| {
+        keep.last()
+            .and_then(|d| d.downcast_ref::<Datapath>())
+            .unwrap_or_else(|| panic!("{host}'s datapath"))
+            .stats()
+            .unwrap_or_else(|e| panic!("stats of {host}: {e:#}"))
+    })
+}
+
+/// Asserts that neither tc program of a host counted a drop of any reason.
+fn assert_no_drops(stats: &[dataplane_user::bpf::ProgramStats], host: &str) {
+    for s in &stats[..2] {
+        for r in DropReason::ALL {
+            assert_eq!(s.drops[r.name()], 0, "{host}: {} {}", s.name, r.name());
+        }
+    }
+}
+
+/// The connections `BACKEND_STATS` counted for replica `id`, over CPUs.
+fn backend_conns(dp: &mut Datapath, id: u32) -> u64 {
+    let m: PerCpuArray<&mut MapData, ServiceCounters> =
+        PerCpuArray::try_from(dp.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
+            .expect("BACKEND_STATS");
+    m.get(&id, 0)
+        .expect("counters")
+        .iter()
+        .map(|c| c.conns)
+        .sum()
+}
+
 #[test]
 fn a_client_reaches_a_replica_on_another_host_through_the_ingress_port() {
     in_private_netns(|| {
@@ -1480,11 +1370,7 @@ for _ in range(3):
         // Both hosts: no drop anywhere; A counted the connections for the
         // service and the replica; B's replies went through its tunnel path.
         let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
-            for s in &stats[..2] {
-                for r in DropReason::ALL {
-                    assert_eq!(s.drops[r.name()], 0, "{host}: {} {}", s.name, r.name());
-                }
-            }
+            assert_no_drops(&stats, host);
             (
                 stats[PROG_FROM_CONTAINER as usize].redirected,
                 stats[PROG_FROM_UPLINK as usize].redirected,
@@ -1492,23 +1378,9 @@ for _ in range(3):
         };
         let (_, up_a) = check(dp_a.stats().expect("stats A"), "host A");
         assert!(up_a > 0, "host A redirected nothing");
-        let m: PerCpuArray<&mut MapData, ServiceCounters> =
-            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
-                .expect("BACKEND_STATS");
-        let conns: u64 = m
-            .get(&ID_R, 0)
-            .expect("counters")
-            .iter()
-            .map(|c| c.conns)
-            .sum();
+        let conns = backend_conns(&mut dp_a, ID_R);
         assert_eq!(conns, 3, "host A: connections given to the replica");
-        let stats_b = host_b.run(|keep| {
-            keep.last()
-                .and_then(|d| d.downcast_ref::<Datapath>())
-                .expect("host B's datapath")
-                .stats()
-                .expect("stats B")
-        });
+        let stats_b = kept_stats(&host_b, "host B");
         let (fc_b, up_b) = check(stats_b, "host B");
         assert!(fc_b > 0 && up_b > 0, "host B: {fc_b} {up_b}");
         drop(dp_a);
@@ -1759,40 +1631,12 @@ for proto,sport in [{}]:
             "the VIP's neighbour entry: {neigh}"
         );
         // No drop on either host; A counted two flows for each replica.
-        let check = |stats: Vec<dataplane_user::bpf::ProgramStats>, host: &str| {
-            for s in &stats[..2] {
-                for reason in DropReason::ALL {
-                    assert_eq!(
-                        s.drops[reason.name()],
-                        0,
-                        "{host}: {} {}",
-                        s.name,
-                        reason.name()
-                    );
-                }
-            }
-        };
-        check(dp_a.stats().expect("stats A"), "host A");
-        let m: PerCpuArray<&mut MapData, ServiceCounters> =
-            PerCpuArray::try_from(dp_a.ebpf_mut().map_mut("BACKEND_STATS").expect("map"))
-                .expect("BACKEND_STATS");
+        assert_no_drops(&dp_a.stats().expect("stats A"), "host A");
         for id in [ID_L, ID_R] {
-            let conns: u64 = m
-                .get(&id, 0)
-                .expect("counters")
-                .iter()
-                .map(|c| c.conns)
-                .sum();
+            let conns = backend_conns(&mut dp_a, id);
             assert_eq!(conns, 2, "host A: flows given to replica {id}");
         }
-        let stats_b = host_b.run(|keep| {
-            keep.last()
-                .and_then(|d| d.downcast_ref::<Datapath>())
-                .expect("host B's datapath")
-                .stats()
-                .expect("stats B")
-        });
-        check(stats_b, "host B");
+        assert_no_drops(&kept_stats(&host_b, "host B"), "host B");
         drop(dp_a);
         drop(pins_a);
     });

@@ -22,7 +22,11 @@
 mod common;
 
 use aya::{maps::HashMap, programs::SchedClassifier};
-use common::{dotted, in_private_netns, ip_cmd, mac_str, tc_test_run, NsThread, Scratch};
+use common::{
+    assert_prog_stats, be16, container_veths, csum, dotted, hex, in_private_netns, ip, ip_cmd,
+    local, mac_str, remote, run_prog, tc_test_run, uplink_veth, Field, NsThread, Prog, Scratch,
+    OVERLAY_NET,
+};
 use dataplane_common::{
     ipv4_octets, ipv4_wire, Counters, DropReason, Endpoint, Flood, Network, Tunnel, EP_LEARNED,
     EP_REMOTE, FLOOD_LOOP_MARK, IFINDEX_BASE, MAX_FLOOD, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
@@ -45,25 +49,13 @@ const STATIC_VTEP: [u8; 4] = [192, 0, 2, 3];
 const STATIC_MAC: [u8; 6] = [0x02, 0, 0x5e, 0, 2, 3];
 /// Not in VTEPS.
 const STRANGER: [u8; 4] = [192, 0, 2, 77];
-const VNI: u32 = 0x01_0a0b;
+const VNI: u32 = OVERLAY_NET.vni;
 const MTU: u32 = 1450;
 const BROADCAST: [u8; 6] = [0xff; 6];
 
 // ---------------------------------------------------------------------------
 // Frames, built from the RFCs independently of the code under test.
 // ---------------------------------------------------------------------------
-
-/// RFC 1071 over `b` (padded with a zero byte if odd).
-fn csum(b: &[u8]) -> u16 {
-    let mut s: u32 = b
-        .chunks(2)
-        .map(|w| u32::from(u16::from_be_bytes([w[0], *w.get(1).unwrap_or(&0)])))
-        .sum();
-    while s > 0xffff {
-        s = (s & 0xffff) + (s >> 16);
-    }
-    !(s as u16)
-}
 
 fn ethernet(dst: [u8; 6], src: [u8; 6], ethertype: u16, payload: &[u8]) -> Vec<u8> {
     let mut f = Vec::new();
@@ -175,59 +167,11 @@ impl VxOuter {
     }
 }
 
-fn be16(f: &[u8], at: usize) -> u16 {
-    u16::from_be_bytes([f[at], f[at + 1]])
-}
-
-fn hex(f: &[u8]) -> String {
-    f.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
 // ---------------------------------------------------------------------------
 // The lab.
 // ---------------------------------------------------------------------------
 
-const NET: Network = Network {
-    subnet: ipv4_wire([10, 7, 0, 0]),
-    mask: ipv4_wire([255, 255, 255, 0]),
-    gateway: ipv4_wire([10, 7, 0, 1]),
-    flags: 0,
-    vni: VNI,
-};
-
-fn local(ifindex: u32, last: u8) -> Endpoint {
-    Endpoint {
-        ifindex,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0xee, 0xee, 10, 7, 0, last],
-        flags: 0,
-        vtep: 0,
-        net: NET,
-    }
-}
-
-/// As the daemon writes another host's endpoint.
-fn remote(last: u8, vtep: [u8; 4]) -> Endpoint {
-    Endpoint {
-        ifindex: 0,
-        network_id: 1,
-        ip: ipv4_wire([10, 7, 0, last]),
-        mac: [0x02, 0x42, 10, 7, 0, last],
-        host_mac: [0; 6],
-        flags: EP_REMOTE,
-        vtep: ipv4_wire(vtep),
-        net: NET,
-    }
-}
-
-fn ip(ep: &Endpoint) -> [u8; 4] {
-    ipv4_octets(ep.ip)
-}
+const NET: Network = OVERLAY_NET;
 
 #[derive(Clone, Copy, Debug)]
 enum Outcome {
@@ -241,27 +185,6 @@ enum Outcome {
     Drop(DropReason),
     /// Refused for the reason but answered (7, counted as that drop).
     Refused(DropReason),
-}
-
-#[derive(Clone, Copy)]
-enum Prog {
-    Container,
-    Uplink,
-}
-
-impl Prog {
-    fn name(self) -> &'static str {
-        match self {
-            Prog::Container => "from_container",
-            Prog::Uplink => "from_uplink",
-        }
-    }
-    fn slot(self) -> usize {
-        match self {
-            Prog::Container => PROG_FROM_CONTAINER as usize,
-            Prog::Uplink => PROG_FROM_UPLINK as usize,
-        }
-    }
 }
 
 struct Lab {
@@ -281,38 +204,15 @@ impl Lab {
     fn new(tag: &str) -> Self {
         let a = local(IFINDEX_BASE + 1, 2);
         let b = local(IFINDEX_BASE + 2, 3);
-        for (n, ep) in [("a", &a), ("b", &b)] {
-            let (host, peer) = (format!("dpv-{n}"), format!("dpv-{n}-c"));
-            dataplane_user::netns::add_veth(&host, &peer, ep.ifindex)
-                .unwrap_or_else(|e| panic!("veth {host}: {e:#}"));
-            ip_cmd(&["link", "set", &host, "up"]);
-            ip_cmd(&["link", "set", &peer, "up"]);
-        }
-        ip_cmd(&["link", "add", "ul0", "type", "veth", "peer", "name", "ul1"]);
-        ip_cmd(&["link", "set", "ul0", "address", &mac_str(UL_MAC)]);
-        ip_cmd(&["link", "set", "ul0", "up"]);
-        ip_cmd(&["link", "set", "ul1", "up"]);
-        ip_cmd(&[
-            "addr",
-            "add",
-            &format!("{}/24", dotted(LOCAL_VTEP)),
-            "dev",
+        container_veths("dpv", &[("a", &a), ("b", &b)]);
+        let uplink = uplink_veth(
             "ul0",
-        ]);
-        ip_cmd(&[
-            "neigh",
-            "add",
-            &dotted(NODE_VTEP),
-            "lladdr",
-            &mac_str(NODE_MAC),
-            "dev",
-            "ul0",
-            "nud",
-            "permanent",
-        ]);
-        // The FIB lookup for BPF answers FWD_DISABLED on a non-forwarding device.
-        std::fs::write("/proc/sys/net/ipv4/conf/all/forwarding", "1").expect("forwarding");
-        let uplink = nix::net::if_::if_nametoindex("ul0").expect("ul0");
+            "ul1",
+            UL_MAC,
+            LOCAL_VTEP,
+            None,
+            &[(NODE_VTEP, NODE_MAC)],
+        );
 
         let pins = Scratch::new(&format!("vxlan-{tag}"));
         let mut dp = Datapath::load(pins.path()).expect("loading the datapath");
@@ -357,8 +257,7 @@ impl Lab {
     /// Runs `frame`, asserts the verdict (and an untouched frame for a pass
     /// or a drop), books the counters and returns the output.
     fn send(&mut self, what: &str, prog: Prog, ifindex: u32, frame: &[u8], o: Outcome) -> Vec<u8> {
-        let (ret, out) = tc_test_run(self.program(prog), ifindex, frame)
-            .unwrap_or_else(|e| panic!("{what}: BPF_PROG_TEST_RUN of {}: {e:?}", prog.name()));
+        let (ret, out) = run_prog(&mut self.dp, what, prog, ifindex, frame);
         let e = &mut self.expected[prog.slot()];
         e.packets += 1;
         e.bytes += frame.len() as u64;
@@ -408,39 +307,9 @@ impl Lab {
     }
 
     fn assert_stats(&self) {
-        let stats = self.dp.stats().expect("STATS");
-        for prog in [Prog::Container, Prog::Uplink] {
-            let got = &stats[prog.slot()];
-            let want = &self.expected[prog.slot()];
-            let name = prog.name();
-            assert_eq!(
-                (
-                    got.packets,
-                    got.bytes,
-                    got.redirected,
-                    got.passed,
-                    got.arp_replies,
-                    got.translated
-                ),
-                (
-                    want.packets,
-                    want.bytes,
-                    want.redirected,
-                    want.passed,
-                    want.arp_replies,
-                    want.translated
-                ),
-                "{name}: (packets, bytes, redirected, passed, arp_replies, translated)"
-            );
-            for r in DropReason::ALL {
-                assert_eq!(
-                    got.drops[r.name()],
-                    want.drops[r as usize],
-                    "{name}: drops[{}]",
-                    r.name()
-                );
-            }
-        }
+        use Field::*;
+        let fields = [Packets, Bytes, Redirected, Passed, ArpReplies, Translated];
+        assert_prog_stats(&self.dp, &self.expected, &fields);
     }
 }
 

@@ -107,20 +107,32 @@ impl Drop for StopOnDrop<'_> {
 /// The container's TCP server: reads a request to EOF and answers
 /// `<request> from <peer address>`.
 fn tcp_server(l: TcpListener, stop: &AtomicBool) {
+    accept_loop(l, stop, Duration::from_millis(20), |mut s, peer| {
+        let mut req = String::new();
+        if s.read_to_string(&mut req).is_ok() {
+            let _ = write!(s, "{req} from {}", peer.ip());
+        }
+    });
+}
+
+/// Until `stop`: accepts on `l` (polling every `poll`) and hands each
+/// connection, blocking with the read timeout TIMEOUT, and its peer to
+/// `serve`, one at a time.
+fn accept_loop(
+    l: TcpListener,
+    stop: &AtomicBool,
+    poll: Duration,
+    serve: impl Fn(std::net::TcpStream, std::net::SocketAddr),
+) {
     l.set_nonblocking(true).unwrap();
     while !stop.load(Ordering::SeqCst) {
         match l.accept() {
-            Ok((mut s, peer)) => {
+            Ok((s, peer)) => {
                 s.set_nonblocking(false).unwrap();
                 s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                let mut req = String::new();
-                if s.read_to_string(&mut req).is_ok() {
-                    let _ = write!(s, "{req} from {}", peer.ip());
-                }
+                serve(s, peer);
             }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(20))
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::sleep(poll),
             Err(e) => panic!("accept: {e}"),
         }
     }
@@ -189,6 +201,16 @@ fn counted<T>(dp: &Datapath, f: impl FnOnce() -> T) -> (T, (u64, u64)) {
     (r, (after.0 - before.0, after.1 - before.1))
 }
 
+/// In the calling thread's namespace: a veth `dev` with `cidr`, up, whose
+/// peer `peer` is in the namespace at `peer_ns` (set up there).
+fn veth_to(dev: &str, peer: &str, peer_ns: &str, cidr: &str) {
+    ip(&[
+        "link", "add", dev, "type", "veth", "peer", "name", peer, "netns", peer_ns,
+    ]);
+    ip(&["addr", "add", cidr, "dev", dev]);
+    ip(&["link", "set", dev, "up"]);
+}
+
 #[test]
 fn host_processes_reach_published_ports_without_a_proxy() {
     let scratch = Scratch::new("sockhook");
@@ -199,11 +221,7 @@ fn host_processes_reach_published_ports_without_a_proxy() {
     // The veth between "host" and "container".
     let cpath = fd_path(&container);
     run_in(&host, || {
-        ip(&[
-            "link", "add", "dpsk-h", "type", "veth", "peer", "name", "dpsk-c", "netns", &cpath,
-        ]);
-        ip(&["addr", "add", &format!("{HOST_IP}/24"), "dev", "dpsk-h"]);
-        ip(&["link", "set", "dpsk-h", "up"]);
+        veth_to("dpsk-h", "dpsk-c", &cpath, &format!("{HOST_IP}/24"));
     });
     let (tcp, udp) = run_in(&container, || {
         ip(&[
@@ -635,22 +653,11 @@ fn vip_request_to(to: SocketAddrV4) -> io::Result<(Ipv4Addr, SocketAddr, u64)> {
 /// A replica's TCP server: greets each connection with the address it was
 /// reached at and a newline, then echoes what it reads until EOF.
 fn replica_tcp_server(l: TcpListener, stop: &AtomicBool) {
-    l.set_nonblocking(true).unwrap();
-    while !stop.load(Ordering::SeqCst) {
-        match l.accept() {
-            Ok((mut s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(TIMEOUT)).unwrap();
-                let local = s.local_addr().unwrap();
-                let _ = writeln!(s, "{}", local.ip());
-                let _ = io::copy(&mut s.try_clone().unwrap(), &mut s);
-            }
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                std::thread::sleep(Duration::from_millis(1))
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
+    accept_loop(l, stop, Duration::from_millis(1), |mut s, _| {
+        let local = s.local_addr().unwrap();
+        let _ = writeln!(s, "{}", local.ip());
+        let _ = io::copy(&mut s.try_clone().unwrap(), &mut s);
+    });
 }
 
 /// A replica's UDP server (bound to its own address): answers each
@@ -693,18 +700,10 @@ fn vip_connects_are_balanced_over_the_replicas() {
 
     let rpath = fd_path(&replicas);
     run_in(&host, || {
-        ip(&[
-            "link", "add", "dpv-h", "type", "veth", "peer", "name", "dpv-r", "netns", &rpath,
-        ]);
-        ip(&["addr", "add", "10.231.78.1/24", "dev", "dpv-h"]);
-        ip(&["link", "set", "dpv-h", "up"]);
+        veth_to("dpv-h", "dpv-r", &rpath, "10.231.78.1/24");
     });
     run_in(&sandbox, || {
-        ip(&[
-            "link", "add", "dpv-s", "type", "veth", "peer", "name", "dpv-rs", "netns", &rpath,
-        ]);
-        ip(&["addr", "add", "10.231.79.2/24", "dev", "dpv-s"]);
-        ip(&["link", "set", "dpv-s", "up"]);
+        veth_to("dpv-s", "dpv-rs", &rpath, "10.231.79.2/24");
         ip(&["route", "add", "default", "via", "10.231.79.1"]);
     });
     let (tcp, udps) = run_in(&replicas, || {

@@ -371,8 +371,9 @@ fn vip(dp: &mut Datapath, replica: &mut Endpoint) -> Result<()> {
 
 const VIP: [u8; 4] = [10, 0, 0, 100];
 
-/// A 64-byte TCP segment (`flags`) `src` -> `dst` between containers of
-/// the bench network (MACs `macs`: destination, source).
+/// A 64-byte TCP segment (`flags`) `src` -> `dst` with MACs `macs`
+/// (destination, source): between containers of the bench network, or
+/// from the underlay (`ingress_frame`).
 fn container_tcp(
     macs: ([u8; 6], [u8; 6]),
     src: ([u8; 4], u16),
@@ -400,22 +401,12 @@ fn container_tcp(
 /// A 64-byte TCP segment (`flags`) from 198.51.100.7:`sport` to this
 /// host's VTEP address, port `dport`, as it arrives on the underlay.
 fn ingress_frame(sport: u16, dport: u16, flags: u8) -> Vec<u8> {
-    let mut f = vec![0u8; 64];
-    f[0..6].copy_from_slice(&[0x02, 0, 0x5e, 0, 2, 1]);
-    f[6..12].copy_from_slice(&[0x02, 0, 0x5e, 0, 2, 2]);
-    f[12..14].copy_from_slice(&[0x08, 0x00]);
-    f[14] = 0x45;
-    f[16..18].copy_from_slice(&50u16.to_be_bytes());
-    f[20] = 0x40;
-    f[22] = 64;
-    f[23] = 6;
-    f[26..30].copy_from_slice(&[198, 51, 100, 7]);
-    f[30..34].copy_from_slice(&LOCAL_VTEP);
-    f[34..36].copy_from_slice(&sport.to_be_bytes());
-    f[36..38].copy_from_slice(&dport.to_be_bytes());
-    f[46] = 0x50;
-    f[47] = flags;
-    f
+    container_tcp(
+        ([0x02, 0, 0x5e, 0, 2, 1], [0x02, 0, 0x5e, 0, 2, 2]),
+        ([198, 51, 100, 7], sport),
+        (LOCAL_VTEP, dport),
+        flags,
+    )
 }
 
 /// The measurement proper; runs on a thread of its own, which it moves into

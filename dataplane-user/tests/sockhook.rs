@@ -655,7 +655,8 @@ fn vip_request_to(to: SocketAddrV4) -> io::Result<(Ipv4Addr, SocketAddr, u64)> {
 fn replica_tcp_server(l: TcpListener, stop: &AtomicBool) {
     accept_loop(l, stop, Duration::from_millis(1), |mut s, _| {
         let local = s.local_addr().unwrap();
-        let _ = writeln!(s, "{}", local.ip());
+        // One write: a reader must not see the line in pieces.
+        let _ = s.write_all(format!("{}\n", local.ip()).as_bytes());
         let _ = io::copy(&mut s.try_clone().unwrap(), &mut s);
     });
 }
@@ -852,13 +853,14 @@ fn vip_connects_are_balanced_over_the_replicas() {
         // follows the new table, and a connection it already has goes on
         // (still shown as the VIP).
         let (mut held, _) = run_in(&host, || tcp_connect(SocketAddrV4::new(VIP, 80))).unwrap();
-        let mut greeting = [0u8; 16];
-        let n = held.read(&mut greeting).unwrap();
-        let dying: Ipv4Addr = std::str::from_utf8(&greeting[..n])
-            .unwrap()
-            .trim_end()
-            .parse()
-            .unwrap();
+        // The whole greeting line (one read may return part of it).
+        let mut greeting = String::new();
+        io::BufRead::read_line(
+            &mut io::BufReader::new(held.try_clone().unwrap()),
+            &mut greeting,
+        )
+        .unwrap();
+        let dying: Ipv4Addr = greeting.trim_end().parse().unwrap();
         let mut live = [true; 3];
         let k = REPLICAS.iter().position(|r| r.1 == dying).unwrap();
         live[k] = false;

@@ -475,6 +475,34 @@ impl Drop for Daemon {
     fn drop(&mut self) {
         let _c = sh::Cleaning::enter();
         eprintln!("==> stopping the daemon and its containers");
+        if self.alive() {
+            // Services first (their agents would start replicas again),
+            // then every container the daemon lists: replicas are made by
+            // the daemon itself, not by `run` here.
+            let listed = |args: &[&str], key: &str| -> Vec<String> {
+                let Ok(o) = sh::capture(&mut self.client(args), Some(Duration::from_secs(30)))
+                else {
+                    return Vec::new();
+                };
+                let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap_or_default();
+                v.as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|x| x[key].as_str().map(str::to_string))
+                    .collect()
+            };
+            for svc in listed(&["service", "ls", "--format", "json"], "Name") {
+                let _ = sh::capture(
+                    &mut self.client(&["service", "rm", &svc]),
+                    Some(Duration::from_secs(60)),
+                );
+            }
+            for name in listed(&["ps", "--format", "json"], "Name") {
+                if !self.containers.contains(&name) {
+                    self.containers.push(name);
+                }
+            }
+        }
         if self.alive() && !self.containers.is_empty() {
             let mut args = vec!["rm", "-f"];
             args.extend(self.containers.iter().map(String::as_str));

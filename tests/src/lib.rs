@@ -824,6 +824,11 @@ impl Daemon {
         };
         for c in list {
             let Some(id) = c["Id"].as_str() else { continue };
+            // Another runtime's attachment: that runtime (or the test that
+            // plays it) owns its namespace and detaches it.
+            if c["Runtime"].as_str().is_some_and(|r| r != "dataplane") {
+                continue;
+            }
             let mut t = Tracked {
                 name: c["Name"].as_str().unwrap_or(id).to_string(),
                 netns: None,

@@ -11,6 +11,7 @@
 //! the error: nothing half-made is left. Reads never wait on a write: they
 //! answer from the newest snapshot.
 
+pub mod attach;
 pub mod docker;
 pub mod reconcile;
 pub mod sandbox;
@@ -853,6 +854,7 @@ impl Engine {
                     publish_all: req.publish_all,
                     network_mode: mode,
                     task: task.clone(),
+                    external: None,
                 };
                 let mut keys = vec![ctr.key(), model::name_claim(&name)];
                 t.absent(model::name_claim(&name))
@@ -994,6 +996,7 @@ impl Engine {
         let (rev, (ep, pending)) = self.commit_with(|snap| {
             let cid = snap.container_id(&req.container)?;
             let c = &snap.containers[&cid];
+            attach::refuse_rm(c)?;
             let nid = match snap.network_ref(network)? {
                 NetRef::Stored(nid) => nid,
                 NetRef::Predefined(d) => {
@@ -1069,6 +1072,7 @@ impl Engine {
         let (rev, ()) = self.commit_with(|snap| {
             let nid = snap.network_id(network)?;
             let cid = snap.container_id(container)?;
+            attach::refuse_rm(&snap.containers[&cid])?;
             let ep = snap
                 .endpoints_of_container(&cid)
                 .into_iter()
@@ -1093,6 +1097,7 @@ impl Engine {
         let snap = self.snapshot();
         let cid = snap.container_id(name)?;
         let ctr = snap.containers[&cid].clone();
+        attach::refuse_rm(&ctr)?;
         let running = ctr.pid.is_some_and(crate::host::process_alive);
         if running && !force {
             return Err(ApiError::Conflict(format!(

@@ -293,7 +293,12 @@ impl Snapshot {
             .values()
             .filter(|e| e.container_id == cid)
             .collect();
-        v.sort_by_key(|e| e.ifname[3..].parse::<u32>().unwrap_or(0));
+        v.sort_by_key(|e| {
+            e.ifname
+                .get(3..)
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
         v
     }
 
@@ -405,7 +410,8 @@ impl Snapshot {
     }
 
     /// The `PORTS` entries of container `cid`: its published ports, leading
-    /// to its `eth0` endpoint (none while it has no `eth0`).
+    /// to its `eth0` endpoint (none while it has no `eth0`), or for an
+    /// attachment another runtime owns, to its one endpoint.
     pub fn port_entries(
         &self,
         cid: &str,
@@ -416,7 +422,7 @@ impl Snapshot {
         let Some(eth0) = self
             .endpoints_of_container(cid)
             .into_iter()
-            .find(|e| e.ifname == "eth0")
+            .find(|e| e.ifname == "eth0" || c.external.is_some())
         else {
             return Vec::new();
         };

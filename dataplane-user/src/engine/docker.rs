@@ -247,3 +247,43 @@ impl Engine {
         self.allocate(snap, net, requested, t)
     }
 }
+
+impl Engine {
+    /// Gives network `id` the name Docker knows it by (the driver protocol
+    /// does not send it; the plugin learns it from Docker's API after
+    /// `CreateNetwork`). A name another network has, or one our networks
+    /// cannot take, leaves the network as it is: false then.
+    pub fn rename_network(&self, id: &str, name: &str) -> ApiResult<bool> {
+        if !crate::model::validate::valid_name(name)
+            || crate::drivers::predefined(name).is_some()
+        {
+            return Ok(false);
+        }
+        let (rev, renamed) = self.commit_with(|snap| {
+            let Some(net) = snap.networks.get(id) else {
+                return Err(ApiError::NotFound(format!("network {id} not found")));
+            };
+            if net.name == name || snap.networks.values().any(|n| n.name == name) {
+                return Ok((Txn::default(), net.name == name));
+            }
+            let claim = if net.is_cluster() {
+                model::CLUSTER_NETWORKS_CLAIM
+            } else {
+                model::NETWORKS_CLAIM
+            };
+            let mut net = net.clone();
+            net.name = name.to_string();
+            let mut t = Txn::default();
+            t.unchanged(claim, snap.rev_of(claim))
+                .put(claim, net.id.clone().into_bytes())
+                .unchanged(net.key(), snap.rev_of(&net.key()))
+                .put(net.key(), json(&net)?);
+            Ok((t, true))
+        })?;
+        self.applied(rev, &[])?;
+        if renamed {
+            info!(network = %id, %name, "network named as in Docker");
+        }
+        Ok(renamed)
+    }
+}

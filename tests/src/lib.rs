@@ -40,6 +40,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod docker;
+
 /// How long a CLI call or helper command may take before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 

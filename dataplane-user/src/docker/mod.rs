@@ -124,7 +124,23 @@ pub fn decode<T: DeserializeOwned>(method: &str, body: &[u8]) -> ApiResult<T> {
     if !v.is_object() {
         return Err(invalid(&format!("expected a JSON object, got {v}")));
     }
-    serde_json::from_value(v).map_err(|e| invalid(&e))
+    serde_json::from_value(without_nulls(v)).map_err(|e| invalid(&e))
+}
+
+/// Go encodes a nil map, slice or pointer as `null`: it means the zero
+/// value, which is what a missing field takes here.
+fn without_nulls(v: serde_json::Value) -> serde_json::Value {
+    use serde_json::Value;
+    match v {
+        Value::Object(m) => Value::Object(
+            m.into_iter()
+                .filter(|(_, v)| !v.is_null())
+                .map(|(k, v)| (k, without_nulls(v)))
+                .collect(),
+        ),
+        Value::Array(a) => Value::Array(a.into_iter().map(without_nulls).collect()),
+        v => v,
+    }
 }
 
 /// Runs a write of the engine off the async runtime (it blocks on netlink,
@@ -194,6 +210,12 @@ mod tests {
         .unwrap();
         assert_eq!(r.network_id, "n");
         assert_eq!(r.interface.unwrap().address, "10.0.0.2/24");
+        let r: proto::RequestAddressRequest = decode(
+            "RequestAddress",
+            br#"{"PoolID":"p","Address":"","Options":null}"#,
+        )
+        .unwrap();
+        assert!(r.options.is_empty());
         let r: proto::NetworkRequest = decode("DeleteNetwork", b"  \n").unwrap();
         assert_eq!(r.network_id, "");
     }

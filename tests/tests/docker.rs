@@ -119,5 +119,119 @@ fn containers_on_a_dataplane_network_talk_by_docker_s_names() {
         .filter(|c| c["Runtime"] == "docker")
         .count();
     assert_eq!(docker_rows, 2, "{ps:#}");
-    eprintln!("{}", s.d.log());
+}
+
+/// What the container's CGI script answers a `curl` from `ns`: the
+/// client address it saw (without the `[::ffff:...]` of its IPv6 socket)
+/// and its hostname; retried until it answers.
+fn fetch_from(ns: &NetNs, url: &str) -> (String, String) {
+    retry(&format!("{url} from {}", ns.name()), 50, Duration::from_millis(200), || {
+        let out = ns.exec(&["curl", "-sS", "-m", "3", url]);
+        let text = out.stdout.trim();
+        match text.split_once(' ') {
+            Some((addr, host)) if out.success() => Ok((
+                addr.trim_start_matches("[::ffff:")
+                    .trim_end_matches(']')
+                    .to_string(),
+                host.to_string(),
+            )),
+            _ => Err(out.to_string()),
+        }
+    })
+}
+
+/// The published ports of our attachment on the container's network, as
+/// `dataplane ps` shows them (`0.0.0.0:8080->80/tcp, ...`).
+fn our_ports(d: &Daemon) -> Vec<String> {
+    let ps = d.ok(&["ps", "--format", "json"]).json();
+    ps.as_array()
+        .into_iter()
+        .flatten()
+        .filter(|c| c["Runtime"] == "docker")
+        .flat_map(|c| {
+            c["Ports"]
+                .as_str()
+                .unwrap_or("")
+                .split(", ")
+                .filter(|p| !p.is_empty())
+                .map(str::to_string)
+                .collect::<Vec<_>>()
+        })
+        .collect()
+}
+
+/// Processes named `name` whose network namespace is `ns`'s.
+fn processes_in(ns: &NetNs, name: &str) -> Vec<u32> {
+    let want = std::fs::read_link(format!("/proc/self/ns/net"))
+        .ok()
+        .and(std::fs::metadata(ns.path()).ok())
+        .map(|m| std::os::unix::fs::MetadataExt::ino(&m));
+    let Some(want) = want else { return Vec::new() };
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
+        })
+        .filter(|pid| {
+            std::fs::read_link(format!("/proc/{pid}/ns/net"))
+                .is_ok_and(|l| l.to_string_lossy() == format!("net:[{want}]"))
+        })
+        .collect()
+}
+
+#[test]
+fn published_ports_in_every_form_keep_the_client_address_without_proxy_or_iptables() {
+    let s = setup();
+    let out = Outside::new(&s.d);
+    s.net_create("pub", &["--subnet", "10.92.0.0/24"]);
+    s.run(
+        "web",
+        "pub",
+        &[
+            "-p", "8080:80",
+            "-p", "127.0.0.1:9090:80",
+            "-p", "81",
+            "-p", "8100-8102:81",
+            "-p", "5353:53/udp",
+        ],
+        &["sh", "-c", "httpd -p 81 -h /www; exec httpd -f -p 80 -h /www"],
+    );
+    // Every form, as our daemon bound it.
+    let ports = our_ports(&s.d);
+    for want in [
+        "0.0.0.0:8080->80/tcp",
+        "127.0.0.1:9090->80/tcp",
+        "0.0.0.0:5353->53/udp",
+    ] {
+        assert!(ports.iter().any(|p| p == want), "{want} not in {ports:?}");
+    }
+    let host_port_of = |pred: &dyn Fn(u16) -> bool| -> u16 {
+        ports
+            .iter()
+            .filter_map(|p| p.strip_prefix("0.0.0.0:")?.strip_suffix("->81/tcp")?.parse().ok())
+            .find(|p| pred(*p))
+            .unwrap_or_else(|| panic!("no binding for 81/tcp in {ports:?}"))
+    };
+    let ranged = host_port_of(&|p| (8100..=8102).contains(&p));
+    let any = host_port_of(&|p| !(8100..=8102).contains(&p));
+    // From outside: the container sees the outside's own address.
+    for port in [8080, ranged, any] {
+        let (addr, _) = fetch_from(out.ns(), &format!("http://{HOST_IP}:{port}/cgi-bin/ip"));
+        assert_eq!(addr, OUTSIDE_IP, "port {port}");
+    }
+    // The host itself, to the port bound to 127.0.0.1 (no proxy: the
+    // socket hooks point it at the container).
+    let (addr, _) = fetch_from(s.d.ns(), "http://127.0.0.1:9090/cgi-bin/ip");
+    assert!(!addr.is_empty());
+    // A port bound to 127.0.0.1 does not answer on the outside address.
+    let refused = out.exec(&["curl", "-sS", "-m", "2", &format!("http://{HOST_IP}:9090/")]);
+    assert!(!refused.success(), "{refused}");
+    assert!(processes_in(s.d.ns(), "docker-proxy").is_empty(), "a docker-proxy runs");
+    let rules = s.d.ns().exec(&["iptables-save"]).ok().stdout;
+    for port in ["8080", "9090", "8100", "5353"] {
+        assert!(!rules.contains(port), "an iptables rule for {port}:\n{rules}");
+    }
 }

@@ -235,3 +235,111 @@ fn published_ports_in_every_form_keep_the_client_address_without_proxy_or_iptabl
         assert!(!rules.contains(port), "an iptables rule for {port}:\n{rules}");
     }
 }
+
+/// Whether the pinned `ENDPOINTS` map has an entry for `ip`.
+fn endpoints_has(d: &Daemon, ip: &str) -> bool {
+    let pin = std::fs::read_dir(d.bpffs())
+        .expect("bpffs dir")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("maps/ENDPOINTS"))
+        .find(|p| p.exists())
+        .expect("a pinned ENDPOINTS map");
+    let out = dataplane_tests::sh("bpftool", &["-j", "map", "dump", "pinned", pin.to_str().unwrap()]).ok();
+    let want: Vec<u8> = ip.split('.').map(|o| o.parse().unwrap()).collect();
+    out.json().as_array().into_iter().flatten().any(|e| {
+        let k: Vec<u8> = e["key"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|b| u8::from_str_radix(b.as_str()?.trim_start_matches("0x"), 16).ok())
+            .collect();
+        k == want
+    })
+}
+
+/// Host-side veths of our endpoints and Docker peers still in the daemon's
+/// namespace.
+fn our_veths(d: &Daemon) -> Vec<String> {
+    d.ns()
+        .exec(&["ip", "-o", "link", "show"])
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(": ").nth(1))
+        .map(|n| n.split('@').next().unwrap_or(n).to_string())
+        .filter(|n| n.starts_with("dp") && (n.len() == 14 || n.len() == 15))
+        .collect()
+}
+
+#[test]
+fn ipam_options_addresses_connect_and_removal_leave_nothing() {
+    let s = setup();
+    s.net_create(
+        "ipnet",
+        &[
+            "--subnet", "10.93.0.0/24",
+            "--gateway", "10.93.0.254",
+            "--ip-range", "10.93.0.128/25",
+            "--aux-address", "printer=10.93.0.129",
+        ],
+    );
+    let ours = s.d.network_inspect("ipnet");
+    assert_eq!(ours["IPAM"]["Config"][0]["Gateway"], "10.93.0.254", "{ours:#}");
+    s.sleeper("c1", "ipnet", &[]);
+    // The range's first address (only the subnet's own are reserved), as
+    // Docker's IPAM does.
+    assert_eq!(s.ip("c1", "ipnet"), "10.93.0.128");
+    s.sleeper("c2", "ipnet", &["--ip", "10.93.0.50"]);
+    assert_eq!(s.ip("c2", "ipnet"), "10.93.0.50");
+    s.docker.eventually_exec("c1", &["ping", "-c", "1", "-W", "2", "c2"]);
+    // The gateway is the default route.
+    let routes = s.docker.ok(&["exec", "c1", "ip", "route"]).stdout;
+    assert!(routes.contains("default via 10.93.0.254"), "{routes}");
+    // An address in use, through Docker or our own CLI.
+    let dup = s.docker.docker(&["run", "-d", "--name", "c3", "--network", "ipnet", "--ip", "10.93.0.50", IMAGE, "sleep", "60"]);
+    assert!(!dup.success() && dup.stderr.contains("10.93.0.50"), "{dup}");
+    let _ = s.docker.docker(&["rm", "-f", "c3"]);
+    let ours_dup = s.d.cli(&["run", "-d", "--network", "ipnet", "--ip", "10.93.0.128", "--", "sleep", "60"]);
+    assert!(!ours_dup.success() && ours_dup.stderr.contains("in use"), "{ours_dup}");
+    // Our own container on Docker's network takes the next free address,
+    // and Docker's next container does not get it.
+    s.d.ok(&["run", "-d", "--name", "native", "--network", "ipnet", "--", "sleep", "600"]);
+    assert_eq!(s.d.ip("native", "ipnet"), "10.93.0.130", "past the aux address");
+    s.sleeper("c4", "ipnet", &[]);
+    assert_eq!(s.ip("c4", "ipnet"), "10.93.0.131");
+    assert!(s.d.pings("native", "10.93.0.131"));
+    // A pool overlapping a network is refused, through Docker or our CLI.
+    let over = s.docker.docker(&["network", "create", "-d", &s.plugin.name, "--ipam-driver", &s.plugin.name, "--subnet", "10.93.0.0/16", "over"]);
+    assert!(!over.success() && over.stderr.contains("overlaps"), "{over}");
+    let over = s.d.cli(&["network", "create", "--subnet", "10.93.0.0/25", "over"]);
+    assert!(!over.success(), "{over}");
+    // connect / disconnect.
+    s.net_create("other", &["--subnet", "10.94.0.0/24"]);
+    s.sleeper("o1", "other", &[]);
+    s.docker.ok(&["network", "connect", "--alias", "one", "other", "c1"]);
+    let c1_other = s.ip("c1", "other");
+    assert!(c1_other.starts_with("10.94.0."), "{c1_other}");
+    s.docker.eventually_exec("o1", &["ping", "-c", "1", "-W", "2", "one"]);
+    s.docker.ok(&["network", "disconnect", "other", "c1"]);
+    let addrs = s.docker.ok(&["exec", "c1", "ip", "-o", "addr"]).stdout;
+    assert!(!addrs.contains("10.94.0."), "{addrs}");
+    assert!(!endpoints_has(&s.d, &c1_other), "the disconnected endpoint is still in ENDPOINTS");
+    // rm -f, network rm: nothing left (veths, map entries, claims).
+    s.d.ok(&["rm", "-f", "native"]);
+    let ips: Vec<String> = ["c1", "c2", "c4"].iter().map(|c| s.ip(c, "ipnet")).collect();
+    s.docker.ok(&["rm", "-f", "c1", "c2", "c4", "o1"]);
+    for ip in &ips {
+        assert!(!endpoints_has(&s.d, ip), "{ip} still in ENDPOINTS");
+    }
+    s.docker.ok(&["network", "rm", "ipnet", "other"]);
+    let nets = s.our_networks();
+    assert!(
+        nets.as_array().unwrap().iter().all(|n| n["Name"] != "ipnet" && n["Name"] != "other"),
+        "{nets:#}"
+    );
+    assert!(our_veths(&s.d).is_empty(), "{:?}", our_veths(&s.d));
+    // The pool and its addresses are free again: the same network and the
+    // same fixed address work.
+    s.net_create("ipnet", &["--subnet", "10.93.0.0/24", "--ip-range", "10.93.0.128/25"]);
+    s.sleeper("c5", "ipnet", &["--ip", "10.93.0.50"]);
+    assert_eq!(s.ip("c5", "ipnet"), "10.93.0.50");
+}

@@ -343,3 +343,188 @@ fn ipam_options_addresses_connect_and_removal_leave_nothing() {
     s.sleeper("c5", "ipnet", &["--ip", "10.93.0.50"]);
     assert_eq!(s.ip("c5", "ipnet"), "10.93.0.50");
 }
+
+#[test]
+fn traffic_survives_restarts_of_dockerd_and_of_our_daemon() {
+    let mut s = setup();
+    let out = Outside::new(&s.d);
+    s.net_create("rs", &["--subnet", "10.95.0.0/24"]);
+    s.run(
+        "web",
+        "rs",
+        &["--restart", "always", "-p", "8080:80"],
+        &["httpd", "-f", "-p", "80", "-h", "/www"],
+    );
+    s.sleeper("cl", "rs", &["--restart", "always"]);
+    s.docker.eventually_exec("cl", &["ping", "-c", "1", "-W", "2", "web"]);
+    assert_eq!(fetch_from(out.ns(), &format!("http://{HOST_IP}:8080/cgi-bin/ip")).0, OUTSIDE_IP);
+
+    // Our daemon goes and comes back: the pinned path keeps carrying.
+    s.d.stop("TERM");
+    s.docker.ok(&["exec", "cl", "ping", "-c", "1", "-W", "2", "web"]);
+    assert_eq!(fetch_from(out.ns(), &format!("http://{HOST_IP}:8080/cgi-bin/ip")).0, OUTSIDE_IP);
+    s.d.restart();
+    eventually("the plugin socket after our restart", || {
+        s.plugin.socket().exists().then_some(()).ok_or_else(|| s.d.log())
+    });
+    s.docker.ok(&["exec", "cl", "ping", "-c", "1", "-W", "2", "web"]);
+    // New containers after our restart.
+    s.sleeper("late", "rs", &[]);
+    s.docker.eventually_exec("late", &["ping", "-c", "1", "-W", "2", "web"]);
+    s.docker.ok(&["rm", "-f", "late"]);
+
+    // dockerd goes (its containers stop) and comes back (it restarts them
+    // on our network, with the addresses its IPAM asks for again).
+    let web_ip = s.ip("web", "rs");
+    s.docker.stop();
+    s.docker.restart();
+    eventually("dockerd to restart web and cl", || {
+        let out = s.docker.docker(&["ps", "--format", "{{.Names}}"]);
+        let names = out.stdout.clone();
+        (names.contains("web") && names.contains("cl")).then_some(()).ok_or(out.to_string())
+    });
+    s.docker.eventually_exec("cl", &["ping", "-c", "1", "-W", "2", "web"]);
+    assert_eq!(fetch_from(out.ns(), &format!("http://{HOST_IP}:8080/cgi-bin/ip")).0, OUTSIDE_IP);
+    let ps = s.d.ok(&["ps", "--format", "json"]).json();
+    let docker_rows = ps.as_array().unwrap().iter().filter(|c| c["Runtime"] == "docker").count();
+    assert_eq!(docker_rows, 2, "one attachment per running container, none stale: {ps:#}");
+    assert!(s.ip("web", "rs").starts_with("10.95.0."), "web had {web_ip}");
+}
+
+/// A raw plugin call: (HTTP status, body).
+fn call(s: &Setup, method: &str, body: &str) -> (u16, Value) {
+    let out = dataplane_tests::sh(
+        "curl",
+        &[
+            "-sS", "-m", "10", "--unix-socket", s.plugin.socket().to_str().unwrap(),
+            "-H", "Content-Type: application/vnd.docker.plugins.v1.2+json",
+            "-w", "\n%{http_code}", "--data-binary", body,
+            &format!("http://plugin/{method}"),
+        ],
+    );
+    let (json, code) = out.stdout.trim().rsplit_once('\n').unwrap_or(("", ""));
+    (
+        code.parse().unwrap_or(0),
+        serde_json::from_str(json).unwrap_or_else(|_| Value::String(json.into())),
+    )
+}
+
+#[test]
+fn the_plugin_socket_answers_bad_input_with_err_and_keeps_serving() {
+    let s = setup();
+    let (code, v) = call(&s, "Plugin.Activate", "");
+    assert_eq!((code, v), (200, serde_json::json!({"Implements": ["NetworkDriver", "IpamDriver"]})));
+    let (_, v) = call(&s, "NetworkDriver.GetCapabilities", "");
+    assert_eq!(v["Scope"], "local");
+    for (method, body, says) in [
+        ("NetworkDriver.CreateEndpoint", "{", "not valid"),
+        ("NetworkDriver.CreateEndpoint", "[1,2]", "expected a JSON object"),
+        ("NetworkDriver.CreateNetwork", r#"{"NetworkID":"../../etc","IPv4Data":[{"Pool":"10.1.0.0/24"}]}"#, "invalid NetworkID"),
+        ("NetworkDriver.CreateNetwork", r#"{"NetworkID":"abc","IPv4Data":[]}"#, "no IPv4 pool"),
+        ("NetworkDriver.CreateEndpoint", r#"{"NetworkID":"abc","EndpointID":"def","Interface":{"Address":"bogus"}}"#, "invalid address"),
+        ("NetworkDriver.Join", r#"{"NetworkID":"abc","EndpointID":"def","SandboxKey":"/nope"}"#, "no docker attachment"),
+        ("NetworkDriver.ProgramExternalConnectivity", r#"{"EndpointID":"def","Options":{"com.docker.network.portmap":[{"Proto":132,"Port":1}]}}"#, "SCTP"),
+        ("IpamDriver.RequestPool", r#"{"Pool":"10.1.0.1/16"}"#, "host bits"),
+        ("IpamDriver.RequestPool", r#"{"Pool":"fd00::/64","V6":true}"#, "IPv6"),
+        ("IpamDriver.RequestAddress", r#"{"PoolID":"dataplane/10.250.0.0/24"}"#, "no such address pool"),
+        ("IpamDriver.RequestAddress", r#"{"PoolID":5}"#, "not valid"),
+        ("NetworkDriver.Frobnicate", "{}", "not a call"),
+    ] {
+        let (code, v) = call(&s, method, body);
+        assert!(code >= 400, "{method} {body}: {code} {v}");
+        let err = v["Err"].as_str().unwrap_or_else(|| panic!("{method} {body}: no Err in {v}"));
+        assert!(err.contains(says), "{method} {body}: {err}");
+    }
+    // Releasing what is not there succeeds (Docker may release twice).
+    for (method, body) in [
+        ("IpamDriver.ReleasePool", r#"{"PoolID":"dataplane/10.250.0.0/24"}"#),
+        ("IpamDriver.ReleaseAddress", r#"{"PoolID":"dataplane/10.250.0.0/24","Address":"10.250.0.9"}"#),
+        ("NetworkDriver.DeleteEndpoint", r#"{"NetworkID":"abc","EndpointID":"def"}"#),
+        ("NetworkDriver.DeleteNetwork", r#"{"NetworkID":"abc"}"#),
+        ("NetworkDriver.DiscoverNew", r#"{"DiscoveryType":1,"DiscoveryData":{"Address":"x"},"Later":null}"#),
+    ] {
+        let (code, v) = call(&s, method, body);
+        assert_eq!((code, &v), (200, &serde_json::json!({})), "{method} {body}");
+    }
+    // A pool asked for twice is the same pool, released once for good.
+    let (_, a) = call(&s, "IpamDriver.RequestPool", r#"{"Pool":"10.250.0.0/24"}"#);
+    let (_, b) = call(&s, "IpamDriver.RequestPool", r#"{"Pool":"10.250.0.0/24","Options":null}"#);
+    assert_eq!(a, b);
+    assert_eq!(a["PoolID"], "dataplane/10.250.0.0/24");
+    let (_, g) = call(&s, "IpamDriver.RequestAddress", r#"{"PoolID":"dataplane/10.250.0.0/24","Options":{"RequestAddressType":"com.docker.network.gateway"}}"#);
+    assert_eq!(g["Address"], "10.250.0.1/24");
+    let (code, v) = call(&s, "IpamDriver.RequestPool", r#"{"Pool":"10.250.0.0/16"}"#);
+    assert!(code >= 400 && v["Err"].as_str().unwrap_or("").contains("overlaps"), "{v}");
+    call(&s, "IpamDriver.ReleasePool", r#"{"PoolID":"dataplane/10.250.0.0/24"}"#);
+    let (code, _) = call(&s, "IpamDriver.RequestPool", r#"{"Pool":"10.250.0.0/16"}"#);
+    assert_eq!(code, 200);
+    // Docker's user sees the message.
+    let v6 = s.docker.docker(&[
+        "network", "create", "-d", &s.plugin.name, "--ipam-driver", &s.plugin.name,
+        "--ipv6", "--subnet", "10.251.0.0/24", "--subnet", "fd00:1::/64", "v6",
+    ]);
+    assert!(!v6.success() && v6.stderr.contains("IPv6"), "{v6}");
+    // Still serving, both doors.
+    s.d.ok(&["network", "ls"]);
+    assert_eq!(call(&s, "Plugin.Activate", "").0, 200);
+}
+
+#[test]
+fn internal_icc_default_ipam_and_docker_s_own_bridge_side_by_side() {
+    let s = setup();
+    let out = Outside::new(&s.d);
+    // Docker leaves FORWARD's policy alone when forwarding was on already
+    // (our daemon turned it on); on a host where Docker turned it on it
+    // is DROP. Our path must not care: forwarded frames never reach
+    // netfilter's FORWARD.
+    s.d.ns().exec(&["iptables", "-P", "FORWARD", "DROP"]).ok();
+    let rules_before = docker_rules(&s.d);
+    assert!(rules_before.contains("-P FORWARD DROP"), "{rules_before}");
+    // Docker's own bridge network, its own path.
+    s.docker.ok(&["run", "-d", "--name", "br1", IMAGE, "sleep", "3600"]);
+    s.docker.ok(&["run", "-d", "--name", "br2", IMAGE, "sleep", "3600"]);
+    let br2 = s.ip("br2", "bridge");
+    s.docker.eventually_exec("br1", &["ping", "-c", "1", "-W", "2", &br2]);
+    // Ours: outbound masquerade to the outside, internal, icc=false,
+    // Docker's default IPAM.
+    s.net_create("open", &["--subnet", "10.96.0.0/24"]);
+    s.sleeper("o1", "open", &[]);
+    s.docker.eventually_exec("o1", &["ping", "-c", "1", "-W", "2", OUTSIDE_IP]);
+    s.net_create("inner", &["--internal", "--subnet", "10.96.1.0/24"]);
+    s.sleeper("i1", "inner", &[]);
+    s.sleeper("i2", "inner", &[]);
+    s.docker.eventually_exec("i1", &["ping", "-c", "1", "-W", "2", "i2"]);
+    let routes = s.docker.ok(&["exec", "i1", "ip", "route"]).stdout;
+    assert!(!routes.contains("default"), "{routes}");
+    assert!(!s.docker.docker(&["exec", "i1", "ping", "-c", "1", "-W", "1", OUTSIDE_IP]).success());
+    s.net_create("noicc", &["-o", "icc=false", "--subnet", "10.96.2.0/24"]);
+    s.sleeper("n1", "noicc", &[]);
+    s.sleeper("n2", "noicc", &[]);
+    let n2 = s.ip("n2", "noicc");
+    let before = s.d.drops("icc_denied");
+    assert!(!s.docker.docker(&["exec", "n1", "ping", "-c", "1", "-W", "1", &n2]).success());
+    assert!(s.d.drops("icc_denied") > before, "icc drops not counted");
+    let def = s
+        .docker
+        .ok(&["network", "create", "-d", &s.plugin.name, "--subnet", "10.96.3.0/24", "defipam"])
+        .stdout;
+    s.sleeper("d1", "defipam", &[]);
+    s.sleeper("d2", "defipam", &["--ip", "10.96.3.77"]);
+    s.docker.eventually_exec("d1", &["ping", "-c", "1", "-W", "2", "d2"]);
+    let ours = s.d.network_inspect(def.trim());
+    assert_eq!(ours["IPAM"]["Config"][0]["Subnet"], "10.96.3.0/24", "{ours:#}");
+    // Docker's bridge still works, and its rules are as Docker made them.
+    s.docker.ok(&["exec", "br1", "ping", "-c", "1", "-W", "2", &br2]);
+    assert_eq!(docker_rules(&s.d), rules_before);
+    let _ = out;
+}
+
+/// The filter and nat rules of the daemon's namespace (`-S`: no counters).
+fn docker_rules(d: &Daemon) -> String {
+    let mut v: Vec<String> = Vec::new();
+    for table in ["filter", "nat"] {
+        let out = d.ns().exec(&["iptables", "-t", table, "-S"]).ok();
+        v.extend(out.stdout.lines().map(str::to_string));
+    }
+    v.join("\n")
+}

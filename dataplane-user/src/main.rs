@@ -166,9 +166,10 @@ fn docker_plugin(
         .join(format!("{}.sock", args.docker_plugin_name));
     let docker_host = match &args.docker_host {
         None => None,
-        Some(h) => Some(std::path::PathBuf::from(h.strip_prefix("unix://").with_context(
-            || format!("invalid --docker-host {h:?}: expected unix:///PATH"),
-        )?)),
+        Some(h) => Some(std::path::PathBuf::from(
+            h.strip_prefix("unix://")
+                .with_context(|| format!("invalid --docker-host {h:?}: expected unix:///PATH"))?,
+        )),
     };
     let listener = server::bind(&path)?;
     let plugin = Arc::new(docker::Plugin {

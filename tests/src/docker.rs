@@ -156,7 +156,10 @@ impl Dockerd {
         retry("dockerd to answer", 300, Duration::from_millis(100), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    return Err(format!("dockerd exited ({st}): {}", crate::tail(&self.log(), 20)));
+                    return Err(format!(
+                        "dockerd exited ({st}): {}",
+                        crate::tail(&self.log(), 20)
+                    ));
                 }
             }
             let out = self.docker(&["version", "--format", "{{.Server.Version}}"]);
@@ -201,7 +204,8 @@ impl Dockerd {
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copying busybox");
         for applet in [
-            "sh", "ip", "ping", "nc", "httpd", "wget", "sleep", "cat", "nslookup", "echo", "hostname",
+            "sh", "ip", "ping", "nc", "httpd", "wget", "sleep", "cat", "nslookup", "echo",
+            "hostname",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }

@@ -21,9 +21,11 @@ pub fn parse_pool(s: &str, what: &str) -> ApiResult<Option<Ipv4Network>> {
     if s.is_empty() {
         return Ok(None);
     }
-    let n: Ipv4Network = s
-        .parse()
-        .map_err(|_| bad(format!("invalid {what} {s:?}: expected an IPv4 CIDR such as 10.0.0.0/24")))?;
+    let n: Ipv4Network = s.parse().map_err(|_| {
+        bad(format!(
+            "invalid {what} {s:?}: expected an IPv4 CIDR such as 10.0.0.0/24"
+        ))
+    })?;
     if n.network() != n.ip() {
         return Err(bad(format!(
             "invalid {what} {s}: host bits are set (did you mean {}/{}?)",

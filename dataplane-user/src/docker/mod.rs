@@ -222,16 +222,11 @@ mod tests {
 
     #[test]
     fn errors_are_the_protocol_s_err_object() {
-        let resp = Answer::err(ApiError::Conflict("address 10.0.0.2 is in use".into())).into_response();
+        let resp =
+            Answer::err(ApiError::Conflict("address 10.0.0.2 is in use".into())).into_response();
         assert_eq!(resp.status(), StatusCode::CONFLICT);
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE],
-            proto::CONTENT_TYPE
-        );
-        let v = serde_json::to_value(proto::ErrResponse {
-            err: "x".into(),
-        })
-        .unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], proto::CONTENT_TYPE);
+        let v = serde_json::to_value(proto::ErrResponse { err: "x".into() }).unwrap();
         assert_eq!(v, serde_json::json!({"Err": "x"}));
     }
 }

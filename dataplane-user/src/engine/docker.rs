@@ -13,8 +13,8 @@ use super::{json, Engine};
 use crate::{
     api::error::{bad, ApiError, ApiResult},
     ipam,
-    model::{self, docker::Pool, Network},
     model::snapshot::Snapshot,
+    model::{self, docker::Pool, Network},
     store::Txn,
 };
 
@@ -254,9 +254,7 @@ impl Engine {
     /// `CreateNetwork`). A name another network has, or one our networks
     /// cannot take, leaves the network as it is: false then.
     pub fn rename_network(&self, id: &str, name: &str) -> ApiResult<bool> {
-        if !crate::model::validate::valid_name(name)
-            || crate::drivers::predefined(name).is_some()
-        {
+        if !crate::model::validate::valid_name(name) || crate::drivers::predefined(name).is_some() {
             return Ok(false);
         }
         let (rev, renamed) = self.commit_with(|snap| {

@@ -529,7 +529,9 @@ impl Engine {
             let existing = snap.taken_subnets(pool_id.as_deref());
             let pool = match &pool_id {
                 Some(id) => Some(snap.pools.get(id).cloned().ok_or_else(|| {
-                    ApiError::NotFound(format!("no such address pool {id} (ask the IPAM driver for one first)"))
+                    ApiError::NotFound(format!(
+                        "no such address pool {id} (ask the IPAM driver for one first)"
+                    ))
                 })?),
                 None => None,
             };

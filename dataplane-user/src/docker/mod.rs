@@ -111,6 +111,7 @@ impl Answer {
 /// nothing to `Plugin.Activate` and the capability calls); anything that is
 /// not the JSON object the call takes is a bad request, never a crash.
 pub fn decode<T: DeserializeOwned>(method: &str, body: &[u8]) -> ApiResult<T> {
+    tracing::debug!(method, body = %String::from_utf8_lossy(body), "docker plugin call");
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {

@@ -213,7 +213,6 @@ async fn capabilities(State(p): State<Shared>) -> Answer {
 async fn create_network(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::CreateNetworkRequest = decode("CreateNetwork", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "CreateNetwork");
         let snap = p.engine.snapshot();
         let (req, docker) = network_create(&r, |id| snap.pools.contains_key(id))?;
         let id = docker.id.clone();
@@ -243,7 +242,6 @@ async fn delete_network(State(p): State<Shared>, body: Body) -> Answer {
 async fn create_endpoint(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::CreateEndpointRequest = decode("CreateEndpoint", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "CreateEndpoint");
         check_id(&r.network_id, "NetworkID")?;
         check_id(&r.endpoint_id, "EndpointID")?;
         let iface = r.interface.clone().unwrap_or_default();
@@ -328,7 +326,6 @@ async fn delete_endpoint(State(p): State<Shared>, body: Body) -> Answer {
 async fn join(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::JoinRequest = decode("Join", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "Join");
         check_id(&r.endpoint_id, "EndpointID")?;
         let eid = r.endpoint_id.clone();
         let a = blocking(&p, move |p| {
@@ -370,7 +367,6 @@ async fn program_external(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::ProgramExternalConnectivityRequest =
             decode("ProgramExternalConnectivity", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "ProgramExternalConnectivity");
         check_id(&r.endpoint_id, "EndpointID")?;
         let ports = port_mappings(&r.options)?;
         if ports.is_empty()

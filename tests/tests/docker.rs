@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use dataplane_tests::{
-    docker::{DockerDirs, Dockerd, PluginName, IMAGE},
+    docker::{Cluster, DockerDirs, Dockerd, PluginName, IMAGE},
     eventually, retry, Daemon, NetNs, Outside, HOST_IP, OUTSIDE_IP,
 };
 use serde_json::Value;
@@ -775,4 +775,201 @@ fn docker_rules(d: &Daemon) -> String {
         v.extend(out.stdout.lines().map(str::to_string));
     }
     v.join("\n")
+}
+
+#[test]
+fn an_overlay_network_made_through_docker_spans_the_cluster_s_hosts() {
+    // Two hosts on one etcd: each runs our daemon (--store, the plugin in a
+    // directory of its own) and a dockerd with the same etcd as its
+    // cluster store. Docker sees the driver's global scope and shares the
+    // network; our daemons share it as an overlay network.
+    let mut lab = dataplane_tests::Lab::new(0, 10);
+    let name = dataplane_tests::unique("dpt");
+    let dirs = [DockerDirs::new(), DockerDirs::new()];
+    let plugin_dirs: Vec<std::path::PathBuf> = dirs.iter().map(|d| d.dir.join("plugins")).collect();
+    for (i, d) in dirs.iter().enumerate() {
+        let args = [
+            "--docker-plugin".to_string(),
+            "--docker-plugin-dir".into(),
+            plugin_dirs[i].display().to_string(),
+            "--docker-plugin-name".into(),
+            name.clone(),
+            "--docker-host".into(),
+            format!("unix://{}", d.socket().display()),
+        ];
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        lab.add_host_with(&args);
+    }
+    let store = lab.etcd().url();
+    let [d0, d1] = dirs;
+    let dockers: Vec<Dockerd> = [d0, d1]
+        .into_iter()
+        .enumerate()
+        .map(|(i, dirs)| {
+            let k = Dockerd::start_with(
+                lab.host(i),
+                dirs,
+                Some(Cluster {
+                    store: store.clone(),
+                    advertise: format!("{}:2376", lab.host_ip(i)),
+                    hostname: format!("dockerh{i}"),
+                    plugins: plugin_dirs[i].clone(),
+                }),
+            );
+            k.import_busybox();
+            k
+        })
+        .collect();
+    let (k0, k1) = (&dockers[0], &dockers[1]);
+    let nid = k0
+        .ok(&[
+            "network",
+            "create",
+            "-d",
+            &name,
+            "--ipam-driver",
+            &name,
+            "-o",
+            "dataplane.driver=overlay",
+            "--subnet",
+            "10.98.0.0/24",
+            "ovl",
+        ])
+        .stdout
+        .trim()
+        .to_string();
+    eventually("the second dockerd to see the network", || {
+        let out = k1.docker(&["network", "ls", "--format", "{{.Name}} {{.Scope}}"]);
+        out.stdout
+            .contains("ovl global")
+            .then_some(())
+            .ok_or(out.to_string())
+    });
+    k0.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "w0",
+        "--network",
+        "ovl",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    k1.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "w1",
+        "--network",
+        "ovl",
+        IMAGE,
+        "sleep",
+        "3600",
+    ]);
+    k0.eventually_exec("w0", &["ping", "-c", "1", "-W", "2", "w1"]);
+    k1.eventually_exec("w1", &["ping", "-c", "1", "-W", "2", "w0"]);
+    // Each host's addresses come from its own block of the subnet.
+    let ip = |k: &Dockerd, c: &str| {
+        k.ok(&[
+            "inspect",
+            "-f",
+            "{{(index .NetworkSettings.Networks \"ovl\").IPAddress}}",
+            c,
+        ])
+        .stdout
+        .trim()
+        .to_string()
+    };
+    let (a, b) = (ip(k0, "w0"), ip(k1, "w1"));
+    assert_ne!(
+        a.rsplit('.').next().unwrap().parse::<u8>().unwrap() / 64,
+        b.rsplit('.').next().unwrap().parse::<u8>().unwrap() / 64,
+        "{a} {b}"
+    );
+    for i in 0..2 {
+        let nets = lab
+            .host(i)
+            .ok(&["network", "ls", "--format", "json"])
+            .json();
+        let ovl = nets
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["Name"] == "ovl")
+            .cloned();
+        let ovl = ovl.unwrap_or_else(|| panic!("host {i}: {nets:#}"));
+        assert_eq!(
+            (ovl["Id"].as_str(), ovl["Driver"].as_str()),
+            (Some(nid.as_str()), Some("overlay"))
+        );
+        // No vxlan device: the tunnel is our eBPF path.
+        let links = lab
+            .host(i)
+            .ns()
+            .exec(&["ip", "-d", "link", "show"])
+            .ok()
+            .stdout;
+        assert!(!links.contains("vxlan"), "{links}");
+    }
+    k0.ok(&["rm", "-f", "w0"]);
+    k1.ok(&["rm", "-f", "w1"]);
+    k0.ok(&["network", "rm", "ovl"]);
+    for i in 0..2 {
+        eventually("the overlay network to go everywhere", || {
+            let nets = lab
+                .host(i)
+                .ok(&["network", "ls", "--format", "json"])
+                .stdout;
+            (!nets.contains(&nid)).then_some(()).ok_or(nets)
+        });
+    }
+    // Nothing of Docker's IPAM is left in the cluster's store.
+    let range = format!("{}/v3/kv/range", lab.etcd().http());
+    let keys = lab.etcd().curl(&[
+        "-s",
+        "-X",
+        "POST",
+        &range,
+        "-d",
+        r#"{"key":"L2RhdGFwbGFuZS8=","range_end":"L2RhdGFwbGFuZTA=","keys_only":true}"#,
+    ]);
+    let keys: Vec<String> = keys.json()["kvs"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|k| k["key"].as_str())
+        .map(b64)
+        .collect();
+    assert!(
+        keys.iter()
+            .all(|k| !k.contains("docker/pools") && !k.contains("claims/ips")),
+        "{keys:#?}"
+    );
+    drop(dockers);
+}
+
+/// Base64 (standard alphabet, as etcd's JSON gateway writes keys).
+fn b64(s: &str) -> String {
+    let val = |c: u8| -> u32 {
+        match c {
+            b'A'..=b'Z' => u32::from(c - b'A'),
+            b'a'..=b'z' => u32::from(c - b'a') + 26,
+            b'0'..=b'9' => u32::from(c - b'0') + 52,
+            b'+' => 62,
+            _ => 63,
+        }
+    };
+    let bytes: Vec<u8> = s.bytes().filter(|c| *c != b'=').collect();
+    let mut out = Vec::new();
+    for chunk in bytes.chunks(4) {
+        let mut n = 0u32;
+        for (i, c) in chunk.iter().enumerate() {
+            n |= val(*c) << (18 - 6 * i);
+        }
+        for i in 0..chunk.len().saturating_sub(1) {
+            out.push((n >> (16 - 8 * i)) as u8);
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -97,6 +97,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
             cluster,
+            beside_docker: args.docker_plugin,
         };
         tokio::task::spawn_blocking(move || Engine::start(cfg, store)).await?
     };

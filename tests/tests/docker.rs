@@ -124,6 +124,44 @@ fn containers_on_a_dataplane_network_talk_by_docker_s_names() {
         .filter(|c| c["Runtime"] == "docker")
         .count();
     assert_eq!(docker_rows, 2, "{ps:#}");
+    // Without --subnet our IPAM picks a free default pool: not the
+    // daemon's bridge, not Docker's docker0, not app's.
+    s.net_create("auto", &[]);
+    s.sleeper("cc", "auto", &[]);
+    let auto = eventually("the auto network under Docker's name", || {
+        let v = s.our_networks();
+        v.as_array()
+            .and_then(|a| a.iter().find(|n| n["Name"] == "auto").cloned())
+            .ok_or(v.to_string())
+    });
+    let subnet = auto["Subnet"].as_str().unwrap().to_string();
+    let docker0 =
+        s.d.ns()
+            .exec(&["ip", "-4", "-o", "addr", "show", "docker0"])
+            .ok()
+            .stdout;
+    let prefix: String = subnet.split('.').take(2).collect::<Vec<_>>().join(".");
+    assert!(
+        !docker0.contains(&format!(" {prefix}.")),
+        "{subnet} vs docker0: {docker0}"
+    );
+    assert_ne!(subnet, "10.91.0.0/24");
+    let ip_c = s.ip("cc", "auto");
+    assert!(
+        ip_c.starts_with(&format!("{prefix}.")),
+        "{ip_c} not in {subnet}"
+    );
+    // Our own default bridge keeps off docker0's 172.17.0.0/16.
+    let ours = s.d.network_inspect("bridge");
+    let bridge = ours["IPAM"]["Config"][0]["Subnet"]
+        .as_str()
+        .unwrap_or("")
+        .to_string();
+    assert!(
+        !bridge.is_empty() && !bridge.starts_with("172.17."),
+        "{ours:#}"
+    );
+    assert!(docker0.contains(" 172.17.0.1/16"), "{docker0}");
 }
 
 /// What the container's CGI script answers a `curl` from `ns`: the

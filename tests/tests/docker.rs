@@ -55,7 +55,19 @@ impl Setup {
         ];
         args.extend_from_slice(extra);
         args.push(name);
-        self.docker.ok(&args).stdout.trim().to_string()
+        let id = self.docker.ok(&args).stdout.trim().to_string();
+        // Our daemon learns Docker's name right after (Docker's API shows
+        // the network once the driver answered).
+        eventually(&format!("our network {id} named {name}"), || {
+            let v = self.our_networks();
+            v.as_array()
+                .into_iter()
+                .flatten()
+                .any(|n| n["Id"] == id.as_str() && n["Name"] == name)
+                .then_some(())
+                .ok_or(v.to_string())
+        });
+        id
     }
 
     fn run(&self, name: &str, net: &str, extra: &[&str], cmd: &[&str]) -> String {
@@ -124,6 +136,21 @@ fn containers_on_a_dataplane_network_talk_by_docker_s_names() {
         .filter(|c| c["Runtime"] == "docker")
         .count();
     assert_eq!(docker_rows, 2, "{ps:#}");
+    // ... under the names of Docker's containers (learnt from its API).
+    eventually("our attachments under Docker's container names", || {
+        let ps = s.d.ok(&["ps", "--format", "json"]).json();
+        let mut names: Vec<String> = ps
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter(|c| c["Runtime"] == "docker")
+            .filter_map(|c| c["Name"].as_str().map(str::to_string))
+            .collect();
+        names.sort();
+        (names == ["ca", "cb"])
+            .then_some(())
+            .ok_or(format!("{names:?}"))
+    });
     // Without --subnet our IPAM picks a free default pool: not the
     // daemon's bridge, not Docker's docker0, not app's.
     s.net_create("auto", &[]);
@@ -451,6 +478,11 @@ fn ipam_options_addresses_connect_and_removal_leave_nothing() {
     s.docker
         .ok(&["network", "connect", "--alias", "one", "other", "c1"]);
     let c1_other = s.ip("c1", "other");
+    // A second endpoint of the container: NAME.NETWORK on our side.
+    eventually("c1's second attachment named c1.other", || {
+        let ps = s.d.ok(&["ps", "--format", "json"]).stdout;
+        ps.contains("\"c1.other\"").then_some(()).ok_or(ps)
+    });
     assert!(c1_other.starts_with("10.94.0."), "{c1_other}");
     s.docker
         .eventually_exec("o1", &["ping", "-c", "1", "-W", "2", "one"]);

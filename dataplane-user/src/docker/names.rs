@@ -4,7 +4,8 @@
 //! Docker's API for the name a little later and renames our network to it
 //! (`dataplane network ls` then shows Docker's name). Without it, or when
 //! the name is taken by another of our networks, the network keeps its
-//! `docker-<12 hex>` name.
+//! `docker-<12 hex>` name. The same goes for the attachments of Docker's
+//! endpoints: they take the name of the container Docker joined them to.
 
 use std::time::Duration;
 
@@ -54,5 +55,61 @@ pub fn learn_name(p: Shared, id: String) {
             tokio::time::sleep(ASK_EVERY).await;
         }
         warn!(network = %id, "Docker did not show the network within {}s: it keeps its provisional name", LEARN_FOR.as_secs());
+    });
+}
+
+/// Starts learning the name of the container Docker joined endpoint `eid`
+/// of network `nid` to (if `--docker-host` is set): Docker's network shows
+/// the container with its endpoint once the join completed. The
+/// attachment takes the container's name, or `NAME.NETWORK` when the
+/// container's name is taken (its endpoint on another of our networks).
+pub fn learn_endpoint_name(p: Shared, nid: String, eid: String) {
+    let Some(sock) = p.cfg.docker_host.clone() else {
+        return;
+    };
+    tokio::spawn(async move {
+        let client = Client::new(&sock).with_timeout(Some(Duration::from_secs(5)));
+        let path = format!("/networks/{nid}");
+        let tries = LEARN_FOR.as_millis() / ASK_EVERY.as_millis();
+        for _ in 0..tries {
+            let found = match client.call(Method::GET, &path, None).await {
+                Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)
+                    .ok()
+                    .and_then(|v| {
+                        let net = v.get("Name")?.as_str()?.to_string();
+                        let name = v
+                            .get("Containers")?
+                            .as_object()?
+                            .values()
+                            .find(|c| {
+                                c.get("EndpointID").and_then(|e| e.as_str()) == Some(eid.as_str())
+                            })?
+                            .get("Name")?
+                            .as_str()?
+                            .to_string();
+                        Some((name, net))
+                    }),
+                Err(e) => {
+                    debug!(endpoint = %eid, "asking Docker for the endpoint's container: {e:#}");
+                    None
+                }
+            };
+            if let Some((name, net)) = found {
+                let e2 = eid.clone();
+                let r = super::blocking(&p, move |p| {
+                    Ok(p.engine.rename_docker_endpoint(&e2, &name)?
+                        || p.engine
+                            .rename_docker_endpoint(&e2, &format!("{name}.{net}"))?)
+                })
+                .await;
+                match r {
+                    Ok(_) => {}
+                    Err(e) => debug!(endpoint = %eid, "naming the endpoint: {e}"),
+                }
+                return;
+            }
+            tokio::time::sleep(ASK_EVERY).await;
+        }
+        debug!(endpoint = %eid, "Docker did not show the endpoint's container: it keeps its provisional name");
     });
 }

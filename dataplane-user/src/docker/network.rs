@@ -339,6 +339,7 @@ async fn join(State(p): State<Shared>, body: Body) -> Answer {
         })
         .await?;
         info!(endpoint = %eid, peer = %a.peer, "docker joined");
+        super::names::learn_endpoint_name(p.clone(), a.network_id.clone(), eid);
         Ok(proto::JoinResponse {
             interface_name: proto::InterfaceName {
                 src_name: a.peer,

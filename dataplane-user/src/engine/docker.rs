@@ -299,3 +299,41 @@ impl Engine {
         Ok(renamed)
     }
 }
+
+impl Engine {
+    /// Gives Docker endpoint `id`'s attachment the name Docker's container
+    /// has (the driver protocol never sends it; the plugin learns it from
+    /// Docker's API after `Join`), so that `dataplane ps` shows it. False
+    /// when the name is taken (another endpoint of the same container, or
+    /// a container of ours) or not one we take: the attachment keeps its
+    /// name then.
+    pub fn rename_docker_endpoint(&self, id: &str, name: &str) -> ApiResult<bool> {
+        if !crate::model::validate::valid_name(name) {
+            return Ok(false);
+        }
+        let (_, renamed) = self.commit_with(|snap| {
+            let Some(c) = snap
+                .containers
+                .values()
+                .find(|c| c.docker().is_some_and(|x| x.id == id))
+            else {
+                return Err(ApiError::NotFound(format!("no docker attachment {id}")));
+            };
+            if c.name == name || snap.containers.values().any(|o| o.name == name) {
+                return Ok((Txn::default(), c.name == name));
+            }
+            let mut ctr = c.clone();
+            ctr.name = name.to_string();
+            let (old, new) = (model::name_claim(&c.name), model::name_claim(name));
+            let mut t = Txn::default();
+            t.unchanged(c.key(), snap.rev_of(&c.key()))
+                .put(ctr.key(), json(&ctr)?)
+                .unchanged(old.clone(), snap.rev_of(&old))
+                .delete(old)
+                .absent(new.clone())
+                .put(new, c.id.clone().into_bytes());
+            Ok((t, true))
+        })?;
+        Ok(renamed)
+    }
+}

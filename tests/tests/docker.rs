@@ -958,17 +958,18 @@ fn an_overlay_network_made_through_docker_spans_the_cluster_s_hosts() {
         "{a} {b}"
     );
     for i in 0..2 {
-        let nets = lab
-            .host(i)
-            .ok(&["network", "ls", "--format", "json"])
-            .json();
-        let ovl = nets
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|n| n["Name"] == "ovl")
-            .cloned();
-        let ovl = ovl.unwrap_or_else(|| panic!("host {i}: {nets:#}"));
+        // Under Docker's name, learnt by the first host (the record is
+        // the cluster's).
+        let ovl = eventually(&format!("host {i} to list ovl"), || {
+            let nets = lab
+                .host(i)
+                .ok(&["network", "ls", "--format", "json"])
+                .json();
+            let ovl = nets
+                .as_array()
+                .and_then(|a| a.iter().find(|n| n["Name"] == "ovl").cloned());
+            ovl.ok_or(format!("{nets:#}"))
+        });
         assert_eq!(
             (ovl["Id"].as_str(), ovl["Driver"].as_str()),
             (Some(nid.as_str()), Some("overlay"))

@@ -95,6 +95,17 @@ impl Daemon {
             })
     }
 
+    /// `/_ping` (a plain-text `OK`).
+    fn ping(&self) -> Result<(), CallError> {
+        self.rt
+            .block_on(self.client.call(Method::GET, "/_ping", None))
+            .map(drop)
+            .map_err(|e| match e.downcast::<HttpError>() {
+                Ok(h) => CallError::Http(h),
+                Err(e) => CallError::Down(format!("unix://{}: {e:#}", self.socket.display())),
+            })
+    }
+
     fn attachment_path(id: &str) -> String {
         format!("/attachments/{}/{}", Runtime::Cni, seg(id))
     }
@@ -435,7 +446,7 @@ fn status(d: &Daemon, conf: &NetConf) -> CniResultOf<()> {
     let unavailable = |msg: String, details: String| {
         CniError::new(code::NOT_AVAILABLE, msg).with_details(details)
     };
-    match d.call(Method::GET, "/_ping", None) {
+    match d.ping() {
         Ok(_) => {}
         Err(CallError::Down(e)) => {
             return Err(unavailable(

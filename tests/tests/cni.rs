@@ -1,0 +1,376 @@
+//! `dataplane-cni`, the CNI plugin: called as runtimes call plugins
+//! (`CNI_*` variables, the configuration on stdin, the answer on stdout)
+//! against a real daemon, and driven by a real runtime (Podman with its CNI
+//! backend) end to end. Each test plays or starts the runtime itself with
+//! namespaces and state of its own.
+
+use std::{
+    io::Write as _,
+    path::PathBuf,
+    process::{Command, Stdio},
+};
+
+use dataplane_tests::{bin, eventually, in_subnet, Daemon, NetNs, Outside, TempDir, HOST_IP};
+use serde_json::{json, Value};
+
+fn plugin() -> PathBuf {
+    let p = bin().with_file_name("dataplane-cni");
+    assert!(
+        p.is_file(),
+        "no plugin at {} (cargo build -p dataplane-user)",
+        p.display()
+    );
+    p
+}
+
+/// What one plugin call answered.
+#[derive(Debug)]
+struct Answer {
+    ok: bool,
+    out: Value,
+    raw: String,
+    stderr: String,
+}
+
+impl std::fmt::Display for Answer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "ok={} stdout={} stderr={}",
+            self.ok, self.raw, self.stderr
+        )
+    }
+}
+
+impl Answer {
+    /// The error code of a failed call (its object on stdout).
+    fn code(&self) -> u64 {
+        assert!(!self.ok, "expected a failure: {self}");
+        self.out["code"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no error object: {self}"))
+    }
+}
+
+/// Runs the plugin with `vars` (and nothing else of the test's environment,
+/// as runtimes do) and `stdin`.
+fn call(vars: &[(&str, &str)], stdin: &Value) -> Answer {
+    let mut c = Command::new(plugin());
+    c.env_clear()
+        .env("CNI_PATH", "/usr/lib/cni")
+        .envs(vars.iter().copied())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().expect("running dataplane-cni");
+    let body = if stdin.is_string() {
+        stdin.as_str().unwrap().to_string()
+    } else {
+        stdin.to_string()
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(body.as_bytes())
+        .unwrap();
+    let o = child.wait_with_output().unwrap();
+    let raw = String::from_utf8_lossy(&o.stdout).trim().to_string();
+    Answer {
+        ok: o.status.success(),
+        out: serde_json::from_str(&raw).unwrap_or(Value::Null),
+        raw,
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn socket(d: &Daemon) -> String {
+    d.run_dir().join("api.sock").display().to_string()
+}
+
+fn conf(d: &Daemon, version: &str, extra: Value) -> Value {
+    let mut c = json!({
+        "cniVersion": version, "name": "podnet", "type": "dataplane-cni",
+        "network": "pods", "socket": socket(d),
+    });
+    for (k, v) in extra.as_object().cloned().unwrap_or_default() {
+        c[k] = v;
+    }
+    c
+}
+
+fn cmd<'a>(command: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a str)> {
+    vec![
+        ("CNI_COMMAND", command),
+        ("CNI_CONTAINERID", id),
+        ("CNI_NETNS", netns),
+        ("CNI_IFNAME", "eth0"),
+    ]
+}
+
+fn cni_attachments(d: &Daemon) -> Vec<Value> {
+    d.ok(&["ps", "--format", "json"])
+        .json()
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|c| c["Runtime"] == "cni")
+        .collect()
+}
+
+fn has_link(ns: &NetNs, name: &str) -> bool {
+    ns.exec(&["ip", "link", "show", "dev", name]).success()
+}
+
+#[test]
+fn the_plugin_adds_checks_chains_collects_and_deletes_in_the_runtimes_namespaces() {
+    let d = Daemon::start();
+    let (rt1, rt2) = (NetNs::new(), NetNs::new());
+    let (ns1, ns2) = (
+        rt1.path().display().to_string(),
+        rt2.path().display().to_string(),
+    );
+
+    let v = call(
+        &[("CNI_COMMAND", "VERSION")],
+        &json!({"cniVersion": "1.0.0"}),
+    );
+    assert!(v.ok, "{v}");
+    let versions = v.out["supportedVersions"].as_array().unwrap();
+    for want in ["0.3.1", "0.4.0", "1.0.0", "1.1.0"] {
+        assert!(versions.iter().any(|x| x == want), "{v}");
+    }
+
+    // ADD creates the network from "subnet" and the endpoint in the
+    // runtime's namespace, publishing what portMappings asks.
+    let c1 = conf(
+        &d,
+        "1.0.0",
+        json!({"subnet": "10.81.0.0/24", "capabilities": {"portMappings": true},
+               "runtimeConfig": {"portMappings": [
+                   {"hostPort": 8081, "containerPort": 80, "protocol": "tcp", "hostIP": ""}]}}),
+    );
+    let mut add1 = cmd("ADD", "aaaa1111", &ns1);
+    add1.push(("CNI_ARGS", "IgnoreUnknown=1;K8S_POD_NAME=web"));
+    let r1 = call(&add1, &c1);
+    assert!(r1.ok, "{r1}\n{}", d.log());
+    assert_eq!(r1.out["cniVersion"], "1.0.0");
+    assert_eq!(r1.out["interfaces"][0]["name"], "eth0");
+    assert_eq!(r1.out["interfaces"][0]["sandbox"], ns1.as_str());
+    assert_eq!(r1.out["ips"][0]["interface"], 0);
+    assert_eq!(r1.out["ips"][0]["gateway"], "10.81.0.1");
+    assert_eq!(
+        r1.out["routes"],
+        json!([{"dst": "0.0.0.0/0", "gw": "10.81.0.1"}])
+    );
+    let addr1 = r1.out["ips"][0]["address"].as_str().unwrap().to_string();
+    let ip1 = addr1.split('/').next().unwrap().to_string();
+    assert!(
+        in_subnet(&ip1, "10.81.0.0/24") && addr1.ends_with("/24"),
+        "{r1}"
+    );
+    assert!(d.network_inspect("pods")["IPAM"]
+        .to_string()
+        .contains("10.81.0.0/24"));
+    let shown = rt1.exec(&["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(shown.stdout.contains(&addr1), "{shown}");
+    let mac = rt1.exec(&["cat", "/sys/class/net/eth0/address"]);
+    assert_eq!(mac.stdout.trim(), r1.out["interfaces"][0]["mac"]);
+    // ADD again (a runtime retrying) answers the same attachment.
+    let again = call(&add1, &c1);
+    assert!(again.ok, "{again}");
+    assert_eq!(again.out, r1.out);
+
+    // CHECK with ADD's result as prevResult.
+    let mut chk = c1.clone();
+    chk["prevResult"] = r1.out.clone();
+    let ok = call(&cmd("CHECK", "aaaa1111", &ns1), &chk);
+    assert!(ok.ok && ok.raw.is_empty(), "{ok}");
+    // ... of a container it never saw, of another namespace, of a
+    // prevResult without our address.
+    assert_eq!(call(&cmd("CHECK", "bbbb", &ns1), &chk).code(), 3);
+    assert_eq!(call(&cmd("CHECK", "aaaa1111", &ns2), &chk).code(), 3);
+    let mut wrong = chk.clone();
+    wrong["prevResult"]["ips"][0]["address"] = json!("10.81.0.250/24");
+    assert_eq!(call(&cmd("CHECK", "aaaa1111", &ns1), &wrong).code(), 7);
+    // CHECK does not exist before 0.4.0.
+    let mut old = chk.clone();
+    old["cniVersion"] = json!("0.3.1");
+    assert_eq!(call(&cmd("CHECK", "aaaa1111", &ns1), &old).code(), 1);
+
+    // A second container, chained after another plugin's result, in
+    // 0.4.0: its interface is appended, its address points at it.
+    let prev = json!({"cniVersion": "0.4.0",
+        "interfaces": [{"name": "lo0", "sandbox": ns2}],
+        "ips": [{"version": "4", "address": "192.0.2.9/32", "interface": 0}],
+        "dns": {"nameservers": ["192.0.2.53"]}});
+    let c2 = conf(
+        &d,
+        "0.4.0",
+        json!({"prevResult": prev, "runtimeConfig": {"ips": ["10.81.0.77/24"]}}),
+    );
+    let r2 = call(&cmd("ADD", "bbbb2222", &ns2), &c2);
+    assert!(r2.ok, "{r2}\n{}", d.log());
+    assert_eq!(r2.out["cniVersion"], "0.4.0");
+    assert_eq!(r2.out["interfaces"][0]["name"], "lo0");
+    assert_eq!(r2.out["interfaces"][1]["name"], "eth0");
+    assert_eq!(
+        r2.out["ips"][1],
+        json!({"version": "4", "address": "10.81.0.77/24", "gateway": "10.81.0.1", "interface": 1})
+    );
+    assert_eq!(r2.out["dns"]["nameservers"][0], "192.0.2.53");
+    let mut chk2 = c2.clone();
+    chk2["prevResult"] = r2.out.clone();
+    let ok2 = call(&cmd("CHECK", "bbbb2222", &ns2), &chk2);
+    assert!(ok2.ok, "{ok2}");
+
+    // The two reach each other through the dataplane, and by name (the
+    // runtime's K8S_POD_NAME is an alias).
+    eventually("the second container reaching the first", || {
+        let o = rt2.exec(&["ping", "-c1", "-W1", &ip1]);
+        o.success().then_some(()).ok_or(o.to_string())
+    });
+    d.run_sleeper("probe", Some("pods"), &[]);
+    d.assert_pings("probe", "web");
+    d.assert_pings("probe", "10.81.0.77");
+    assert_eq!(cni_attachments(&d).len(), 2);
+
+    // The published port leads into the first container's namespace.
+    let outside = Outside::new(&d);
+    let server = rt1.exec(&[
+        "sh",
+        "-c",
+        "(echo hello-from-cni | timeout 60 nc -l 80) >/dev/null 2>&1 & echo started",
+    ]);
+    assert!(server.success(), "{server}");
+    eventually("the published port to answer", || {
+        let o = outside.exec(&["nc", "-w2", HOST_IP, "8081"]);
+        o.stdout
+            .contains("hello-from-cni")
+            .then_some(())
+            .ok_or(o.to_string())
+    });
+
+    // GC: the runtime lists only the first; the second goes.
+    let gc = conf(
+        &d,
+        "1.1.0",
+        json!({"cni.dev/valid-attachments": [{"containerID": "aaaa1111", "ifname": "eth0"}]}),
+    );
+    let g = call(&[("CNI_COMMAND", "GC")], &gc);
+    assert!(g.ok && g.raw.is_empty(), "{g}");
+    let left = cni_attachments(&d);
+    assert_eq!(left.len(), 1, "{left:#?}");
+    assert!(!has_link(&rt2, "eth0"));
+    assert!(has_link(&rt1, "eth0"));
+
+    // STATUS: the daemon answers.
+    let s = call(&[("CNI_COMMAND", "STATUS")], &conf(&d, "1.1.0", json!({})));
+    assert!(s.ok, "{s}");
+
+    // DEL twice; DEL of the one GC took; the namespaces stay, empty.
+    for (id, ns) in [("aaaa1111", &ns1), ("aaaa1111", &ns1), ("bbbb2222", &ns2)] {
+        let del = call(&cmd("DEL", id, ns), &c1);
+        assert!(del.ok && del.raw.is_empty(), "{del}");
+    }
+    // DEL without a namespace (the runtime lost it) of an unknown one.
+    let del = call(
+        &[
+            ("CNI_COMMAND", "DEL"),
+            ("CNI_CONTAINERID", "cccc"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &c1,
+    );
+    assert!(del.ok, "{del}");
+    assert!(cni_attachments(&d).is_empty());
+    assert!(rt1.path().exists() && rt2.path().exists());
+    assert!(!has_link(&rt1, "eth0"));
+    // Its address and port are free again: another ADD takes both.
+    let mut c3 = c1.clone();
+    c3["runtimeConfig"]["ips"] = json!([ip1]);
+    let r3 = call(&cmd("ADD", "dddd", &ns1), &c3);
+    assert!(r3.ok, "{r3}");
+    assert!(call(&cmd("DEL", "dddd", &ns1), &c3).ok);
+}
+
+#[test]
+fn the_plugin_answers_bad_input_and_a_missing_daemon_with_the_specs_codes() {
+    let d = Daemon::start();
+    d.network_create(&["--subnet", "10.82.0.0/24", "pods"]);
+    let rt = NetNs::new();
+    let ns = rt.path().display().to_string();
+    let good = conf(&d, "1.0.0", json!({}));
+
+    // Undecodable configuration: 6, in our own version.
+    let a = call(&cmd("ADD", "x1", &ns), &json!("{\"cniVersion\": "));
+    assert_eq!(a.code(), 6, "{a}");
+    assert!(a.out["msg"].as_str().is_some() && a.out["cniVersion"] == "1.1.0");
+    // An unknown version: 1.
+    let a = call(&cmd("ADD", "x1", &ns), &conf(&d, "2.0.0", json!({})));
+    assert_eq!(a.code(), 1, "{a}");
+    // Missing variables: 4.
+    let a = call(
+        &[
+            ("CNI_COMMAND", "ADD"),
+            ("CNI_CONTAINERID", "x1"),
+            ("CNI_IFNAME", "eth0"),
+        ],
+        &good,
+    );
+    assert_eq!(a.code(), 4, "{a}");
+    assert_eq!(call(&[], &good).code(), 4);
+    // No network of that name and no subnet to make it: 7.
+    let mut nonet = good.clone();
+    nonet["network"] = json!("nope");
+    let a = call(&cmd("ADD", "x1", &ns), &nonet);
+    assert_eq!(a.code(), 7, "{a}");
+    assert!(a.out["msg"].as_str().unwrap().contains("nope"), "{a}");
+    assert_eq!(
+        call(&[("CNI_COMMAND", "STATUS")], &nonet).code(),
+        50,
+        "STATUS says ADD cannot work"
+    );
+    // A bad port mapping: 7, before anything is asked of the daemon.
+    let mut badport = good.clone();
+    badport["runtimeConfig"] =
+        json!({"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]});
+    assert_eq!(call(&cmd("ADD", "x1", &ns), &badport).code(), 7);
+
+    // An ADD the daemon refuses (an address outside the subnet), then DEL
+    // after it, twice: success, and nothing left.
+    let mut outside = good.clone();
+    outside["runtimeConfig"] = json!({"ips": ["10.99.0.5/24"]});
+    let a = call(&cmd("ADD", "x2", &ns), &outside);
+    assert!(!a.ok && a.code() > 100, "{a}");
+    assert!(!a.out["msg"].as_str().unwrap_or_default().is_empty(), "{a}");
+    for _ in 0..2 {
+        let del = call(&cmd("DEL", "x2", &ns), &good);
+        assert!(del.ok && del.raw.is_empty(), "{del}");
+    }
+    assert!(cni_attachments(&d).is_empty());
+    assert!(!has_link(&rt, "eth0"));
+    let used = d.network_inspect("pods")["Containers"].clone();
+    assert!(used.as_object().is_none_or(|m| m.is_empty()), "{used}");
+    // A namespace that does not exist: the daemon refuses, nothing made.
+    let a = call(&cmd("ADD", "x3", "/nonexistent/netns"), &good);
+    assert!(!a.ok, "{a}");
+    assert!(cni_attachments(&d).is_empty());
+
+    // The daemon is not there: 11 for ADD and DEL (the runtime retries),
+    // 50 for STATUS; VERSION needs no daemon.
+    let gone = TempDir::new();
+    let mut down = good.clone();
+    down["socket"] = json!(gone.path().join("api.sock"));
+    let a = call(&cmd("ADD", "x4", &ns), &down);
+    assert_eq!(a.code(), 11, "{a}");
+    assert!(
+        a.out["details"].as_str().unwrap().contains("api.sock"),
+        "{a}"
+    );
+    assert_eq!(call(&cmd("DEL", "x4", &ns), &down).code(), 11);
+    assert_eq!(call(&[("CNI_COMMAND", "STATUS")], &down).code(), 50);
+    assert!(call(&[("CNI_COMMAND", "VERSION")], &down).ok);
+    assert!(!has_link(&rt, "eth0"));
+}

@@ -357,6 +357,14 @@ pub fn reserve(
         Proto::Tcp => SockType::Stream,
     };
     let fd = socket::socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    if ty == SockType::Stream {
+        // A CNI runtime may hold the port too: Podman's conmon binds and
+        // listens on every published port with SO_REUSEADDR (Go's default)
+        // after the plugin's ADD, in the same namespace. Two TCP sockets
+        // with SO_REUSEADDR share a port while at most one listens, so that
+        // hold succeeds; a plain bind by a host process still fails.
+        socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+    }
     let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
     socket::bind(fd.as_raw_fd(), &addr)?;
     let bound = if port == 0 {

@@ -6,7 +6,7 @@
 
 use std::{
     io::Write as _,
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{Command, Stdio},
 };
 
@@ -373,4 +373,241 @@ fn the_plugin_answers_bad_input_and_a_missing_daemon_with_the_specs_codes() {
     assert_eq!(call(&[("CNI_COMMAND", "STATUS")], &down).code(), 50);
     assert!(call(&[("CNI_COMMAND", "VERSION")], &down).ok);
     assert!(!has_link(&rt, "eth0"));
+}
+
+// ----- Podman (its CNI backend) ---------------------------------------------
+
+const PODMAN: &str = "/usr/bin/podman";
+
+/// A Podman with private state (root, runroot, tmpdir, events, CNI config
+/// and plugin directories) that runs in the daemon's network namespace, as
+/// it would on a host where the daemon runs: its conmon processes hold the
+/// published ports there. Dropping it removes its containers (each one's
+/// DEL goes through our plugin) and then its directories.
+struct Podman {
+    dir: TempDir,
+    netns: PathBuf,
+}
+
+impl Podman {
+    /// `conflist` is written as the network configuration `pods.conflist`;
+    /// the plugin and `loopback` go into the plugin directory; an image
+    /// `bb` is imported from busybox-static with `/www/index.html` saying
+    /// `marker`.
+    fn new(d: &Daemon, conflist: &Value, marker: &str) -> Podman {
+        let p = Podman {
+            dir: TempDir::new(),
+            netns: d.ns().path(),
+        };
+        let at = |s: &str| p.dir.path().join(s);
+        for sub in [
+            "plugins", "netconf", "root", "runroot", "tmp", "img/bin", "img/www",
+        ] {
+            std::fs::create_dir_all(at(sub)).unwrap();
+        }
+        std::fs::copy(plugin(), at("plugins/dataplane-cni")).unwrap();
+        std::fs::copy("/usr/lib/cni/loopback", at("plugins/loopback")).unwrap();
+        std::fs::write(at("netconf/pods.conflist"), conflist.to_string()).unwrap();
+        // The limits Podman sets by default (nofile and nproc in the
+        // millions) are above this machine's hard limits, which a process
+        // without CAP_SYS_RESOURCE cannot raise.
+        let conf = format!(
+            "[containers]\n\
+             default_ulimits = [\"nofile=1024:1024\", \"nproc=4096:4096\"]\n\
+             [network]\n\
+             network_backend = \"cni\"\n\
+             cni_plugin_dirs = [\"{plugins}\"]\n\
+             network_config_dir = \"{netconf}\"\n\
+             [engine]\n\
+             cgroup_manager = \"cgroupfs\"\n\
+             events_logger = \"file\"\n\
+             events_logfile_path = \"{events}\"\n\
+             tmp_dir = \"{tmp}\"\n\
+             runtime = \"runc\"\n",
+            plugins = at("plugins").display(),
+            netconf = at("netconf").display(),
+            events = at("events.log").display(),
+            tmp = at("tmp").display(),
+        );
+        std::fs::write(at("containers.conf"), conf).unwrap();
+        std::fs::copy("/bin/busybox", at("img/bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", at("img/bin/sh")).unwrap();
+        std::fs::write(at("img/www/index.html"), format!("{marker}\n")).unwrap();
+        let tar = dataplane_tests::sh(
+            "tar",
+            &[
+                "-C",
+                &at("img").display().to_string(),
+                "-cf",
+                &at("img.tar").display().to_string(),
+                ".",
+            ],
+        );
+        assert!(tar.success(), "{tar}");
+        let out = p.run(&["import", &at("img.tar").display().to_string(), "bb"]);
+        assert!(out.success(), "podman import: {out}");
+        p
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let at = |s: &str| self.dir.path().join(s);
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns.display()))
+            .arg(PODMAN)
+            .arg("--root")
+            .arg(at("root"))
+            .arg("--runroot")
+            .arg(at("runroot"))
+            .arg("--tmpdir")
+            .arg(at("tmp"))
+            .args(["--storage-driver", "vfs"])
+            .args(args)
+            .env("CONTAINERS_CONF", at("containers.conf"));
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> dataplane_tests::Output {
+        dataplane_tests::run(self.command(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> dataplane_tests::Output {
+        let out = self.run(args);
+        assert!(out.success(), "podman {}: {out}", args.join(" "));
+        out
+    }
+}
+
+impl Drop for Podman {
+    fn drop(&mut self) {
+        let out = self.run(&["rm", "-af", "-t", "0"]);
+        if !out.success() {
+            eprintln!("cleanup: podman rm: {out}");
+        }
+        // Whatever Podman left mounted under its directories (a container's
+        // shm when rm failed) must go before the directories can.
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let prefix = self.dir.path().display().to_string();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if m.starts_with(&prefix) {
+                let _ = dataplane_tests::sh("umount", &["-l", m]);
+            }
+        }
+    }
+}
+
+fn veths(ns: &NetNs) -> Vec<String> {
+    ns.exec(&["ip", "-o", "link", "show", "type", "veth"])
+        .stdout
+        .lines()
+        .filter_map(|l| l.split(':').nth(1))
+        .map(|s| s.trim().split('@').next().unwrap_or("").to_string())
+        .collect()
+}
+
+#[test]
+fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_each_other() {
+    if !Path::new(PODMAN).exists() {
+        eprintln!("SKIPPED: {PODMAN} is not installed");
+        return;
+    }
+    let d = Daemon::start();
+    let outside = Outside::new(&d);
+    let before = veths(d.ns());
+    // 0.4.0: the version Podman's own CNI networks were written in; our
+    // results are converted down to its shape.
+    let conflist = json!({
+        "cniVersion": "0.4.0", "name": "pods",
+        "plugins": [{"type": "dataplane-cni", "network": "pods", "subnet": "10.84.0.0/24",
+                     "socket": socket(&d),
+                     "capabilities": {"portMappings": true, "ips": true}}],
+    });
+    let marker = format!("served-through-dataplane-{}", std::process::id());
+    let p = Podman::new(&d, &conflist, &marker);
+    let ls = p.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
+    assert!(ls.stdout.contains("pods dataplane-cni"), "{ls}");
+
+    // A container with a published port, attached through the plugin.
+    p.ok(&[
+        "run",
+        "-d",
+        "--name",
+        "web",
+        "--network",
+        "pods",
+        "-p",
+        "8086:80",
+        "bb",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    let web_ip = p
+        .ok(&[
+            "inspect",
+            "web",
+            "--format",
+            "{{(index .NetworkSettings.Networks \"pods\").IPAddress}}",
+        ])
+        .stdout
+        .trim()
+        .to_string();
+    assert!(in_subnet(&web_ip, "10.84.0.0/24"), "{web_ip}");
+    let listed = cni_attachments(&d);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["State"], "running", "{listed:#?}");
+    assert!(
+        listed[0]["Ports"].to_string().contains("8086->80/tcp"),
+        "{listed:#?}"
+    );
+    let full_id = p.ok(&["inspect", "web", "--format", "{{.Id}}"]).stdout;
+    assert_eq!(
+        listed[0]["Names"].as_str().or(listed[0]["Name"].as_str()),
+        Some(format!("cni-{}", &full_id.trim()[..12]).as_str()),
+        "{listed:#?}"
+    );
+
+    // Reached from outside through the published port (our eBPF NAT; the
+    // port Podman's conmon holds never sees the traffic).
+    let url = format!("http://{HOST_IP}:8086/index.html");
+    eventually("the published port to serve from outside", || {
+        let o = outside.exec(&["curl", "-s", "--max-time", "2", &url]);
+        o.stdout
+            .contains(&marker)
+            .then_some(())
+            .ok_or(o.to_string())
+    });
+
+    // A second container reaches the first by address and by name (our
+    // DNS at 127.0.0.11, which the result gave Podman).
+    let fetch = format!(
+        "/bin/busybox wget -q -O - http://{web_ip}/index.html && \
+         /bin/busybox wget -q -O - http://web/index.html && \
+         /bin/busybox cat /etc/resolv.conf"
+    );
+    let out = p.ok(&[
+        "run",
+        "--rm",
+        "--name",
+        "client",
+        "--network",
+        "pods",
+        "bb",
+        "/bin/sh",
+        "-c",
+        &fetch,
+    ]);
+    assert_eq!(out.stdout.matches(&marker).count(), 2, "{out}");
+    assert!(out.stdout.contains("nameserver 127.0.0.11"), "{out}");
+    // `--rm`'s DEL detached the client.
+    assert_eq!(cni_attachments(&d).len(), 1);
+
+    // Removed by Podman: detached, its veth gone, its port and address free.
+    p.ok(&["rm", "-f", "-t", "0", "web"]);
+    assert!(cni_attachments(&d).is_empty(), "{:#?}", cni_attachments(&d));
+    assert_eq!(veths(d.ns()), before);
+    d.run_sleeper("again", Some("pods"), &["-p", "8086:80", "--ip", &web_ip]);
 }

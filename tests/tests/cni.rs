@@ -611,3 +611,237 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
     assert_eq!(veths(d.ns()), before);
     d.run_sleeper("again", Some("pods"), &["-p", "8086:80", "--ip", &web_ip]);
 }
+
+// ----- containerd (`ctr run --cni`) -----------------------------------------
+
+const CONTAINERD: &str = "/usr/bin/containerd";
+const CTR: &str = "/usr/bin/ctr";
+
+/// A containerd of its own (root, state, sockets; the CRI plugin off) in
+/// the daemon's namespace, and `ctr` to drive it. `ctr run --cni` reads
+/// fixed paths (/etc/cni/net.d, /opt/cni/bin), so each `ctr` runs in a
+/// private mount namespace with this test's directories bound over them;
+/// `/run/netns` stays shared, so the daemon sees the namespaces ctr makes.
+/// Dropping it removes its tasks and containers, then stops containerd.
+struct Containerd {
+    dir: TempDir,
+    netns: PathBuf,
+    _daemon: dataplane_tests::Proc,
+}
+
+impl Containerd {
+    /// `None` (with the reason) when containerd does not start here.
+    fn start(d: &Daemon, conflist: &Value, marker: &str) -> Result<Containerd, String> {
+        let dir = TempDir::new();
+        let at = |s: &str| dir.path().join(s);
+        for sub in [
+            "root",
+            "state",
+            "conf",
+            "opt/cni/bin",
+            "rootfs/bin",
+            "rootfs/www",
+        ] {
+            std::fs::create_dir_all(at(sub)).unwrap();
+        }
+        std::fs::copy(plugin(), at("opt/cni/bin/dataplane-cni")).unwrap();
+        std::fs::copy("/usr/lib/cni/loopback", at("opt/cni/bin/loopback")).unwrap();
+        std::fs::write(at("conf/10-pods.conflist"), conflist.to_string()).unwrap();
+        std::fs::copy("/bin/busybox", at("rootfs/bin/busybox")).unwrap();
+        std::os::unix::fs::symlink("busybox", at("rootfs/bin/sh")).unwrap();
+        std::fs::write(at("rootfs/www/index.html"), format!("{marker}\n")).unwrap();
+        let config = format!(
+            "version = 2\nroot = \"{root}\"\nstate = \"{state}\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n\
+             [grpc]\n  address = \"{sock}\"\n[ttrpc]\n  address = \"{sock}.ttrpc\"\n",
+            root = at("root").display(),
+            state = at("state").display(),
+            sock = at("containerd.sock").display(),
+        );
+        std::fs::write(at("config.toml"), config).unwrap();
+        let script = format!(
+            "#!/bin/sh\nset -e\nmount --bind {conf} /etc/cni/net.d\nmount --bind {opt} /opt\n\
+             exec {CTR} -a {sock} \"$@\"\n",
+            conf = at("conf").display(),
+            opt = at("opt").display(),
+            sock = at("containerd.sock").display(),
+        );
+        std::fs::write(at("ctr.sh"), script).unwrap();
+        dataplane_tests::sh("chmod", &["+x", &at("ctr.sh").display().to_string()]).ok();
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", d.ns().path().display()))
+            .arg(CONTAINERD)
+            .arg("--config")
+            .arg(at("config.toml"));
+        let daemon = dataplane_tests::Proc::spawn(c);
+        let ctrd = Containerd {
+            dir,
+            netns: d.ns().path(),
+            _daemon: daemon,
+        };
+        dataplane_tests::retry(
+            "containerd to answer",
+            100,
+            std::time::Duration::from_millis(100),
+            || {
+                let o = ctrd.run(&["version"]);
+                o.success().then_some(()).ok_or(o.to_string())
+            },
+        );
+        if !Path::new("/etc/cni/net.d").is_dir() {
+            return Err(
+                "/etc/cni/net.d is missing (ctr's fixed CNI configuration directory)".into(),
+            );
+        }
+        Ok(ctrd)
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.netns.display()))
+            .args(["unshare", "--mount", "--propagation", "unchanged"])
+            .arg(self.dir.path().join("ctr.sh"))
+            .args(args);
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> dataplane_tests::Output {
+        dataplane_tests::run(self.command(args))
+    }
+
+    fn ok(&self, args: &[&str]) -> dataplane_tests::Output {
+        let out = self.run(args);
+        assert!(out.success(), "ctr {}: {out}", args.join(" "));
+        out
+    }
+
+    fn rootfs(&self) -> String {
+        self.dir.path().join("rootfs").display().to_string()
+    }
+
+    /// Kills and deletes task and container `id` (waiting for the task to
+    /// stop).
+    fn remove(&self, id: &str) {
+        let _ = self.run(&["task", "kill", "-s", "KILL", id]);
+        let _ = dataplane_tests::retry(
+            &format!("task {id} to stop"),
+            50,
+            std::time::Duration::from_millis(100),
+            || {
+                let ls = self.run(&["task", "ls"]);
+                let running = ls
+                    .stdout
+                    .lines()
+                    .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"));
+                (!running).then_some(()).ok_or(ls.to_string())
+            },
+        );
+        let _ = self.run(&["task", "rm", "-f", id]);
+        let _ = self.run(&["container", "rm", id]);
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        let ls = self.run(&["container", "ls", "-q"]);
+        for id in ls.stdout.split_whitespace() {
+            self.remove(id);
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap_or_default();
+        let prefix = self.dir.path().display().to_string();
+        for m in mounts.lines().filter_map(|l| l.split(' ').nth(1)) {
+            if m.starts_with(&prefix) {
+                let _ = dataplane_tests::sh("umount", &["-l", m]);
+            }
+        }
+    }
+}
+
+#[test]
+fn containerd_ctr_runs_containers_through_the_plugin_and_gc_takes_what_ctr_leaves() {
+    for b in [CONTAINERD, CTR] {
+        if !Path::new(b).exists() {
+            eprintln!("SKIPPED: {b} is not installed");
+            return;
+        }
+    }
+    let d = Daemon::start();
+    let conflist = json!({
+        "cniVersion": "1.0.0", "name": "pods",
+        "plugins": [{"type": "dataplane-cni", "network": "pods", "subnet": "10.85.0.0/24",
+                     "socket": socket(&d)}],
+    });
+    let marker = format!("served-by-ctr-{}", std::process::id());
+    let c = match Containerd::start(&d, &conflist, &marker) {
+        Ok(c) => c,
+        Err(why) => {
+            eprintln!("SKIPPED: {why}");
+            return;
+        }
+    };
+    let rootfs = c.rootfs();
+    c.ok(&[
+        "run",
+        "-d",
+        "--cni",
+        "--rootfs",
+        &rootfs,
+        "web",
+        "/bin/busybox",
+        "httpd",
+        "-f",
+        "-p",
+        "80",
+        "-h",
+        "/www",
+    ]);
+    // ctr's CNI_CONTAINERID is NAMESPACE-ID.
+    let web_ip = d.ip("cni-defaultweb", "pods");
+    assert!(in_subnet(&web_ip, "10.85.0.0/24"), "{web_ip}");
+
+    // A container of ours reaches it, and so does a second ctr container.
+    d.run_sleeper("probe", Some("pods"), &[]);
+    let url = format!("http://{web_ip}/index.html");
+    eventually("our container fetching from ctr's", || {
+        let o = d.exec_in("probe", &["curl", "-s", "--max-time", "2", &url]);
+        o.stdout
+            .contains(&marker)
+            .then_some(())
+            .ok_or(o.to_string())
+    });
+    let out = c.ok(&[
+        "run",
+        "--rm",
+        "--cni",
+        "--rootfs",
+        &rootfs,
+        "client",
+        "/bin/busybox",
+        "wget",
+        "-q",
+        "-O",
+        "-",
+        &url,
+    ]);
+    assert!(out.stdout.contains(&marker), "{out}");
+    // `run --rm` ran DEL for the client.
+    let left = cni_attachments(&d);
+    assert_eq!(left.len(), 1, "{left:#?}");
+
+    // ctr never runs DEL for a container it ran detached: once its task
+    // (whose namespace it was) is gone, the attachment is listed as exited
+    // and GC, with no attachment valid any more, takes it.
+    c.remove("web");
+    eventually("the attachment to show exited", || {
+        let l = cni_attachments(&d);
+        (l.len() == 1 && l[0]["State"] == "exited")
+            .then_some(())
+            .ok_or(format!("{l:#?}"))
+    });
+    let gc = conf(&d, "1.1.0", json!({"cni.dev/valid-attachments": []}));
+    let g = call(&[("CNI_COMMAND", "GC")], &gc);
+    assert!(g.ok, "{g}");
+    assert!(cni_attachments(&d).is_empty());
+    // Its address is free again.
+    d.run_sleeper("again", Some("pods"), &["--ip", &web_ip]);
+}

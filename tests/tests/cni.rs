@@ -723,19 +723,19 @@ impl Containerd {
     /// stop).
     fn remove(&self, id: &str) {
         let _ = self.run(&["task", "kill", "-s", "KILL", id]);
-        let _ = dataplane_tests::retry(
-            &format!("task {id} to stop"),
-            50,
-            std::time::Duration::from_millis(100),
-            || {
-                let ls = self.run(&["task", "ls"]);
-                let running = ls
-                    .stdout
-                    .lines()
-                    .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"));
-                (!running).then_some(()).ok_or(ls.to_string())
-            },
-        );
+        // Bounded, and never a panic: this also runs from Drop. `task rm
+        // -f` below kills what is still running.
+        for _ in 0..50 {
+            let ls = self.run(&["task", "ls"]);
+            let running = ls
+                .stdout
+                .lines()
+                .any(|l| l.split_whitespace().next() == Some(id) && l.contains("RUNNING"));
+            if !running {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
         let _ = self.run(&["task", "rm", "-f", id]);
         let _ = self.run(&["container", "rm", id]);
     }

@@ -356,7 +356,7 @@ fn check(d: &Daemon, env: &Env, conf: &NetConf) -> CniResultOf<()> {
     let found = interface_in(Path::new(&env.netns), &env.ifname).map_err(|e| {
         CniError::new(code::IO, format!("reading the interfaces of {}", env.netns)).with_details(e)
     })?;
-    let Some((ips, mac)) = found else {
+    let Some(Found { ips, mac }) = found else {
         return Err(CniError::new(
             code::UNKNOWN_CONTAINER,
             format!("interface {} is missing from {}", env.ifname, env.netns),
@@ -383,13 +383,16 @@ fn check(d: &Daemon, env: &Env, conf: &NetConf) -> CniResultOf<()> {
     Ok(())
 }
 
+/// An interface as CHECK found it: its IPv4 addresses and MAC.
+struct Found {
+    ips: Vec<Ipv4Addr>,
+    mac: Option<[u8; 6]>,
+}
+
 /// The IPv4 addresses and MAC of `ifname` in namespace `netns` (`None`: no
 /// such interface). Read on a thread of its own that enters the namespace,
 /// so the plugin's own thread never changes namespace.
-fn interface_in(
-    netns: &Path,
-    ifname: &str,
-) -> Result<Option<(Vec<Ipv4Addr>, Option<[u8; 6]>)>, String> {
+fn interface_in(netns: &Path, ifname: &str) -> Result<Option<Found>, String> {
     let file = std::fs::File::open(netns).map_err(|e| format!("{}: {e}", netns.display()))?;
     let ifname = ifname.to_string();
     std::thread::spawn(move || {
@@ -410,7 +413,7 @@ fn interface_in(
                 mac = link.addr();
             }
         }
-        Ok(seen.then_some((ips, mac)))
+        Ok(seen.then_some(Found { ips, mac }))
     })
     .join()
     .map_err(|_| "the namespace reader panicked".to_string())?

@@ -123,6 +123,54 @@ fn has_link(ns: &NetNs, name: &str) -> bool {
     ns.exec(&["ip", "link", "show", "dev", name]).success()
 }
 
+/// The keys of the daemon's pinned map `name` (bytes); `None` when
+/// `bpftool` is not installed to tell.
+fn map_keys(d: &Daemon, name: &str) -> Option<Vec<Vec<u8>>> {
+    if !dataplane_tests::sh("sh", &["-c", "command -v bpftool"]).success() {
+        return None;
+    }
+    let pin = std::fs::read_dir(d.bpffs())
+        .expect("the daemon's bpffs directory")
+        .filter_map(Result::ok)
+        .map(|e| e.path().join("maps").join(name))
+        .find(|p| p.exists())
+        .unwrap_or_else(|| panic!("no pinned map {name}"));
+    let out = dataplane_tests::sh("bpftool", &["-j", "map", "dump", "pinned", pin.to_str()?]);
+    assert!(out.success(), "{out}");
+    let entries = out.json();
+    Some(
+        entries
+            .as_array()
+            .expect("a list of entries")
+            .iter()
+            .map(|e| {
+                e["key"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|b| b.as_str())
+                    .filter_map(|b| u8::from_str_radix(b.trim_start_matches("0x"), 16).ok())
+                    .collect()
+            })
+            .collect(),
+    )
+}
+
+/// Asserts that `ENDPOINTS` has no entry for any of `ips` and `PORTS` none
+/// at all (when bpftool can tell).
+#[track_caller]
+fn assert_no_map_entries(d: &Daemon, ips: &[&str]) {
+    if let Some(keys) = map_keys(d, "ENDPOINTS") {
+        for ip in ips {
+            let want = ip.parse::<std::net::Ipv4Addr>().unwrap().octets().to_vec();
+            assert!(!keys.contains(&want), "ENDPOINTS still has {ip}");
+        }
+    }
+    if let Some(keys) = map_keys(d, "PORTS") {
+        assert!(keys.is_empty(), "PORTS still has {} entries", keys.len());
+    }
+}
+
 #[test]
 fn the_plugin_adds_checks_chains_collects_and_deletes_in_the_runtimes_namespaces() {
     let d = Daemon::start();
@@ -177,6 +225,14 @@ fn the_plugin_adds_checks_chains_collects_and_deletes_in_the_runtimes_namespaces
     assert!(shown.stdout.contains(&addr1), "{shown}");
     let mac = rt1.exec(&["cat", "/sys/class/net/eth0/address"]);
     assert_eq!(mac.stdout.trim(), r1.out["interfaces"][0]["mac"]);
+    // Projected like any endpoint (and so the leak checks below can see).
+    if let Some(keys) = map_keys(&d, "ENDPOINTS") {
+        let want = ip1.parse::<std::net::Ipv4Addr>().unwrap().octets().to_vec();
+        assert!(keys.contains(&want), "ENDPOINTS lacks {ip1}");
+    }
+    if let Some(keys) = map_keys(&d, "PORTS") {
+        assert_eq!(keys.len(), 1, "PORTS holds the one mapping");
+    }
     // ADD again (a runtime retrying) answers the same attachment.
     let again = call(&add1, &c1);
     assert!(again.ok, "{again}");
@@ -285,6 +341,7 @@ fn the_plugin_adds_checks_chains_collects_and_deletes_in_the_runtimes_namespaces
     );
     assert!(del.ok, "{del}");
     assert!(cni_attachments(&d).is_empty());
+    assert_no_map_entries(&d, &[&ip1, "10.81.0.77"]);
     assert!(rt1.path().exists() && rt2.path().exists());
     assert!(!has_link(&rt1, "eth0"));
     // Its address and port are free again: another ADD takes both.
@@ -332,10 +389,15 @@ fn the_plugin_answers_bad_input_and_a_missing_daemon_with_the_specs_codes() {
         50,
         "STATUS says ADD cannot work"
     );
-    // A bad port mapping: 7, before anything is asked of the daemon.
+    // An unsupported protocol: 2, naming it; a malformed mapping: 7; both
+    // before anything is asked of the daemon.
     let mut badport = good.clone();
     badport["runtimeConfig"] =
         json!({"portMappings": [{"hostPort": 80, "containerPort": 80, "protocol": "sctp"}]});
+    let a = call(&cmd("ADD", "x1", &ns), &badport);
+    assert_eq!(a.code(), 2, "{a}");
+    assert!(a.out["msg"].as_str().unwrap().contains("sctp"), "{a}");
+    badport["runtimeConfig"] = json!({"portMappings": [{"hostPort": "80"}]});
     assert_eq!(call(&cmd("ADD", "x1", &ns), &badport).code(), 7);
 
     // An ADD the daemon refuses (an address outside the subnet), then DEL
@@ -351,6 +413,7 @@ fn the_plugin_answers_bad_input_and_a_missing_daemon_with_the_specs_codes() {
     }
     assert!(cni_attachments(&d).is_empty());
     assert!(!has_link(&rt, "eth0"));
+    assert_no_map_entries(&d, &["10.99.0.5"]);
     let used = d.network_inspect("pods")["Containers"].clone();
     assert!(used.as_object().is_none_or(|m| m.is_empty()), "{used}");
     // A namespace that does not exist: the daemon refuses, nothing made.
@@ -609,6 +672,7 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
     p.ok(&["rm", "-f", "-t", "0", "web"]);
     assert!(cni_attachments(&d).is_empty(), "{:#?}", cni_attachments(&d));
     assert_eq!(veths(d.ns()), before);
+    assert_no_map_entries(&d, &[&web_ip]);
     d.run_sleeper("again", Some("pods"), &["-p", "8086:80", "--ip", &web_ip]);
 }
 
@@ -842,6 +906,8 @@ fn containerd_ctr_runs_containers_through_the_plugin_and_gc_takes_what_ctr_leave
     let g = call(&[("CNI_COMMAND", "GC")], &gc);
     assert!(g.ok, "{g}");
     assert!(cni_attachments(&d).is_empty());
+    // probe (no ports) stays; web's entry went with its namespace.
+    assert_no_map_entries(&d, &[&web_ip]);
     // Its address is free again.
     d.run_sleeper("again", Some("pods"), &["--ip", &web_ip]);
 }

@@ -285,7 +285,7 @@ impl CniPortMapping {
             "udp" => true,
             p => {
                 return Err(CniError::new(
-                    code::INVALID_CONFIG,
+                    code::UNSUPPORTED_FIELD,
                     format!("portMappings: protocol {p:?} is not supported (tcp or udp)"),
                 ))
             }
@@ -296,7 +296,7 @@ impl CniPortMapping {
                 Ok(IpAddr::V4(ip)) => Some(ip),
                 Ok(IpAddr::V6(_)) => {
                     return Err(CniError::new(
-                        code::INVALID_CONFIG,
+                        code::UNSUPPORTED_FIELD,
                         format!("portMappings: hostIP {s} is IPv6; this dataplane is IPv4 only"),
                     ))
                 }
@@ -482,7 +482,7 @@ impl NetConf {
                 Ok(IpAddr::V4(ip)) => v4.push(ip),
                 Ok(IpAddr::V6(_)) => {
                     return Err(CniError::new(
-                        code::INVALID_CONFIG,
+                        code::UNSUPPORTED_FIELD,
                         format!("ips: {s} is IPv6; this dataplane is IPv4 only"),
                     ))
                 }

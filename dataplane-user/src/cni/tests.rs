@@ -183,8 +183,14 @@ fn bad_port_mappings_and_addresses_are_refused() {
         protocol: proto.into(),
         host_ip: ip.into(),
     };
-    assert!(pm("sctp", "", 80).check().is_err());
-    assert!(pm("tcp", "::1", 80).check().is_err());
+    assert_eq!(
+        pm("sctp", "", 80).check().unwrap_err().code,
+        code::UNSUPPORTED_FIELD
+    );
+    assert_eq!(
+        pm("tcp", "::1", 80).check().unwrap_err().code,
+        code::UNSUPPORTED_FIELD
+    );
     assert!(pm("tcp", "nope", 80).check().is_err());
     assert!(pm("tcp", "", 0).check().is_err());
     assert_eq!(pm("", "0.0.0.0", 80).check().unwrap().host_ip, None);
@@ -198,11 +204,11 @@ fn bad_port_mappings_and_addresses_are_refused() {
         .unwrap()
     };
     assert_eq!(conf("[]").requested_ip(&e).unwrap(), None);
-    for bad in [
-        r#"["fd00::1/64"]"#,
-        r#"["10.0.0.1","10.0.0.2"]"#,
-        r#"["x"]"#,
-    ] {
+    assert_eq!(
+        conf(r#"["fd00::1/64"]"#).requested_ip(&e).unwrap_err().code,
+        code::UNSUPPORTED_FIELD
+    );
+    for bad in [r#"["10.0.0.1","10.0.0.2"]"#, r#"["x"]"#] {
         assert_eq!(
             conf(bad).requested_ip(&e).unwrap_err().code,
             code::INVALID_CONFIG,

@@ -438,6 +438,62 @@ fn the_plugin_answers_bad_input_and_a_missing_daemon_with_the_specs_codes() {
     assert!(!has_link(&rt, "eth0"));
 }
 
+/// The ENDPOINTS keys (addresses) that start with `prefix`.
+fn endpoints_in(d: &Daemon, prefix: &str) -> Option<Vec<String>> {
+    Some(
+        map_keys(d, "ENDPOINTS")?
+            .into_iter()
+            .filter(|k| k.len() == 4)
+            .map(|k| format!("{}.{}.{}.{}", k[0], k[1], k[2], k[3]))
+            .filter(|ip| ip.starts_with(prefix))
+            .collect(),
+    )
+}
+
+#[test]
+fn an_add_the_daemon_dies_in_is_undone_and_del_after_it_leaves_nothing() {
+    let mut d = Daemon::start();
+    d.network_create(&["--subnet", "10.86.0.0/24", "pods"]);
+    let rt = NetNs::new();
+    let ns = rt.path().display().to_string();
+    let c = conf(
+        &d,
+        "1.0.0",
+        json!({"runtimeConfig": {"portMappings": [
+            {"hostPort": 8087, "containerPort": 80, "protocol": "tcp"}]}}),
+    );
+    // The daemon aborts after making the endpoint, before committing it.
+    d.stop("TERM");
+    d.restart_with_env(&[("DATAPLANE_CRASH_AT", "attach-before-commit")]);
+    let a = call(&cmd("ADD", "dead1", &ns), &c);
+    assert_eq!(a.code(), 11, "{a}");
+    // With the daemon gone, DEL is try-again-later too (the runtime
+    // retries; nothing may be forgotten).
+    assert_eq!(call(&cmd("DEL", "dead1", &ns), &c).code(), 11);
+    d.stop("KILL");
+    d.restart();
+    for _ in 0..2 {
+        let del = call(&cmd("DEL", "dead1", &ns), &c);
+        assert!(del.ok && del.raw.is_empty(), "{del}");
+    }
+    assert!(cni_attachments(&d).is_empty());
+    eventually("the half-made endpoint to be gone", || {
+        let left = endpoints_in(&d, "10.86.0.").unwrap_or_default();
+        (left.is_empty() && !has_link(&rt, "eth0"))
+            .then_some(())
+            .ok_or(format!(
+                "ENDPOINTS {left:?}, eth0 in the namespace: {}",
+                has_link(&rt, "eth0")
+            ))
+    });
+    assert_no_map_entries(&d, &[]);
+    assert!(rt.path().exists(), "the runtime's namespace stays");
+    // The same container attaches again, with its port.
+    let r = call(&cmd("ADD", "dead1", &ns), &c);
+    assert!(r.ok, "{r}\n{}", d.log());
+    assert!(call(&cmd("DEL", "dead1", &ns), &c).ok);
+}
+
 // ----- Podman (its CNI backend) ---------------------------------------------
 
 const PODMAN: &str = "/usr/bin/podman";

@@ -356,8 +356,29 @@ pub enum Sharing {
     /// plugin's ADD, in the same namespace. Two TCP sockets with
     /// SO_REUSEADDR share a port while at most one listens, so ours is
     /// bound with it; a host process's plain bind still fails. UDP cannot
-    /// be shared this way (Go binds UDP without SO_REUSEADDR).
+    /// be shared this way (Go binds UDP without SO_REUSEADDR), so a UDP
+    /// port is only checked free and chosen, then left to the runtime to
+    /// hold, as CNI's own portmap plugin leaves it.
     WithRuntime,
+}
+
+/// Reserves as `sharing` says: `None` when the port is the runtime's to
+/// hold (UDP of [`Sharing::WithRuntime`]), after checking that it is free.
+pub fn hold(
+    proto: &Proto,
+    ip: Option<Ipv4Addr>,
+    port: u16,
+    sharing: Sharing,
+) -> Result<(Option<Reservation>, u16), Errno> {
+    let (r, p) = reserve_shared(proto, ip, port, sharing)?;
+    Ok((kept(proto, sharing, r), p))
+}
+
+/// A reservation made to check or choose a port, kept unless the runtime
+/// holds the port ([`hold`]).
+fn kept(proto: &Proto, sharing: Sharing, r: Reservation) -> Option<Reservation> {
+    let runtimes = *proto == Proto::Udp && sharing == Sharing::WithRuntime;
+    (!runtimes).then_some(r)
 }
 
 /// Binds a `proto` socket on `ip:port` (`None`: 0.0.0.0; port 0: the kernel
@@ -454,9 +475,9 @@ pub fn allocate_shared(
                     if taken.collides(r.proto, ip, a) {
                         return Err(already_allocated(ip, &a.to_string()));
                     }
-                    let (res, _) = reserve_shared(&r.proto, ip, a, sharing)
+                    let (res, _) = hold(&r.proto, ip, a, sharing)
                         .map_err(|e| bind_error(r.proto, ip, a, e))?;
-                    held.push(res);
+                    held.extend(res);
                     a
                 }
                 Some((a, b)) => {
@@ -465,9 +486,9 @@ pub fn allocate_shared(
                         if taken.collides(r.proto, ip, p) {
                             continue;
                         }
-                        match reserve_shared(&r.proto, ip, p, sharing) {
+                        match hold(&r.proto, ip, p, sharing) {
                             Ok((res, _)) => {
-                                held.push(res);
+                                held.extend(res);
                                 found = Some(p);
                                 break;
                             }
@@ -491,7 +512,7 @@ pub fn allocate_shared(
                         match reserve_shared(&r.proto, ip, 0, sharing) {
                             Ok((res, p)) if taken.collides(r.proto, ip, p) => skipped.push(res),
                             Ok((res, p)) => {
-                                held.push(res);
+                                held.extend(kept(&r.proto, sharing, res));
                                 found = Some(p);
                                 break;
                             }
@@ -1193,12 +1214,29 @@ mod tests {
             let (ours, _) = reserve(&Proto::Tcp, None, 8301).unwrap();
             assert_eq!(go_listener(8301).unwrap_err(), Errno::EADDRINUSE);
             drop(ours);
-            // UDP is never shared (Go binds it without SO_REUSEADDR).
-            let (_udp, _) = reserve_shared(&Proto::Udp, None, 8302, Sharing::WithRuntime).unwrap();
+            // UDP cannot be shared (Go binds it without SO_REUSEADDR): a
+            // runtime's UDP port is checked free, then left to it.
+            let (none, p) = hold(&Proto::Udp, None, 8302, Sharing::WithRuntime).unwrap();
+            assert!(none.is_none() && p == 8302);
+            let (conmon, _) = reserve(&Proto::Udp, None, 8302).expect("left to the runtime");
             assert_eq!(
-                reserve(&Proto::Udp, None, 8302).unwrap_err(),
-                Errno::EADDRINUSE
+                hold(&Proto::Udp, None, 8302, Sharing::WithRuntime).unwrap_err(),
+                Errno::EADDRINUSE,
+                "but checked free"
             );
+            drop(conmon);
+            let (b, held) = allocate_shared(
+                &[
+                    req("udp", None, Some((8303, 8303)), 53),
+                    req("tcp", None, Some((8303, 8303)), 80),
+                ],
+                &Taken::default(),
+                Sharing::WithRuntime,
+            )
+            .unwrap();
+            assert_eq!(b.len(), 2);
+            assert_eq!(held.len(), 1, "only the TCP port is held");
+            assert!(go_listener(8303).is_ok());
         }) else {
             eprintln!("skipped: needs root for a private network namespace");
             return;

@@ -645,7 +645,8 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
     let ls = p.ok(&["network", "ls", "--format", "{{.Name}} {{.Driver}}"]);
     assert!(ls.stdout.contains("pods dataplane-cni"), "{ls}");
 
-    // A container with a published port, attached through the plugin.
+    // A container with published ports, attached through the plugin. Its
+    // conmon holds them too: TCP shares our reservation, UDP is left to it.
     p.ok(&[
         "run",
         "-d",
@@ -655,6 +656,8 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
         "pods",
         "-p",
         "8086:80",
+        "-p",
+        "5354:53/udp",
         "bb",
         "/bin/busybox",
         "httpd",
@@ -678,10 +681,15 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
     let listed = cni_attachments(&d);
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["State"], "running", "{listed:#?}");
-    assert!(
-        listed[0]["Ports"].to_string().contains("8086->80/tcp"),
-        "{listed:#?}"
-    );
+    for want in ["8086->80/tcp", "5354->53/udp"] {
+        assert!(
+            listed[0]["Ports"].to_string().contains(want),
+            "{want}: {listed:#?}"
+        );
+    }
+    if let Some(keys) = map_keys(&d, "PORTS") {
+        assert_eq!(keys.len(), 2, "PORTS holds both");
+    }
     let full_id = p.ok(&["inspect", "web", "--format", "{{.Id}}"]).stdout;
     assert_eq!(
         listed[0]["Names"].as_str().or(listed[0]["Name"].as_str()),

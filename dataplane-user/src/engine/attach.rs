@@ -103,7 +103,7 @@ fn find<'a>(snap: &'a Snapshot, runtime: Runtime, id: &str) -> Option<&'a Contai
 
 /// How an attachment's ports are held: a CNI runtime (Podman) may hold them
 /// too ([`ports::Sharing::WithRuntime`]).
-fn sharing(runtime: Runtime) -> ports::Sharing {
+pub(super) fn sharing(runtime: Runtime) -> ports::Sharing {
     match runtime {
         Runtime::Cni => ports::Sharing::WithRuntime,
         Runtime::Docker => ports::Sharing::Exclusive,

@@ -308,6 +308,10 @@ fn the_plugin_adds_checks_chains_collects_and_deletes_in_the_runtimes_namespaces
             .ok_or(o.to_string())
     });
 
+    // GC without the list is refused rather than taking everything.
+    let bare = call(&[("CNI_COMMAND", "GC")], &conf(&d, "1.1.0", json!({})));
+    assert_eq!(bare.code(), 7, "{bare}");
+    assert_eq!(cni_attachments(&d).len(), 2);
     // GC: the runtime lists only the first; the second goes.
     let gc = conf(
         &d,

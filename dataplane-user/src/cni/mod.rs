@@ -507,13 +507,17 @@ impl NetConf {
         }
     }
 
-    /// GC: the attachment ids (`CONTAINERID:IFNAME`) the runtime still uses.
-    pub fn valid_ids(&self) -> BTreeSet<String> {
-        self.valid_attachments
+    /// GC: the attachment ids (`CONTAINERID:IFNAME`) the runtime still
+    /// uses. Without `cni.dev/valid-attachments` GC would take every
+    /// attachment of the network, so its absence is an error (code 7).
+    pub fn valid_ids(&self) -> CniResultOf<BTreeSet<String>> {
+        let list = self.valid_attachments.as_ref().ok_or_else(|| {
+            invalid("GC needs cni.dev/valid-attachments (an empty list removes every attachment)")
+        })?;
+        Ok(list
             .iter()
-            .flatten()
             .map(|a| attachment_id(&a.container_id, &a.ifname))
-            .collect()
+            .collect())
     }
 }
 

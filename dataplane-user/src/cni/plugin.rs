@@ -422,7 +422,7 @@ fn interface_in(netns: &Path, ifname: &str) -> Result<Option<Found>, String> {
 /// GC: detaches every attachment of this network whose container and
 /// interface the runtime no longer lists.
 fn gc(d: &Daemon, conf: &NetConf) -> CniResultOf<()> {
-    let valid = conf.valid_ids();
+    let valid = conf.valid_ids()?;
     let list = d
         .call(
             Method::GET,

@@ -351,9 +351,11 @@ fn gc_lists_the_attachments_still_in_use() {
     )
     .unwrap();
     assert_eq!(
-        c.valid_ids().into_iter().collect::<Vec<_>>(),
+        c.valid_ids().unwrap().into_iter().collect::<Vec<_>>(),
         vec!["aaa:eth0", "bbb:net1"]
     );
+    let none = NetConf::parse(br#"{"cniVersion":"1.1.0","name":"n"}"#).unwrap();
+    assert_eq!(none.valid_ids().unwrap_err().code, code::INVALID_CONFIG);
     assert_eq!(
         NetConf::parse(
             br#"{"cniVersion":"1.1.0","name":"n","cni.dev/valid-attachments":[{"x":1}]}"#

@@ -770,6 +770,7 @@ impl Containerd {
             "root",
             "state",
             "conf",
+            "cni-cache",
             "opt/cni/bin",
             "rootfs/bin",
             "rootfs/www",
@@ -791,11 +792,16 @@ impl Containerd {
             sock = at("containerd.sock").display(),
         );
         std::fs::write(at("config.toml"), config).unwrap();
+        // libcni's result cache (/var/lib/cni) is private too: ctr never
+        // DELs a detached container, so its cached result would outlive
+        // the test.
         let script = format!(
             "#!/bin/sh\nset -e\nmount --bind {conf} /etc/cni/net.d\nmount --bind {opt} /opt\n\
+             mkdir -p /var/lib/cni\nmount --bind {cache} /var/lib/cni\n\
              exec {CTR} -a {sock} \"$@\"\n",
             conf = at("conf").display(),
             opt = at("opt").display(),
+            cache = at("cni-cache").display(),
             sock = at("containerd.sock").display(),
         );
         std::fs::write(at("ctr.sh"), script).unwrap();

@@ -567,7 +567,20 @@ impl Podman {
             ],
         );
         assert!(tar.success(), "{tar}");
-        let out = p.run(&["import", &at("img.tar").display().to_string(), "bb"]);
+        // Importing writes Podman's blob-info cache, which lives under
+        // /var/lib/containers whatever --root says: import in a private
+        // mount namespace with an empty /var/lib, so the host's stays as
+        // it was.
+        let podman = p.command(&["import", &at("img.tar").display().to_string(), "bb"]);
+        let mut import = Command::new("unshare");
+        import
+            .args(["--mount", "--propagation", "unchanged", "sh", "-c"])
+            .arg("mount -t tmpfs tmpfs /var/lib && exec \"$@\"")
+            .arg("sh")
+            .arg(podman.get_program())
+            .args(podman.get_args())
+            .envs(podman.get_envs().filter_map(|(k, v)| Some((k, v?))));
+        let out = dataplane_tests::run(import);
         assert!(out.success(), "podman import: {out}");
         p
     }

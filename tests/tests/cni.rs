@@ -646,7 +646,7 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
         eprintln!("SKIPPED: {PODMAN} is not installed");
         return;
     }
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let outside = Outside::new(&d);
     let before = veths(d.ns());
     // 0.4.0: the version Podman's own CNI networks were written in; our
@@ -747,6 +747,19 @@ fn podman_runs_containers_through_the_plugin_publishes_a_port_and_they_reach_eac
     assert_eq!(out.stdout.matches(&marker).count(), 2, "{out}");
     assert!(out.stdout.contains("nameserver 127.0.0.11"), "{out}");
     // `--rm`'s DEL detached the client.
+    assert_eq!(cni_attachments(&d).len(), 1);
+
+    // Our daemon restarts under the running container: still published,
+    // still attached, and its DEL still works afterwards.
+    d.stop("TERM");
+    d.restart();
+    eventually("the published port to serve after a daemon restart", || {
+        let o = outside.exec(&["curl", "-s", "--max-time", "2", &url]);
+        o.stdout
+            .contains(&marker)
+            .then_some(())
+            .ok_or(o.to_string())
+    });
     assert_eq!(cni_attachments(&d).len(), 1);
 
     // Removed by Podman: detached, its veth gone, its port and address free.

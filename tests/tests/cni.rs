@@ -237,6 +237,18 @@ fn the_plugin_adds_checks_chains_collects_and_deletes_in_the_runtimes_namespaces
     let again = call(&add1, &c1);
     assert!(again.ok, "{again}");
     assert_eq!(again.out, r1.out);
+    // The same container and interface from another namespace is refused,
+    // not answered with the first one's result.
+    let elsewhere = call(&cmd("ADD", "aaaa1111", &ns2), &c1);
+    assert_eq!(elsewhere.code(), 101, "{elsewhere}");
+    assert!(
+        elsewhere.out["msg"]
+            .as_str()
+            .unwrap()
+            .contains("DEL it first"),
+        "{elsewhere}"
+    );
+    assert!(!has_link(&rt2, "eth0"));
 
     // CHECK with ADD's result as prevResult.
     let mut chk = c1.clone();

@@ -184,16 +184,20 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
             let linked = || unsafe { LINKS.get(&LinkKey { src, dst }) }.is_some();
             let (f, vtep, mac, vni, how) = match decide_ipv4(me, &me.net, src, dst, peer, linked) {
                 Verdict::Redirect { ifindex, mac } => {
+                    // The peer's MAC (the verdict's `mac`) read from its
+                    // map value in place: the verdict's copy would go
+                    // through the stack first, on every packet.
+                    let mac = peer.map_or(&mac, |p| &p.mac);
                     // Only a service replica's frames may be the reply of
                     // a VIP flow: the others pay no conntrack lookup.
                     if me.flags & EP_BACKEND != 0 {
-                        return nat::backend_to_peer(ctx, ifindex, &mac);
+                        return nat::backend_to_peer(ctx, ifindex, mac);
                     }
                     // SAFETY: the first HLEN bytes of the frame are the
                     // Ethernet header.
                     let hdr = unsafe { &*(f.as_ptr() as *const [u8; eth::HLEN]) };
                     return Ok(Action::redirected(rewrite::to_peer(
-                        ctx, hdr, ifindex, &mac,
+                        ctx, hdr, ifindex, mac,
                     )?));
                 }
                 Verdict::Encap { vtep, mac, vni } => (f, vtep, mac, vni, nat::TUNNEL_AS_IS),

@@ -8,6 +8,7 @@
 pub mod api;
 pub mod bpf;
 pub mod cli;
+pub mod cni;
 pub mod dns;
 pub mod docker;
 pub mod drivers;

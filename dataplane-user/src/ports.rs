@@ -345,6 +345,42 @@ pub struct Reservation {
     _fd: OwnedFd,
 }
 
+/// Whether a reservation leaves room for the container's runtime to hold
+/// the port as well.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// Ours alone (what `run -p` and Docker attachments get).
+    Exclusive,
+    /// A CNI runtime may hold it too: Podman's conmon binds and listens on
+    /// every published port with SO_REUSEADDR (Go's default) after the
+    /// plugin's ADD, in the same namespace. Two TCP sockets with
+    /// SO_REUSEADDR share a port while at most one listens, so ours is
+    /// bound with it; a host process's plain bind still fails. UDP cannot
+    /// be shared this way (Go binds UDP without SO_REUSEADDR), so a UDP
+    /// port is only checked free and chosen, then left to the runtime to
+    /// hold, as CNI's own portmap plugin leaves it.
+    WithRuntime,
+}
+
+/// Reserves as `sharing` says: `None` when the port is the runtime's to
+/// hold (UDP of [`Sharing::WithRuntime`]), after checking that it is free.
+pub fn hold(
+    proto: &Proto,
+    ip: Option<Ipv4Addr>,
+    port: u16,
+    sharing: Sharing,
+) -> Result<(Option<Reservation>, u16), Errno> {
+    let (r, p) = reserve_shared(proto, ip, port, sharing)?;
+    Ok((kept(proto, sharing, r), p))
+}
+
+/// A reservation made to check or choose a port, kept unless the runtime
+/// holds the port ([`hold`]).
+fn kept(proto: &Proto, sharing: Sharing, r: Reservation) -> Option<Reservation> {
+    let runtimes = *proto == Proto::Udp && sharing == Sharing::WithRuntime;
+    (!runtimes).then_some(r)
+}
+
 /// Binds a `proto` socket on `ip:port` (`None`: 0.0.0.0; port 0: the kernel
 /// picks a free one) without listening. Returns it and the port it holds.
 pub fn reserve(
@@ -352,11 +388,24 @@ pub fn reserve(
     ip: Option<Ipv4Addr>,
     port: u16,
 ) -> Result<(Reservation, u16), Errno> {
+    reserve_shared(proto, ip, port, Sharing::Exclusive)
+}
+
+/// [`reserve`], shared as `sharing` says.
+pub fn reserve_shared(
+    proto: &Proto,
+    ip: Option<Ipv4Addr>,
+    port: u16,
+    sharing: Sharing,
+) -> Result<(Reservation, u16), Errno> {
     let ty = match proto {
         Proto::Udp => SockType::Datagram,
         Proto::Tcp => SockType::Stream,
     };
     let fd = socket::socket(AddressFamily::Inet, ty, SockFlag::SOCK_CLOEXEC, None)?;
+    if ty == SockType::Stream && sharing == Sharing::WithRuntime {
+        socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+    }
     let addr = SockaddrIn::from(SocketAddrV4::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED), port));
     socket::bind(fd.as_raw_fd(), &addr)?;
     let bound = if port == 0 {
@@ -401,6 +450,15 @@ pub fn allocate(
     reqs: &[PortRequest],
     taken: &Taken,
 ) -> Result<(Vec<PortBinding>, Vec<Reservation>), PortError> {
+    allocate_shared(reqs, taken, Sharing::Exclusive)
+}
+
+/// [`allocate`], its reservations shared as `sharing` says.
+pub fn allocate_shared(
+    reqs: &[PortRequest],
+    taken: &Taken,
+    sharing: Sharing,
+) -> Result<(Vec<PortBinding>, Vec<Reservation>), PortError> {
     let mut taken = taken.clone();
     let mut chosen: Vec<Option<PortBinding>> = vec![None; reqs.len()];
     let mut held = Vec::with_capacity(reqs.len());
@@ -417,9 +475,9 @@ pub fn allocate(
                     if taken.collides(r.proto, ip, a) {
                         return Err(already_allocated(ip, &a.to_string()));
                     }
-                    let (res, _) =
-                        reserve(&r.proto, ip, a).map_err(|e| bind_error(r.proto, ip, a, e))?;
-                    held.push(res);
+                    let (res, _) = hold(&r.proto, ip, a, sharing)
+                        .map_err(|e| bind_error(r.proto, ip, a, e))?;
+                    held.extend(res);
                     a
                 }
                 Some((a, b)) => {
@@ -428,9 +486,9 @@ pub fn allocate(
                         if taken.collides(r.proto, ip, p) {
                             continue;
                         }
-                        match reserve(&r.proto, ip, p) {
+                        match hold(&r.proto, ip, p, sharing) {
                             Ok((res, _)) => {
-                                held.push(res);
+                                held.extend(res);
                                 found = Some(p);
                                 break;
                             }
@@ -451,10 +509,10 @@ pub fn allocate(
                     let mut skipped = Vec::new();
                     let mut found = None;
                     for _ in 0..EPHEMERAL_ATTEMPTS {
-                        match reserve(&r.proto, ip, 0) {
+                        match reserve_shared(&r.proto, ip, 0, sharing) {
                             Ok((res, p)) if taken.collides(r.proto, ip, p) => skipped.push(res),
                             Ok((res, p)) => {
-                                held.push(res);
+                                held.extend(kept(&r.proto, sharing, res));
                                 found = Some(p);
                                 break;
                             }
@@ -1117,6 +1175,68 @@ mod tests {
             // Dropping reservations frees the ports.
             drop(held);
             drop(reserve(&Proto::Tcp, None, 8000).expect("8000 is free again"));
+        }) else {
+            eprintln!("skipped: needs root for a private network namespace");
+            return;
+        };
+    }
+
+    /// A listener as Go's `net.Listen` makes it (Podman's conmon holding a
+    /// published port): SO_REUSEADDR, bind, listen.
+    fn go_listener(port: u16) -> Result<OwnedFd, Errno> {
+        let fd = socket::socket(
+            AddressFamily::Inet,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )?;
+        socket::setsockopt(&fd, socket::sockopt::ReuseAddr, &true)?;
+        let addr = SockaddrIn::from(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
+        socket::bind(fd.as_raw_fd(), &addr)?;
+        socket::listen(&fd, socket::Backlog::new(1).unwrap())?;
+        Ok(fd)
+    }
+
+    #[test]
+    fn a_shared_reservation_lets_the_runtime_listen_and_nobody_else_bind() {
+        let Some(()) = try_in_private_netns(|| {
+            lo_up();
+            let (ours, _) = reserve_shared(&Proto::Tcp, None, 8300, Sharing::WithRuntime).unwrap();
+            let conmon = go_listener(8300).expect("the runtime's hold succeeds");
+            // A plain bind (a host process) and an exclusive reservation
+            // still fail.
+            assert_eq!(
+                reserve(&Proto::Tcp, None, 8300).unwrap_err(),
+                Errno::EADDRINUSE
+            );
+            drop((ours, conmon));
+            // An exclusive reservation keeps the runtime out.
+            let (ours, _) = reserve(&Proto::Tcp, None, 8301).unwrap();
+            assert_eq!(go_listener(8301).unwrap_err(), Errno::EADDRINUSE);
+            drop(ours);
+            // UDP cannot be shared (Go binds it without SO_REUSEADDR): a
+            // runtime's UDP port is checked free, then left to it.
+            let (none, p) = hold(&Proto::Udp, None, 8302, Sharing::WithRuntime).unwrap();
+            assert!(none.is_none() && p == 8302);
+            let (conmon, _) = reserve(&Proto::Udp, None, 8302).expect("left to the runtime");
+            assert_eq!(
+                hold(&Proto::Udp, None, 8302, Sharing::WithRuntime).unwrap_err(),
+                Errno::EADDRINUSE,
+                "but checked free"
+            );
+            drop(conmon);
+            let (b, held) = allocate_shared(
+                &[
+                    req("udp", None, Some((8303, 8303)), 53),
+                    req("tcp", None, Some((8303, 8303)), 80),
+                ],
+                &Taken::default(),
+                Sharing::WithRuntime,
+            )
+            .unwrap();
+            assert_eq!(b.len(), 2);
+            assert_eq!(held.len(), 1, "only the TCP port is held");
+            assert!(go_listener(8303).is_ok());
         }) else {
             eprintln!("skipped: needs root for a private network namespace");
             return;

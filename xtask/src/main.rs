@@ -166,7 +166,8 @@ pub fn target_dir() -> Result<PathBuf> {
         .ok_or_else(|| anyhow!("cargo metadata has no target_directory"))
 }
 
-/// Builds `dataplane` (with its eBPF object); returns the binary's path.
+/// Builds `dataplane` (with its eBPF object) and the CNI plugin
+/// `dataplane-cni` beside it; returns the path of `dataplane`.
 pub fn build_dataplane(release: bool) -> Result<PathBuf> {
     let mut c = cargo();
     c.args(["build", "-p", "dataplane-user"]);
@@ -177,8 +178,10 @@ pub fn build_dataplane(release: bool) -> Result<PathBuf> {
     let bin = target_dir()?
         .join(if release { "release" } else { "debug" })
         .join("dataplane");
-    if !bin.is_file() {
-        bail!("the build succeeded but {} is missing", bin.display());
+    for b in [bin.clone(), bin.with_file_name("dataplane-cni")] {
+        if !b.is_file() {
+            bail!("the build succeeded but {} is missing", b.display());
+        }
     }
     Ok(bin)
 }
@@ -211,6 +214,7 @@ fn main() {
                 ));
                 let bin = build_dataplane(release)?;
                 println!("{}", bin.display());
+                println!("{}", bin.with_file_name("dataplane-cni").display());
                 Ok(0)
             })
         }

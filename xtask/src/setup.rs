@@ -33,7 +33,24 @@ pub const APT_PACKAGES: &[&str] = &[
     "curl",
     // The namespace tests' DNS clients and fake upstream are python3 scripts.
     "python3",
+    // Real clients of the plugins, each started by the tests, the demo and
+    // the bench with state of their own: a stock Docker engine (20.10) for
+    // the network/IPAM driver plugin, Podman (4.3, CNI backend) and
+    // containerd (`ctr run --cni`) for the CNI plugin, CNI's loopback
+    // plugin they call first, and busybox-static for their image (no
+    // image registry is reachable).
+    "docker.io",
+    "podman",
+    "containerd",
+    "runc",
+    "containernetworking-plugins",
+    "busybox-static",
 ];
+
+/// Services of those packages that would start system-wide on install or
+/// boot (a dockerd writing iptables rules and a docker0 into the host, a
+/// containerd): nothing here uses them.
+const SYSTEM_SERVICES: &[&str] = &["docker", "containerd"];
 
 const MIN: Duration = Duration::from_secs(60);
 
@@ -49,6 +66,7 @@ pub fn setup(p: &mut Progress) -> Result<()> {
     p.step("setup: Debian packages (and no system etcd: tests start their own)");
     apt()?;
     system_etcd_off()?;
+    system_services_off()?;
     p.step("setup: nightly toolchain with rust-src");
     nightly()?;
     p.step("setup: bpf-linker");
@@ -97,7 +115,22 @@ fn apt() -> Result<()> {
     install
         .args(&missing)
         .env("DEBIAN_FRONTEND", "noninteractive");
-    sh::run(&mut install, Some(20 * MIN))?;
+    // No package's service may start while it is installed (a system
+    // dockerd would write its rules and docker0 into the host): Debian's
+    // invoke-rc.d asks policy-rc.d, and 101 means "not allowed".
+    let policy = std::path::Path::new("/usr/sbin/policy-rc.d");
+    let ours = !policy.exists();
+    if ours {
+        std::fs::write(policy, "#!/bin/sh\n# cargo xtask setup: no service starts during its apt-get install\nexit 101\n")
+            .context("writing /usr/sbin/policy-rc.d")?;
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(policy, std::fs::Permissions::from_mode(0o755))?;
+    }
+    let installed = sh::run(&mut install, Some(20 * MIN));
+    if ours {
+        let _ = std::fs::remove_file(policy);
+    }
+    installed?;
     let have = installed_packages(&missing)?;
     let still: Vec<&str> = missing
         .iter()
@@ -151,6 +184,41 @@ fn system_etcd_off() -> Result<()> {
     if sh::which("update-rc.d").is_some() {
         sh::run(&mut cmd("update-rc.d", ["etcd", "disable"]), Some(MIN))?;
         note("disabled the etcd service at boot (update-rc.d etcd disable)");
+    }
+    Ok(())
+}
+
+/// Stops and disables the system services in [`SYSTEM_SERVICES`] through
+/// the service manager (systemd, or the init scripts), as for etcd: the
+/// tests start dockerd and containerd of their own.
+fn system_services_off() -> Result<()> {
+    for svc in SYSTEM_SERVICES {
+        if std::path::Path::new("/run/systemd/system").is_dir() {
+            let unit = format!("{svc}.service");
+            let active = sh::succeeds(&mut cmd("systemctl", ["is-active", "--quiet", &unit]));
+            let state = sh::first_line(&mut cmd("systemctl", ["is-enabled", &unit]));
+            if !active && (state == "disabled" || state == "masked" || state.is_empty()) {
+                note(format!("already satisfied: {unit} stopped and not enabled"));
+                continue;
+            }
+            let _ = sh::succeeds(&mut cmd("systemctl", ["disable", "--now", &unit]));
+            let _ = sh::succeeds(&mut cmd("systemctl", ["disable", "--now", &format!("{svc}.socket")]));
+            note(format!("stopped and disabled {unit}"));
+            continue;
+        }
+        let script = std::path::Path::new("/etc/init.d").join(svc);
+        if !script.is_file() {
+            continue;
+        }
+        if sh::succeeds(&mut cmd(&script, ["status"])) {
+            sh::run(&mut cmd(&script, ["stop"]), Some(MIN))?;
+            note(format!("stopped the {svc} service"));
+        } else {
+            note(format!("already satisfied: the {svc} service is not running"));
+        }
+        if sh::which("update-rc.d").is_some() {
+            let _ = sh::succeeds(&mut cmd("update-rc.d", [*svc, "disable"]));
+        }
     }
     Ok(())
 }

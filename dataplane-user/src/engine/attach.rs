@@ -101,6 +101,15 @@ fn find<'a>(snap: &'a Snapshot, runtime: Runtime, id: &str) -> Option<&'a Contai
     })
 }
 
+/// How an attachment's ports are held: a CNI runtime (Podman) may hold them
+/// too ([`ports::Sharing::WithRuntime`]).
+pub(super) fn sharing(runtime: Runtime) -> ports::Sharing {
+    match runtime {
+        Runtime::Cni => ports::Sharing::WithRuntime,
+        Runtime::Docker => ports::Sharing::Exclusive,
+    }
+}
+
 fn port_requests(ports: &[PortMapping]) -> ApiResult<Vec<ports::PortRequest>> {
     ports.iter().map(|p| p.to_request().map_err(bad)).collect()
 }
@@ -222,7 +231,8 @@ impl Engine {
                     ep.mac = m;
                 }
                 drop(self.shared.take_reservations(&cid));
-                let (bindings, reserved) = ports::allocate(&port_reqs, &taken)?;
+                let (bindings, reserved) =
+                    ports::allocate_shared(&port_reqs, &taken, sharing(req.runtime))?;
                 let ctr = Container {
                     id: cid.clone(),
                     name: name.clone(),
@@ -415,7 +425,7 @@ impl Engine {
                 let taken = others.taken_ports();
                 ports::precheck(&reqs, &taken)?;
                 drop(self.shared.take_reservations(&c.id));
-                let (bindings, reserved) = ports::allocate(&reqs, &taken)?;
+                let (bindings, reserved) = ports::allocate_shared(&reqs, &taken, sharing(runtime))?;
                 let mut ctr = c.clone();
                 ctr.ports = bindings.clone();
                 let mut t = Txn::default();

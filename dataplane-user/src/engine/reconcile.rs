@@ -1008,9 +1008,12 @@ impl Reconciler {
                 Some(h) => h,
                 None => {
                     let mut held = Vec::new();
+                    let sharing = c
+                        .runtime()
+                        .map_or(ports::Sharing::Exclusive, super::attach::sharing);
                     for b in &c.ports {
-                        match ports::reserve(&b.proto, b.host_ip, b.host_port) {
-                            Ok((r, _)) => held.push(r),
+                        match ports::hold(&b.proto, b.host_ip, b.host_port, sharing) {
+                            Ok((r, _)) => held.extend(r),
                             Err(e) => warn!(
                                 container = %c.name,
                                 "cannot reserve published port {}:{}/{} again: {}",

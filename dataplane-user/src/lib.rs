@@ -9,6 +9,7 @@ pub mod api;
 pub mod bpf;
 pub mod cli;
 pub mod dns;
+pub mod docker;
 pub mod drivers;
 pub mod engine;
 pub mod fault;

@@ -155,6 +155,10 @@ pub struct VethPlan {
     pub host_ifindex: u32,
     pub host_mac: Mac,
     pub netns: PathBuf,
+    /// Give the peer its address, link state and routes. Without (a Docker
+    /// endpoint, whose peer stays in the daemon's namespace), the peer only
+    /// gets its name, MAC and MTU: Docker moves and configures it.
+    pub configure_peer: bool,
     pub ifname: String,
     pub mac: Mac,
     pub ip: Ipv4Addr,
@@ -222,6 +226,9 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
             .execute()
             .await
             .with_context(|| format!("renaming {tmp_peer} to {}", p.ifname))?;
+        if !p.configure_peer {
+            return Ok(());
+        }
         h.address()
             .add(idx, IpAddr::V4(p.ip), p.prefix)
             .execute()

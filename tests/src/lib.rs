@@ -40,6 +40,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod docker;
+
 /// How long a CLI call or helper command may take before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -824,6 +826,11 @@ impl Daemon {
         };
         for c in list {
             let Some(id) = c["Id"].as_str() else { continue };
+            // Another runtime's attachment: that runtime (or the test that
+            // plays it) owns its namespace and detaches it.
+            if c["Runtime"].as_str().is_some_and(|r| r != "dataplane") {
+                continue;
+            }
             let mut t = Tracked {
                 name: c["Name"].as_str().unwrap_or(id).to_string(),
                 netns: None,

@@ -126,11 +126,11 @@ impl Client {
         let msg = serde_json::from_slice::<ErrorBody>(&bytes)
             .map(|e| e.message)
             .unwrap_or_else(|_| String::from_utf8_lossy(&bytes).into_owned());
-        if status == StatusCode::INTERNAL_SERVER_ERROR {
-            Err(anyhow!("daemon error: {msg}"))
-        } else {
-            Err(anyhow!("{msg}"))
+        Err(HttpError {
+            status: status.as_u16(),
+            message: msg,
         }
+        .into())
     }
 
     pub async fn json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
@@ -141,6 +141,27 @@ impl Client {
         serde_json::from_slice(&b).context("decoding the daemon's answer")
     }
 }
+
+/// The daemon answered, with an error status: callers that map errors on
+/// (the CNI plugin's codes) tell it from a daemon that did not answer by
+/// downcasting to this.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HttpError {
+    pub status: u16,
+    pub message: String,
+}
+
+impl std::fmt::Display for HttpError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.status == StatusCode::INTERNAL_SERVER_ERROR.as_u16() {
+            write!(f, "daemon error: {}", self.message)
+        } else {
+            f.write_str(&self.message)
+        }
+    }
+}
+
+impl std::error::Error for HttpError {}
 
 /// `60 s`, `0.5 s`.
 fn seconds(d: Duration) -> String {

@@ -157,3 +157,109 @@ pub struct ServiceUpdate {
     #[serde(default)]
     pub publish_rm: Vec<String>,
 }
+
+/// A sandbox another runtime owns, to be attached to one of our networks
+/// (`POST /attachments`): what the Docker plugin's `CreateEndpoint` and the
+/// CNI plugin's `ADD` ask for. Unknown fields are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attach {
+    pub runtime: crate::model::Runtime,
+    /// The runtime's key (Docker's endpoint id; CNI: `CONTAINERID:IFNAME`).
+    pub id: String,
+    /// The name `ps` and DNS know it by (default `<runtime>-<12 of id>`).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Our network's name or id.
+    pub network: String,
+    /// The runtime's network namespace (CNI_NETNS). Without one (Docker),
+    /// the veth's peer is left in the daemon's namespace for the runtime to
+    /// move and configure.
+    #[serde(default)]
+    pub netns: Option<String>,
+    /// The interface name inside the namespace (CNI_IFNAME; eth0).
+    #[serde(default)]
+    pub ifname: Option<String>,
+    #[serde(default)]
+    pub ip: Option<String>,
+    #[serde(default)]
+    pub mac: Option<String>,
+    #[serde(default)]
+    pub aliases: Vec<String>,
+    #[serde(default)]
+    pub ports: Vec<PortMapping>,
+}
+
+/// One port to publish for an attachment (Docker's portmap, CNI's
+/// `portMappings`). `host_port` 0 takes any free port.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PortMapping {
+    pub proto: crate::model::Proto,
+    #[serde(default)]
+    pub host_ip: Option<std::net::Ipv4Addr>,
+    #[serde(default)]
+    pub host_port: u16,
+    /// The last port of a range `host_port..=host_port_end` (0: just
+    /// `host_port`).
+    #[serde(default)]
+    pub host_port_end: u16,
+    pub container_port: u16,
+}
+
+impl PortMapping {
+    /// The request as `run -p` would make it.
+    pub fn to_request(&self) -> Result<crate::ports::PortRequest, String> {
+        if self.container_port == 0 {
+            return Err("invalid port mapping: the container port is 0".into());
+        }
+        let end = self.host_port_end.max(self.host_port);
+        if self.host_port == 0 && self.host_port_end != 0 {
+            return Err(format!(
+                "invalid port mapping: a range must start above 0 (0-{})",
+                self.host_port_end
+            ));
+        }
+        Ok(crate::ports::PortRequest {
+            proto: self.proto,
+            host_ip: self.host_ip,
+            host_ports: (self.host_port != 0).then_some((self.host_port, end)),
+            container_port: self.container_port,
+        })
+    }
+}
+
+/// An attachment as made: what the runtime needs to finish its side.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attachment {
+    pub runtime: crate::model::Runtime,
+    pub id: String,
+    pub container_id: String,
+    pub endpoint_id: String,
+    pub name: String,
+    /// The network's name and id.
+    pub network: String,
+    pub network_id: String,
+    pub ip: std::net::Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: std::net::Ipv4Addr,
+    /// An internal network: no default route through the gateway.
+    pub internal: bool,
+    pub mac: crate::model::Mac,
+    /// The host side of the veth.
+    pub host_ifname: String,
+    /// Docker: the end to move into the sandbox ("" for CNI).
+    pub peer: String,
+    /// The interface name inside the sandbox.
+    pub ifname: String,
+    /// The runtime's namespace ("" until Docker joins).
+    pub netns: String,
+    pub ports: Vec<crate::model::PortBinding>,
+}
+
+/// `POST /attachments/{runtime}/{id}/netns`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SetNetns {
+    pub netns: String,
+}

@@ -15,10 +15,11 @@ use serde_json::Value;
 
 use super::{
     error::{ApiError, ApiResult},
-    views, Connect, ContainerCreate, Created, Disconnect, ErrorBody, NetworkCreate, PublishedPort,
-    ServiceCreate, ServiceUpdate,
+    views, Attach, Attachment, Connect, ContainerCreate, Created, Disconnect, ErrorBody,
+    NetworkCreate, PortMapping, PublishedPort, ServiceCreate, ServiceUpdate, SetNetns,
 };
 use crate::engine::Engine;
+use crate::model::{PortBinding, Runtime};
 
 pub type Shared = Arc<Engine>;
 
@@ -187,6 +188,70 @@ async fn service_rm(
     Ok(StatusCode::NO_CONTENT)
 }
 
+fn runtime(s: &str) -> ApiResult<Runtime> {
+    s.parse().map_err(super::error::bad)
+}
+
+#[derive(Deserialize)]
+struct RuntimeQuery {
+    runtime: String,
+}
+
+async fn attachments(
+    State(e): State<Shared>,
+    Query(q): Query<RuntimeQuery>,
+) -> ApiResult<Json<Vec<Attachment>>> {
+    Ok(Json(e.attachments(runtime(&q.runtime)?)))
+}
+
+async fn attach(
+    State(e): State<Shared>,
+    Json(req): Json<Attach>,
+) -> ApiResult<(StatusCode, Json<Attachment>)> {
+    let a = write(e, move |e| e.attach(req)).await?;
+    Ok((StatusCode::CREATED, Json(a)))
+}
+
+async fn attachment(
+    State(e): State<Shared>,
+    UrlPath((rt, id)): UrlPath<(String, String)>,
+) -> ApiResult<Json<Attachment>> {
+    let rt = runtime(&rt)?;
+    e.attachment(rt, &id)
+        .map(Json)
+        .ok_or_else(|| ApiError::NotFound(format!("no {rt} attachment {id}")))
+}
+
+async fn detach(
+    State(e): State<Shared>,
+    UrlPath((rt, id)): UrlPath<(String, String)>,
+) -> ApiResult<StatusCode> {
+    let rt = runtime(&rt)?;
+    write(e, move |e| e.detach(rt, &id)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
+async fn attachment_ports(
+    State(e): State<Shared>,
+    UrlPath((rt, id)): UrlPath<(String, String)>,
+    Json(ports): Json<Vec<PortMapping>>,
+) -> ApiResult<Json<Vec<PortBinding>>> {
+    let rt = runtime(&rt)?;
+    write(e, move |e| e.set_ports(rt, &id, ports))
+        .await
+        .map(Json)
+}
+
+async fn attachment_netns(
+    State(e): State<Shared>,
+    UrlPath((rt, id)): UrlPath<(String, String)>,
+    Json(req): Json<SetNetns>,
+) -> ApiResult<StatusCode> {
+    let rt = runtime(&rt)?;
+    write(e, move |e| e.set_netns(rt, &id, &req.netns)).await?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 async fn stats(State(e): State<Shared>) -> JsonResult {
     write(e, |e| e.stats().map(Json)).await
 }
@@ -211,6 +276,13 @@ pub fn router(state: Shared) -> Router {
         .route("/services/{name}/tasks", get(service_tasks))
         .route("/services/{name}/update", post(service_update))
         .route("/stats", get(stats))
+        .route("/attachments", get(attachments).post(attach))
+        .route(
+            "/attachments/{runtime}/{id}",
+            get(attachment).delete(detach),
+        )
+        .route("/attachments/{runtime}/{id}/ports", post(attachment_ports))
+        .route("/attachments/{runtime}/{id}/netns", post(attachment_netns))
         .with_state(state)
 }
 

@@ -27,6 +27,18 @@ fn problems(status: &Status, keys: &[String]) -> Value {
 }
 
 fn state(snap: &Snapshot, c: &Container) -> (&'static str, bool) {
+    if c.external.is_some() {
+        // Another runtime's container: attached while its namespace is
+        // there (or, for Docker, not joined yet).
+        let s = if snap.is_pending(&c.id) {
+            "created"
+        } else if std::path::Path::new(&c.sandbox_key()).exists() {
+            "running"
+        } else {
+            "exited"
+        };
+        return (s, s == "running");
+    }
     let running = c.pid.is_some_and(process_alive);
     let s = if running {
         "running"
@@ -64,6 +76,11 @@ fn container_networks(snap: &Snapshot, c: &Container) -> serde_json::Map<String,
         .collect()
 }
 
+/// Who runs the container: this daemon, or the runtime of an attachment.
+fn runtime_of(c: &Container) -> &'static str {
+    c.runtime().map_or("dataplane", |r| r.as_str())
+}
+
 pub fn list_containers(snap: &Snapshot) -> Value {
     Value::Array(
         snap.containers
@@ -75,6 +92,7 @@ pub fn list_containers(snap: &Snapshot) -> Value {
                     "State": state,
                     "Networks": container_networks(snap, c).keys().cloned().collect::<Vec<_>>(),
                     "Ports": ports::ps_ports(&c.exposed, &c.ports),
+                    "Runtime": runtime_of(c),
                 })
             })
             .collect(),
@@ -88,7 +106,10 @@ pub fn inspect_container(snap: &Snapshot, status: &Status, name: &str) -> ApiRes
     let mut keys = vec![c.key(), format!("dns/{cid}")];
     keys.extend(snap.endpoints_of_container(&cid).iter().map(|e| e.key()));
     Ok(json!([{
-        "Id": c.id, "Name": c.name, "Created": c.created, "Path": c.cmd[0], "Args": c.cmd[1..],
+        "Id": c.id, "Name": c.name, "Created": c.created,
+        "Path": c.cmd.first().cloned().unwrap_or_default(), "Args": c.cmd.get(1..).unwrap_or_default(),
+        "Runtime": runtime_of(c),
+        "Attachment": c.external.as_ref().map(|x| json!({"Runtime": x.runtime, "ID": x.id, "Netns": x.netns_path, "Peer": x.peer})),
         "State": {"Status": state, "Running": running, "Pid": if running { c.pid.unwrap_or(0) } else { 0 }},
         "Config": {"Hostname": c.hostname, "Cmd": c.cmd, "ExposedPorts": ports::exposed_ports_json(&c.exposed, &c.ports)},
         "HostConfig": {

@@ -11,6 +11,8 @@
 //! the error: nothing half-made is left. Reads never wait on a write: they
 //! answer from the newest snapshot.
 
+pub mod attach;
+pub mod docker;
 pub mod reconcile;
 pub mod sandbox;
 pub mod services;
@@ -24,7 +26,6 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _};
-use ipnetwork::Ipv4Network;
 use tracing::{info, warn};
 
 pub use self::reconcile::{Problem, Status};
@@ -175,6 +176,16 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// `--node-grace`: how long a down host's endpoints stay in the maps.
     pub grace: Duration,
+}
+
+/// A network Docker creates through our driver.
+#[derive(Clone, Debug)]
+pub struct DockerNetwork {
+    /// Docker's NetworkID (our network's id too).
+    pub id: String,
+    /// The pool of our IPAM driver the network is on (none with Docker's
+    /// default IPAM).
+    pub pool: Option<String>,
 }
 
 /// What `--driver overlay` says without a cluster.
@@ -434,6 +445,17 @@ impl Engine {
     // ----- networks ------------------------------------------------------
 
     pub fn create_network(&self, req: NetworkCreate) -> ApiResult<String> {
+        self.create_network_as(req, None)
+    }
+
+    /// `create_network`, for Docker's network `docker` when given: the
+    /// network takes Docker's NetworkID as its id, and adopts the pool of
+    /// Docker's IPAM it was asked on, if it was (our IPAM driver).
+    pub(crate) fn create_network_as(
+        &self,
+        req: NetworkCreate,
+        docker: Option<DockerNetwork>,
+    ) -> ApiResult<String> {
         if !validate::valid_name(&req.name) {
             return Err(bad(format!(
                 "invalid network name {:?}: use letters, digits, '_', '.', '-', starting with a letter or digit",
@@ -491,18 +513,27 @@ impl Engine {
         }
         let opts = validate::overlay_options(&req.options, overlay, subnet)?;
         let host_routes = ipam::host_routes();
+        let pool_id = docker.as_ref().and_then(|d| d.pool.clone());
         let (rev, net) = self.commit_with(|snap| {
+            if let Some(d) = &docker {
+                if let Some(n) = snap.networks.get(&d.id) {
+                    return Ok((Txn::default(), n.clone()));
+                }
+            }
             if snap.networks.values().any(|n| n.name == req.name) {
                 return Err(ApiError::Conflict(format!(
                     "network with name {} already exists",
                     req.name
                 )));
             }
-            let existing: Vec<(String, Ipv4Network)> = snap
-                .networks
-                .values()
-                .map(|n| (n.name.clone(), n.subnet))
-                .collect();
+            let existing = snap.taken_subnets(pool_id.as_deref());
+            let pool = match &pool_id {
+                Some(id) => Some(snap.pools.get(id).cloned().ok_or_else(|| {
+                    ApiError::NotFound(format!("no such address pool {id} (ask the IPAM driver for one first)"))
+                })?),
+                None => None,
+            };
+            let ip_range = ip_range.or(pool.as_ref().and_then(|p| p.ip_range));
             let (subnet, gateway) = ipam::plan_network(
                 &ipam::NetworkRequest {
                     subnet,
@@ -540,7 +571,7 @@ impl Engine {
                 (num, 0)
             };
             let net = Network {
-                id: model::new_id(),
+                id: docker.as_ref().map_or_else(model::new_id, |d| d.id.clone()),
                 name: req.name.clone(),
                 driver: driver_name.clone(),
                 num,
@@ -573,6 +604,11 @@ impl Engine {
                 .unchanged(other, snap.rev_of(other))
                 .put(own, net.id.clone().into_bytes())
                 .put(net.key(), json(&net)?);
+            if let Some(mut p) = pool {
+                t.unchanged(p.key(), snap.rev_of(&p.key()));
+                p.network_id = Some(net.id.clone());
+                t.put(p.key(), json(&p)?);
+            }
             Ok((t, net))
         })?;
         if let Some(problem) = self.applied(rev, &[net.key()])? {
@@ -818,6 +854,7 @@ impl Engine {
                     publish_all: req.publish_all,
                     network_mode: mode,
                     task: task.clone(),
+                    external: None,
                 };
                 let mut keys = vec![ctr.key(), model::name_claim(&name)];
                 t.absent(model::name_claim(&name))
@@ -959,6 +996,7 @@ impl Engine {
         let (rev, (ep, pending)) = self.commit_with(|snap| {
             let cid = snap.container_id(&req.container)?;
             let c = &snap.containers[&cid];
+            attach::refuse_rm(c)?;
             let nid = match snap.network_ref(network)? {
                 NetRef::Stored(nid) => nid,
                 NetRef::Predefined(d) => {
@@ -1034,6 +1072,7 @@ impl Engine {
         let (rev, ()) = self.commit_with(|snap| {
             let nid = snap.network_id(network)?;
             let cid = snap.container_id(container)?;
+            attach::refuse_rm(&snap.containers[&cid])?;
             let ep = snap
                 .endpoints_of_container(&cid)
                 .into_iter()
@@ -1058,6 +1097,7 @@ impl Engine {
         let snap = self.snapshot();
         let cid = snap.container_id(name)?;
         let ctr = snap.containers[&cid].clone();
+        attach::refuse_rm(&ctr)?;
         let running = ctr.pid.is_some_and(crate::host::process_alive);
         if running && !force {
             return Err(ApiError::Conflict(format!(

@@ -680,7 +680,9 @@ impl Reconciler {
         let r = (|| -> Result<()> {
             let dir = self.container_dir(&c.id);
             std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-            if c.shares_host_netns() {
+            // Another runtime's namespace is its own: nothing is made in
+            // it but the endpoint's link.
+            if c.shares_host_netns() || c.external.is_some() {
                 return Ok(());
             }
             let path = netns::path_of(&c.netns);
@@ -775,13 +777,17 @@ impl Reconciler {
         }
     }
 
-    fn plan(&self, net: &Network, ep: &Endpoint, sandbox: &Path) -> netns::VethPlan {
+    fn plan(&self, net: &Network, ep: &Endpoint, c: &Container, sandbox: &Path) -> netns::VethPlan {
+        // A Docker endpoint's peer waits in this namespace, under its own
+        // name, for Docker to move and configure.
+        let docker = c.docker().filter(|x| x.netns_path.is_empty());
         netns::VethPlan {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex: 0,
             host_mac: ep.host_mac,
             netns: sandbox.to_path_buf(),
-            ifname: ep.ifname.clone(),
+            configure_peer: docker.is_none(),
+            ifname: docker.map_or_else(|| ep.ifname.clone(), |x| x.peer.clone()),
             mac: ep.mac,
             ip: ep.ip,
             prefix: net.subnet.prefix(),
@@ -820,11 +826,27 @@ impl Reconciler {
             return;
         }
         let driver = drivers::of(net);
-        let plan = self.plan(net, ep, &sandbox);
+        let plan = self.plan(net, ep, c, &sandbox);
         let existing = match observed {
             Some(o) => o.links.get(&ep.host_ifname).copied(),
             None => crate::engine::ifindex_of(&ep.host_ifname),
         };
+        if existing.is_none() && c.docker().is_some_and(|x| !x.netns_path.is_empty()) {
+            // Docker moved the peer into its sandbox and configured it; a
+            // new one would stay in this namespace. The veth goes with the
+            // sandbox (a stopped container), and Docker's Leave and
+            // DeleteEndpoint follow.
+            self.outcome(
+                &key,
+                "endpoint",
+                Err(anyhow!(
+                    "the veth {} of Docker's sandbox {} is gone (disconnect and connect the container again)",
+                    ep.host_ifname,
+                    sandbox.display()
+                )),
+            );
+            return;
+        }
         let r = (|| -> Result<()> {
             let ifindex = match existing {
                 Some(i) => {
@@ -970,12 +992,18 @@ impl Reconciler {
                 self.reservations.remove(id);
                 continue;
             };
-            if c.ports.is_empty() || self.reservations.contains_key(id) {
+            if c.ports.is_empty() {
+                // Published nothing, or no longer (an attachment's ports
+                // revoked): its sockets go.
+                self.reservations.remove(id);
                 continue;
             }
-            // Sockets the engine bound while choosing the ports, or new ones
-            // (after a restart).
+            // Sockets the engine bound while choosing the ports (they
+            // replace any held before), or new ones (after a restart).
             let handed = self.shared.take_reservations(id);
+            if handed.is_none() && self.reservations.contains_key(id) {
+                continue;
+            }
             let held = match handed {
                 Some(h) => h,
                 None => {
@@ -1071,8 +1099,10 @@ impl Reconciler {
             let Some(c) = snap.containers.get(id) else {
                 continue;
             };
-            // `host` and `none` sandboxes have no names to serve.
-            if self.dns_servers.contains_key(id) || c.network_mode.is_some() {
+            // `host` and `none` sandboxes have no names to serve; Docker's
+            // own resolver serves its sandboxes.
+            if self.dns_servers.contains_key(id) || c.network_mode.is_some() || c.docker().is_some()
+            {
                 continue;
             }
             let key = format!("dns/{id}");

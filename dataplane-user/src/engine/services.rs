@@ -1566,6 +1566,7 @@ mod tests {
             publish_all: false,
             network_mode: None,
             task,
+            external: None,
         };
         snap.containers
             .insert("own".into(), ctr("own", Some(task_key("s1", 1))));

@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub mod docker;
 pub mod service;
 pub mod snapshot;
 pub mod validate;
@@ -294,6 +295,69 @@ pub struct Container {
     /// service's replica (its host's engine owns it then).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task: Option<String>,
+    /// Set when another runtime (Docker, a CNI runtime) owns the sandbox:
+    /// this daemon plumbs its endpoint and publishes its ports, but never
+    /// creates, enters or deletes its network namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub external: Option<External>,
+}
+
+/// The runtime that owns an external sandbox.
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    /// A Docker engine, through our network driver plugin.
+    Docker,
+    /// A CNI runtime (Podman, containerd, a kubelet), through `dataplane-cni`.
+    Cni,
+}
+
+impl Runtime {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Docker => "docker",
+            Runtime::Cni => "cni",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for Runtime {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "docker" => Ok(Runtime::Docker),
+            "cni" => Ok(Runtime::Cni),
+            _ => Err(format!("unknown runtime {s:?}: docker or cni")),
+        }
+    }
+}
+
+/// A sandbox another runtime owns (an attachment).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct External {
+    pub runtime: Runtime,
+    /// The runtime's key for it: Docker's endpoint id; for CNI
+    /// `CONTAINERID:IFNAME`.
+    pub id: String,
+    /// The runtime's network namespace ("" while Docker has not joined).
+    #[serde(default)]
+    pub netns_path: String,
+    /// Docker: the veth end left in the daemon's namespace for Docker to
+    /// move into its sandbox (Docker configures it).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub peer: String,
+}
+
+/// The store key that makes (runtime, id) name one attachment:
+/// `claims/attachments/<runtime>/<id>`, holding the container id.
+pub fn attachment_claim(runtime: Runtime, id: &str) -> String {
+    format!("{CLAIMS}attachments/{runtime}/{id}")
 }
 
 /// The transport protocol of a published or exposed port. Serialised as
@@ -391,10 +455,30 @@ impl Container {
     /// The path of the sandbox's network namespace (for `--network host`,
     /// the daemon's own).
     pub fn sandbox_key(&self) -> String {
+        if let Some(x) = &self.external {
+            if x.netns_path.is_empty() {
+                // A Docker endpoint not joined yet: its veth's peer waits in
+                // the daemon's namespace.
+                return format!("/proc/{}/ns/net", std::process::id());
+            }
+            return x.netns_path.clone();
+        }
         if self.shares_host_netns() {
             return format!("/proc/{}/ns/net", std::process::id());
         }
         format!("{}/{}", crate::netns::NETNS_DIR, self.netns)
+    }
+
+    /// The runtime that owns the sandbox, if not this daemon.
+    pub fn runtime(&self) -> Option<Runtime> {
+        self.external.as_ref().map(|x| x.runtime)
+    }
+
+    /// A Docker endpoint: its veth's peer is Docker's to configure.
+    pub fn docker(&self) -> Option<&External> {
+        self.external
+            .as_ref()
+            .filter(|x| x.runtime == Runtime::Docker)
     }
 
     /// `--network host`: no sandbox namespace of its own.

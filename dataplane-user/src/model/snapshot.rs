@@ -60,6 +60,11 @@ pub struct Snapshot {
     /// The mod revision of every key, records and claims alike, for the
     /// guards of the next commit.
     pub revs: HashMap<String, Revision>,
+    /// Address pools handed to Docker's IPAM (by pool id).
+    pub pools: BTreeMap<String, model::docker::Pool>,
+    /// Address claims Docker's IPAM holds for an endpoint not created yet:
+    /// claim key -> pool id.
+    pub ip_holds: BTreeMap<String, String>,
 }
 
 /// `<network id>/<address>_<prefix>` of a block key.
@@ -134,6 +139,27 @@ impl Snapshot {
             self.tasks.insert(key.to_string(), de(key, value)?);
             return Ok(());
         }
+        if let Some(id) = key.strip_prefix(model::docker::POOLS) {
+            self.pools.insert(id.to_string(), de(key, value)?);
+            return Ok(());
+        }
+        if key
+            .strip_prefix(model::CLUSTER)
+            .unwrap_or(key)
+            .starts_with(model::CLAIMS)
+        {
+            // An address claim changes hands (a hold adopted by an
+            // endpoint) by a rewrite: forget the old holder first.
+            self.ip_holds.remove(key);
+            if let Some(pool) = value
+                .strip_prefix(model::docker::HOLD_PREFIX.as_bytes())
+                .filter(|_| key.contains("/ips/") || key.starts_with("claims/ips/"))
+            {
+                self.ip_holds
+                    .insert(key.to_string(), String::from_utf8_lossy(pool).into_owned());
+            }
+            return Ok(());
+        }
         if let Some(rest) = key.strip_prefix(model::BLOCKS) {
             let (nid, block) = parse_block(rest).with_context(|| format!("decoding {key}"))?;
             let owner = String::from_utf8_lossy(value).into_owned();
@@ -162,6 +188,11 @@ impl Snapshot {
 
     fn delete(&mut self, key: &str) {
         self.revs.remove(key);
+        self.ip_holds.remove(key);
+        if let Some(id) = key.strip_prefix(model::docker::POOLS) {
+            self.pools.remove(id);
+            return;
+        }
         if let Some(name) = key.strip_prefix(model::NODES) {
             self.nodes.remove(name);
             return;
@@ -262,7 +293,12 @@ impl Snapshot {
             .values()
             .filter(|e| e.container_id == cid)
             .collect();
-        v.sort_by_key(|e| e.ifname[3..].parse::<u32>().unwrap_or(0));
+        v.sort_by_key(|e| {
+            e.ifname
+                .get(3..)
+                .and_then(|n| n.parse::<u32>().ok())
+                .unwrap_or(0)
+        });
         v
     }
 
@@ -285,7 +321,21 @@ impl Snapshot {
                     .filter(|s| s.network == nid)
                     .filter_map(|s| s.vip),
             )
+            .chain(self.held_ips(nid))
             .collect()
+    }
+
+    /// Addresses of network `nid` that Docker's IPAM holds for endpoints
+    /// it has not created yet.
+    pub fn held_ips(&self, nid: &str) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+        let prefix = format!("{}ips/{nid}/", model::CLAIMS);
+        self.ip_holds.keys().filter_map(move |k| {
+            k.strip_prefix(model::CLUSTER)
+                .unwrap_or(k)
+                .strip_prefix(&prefix)?
+                .parse()
+                .ok()
+        })
     }
 
     /// Endpoints of network `nid` on other hosts.
@@ -360,7 +410,8 @@ impl Snapshot {
     }
 
     /// The `PORTS` entries of container `cid`: its published ports, leading
-    /// to its `eth0` endpoint (none while it has no `eth0`).
+    /// to its `eth0` endpoint (none while it has no `eth0`), or for an
+    /// attachment another runtime owns, to its one endpoint.
     pub fn port_entries(
         &self,
         cid: &str,
@@ -371,7 +422,7 @@ impl Snapshot {
         let Some(eth0) = self
             .endpoints_of_container(cid)
             .into_iter()
-            .find(|e| e.ifname == "eth0")
+            .find(|e| e.ifname == "eth0" || c.external.is_some())
         else {
             return Vec::new();
         };

@@ -65,6 +65,9 @@ pub const DOCKERD: &str = "/usr/sbin/dockerd";
 pub const DOCKER: &str = "/usr/bin/docker";
 const BUSYBOX: &str = "/bin/busybox";
 pub const IMAGE: &str = "dpbench-bb:latest";
+/// The driver's name in Docker (`-d`, `--ipam-driver`); its socket is in a
+/// plugin directory only this run's dockerd sees, so the name is free.
+const PLUGIN: &str = "dataplane";
 /// The published (host and container) port.
 const PORT: u16 = 20000;
 const CLI_LIMIT: Duration = Duration::from_secs(120);
@@ -199,7 +202,7 @@ impl Dockerd {
         std::fs::create_dir_all("/run/docker")?;
         let log = dir.join("dockerd.log");
         let f = File::create(&log).with_context(|| format!("creating {}", log.display()))?;
-        let sock = dir.join("docker.sock");
+        let sock = Self::socket_in(dir);
         let q = |p: &Path| format!("'{}'", p.display().to_string().replace('\'', r"'\''"));
         let script = format!(
             "mount -t tmpfs -o mode=0700 tmpfs /run/docker && mkdir /run/docker/plugins && \
@@ -238,6 +241,11 @@ impl Dockerd {
         };
         d.wait_ready(ready_within)?;
         Ok(d)
+    }
+
+    /// The API socket of a dockerd started with `dir`.
+    pub fn socket_in(dir: &Path) -> PathBuf {
+        dir.join("docker.sock")
     }
 
     fn log_tail(&self) -> String {
@@ -691,28 +699,43 @@ pub fn dnat_count(listing: &str, port: u16) -> Option<u64> {
         .and_then(|n| n.parse().ok())
 }
 
-/// Whether this `dataplane` serves Docker's plugin protocol, and how to
-/// start it so that dockerd finds it in `plugins`.
-fn plugin_args(bin: &Path, plugins: &Path) -> Option<Vec<String>> {
-    let help = sh::capture(
+/// The `daemon --help` of `bin`, or nothing if it cannot be run.
+fn daemon_help(bin: &Path) -> String {
+    sh::capture(
         &mut cmd(bin, ["daemon", "--help"]),
         Some(Duration::from_secs(20)),
     )
-    .ok()?;
-    let h = format!("{}{}", help.stdout, help.stderr);
-    if !h.contains("--docker-plugin") {
-        return None;
-    }
-    let mut a = vec!["--docker-plugin".to_string()];
-    // The socket's directory, where the build lets it be chosen.
-    for flag in ["--docker-plugin-dir", "--plugin-dir"] {
-        if h.contains(flag) {
-            a.push(flag.to_string());
-            a.push(plugins.display().to_string());
-            break;
-        }
-    }
-    Some(a)
+    .map(|o| format!("{}{}", o.stdout, o.stderr))
+    .unwrap_or_default()
+}
+
+/// Whether `daemon --help` offers the Docker plugin (branch `docker`:
+/// `--docker-plugin`, `--docker-plugin-dir`, `--docker-plugin-name`,
+/// `--docker-host`).
+pub fn has_plugin(help: &str) -> bool {
+    [
+        "--docker-plugin",
+        "--docker-plugin-dir",
+        "--docker-plugin-name",
+        "--docker-host",
+    ]
+    .iter()
+    .all(|f| help.contains(f))
+}
+
+/// Our daemon's arguments to serve `-d dataplane` from `plugins` (the
+/// directory dockerd sees as /run/docker/plugins) to the dockerd on
+/// `docker_sock`.
+fn plugin_args(plugins: &Path, docker_sock: &Path) -> Vec<String> {
+    vec![
+        "--docker-plugin".into(),
+        "--docker-plugin-dir".into(),
+        plugins.display().to_string(),
+        "--docker-plugin-name".into(),
+        PLUGIN.into(),
+        "--docker-host".into(),
+        format!("unix://{}", docker_sock.display()),
+    ]
 }
 
 fn build_host(cl: &mut Cleanup, cfg: &Config, side: Side, mode: Mode) -> Result<Host> {
@@ -743,12 +766,13 @@ fn build_host(cl: &mut Cleanup, cfg: &Config, side: Side, mode: Mode) -> Result<
         },
         runs: 0,
     };
+    let docker_dir = dir.join("docker");
     if side == Side::Dataplane {
         let bpffs = PathBuf::from(format!("/sys/fs/bpf/{t}-x"));
         cl.path(&bpffs);
+        // Before dockerd: the plugin answers as soon as dockerd asks.
         let extra = match mode {
-            Mode::Plugin => plugin_args(&cfg.dataplane, &plugins)
-                .ok_or_else(|| anyhow!("this dataplane build has no --docker-plugin"))?,
+            Mode::Plugin => plugin_args(&plugins, &Dockerd::socket_in(&docker_dir)),
             Mode::CliStandIn => Vec::new(),
         };
         let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -762,7 +786,7 @@ fn build_host(cl: &mut Cleanup, cfg: &Config, side: Side, mode: Mode) -> Result<
         )?);
     }
     if side == Side::Bridge || mode == Mode::Plugin {
-        let d = Dockerd::start(&h, &dir.join("docker"), &plugins, Duration::from_secs(60))?;
+        let d = Dockerd::start(&h, &docker_dir, &plugins, Duration::from_secs(60))?;
         d.import_busybox()?;
         host.dockerd = Some(d);
     }
@@ -775,9 +799,9 @@ fn build_host(cl: &mut Cleanup, cfg: &Config, side: Side, mode: Mode) -> Result<
             &network,
             &[
                 "-d",
-                "dataplane",
+                PLUGIN,
                 "--ipam-driver",
-                "dataplane",
+                PLUGIN,
                 "--subnet",
                 &subnet,
                 "--gateway",
@@ -1104,7 +1128,7 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
             bail!("{what} is not installed here ({path} is missing; Debian's docker.io and busybox-static)");
         }
     }
-    let mode = if plugin_args(&cfg.dataplane, &cfg.dir).is_some() {
+    let mode = if has_plugin(&daemon_help(&cfg.dataplane)) {
         Mode::Plugin
     } else {
         Mode::CliStandIn
@@ -1466,6 +1490,29 @@ mod tests {
         assert_eq!(dnat_count(l, 20000), Some(4711));
         assert_eq!(dnat_count(l, 200), Some(3));
         assert_eq!(dnat_count(l, 2000), None);
+    }
+
+    #[test]
+    fn plugin_detected_only_with_all_its_flags() {
+        let full = "--docker-plugin  Serve ...\n--docker-plugin-dir <DIR>\n--docker-plugin-name <NAME>\n--docker-host <URL>";
+        assert!(has_plugin(full));
+        assert!(!has_plugin(
+            "--docker-plugin  Serve ...\n--docker-plugin-dir <DIR>"
+        ));
+        assert!(!has_plugin(""));
+        let a = plugin_args(Path::new("/t/plugins"), Path::new("/t/docker/docker.sock"));
+        assert_eq!(
+            a,
+            [
+                "--docker-plugin",
+                "--docker-plugin-dir",
+                "/t/plugins",
+                "--docker-plugin-name",
+                PLUGIN,
+                "--docker-host",
+                "unix:///t/docker/docker.sock"
+            ]
+        );
     }
 
     #[test]

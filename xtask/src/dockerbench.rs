@@ -243,6 +243,12 @@ impl Dockerd {
         Ok(d)
     }
 
+    /// dockerd's pid while it runs.
+    pub fn pid(&mut self) -> Option<u32> {
+        let ch = self.child.as_mut()?;
+        matches!(ch.try_wait(), Ok(None)).then(|| ch.id())
+    }
+
     /// The API socket of a dockerd started with `dir`.
     pub fn socket_in(dir: &Path) -> PathBuf {
         dir.join("docker.sock")
@@ -1490,6 +1496,70 @@ mod tests {
         assert_eq!(dnat_count(l, 20000), Some(4711));
         assert_eq!(dnat_count(l, 200), Some(3));
         assert_eq!(dnat_count(l, 2000), None);
+    }
+
+    /// A dockerd killed with SIGKILL (its containerd, shim, docker-proxy
+    /// and container left running) leaves no process and no mount behind
+    /// once its guard is dropped.
+    #[test]
+    #[ignore = "needs root and Debian's docker.io; run with --ignored"]
+    fn a_killed_dockerd_leaves_nothing_behind() {
+        let tag = format!("dbt{}", std::process::id());
+        let dir = std::env::temp_dir().join(&tag);
+        let mut cl = Cleanup::default();
+        cl.dir(&dir).unwrap();
+        let ns = format!("{tag}-h");
+        cl.netns(&ns).unwrap();
+        let mut d = Dockerd::start(
+            &ns,
+            &dir.join("docker"),
+            &dir.join("plugins"),
+            Duration::from_secs(60),
+        )
+        .unwrap();
+        d.import_busybox().unwrap();
+        let c = d
+            .run(
+                "held",
+                "bridge",
+                &["-p", "20000:20000"],
+                &["sleep", "86400"],
+                &format!("{tag}-c"),
+            )
+            .unwrap();
+        assert!(c.ip.starts_with("172.17."), "{c:?}");
+        let mntns = d.mntns.clone().unwrap();
+        let in_ns = || {
+            processes()
+                .into_iter()
+                .filter(|&(p, _)| mnt_ns(&p.to_string()).as_ref() == Some(&mntns))
+                .count()
+        };
+        // dockerd, containerd, a shim and two docker-proxy at least.
+        assert!(
+            in_ns() >= 4,
+            "{} processes in dockerd's mount namespace",
+            in_ns()
+        );
+        let ctr = sh::output(
+            &mut d.docker(&["inspect", "-f", "{{.State.Pid}}", "held"]),
+            Some(CLI_LIMIT),
+        )
+        .unwrap();
+        let ctr: u32 = ctr.trim().parse().unwrap();
+        sh::kill_pid(d.pid().unwrap(), libc::SIGKILL);
+        drop(d);
+        assert_eq!(in_ns(), 0);
+        // Killed, then reaped by init once its shim is gone (bounded wait).
+        let gone = lab::poll(Duration::from_secs(10), Duration::from_millis(50), || {
+            let st = std::fs::read_to_string(format!("/proc/{ctr}/stat")).unwrap_or_default();
+            Ok((st.is_empty() || st.contains(") Z ")).then_some(()))
+        })
+        .unwrap();
+        assert!(gone.is_some(), "container process {ctr} survived");
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        assert!(!mounts.contains(&*dir.to_string_lossy()), "{mounts}");
+        assert!(!lab::netns_exists(&format!("{tag}-c")));
     }
 
     #[test]

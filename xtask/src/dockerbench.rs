@@ -276,7 +276,7 @@ impl Dockerd {
                 Some(Duration::from_secs(10)),
             );
             if matches!(o, Ok(ref o) if o.ok()) {
-                let pid = self.child.as_ref().map(Child::id).unwrap_or(0).to_string();
+                let pid = self.pid().unwrap_or(0).to_string();
                 let own = mnt_ns("self");
                 self.mntns = mnt_ns(&pid).filter(|m| Some(m) != own.as_ref());
                 if self.mntns.is_none() {

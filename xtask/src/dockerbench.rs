@@ -875,11 +875,11 @@ fn measure(cfg: &Config, x: &str, h: &mut Host, s: &mut Samples, rep: u32) -> Re
         *e = format!("{title}: {e}");
     }
     let to = format!("{HOST_IP}:{PORT}");
-    match conn_server_in(x, &h.pair.server, PORT).and_then(|srv| {
+    match conn_server_in(x, &h.pair.server, PORT).map(|srv| {
         let outside = conn_client_in(x, &h.client, &to, cfg.seconds, 2);
         let inside = conn_client_in(x, &h.pair.client, &to, cfg.seconds, 2);
         drop(srv);
-        Ok((outside, inside))
+        (outside, inside)
     }) {
         Ok((outside, inside)) => {
             match outside {
@@ -1449,7 +1449,8 @@ pub fn markdown(r: &Report) -> String {
          container `cli` (on Docker's side that goes through docker-proxy: Docker's DNAT rule skips \
          traffic from its bridge); and {2} times `run -d` of a new container with `--ip`, timed from \
          spawning the CLI until it returns and until the address answers `ping -i 0.01` from the \
-         host netns, then `rm -f` timed (per rep: the p50 and p99 of its {2} runs).\n",
+         host netns, then `rm -f` timed (per rep: the p50 and p99 of its {2} runs; with 10 runs or \
+         fewer the p99 is the slowest).\n",
         r.seconds,
         if r.latency_tool == LatencyTool::Sockperf {
             "`sockperf ping-pong --tcp --full-rtt`"

@@ -431,6 +431,19 @@ impl Dockerd {
     }
 }
 
+/// A note when the 1-minute load average (from /proc/loadavg's first
+/// three fields) is above the CPU count: other work shared the machine.
+pub fn load_note(loadavg: &str, nproc: usize) -> Option<String> {
+    let one: f64 = loadavg.split_whitespace().next()?.parse().ok()?;
+    (nproc > 0 && one > nproc as f64).then(|| {
+        format!(
+            "the machine was busy when measuring started (load average {loadavg} on {nproc} CPUs): other \
+             work shared it, so spreads are wide and the tail figures (p99, the slowest run) mostly show \
+             that load; compare medians, and both sides alike since their reps alternate"
+        )
+    })
+}
+
 /// `"PID IP "` from the inspect template (the first network's address).
 pub fn parse_pid_ip(out: &str) -> Option<(u32, String)> {
     let mut w = out.split_whitespace();
@@ -675,6 +688,11 @@ impl Host {
         dnat_count(&o.stdout, PORT)
     }
 
+    /// Our daemon's `translated` counter (None without our daemon).
+    fn translated(&self) -> Option<u64> {
+        natbench::counters(self.daemon.as_ref()?).translated
+    }
+
     /// docker-proxy processes of the host netns.
     fn proxies(&self) -> usize {
         let pids = sh::capture(
@@ -843,6 +861,10 @@ struct Samples {
     conn_errors: u64,
     conn_first_error: Option<String>,
     hairpin_errors: u64,
+    /// Growth of Docker's DNAT counter and of our `translated` counter
+    /// during the from-container runs alone (which path they took).
+    hairpin_dnat: Option<u64>,
+    hairpin_translated: Option<u64>,
     run_p50: Vec<f64>,
     run_p99: Vec<f64>,
     ready_p50: Vec<f64>,
@@ -877,7 +899,15 @@ fn measure(cfg: &Config, x: &str, h: &mut Host, s: &mut Samples, rep: u32) -> Re
     let to = format!("{HOST_IP}:{PORT}");
     match conn_server_in(x, &h.pair.server, PORT).map(|srv| {
         let outside = conn_client_in(x, &h.client, &to, cfg.seconds, 2);
+        let (dnat0, tr0) = (h.dnat_packets(), h.translated());
         let inside = conn_client_in(x, &h.pair.client, &to, cfg.seconds, 2);
+        let grew = |a: Option<u64>, b: Option<u64>, sum: &mut Option<u64>| {
+            if let (Some(a), Some(b)) = (a, b) {
+                *sum = Some(sum.unwrap_or(0) + b.saturating_sub(a));
+            }
+        };
+        grew(dnat0, h.dnat_packets(), &mut s.hairpin_dnat);
+        grew(tr0, h.translated(), &mut s.hairpin_translated);
         drop(srv);
         (outside, inside)
     }) {
@@ -1215,6 +1245,12 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
         cfg.seconds,
         cfg.runs
     ));
+    if let Some(note) = load_note(
+        &loadavg,
+        std::thread::available_parallelism().map_or(0, usize::from),
+    ) {
+        notes.push(note);
+    }
     let mut samples: Vec<Samples> = hosts.iter().map(|_| Samples::default()).collect();
     for rep in 1..=cfg.reps {
         let mut order: Vec<usize> = (0..hosts.len()).collect();
@@ -1276,6 +1312,20 @@ pub fn run(cfg: &Config, p: &mut Progress) -> Result<Report> {
         r.conn_errors = s.conn_errors;
         r.conn_first_error = s.conn_first_error;
         r.from_container_errors = s.hairpin_errors;
+        match (s.hairpin_dnat, s.hairpin_translated) {
+            (Some(n), _) if h.daemon.is_none() => r.evidence.push(format!(
+                "during the from-container runs alone Docker's DNAT rule matched {n} packets{}",
+                if n == 0 {
+                    " (so those connections went through docker-proxy)"
+                } else {
+                    ""
+                }
+            )),
+            (_, Some(n)) => r.evidence.push(format!(
+                "during the from-container runs alone our `translated` counter grew by {n}"
+            )),
+            _ => {}
+        }
         r.run_p50_ms = spread(&s.run_p50);
         r.run_p99_ms = spread(&s.run_p99);
         r.on_network_p50_ms = spread(&s.ready_p50);
@@ -1584,6 +1634,16 @@ mod tests {
                 "unix:///t/docker/docker.sock"
             ]
         );
+    }
+
+    #[test]
+    fn load_note_only_above_the_cpu_count() {
+        assert!(load_note("6.94 6.93 5.05", 2)
+            .unwrap()
+            .contains("6.94 6.93 5.05 on 2 CPUs"));
+        assert_eq!(load_note("1.50 1.0 1.0", 2), None);
+        assert_eq!(load_note("", 2), None);
+        assert_eq!(load_note("3.0", 0), None);
     }
 
     #[test]

@@ -97,6 +97,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
             cluster,
+            beside_docker: args.docker_plugin,
         };
         tokio::task::spawn_blocking(move || Engine::start(cfg, store)).await?
     };
@@ -166,9 +167,10 @@ fn docker_plugin(
         .join(format!("{}.sock", args.docker_plugin_name));
     let docker_host = match &args.docker_host {
         None => None,
-        Some(h) => Some(std::path::PathBuf::from(h.strip_prefix("unix://").with_context(
-            || format!("invalid --docker-host {h:?}: expected unix:///PATH"),
-        )?)),
+        Some(h) => Some(std::path::PathBuf::from(
+            h.strip_prefix("unix://")
+                .with_context(|| format!("invalid --docker-host {h:?}: expected unix:///PATH"))?,
+        )),
     };
     let listener = server::bind(&path)?;
     let plugin = Arc::new(docker::Plugin {

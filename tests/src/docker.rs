@@ -104,15 +104,37 @@ pub struct Dockerd {
     dirs: DockerDirs,
     ns_path: PathBuf,
     child: Option<Child>,
+    cluster: Option<Cluster>,
+}
+
+/// A dockerd of a multi-host lab: a cluster store, the address it
+/// advertises, and a hostname and plugin directory of its own. Docker finds
+/// plugins only in `/run/docker/plugins` and names its cluster members by
+/// hostname, so it runs in private mount and UTS namespaces where its
+/// host's plugin directory is bind-mounted there (both go when it exits).
+#[derive(Clone, Debug)]
+pub struct Cluster {
+    /// `etcd://IP:PORT`.
+    pub store: String,
+    /// `IP:PORT`.
+    pub advertise: String,
+    pub hostname: String,
+    pub plugins: PathBuf,
 }
 
 impl Dockerd {
     /// Starts dockerd in `d`'s namespace and waits until it answers.
     pub fn start(d: &Daemon, dirs: DockerDirs) -> Dockerd {
+        Dockerd::start_with(d, dirs, None)
+    }
+
+    /// [`Dockerd::start`], as a member of a cluster when given.
+    pub fn start_with(d: &Daemon, dirs: DockerDirs, cluster: Option<Cluster>) -> Dockerd {
         let mut k = Dockerd {
             dirs,
             ns_path: d.ns().path(),
             child: None,
+            cluster,
         };
         k.spawn();
         k
@@ -136,17 +158,51 @@ impl Dockerd {
             .append(true)
             .open(self.path("dockerd.log"))
             .expect("dockerd log");
-        let child = Command::new("nsenter")
-            .arg(format!("--net={}", self.ns_path.display()))
-            .arg(DOCKERD)
-            .arg("--data-root")
-            .arg(self.path("data"))
-            .arg("--exec-root")
-            .arg(self.path("exec"))
-            .arg("--pidfile")
-            .arg(self.path("dockerd.pid"))
-            .arg("-H")
-            .arg(self.host())
+        let mut args: Vec<String> = vec![
+            DOCKERD.into(),
+            "--data-root".into(),
+            self.path("data").display().to_string(),
+            "--exec-root".into(),
+            self.path("exec").display().to_string(),
+            "--pidfile".into(),
+            self.path("dockerd.pid").display().to_string(),
+            "-H".into(),
+            self.host(),
+        ];
+        let mut c = Command::new("nsenter");
+        c.arg(format!("--net={}", self.ns_path.display()));
+        match &self.cluster {
+            None => {
+                c.args(&args);
+            }
+            Some(k) => {
+                std::fs::create_dir_all(&k.plugins).expect("plugin dir");
+                std::fs::create_dir_all(PluginName::dir()).expect("/run/docker/plugins");
+                args.extend([
+                    "--cluster-store".into(),
+                    k.store.clone(),
+                    "--cluster-advertise".into(),
+                    k.advertise.clone(),
+                ]);
+                c.args([
+                    "unshare",
+                    "--mount",
+                    "--uts",
+                    "--propagation",
+                    "private",
+                    "sh",
+                    "-c",
+                ])
+                .arg(format!(
+                    "hostname {} && mount --bind {} {} && exec {}",
+                    k.hostname,
+                    k.plugins.display(),
+                    PluginName::dir(),
+                    args.join(" ")
+                ));
+            }
+        }
+        let child = c
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -156,7 +212,10 @@ impl Dockerd {
         retry("dockerd to answer", 300, Duration::from_millis(100), || {
             if let Some(c) = self.child.as_mut() {
                 if let Ok(Some(st)) = c.try_wait() {
-                    return Err(format!("dockerd exited ({st}): {}", crate::tail(&self.log(), 20)));
+                    return Err(format!(
+                        "dockerd exited ({st}): {}",
+                        crate::tail(&self.log(), 20)
+                    ));
                 }
             }
             let out = self.docker(&["version", "--format", "{{.Server.Version}}"]);
@@ -201,7 +260,8 @@ impl Dockerd {
         }
         std::fs::copy("/bin/busybox", root.join("bin/busybox")).expect("copying busybox");
         for applet in [
-            "sh", "ip", "ping", "nc", "httpd", "wget", "sleep", "cat", "nslookup", "echo", "hostname",
+            "sh", "ip", "ping", "nc", "httpd", "wget", "sleep", "cat", "nslookup", "echo",
+            "hostname",
         ] {
             let _ = std::os::unix::fs::symlink("busybox", root.join("bin").join(applet));
         }

@@ -21,9 +21,11 @@ pub fn parse_pool(s: &str, what: &str) -> ApiResult<Option<Ipv4Network>> {
     if s.is_empty() {
         return Ok(None);
     }
-    let n: Ipv4Network = s
-        .parse()
-        .map_err(|_| bad(format!("invalid {what} {s:?}: expected an IPv4 CIDR such as 10.0.0.0/24")))?;
+    let n: Ipv4Network = s.parse().map_err(|_| {
+        bad(format!(
+            "invalid {what} {s:?}: expected an IPv4 CIDR such as 10.0.0.0/24"
+        ))
+    })?;
     if n.network() != n.ip() {
         return Err(bad(format!(
             "invalid {what} {s}: host bits are set (did you mean {}/{}?)",
@@ -62,8 +64,7 @@ pub fn address_request(r: &proto::RequestAddressRequest) -> ApiResult<AddressReq
 
 async fn capabilities() -> Answer {
     // Pools and addresses live in the store and outlive a restart of
-    // either daemon: Docker need not replay its requests (it may: they are
-    // answered the same).
+    // either daemon: Docker need not replay its requests.
     Answer::ok(&proto::IpamCapabilities {
         requires_mac_address: false,
         requires_request_replay: false,
@@ -90,7 +91,10 @@ async fn request_pool(State(p): State<Shared>, body: Body) -> Answer {
         if range.is_some() && subnet.is_none() {
             return Err(bad("--ip-range needs --subnet"));
         }
-        let pool = blocking(&p, move |p| p.engine.request_pool(subnet, range)).await?;
+        // Docker asks in the global space for a global-scope driver (ours
+        // on a daemon with a cluster store).
+        let global = r.address_space == GLOBAL_SPACE;
+        let pool = blocking(&p, move |p| p.engine.request_pool(subnet, range, global)).await?;
         Ok(proto::RequestPoolResponse {
             pool_id: pool.id,
             pool: pool.subnet.to_string(),

@@ -111,6 +111,7 @@ impl Answer {
 /// nothing to `Plugin.Activate` and the capability calls); anything that is
 /// not the JSON object the call takes is a bad request, never a crash.
 pub fn decode<T: DeserializeOwned>(method: &str, body: &[u8]) -> ApiResult<T> {
+    tracing::debug!(method, body = %String::from_utf8_lossy(body), "docker plugin call");
     let body = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}".as_slice()
     } else {
@@ -222,16 +223,11 @@ mod tests {
 
     #[test]
     fn errors_are_the_protocol_s_err_object() {
-        let resp = Answer::err(ApiError::Conflict("address 10.0.0.2 is in use".into())).into_response();
+        let resp =
+            Answer::err(ApiError::Conflict("address 10.0.0.2 is in use".into())).into_response();
         assert_eq!(resp.status(), StatusCode::CONFLICT);
-        assert_eq!(
-            resp.headers()[header::CONTENT_TYPE],
-            proto::CONTENT_TYPE
-        );
-        let v = serde_json::to_value(proto::ErrResponse {
-            err: "x".into(),
-        })
-        .unwrap();
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], proto::CONTENT_TYPE);
+        let v = serde_json::to_value(proto::ErrResponse { err: "x".into() }).unwrap();
         assert_eq!(v, serde_json::json!({"Err": "x"}));
     }
 }

@@ -38,10 +38,13 @@ pub fn learn_name(p: Shared, id: String) {
                         return;
                     };
                     let id2 = id.clone();
-                    let r = super::blocking(&p, move |p| p.engine.rename_network(&id2, &name)).await;
+                    let r =
+                        super::blocking(&p, move |p| p.engine.rename_network(&id2, &name)).await;
                     match r {
                         Ok(true) => {}
-                        Ok(false) => warn!(network = %id, "keeping the provisional name: Docker's name is taken or not valid here"),
+                        Ok(false) => {
+                            warn!(network = %id, "keeping the provisional name: Docker's name is taken or not valid here")
+                        }
                         Err(e) => warn!(network = %id, "naming the network: {e}"),
                     }
                     return;

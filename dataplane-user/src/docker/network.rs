@@ -98,7 +98,12 @@ pub fn network_create(
                 (k.clone(), v)
             })
             .collect(),
-        Some(v) => return Err(bad(format!("CreateNetwork: {} is not a map: {v}", proto::GENERIC))),
+        Some(v) => {
+            return Err(bad(format!(
+                "CreateNetwork: {} is not a map: {v}",
+                proto::GENERIC
+            )))
+        }
     };
     let driver = match options.remove(DRIVER_OPTION).as_deref() {
         None | Some("bridge") | Some("local") => "bridge",
@@ -143,15 +148,20 @@ pub fn port_mappings(options: &BTreeMap<String, Value>) -> ApiResult<Vec<PortMap
         let proto = match b.proto {
             6 => Proto::Tcp,
             17 => Proto::Udp,
-            132 => return Err(bad("SCTP ports cannot be published by the dataplane driver: tcp or udp")),
+            132 => {
+                return Err(bad(
+                    "SCTP ports cannot be published by the dataplane driver: tcp or udp",
+                ))
+            }
             p => return Err(bad(format!("invalid port protocol number {p}"))),
         };
         let host_ip = match b.host_ip.as_str() {
             "" | "0.0.0.0" => None,
             s if s.contains(':') => continue,
-            s => Some(s.parse::<Ipv4Addr>().map_err(|_| {
-                bad(format!("invalid host address {s:?} in a port binding"))
-            })?),
+            s => Some(
+                s.parse::<Ipv4Addr>()
+                    .map_err(|_| bad(format!("invalid host address {s:?} in a port binding")))?,
+            ),
         };
         let m = PortMapping {
             proto,
@@ -203,7 +213,6 @@ async fn capabilities(State(p): State<Shared>) -> Answer {
 async fn create_network(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::CreateNetworkRequest = decode("CreateNetwork", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "CreateNetwork");
         let snap = p.engine.snapshot();
         let (req, docker) = network_create(&r, |id| snap.pools.contains_key(id))?;
         let id = docker.id.clone();
@@ -233,7 +242,6 @@ async fn delete_network(State(p): State<Shared>, body: Body) -> Answer {
 async fn create_endpoint(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::CreateEndpointRequest = decode("CreateEndpoint", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "CreateEndpoint");
         check_id(&r.network_id, "NetworkID")?;
         check_id(&r.endpoint_id, "EndpointID")?;
         let iface = r.interface.clone().unwrap_or_default();
@@ -292,7 +300,10 @@ async fn endpoint_info(State(p): State<Shared>, body: Body) -> Answer {
             .ok_or_else(|| ApiError::NotFound(format!("no such endpoint {}", r.endpoint_id)))?;
         let mut value = BTreeMap::new();
         value.insert(proto::PORT_MAP.to_string(), portmap_value(a.ip, &a.ports));
-        value.insert("dataplane.host_ifname".to_string(), Value::String(a.host_ifname));
+        value.insert(
+            "dataplane.host_ifname".to_string(),
+            Value::String(a.host_ifname),
+        );
         value.insert("dataplane.container".to_string(), Value::String(a.name));
         Ok(proto::EndpointInfoResponse { value })
     };
@@ -303,7 +314,10 @@ async fn delete_endpoint(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::EndpointRequest = decode("DeleteEndpoint", &body)?;
         check_id(&r.endpoint_id, "EndpointID")?;
-        blocking(&p, move |p| p.engine.detach(Runtime::Docker, &r.endpoint_id)).await?;
+        blocking(&p, move |p| {
+            p.engine.detach(Runtime::Docker, &r.endpoint_id)
+        })
+        .await?;
         Ok(serde_json::json!({}))
     };
     Answer::from_result(r.await)
@@ -312,7 +326,6 @@ async fn delete_endpoint(State(p): State<Shared>, body: Body) -> Answer {
 async fn join(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::JoinRequest = decode("Join", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "Join");
         check_id(&r.endpoint_id, "EndpointID")?;
         let eid = r.endpoint_id.clone();
         let a = blocking(&p, move |p| {
@@ -354,7 +367,6 @@ async fn program_external(State(p): State<Shared>, body: Body) -> Answer {
     let r = async {
         let r: proto::ProgramExternalConnectivityRequest =
             decode("ProgramExternalConnectivity", &body)?;
-        tracing::debug!(body = %String::from_utf8_lossy(&body), "ProgramExternalConnectivity");
         check_id(&r.endpoint_id, "EndpointID")?;
         let ports = port_mappings(&r.options)?;
         if ports.is_empty()
@@ -397,7 +409,10 @@ async fn revoke_external(State(p): State<Shared>, body: Body) -> Answer {
 async fn nothing(uri: axum::http::Uri, body: Body) -> Answer {
     match decode::<Value>(uri.path(), &body) {
         Ok(Value::Object(_)) => Answer::empty(),
-        Ok(v) => Answer::err(bad(format!("{}: expected a JSON object, got {v}", uri.path()))),
+        Ok(v) => Answer::err(bad(format!(
+            "{}: expected a JSON object, got {v}",
+            uri.path()
+        ))),
         Err(e) => {
             warn!("{e}");
             Answer::err(e)

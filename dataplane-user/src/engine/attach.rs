@@ -192,9 +192,11 @@ impl Engine {
                 }
                 let nid = match snap.network_ref(&req.network)? {
                     NetRef::Stored(nid) => nid,
-                    NetRef::Predefined(d) => return Err(bad(format!(
+                    NetRef::Predefined(d) => {
+                        return Err(bad(format!(
                         "cannot attach to network {d}: attachments need a network with addresses"
-                    ))),
+                    )))
+                    }
                 };
                 let net = &snap.networks[&nid];
                 if !port_reqs.is_empty() && net.internal {

@@ -13,8 +13,8 @@ use super::{json, Engine};
 use crate::{
     api::error::{bad, ApiError, ApiResult},
     ipam,
-    model::{self, docker::Pool, Network},
     model::snapshot::Snapshot,
+    model::{self, docker::Pool, Network},
     store::Txn,
 };
 
@@ -66,17 +66,29 @@ impl Snapshot {
 
 impl Engine {
     /// `RequestPool`: `subnet` (or the first free default pool), with
-    /// `ip_range` to allocate from. A pool asked for again as it is (Docker
-    /// replaying its requests) is returned as it is.
+    /// `ip_range` to allocate from. A pool asked for again before its
+    /// network exists is returned as it is; one whose network exists is
+    /// refused as the overlap it is (Docker's second network on a subnet).
     pub fn request_pool(
         &self,
         subnet: Option<Ipv4Network>,
         ip_range: Option<Ipv4Network>,
+        global: bool,
     ) -> ApiResult<Pool> {
+        if global && self.cluster.is_none() {
+            return Err(bad(super::NEEDS_CLUSTER));
+        }
         let host_routes = ipam::host_routes();
         let (_, pool) = self.commit_with(|snap| {
             if let Some(p) = subnet.and_then(|s| snap.pools.get(&Pool::id_for(s))) {
+                if let Some(net) = snap.network_of_pool(p) {
+                    return Err(ApiError::Conflict(format!(
+                        "subnet {} overlaps subnet {} of network {}",
+                        p.subnet, net.subnet, net.name
+                    )));
+                }
                 if p.ip_range == ip_range {
+                    // Asked again before its network exists (a retry).
                     return Ok((Txn::default(), p.clone()));
                 }
                 return Err(ApiError::Conflict(format!(
@@ -97,11 +109,13 @@ impl Engine {
                 gateway: None,
                 aux: Default::default(),
                 network_id: None,
+                global,
             };
             let mut t = Txn::default();
             // Pools and networks are checked against one guarded set.
-            t.unchanged(model::NETWORKS_CLAIM, snap.rev_of(model::NETWORKS_CLAIM))
-                .put(model::NETWORKS_CLAIM, pool.id.clone().into_bytes())
+            let claim = pool.networks_claim();
+            t.unchanged(claim, snap.rev_of(claim))
+                .put(claim, pool.id.clone().into_bytes())
                 .absent(pool.key())
                 .put(pool.key(), json(&pool)?);
             Ok((t, pool))
@@ -110,17 +124,16 @@ impl Engine {
         Ok(pool)
     }
 
-    /// `ReleasePool`: forgets the pool and the addresses held in it, unless
-    /// a network still stands on it (then the network's removal comes
-    /// first). Releasing a pool that is not there succeeds.
+    /// `ReleasePool`: forgets the pool and the addresses held in it.
+    /// Docker releases a global network's pool before it deletes the
+    /// network, a local one's after: the network keeps its subnet and
+    /// reserved addresses either way, and no request names the pool any
+    /// more. Releasing a pool that is not there succeeds.
     pub fn release_pool(&self, id: &str) -> ApiResult<()> {
         self.commit_with(|snap| {
             let Some(p) = snap.pools.get(id) else {
                 return Ok((Txn::default(), ()));
             };
-            if snap.network_of_pool(p).is_some() {
-                return Ok((Txn::default(), ()));
-            }
             let mut t = Txn::default();
             t.unchanged(p.key(), snap.rev_of(&p.key())).delete(p.key());
             for (claim, pool) in &snap.ip_holds {
@@ -179,7 +192,8 @@ impl Engine {
                     return Ok((t, ip));
                 }
             }
-            let ip = ipam::allocate(net, &snap.used_ips(&net.id), req.ip)?;
+            // An overlay network's address comes from this host's blocks.
+            let ip = self.allocate(snap, net, req.ip, &mut t)?;
             let claim = model::ip_claim(net, ip);
             t.unchanged(net.key(), snap.rev_of(&net.key()))
                 .absent(claim.clone())
@@ -254,9 +268,7 @@ impl Engine {
     /// `CreateNetwork`). A name another network has, or one our networks
     /// cannot take, leaves the network as it is: false then.
     pub fn rename_network(&self, id: &str, name: &str) -> ApiResult<bool> {
-        if !crate::model::validate::valid_name(name)
-            || crate::drivers::predefined(name).is_some()
-        {
+        if !crate::model::validate::valid_name(name) || crate::drivers::predefined(name).is_some() {
             return Ok(false);
         }
         let (rev, renamed) = self.commit_with(|snap| {

@@ -26,6 +26,7 @@ use std::{
 };
 
 use anyhow::{anyhow, Context as _};
+use ipnetwork::Ipv4Network;
 use tracing::{info, warn};
 
 pub use self::reconcile::{Problem, Status};
@@ -163,6 +164,9 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Set when the daemon joins a cluster (`--store etcd://...`).
     pub cluster: Option<ClusterConfig>,
+    /// `--docker-plugin`: a Docker engine shares this namespace, so the
+    /// default bridge keeps off the pools Docker takes first.
+    pub beside_docker: bool,
 }
 
 /// This host as a member of a cluster.
@@ -216,6 +220,7 @@ impl Engine {
     /// reconciler, waits for the first full pass to put the kernel in step
     /// with the store, and makes sure the default `bridge` network exists.
     pub fn start(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
+        let cfg_beside_docker = cfg.beside_docker;
         let mut dp = Datapath::load(&cfg.bpffs)?;
         // Host processes reach published ports through socket-level
         // translation (no proxy process); only this namespace's sockets.
@@ -276,7 +281,21 @@ impl Engine {
             };
             // Docker's 172.17.0.0/16, unless the host already routes it (a
             // Docker engine beside us): then the first free default pool.
-            let made = engine
+            // Beside a Docker engine that may start later (the plugin), the
+            // last free default pool: Docker takes 172.17 for docker0 and
+            // the first pools for its own networks, and sees no route of
+            // ours while our bridge has no container.
+            let beside_docker = (cfg_beside_docker).then(|| {
+                let pools: Vec<Ipv4Network> = ipam::default_pools().collect();
+                pools.into_iter().rev().find_map(|p| {
+                    let s = p.to_string();
+                    engine.create_network(bridge(Some(&s), None)).ok()
+                })
+            });
+            let made = match beside_docker {
+                Some(Some(id)) => Ok(id),
+                Some(None) => Err(ApiError::Conflict("no free default pool".into())),
+                None => engine
                 .create_network(bridge(Some("172.17.0.0/16"), Some("172.17.0.1")))
                 .or_else(|e| match e {
                     ApiError::BadRequest(_) | ApiError::Conflict(_) => {
@@ -284,7 +303,8 @@ impl Engine {
                         engine.create_network(bridge(None, None))
                     }
                     e => Err(e),
-                });
+                }),
+            };
             made.map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
         }
         engine.start_agent()?;
@@ -529,7 +549,9 @@ impl Engine {
             let existing = snap.taken_subnets(pool_id.as_deref());
             let pool = match &pool_id {
                 Some(id) => Some(snap.pools.get(id).cloned().ok_or_else(|| {
-                    ApiError::NotFound(format!("no such address pool {id} (ask the IPAM driver for one first)"))
+                    ApiError::NotFound(format!(
+                        "no such address pool {id} (ask the IPAM driver for one first)"
+                    ))
                 })?),
                 None => None,
             };

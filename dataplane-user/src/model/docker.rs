@@ -36,6 +36,11 @@ pub struct Pool {
     /// is Docker's NetworkID).
     #[serde(default)]
     pub network_id: Option<String>,
+    /// A pool of Docker's global address space (a daemon with a cluster
+    /// store): every host shares it (`cluster/docker/pools/...`), since
+    /// Docker asks each host's IPAM for addresses of a pool one host got.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub global: bool,
 }
 
 impl Pool {
@@ -44,12 +49,19 @@ impl Pool {
     }
 
     pub fn key(&self) -> String {
-        pool_key(&self.id)
+        let scope = if self.global { super::CLUSTER } else { "" };
+        format!("{scope}{POOLS}{}", self.id)
     }
-}
 
-pub fn pool_key(id: &str) -> String {
-    format!("{POOLS}{id}")
+    /// The guarded set of networks and pools this pool is checked
+    /// against (the cluster's for a global pool).
+    pub fn networks_claim(&self) -> &'static str {
+        if self.global {
+            super::CLUSTER_NETWORKS_CLAIM
+        } else {
+            super::NETWORKS_CLAIM
+        }
+    }
 }
 
 /// The claim value of an address Docker's IPAM holds in pool `pool`.

@@ -139,7 +139,11 @@ impl Snapshot {
             self.tasks.insert(key.to_string(), de(key, value)?);
             return Ok(());
         }
-        if let Some(id) = key.strip_prefix(model::docker::POOLS) {
+        if let Some(id) = key
+            .strip_prefix(model::CLUSTER)
+            .unwrap_or(key)
+            .strip_prefix(model::docker::POOLS)
+        {
             self.pools.insert(id.to_string(), de(key, value)?);
             return Ok(());
         }
@@ -189,7 +193,11 @@ impl Snapshot {
     fn delete(&mut self, key: &str) {
         self.revs.remove(key);
         self.ip_holds.remove(key);
-        if let Some(id) = key.strip_prefix(model::docker::POOLS) {
+        if let Some(id) = key
+            .strip_prefix(model::CLUSTER)
+            .unwrap_or(key)
+            .strip_prefix(model::docker::POOLS)
+        {
             self.pools.remove(id);
             return;
         }
@@ -572,7 +580,7 @@ mod tests {
     use super::*;
     use crate::{
         model::{Mac, Node},
-        store::Entry,
+        store::{Entry, Event, Listing},
     };
 
     fn overlay() -> Network {
@@ -690,5 +698,57 @@ mod tests {
         let s = Snapshot::from_listing(&listing, "b").unwrap();
         assert_eq!(s.endpoints.keys().collect::<Vec<_>>(), ["b1"]);
         assert_eq!(s.remote.keys().collect::<Vec<_>>(), ["a1"]);
+    }
+
+    #[test]
+    fn docker_pools_and_held_addresses_are_read_and_counted_as_used() {
+        let pool = |id: &str, global: bool| model::docker::Pool {
+            id: id.into(),
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            ip_range: None,
+            gateway: None,
+            aux: Default::default(),
+            network_id: Some("n1".into()),
+            global,
+        };
+        let (local, global) = (pool("dataplane/10.9.0.0/24", false), pool("g", true));
+        assert_eq!(local.key(), "docker/pools/dataplane/10.9.0.0/24");
+        assert_eq!(global.key(), "cluster/docker/pools/g");
+        let entry = |key: String, value: Vec<u8>| Entry {
+            key,
+            value,
+            mod_revision: 1,
+        };
+        let listing = Listing {
+            revision: 1,
+            entries: vec![
+                entry(local.key(), serde_json::to_vec(&local).unwrap()),
+                entry(global.key(), serde_json::to_vec(&global).unwrap()),
+                entry(
+                    "claims/ips/n1/10.9.0.7".into(),
+                    model::docker::hold_value(&local.id),
+                ),
+                entry("claims/ips/n1/10.9.0.8".into(), b"some-endpoint".to_vec()),
+            ],
+        };
+        let mut s = Snapshot::from_listing(&listing, "").unwrap();
+        assert_eq!(s.pools.len(), 2);
+        assert_eq!(s.pools["g"], global);
+        let held: Vec<Ipv4Addr> = s.held_ips("n1").collect();
+        assert_eq!(held, [Ipv4Addr::new(10, 9, 0, 7)]);
+        assert!(s.used_ips("n1").contains(&Ipv4Addr::new(10, 9, 0, 7)));
+        assert!(s.held_ips("n2").next().is_none());
+        // An endpoint adopts the hold: the claim is rewritten with its id.
+        s.apply(&Event::Put {
+            key: "claims/ips/n1/10.9.0.7".into(),
+            value: b"ep".to_vec(),
+            revision: 2,
+        });
+        assert!(s.ip_holds.is_empty());
+        s.apply(&Event::Delete {
+            key: global.key(),
+            revision: 3,
+        });
+        assert_eq!(s.pools.keys().collect::<Vec<_>>(), [&local.id]);
     }
 }

@@ -127,6 +127,20 @@ pub struct DaemonArgs {
     /// containers may still run on their pinned datapath).
     #[arg(long, default_value = "300", value_name = "SECONDS")]
     pub node_grace: u64,
+    /// Also serve Docker's remote network driver and IPAM driver protocols
+    /// (`docker network create -d dataplane --ipam-driver dataplane`).
+    #[arg(long)]
+    pub docker_plugin: bool,
+    /// Docker's plugin directory: the socket is DIR/NAME.sock.
+    #[arg(long, default_value = crate::docker::DEFAULT_PLUGIN_DIR, value_name = "DIR")]
+    pub docker_plugin_dir: PathBuf,
+    /// The driver's name in Docker (`-d NAME`, `--ipam-driver NAME`).
+    #[arg(long, default_value = crate::docker::DEFAULT_PLUGIN_NAME, value_name = "NAME")]
+    pub docker_plugin_name: String,
+    /// Docker's API socket (unix:///var/run/docker.sock), asked for the
+    /// names of the networks Docker creates on our driver.
+    #[arg(long, value_name = "URL")]
+    pub docker_host: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]

@@ -242,11 +242,11 @@ pub fn plan_network(
     Ok((subnet, gateway))
 }
 
-fn first_host(subnet: Ipv4Network) -> Ipv4Addr {
+pub fn first_host(subnet: Ipv4Network) -> Ipv4Addr {
     Ipv4Addr::from(u32::from(subnet.network()) + 1)
 }
 
-fn check_host_address(
+pub fn check_host_address(
     subnet: Ipv4Network,
     ip: Ipv4Addr,
     what: &'static str,

@@ -10,6 +10,7 @@ pub mod bpf;
 pub mod cli;
 pub mod cni;
 pub mod dns;
+pub mod docker;
 pub mod drivers;
 pub mod engine;
 pub mod fault;

@@ -97,6 +97,7 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
             state_dir: args.state_dir.clone(),
             bpffs: args.bpffs.clone(),
             cluster,
+            beside_docker: args.docker_plugin,
         };
         tokio::task::spawn_blocking(move || Engine::start(cfg, store)).await?
     };
@@ -119,11 +120,68 @@ async fn daemon(args: DaemonArgs) -> Result<()> {
         }
         info!("shutting down; containers and their traffic keep running");
     };
+    let plugin = match docker_plugin(&args, &d) {
+        Ok(p) => p,
+        Err(e) => {
+            let _ = std::fs::remove_file(&socket);
+            return Err(e);
+        }
+    };
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let plugin_task = plugin.map(|(l, router, path)| {
+        let mut rx = stop_rx.clone();
+        let task = tokio::spawn(async move {
+            let stopped = async move {
+                let _ = rx.wait_for(|s| *s).await;
+            };
+            axum::serve(l, router).with_graceful_shutdown(stopped).await
+        });
+        (task, path)
+    });
     axum::serve(listener, server::router(d))
         .with_graceful_shutdown(shutdown)
         .await?;
+    let _ = stop_tx.send(true);
+    if let Some((task, path)) = plugin_task {
+        let _ = task.await;
+        let _ = std::fs::remove_file(path);
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
+}
+
+/// With `--docker-plugin`: the plugin socket bound and its routes.
+fn docker_plugin(
+    args: &DaemonArgs,
+    engine: &Arc<dataplane_user::engine::Engine>,
+) -> Result<Option<(tokio::net::UnixListener, axum::Router, std::path::PathBuf)>> {
+    use dataplane_user::docker;
+    if !args.docker_plugin {
+        return Ok(None);
+    }
+    if !dataplane_user::model::validate::valid_name(&args.docker_plugin_name) {
+        bail!("invalid --docker-plugin-name {:?}", args.docker_plugin_name);
+    }
+    let path = args
+        .docker_plugin_dir
+        .join(format!("{}.sock", args.docker_plugin_name));
+    let docker_host = match &args.docker_host {
+        None => None,
+        Some(h) => Some(std::path::PathBuf::from(
+            h.strip_prefix("unix://")
+                .with_context(|| format!("invalid --docker-host {h:?}: expected unix:///PATH"))?,
+        )),
+    };
+    let listener = server::bind(&path)?;
+    let plugin = Arc::new(docker::Plugin {
+        engine: engine.clone(),
+        cfg: docker::PluginConfig {
+            socket: path.clone(),
+            docker_host,
+        },
+    });
+    info!(socket = %path.display(), "Docker network and IPAM driver plugin ready");
+    Ok(Some((listener, docker::router(plugin), path)))
 }
 
 /// The embedded store, or with `--store` the cluster's etcd seen as this

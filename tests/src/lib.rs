@@ -40,6 +40,8 @@ use std::{
 
 use serde_json::Value;
 
+pub mod docker;
+
 /// How long a CLI call or helper command may take before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -1614,6 +1616,8 @@ impl Etcd {
             .args(["--listen-peer-urls", peer])
             .args(["--initial-advertise-peer-urls", peer])
             .args(["--initial-cluster", &format!("lab={peer}")])
+            // Docker 20.10's cluster store (libkv) speaks etcd's v2 API.
+            .arg("--enable-v2=true")
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log fd"))
             .stderr(log)
@@ -1841,6 +1845,12 @@ impl Lab {
     /// Adds a host with a daemon (`host<n>`); returns its index in
     /// [`Lab::host`].
     pub fn add_host(&mut self) -> usize {
+        self.add_host_with(&[])
+    }
+
+    /// [`Lab::add_host`] with extra `daemon` arguments (the Docker
+    /// plugin's, say).
+    pub fn add_host_with(&mut self, extra: &[&str]) -> usize {
         let (ns, ip, port) = self.join();
         let name = format!("host{}", self.hosts.len() + self.plain.len() + 1);
         let store = self.etcd.url();
@@ -1858,7 +1868,10 @@ impl Lab {
                 &ttl,
                 "--node-grace",
                 &grace,
-            ],
+            ]
+            .into_iter()
+            .chain(extra.iter().copied())
+            .collect::<Vec<_>>(),
         );
         self.hosts.push(d);
         self.ports.push(port);

@@ -6,6 +6,7 @@ mod connrate;
 mod ctlbench;
 mod demo;
 mod dnsbench;
+mod dockerbench;
 mod lab;
 mod md;
 mod natbench;

@@ -17,7 +17,20 @@ use crate::{bpf::Datapath, netns};
 
 /// Whether `name`/`ifindex` is a host interface that should carry `from_uplink`.
 fn is_uplink(name: &str, ifindex: u32) -> bool {
-    ifindex != 1 && name != "lo" && dataplane_common::iface_slot(ifindex).is_none()
+    ifindex != 1
+        && name != "lo"
+        && dataplane_common::iface_slot(ifindex).is_none()
+        && !is_docker_peer(name)
+}
+
+/// The sandbox end of a Docker endpoint's veth (`dpd` and 12 hex digits),
+/// waiting in the daemon's namespace for Docker to move it: not an uplink.
+fn is_docker_peer(name: &str) -> bool {
+    name.len() == 15
+        && name.starts_with("dpd")
+        && name[3..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 /// Attaches `from_uplink` to uplinks that lack it, forgets pins of
@@ -55,4 +68,16 @@ pub fn sync(dp: &mut Datapath, attached: &mut HashSet<u32>) -> Result<()> {
         .collect();
     dp.sync_local_addrs(&addrs)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn docker_peers_are_not_uplinks() {
+        assert!(!is_uplink("dpd8a86422c0485", 7));
+        assert!(is_uplink("dpdummy", 7));
+        assert!(is_uplink("eth0", 2));
+    }
 }

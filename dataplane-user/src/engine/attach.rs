@@ -217,7 +217,8 @@ impl Engine {
                 let taken = snap.taken_ports();
                 ports::precheck(&port_reqs, &taken)?;
                 let mut t = Txn::default();
-                let ip = self.allocate(snap, net, ip, &mut t)?;
+                // An address Docker's IPAM holds for this endpoint is adopted.
+                let ip = self.allocate_adopting(snap, net, ip, &mut t)?;
                 let mut ep = self.new_endpoint(
                     net,
                     &cid,
@@ -280,7 +281,7 @@ impl Engine {
                     .absent(claim_key.clone())
                     .put(claim_key.clone(), cid.clone().into_bytes())
                     .unchanged(net.key(), snap.rev_of(&net.key()))
-                    .absent(ip_claim.clone())
+                    .unchanged(ip_claim.clone(), snap.hold_rev(&ip_claim))
                     .put(ip_claim, ep.id.clone().into_bytes())
                     .put(model::net_use_claim(net), ep.id.clone().into_bytes())
                     .put(ep.key(), json(&ep)?);

@@ -12,6 +12,7 @@
 //! answer from the newest snapshot.
 
 pub mod attach;
+pub mod docker;
 pub mod reconcile;
 pub mod sandbox;
 pub mod services;
@@ -163,6 +164,9 @@ pub struct Config {
     pub bpffs: PathBuf,
     /// Set when the daemon joins a cluster (`--store etcd://...`).
     pub cluster: Option<ClusterConfig>,
+    /// `--docker-plugin`: a Docker engine shares this namespace, so the
+    /// default bridge keeps off the pools Docker takes first.
+    pub beside_docker: bool,
 }
 
 /// This host as a member of a cluster.
@@ -176,6 +180,16 @@ pub struct ClusterConfig {
     pub lease_ttl: Duration,
     /// `--node-grace`: how long a down host's endpoints stay in the maps.
     pub grace: Duration,
+}
+
+/// A network Docker creates through our driver.
+#[derive(Clone, Debug)]
+pub struct DockerNetwork {
+    /// Docker's NetworkID (our network's id too).
+    pub id: String,
+    /// The pool of our IPAM driver the network is on (none with Docker's
+    /// default IPAM).
+    pub pool: Option<String>,
 }
 
 /// What `--driver overlay` says without a cluster.
@@ -206,6 +220,7 @@ impl Engine {
     /// reconciler, waits for the first full pass to put the kernel in step
     /// with the store, and makes sure the default `bridge` network exists.
     pub fn start(cfg: Config, store: Arc<dyn Store>) -> anyhow::Result<Arc<Self>> {
+        let cfg_beside_docker = cfg.beside_docker;
         let mut dp = Datapath::load(&cfg.bpffs)?;
         // Host processes reach published ports through socket-level
         // translation (no proxy process); only this namespace's sockets.
@@ -266,7 +281,21 @@ impl Engine {
             };
             // Docker's 172.17.0.0/16, unless the host already routes it (a
             // Docker engine beside us): then the first free default pool.
-            let made = engine
+            // Beside a Docker engine that may start later (the plugin), the
+            // last free default pool: Docker takes 172.17 for docker0 and
+            // the first pools for its own networks, and sees no route of
+            // ours while our bridge has no container.
+            let beside_docker = (cfg_beside_docker).then(|| {
+                let pools: Vec<Ipv4Network> = ipam::default_pools().collect();
+                pools.into_iter().rev().find_map(|p| {
+                    let s = p.to_string();
+                    engine.create_network(bridge(Some(&s), None)).ok()
+                })
+            });
+            let made = match beside_docker {
+                Some(Some(id)) => Ok(id),
+                Some(None) => Err(ApiError::Conflict("no free default pool".into())),
+                None => engine
                 .create_network(bridge(Some("172.17.0.0/16"), Some("172.17.0.1")))
                 .or_else(|e| match e {
                     ApiError::BadRequest(_) | ApiError::Conflict(_) => {
@@ -274,7 +303,8 @@ impl Engine {
                         engine.create_network(bridge(None, None))
                     }
                     e => Err(e),
-                });
+                }),
+            };
             made.map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
         }
         engine.start_agent()?;
@@ -435,6 +465,17 @@ impl Engine {
     // ----- networks ------------------------------------------------------
 
     pub fn create_network(&self, req: NetworkCreate) -> ApiResult<String> {
+        self.create_network_as(req, None)
+    }
+
+    /// `create_network`, for Docker's network `docker` when given: the
+    /// network takes Docker's NetworkID as its id, and adopts the pool of
+    /// Docker's IPAM it was asked on, if it was (our IPAM driver).
+    pub(crate) fn create_network_as(
+        &self,
+        req: NetworkCreate,
+        docker: Option<DockerNetwork>,
+    ) -> ApiResult<String> {
         if !validate::valid_name(&req.name) {
             return Err(bad(format!(
                 "invalid network name {:?}: use letters, digits, '_', '.', '-', starting with a letter or digit",
@@ -492,18 +533,29 @@ impl Engine {
         }
         let opts = validate::overlay_options(&req.options, overlay, subnet)?;
         let host_routes = ipam::host_routes();
+        let pool_id = docker.as_ref().and_then(|d| d.pool.clone());
         let (rev, net) = self.commit_with(|snap| {
+            if let Some(d) = &docker {
+                if let Some(n) = snap.networks.get(&d.id) {
+                    return Ok((Txn::default(), n.clone()));
+                }
+            }
             if snap.networks.values().any(|n| n.name == req.name) {
                 return Err(ApiError::Conflict(format!(
                     "network with name {} already exists",
                     req.name
                 )));
             }
-            let existing: Vec<(String, Ipv4Network)> = snap
-                .networks
-                .values()
-                .map(|n| (n.name.clone(), n.subnet))
-                .collect();
+            let existing = snap.taken_subnets(pool_id.as_deref());
+            let pool = match &pool_id {
+                Some(id) => Some(snap.pools.get(id).cloned().ok_or_else(|| {
+                    ApiError::NotFound(format!(
+                        "no such address pool {id} (ask the IPAM driver for one first)"
+                    ))
+                })?),
+                None => None,
+            };
+            let ip_range = ip_range.or(pool.as_ref().and_then(|p| p.ip_range));
             let (subnet, gateway) = ipam::plan_network(
                 &ipam::NetworkRequest {
                     subnet,
@@ -541,7 +593,7 @@ impl Engine {
                 (num, 0)
             };
             let net = Network {
-                id: model::new_id(),
+                id: docker.as_ref().map_or_else(model::new_id, |d| d.id.clone()),
                 name: req.name.clone(),
                 driver: driver_name.clone(),
                 num,
@@ -574,6 +626,11 @@ impl Engine {
                 .unchanged(other, snap.rev_of(other))
                 .put(own, net.id.clone().into_bytes())
                 .put(net.key(), json(&net)?);
+            if let Some(mut p) = pool {
+                t.unchanged(p.key(), snap.rev_of(&p.key()));
+                p.network_id = Some(net.id.clone());
+                t.put(p.key(), json(&p)?);
+            }
             Ok((t, net))
         })?;
         if let Some(problem) = self.applied(rev, &[net.key()])? {

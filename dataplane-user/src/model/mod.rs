@@ -7,6 +7,7 @@ use std::{collections::BTreeMap, net::Ipv4Addr};
 use ipnetwork::Ipv4Network;
 use serde::{Deserialize, Serialize};
 
+pub mod docker;
 pub mod service;
 pub mod snapshot;
 pub mod validate;

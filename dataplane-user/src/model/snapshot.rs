@@ -60,6 +60,11 @@ pub struct Snapshot {
     /// The mod revision of every key, records and claims alike, for the
     /// guards of the next commit.
     pub revs: HashMap<String, Revision>,
+    /// Address pools handed to Docker's IPAM (by pool id).
+    pub pools: BTreeMap<String, model::docker::Pool>,
+    /// Address claims Docker's IPAM holds for an endpoint not created yet:
+    /// claim key -> pool id.
+    pub ip_holds: BTreeMap<String, String>,
 }
 
 /// `<network id>/<address>_<prefix>` of a block key.
@@ -134,6 +139,31 @@ impl Snapshot {
             self.tasks.insert(key.to_string(), de(key, value)?);
             return Ok(());
         }
+        if let Some(id) = key
+            .strip_prefix(model::CLUSTER)
+            .unwrap_or(key)
+            .strip_prefix(model::docker::POOLS)
+        {
+            self.pools.insert(id.to_string(), de(key, value)?);
+            return Ok(());
+        }
+        if key
+            .strip_prefix(model::CLUSTER)
+            .unwrap_or(key)
+            .starts_with(model::CLAIMS)
+        {
+            // An address claim changes hands (a hold adopted by an
+            // endpoint) by a rewrite: forget the old holder first.
+            self.ip_holds.remove(key);
+            if let Some(pool) = value
+                .strip_prefix(model::docker::HOLD_PREFIX.as_bytes())
+                .filter(|_| key.contains("/ips/") || key.starts_with("claims/ips/"))
+            {
+                self.ip_holds
+                    .insert(key.to_string(), String::from_utf8_lossy(pool).into_owned());
+            }
+            return Ok(());
+        }
         if let Some(rest) = key.strip_prefix(model::BLOCKS) {
             let (nid, block) = parse_block(rest).with_context(|| format!("decoding {key}"))?;
             let owner = String::from_utf8_lossy(value).into_owned();
@@ -162,6 +192,15 @@ impl Snapshot {
 
     fn delete(&mut self, key: &str) {
         self.revs.remove(key);
+        self.ip_holds.remove(key);
+        if let Some(id) = key
+            .strip_prefix(model::CLUSTER)
+            .unwrap_or(key)
+            .strip_prefix(model::docker::POOLS)
+        {
+            self.pools.remove(id);
+            return;
+        }
         if let Some(name) = key.strip_prefix(model::NODES) {
             self.nodes.remove(name);
             return;
@@ -290,7 +329,21 @@ impl Snapshot {
                     .filter(|s| s.network == nid)
                     .filter_map(|s| s.vip),
             )
+            .chain(self.held_ips(nid))
             .collect()
+    }
+
+    /// Addresses of network `nid` that Docker's IPAM holds for endpoints
+    /// it has not created yet.
+    pub fn held_ips(&self, nid: &str) -> impl Iterator<Item = std::net::Ipv4Addr> + '_ {
+        let prefix = format!("{}ips/{nid}/", model::CLAIMS);
+        self.ip_holds.keys().filter_map(move |k| {
+            k.strip_prefix(model::CLUSTER)
+                .unwrap_or(k)
+                .strip_prefix(&prefix)?
+                .parse()
+                .ok()
+        })
     }
 
     /// Endpoints of network `nid` on other hosts.
@@ -527,7 +580,7 @@ mod tests {
     use super::*;
     use crate::{
         model::{Mac, Node},
-        store::Entry,
+        store::{Entry, Event, Listing},
     };
 
     fn overlay() -> Network {
@@ -645,5 +698,57 @@ mod tests {
         let s = Snapshot::from_listing(&listing, "b").unwrap();
         assert_eq!(s.endpoints.keys().collect::<Vec<_>>(), ["b1"]);
         assert_eq!(s.remote.keys().collect::<Vec<_>>(), ["a1"]);
+    }
+
+    #[test]
+    fn docker_pools_and_held_addresses_are_read_and_counted_as_used() {
+        let pool = |id: &str, global: bool| model::docker::Pool {
+            id: id.into(),
+            subnet: "10.9.0.0/24".parse().unwrap(),
+            ip_range: None,
+            gateway: None,
+            aux: Default::default(),
+            network_id: Some("n1".into()),
+            global,
+        };
+        let (local, global) = (pool("dataplane/10.9.0.0/24", false), pool("g", true));
+        assert_eq!(local.key(), "docker/pools/dataplane/10.9.0.0/24");
+        assert_eq!(global.key(), "cluster/docker/pools/g");
+        let entry = |key: String, value: Vec<u8>| Entry {
+            key,
+            value,
+            mod_revision: 1,
+        };
+        let listing = Listing {
+            revision: 1,
+            entries: vec![
+                entry(local.key(), serde_json::to_vec(&local).unwrap()),
+                entry(global.key(), serde_json::to_vec(&global).unwrap()),
+                entry(
+                    "claims/ips/n1/10.9.0.7".into(),
+                    model::docker::hold_value(&local.id),
+                ),
+                entry("claims/ips/n1/10.9.0.8".into(), b"some-endpoint".to_vec()),
+            ],
+        };
+        let mut s = Snapshot::from_listing(&listing, "").unwrap();
+        assert_eq!(s.pools.len(), 2);
+        assert_eq!(s.pools["g"], global);
+        let held: Vec<Ipv4Addr> = s.held_ips("n1").collect();
+        assert_eq!(held, [Ipv4Addr::new(10, 9, 0, 7)]);
+        assert!(s.used_ips("n1").contains(&Ipv4Addr::new(10, 9, 0, 7)));
+        assert!(s.held_ips("n2").next().is_none());
+        // An endpoint adopts the hold: the claim is rewritten with its id.
+        s.apply(&Event::Put {
+            key: "claims/ips/n1/10.9.0.7".into(),
+            value: b"ep".to_vec(),
+            revision: 2,
+        });
+        assert!(s.ip_holds.is_empty());
+        s.apply(&Event::Delete {
+            key: global.key(),
+            revision: 3,
+        });
+        assert_eq!(s.pools.keys().collect::<Vec<_>>(), [&local.id]);
     }
 }

@@ -328,7 +328,9 @@ impl Dockerd {
         std::fs::create_dir_all(&bin)?;
         std::fs::copy(BUSYBOX, bin.join("busybox"))
             .with_context(|| format!("copying {BUSYBOX} (Debian's busybox-static)"))?;
-        for l in ["sh", "sleep", "true", "ping", "ip", "cat", "ls"] {
+        for l in [
+            "sh", "sleep", "true", "ping", "ip", "cat", "ls", "mkdir", "echo", "httpd", "wget",
+        ] {
             std::os::unix::fs::symlink("busybox", bin.join(l))?;
         }
         let tar = root.join("../rootfs.tar");

@@ -5,6 +5,7 @@ mod clusterbench;
 mod connrate;
 mod ctlbench;
 mod demo;
+mod demo_clients;
 mod dnsbench;
 mod dockerbench;
 mod lab;

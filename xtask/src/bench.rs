@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::Value;
 
 use crate::{
-    build_dataplane, clusterbench, ctlbench, dnsbench,
+    build_dataplane, clusterbench, ctlbench, dnsbench, dockerbench,
     lab::{self, addr, in_netns, Cleanup, Daemon},
     md, natbench, overlaybench, root, servicebench, setup,
     sh::{self, bg, first_line, json_of},
@@ -61,6 +61,12 @@ pub enum Kind {
     /// kube-proxy's iptables rules on a kernel VXLAN, at 1, 100 and 1,000
     /// services (see --services, `servicebench`).
     Services,
+    /// Real Docker (dockerd 20.10) on the same machine: its bridge driver
+    /// against `-d dataplane` (or our CLI as a stand-in when the plugin is
+    /// not built): container-to-container latency and 64-byte pps,
+    /// published-port connections/s, `docker run` until on the network
+    /// (see --docker-runs, `dockerbench`).
+    Docker,
 }
 
 impl Kind {
@@ -76,6 +82,7 @@ impl Kind {
             Kind::Overlay => "overlay: routed vs kernel VXLAN vs eBPF VXLAN, two hosts",
             Kind::Cluster => "cluster: endpoint propagation to N hosts through etcd",
             Kind::Services => "services: eBPF routing mesh vs kube-proxy iptables",
+            Kind::Docker => "docker: bridge driver vs -d dataplane",
         }
     }
 
@@ -104,6 +111,7 @@ impl Kind {
             Kind::Overlay => "two hosts on an underlay bridge, three ways (see the overlay section)",
             Kind::Cluster => "daemons in host namespaces sharing one etcd (see the cluster section)",
             Kind::Services => "two hosts per path and a client on an underlay (see the services section)",
+            Kind::Docker => "two hosts with dockerd, an outside client each (see the Docker section)",
         }
     }
 }
@@ -174,6 +182,10 @@ pub struct Args {
     /// `services`: replicas of every other service.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(0..=4))]
     filler_replicas: u32,
+    /// `docker`: timed `run -d` (until the address answers a ping) per
+    /// side and rep.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=99))]
+    docker_runs: u32,
     /// `services`, for development: 1 rep, 1 s per measurement, 1 and 100
     /// services (unless --services or --reps say otherwise).
     #[arg(long)]
@@ -191,7 +203,7 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 10] = [
+const ALL: [Kind; 11] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
@@ -202,6 +214,7 @@ const ALL: [Kind; 10] = [
     Kind::Overlay,
     Kind::Cluster,
     Kind::Services,
+    Kind::Docker,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
@@ -496,7 +509,7 @@ fn allowed_cpus() -> Vec<usize> {
 
 /// Where request/response runs: both ends on the first usable CPU, and
 /// (with two or more) on the first two.
-fn cores() -> Vec<Cores> {
+pub(crate) fn cores() -> Vec<Cores> {
     let cpus = allowed_cpus();
     let mut cores = vec![Cores::Same(cpus.first().copied().unwrap_or(0))];
     if let Some(&[s, c]) = cpus.get(..2) {
@@ -746,6 +759,8 @@ struct Report {
     cluster: Option<clusterbench::Report>,
     /// The routing mesh against kube-proxy (`--setups services`), if asked for.
     services: Option<servicebench::Report>,
+    /// Docker's bridge driver against `-d dataplane` (`--setups docker`).
+    docker: Option<dockerbench::Report>,
 }
 
 fn machine() -> Machine {
@@ -827,6 +842,7 @@ pub fn bench(args: Args) -> Result<i32> {
     let want_overlay = args.setups.contains(&Kind::Overlay);
     let want_cluster = args.setups.contains(&Kind::Cluster);
     let want_services = args.setups.contains(&Kind::Services);
+    let want_docker = args.setups.contains(&Kind::Docker);
     // Explicit --services / --reps win over --quick.
     let services_given =
         std::env::args().any(|a| a == "--services" || a.starts_with("--services="));
@@ -868,7 +884,8 @@ pub fn bench(args: Args) -> Result<i32> {
                 1 + service_counts.len()
             } else {
                 0
-            },
+            }
+            + 2 * usize::from(want_docker),
     );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
@@ -883,7 +900,7 @@ pub fn bench(args: Args) -> Result<i32> {
     };
     // The DNS and connection-rate clients loop in optimized code, so that
     // their own cost per lookup or connection is not a debug build's.
-    let release_xtask = if want_dns || want_nat || want_services {
+    let release_xtask = if want_dns || want_nat || want_services || want_docker {
         p.step("building the DNS and connection-rate clients (xtask, release)");
         Some(dnsbench::build_client()?)
     } else {
@@ -934,7 +951,8 @@ pub fn bench(args: Args) -> Result<i32> {
             | Kind::Control
             | Kind::Overlay
             | Kind::Cluster
-            | Kind::Services => Err(anyhow!("{k:?} is not a network setup")),
+            | Kind::Services
+            | Kind::Docker => Err(anyhow!("{k:?} is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -1113,6 +1131,26 @@ pub fn bench(args: Args) -> Result<i32> {
         _ => None,
     };
 
+    let docker = match (&release_xtask, want_docker) {
+        (Some(x), true) => {
+            drop(daemon.take());
+            let cfg = dockerbench::Config {
+                reps: args.reps,
+                seconds: args.seconds,
+                runs: args.docker_runs,
+                tool,
+                cores: cores.clone(),
+                xtask: x.clone(),
+                dataplane: bin.clone(),
+                tag: tag.clone(),
+                dir: dir.join("docker"),
+            };
+            std::fs::create_dir_all(&cfg.dir)?;
+            Some(dockerbench::run(&cfg, &mut p)?)
+        }
+        _ => None,
+    };
+
     p.step("report");
     let mut setups: Vec<SetupReport> = Vec::new();
     for &k in &kinds {
@@ -1166,6 +1204,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Overlay => "overlay",
                 Kind::Cluster => "cluster",
                 Kind::Services => "services",
+                Kind::Docker => "docker",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -1218,6 +1257,9 @@ pub fn bench(args: Args) -> Result<i32> {
     }
     if want_cluster && args.cluster_runs != clusterbench::DEFAULT_RUNS {
         command += &format!(" --cluster-runs {}", args.cluster_runs);
+    }
+    if want_docker && args.docker_runs != 10 {
+        command += &format!(" --docker-runs {}", args.docker_runs);
     }
     if want_services && args.quick {
         command += " --quick";
@@ -1274,6 +1316,11 @@ pub fn bench(args: Args) -> Result<i32> {
         c
     });
     let services = services.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
+    });
+    let docker = docker.map(|mut c| {
         c.command = command.clone();
         c.date = date.clone();
         c
@@ -1339,6 +1386,7 @@ pub fn bench(args: Args) -> Result<i32> {
         overlay,
         cluster,
         services,
+        docker,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
@@ -1356,6 +1404,7 @@ pub fn bench(args: Args) -> Result<i32> {
         .services
         .as_ref()
         .map(|s| servicebench::markdown(s, s.svg.as_deref()));
+    let docker_md = report.docker.as_ref().map(dockerbench::markdown);
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1386,6 +1435,10 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### Services: eBPF routing mesh against kube-proxy's iptables\n");
             println!("{}", servicebench::table(s));
         }
+        if let Some(d) = &report.docker {
+            println!("### Docker: the bridge driver against -d dataplane\n");
+            println!("{}", dockerbench::table(d));
+        }
     }
     if !args.no_write {
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
@@ -1397,12 +1450,14 @@ pub fn bench(args: Args) -> Result<i32> {
         let (existing, old_overlay) = overlaybench::split(&existing);
         let (existing, old_cluster) = clusterbench::split(&existing);
         let (existing, old_services) = servicebench::split(&existing);
+        let (existing, old_docker) = dockerbench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
         let md = md::append_section(&md, control_md.as_deref().or(old_control.as_deref()));
         let md = md::append_section(&md, overlay_md.as_deref().or(old_overlay.as_deref()));
         let md = md::append_section(&md, cluster_md.as_deref().or(old_cluster.as_deref()));
         let md = md::append_section(&md, services_md.as_deref().or(old_services.as_deref()));
+        let md = md::append_section(&md, docker_md.as_deref().or(old_docker.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -1424,7 +1479,8 @@ pub fn bench(args: Args) -> Result<i32> {
         || report
             .services
             .as_ref()
-            .is_some_and(servicebench::Report::bad);
+            .is_some_and(servicebench::Report::bad)
+        || report.docker.as_ref().is_some_and(dockerbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {

@@ -44,7 +44,7 @@ fn redirected(d: &Daemon) -> Result<u64> {
 }
 
 pub fn demo() -> Result<()> {
-    let mut p = Progress::new(23);
+    let mut p = Progress::new(28);
     setup::setup(&mut p)?;
     p.step("building dataplane-user and its eBPF object");
     let bin = build_dataplane(false)?;
@@ -252,7 +252,8 @@ pub fn demo() -> Result<()> {
     drop(d);
     drop(cleanup);
     cross_host(&mut p, &bin, pid)?;
-    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy) and two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd, a service answered on both hosts by the Maglev routing mesh with the client's own address kept).");
+    crate::demo_clients::real_clients(&mut p, &bin, pid)?;
+    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy), two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd, a service answered on both hosts by the Maglev routing mesh with the client's own address kept), and real clients (a stock Docker engine with -d dataplane, Podman through the CNI plugin).");
     Ok(())
 }
 

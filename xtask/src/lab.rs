@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::sh::{self, cmd};
 
-const SHORT: Duration = Duration::from_secs(30);
+pub const SHORT: Duration = Duration::from_secs(30);
 
 /// Cleanup actions, run in reverse order of registration when dropped.
 /// A cleanup step: returns a warning if it did not fully succeed.

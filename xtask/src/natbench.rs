@@ -184,7 +184,7 @@ pub fn docker_rules(first: u16, n: u32) -> String {
 
 /// The client's veth into the host netns: eth0 198.51.100.2 <-> up0
 /// 198.51.100.1, the host's default route through the client (its uplink).
-fn uplink(client: &str, host: &str) -> Result<()> {
+pub(crate) fn uplink(client: &str, host: &str) -> Result<()> {
     lab::ip(
         client,
         &[
@@ -301,15 +301,27 @@ fn build_ebpf(cl: &mut Cleanup, cfg: &Config, i: usize, n: u32) -> Result<Instan
 /// `connrate` client in the client netns; its parsed result.
 fn conn_client(x: &str, inst: &Instance, seconds: u64, wait: u64) -> Result<ClientResult> {
     let to = format!("{HOST_IP}:{}", inst.port);
+    conn_client_in(x, &inst.client, &to, seconds, wait)
+}
+
+/// `xtask conn-client --connect TO` in netns `ns` (after waiting up to
+/// `wait` s for a first good connection); its parsed result.
+pub(crate) fn conn_client_in(
+    x: &str,
+    ns: &str,
+    to: &str,
+    seconds: u64,
+    wait: u64,
+) -> Result<ClientResult> {
     let (s, w) = (seconds.to_string(), wait.to_string());
     let out = sh::output(
         &mut in_netns(
-            &inst.client,
+            ns,
             &[
                 x,
                 "conn-client",
                 "--connect",
-                &to,
+                to,
                 "--seconds",
                 &s,
                 "--wait",
@@ -322,12 +334,14 @@ fn conn_client(x: &str, inst: &Instance, seconds: u64, wait: u64) -> Result<Clie
 }
 
 fn conn_server(x: &str, inst: &Instance) -> Result<Bg> {
-    let listen = format!("0.0.0.0:{}", inst.port);
-    let srv = bg(&mut in_netns(
-        &inst.container,
-        &[x, "conn-server", "--listen", &listen],
-    ))?;
-    lab::wait_listening(&inst.container, inst.port, Duration::from_secs(5))?;
+    conn_server_in(x, &inst.container, inst.port)
+}
+
+/// `xtask conn-server` on 0.0.0.0:`port` in netns `ns`, once it listens.
+pub(crate) fn conn_server_in(x: &str, ns: &str, port: u16) -> Result<Bg> {
+    let listen = format!("0.0.0.0:{port}");
+    let srv = bg(&mut in_netns(ns, &[x, "conn-server", "--listen", &listen]))?;
+    lab::wait_listening(ns, port, Duration::from_secs(5))?;
     Ok(srv)
 }
 
@@ -371,7 +385,7 @@ impl Counters {
     }
 }
 
-fn counters(d: &Daemon) -> Counters {
+pub(crate) fn counters(d: &Daemon) -> Counters {
     Counters::parse(&d.cli(&["stats", "--format", "json"]).unwrap_or_default())
 }
 

@@ -202,7 +202,10 @@ fn system_services_off() -> Result<()> {
                 continue;
             }
             let _ = sh::succeeds(&mut cmd("systemctl", ["disable", "--now", &unit]));
-            let _ = sh::succeeds(&mut cmd("systemctl", ["disable", "--now", &format!("{svc}.socket")]));
+            let _ = sh::succeeds(&mut cmd(
+                "systemctl",
+                ["disable", "--now", &format!("{svc}.socket")],
+            ));
             note(format!("stopped and disabled {unit}"));
             continue;
         }
@@ -214,7 +217,9 @@ fn system_services_off() -> Result<()> {
             sh::run(&mut cmd(&script, ["stop"]), Some(MIN))?;
             note(format!("stopped the {svc} service"));
         } else {
-            note(format!("already satisfied: the {svc} service is not running"));
+            note(format!(
+                "already satisfied: the {svc} service is not running"
+            ));
         }
         if sh::which("update-rc.d").is_some() {
             let _ = sh::succeeds(&mut cmd("update-rc.d", [*svc, "disable"]));

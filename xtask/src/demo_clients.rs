@@ -129,9 +129,19 @@ pub fn real_clients(p: &mut Progress, bin: &Path, pid: u32) -> Result<()> {
         "docker network ls --filter driver=dataplane",
         &docker.cli(&["network", "ls", "--filter", "driver=dataplane"])?,
     );
+    // The plugin learns Docker's name for it from Docker's API once
+    // Docker has stored the network (after the driver answered).
+    let ls = lab::poll(Duration::from_secs(10), Duration::from_millis(200), || {
+        let ls = d.cli(&["network", "ls"])?;
+        Ok(ls
+            .lines()
+            .any(|l| l.split_whitespace().nth(1) == Some("app"))
+            .then_some(ls))
+    })?
+    .context("our network did not take Docker's name app within 10 s")?;
     show(
         "dataplane network ls   # the same network, under Docker's name",
-        &d.cli(&["network", "ls"])?,
+        &ls,
     );
 
     p.step("docker run web -p 8080:80 on app, and a second container fetching http://web/ by Docker's DNS");

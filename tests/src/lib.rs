@@ -891,7 +891,22 @@ impl Daemon {
             }
         }
         // 3. What the daemon made and did not remove: sandboxes (with the
-        //    container processes inside them) and their /etc/netns files.
+        //    container processes inside them) and their /etc/netns files,
+        //    those tracked and those its state directory names (a container
+        //    the test never listed: `dp-` and 12 characters of its id).
+        let from_state: Vec<String> = std::fs::read_dir(self.state_dir().join("containers"))
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let id = e.file_name().to_string_lossy().into_owned();
+                id.get(..12).map(|short| format!("dp-{short}"))
+            })
+            .collect();
+        for ns in &from_state {
+            kill_and_delete_netns(ns);
+            let _ = std::fs::remove_dir_all(Path::new("/etc/netns").join(ns));
+        }
         for t in self.tracked.borrow().values() {
             if let Some(ns) = &t.netns {
                 kill_and_delete_netns(ns);

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::PathBuf};
 
 use anyhow::{anyhow, bail, Context as _, Result};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, Parser, Subcommand};
 use hyper::Method;
 use serde_json::{json, Value};
 
@@ -13,7 +13,7 @@ use crate::{
         client::{self, seg, Client},
         PublishedPort, DEFAULT_SOCKET,
     },
-    ports,
+    format, ports,
 };
 
 #[derive(Parser, Debug)]
@@ -35,12 +35,7 @@ pub struct Cli {
     pub cmd: Cmd,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Default)]
-pub enum Format {
-    #[default]
-    Table,
-    Json,
-}
+pub use crate::format::Format;
 
 #[derive(Subcommand, Debug)]
 pub enum Cmd {
@@ -58,13 +53,17 @@ pub enum Cmd {
     Service(ServiceCmd),
     /// Create a sandbox on a network and start a command in it, detached.
     Run(RunArgs),
-    /// List containers.
-    Ps {
-        #[arg(long, value_enum, default_value_t)]
+    /// List containers (running ones; -a: all).
+    Ps(PsArgs),
+    /// Show containers as JSON (SandboxKey is the netns path), or one
+    /// line each through a Go template (-f '{{.NetworkSettings.IPAddress}}').
+    Inspect {
+        /// json, or a Go template rendered for each container.
+        #[arg(short, long, default_value = "json")]
         format: Format,
+        #[arg(required = true)]
+        names: Vec<String>,
     },
-    /// Show a container as JSON (SandboxKey is its netns path).
-    Inspect { name: String },
     /// Run a command inside a container's sandbox; exits with its status.
     Exec {
         name: String,
@@ -79,7 +78,8 @@ pub enum Cmd {
         name: String,
         /// PRIVATE_PORT[/tcp|udp]
         port: Option<String>,
-        #[arg(long, value_enum, default_value_t)]
+        /// table, json, a Go template ('{{.Name}}'), or 'table TEMPLATE'.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
     /// Remove containers (with -f, stop them first).
@@ -91,9 +91,30 @@ pub enum Cmd {
     },
     /// Per-program packet, byte and drop-by-reason counters.
     Stats {
-        #[arg(long, value_enum, default_value_t)]
+        /// table, json, a Go template ('{{.Name}}'), or 'table TEMPLATE'.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
+}
+
+#[derive(Args, Debug)]
+pub struct PsArgs {
+    /// Show every container (default: running ones).
+    #[arg(short, long)]
+    pub all: bool,
+    /// Only the container ids.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Full ids and commands.
+    #[arg(long)]
+    pub no_trunc: bool,
+    /// KEY=VALUE: id, name, network, status, label, runtime (repeatable).
+    #[arg(short, long = "filter", value_name = "FILTER")]
+    pub filter: Vec<String>,
+    /// table, json (one object per line), a Go template ('{{.Names}}'), or
+    /// 'table TEMPLATE'.
+    #[arg(long, default_value = "table")]
+    pub format: Format,
 }
 
 #[derive(Args, Debug)]
@@ -149,7 +170,8 @@ pub enum NodeCmd {
     /// shared networks.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t)]
+        /// table, json, a Go template ('{{.Name}}'), or 'table TEMPLATE'.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
 }
@@ -161,7 +183,8 @@ pub enum ServiceCmd {
     /// List services: replicas live/desired, VIP, ports.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t)]
+        /// table, json, a Go template ('{{.Name}}'), or 'table TEMPLATE'.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
     /// Show services as JSON: spec, virtual IP, tasks, counters.
@@ -172,7 +195,8 @@ pub enum ServiceCmd {
     /// List a service's replicas: host, state, address.
     Ps {
         name: String,
-        #[arg(long, value_enum, default_value_t)]
+        /// table, json, a Go template ('{{.Name}}'), or 'table TEMPLATE'.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
     /// Set the replica count of services: NAME=N ...
@@ -256,16 +280,50 @@ pub enum NetworkCmd {
         /// Driver options, KEY=VALUE.
         #[arg(short, long = "opt")]
         opt: Vec<String>,
+        /// Metadata, KEY=VALUE or KEY (repeatable).
+        #[arg(long)]
+        label: Vec<String>,
+        /// Accepted as Docker takes it: standalone containers may join
+        /// (every network here takes them).
+        #[arg(long)]
+        attachable: bool,
         name: String,
     },
     /// List networks.
     #[command(alias = "list")]
     Ls {
-        #[arg(long, value_enum, default_value_t)]
+        /// Only the network ids.
+        #[arg(short, long)]
+        quiet: bool,
+        /// Full ids.
+        #[arg(long)]
+        no_trunc: bool,
+        /// KEY=VALUE: id, name, driver, scope, type, label (repeatable).
+        #[arg(short, long = "filter", value_name = "FILTER")]
+        filter: Vec<String>,
+        /// table, json (one object per line), a Go template ('{{.Name}}'),
+        /// or 'table TEMPLATE'.
+        #[arg(long, default_value = "table")]
         format: Format,
     },
-    /// Show networks as JSON, shaped like `docker network inspect`.
-    Inspect { names: Vec<String> },
+    /// Show networks as JSON, shaped like `docker network inspect`, or one
+    /// line each through a Go template.
+    Inspect {
+        /// json, or a Go template rendered for each network.
+        #[arg(short, long, default_value = "json")]
+        format: Format,
+        #[arg(required = true)]
+        names: Vec<String>,
+    },
+    /// Remove every network no container uses.
+    Prune {
+        /// Do not ask for confirmation.
+        #[arg(short, long)]
+        force: bool,
+        /// label=KEY[=VALUE] (repeatable).
+        #[arg(long = "filter", value_name = "FILTER")]
+        filter: Vec<String>,
+    },
     /// Remove networks (refused while endpoints are attached).
     #[command(alias = "remove")]
     Rm {
@@ -322,6 +380,9 @@ pub struct RunArgs {
     /// Publish every exposed port onto a free host port.
     #[arg(short = 'P', long = "publish-all")]
     pub publish_all: bool,
+    /// Metadata, KEY=VALUE or KEY (repeatable).
+    #[arg(short, long)]
+    pub label: Vec<String>,
     #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
     pub cmd: Vec<String>,
 }
@@ -364,22 +425,208 @@ fn print_table(headers: &[&str], rows: Vec<Vec<String>>) {
     }
 }
 
-/// Prints `v` as pretty JSON, or as a table of `row(item)` for each item of
-/// the array `items` (which `v` is, or holds).
+/// `--label KEY=VALUE` or `--label KEY` (an empty value), as Docker takes
+/// them.
+fn labels(items: &[String]) -> Result<BTreeMap<String, String>> {
+    items
+        .iter()
+        .map(|kv| {
+            let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+            if k.is_empty() {
+                bail!("invalid label {kv:?}: expected KEY=VALUE or KEY");
+            }
+            Ok((k.to_string(), v.to_string()))
+        })
+        .collect()
+}
+
+/// Prints `v` as pretty JSON, each item of the array `items` (which `v`
+/// is, or holds) through a template, or a table of `row(item)`.
 fn print_listing(
     v: &Value,
     items: &Value,
-    format: Format,
+    format: &Format,
     headers: &[&str],
     row: impl Fn(&Value) -> Vec<String>,
 ) -> Result<()> {
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(v)?);
-    } else {
-        let rows = items.as_array().into_iter().flatten().map(row).collect();
-        print_table(headers, rows);
+    let list = items.as_array().cloned().unwrap_or_default();
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(v)?),
+        Format::Template { text, table } => {
+            format::print_template(text, *table, &list, format::title_of)?
+        }
+        Format::Table => print_table(headers, list.iter().map(row).collect()),
     }
     Ok(())
+}
+
+/// Prints Docker-shaped list lines (`ps`, `network ls`): the default
+/// template, JSON one object per line, the user's template, or ids only.
+fn print_lines(
+    lines: &[Value],
+    format: &Format,
+    quiet: bool,
+    default: &str,
+    header: impl Fn(&str) -> String,
+) -> Result<()> {
+    if quiet {
+        for l in lines {
+            println!("{}", s(&l["ID"]));
+        }
+        return Ok(());
+    }
+    match format {
+        Format::Json => {
+            for l in lines {
+                println!("{}", serde_json::to_string(l)?);
+            }
+            Ok(())
+        }
+        Format::Template { text, table } => format::print_template(text, *table, lines, header),
+        Format::Table => format::print_template(default, true, lines, header),
+    }
+}
+
+/// The default `ps` columns (Docker's, with the networks beside the ports).
+const PS_TABLE: &str =
+    "{{.ID}}\t{{.Command}}\t{{.RunningFor}}\t{{.Status}}\t{{.Ports}}\t{{.Networks}}\t{{.Names}}";
+
+/// The default `network ls` columns (Docker's, and the subnet).
+const NETWORK_TABLE: &str = "{{.ID}}\t{{.Name}}\t{{.Driver}}\t{{.Scope}}\t{{.Subnet}}";
+
+/// `KEY=VALUE,...` as Docker's list lines print labels.
+fn label_text(v: &Value) -> String {
+    v.as_object()
+        .into_iter()
+        .flatten()
+        .map(|(k, x)| format!("{k}={}", s(x)))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// A `Created` time as Docker's `CreatedAt` prints it
+/// (`2026-12-02 12:40:26 +0000 UTC`).
+fn created_at(t: &str) -> String {
+    match t.strip_suffix('Z').and_then(|t| t.split_once('T')) {
+        Some((d, h)) => format!("{d} {h} +0000 UTC"),
+        None => t.to_string(),
+    }
+}
+
+fn ago(t: &str) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    crate::model::epoch_of_rfc3339(t).map_or_else(String::new, |t| {
+        format!(
+            "{} ago",
+            crate::api::views::human_duration(now.saturating_sub(t))
+        )
+    })
+}
+
+/// One `ps` line with Docker's field names (what `--format json` prints
+/// and templates see), from the API's container object.
+fn ps_line(c: &Value, no_trunc: bool) -> Value {
+    let mut cmd = s(&c["Command"]);
+    if !no_trunc && cmd.chars().count() > 20 {
+        cmd = cmd.chars().take(19).collect::<String>() + "…";
+    }
+    let nets: Vec<String> = c["Networks"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(s)
+        .collect();
+    json!({
+        "ID": if no_trunc { s(&c["Id"]) } else { short(&c["Id"]) },
+        "Names": s(&c["Name"]),
+        "Image": "",
+        "Command": format!("\"{cmd}\""),
+        "CreatedAt": created_at(&s(&c["Created"])),
+        "RunningFor": ago(&s(&c["Created"])),
+        "Status": s(&c["Status"]),
+        "State": s(&c["State"]),
+        "Ports": s(&c["Ports"]),
+        "Networks": nets.join(","),
+        "Labels": label_text(&c["Labels"]),
+        "Mounts": "",
+        "LocalVolumes": "0",
+        "Size": "0B",
+        "Runtime": s(&c["Runtime"]),
+    })
+}
+
+/// One `network ls` line with Docker's field names.
+fn network_line(n: &Value, no_trunc: bool) -> Value {
+    json!({
+        "ID": if no_trunc { s(&n["Id"]) } else { short(&n["Id"]) },
+        "Name": s(&n["Name"]),
+        "Driver": s(&n["Driver"]),
+        "Scope": s(&n["Scope"]),
+        "IPv6": s(&n["IPv6"]),
+        "Internal": s(&n["Internal"]),
+        "Labels": label_text(&n["Labels"]),
+        "CreatedAt": created_at(&s(&n["Created"])),
+        "Subnet": s(&n["Subnet"]),
+    })
+}
+
+/// `?filters=...` for `--filter` arguments ("" when there are none).
+fn filter_query(args: &[String]) -> Result<String> {
+    let f = crate::api::filters::Filters::from_args(args).map_err(|e| anyhow!(e))?;
+    Ok(if f.is_empty() {
+        String::new()
+    } else {
+        format!("filters={}", query_escape(&f.to_query()))
+    })
+}
+
+/// Percent-encodes a query value.
+fn query_escape(v: &str) -> String {
+    v.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// `inspect` and `network inspect` of several names, as Docker prints
+/// them: the JSON array of the ones found (or one template line each), and
+/// `Error: No such ...` on stderr for the others. Returns the exit code.
+async fn inspect_many(c: &Client, route: &str, names: &[String], format: &Format) -> Result<i32> {
+    let mut found = Vec::new();
+    let mut failed = false;
+    for n in names {
+        match c
+            .json(Method::GET, &format!("{route}/{}", seg(n)), None)
+            .await
+        {
+            Ok(v) => found.extend(v.as_array().cloned().unwrap_or_default()),
+            // An unknown name: said, and the others still shown. Any
+            // other failure (no daemon) ends the command.
+            Err(e)
+                if e.downcast_ref::<client::HttpError>()
+                    .is_some_and(|h| h.status == 404) =>
+            {
+                eprintln!("Error: {e}");
+                failed = true;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    match format {
+        Format::Template { text, .. } => {
+            for line in format::render_each(text, &found)? {
+                println!("{line}");
+            }
+        }
+        Format::Json | Format::Table => println!("{}", serde_json::to_string_pretty(&found)?),
+    }
+    Ok(i32::from(failed))
 }
 
 fn s(v: &Value) -> String {
@@ -400,12 +647,12 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
     let c = Client::new(&socket_of(host)?).with_timeout(timeout);
     match cmd {
         Cmd::Daemon(_) => unreachable!("handled in main"),
-        Cmd::Network(n) => network(&c, n).await?,
+        Cmd::Network(n) => return network(&c, n).await,
         Cmd::Service(cmd) => service(&c, cmd).await?,
         Cmd::Node(NodeCmd::Ls { format }) => {
             let v = c.json(Method::GET, "/nodes", None).await?;
             let headers = ["NAME", "ADDRESS", "STATE", "SINCE", "CONTAINERS"];
-            print_listing(&v, &v, format, &headers, |n| {
+            print_listing(&v, &v, &format, &headers, |n| {
                 let me = if n["Self"].as_bool() == Some(true) {
                     " *"
                 } else {
@@ -429,47 +676,37 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
                         "name": r.name, "network": r.network, "ip": r.ip, "hostname": r.hostname,
                         "network_aliases": r.network_alias, "dns": r.dns, "links": r.link,
                         "env": r.env, "expose": r.expose, "publish": r.publish,
-                        "publish_all": r.publish_all, "cmd": r.cmd,
+                        "publish_all": r.publish_all, "labels": labels(&r.label)?, "cmd": r.cmd,
                     })),
                 )
                 .await?;
             println!("{}", s(&v["Id"]));
         }
-        Cmd::Ps { format } => {
-            let v = c.json(Method::GET, "/containers", None).await?;
-            let headers = [
-                "CONTAINER ID",
-                "NAME",
-                "STATUS",
-                "PORTS",
-                "NETWORKS",
-                "COMMAND",
-            ];
-            print_listing(&v, &v, format, &headers, |c| {
-                let nets: Vec<String> = c["Networks"]
-                    .as_array()
-                    .into_iter()
-                    .flatten()
-                    .map(s)
-                    .collect();
-                vec![
-                    short(&c["Id"]),
-                    s(&c["Name"]),
-                    s(&c["State"]),
-                    s(&c["Ports"]),
-                    nets.join(","),
-                    s(&c["Command"]),
-                ]
+        Cmd::Ps(a) => {
+            let mut q = filter_query(&a.filter)?;
+            if a.all {
+                q.push_str(if q.is_empty() { "all=1" } else { "&all=1" });
+            }
+            let v = c
+                .json(Method::GET, &format!("/containers?{q}"), None)
+                .await?;
+            let lines: Vec<Value> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|c| ps_line(c, a.no_trunc))
+                .collect();
+            print_lines(&lines, &a.format, a.quiet, PS_TABLE, |f| match f {
+                "ID" => "CONTAINER ID".into(),
+                "RunningFor" => "CREATED".into(),
+                f => format::title_of(f),
             })?;
         }
-        Cmd::Inspect { name } => {
-            let v = c
-                .json(Method::GET, &format!("/containers/{}", seg(&name)), None)
-                .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+        Cmd::Inspect { format, names } => {
+            return inspect_many(&c, "/containers", &names, &format).await;
         }
         Cmd::Exec { name, cmd } => return exec(&c, &name, &cmd).await,
-        Cmd::Port { name, port, format } => port_cmd(&c, &name, port.as_deref(), format).await?,
+        Cmd::Port { name, port, format } => port_cmd(&c, &name, port.as_deref(), &format).await?,
         Cmd::Logs { name } => {
             let b = c
                 .call(
@@ -514,7 +751,7 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
                 "ALLOC FAILED",
                 "DROPS",
             ];
-            print_listing(&v, &v["programs"], format, &headers, |p| {
+            print_listing(&v, &v["programs"], &format, &headers, |p| {
                 let drops: Vec<String> = p["drops"]
                     .as_object()
                     .into_iter()
@@ -541,7 +778,7 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
                     drops,
                 ]
             })?;
-            if format != Format::Json {
+            if format == Format::Table {
                 println!(
                     "conntrack entries: {} (one per direction of each translated flow)",
                     s(&v["conntrack"]["entries"])
@@ -609,7 +846,7 @@ pub async fn run_client(host: &str, timeout: Option<std::time::Duration>, cmd: C
     Ok(0)
 }
 
-async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
+async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
     match cmd {
         NetworkCmd::Create {
             driver,
@@ -619,41 +856,61 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
             aux_address,
             internal,
             opt,
+            label,
+            attachable,
             name,
         } => {
             let body = json!({
                 "name": name, "driver": driver, "subnet": subnet, "gateway": gateway, "ip_range": ip_range,
                 "aux_addresses": key_values(&aux_address, "--aux-address")?,
                 "internal": internal, "options": key_values(&opt, "--opt")?,
+                "labels": labels(&label)?, "attachable": attachable,
             });
             let v = c.json(Method::POST, "/networks", Some(body)).await?;
             println!("{}", s(&v["Id"]));
         }
-        NetworkCmd::Ls { format } => {
-            let v = c.json(Method::GET, "/networks", None).await?;
-            let headers = ["NETWORK ID", "NAME", "DRIVER", "SCOPE", "SUBNET"];
-            print_listing(&v, &v, format, &headers, |n| {
-                vec![
-                    short(&n["Id"]),
-                    s(&n["Name"]),
-                    s(&n["Driver"]),
-                    s(&n["Scope"]),
-                    s(&n["Subnet"]),
-                ]
+        NetworkCmd::Ls {
+            quiet,
+            no_trunc,
+            filter,
+            format,
+        } => {
+            let q = filter_query(&filter)?;
+            let v = c.json(Method::GET, &format!("/networks?{q}"), None).await?;
+            let lines: Vec<Value> = v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|n| network_line(n, no_trunc))
+                .collect();
+            print_lines(&lines, &format, quiet, NETWORK_TABLE, |f| match f {
+                "ID" => "NETWORK ID".into(),
+                f => format::title_of(f),
             })?;
         }
-        NetworkCmd::Inspect { names } => {
-            if names.is_empty() {
-                bail!("network inspect needs at least one network name");
+        NetworkCmd::Inspect { format, names } => {
+            return inspect_many(c, "/networks", &names, &format).await;
+        }
+        NetworkCmd::Prune { force, filter } => {
+            if !force && !confirm()? {
+                return Ok(0);
             }
-            let mut all = Vec::new();
-            for n in names {
-                let v = c
-                    .json(Method::GET, &format!("/networks/{}", seg(&n)), None)
-                    .await?;
-                all.extend(v.as_array().cloned().unwrap_or_default());
+            let q = filter_query(&filter)?;
+            let v = c
+                .json(Method::POST, &format!("/networks/prune?{q}"), None)
+                .await?;
+            let gone: Vec<String> = v["NetworksDeleted"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(s)
+                .collect();
+            if !gone.is_empty() {
+                println!("Deleted Networks:");
+                for n in gone {
+                    println!("{n}");
+                }
             }
-            println!("{}", serde_json::to_string_pretty(&all)?);
         }
         NetworkCmd::Rm { names } => {
             for n in names {
@@ -684,11 +941,21 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<()> {
             .await?;
         }
     }
-    Ok(())
+    Ok(0)
+}
+
+/// `network prune`'s question, answered on stdin (no answer is no).
+fn confirm() -> Result<bool> {
+    use std::io::Write as _;
+    print!("WARNING! This will remove all custom networks not used by at least one container.\nAre you sure you want to continue? [y/N] ");
+    std::io::stdout().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().read_line(&mut answer)?;
+    Ok(matches!(answer.trim(), "y" | "Y" | "yes" | "Yes"))
 }
 
 /// `port NAME [PRIVATE_PORT[/PROTO]]`, printed as Docker does.
-async fn port_cmd(c: &Client, name: &str, port: Option<&str>, format: Format) -> Result<()> {
+async fn port_cmd(c: &Client, name: &str, port: Option<&str>, format: &Format) -> Result<()> {
     let filter = port
         .map(ports::parse_private_port)
         .transpose()
@@ -709,11 +976,16 @@ async fn port_cmd(c: &Client, name: &str, port: Option<&str>, format: Format) ->
         }
     }
     ports::sort_published(&mut list);
-    if format == Format::Json {
-        println!("{}", serde_json::to_string_pretty(&list)?);
-    } else {
-        for line in ports::port_lines(&list, filter) {
-            println!("{line}");
+    match format {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&list)?),
+        Format::Template { text, table } => {
+            let items: Vec<Value> = list.iter().map(|p| json!(p)).collect();
+            format::print_template(text, *table, &items, format::title_of)?;
+        }
+        Format::Table => {
+            for line in ports::port_lines(&list, filter) {
+                println!("{line}");
+            }
         }
     }
     Ok(())
@@ -786,7 +1058,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<()> {
         ServiceCmd::Ls { format } => {
             let v = c.json(Method::GET, "/services", None).await?;
             let headers = ["ID", "NAME", "MODE", "REPLICAS", "NETWORK", "VIP", "PORTS"];
-            print_listing(&v, &v, format, &headers, |x| {
+            print_listing(&v, &v, &format, &headers, |x| {
                 let ports: Vec<String> =
                     x["Ports"].as_array().into_iter().flatten().map(s).collect();
                 vec![
@@ -821,7 +1093,7 @@ async fn service(c: &Client, cmd: ServiceCmd) -> Result<()> {
             let headers = [
                 "ID", "NAME", "NODE", "STATE", "SINCE", "IP", "RESTARTS", "MESSAGE",
             ];
-            print_listing(&v, &v, format, &headers, |t| {
+            print_listing(&v, &v, &format, &headers, |t| {
                 let node = match (t["Placed"].as_bool(), s(&t["Node"])) {
                     (Some(false), _) => "-".to_string(),
                     (_, n) if n.is_empty() => "(this host)".to_string(),

@@ -550,6 +550,9 @@ mod tests {
             vni: 0,
             block_prefix: 0,
             vteps: Vec::new(),
+            labels: BTreeMap::new(),
+            attachable: false,
+            docker: false,
         }
     }
 

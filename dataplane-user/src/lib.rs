@@ -14,6 +14,7 @@ pub mod docker;
 pub mod drivers;
 pub mod engine;
 pub mod fault;
+pub mod format;
 pub mod host;
 pub mod ipam;
 pub mod model;

@@ -62,6 +62,15 @@ pub fn unique(prefix: &str) -> String {
 }
 
 /// Panics unless the tests run as root (namespaces, veths and bpffs need it).
+/// Parses one JSON value per non-empty line into an array.
+pub fn json_lines_of(text: &str) -> Result<Value, serde_json::Error> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<Value>, _>>()
+        .map(Value::Array)
+}
+
 pub fn require_root() {
     let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
     let euid = status
@@ -202,6 +211,14 @@ impl Output {
             .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self}"))
     }
 
+    /// stdout as JSON lines (`ps --format json` prints one object per
+    /// line, as Docker does), gathered into an array.
+    #[track_caller]
+    pub fn json_lines(&self) -> Value {
+        json_lines_of(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON lines ({e}): {self}"))
+    }
+
     /// stdout without surrounding whitespace.
     pub fn text(&self) -> &str {
         self.stdout.trim()
@@ -263,10 +280,15 @@ fn text_of(buf: &Mutex<Vec<u8>>) -> String {
 
 impl Proc {
     /// Starts `cmd` with stdin closed and both outputs captured.
-    pub fn spawn(mut cmd: Command) -> Proc {
+    pub fn spawn(cmd: Command) -> Proc {
+        Proc::spawn_with_stdin(cmd, Stdio::null())
+    }
+
+    /// Starts `cmd` reading `stdin`, both outputs captured.
+    pub fn spawn_with_stdin(mut cmd: Command, stdin: Stdio) -> Proc {
         let desc = describe(&cmd);
         let mut child = cmd
-            .stdin(Stdio::null())
+            .stdin(stdin)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()
@@ -631,6 +653,15 @@ impl Daemon {
         out
     }
 
+    /// A client command that reads `input` on its stdin (a confirmation).
+    pub fn cli_input(&self, args: &[&str], input: &str) -> Output {
+        let dir = TempDir::new();
+        let path = dir.path().join("stdin");
+        std::fs::write(&path, input).expect("writing the command's input");
+        let f = std::fs::File::open(&path).expect("opening the command's input");
+        Proc::spawn_with_stdin(self.cli_command(args), Stdio::from(f)).wait(COMMAND_TIMEOUT)
+    }
+
     /// A client command started in the background.
     pub fn spawn_cli(&self, args: &[&str]) -> Proc {
         Proc::spawn(self.cli_command(args))
@@ -781,17 +812,16 @@ impl Daemon {
     /// or a restart changed nothing.
     #[track_caller]
     pub fn snapshot(&self) -> (Value, Value) {
-        let each = |args: &[&str], keys: &[&str]| -> Value {
-            let v = self.ok(args).json();
+        let each = |v: Value, keys: &[&str]| -> Value {
             let list = v.as_array().unwrap_or_else(|| panic!("not a list: {v:#}"));
             list.iter().map(|o| pick(o, keys)).collect()
         };
         (
             each(
-                &["network", "ls", "--format", "json"],
-                &["Name", "Id", "Driver", "Internal", "Subnet", "Gateway"],
+                self.networks(),
+                &["Name", "ID", "Driver", "Internal", "Subnet"],
             ),
-            each(&["ps", "--format", "json"], &["Name", "Id", "Networks"]),
+            each(self.ps(), &["Names", "ID", "Networks", "State"]),
         )
     }
 
@@ -812,6 +842,21 @@ impl Daemon {
         line
     }
 
+    /// Every container as `ps -a --no-trunc --format json` lists it
+    /// (Docker's fields: `ID`, `Names`, `Networks` as `a,b`, `Runtime`).
+    #[track_caller]
+    pub fn ps(&self) -> Value {
+        self.ok(&["ps", "-a", "--no-trunc", "--format", "json"])
+            .json_lines()
+    }
+
+    /// Every network as `network ls --no-trunc --format json` lists it.
+    #[track_caller]
+    pub fn networks(&self) -> Value {
+        self.ok(&["network", "ls", "--no-trunc", "--format", "json"])
+            .json_lines()
+    }
+
     // ----- cleanup ---------------------------------------------------------
 
     /// Records every container the daemon lists (name, sandbox netns), so
@@ -820,19 +865,19 @@ impl Daemon {
         if self.child.is_none() {
             return;
         }
-        let ps = self.cli(&["ps", "--format", "json"]);
-        let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&ps.stdout) else {
+        let ps = self.cli(&["ps", "-a", "--no-trunc", "--format", "json"]);
+        let Ok(Value::Array(list)) = json_lines_of(&ps.stdout) else {
             return;
         };
         for c in list {
-            let Some(id) = c["Id"].as_str() else { continue };
+            let Some(id) = c["ID"].as_str() else { continue };
             // Another runtime's attachment: that runtime (or the test that
             // plays it) owns its namespace and detaches it.
             if c["Runtime"].as_str().is_some_and(|r| r != "dataplane") {
                 continue;
             }
             let mut t = Tracked {
-                name: c["Name"].as_str().unwrap_or(id).to_string(),
+                name: c["Names"].as_str().unwrap_or(id).to_string(),
                 netns: None,
             };
             let inspect = self.cli(&["inspect", id]);

@@ -31,11 +31,7 @@ fn api(d: &Daemon, method: &str, path: &str, body: Option<&Value>) -> (u16, Valu
 }
 
 fn ps(d: &Daemon) -> Vec<Value> {
-    d.ok(&["ps", "--format", "json"])
-        .json()
-        .as_array()
-        .cloned()
-        .unwrap_or_default()
+    d.ps().as_array().cloned().unwrap_or_default()
 }
 
 fn link_exists(ns: &NetNs, name: &str) -> bool {

@@ -302,7 +302,7 @@ struct World {
 }
 
 fn world(d: &Daemon) -> World {
-    let nets = d.ok(&["network", "ls", "--format", "json"]).json();
+    let nets = d.networks();
     let attachments = nets
         .as_array()
         .into_iter()
@@ -683,7 +683,7 @@ fn port_prints_published_ports_like_docker() {
         "99/tcp, 127.0.0.1:{eph}->53/udp, 0.0.0.0:8002->70/tcp, 0.0.0.0:8080->80/tcp, \
          0.0.0.0:8000->90/tcp, 0.0.0.0:8001->91/tcp"
     );
-    let ps = d.ok(&["ps", "--format", "json"]).json();
+    let ps = d.ps();
     assert_eq!(ps[0]["Ports"], ports.as_str());
     let table = d.ok(&["ps"]).stdout;
     assert!(table.lines().next().unwrap().contains("PORTS"), "{table}");

@@ -109,8 +109,7 @@ fn cmd<'a>(command: &'a str, id: &'a str, netns: &'a str) -> Vec<(&'a str, &'a s
 }
 
 fn cni_attachments(d: &Daemon) -> Vec<Value> {
-    d.ok(&["ps", "--format", "json"])
-        .json()
+    d.ps()
         .as_array()
         .cloned()
         .unwrap_or_default()

@@ -97,7 +97,7 @@ impl Setup {
     }
 
     fn our_networks(&self) -> Value {
-        self.d.ok(&["network", "ls", "--format", "json"]).json()
+        self.d.networks()
     }
 }
 
@@ -125,10 +125,10 @@ fn containers_on_a_dataplane_network_talk_by_docker_s_names() {
             .and_then(|a| a.iter().find(|n| n["Name"] == "app").cloned())
             .ok_or(v.to_string())
     });
-    assert_eq!(nets["Id"], nid.as_str());
+    assert_eq!(nets["ID"], nid.as_str());
     assert_eq!(nets["Subnet"], "10.91.0.0/24");
     // The attachments show in our ps, by runtime.
-    let ps = s.d.ok(&["ps", "--format", "json"]).json();
+    let ps = s.d.ps();
     let docker_rows = ps
         .as_array()
         .unwrap()
@@ -138,13 +138,13 @@ fn containers_on_a_dataplane_network_talk_by_docker_s_names() {
     assert_eq!(docker_rows, 2, "{ps:#}");
     // ... under the names of Docker's containers (learnt from its API).
     eventually("our attachments under Docker's container names", || {
-        let ps = s.d.ok(&["ps", "--format", "json"]).json();
+        let ps = s.d.ps();
         let mut names: Vec<String> = ps
             .as_array()
             .into_iter()
             .flatten()
             .filter(|c| c["Runtime"] == "docker")
-            .filter_map(|c| c["Name"].as_str().map(str::to_string))
+            .filter_map(|c| c["Names"].as_str().map(str::to_string))
             .collect();
         names.sort();
         (names == ["ca", "cb"])
@@ -218,7 +218,7 @@ fn fetch_from(ns: &NetNs, url: &str) -> (String, String) {
 /// The published ports of our attachment on the container's network, as
 /// `dataplane ps` shows them (`0.0.0.0:8080->80/tcp, ...`).
 fn our_ports(d: &Daemon) -> Vec<String> {
-    let ps = d.ok(&["ps", "--format", "json"]).json();
+    let ps = d.ps();
     ps.as_array()
         .into_iter()
         .flatten()
@@ -480,7 +480,7 @@ fn ipam_options_addresses_connect_and_removal_leave_nothing() {
     let c1_other = s.ip("c1", "other");
     // A second endpoint of the container: NAME.NETWORK on our side.
     eventually("c1's second attachment named c1.other", || {
-        let ps = s.d.ok(&["ps", "--format", "json"]).stdout;
+        let ps = s.d.ps().to_string();
         ps.contains("\"c1.other\"").then_some(()).ok_or(ps)
     });
     assert!(c1_other.starts_with("10.94.0."), "{c1_other}");
@@ -579,7 +579,7 @@ fn traffic_survives_restarts_of_dockerd_and_of_our_daemon() {
         fetch_from(out.ns(), &format!("http://{HOST_IP}:8080/cgi-bin/ip")).0,
         OUTSIDE_IP
     );
-    let ps = s.d.ok(&["ps", "--format", "json"]).json();
+    let ps = s.d.ps();
     let docker_rows = ps
         .as_array()
         .unwrap()
@@ -961,17 +961,14 @@ fn an_overlay_network_made_through_docker_spans_the_cluster_s_hosts() {
         // Under Docker's name, learnt by the first host (the record is
         // the cluster's).
         let ovl = eventually(&format!("host {i} to list ovl"), || {
-            let nets = lab
-                .host(i)
-                .ok(&["network", "ls", "--format", "json"])
-                .json();
+            let nets = lab.host(i).networks();
             let ovl = nets
                 .as_array()
                 .and_then(|a| a.iter().find(|n| n["Name"] == "ovl").cloned());
             ovl.ok_or(format!("{nets:#}"))
         });
         assert_eq!(
-            (ovl["Id"].as_str(), ovl["Driver"].as_str()),
+            (ovl["ID"].as_str(), ovl["Driver"].as_str()),
             (Some(nid.as_str()), Some("overlay"))
         );
         // No vxlan device: the tunnel is our eBPF path.
@@ -988,10 +985,7 @@ fn an_overlay_network_made_through_docker_spans_the_cluster_s_hosts() {
     k0.ok(&["network", "rm", "ovl"]);
     for i in 0..2 {
         eventually("the overlay network to go everywhere", || {
-            let nets = lab
-                .host(i)
-                .ok(&["network", "ls", "--format", "json"])
-                .stdout;
+            let nets = lab.host(i).networks().to_string();
             (!nets.contains(&nid)).then_some(()).ok_or(nets)
         });
     }

@@ -6,7 +6,7 @@ use serde_json::{json, Value};
 
 /// The `name` entry of `network ls --format json`.
 fn listed_network(d: &Daemon, name: &str) -> Value {
-    let ls = d.ok(&["network", "ls", "--format", "json"]).json();
+    let ls = d.networks();
     ls.as_array()
         .and_then(|a| a.iter().find(|n| n["Name"] == name))
         .cloned()
@@ -145,14 +145,11 @@ fn a_container_gets_a_sandbox_with_lo_eth0_and_a_default_route() {
     let hostname = d.exec_in("c", &["hostname"]).ok();
     assert_eq!(hostname.text(), "box");
 
-    let ps = d.ok(&["ps", "--format", "json"]).json();
+    let ps = d.ps();
     let listed = only(ps);
-    assert_eq!(listed["Name"], "c");
-    assert_eq!(listed["Id"], id.as_str());
-    assert!(
-        listed["Networks"].to_string().contains("\"n\""),
-        "{listed:#}"
-    );
+    assert_eq!(listed["Names"], "c");
+    assert_eq!(listed["ID"], id.as_str());
+    assert_eq!(listed["Networks"], "n", "{listed:#}");
 }
 
 #[test]
@@ -226,7 +223,7 @@ fn rm_removes_the_sandbox_and_frees_the_address() {
         !dataplane_tests::alive(pid),
         "the container process survived rm"
     );
-    assert_eq!(d.ok(&["ps", "--format", "json"]).json(), json!([]));
+    assert_eq!(d.ps(), json!([]));
     assert_eq!(d.network_inspect("n")["Containers"], json!({}));
     // No veth of it is left in the host netns: only lo remains.
     let links = d

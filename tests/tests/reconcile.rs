@@ -294,10 +294,7 @@ fn a_daemon_killed_after_rm_committed_leaves_nothing_after_restart() {
             Err(left.join(", "))
         }
     });
-    assert_eq!(
-        d.ok(&["ps", "--format", "json"]).json(),
-        serde_json::json!([])
-    );
+    assert_eq!(d.ps(), serde_json::json!([]));
 }
 
 /// Starts `n` clients at once with the same arguments; their outputs.
@@ -374,7 +371,7 @@ fn racing_writes_have_exactly_one_winner_and_leave_nothing_behind() {
         "exactly one run gets host port 18081: {}",
         all(&outs)
     );
-    let ps = d.ok(&["ps", "--format", "json"]).json();
+    let ps = d.ps();
     assert_eq!(ps.as_array().unwrap().len(), 2, "{ps:#}");
     assert_eq!(
         host_veth_count(&d),
@@ -402,7 +399,7 @@ fn racing_writes_have_exactly_one_winner_and_leave_nothing_behind() {
             "network rm and a run on it both succeeded: {}",
             all(&outs)
         );
-        let listed = d.ok(&["network", "ls", "--format", "json"]).json();
+        let listed = d.networks();
         let present = listed
             .as_array()
             .unwrap()
@@ -411,7 +408,7 @@ fn racing_writes_have_exactly_one_winner_and_leave_nothing_behind() {
         assert_eq!(present, !rm_ok, "network {net} is there unless removed");
     }
     // Nothing half-made: every container has its veth, nothing else has one.
-    let ps = d.ok(&["ps", "--format", "json"]).json();
+    let ps = d.ps();
     let with_endpoint = ps.as_array().unwrap().len();
     assert_eq!(host_veth_count(&d), with_endpoint);
 }
@@ -419,7 +416,7 @@ fn racing_writes_have_exactly_one_winner_and_leave_nothing_behind() {
 #[test]
 fn host_and_none_sandboxes() {
     let d = Daemon::start();
-    let ls = d.ok(&["network", "ls", "--format", "json"]).json();
+    let ls = d.networks();
     for name in ["bridge", "host", "none"] {
         assert!(
             ls.as_array().unwrap().iter().any(|n| n["Name"] == name),
@@ -483,10 +480,7 @@ fn host_and_none_sandboxes() {
         ])
         .contains("cannot publish"));
     d.ok(&["rm", "-f", "h", "z"]);
-    assert_eq!(
-        d.ok(&["ps", "--format", "json"]).json(),
-        serde_json::json!([])
-    );
+    assert_eq!(d.ps(), serde_json::json!([]));
 }
 
 /// Beside a Docker engine (or anything else) that routes 172.17.0.0/16, a
@@ -545,7 +539,7 @@ fn parallel_runs_all_succeed() {
         );
         assert!(outs.iter().all(Output::success), "{}", all(&outs));
     }
-    let ps = d.ok(&["ps", "--format", "json"]).json();
+    let ps = d.ps();
     assert_eq!(ps.as_array().unwrap().len(), 24);
     assert_eq!(host_veth_count(&d), 24);
 }

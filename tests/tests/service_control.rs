@@ -140,7 +140,7 @@ fn a_crashing_replica_is_restarted_with_a_growing_delay() {
     assert!(msg.contains("exited after"), "{msg}");
     d.ok(&["service", "rm", "crash"]);
     eventually("its replica removed", || {
-        let v = d.ok(&["ps", "--format", "json"]).json();
+        let v = d.ps();
         match v.as_array().map(Vec::len) {
             Some(0) => Ok(()),
             _ => Err(v.to_string()),
@@ -182,12 +182,12 @@ fn a_restarted_daemon_adopts_its_replicas() {
         })
     };
     let containers = |d: &Daemon| -> Vec<String> {
-        let v = d.ok(&["ps", "--format", "json"]).json();
+        let v = d.ps();
         let mut ids: Vec<String> = v
             .as_array()
             .into_iter()
             .flatten()
-            .filter_map(|c| c["Id"].as_str().map(str::to_string))
+            .filter_map(|c| c["ID"].as_str().map(str::to_string))
             .collect();
         ids.sort();
         ids

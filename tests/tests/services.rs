@@ -247,12 +247,15 @@ impl Drop for Services {
         let names = self.names.borrow().clone();
         for h in &self.hosts {
             let gone = (0..100).any(|_| {
-                let out = cli_at(h, &["ps", "--format", "json"]);
-                let Ok(Value::Array(list)) = serde_json::from_str::<Value>(&out.stdout) else {
+                let out = cli_at(h, &["ps", "-a", "--format", "json"]);
+                if !out.success() {
                     return true; // that daemon is down
+                }
+                let Ok(Value::Array(list)) = dataplane_tests::json_lines_of(&out.stdout) else {
+                    return true;
                 };
                 let left = list.iter().any(|c| {
-                    let n = c["Name"].as_str().unwrap_or("");
+                    let n = c["Names"].as_str().unwrap_or("");
                     names.iter().any(|s| n.starts_with(&format!("{s}.")))
                 });
                 if left {
@@ -352,14 +355,14 @@ fn wait_running_everywhere(lab: &Lab, svc: &str, n: usize) -> Vec<Task> {
 /// The containers `d` lists (`ps --format json`): name -> id.
 #[track_caller]
 fn containers(d: &Daemon) -> BTreeMap<String, String> {
-    let v = d.ok(&["ps", "--format", "json"]).json();
+    let v = d.ps();
     v.as_array()
         .into_iter()
         .flatten()
         .map(|c| {
             (
-                c["Name"].as_str().unwrap_or_default().to_string(),
-                c["Id"].as_str().unwrap_or_default().to_string(),
+                c["Names"].as_str().unwrap_or_default().to_string(),
+                c["ID"].as_str().unwrap_or_default().to_string(),
             )
         })
         .collect()

@@ -484,10 +484,8 @@ impl Drop for Daemon {
                 else {
                     return Vec::new();
                 };
-                let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap_or_default();
-                v.as_array()
-                    .into_iter()
-                    .flatten()
+                sh::json_list(&o.stdout)
+                    .iter()
                     .filter_map(|x| x[key].as_str().map(str::to_string))
                     .collect()
             };
@@ -497,7 +495,7 @@ impl Drop for Daemon {
                     Some(Duration::from_secs(60)),
                 );
             }
-            for name in listed(&["ps", "--format", "json"], "Name") {
+            for name in listed(&["ps", "-a", "--format", "json"], "Names") {
                 if !self.containers.contains(&name) {
                     self.containers.push(name);
                 }
@@ -873,13 +871,14 @@ pub fn lab_down() -> Result<()> {
                     .env_remove("DATAPLANE_HOST");
                 sh::capture(&mut c, Some(Duration::from_secs(60)))
             };
-            let ps = client(&["ps", "--format", "json"]).ok().filter(|o| o.ok());
+            let ps = client(&["ps", "-a", "--no-trunc", "--format", "json"])
+                .ok()
+                .filter(|o| o.ok());
             let ids: Vec<String> = ps
-                .and_then(|o| serde_json::from_str::<Value>(&o.stdout).ok())
-                .and_then(|v| v.as_array().cloned())
+                .map(|o| sh::json_list(&o.stdout))
                 .unwrap_or_default()
                 .iter()
-                .filter_map(|c| c["Id"].as_str().map(str::to_string))
+                .filter_map(|c| c["ID"].as_str().map(str::to_string))
                 .collect();
             for id in &ids {
                 if let Ok(o) = client(&["inspect", id]) {

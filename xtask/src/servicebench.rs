@@ -507,13 +507,12 @@ impl Drop for Ours {
         nodes.push(&mut self.b);
         for n in nodes {
             let ids = |n: &Node| -> Vec<String> {
-                n.cli(&["ps", "--format", "json"])
+                n.cli(&["ps", "-a", "--no-trunc", "--format", "json"])
                     .ok()
-                    .and_then(|o| serde_json::from_str::<Value>(&o).ok())
-                    .and_then(|v| v.as_array().cloned())
+                    .map(|o| crate::sh::json_list(&o))
                     .unwrap_or_default()
                     .iter()
-                    .filter_map(|c| c["Id"].as_str().map(str::to_string))
+                    .filter_map(|c| c["ID"].as_str().map(str::to_string))
                     .collect()
             };
             let end = Instant::now() + limit;

@@ -437,6 +437,20 @@ pub fn json_of(out: &str, what: &str) -> Result<serde_json::Value> {
 }
 
 /// The first line a command prints (stdout, then stderr), or `unknown`.
+/// The items of a JSON listing: an array, or one object per line (as
+/// `ps --format json` and `network ls --format json` print them). Empty
+/// when the text is neither.
+pub fn json_list(out: &str) -> Vec<serde_json::Value> {
+    if let Ok(serde_json::Value::Array(a)) = serde_json::from_str(out) {
+        return a;
+    }
+    out.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(serde_json::from_str)
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default()
+}
+
 pub fn first_line(c: &mut Command) -> String {
     capture(c, Some(Duration::from_secs(10)))
         .ok()

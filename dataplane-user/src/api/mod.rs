@@ -4,6 +4,7 @@
 
 pub mod client;
 pub mod error;
+pub mod filters;
 pub mod server;
 pub mod views;
 
@@ -31,6 +32,12 @@ pub struct NetworkCreate {
     pub internal: bool,
     #[serde(default)]
     pub options: BTreeMap<String, String>,
+    /// `--label KEY=VALUE`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
+    /// `--attachable`.
+    #[serde(default)]
+    pub attachable: bool,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]
@@ -65,6 +72,9 @@ pub struct ContainerCreate {
     /// `-P`: every exposed port onto a free host port on every address.
     #[serde(default)]
     pub publish_all: bool,
+    /// `--label KEY=VALUE`.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     pub cmd: Vec<String>,
 }
 

@@ -15,6 +15,7 @@ use serde_json::Value;
 
 use super::{
     error::{ApiError, ApiResult},
+    filters::{self, Filters},
     views, Attach, Attachment, Connect, ContainerCreate, Created, Disconnect, ErrorBody,
     NetworkCreate, PortMapping, PublishedPort, ServiceCreate, ServiceUpdate, SetNetns,
 };
@@ -59,8 +60,43 @@ async fn write<T: Send + 'static>(
 
 type JsonResult = ApiResult<Json<Value>>;
 
-async fn networks(State(e): State<Shared>) -> JsonResult {
-    Ok(Json(views::list_networks(&e.snapshot())))
+/// `?filters=` of the list routes (Docker's JSON of `KEY -> [VALUE...]`).
+#[derive(Deserialize)]
+struct ListQuery {
+    #[serde(default)]
+    filters: Option<String>,
+    /// `ps -a`: stopped containers too.
+    #[serde(default)]
+    all: Option<String>,
+}
+
+impl ListQuery {
+    fn filters(&self, keys: &[&str]) -> ApiResult<Filters> {
+        Filters::from_query(self.filters.as_deref(), keys)
+    }
+
+    /// Docker's boolean query values: `1`/`true`/`yes` (and `0`/`false`/`no`).
+    fn all(&self) -> ApiResult<bool> {
+        match self.all.as_deref() {
+            None | Some("" | "0" | "false" | "no") => Ok(false),
+            Some("1" | "true" | "yes") => Ok(true),
+            Some(v) => Err(super::error::bad(format!(
+                "invalid value for all: {v:?} (expected true or false)"
+            ))),
+        }
+    }
+}
+
+async fn networks(State(e): State<Shared>, Query(q): Query<ListQuery>) -> JsonResult {
+    let f = q.filters(filters::NETWORK_KEYS)?;
+    Ok(Json(views::list_networks(&e.snapshot(), &f)))
+}
+
+/// `network prune`: removes every network no container uses.
+async fn networks_prune(State(e): State<Shared>, Query(q): Query<ListQuery>) -> JsonResult {
+    let f = q.filters(filters::PRUNE_KEYS)?;
+    let gone = write(e, move |e| e.prune_networks(&f)).await?;
+    Ok(Json(serde_json::json!({ "NetworksDeleted": gone })))
 }
 
 async fn network_create(
@@ -101,8 +137,9 @@ async fn network_disconnect(
     Ok(StatusCode::OK)
 }
 
-async fn containers(State(e): State<Shared>) -> JsonResult {
-    Ok(Json(views::list_containers(&e.snapshot())))
+async fn containers(State(e): State<Shared>, Query(q): Query<ListQuery>) -> JsonResult {
+    let f = q.filters(filters::CONTAINER_KEYS)?;
+    Ok(Json(views::list_containers(&e.snapshot(), q.all()?, &f)))
 }
 
 async fn container_create(
@@ -260,6 +297,7 @@ pub fn router(state: Shared) -> Router {
     Router::new()
         .route("/_ping", get(|| async { "OK" }))
         .route("/networks", get(networks).post(network_create))
+        .route("/networks/prune", post(networks_prune))
         .route("/networks/{name}", get(network_inspect).delete(network_rm))
         .route("/networks/{name}/connect", post(network_connect))
         .route("/networks/{name}/disconnect", post(network_disconnect))

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{json, Value};
 
-use super::{error::ApiResult, PublishedPort};
+use super::{error::ApiResult, filters::Filters, PublishedPort};
 use crate::{
     drivers,
     engine::{NetRef, Snapshot, Status},
@@ -70,10 +70,58 @@ fn container_networks(snap: &Snapshot, c: &Container) -> serde_json::Map<String,
                     "IPAddress": e.ip.to_string(), "IPPrefixLen": n.subnet.prefix(),
                     "MacAddress": e.mac.to_string(), "InterfaceName": e.ifname,
                     "HostInterfaceName": e.host_ifname,
+                    "Aliases": aliases(n, c, &e.aliases),
                 }),
             ))
         })
         .collect()
+}
+
+/// The names a container answers to on network `n` besides its own, as
+/// Docker's inspect lists them: the aliases and the short id (none on the
+/// default `bridge`, which has no names).
+fn aliases(n: &crate::model::Network, c: &Container, own: &[String]) -> Value {
+    if !n.user_defined() {
+        return Value::Null;
+    }
+    let mut all: Vec<String> = own.to_vec();
+    all.push(c.id.chars().take(12).collect());
+    json!(all)
+}
+
+/// Docker's `Status` column: `Up 5 minutes`, `Created`, `Exited`.
+fn status_text(state: &str, created: &str, now: u64) -> String {
+    match (state, crate::model::epoch_of_rfc3339(created)) {
+        ("running", Some(t)) => format!("Up {}", human_duration(now.saturating_sub(t))),
+        ("running", None) => "Up".into(),
+        ("created", _) => "Created".into(),
+        _ => "Exited".into(),
+    }
+}
+
+/// Docker's human durations (`Less than a second`, `5 seconds`, `About a
+/// minute`, `3 hours`, `2 days`, `3 weeks`, `4 months`, `2 years`).
+pub fn human_duration(secs: u64) -> String {
+    let (m, h, d) = (secs / 60, secs / 3600, secs / 86_400);
+    match secs {
+        0 => "Less than a second".into(),
+        1 => "1 second".into(),
+        2..60 => format!("{secs} seconds"),
+        60..120 => "About a minute".into(),
+        120..3600 => format!("{m} minutes"),
+        3600..7200 => "About an hour".into(),
+        7200..172_800 => format!("{h} hours"),
+        172_800..1_209_600 => format!("{d} days"),
+        1_209_600..5_184_000 => format!("{} weeks", d / 7),
+        5_184_000..63_072_000 => format!("{} months", d / 30),
+        _ => format!("{} years", d / 365),
+    }
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Who runs the container: this daemon, or the runtime of an attachment.
@@ -81,18 +129,38 @@ fn runtime_of(c: &Container) -> &'static str {
     c.runtime().map_or("dataplane", |r| r.as_str())
 }
 
-pub fn list_containers(snap: &Snapshot) -> Value {
+/// `ps`: the running containers (`all`: every one) that pass `f`
+/// ([`super::filters::CONTAINER_KEYS`]). A `status` filter lists stopped
+/// ones without `all`, as Docker does.
+pub fn list_containers(snap: &Snapshot, all: bool, f: &Filters) -> Value {
+    let now = now_secs();
+    let all = all || f.has("status");
     Value::Array(
         snap.containers
             .values()
-            .map(|c| {
-                let (state, _) = state(snap, c);
-                json!({
-                    "Id": c.id, "Name": c.name, "Command": c.cmd.join(" "), "Created": c.created,
-                    "State": state,
-                    "Networks": container_networks(snap, c).keys().cloned().collect::<Vec<_>>(),
-                    "Ports": ports::ps_ports(&c.exposed, &c.ports),
-                    "Runtime": runtime_of(c),
+            .filter_map(|c| {
+                let (state, running) = state(snap, c);
+                let nets = container_networks(snap, c);
+                let on_network = |want: &str| {
+                    nets.iter()
+                        .any(|(name, v)| name == want || v["NetworkID"].as_str() == Some(want))
+                };
+                let keep = (all || running)
+                    && f.id(&c.id)
+                    && f.name(&c.name)
+                    && f.any("network", on_network)
+                    && f.any("status", |s| s == state)
+                    && f.any("runtime", |r| r == runtime_of(c))
+                    && f.labels(&c.labels);
+                keep.then(|| {
+                    json!({
+                        "Id": c.id, "Name": c.name, "Command": c.cmd.join(" "), "Created": c.created,
+                        "State": state, "Status": status_text(state, &c.created, now),
+                        "Networks": nets.keys().cloned().collect::<Vec<_>>(),
+                        "Ports": ports::ps_ports(&c.exposed, &c.ports),
+                        "Labels": c.labels,
+                        "Runtime": runtime_of(c),
+                    })
                 })
             })
             .collect(),
@@ -105,43 +173,79 @@ pub fn inspect_container(snap: &Snapshot, status: &Status, name: &str) -> ApiRes
     let (state, running) = state(snap, c);
     let mut keys = vec![c.key(), format!("dns/{cid}")];
     keys.extend(snap.endpoints_of_container(&cid).iter().map(|e| e.key()));
+    let networks = container_networks(snap, c);
+    // Docker fills the top-level addresses from the default `bridge`
+    // network only (empty on every other).
+    let default = networks.get("bridge");
+    let top = |k: &str| default.map_or(json!(""), |n| n[k].clone());
     Ok(json!([{
         "Id": c.id, "Name": c.name, "Created": c.created,
         "Path": c.cmd.first().cloned().unwrap_or_default(), "Args": c.cmd.get(1..).unwrap_or_default(),
         "Runtime": runtime_of(c),
         "Attachment": c.external.as_ref().map(|x| json!({"Runtime": x.runtime, "ID": x.id, "Netns": x.netns_path, "Peer": x.peer})),
         "State": {"Status": state, "Running": running, "Pid": if running { c.pid.unwrap_or(0) } else { 0 }},
-        "Config": {"Hostname": c.hostname, "Cmd": c.cmd, "ExposedPorts": ports::exposed_ports_json(&c.exposed, &c.ports)},
+        "Config": {
+            "Hostname": c.hostname, "Cmd": c.cmd, "Env": c.env, "Labels": c.labels,
+            "ExposedPorts": ports::exposed_ports_json(&c.exposed, &c.ports),
+        },
         "HostConfig": {
             "NetworkMode": c.network_mode.as_deref().unwrap_or("default"),
             "PortBindings": ports::host_config_port_bindings(&c.publish), "PublishAllPorts": c.publish_all,
         },
         "LogPath": c.log_path,
         "NetworkSettings": {
-            "SandboxKey": c.sandbox_key(), "SandboxID": c.netns, "Networks": container_networks(snap, c),
+            "SandboxKey": c.sandbox_key(), "SandboxID": c.netns,
+            "IPAddress": top("IPAddress"), "IPPrefixLen": default.map_or(json!(0), |n| n["IPPrefixLen"].clone()),
+            "Gateway": top("Gateway"), "MacAddress": top("MacAddress"),
+            "EndpointID": top("EndpointID"),
             "Ports": ports::network_settings_ports(&c.exposed, &c.ports),
+            "Networks": networks,
         },
         "Problems": problems(status, &keys),
     }]))
 }
 
-pub fn list_networks(snap: &Snapshot) -> Value {
+/// `network ls`: the networks that pass `f` ([`super::filters::NETWORK_KEYS`]).
+pub fn list_networks(snap: &Snapshot, f: &Filters) -> Value {
+    let none = BTreeMap::new();
+    let keep = |id: &str, name: &str, driver: &str, scope: &str, builtin: bool, labels| {
+        f.id(id)
+            && f.name(name)
+            && f.any("driver", |d| d == driver)
+            && f.any("scope", |s| s == scope)
+            && f.any("type", |t| t == if builtin { "builtin" } else { "custom" })
+            && f.labels(labels)
+    };
     let mut out: Vec<Value> = snap
         .networks
         .values()
+        .filter(|n| {
+            keep(
+                &n.id,
+                &n.name,
+                &n.driver,
+                scope(n),
+                !n.user_defined(),
+                &n.labels,
+            )
+        })
         .map(|n| {
             json!({
                 "Name": n.name, "Id": n.id, "Driver": n.driver, "Scope": scope(n),
-                "Internal": n.internal, "Subnet": n.subnet.to_string(),
-                "Gateway": n.gateway.to_string(), "Created": n.created,
+                "Internal": n.internal, "Attachable": n.attachable, "IPv6": false,
+                "Subnet": n.subnet.to_string(), "Gateway": n.gateway.to_string(),
+                "Created": n.created, "Labels": n.labels,
             })
         })
         .collect();
     for p in drivers::PREDEFINED {
-        out.push(json!({
-            "Name": p, "Id": p, "Driver": p, "Scope": "local", "Internal": false,
-            "Subnet": "", "Gateway": "", "Created": "",
-        }));
+        if keep(p, p, p, "local", true, &none) {
+            out.push(json!({
+                "Name": p, "Id": p, "Driver": p, "Scope": "local", "Internal": false,
+                "Attachable": false, "IPv6": false, "Subnet": "", "Gateway": "", "Created": "",
+                "Labels": {},
+            }));
+        }
     }
     Value::Array(out)
 }
@@ -233,9 +337,9 @@ pub fn inspect_network(snap: &Snapshot, status: &Status, name: &str) -> ApiResul
     }
     Ok(json!([{
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": scope(n), "Driver": n.driver,
-        "EnableIPv6": false, "Internal": n.internal, "Attachable": false,
+        "EnableIPv6": false, "Internal": n.internal, "Attachable": n.attachable,
         "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
-        "Containers": containers, "Options": options, "Labels": {},
+        "Containers": containers, "Options": options, "Labels": n.labels,
         "Problems": problems(status, &keys),
     }]))
 }

@@ -126,6 +126,8 @@ pub fn network_create(
             aux_addresses,
             internal: as_bool(req.options.get(proto::INTERNAL)),
             options,
+            // Docker keeps the labels and the attachable flag itself.
+            ..NetworkCreate::default()
         },
         DockerNetwork {
             id: req.network_id.clone(),

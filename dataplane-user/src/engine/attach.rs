@@ -261,6 +261,7 @@ impl Engine {
                             String::new()
                         },
                     }),
+                    labels: Default::default(),
                 };
                 let ip_claim = model::ip_claim(net, ep.ip);
                 let keys = vec![

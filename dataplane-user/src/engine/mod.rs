@@ -612,6 +612,9 @@ impl Engine {
                     0
                 },
                 vteps: opts.vteps.clone(),
+                labels: req.labels.clone(),
+                attachable: req.attachable,
+                docker: docker.is_some(),
             };
             // Names and subnets are checked against this host's networks
             // and the cluster's: both sets are guarded, the network's own
@@ -720,6 +723,27 @@ impl Engine {
         self.applied(rev, &[])?;
         info!(network = %net.name, "network removed");
         Ok(())
+    }
+
+    /// `network prune`: removes the networks [`Snapshot::unused_networks`]
+    /// names whose labels pass `f`, and returns their names. One that
+    /// gains an endpoint or goes away meanwhile is left to whoever won.
+    pub fn prune_networks(&self, f: &crate::api::filters::Filters) -> ApiResult<Vec<String>> {
+        let snap = self.snapshot();
+        let mut gone = Vec::new();
+        for (net, name) in snap.unused_networks() {
+            if !f.labels(&net.labels) {
+                continue;
+            }
+            match self.remove_network(&net.id) {
+                Ok(()) => gone.push(name),
+                Err(ApiError::Conflict(e) | ApiError::NotFound(e)) => {
+                    info!(network = %name, "not pruned: {e}");
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(gone)
     }
 
     // ----- containers ----------------------------------------------------
@@ -877,6 +901,7 @@ impl Engine {
                     network_mode: mode,
                     task: task.clone(),
                     external: None,
+                    labels: req.labels.clone(),
                 };
                 let mut keys = vec![ctr.key(), model::name_claim(&name)];
                 t.absent(model::name_claim(&name))

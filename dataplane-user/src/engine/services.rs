@@ -1567,6 +1567,7 @@ mod tests {
             network_mode: None,
             task,
             external: None,
+            labels: Default::default(),
         };
         snap.containers
             .insert("own".into(), ctr("own", Some(task_key("s1", 1))));

@@ -142,6 +142,17 @@ pub struct Network {
     /// Static VTEPs (hosts without our daemon) of an overlay network.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub vteps: Vec<Ipv4Addr>,
+    /// `--label KEY=VALUE`: the user's metadata, matched by `--filter label=`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// `--attachable` as given (every network here takes standalone
+    /// containers; the flag is kept for `inspect` and Docker's tools).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub attachable: bool,
+    /// Created by a Docker engine through our driver plugin: Docker owns
+    /// its life (`network prune` leaves it alone).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub docker: bool,
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -300,6 +311,9 @@ pub struct Container {
     /// creates, enters or deletes its network namespace.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub external: Option<External>,
+    /// `--label KEY=VALUE`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
 }
 
 /// The runtime that owns an external sandbox.
@@ -579,6 +593,30 @@ pub fn now_rfc3339() -> String {
     )
 }
 
+/// Seconds since the epoch of a time [`now_rfc3339`] wrote (`None` for any
+/// other text).
+pub fn epoch_of_rfc3339(s: &str) -> Option<u64> {
+    let b = s.as_bytes();
+    if b.len() != 20 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[19] != b'Z' {
+        return None;
+    }
+    let n = |r: std::ops::Range<usize>| s.get(r)?.parse::<i64>().ok();
+    let (y, m, d) = (n(0..4)?, n(5..7)?, n(8..10)?);
+    let (hh, mm, ss) = (n(11..13)?, n(14..16)?, n(17..19)?);
+    if !(1..=12).contains(&m) || !(1..=31).contains(&d) || hh > 23 || mm > 59 || ss > 60 {
+        return None;
+    }
+    // Hinnant's days-from-civil, the inverse of `civil_from_days`.
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    let days = era * 146_097 + doe - 719_468;
+    u64::try_from(days * 86_400 + hh * 3600 + mm * 60 + ss).ok()
+}
+
 /// Howard Hinnant's days-to-civil algorithm.
 fn civil_from_days(z: i64) -> (i64, u32, u32) {
     let z = z + 719_468;
@@ -596,6 +634,28 @@ fn civil_from_days(z: i64) -> (i64, u32, u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn written_times_read_back_as_epoch_seconds() {
+        assert_eq!(epoch_of_rfc3339("1970-01-01T00:00:00Z"), Some(0));
+        assert_eq!(epoch_of_rfc3339("2000-03-01T01:02:03Z"), Some(951_872_523));
+        assert_eq!(
+            epoch_of_rfc3339("2024-02-29T23:59:59Z"),
+            Some(1_709_251_199)
+        );
+        let now = now_rfc3339();
+        let back = epoch_of_rfc3339(&now).unwrap();
+        let (y, m, d) = civil_from_days((back / 86_400) as i64);
+        assert!(now.starts_with(&format!("{y:04}-{m:02}-{d:02}")));
+        for bad in [
+            "",
+            "2024-13-01T00:00:00Z",
+            "2024-01-01 00:00:00Z",
+            "x024-01-01T00:00:00Z",
+        ] {
+            assert_eq!(epoch_of_rfc3339(bad), None, "{bad}");
+        }
+    }
 
     #[test]
     fn mac_round_trips_and_container_mac_follows_docker() {

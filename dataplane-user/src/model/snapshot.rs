@@ -474,6 +474,8 @@ impl Snapshot {
                         all.push(c.hostname.clone());
                     }
                     all.extend(e.aliases.iter().cloned());
+                    // Docker answers the 12-character short id too.
+                    all.push(c.id.chars().take(12).collect());
                     Some(NameEntry {
                         container_id: c.id.clone(),
                         names: all,
@@ -566,6 +568,24 @@ impl Snapshot {
         out
     }
 
+    /// The networks `network prune` removes: this host's own (not shared
+    /// overlays, which other hosts may be about to use), neither the
+    /// default `bridge` nor one Docker made through our plugin, with no
+    /// endpoint and no service on them. Id and name, by name.
+    pub fn unused_networks(&self) -> Vec<(&Network, String)> {
+        let mut out: Vec<(&Network, String)> = self
+            .networks
+            .values()
+            .filter(|n| n.user_defined() && !n.docker && !n.is_cluster())
+            .filter(|n| self.endpoints_of_network(&n.id).is_empty())
+            .filter(|n| self.remote_endpoints_of_network(&n.id).is_empty())
+            .filter(|n| !self.services.values().any(|s| s.network == n.id))
+            .map(|n| (n, n.name.clone()))
+            .collect();
+        out.sort_by(|a, b| a.1.cmp(&b.1));
+        out
+    }
+
     /// Whether a `run` or `connect` of this container is still in progress
     /// (its intent record is there).
     pub fn is_pending(&self, cid: &str) -> bool {
@@ -599,6 +619,9 @@ mod tests {
             vni: 4096,
             block_prefix: 26,
             vteps: Vec::new(),
+            labels: BTreeMap::new(),
+            attachable: false,
+            docker: false,
         }
     }
 

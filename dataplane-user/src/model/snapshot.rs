@@ -724,6 +724,45 @@ mod tests {
     }
 
     #[test]
+    fn prune_takes_only_this_host_s_unused_networks() {
+        let mut snap = Snapshot::default();
+        let local = |id: &str| Network {
+            id: id.into(),
+            name: id.into(),
+            driver: "bridge".into(),
+            num: 1,
+            vni: 0,
+            block_prefix: 0,
+            ..overlay()
+        };
+        let mut docker = local("docker-made");
+        docker.docker = true;
+        let nets = [
+            local("bridge"),
+            local("unused"),
+            local("used"),
+            local("by-service"),
+            docker,
+            overlay(),
+        ];
+        for n in nets {
+            snap.networks.insert(n.id.clone(), n);
+        }
+        let mut e = ep("a", "", 2);
+        e.network_id = "used".into();
+        snap.endpoints.insert(e.id.clone(), e);
+        let svc: crate::model::service::Service = serde_json::from_value(serde_json::json!({
+            "id": "s", "name": "s", "network": "by-service", "endpoint_mode": "vip",
+            "replicas": 1, "cmd": ["true"], "slot": 1,
+            "created": "", "version": 1,
+        }))
+        .expect("a service record");
+        snap.services.insert(svc.id.clone(), svc);
+        let names: Vec<String> = snap.unused_networks().into_iter().map(|(_, n)| n).collect();
+        assert_eq!(names, ["unused"]);
+    }
+
+    #[test]
     fn docker_pools_and_held_addresses_are_read_and_counted_as_used() {
         let pool = |id: &str, global: bool| model::docker::Pool {
             id: id.into(),

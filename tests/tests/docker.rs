@@ -63,7 +63,7 @@ impl Setup {
             v.as_array()
                 .into_iter()
                 .flatten()
-                .any(|n| n["Id"] == id.as_str() && n["Name"] == name)
+                .any(|n| n["ID"] == id.as_str() && n["Name"] == name)
                 .then_some(())
                 .ok_or(v.to_string())
         });

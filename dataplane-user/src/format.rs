@@ -415,7 +415,7 @@ mod tests {
         );
         // A missing map key reads `<no value>`, a missing field fails.
         assert_eq!(one("{{.Config.Labels.nope}}", v.clone()), "<no value>");
-        assert!(render_each("{{.Nope}}", &[v.clone()]).is_err());
+        assert!(render_each("{{.Nope}}", std::slice::from_ref(&v)).is_err());
         assert_eq!(
             one("{{if .State.Running}}up{{else}}down{{end}}", v.clone()),
             "up"

@@ -84,6 +84,22 @@ pub fn demo() -> Result<()> {
         &format!("({}: sandbox {}, {})", client.name, client.netns, client.ip),
     );
     show("dataplane ps", &d.cli(&["ps"])?);
+    // Docker's habits: a Go template picks one field.
+    let tmpl = "{{.NetworkSettings.Networks.demo.IPAddress}}";
+    let ip = d.cli(&["inspect", "-f", tmpl, "web"])?;
+    show(&format!("dataplane inspect -f '{tmpl}' web"), &ip);
+    if ip.trim() != web.ip {
+        bail!(
+            "inspect -f gave {:?}, not web's address {}",
+            ip.trim(),
+            web.ip
+        );
+    }
+    let table = "table {{.Names}}\\t{{.Networks}}\\t{{.Status}}";
+    show(
+        &format!("dataplane ps --format '{table}'"),
+        &d.cli(&["ps", "--format", table])?,
+    );
     let before = redirected(&d)?;
 
     p.step(&format!("ping web ({}) from client", web.ip));

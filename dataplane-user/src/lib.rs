@@ -9,6 +9,7 @@ pub mod api;
 pub mod bpf;
 pub mod cli;
 pub mod cni;
+pub mod dhcp;
 pub mod dns;
 pub mod docker;
 pub mod drivers;

@@ -45,6 +45,9 @@ pub const APT_PACKAGES: &[&str] = &[
     "runc",
     "containernetworking-plugins",
     "busybox-static",
+    // The LAN's DHCP server in the DHCP client's tests (the binary only:
+    // no system service).
+    "dnsmasq-base",
 ];
 
 /// Services of those packages that would start system-wide on install or

@@ -513,18 +513,6 @@ fn created_at(t: &str) -> String {
     }
 }
 
-fn ago(t: &str) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs());
-    crate::model::epoch_of_rfc3339(t).map_or_else(String::new, |t| {
-        format!(
-            "{} ago",
-            crate::api::views::human_duration(now.saturating_sub(t))
-        )
-    })
-}
-
 /// One `ps` line with Docker's field names (what `--format json` prints
 /// and templates see), from the API's container object.
 fn ps_line(c: &Value, no_trunc: bool) -> Value {
@@ -544,7 +532,7 @@ fn ps_line(c: &Value, no_trunc: bool) -> Value {
         "Image": "",
         "Command": format!("\"{cmd}\""),
         "CreatedAt": created_at(&s(&c["Created"])),
-        "RunningFor": ago(&s(&c["Created"])),
+        "RunningFor": s(&c["RunningFor"]),
         "Status": s(&c["Status"]),
         "State": s(&c["State"]),
         "Ports": s(&c["Ports"]),

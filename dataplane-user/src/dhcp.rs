@@ -357,9 +357,6 @@ pub fn socket_in(netns: &Path, ifname: &str) -> anyhow::Result<UdpSocket> {
     .map_err(|_| anyhow::anyhow!("DHCP socket thread panicked"))?
 }
 
-/// Sends `msg` to `to` and reads replies to transaction `xid` until one
-/// is an OFFER or ACK (`want`), sending again after 1, 2, 4, ... s, for at
-/// most `limit`. A NAK ends it; anything else is skipped.
 /// One message to send and where, in transaction `xid`.
 struct Ask<'a> {
     xid: u32,
@@ -367,14 +364,17 @@ struct Ask<'a> {
     to: Ipv4Addr,
 }
 
-fn transact(
+/// Sends `ask` and reads replies to its transaction until `pick` takes
+/// one, sending again after 1, 2, 4, ... s, for at most `limit`. A NAK ends
+/// it; anything else is skipped.
+fn transact<T>(
     sock: &UdpSocket,
     id: &Identity,
     ask: Ask<'_>,
     limit: Duration,
     now: u64,
-    want: fn(&Reply) -> bool,
-) -> Result<Reply, DhcpError> {
+    pick: fn(Reply) -> Option<T>,
+) -> Result<T, DhcpError> {
     let end = Instant::now() + limit;
     let mut wait = Duration::from_secs(1);
     let mut buf = [0u8; 1500];
@@ -396,8 +396,11 @@ fn transact(
                         };
                         return Err(DhcpError::Nak { server, message });
                     }
-                    r if want(&r) => return Ok(r),
-                    _ => {}
+                    r => {
+                        if let Some(t) = pick(r) {
+                            return Ok(t);
+                        }
+                    }
                 },
                 Err(e)
                     if matches!(
@@ -414,6 +417,34 @@ fn transact(
     }
 }
 
+fn offer_of(r: Reply) -> Option<Offer> {
+    match r {
+        Reply::Offer(o) => Some(o),
+        _ => None,
+    }
+}
+
+fn ack_of(r: Reply) -> Option<Lease> {
+    match r {
+        Reply::Ack(l) => Some(l),
+        _ => None,
+    }
+}
+
+/// Sends the REQUEST `build(xid)` makes to `to` and waits for its ACK.
+fn request(
+    sock: &UdpSocket,
+    id: &Identity,
+    build: impl FnOnce(u32) -> Vec<u8>,
+    to: Ipv4Addr,
+    limit: Duration,
+    now: u64,
+) -> Result<Lease, DhcpError> {
+    let xid: u32 = rand::random();
+    let msg = build(xid);
+    transact(sock, id, Ask { xid, msg: &msg, to }, limit, now, ack_of)
+}
+
 /// DISCOVER, OFFER, REQUEST, ACK on `sock`, within `limit`: a new lease,
 /// obtained at `now` (the caller's clock).
 pub fn obtain(
@@ -424,41 +455,13 @@ pub fn obtain(
 ) -> Result<Lease, DhcpError> {
     let started = Instant::now();
     let xid: u32 = rand::random();
-    let is_offer = |r: &Reply| matches!(r, Reply::Offer(_));
-    let Reply::Offer(offer) = transact(
-        sock,
-        id,
-        Ask {
-            xid,
-            msg: &discover(id, xid),
-            to: Ipv4Addr::BROADCAST,
-        },
-        limit,
-        now,
-        is_offer,
-    )?
-    else {
-        unreachable!("transact returns what `want` accepts")
-    };
+    let msg = discover(id, xid);
+    let to = Ipv4Addr::BROADCAST;
+    let offer = transact(sock, id, Ask { xid, msg: &msg, to }, limit, now, offer_of)?;
     let left = limit
         .saturating_sub(started.elapsed())
         .max(Duration::from_secs(1));
-    let is_ack = |r: &Reply| matches!(r, Reply::Ack(_));
-    match transact(
-        sock,
-        id,
-        Ask {
-            xid,
-            msg: &request_offer(id, xid, &offer),
-            to: Ipv4Addr::BROADCAST,
-        },
-        left,
-        now,
-        is_ack,
-    )? {
-        Reply::Ack(l) => Ok(l),
-        _ => unreachable!("transact returns what `want` accepts"),
-    }
+    request(sock, id, |x| request_offer(id, x, &offer), to, left, now)
 }
 
 /// Extends `lease`: RENEWING (unicast to its server) or, with `rebind`,
@@ -471,28 +474,12 @@ pub fn extend(
     limit: Duration,
     now: u64,
 ) -> Result<Lease, DhcpError> {
-    let xid: u32 = rand::random();
     let to = if rebind {
         Ipv4Addr::BROADCAST
     } else {
         lease.server
     };
-    let is_ack = |r: &Reply| matches!(r, Reply::Ack(_));
-    match transact(
-        sock,
-        id,
-        Ask {
-            xid,
-            msg: &request_extend(id, xid, lease),
-            to,
-        },
-        limit,
-        now,
-        is_ack,
-    )? {
-        Reply::Ack(l) => Ok(l),
-        _ => unreachable!("transact returns what `want` accepts"),
-    }
+    request(sock, id, |x| request_extend(id, x, lease), to, limit, now)
 }
 
 /// INIT-REBOOT: asks any server to confirm `ip` for this client.
@@ -503,23 +490,8 @@ pub fn confirm(
     limit: Duration,
     now: u64,
 ) -> Result<Lease, DhcpError> {
-    let xid: u32 = rand::random();
-    let is_ack = |r: &Reply| matches!(r, Reply::Ack(_));
-    match transact(
-        sock,
-        id,
-        Ask {
-            xid,
-            msg: &request_reboot(id, xid, ip),
-            to: Ipv4Addr::BROADCAST,
-        },
-        limit,
-        now,
-        is_ack,
-    )? {
-        Reply::Ack(l) => Ok(l),
-        _ => unreachable!("transact returns what `want` accepts"),
-    }
+    let to = Ipv4Addr::BROADCAST;
+    request(sock, id, |x| request_reboot(id, x, ip), to, limit, now)
 }
 
 /// RELEASE, unicast to the lease's server (no answer comes).
@@ -661,19 +633,16 @@ mod tests {
             Reply::Ignored("offer without a server identifier")
         );
 
-        let ack = reply(
-            5,
-            MessageType::Ack,
-            ip,
-            vec![
-                DhcpOption::ServerIdentifier(SERVER),
-                DhcpOption::AddressLeaseTime(120),
-                DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
-                DhcpOption::Router(vec![SERVER]),
-                DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 2)]),
-            ],
-        );
-        let Reply::Ack(l) = read_reply(&ack, &id(), 5, 1000) else {
+        // An ACK to transaction 5 with `opts`.
+        let ack = |opts| reply(5, MessageType::Ack, ip, opts);
+        let full = ack(vec![
+            DhcpOption::ServerIdentifier(SERVER),
+            DhcpOption::AddressLeaseTime(120),
+            DhcpOption::SubnetMask(Ipv4Addr::new(255, 255, 255, 0)),
+            DhcpOption::Router(vec![SERVER]),
+            DhcpOption::DomainNameServer(vec![Ipv4Addr::new(10, 0, 0, 2)]),
+        ]);
+        let Reply::Ack(l) = read_reply(&full, &id(), 5, 1000) else {
             panic!("an ack")
         };
         assert_eq!(
@@ -686,35 +655,25 @@ mod tests {
         assert_eq!(l.obtained_at, 1000);
 
         // Times the server gives are kept in order (T1 <= T2 <= lease).
-        let odd = reply(
-            5,
-            MessageType::Ack,
-            ip,
-            vec![
-                DhcpOption::ServerIdentifier(SERVER),
-                DhcpOption::AddressLeaseTime(100),
-                DhcpOption::Renewal(500),
-                DhcpOption::Rebinding(300),
-            ],
-        );
+        let odd = ack(vec![
+            DhcpOption::ServerIdentifier(SERVER),
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::Renewal(500),
+            DhcpOption::Rebinding(300),
+        ]);
         let Reply::Ack(l) = read_reply(&odd, &id(), 5, 0) else {
             panic!("an ack")
         };
         assert_eq!((l.t1_secs, l.t2_secs, l.prefix), (100, 100, 0));
-        let bad_mask = reply(
-            5,
-            MessageType::Ack,
-            ip,
-            vec![
-                DhcpOption::AddressLeaseTime(100),
-                DhcpOption::SubnetMask(Ipv4Addr::new(255, 0, 255, 0)),
-            ],
-        );
+        let bad_mask = ack(vec![
+            DhcpOption::AddressLeaseTime(100),
+            DhcpOption::SubnetMask(Ipv4Addr::new(255, 0, 255, 0)),
+        ]);
         assert_eq!(
             read_reply(&bad_mask, &id(), 5, 0),
             Reply::Ignored("ack with a malformed subnet mask")
         );
-        let no_time = reply(5, MessageType::Ack, ip, vec![]);
+        let no_time = ack(vec![]);
         assert_eq!(
             read_reply(&no_time, &id(), 5, 0),
             Reply::Ignored("ack without a lease time")

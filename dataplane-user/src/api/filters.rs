@@ -118,14 +118,28 @@ impl Filters {
         v.is_empty() || v.iter().any(|x| pred(x))
     }
 
-    /// `name=`: a regular expression matched anywhere in the name, as
-    /// Docker does (`name=^web$` for an exact name). A value that is not a
-    /// valid expression is matched as plain text.
+    /// `name=`: regular expressions matched anywhere in the name, as
+    /// Docker does (`name=^web$` for an exact name), compiled once for a
+    /// whole listing. A value that is not a valid expression is matched as
+    /// plain text.
+    pub fn name_matcher(&self) -> impl Fn(&str) -> bool + '_ {
+        let pats: Vec<(&str, Option<regex::Regex>)> = self
+            .values("name")
+            .iter()
+            .map(|p| (p.as_str(), regex::Regex::new(p).ok()))
+            .collect();
+        move |name| {
+            pats.is_empty()
+                || pats.iter().any(|(p, re)| match re {
+                    Some(re) => re.is_match(name),
+                    None => name.contains(p),
+                })
+        }
+    }
+
+    /// [`Self::name_matcher`] for one name.
     pub fn name(&self, name: &str) -> bool {
-        self.any("name", |pat| match regex::Regex::new(pat) {
-            Ok(re) => re.is_match(name),
-            Err(_) => name.contains(pat),
-        })
+        self.name_matcher()(name)
     }
 
     /// `id=`: a prefix of the full id.

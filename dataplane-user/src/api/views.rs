@@ -101,7 +101,7 @@ fn status_text(state: &str, created: &str, now: u64) -> String {
 
 /// Docker's human durations (`Less than a second`, `5 seconds`, `About a
 /// minute`, `3 hours`, `2 days`, `3 weeks`, `4 months`, `2 years`).
-pub fn human_duration(secs: u64) -> String {
+fn human_duration(secs: u64) -> String {
     let (m, h, d) = (secs / 60, secs / 3600, secs / 86_400);
     match secs {
         0 => "Less than a second".into(),
@@ -135,6 +135,7 @@ fn runtime_of(c: &Container) -> &'static str {
 pub fn list_containers(snap: &Snapshot, all: bool, f: &Filters) -> Value {
     let now = now_secs();
     let all = all || f.has("status");
+    let name_ok = f.name_matcher();
     Value::Array(
         snap.containers
             .values()
@@ -147,7 +148,7 @@ pub fn list_containers(snap: &Snapshot, all: bool, f: &Filters) -> Value {
                 };
                 let keep = (all || running)
                     && f.id(&c.id)
-                    && f.name(&c.name)
+                    && name_ok(&c.name)
                     && f.any("network", on_network)
                     && f.any("status", |s| s == state)
                     && f.any("runtime", |r| r == runtime_of(c))
@@ -156,6 +157,9 @@ pub fn list_containers(snap: &Snapshot, all: bool, f: &Filters) -> Value {
                     json!({
                         "Id": c.id, "Name": c.name, "Command": c.cmd.join(" "), "Created": c.created,
                         "State": state, "Status": status_text(state, &c.created, now),
+                        "RunningFor": crate::model::epoch_of_rfc3339(&c.created)
+                            .map(|t| format!("{} ago", human_duration(now.saturating_sub(t))))
+                            .unwrap_or_default(),
                         "Networks": nets.keys().cloned().collect::<Vec<_>>(),
                         "Ports": ports::ps_ports(&c.exposed, &c.ports),
                         "Labels": c.labels,
@@ -208,9 +212,10 @@ pub fn inspect_container(snap: &Snapshot, status: &Status, name: &str) -> ApiRes
 /// `network ls`: the networks that pass `f` ([`super::filters::NETWORK_KEYS`]).
 pub fn list_networks(snap: &Snapshot, f: &Filters) -> Value {
     let none = BTreeMap::new();
+    let name_ok = f.name_matcher();
     let keep = |id: &str, name: &str, driver: &str, scope: &str, builtin: bool, labels| {
         f.id(id)
-            && f.name(name)
+            && name_ok(name)
             && f.any("driver", |d| d == driver)
             && f.any("scope", |s| s == scope)
             && f.any("type", |t| t == if builtin { "builtin" } else { "custom" })

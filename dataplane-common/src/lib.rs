@@ -245,6 +245,18 @@ pub enum DropReason {
     /// A new connection to a service (its VIP or an ingress port) while it
     /// has no live replica.
     ServiceNoBackend = 26,
+    /// A frame of one of our VLANs (from the parent) whose destination MAC
+    /// is no container of that VLAN's network on this host.
+    VlanNoEndpoint = 27,
+    /// A frame of one of our VLANs with a second tag inside (QinQ into a
+    /// network that carries untagged frames only).
+    VlanStacked = 28,
+    /// A frame whose ethertype says 802.1Q or 802.1ad that ends inside the
+    /// tag.
+    VlanTruncated = 29,
+    /// A frame for a VLAN network's parent that the kernel refused
+    /// (`bpf_skb_vlan_push`/`pop` failed, or the parent is gone).
+    VlanFailed = 30,
 }
 
 /// Number of slots in [`Counters::drops`] (index 0 unused). Room to grow
@@ -263,7 +275,7 @@ pub const fn drop_slot(reason: DropReason) -> usize {
 
 impl DropReason {
     /// Every reason, in code order, for userspace to name counters.
-    pub const ALL: [DropReason; 26] = [
+    pub const ALL: [DropReason; 30] = [
         DropReason::Malformed,
         DropReason::UnknownInterface,
         DropReason::SpoofedMac,
@@ -290,6 +302,10 @@ impl DropReason {
         DropReason::VxlanNotLocal,
         DropReason::VxlanSpoofed,
         DropReason::ServiceNoBackend,
+        DropReason::VlanNoEndpoint,
+        DropReason::VlanStacked,
+        DropReason::VlanTruncated,
+        DropReason::VlanFailed,
     ];
 
     /// The counter name shown by `dataplane stats`.
@@ -321,6 +337,10 @@ impl DropReason {
             DropReason::VxlanNotLocal => "vxlan_not_local",
             DropReason::VxlanSpoofed => "vxlan_spoofed_source",
             DropReason::ServiceNoBackend => "service_no_backend",
+            DropReason::VlanNoEndpoint => "vlan_no_endpoint",
+            DropReason::VlanStacked => "vlan_stacked",
+            DropReason::VlanTruncated => "vlan_truncated",
+            DropReason::VlanFailed => "vlan_failed",
         }
     }
 }
@@ -373,10 +393,13 @@ pub const PROG_FROM_UPLINK: u32 = 1;
 /// Index in `STATS` of the cgroup socket programs (host processes reaching
 /// published ports without a proxy).
 pub const PROG_SOCK: u32 = 2;
+/// Index in `STATS` of the VLAN trunk half of `from_uplink`: tagged frames
+/// of our VLAN networks arriving on their parent.
+pub const PROG_VLAN_TRUNK: u32 = 3;
 /// Number of program slots in `STATS`.
 pub const PROG_SLOTS: u32 = 4;
 /// Program names, by `PROG_*` index, as `dataplane stats` prints them.
-pub const PROG_NAMES: [&str; 3] = ["from_container", "from_uplink", "sock_addr"];
+pub const PROG_NAMES: [&str; 4] = ["from_container", "from_uplink", "sock_addr", "vlan_trunk"];
 
 pub mod nat;
 pub use nat::*;
@@ -384,6 +407,8 @@ pub mod tunnel;
 pub use tunnel::*;
 pub mod service;
 pub use service::*;
+pub mod vlan;
+pub use vlan::{FdbKey, TrunkKey, VlanNet, NET_VLAN};
 
 #[cfg(feature = "user")]
 mod pod {
@@ -406,6 +431,9 @@ mod pod {
     unsafe impl aya::Pod for super::Service {}
     unsafe impl aya::Pod for super::Backend {}
     unsafe impl aya::Pod for super::ServiceCounters {}
+    unsafe impl aya::Pod for super::VlanNet {}
+    unsafe impl aya::Pod for super::TrunkKey {}
+    unsafe impl aya::Pod for super::FdbKey {}
 }
 
 #[cfg(test)]

@@ -35,6 +35,7 @@ mod nat;
 mod rewrite;
 mod sock;
 mod tunnel;
+mod vlan;
 
 use aya_ebpf::{
     bindings::TC_ACT_OK,
@@ -45,7 +46,8 @@ use ctx::{account, Action};
 use dataplane_common::{
     iface_slot,
     packet::{arp, decide_arp_vip, decide_ipv4, eth, ipv4, ArpVerdict, Verdict},
-    DropReason, LinkKey, EP_BACKEND, FLOOD_LOOP_MARK, PROG_FROM_CONTAINER, PROG_FROM_UPLINK,
+    DropReason, LinkKey, EP_BACKEND, FLOOD_LOOP_MARK, NET_VLAN, PROG_FROM_CONTAINER,
+    PROG_FROM_UPLINK, PROG_VLAN_TRUNK,
 };
 use maps::{IFACES, LINKS};
 
@@ -63,6 +65,11 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
+    // Tagged frames of our VLAN networks first, counted apart.
+    let v = trunk(&ctx, len);
+    if v != vlan::NOT_OURS {
+        return v;
+    }
     let r = try_from_uplink(&ctx);
     account(PROG_FROM_UPLINK, len, r)
 }
@@ -143,6 +150,17 @@ fn try_from_uplink(ctx: &TcContext) -> Result<Action, DropReason> {
     }
 }
 
+/// The VLAN half of `from_uplink`, a BPF subprogram of its own (its stack
+/// frame is never live with the others'): the verdict of a frame of one of
+/// our VLANs, counted as `vlan_trunk`, or [`vlan::NOT_OURS`].
+#[inline(never)]
+fn trunk(ctx: &TcContext, len: u32) -> i32 {
+    match vlan::from_trunk(ctx) {
+        Some(r) => account(PROG_VLAN_TRUNK, len, r),
+        None => vlan::NOT_OURS,
+    }
+}
+
 /// The NAT half of `from_uplink`, a BPF subprogram of its own: the
 /// verifier sums the stack frames along a call chain (512 bytes at most),
 /// and this one and the VXLAN decapsulation's are never live together.
@@ -174,6 +192,9 @@ fn try_from_container(ctx: &TcContext) -> Result<Action, DropReason> {
     let hdr = ctx::eth_header(ctx)?;
     if !eth::src_is(hdr, &me.mac) {
         return Err(DropReason::SpoofedMac);
+    }
+    if me.net.flags & NET_VLAN != 0 {
+        return vlan::from_container(ctx, me, hdr);
     }
 
     match ctx::ethertype(ctx, hdr)? {

@@ -6,11 +6,11 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, ProgramArray},
 };
 use dataplane_common::{
-    Backend, Counters, CtEntry, CtKey, Endpoint, Flood, FragKey, FragPorts, Ipv4Wire, LinkKey,
-    NatAddr, PeerCache, PortKey, Service, ServiceCounters, SockRevKey, Tunnel, VtepFlags,
-    CONFIG_SLOTS, FLOOD_PROG_SLOTS, MAGLEV_M, MAX_BACKENDS, MAX_CT, MAX_ENDPOINTS, MAX_FRAGS,
-    MAX_FRONTENDS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS, MAX_SERVICES, MAX_SOCK_REV,
-    MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
+    vlan::MAX_FDB, Backend, Counters, CtEntry, CtKey, Endpoint, FdbKey, Flood, FragKey, FragPorts,
+    Ipv4Wire, LinkKey, NatAddr, PeerCache, PortKey, Service, ServiceCounters, SockRevKey, TrunkKey,
+    Tunnel, VlanNet, VtepFlags, CONFIG_SLOTS, FLOOD_PROG_SLOTS, MAGLEV_M, MAX_BACKENDS, MAX_CT,
+    MAX_ENDPOINTS, MAX_FRAGS, MAX_FRONTENDS, MAX_LINKS, MAX_LOCAL_ADDRS, MAX_NETWORKS, MAX_PORTS,
+    MAX_SERVICES, MAX_SOCK_REV, MAX_VTEPS, PROG_SLOTS, TUNNEL_SLOTS,
 };
 
 /// Container IPv4 address -> its endpoint.
@@ -119,3 +119,16 @@ pub static SVC_STATS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_SER
 /// Per-replica counters, by id.
 #[map]
 pub static BACKEND_STATS: PerCpuArray<ServiceCounters> = PerCpuArray::pinned(MAX_BACKENDS, 0);
+
+/// Numeric id of a VLAN network -> its parent, tag and local containers
+/// (see `dataplane_common::vlan`); empty slots have `parent` 0.
+#[map]
+pub static VLANS: Array<VlanNet> = Array::pinned(MAX_NETWORKS + 1, 0);
+
+/// (parent ifindex, VID) -> the numeric id of the VLAN network it carries.
+#[map]
+pub static TRUNKS: HashMap<TrunkKey, u32> = HashMap::pinned(MAX_NETWORKS, 0);
+
+/// (VLAN network, container MAC) -> the host-side veth of that container.
+#[map]
+pub static FDB: HashMap<FdbKey, u32> = HashMap::pinned(MAX_FDB, 0);

@@ -553,6 +553,7 @@ mod tests {
             labels: BTreeMap::new(),
             attachable: false,
             docker: false,
+            macvlan: None,
         }
     }
 

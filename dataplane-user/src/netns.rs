@@ -169,6 +169,10 @@ pub struct VethPlan {
     /// The MTU of both ends, if not the default (an overlay network's is
     /// the tunnel's: the underlay's minus the VXLAN overhead).
     pub mtu: Option<u32>,
+    /// Route the endpoint's address to its veth from the gateway on `lo`
+    /// (the bridge kinds); a VLAN network's gateway is the LAN's router,
+    /// and its containers are reached on the LAN.
+    pub host_route: bool,
 }
 
 /// Creates the veth pair (host side in the daemon's namespace, the other end
@@ -213,6 +217,13 @@ pub fn create_endpoint(plan: &VethPlan) -> Result<u32> {
 }
 
 fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Result<()> {
+    configure_endpoint_in_sandbox(plan, tmp_peer)?;
+    configure_host_side(plan, host_index)
+}
+
+/// The sandbox half of an endpoint: the link `tmp_peer` there gets its
+/// name and (unless Docker configures it) its address, state and route.
+fn configure_endpoint_in_sandbox(plan: &VethPlan, tmp_peer: &str) -> Result<()> {
     let p = plan.clone();
     let tmp_peer = tmp_peer.to_string();
     with_netlink(Some(&plan.netns.clone()), move |h| async move {
@@ -248,7 +259,10 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
                 .context("adding the default route")?;
         }
         Ok(())
-    })?;
+    })
+}
+
+fn configure_host_side(plan: &VethPlan, host_index: u32) -> Result<()> {
     let p = plan.clone();
     with_netlink(None, move |h| async move {
         sysctl(
@@ -258,6 +272,9 @@ fn configure_endpoint(plan: &VethPlan, tmp_peer: &str, host_index: u32) -> Resul
         set_up(&h, host_index).await?;
         if let Err(e) = steer_rx(&p.host_ifname, host_index) {
             tracing::warn!(veth = %p.host_ifname, "receive steering not set, a TCP stream may see reordering: {e:#}");
+        }
+        if !p.host_route {
+            return Ok(());
         }
         // The host reaches the endpoint through its veth, from the gateway
         // address (which sits on `lo`, see `ensure_gateway`).
@@ -726,6 +743,101 @@ pub fn ensure_host_route(ip: Ipv4Addr, ifindex: u32, gateway: Ipv4Addr) -> Resul
 /// by hand is drift too).
 pub fn set_link_up(ifindex: u32) -> Result<()> {
     with_netlink(None, move |h| async move { set_up(&h, ifindex).await })
+}
+
+/// The ifindex of host interface `name` if it exists and is up (what a
+/// macvlan network's parent must be), or why not.
+pub fn check_parent(name: &str) -> Result<u32> {
+    let name = name.to_string();
+    with_netlink(None, move |h| async move {
+        let mut links = h.link().get().match_name(name.clone()).execute();
+        let msg = match links.try_next().await {
+            Ok(Some(m)) => m,
+            _ => anyhow::bail!("parent interface {name} does not exist on this host"),
+        };
+        let up = msg
+            .header
+            .flags
+            .contains(rtnetlink::packet_route::link::LinkFlags::Up);
+        anyhow::ensure!(
+            up,
+            "parent interface {name} is down (bring it up first: ip link set {name} up)"
+        );
+        Ok(msg.header.index)
+    })
+}
+
+/// The kernel's macvlan mode called `mode` (checked names, see
+/// `validate::MACVLAN_MODES`).
+fn macvlan_mode(mode: &str) -> rtnetlink::packet_route::link::MacVlanMode {
+    use rtnetlink::packet_route::link::MacVlanMode as M;
+    match mode {
+        "private" => M::Private,
+        "vepa" => M::Vepa,
+        "passthru" => M::Passthrough,
+        _ => M::Bridge,
+    }
+}
+
+/// Creates the endpoint of `plan` as a macvlan device on `parent` (mode
+/// `mode`), made in the daemon's namespace under the temporary name
+/// `plan.host_ifname` and moved straight into the sandbox, where it gets
+/// its name, address and default route. Nothing stays on the host side.
+/// On error, nothing is left.
+pub fn create_macvlan(plan: &VethPlan, parent: &str, mode: &str) -> Result<()> {
+    let parent_index = check_parent(parent)?;
+    let p = plan.clone();
+    let mode = macvlan_mode(mode);
+    let ns_file = File::open(&p.netns).with_context(|| format!("opening {}", p.netns.display()))?;
+    with_netlink(None, move |h| async move {
+        let mut m = rtnetlink::LinkMacVlan::new(&p.host_ifname, parent_index, mode)
+            .address(p.mac.0.to_vec())
+            .setns_by_fd(ns_file.as_raw_fd());
+        if let Some(mtu) = p.mtu {
+            m = m.mtu(mtu);
+        }
+        h.link().add(m.build()).execute().await.with_context(|| {
+            format!(
+                "creating macvlan {} on {}",
+                p.host_ifname,
+                p.netns.display()
+            )
+        })?;
+        Ok(())
+    })?;
+    let res = configure_endpoint_in_sandbox(plan, &plan.host_ifname);
+    if res.is_err() {
+        let _ = delete_link_in(&plan.netns, &plan.host_ifname);
+        let _ = delete_link_in(&plan.netns, &plan.ifname);
+    }
+    res
+}
+
+/// Deletes link `name` inside the sandbox at `netns` (gone already: fine).
+pub fn delete_link_in(netns: &Path, name: &str) -> Result<()> {
+    if !netns.exists() {
+        return Ok(());
+    }
+    let name = name.to_string();
+    with_netlink(Some(netns), move |h| async move {
+        let Ok(idx) = index_of(&h, &name).await else {
+            return Ok(());
+        };
+        h.link()
+            .del(idx)
+            .execute()
+            .await
+            .with_context(|| format!("deleting link {name}"))?;
+        Ok(())
+    })
+}
+
+/// Whether link `name` exists inside the sandbox at `netns`.
+pub fn link_exists_in(netns: &Path, name: &str) -> Result<bool> {
+    let name = name.to_string();
+    with_netlink(Some(netns), move |h| async move {
+        Ok(index_of(&h, &name).await.is_ok())
+    })
 }
 
 #[cfg(test)]

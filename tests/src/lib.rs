@@ -41,6 +41,7 @@ use std::{
 use serde_json::Value;
 
 pub mod docker;
+pub mod lan;
 
 /// How long a CLI call or helper command may take before it is killed.
 pub const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
@@ -2029,6 +2030,11 @@ pub struct Capture {
 }
 
 impl Capture {
+    /// A capture already started as `proc`, writing to `file`.
+    pub fn from_parts(proc: Proc, file: PathBuf) -> Capture {
+        Capture { proc, file }
+    }
+
     /// Stops tcpdump (SIGINT, so it flushes) and returns the pcap's path.
     pub fn finish(self) -> PathBuf {
         signal(self.proc.pid(), "INT");

@@ -340,6 +340,15 @@ pub fn inspect_network(snap: &Snapshot, status: &Status, name: &str) -> ApiResul
     if n.is_cluster() {
         options["vni"] = json!(n.vni.to_string());
     }
+    // A macvlan network's segment as the daemon understood it: Docker's
+    // `parent=eth0.100` reads as parent eth0, VLAN 100.
+    if let Some(m) = &n.macvlan {
+        options["parent"] = json!(m.parent);
+        options["macvlan_mode"] = json!(m.mode);
+        if let Some(v) = m.vlan {
+            options["vlan"] = json!(v.to_string());
+        }
+    }
     Ok(json!([{
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": scope(n), "Driver": n.driver,
         "EnableIPv6": false, "Internal": n.internal, "Attachable": n.attachable,

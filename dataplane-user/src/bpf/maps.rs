@@ -54,11 +54,35 @@ pub const BACKENDS: &str = "BACKENDS";
 pub const BACKEND_PORTS: &str = "BACKEND_PORTS";
 pub const SVC_STATS: &str = "SVC_STATS";
 pub const BACKEND_STATS: &str = "BACKEND_STATS";
+pub const VLANS: &str = "VLANS";
+pub const TRUNKS: &str = "TRUNKS";
+pub const FDB: &str = "FDB";
 
 /// The layout every pinned map must have: (name, type, key size, value size,
 /// capacity).
-fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 22] {
+fn expected_maps() -> [(&'static str, MapType, u32, u32, u32); 25] {
     [
+        (
+            VLANS,
+            MapType::Array,
+            4,
+            size_of::<dataplane_common::VlanNet>() as u32,
+            MAX_NETWORKS + 1,
+        ),
+        (
+            TRUNKS,
+            MapType::Hash,
+            size_of::<dataplane_common::TrunkKey>() as u32,
+            4,
+            MAX_NETWORKS,
+        ),
+        (
+            FDB,
+            MapType::Hash,
+            size_of::<dataplane_common::FdbKey>() as u32,
+            4,
+            dataplane_common::vlan::MAX_FDB,
+        ),
         (DNS_PORTS, MapType::Hash, 8, 4, MAX_ENDPOINTS),
         (
             FRAGS,

@@ -377,6 +377,53 @@ impl Datapath {
         sync_hash(&mut self.hash(maps::FLOOD)?, flood, maps::FLOOD)
     }
 
+    /// Makes the VLAN maps hold exactly the wanted VLAN networks
+    /// (`VLANS`, by numeric id), trunk VIDs (`TRUNKS`) and container MACs
+    /// (`FDB`). `TRUNKS` and `FDB` entries go last on the way in and first
+    /// on the way out, so a frame never finds a VID without its network.
+    pub fn sync_vlans(
+        &mut self,
+        vlans: &[(u32, dataplane_common::VlanNet)],
+        trunks: &[(dataplane_common::TrunkKey, u32)],
+        fdb: &[(dataplane_common::FdbKey, u32)],
+        written: &mut Option<std::collections::HashSet<u32>>,
+    ) -> Result<()> {
+        let map = self
+            .ebpf
+            .map_mut(maps::VLANS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::VLANS))?;
+        let mut a: Array<_, dataplane_common::VlanNet> = Array::try_from(map)?;
+        let want: std::collections::HashMap<u32, dataplane_common::VlanNet> =
+            vlans.iter().copied().collect();
+        for (num, v) in &want {
+            if a.get(num, 0).ok().as_ref() != Some(v) {
+                a.set(*num, *v, 0).context("writing VLANS")?;
+            }
+        }
+        sync_hash(&mut self.hash(maps::TRUNKS)?, trunks, maps::TRUNKS)?;
+        sync_hash(&mut self.hash(maps::FDB)?, fdb, maps::FDB)?;
+        let map = self
+            .ebpf
+            .map_mut(maps::VLANS)
+            .ok_or_else(|| anyhow!("map {} missing", maps::VLANS))?;
+        let mut a: Array<_, dataplane_common::VlanNet> = Array::try_from(map)?;
+        // The slots this daemon wrote before; all of them the first time
+        // (a previous daemon's).
+        let before: Vec<u32> = match written.take() {
+            Some(w) => w.into_iter().collect(),
+            None => (0..=dataplane_common::MAX_NETWORKS).collect(),
+        };
+        for num in before {
+            if !want.contains_key(&num)
+                && a.get(&num, 0).is_ok_and(|v| v.parent != 0 || v.count != 0)
+            {
+                a.set(num, dataplane_common::VlanNet::EMPTY, 0)?;
+            }
+        }
+        *written = Some(want.keys().copied().collect());
+        Ok(())
+    }
+
     /// Makes `LOCAL_ADDRS` hold exactly `addrs`.
     pub fn sync_local_addrs(&mut self, addrs: &[Ipv4Wire]) -> Result<()> {
         let want: Vec<(u32, u32)> = addrs.iter().map(|&a| (a, 1)).collect();

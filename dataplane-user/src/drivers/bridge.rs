@@ -2,8 +2,6 @@
 //! host side carries `from_container`, which switches between endpoints of
 //! the network in eBPF; the network's gateway address sits on `lo`.
 
-use std::path::Path;
-
 use anyhow::Result;
 
 use super::Driver;
@@ -24,13 +22,10 @@ impl Driver for Bridge {
     fn network_down(&self, net: &Network) -> Result<()> {
         netns::remove_gateway(net.gateway)
     }
-    fn create_link(&self, plan: &VethPlan) -> Result<u32> {
+    fn create_link(&self, _net: &Network, plan: &VethPlan) -> Result<u32> {
         netns::create_endpoint(plan)
     }
     fn repair_routes(&self, plan: &VethPlan, host_ifindex: u32) -> Result<()> {
         netns::ensure_host_route(plan.ip, host_ifindex, plan.gateway)
-    }
-    fn delete_link(&self, host_ifname: &str, _sandbox: &Path) -> Result<()> {
-        netns::delete_link(host_ifname)
     }
 }

@@ -3,16 +3,17 @@
 //! a network is. `bridge` switches endpoints in eBPF over veth pairs with the
 //! gateway on `lo` (no bridge device); `host` shares the daemon's network
 //! namespace; `none` gives a sandbox with only `lo`; `overlay` spans the
-//! hosts of a cluster (VXLAN in eBPF). Macvlan comes later behind the same
-//! trait.
+//! hosts of a cluster (VXLAN in eBPF); `macvlan` puts containers on a LAN
+//! segment of a host interface, untagged through the kernel's macvlan
+//! device, or on a VLAN of it through our programs (no 8021q).
 
 mod bridge;
+mod macvlan;
 mod overlay;
-
-use std::path::Path;
 
 use anyhow::Result;
 pub use bridge::Bridge;
+pub use macvlan::Macvlan;
 pub use overlay::Overlay;
 
 use crate::{model::Network, netns::VethPlan};
@@ -50,17 +51,23 @@ pub trait Driver: Send + Sync {
     fn network_down(&self, _net: &Network) -> Result<()> {
         Ok(())
     }
+    /// Whether an endpoint of `net` is one link inside the sandbox, with
+    /// no host side and no program of ours (a kernel macvlan device).
+    fn sandbox_only(&self, _net: &Network) -> bool {
+        false
+    }
+    /// Whether the host routes each endpoint's address to its veth.
+    fn host_route(&self, _net: &Network) -> bool {
+        true
+    }
     /// Creates an endpoint's link into the sandbox at `plan.netns`, with its
-    /// host side at `plan.host_ifindex`; returns the host side's ifindex.
-    fn create_link(&self, _plan: &VethPlan) -> Result<u32> {
+    /// host side at `plan.host_ifindex`; returns the host side's ifindex
+    /// (0 for a [`Driver::sandbox_only`] endpoint).
+    fn create_link(&self, _net: &Network, _plan: &VethPlan) -> Result<u32> {
         anyhow::bail!("driver {} makes no endpoints", self.name())
     }
     /// Repairs the host-side route of an endpoint whose link exists.
     fn repair_routes(&self, _plan: &VethPlan, _host_ifindex: u32) -> Result<()> {
-        Ok(())
-    }
-    /// Removes an endpoint's link (its host side, and with it the peer).
-    fn delete_link(&self, _host_ifname: &str, _sandbox: &Path) -> Result<()> {
         Ok(())
     }
 }
@@ -96,15 +103,17 @@ static BRIDGE: Bridge = Bridge;
 static HOST: Host = Host;
 static NONE: NoNetwork = NoNetwork;
 static OVERLAY: Overlay = Overlay;
+static MACVLAN: Macvlan = Macvlan;
 
 /// Every driver this daemon knows, by name.
-pub const KNOWN: [&str; 4] = ["bridge", "overlay", "host", "none"];
+pub const KNOWN: [&str; 5] = ["bridge", "overlay", "macvlan", "host", "none"];
 
 /// The driver called `name`, or a refusal that lists the known ones.
 pub fn get(name: &str) -> Result<&'static dyn Driver, String> {
     match name {
         "bridge" => Ok(&BRIDGE),
         "overlay" => Ok(&OVERLAY),
+        "macvlan" => Ok(&MACVLAN),
         "host" => Ok(&HOST),
         "none" => Ok(&NONE),
         _ => Err(format!(

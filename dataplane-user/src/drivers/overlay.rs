@@ -8,8 +8,6 @@
 //! its endpoints and each host's address blocks live under `cluster/` in
 //! the store, where every host's reconciler sees them.
 
-use std::path::Path;
-
 use anyhow::Result;
 
 use super::{Bridge, Driver};
@@ -32,17 +30,14 @@ impl Driver for Overlay {
     fn network_down(&self, net: &Network) -> Result<()> {
         Bridge.network_down(net)
     }
-    fn create_link(&self, plan: &VethPlan) -> Result<u32> {
+    fn create_link(&self, net: &Network, plan: &VethPlan) -> Result<u32> {
         anyhow::ensure!(
             plan.mtu.is_some(),
             "this host has no tunnel: it must run with --store and --advertise-addr"
         );
-        Bridge.create_link(plan)
+        Bridge.create_link(net, plan)
     }
     fn repair_routes(&self, plan: &VethPlan, host_ifindex: u32) -> Result<()> {
         Bridge.repair_routes(plan, host_ifindex)
-    }
-    fn delete_link(&self, host_ifname: &str, sandbox: &Path) -> Result<()> {
-        Bridge.delete_link(host_ifname, sandbox)
     }
 }

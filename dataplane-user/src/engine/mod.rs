@@ -532,7 +532,24 @@ impl Engine {
             return Err(bad(NEEDS_CLUSTER));
         }
         let opts = validate::overlay_options(&req.options, overlay, subnet)?;
-        let host_routes = ipam::host_routes();
+        let macvlan = validate::macvlan_options(&req.options, driver_name == "macvlan", |n| {
+            ifindex_of(n).is_some()
+        })?;
+        if let Some(m) = &macvlan {
+            if req.internal {
+                return Err(bad(
+                    "a macvlan network is on a LAN: --internal is not offered (use a bridge network)",
+                ));
+            }
+            netns::check_parent(&m.parent).map_err(|e| bad(format!("{e:#}")))?;
+        }
+        // A macvlan network's subnet is the LAN's, which the host's own
+        // routes usually cover: only the bridge kinds must stay clear of them.
+        let host_routes = if macvlan.is_some() {
+            Vec::new()
+        } else {
+            ipam::host_routes()
+        };
         let pool_id = docker.as_ref().and_then(|d| d.pool.clone());
         let (rev, net) = self.commit_with(|snap| {
             if let Some(d) = &docker {
@@ -545,6 +562,19 @@ impl Engine {
                     "network with name {} already exists",
                     req.name
                 )));
+            }
+            if let Some(m) = &macvlan {
+                if let Some(n) = snap.networks.values().find(|n| {
+                    n.macvlan
+                        .as_ref()
+                        .is_some_and(|o| o.parent == m.parent && o.vlan == m.vlan)
+                }) {
+                    return Err(ApiError::Conflict(format!(
+                        "{} is already the segment of macvlan network {}: one network per parent and VLAN",
+                        m.segment(),
+                        n.name
+                    )));
+                }
             }
             let existing = snap.taken_subnets(pool_id.as_deref());
             let pool = match &pool_id {
@@ -615,6 +645,7 @@ impl Engine {
                 labels: req.labels.clone(),
                 attachable: req.attachable,
                 docker: docker.is_some(),
+                macvlan: macvlan.clone(),
             };
             // Names and subnets are checked against this host's networks
             // and the cluster's: both sets are guarded, the network's own
@@ -844,6 +875,13 @@ impl Engine {
                     None => Vec::new(),
                 };
                 if let Some(nid) = &nid {
+                    let net = &snap.networks[nid];
+                    if !port_reqs.is_empty() && net.macvlan.is_some() {
+                        return Err(bad(format!(
+                            "cannot publish ports of a container on macvlan network {}: it has its own address on the LAN, reach it there",
+                            net.name
+                        )));
+                    }
                     if !req.publish.is_empty() && snap.networks[nid].internal {
                         // An internal network has no way in or out (Docker
                         // publishes nothing there either); say so instead of a
@@ -1192,6 +1230,19 @@ impl Engine {
         t: &mut Txn,
     ) -> ApiResult<Ipv4Addr> {
         let used = snap.used_ips(&net.id);
+        if net.vlan().is_some() {
+            let members = snap
+                .endpoints
+                .values()
+                .filter(|e| e.network_id == net.id)
+                .count();
+            if members >= dataplane_common::vlan::MAX_VLAN_MEMBERS {
+                return Err(ApiError::Conflict(format!(
+                    "VLAN network {} has {members} containers on this host, the most it takes",
+                    net.name
+                )));
+            }
+        }
         if !net.is_cluster() {
             return Ok(ipam::allocate(net, &used, requested)?);
         }

@@ -70,8 +70,12 @@ const BACKOFF_MAX: Duration = Duration::from_secs(30);
 struct Applied {
     container_id: String,
     ip: Ipv4Addr,
+    /// The host side's ifindex; 0 for an endpoint that is one link inside
+    /// its sandbox (`Driver::sandbox_only`), which no map entry names.
     ifindex: u32,
     host_ifname: String,
+    /// For a sandbox-only endpoint: the sandbox and the link's name there.
+    in_sandbox: Option<(PathBuf, String)>,
 }
 
 /// The kernel as one full pass sees it (one dump each, not one query per
@@ -105,6 +109,9 @@ pub struct Reconciler {
     remote: HashMap<String, dataplane_common::Endpoint>,
     /// The services as last written into the maps.
     services_applied: Option<Vec<crate::bpf::services::ServiceSpec>>,
+    /// The `VLANS` slots this daemon wrote (None: not yet, so the first
+    /// sync clears every slot a previous daemon may have left).
+    vlans_written: Option<HashSet<u32>>,
     /// Sockets bound on every address for the services' ingress ports, so
     /// that no process of this host takes a port the routing mesh answers.
     ingress_held: HashMap<(model::Proto, u16), Reservation>,
@@ -157,6 +164,7 @@ impl Reconciler {
             tunnel_mtu: None,
             remote: HashMap::new(),
             services_applied: None,
+            vlans_written: None,
             ingress_held: HashMap::new(),
             backends: HashSet::new(),
         }
@@ -314,6 +322,7 @@ impl Reconciler {
             ),
             Err(e) => warn!("syncing the endpoint maps: {e:#}"),
         }
+        self.sync_vlans(snap);
         self.sync_ports(snap, None);
         self.sync_links(snap);
         self.sync_dns(snap, None);
@@ -407,6 +416,9 @@ impl Reconciler {
                 self.outcome(&ep.key(), "endpoint map entries", r);
             }
         }
+        if !eps.is_empty() || !nets.is_empty() {
+            self.sync_vlans(snap);
+        }
         if !ctrs.is_empty() || !eps.is_empty() {
             self.sync_ports(snap, Some(&ctrs));
             self.sync_links(snap);
@@ -426,6 +438,56 @@ impl Reconciler {
                 // The names of other hosts' containers.
                 self.sync_dns(snap, Some(&BTreeSet::new()));
             }
+        }
+    }
+
+    // ----- VLAN networks -------------------------------------------------
+
+    /// Projects the VLAN networks into `VLANS`, `TRUNKS` and `FDB`: each
+    /// one's parent and VID, and its containers on this host by MAC. A
+    /// network whose parent is missing gets no entries (its state says why,
+    /// from `network_up`) until the parent is back.
+    fn sync_vlans(&mut self, snap: &Snapshot) {
+        use dataplane_common::{vlan::MAX_VLAN_MEMBERS, FdbKey, TrunkKey, VlanNet};
+        let (mut vlans, mut trunks, mut fdb) = (Vec::new(), Vec::new(), Vec::new());
+        for net in snap.networks.values() {
+            let (Some(m), Some(vid)) = (&net.macvlan, net.vlan()) else {
+                continue;
+            };
+            let Some(parent) = crate::engine::ifindex_of(&m.parent) else {
+                continue;
+            };
+            let num = net.bpf_num();
+            let mut v = VlanNet {
+                parent,
+                tci: u32::from(vid),
+                ..VlanNet::EMPTY
+            };
+            for ep in snap.endpoints.values().filter(|e| e.network_id == net.id) {
+                let Some(a) = self.endpoints.get(&ep.id).filter(|a| a.ifindex != 0) else {
+                    continue;
+                };
+                fdb.push((FdbKey::new(num, ep.mac.0), a.ifindex));
+                // The engine keeps a network below the bound.
+                if (v.count as usize) < MAX_VLAN_MEMBERS {
+                    v.members[v.count as usize] = a.ifindex;
+                    v.count += 1;
+                }
+            }
+            vlans.push((num, v));
+            trunks.push((
+                TrunkKey {
+                    ifindex: parent,
+                    vid: u32::from(vid),
+                },
+                num,
+            ));
+        }
+        let mut written = self.vlans_written.take();
+        let r = self.dp().sync_vlans(&vlans, &trunks, &fdb, &mut written);
+        self.vlans_written = written;
+        if let Err(e) = r {
+            warn!("syncing the VLAN maps: {e:#}");
         }
     }
 
@@ -754,6 +816,9 @@ impl Reconciler {
         replicas: &HashSet<Ipv4Addr>,
     ) -> Option<dataplane_common::Endpoint> {
         let applied = self.endpoints.get(&ep.id)?;
+        if applied.ifindex == 0 {
+            return None;
+        }
         let net = snap.networks.get(&ep.network_id)?;
         Some(dataplane_common::Endpoint {
             ifindex: applied.ifindex,
@@ -798,6 +863,7 @@ impl Reconciler {
             } else {
                 None
             },
+            host_route: drivers::of(net).host_route(net),
         }
     }
 
@@ -827,6 +893,11 @@ impl Reconciler {
         }
         let driver = drivers::of(net);
         let plan = self.plan(net, ep, c, &sandbox);
+        if driver.sandbox_only(net) {
+            let r = self.ensure_sandbox_link(driver, net, ep, &plan);
+            self.outcome(&key, "endpoint", r);
+            return;
+        }
         let existing = match observed {
             Some(o) => o.links.get(&ep.host_ifname).copied(),
             None => crate::engine::ifindex_of(&ep.host_ifname),
@@ -850,7 +921,7 @@ impl Reconciler {
         let r = (|| -> Result<()> {
             let ifindex = match existing {
                 Some(i) => {
-                    if let Some(o) = observed {
+                    if let Some(o) = observed.filter(|_| plan.host_route) {
                         if !o.routes.contains(&(ep.ip, i)) {
                             info!(endpoint = %ep.id, ip = %ep.ip, "putting back the host route");
                             netns::set_link_up(i)?;
@@ -863,7 +934,7 @@ impl Reconciler {
                     if self.endpoints.contains_key(&ep.id) {
                         info!(endpoint = %ep.id, veth = %ep.host_ifname, "putting back a deleted veth");
                     }
-                    self.create_link(driver, plan.clone())?
+                    self.create_link(driver, net, plan.clone())?
                 }
             };
             if !self.endpoints.contains_key(&ep.id) {
@@ -882,6 +953,7 @@ impl Reconciler {
                     ip: ep.ip,
                     ifindex,
                     host_ifname: ep.host_ifname.clone(),
+                    in_sandbox: None,
                 },
             );
             Ok(())
@@ -889,10 +961,43 @@ impl Reconciler {
         self.outcome(&key, "endpoint", r);
     }
 
+    /// A sandbox-only endpoint (a kernel macvlan device): made if its link
+    /// is missing from the sandbox; no program, no map entry.
+    fn ensure_sandbox_link(
+        &mut self,
+        driver: &dyn drivers::Driver,
+        net: &Network,
+        ep: &Endpoint,
+        plan: &netns::VethPlan,
+    ) -> Result<()> {
+        if !netns::link_exists_in(&plan.netns, &plan.ifname)? {
+            if self.endpoints.contains_key(&ep.id) {
+                info!(endpoint = %ep.id, ifname = %plan.ifname, "putting back a deleted macvlan link");
+            }
+            driver.create_link(net, plan)?;
+        }
+        self.endpoints.insert(
+            ep.id.clone(),
+            Applied {
+                container_id: ep.container_id.clone(),
+                ip: ep.ip,
+                ifindex: 0,
+                host_ifname: ep.host_ifname.clone(),
+                in_sandbox: Some((plan.netns.clone(), plan.ifname.clone())),
+            },
+        );
+        Ok(())
+    }
+
     /// Creates the endpoint's link with a host-side ifindex from the
     /// `IFACES` range (lowest free slot first), skipping indexes that a
     /// device unknown to us turns out to hold.
-    fn create_link(&self, driver: &dyn drivers::Driver, mut plan: netns::VethPlan) -> Result<u32> {
+    fn create_link(
+        &self,
+        driver: &dyn drivers::Driver,
+        net: &Network,
+        mut plan: netns::VethPlan,
+    ) -> Result<u32> {
         let used: HashSet<u32> = self.endpoints.values().map(|a| a.ifindex).collect();
         let mut free = (0..dataplane_common::MAX_ENDPOINTS)
             .map(|slot| dataplane_common::IFINDEX_BASE + slot)
@@ -900,7 +1005,7 @@ impl Reconciler {
         for _ in 0..64 {
             let Some(ifindex) = free.next() else { break };
             plan.host_ifindex = ifindex;
-            match driver.create_link(&plan) {
+            match driver.create_link(net, &plan) {
                 Ok(i) => return Ok(i),
                 Err(e) if netns::is_ifindex_taken(&e) => continue,
                 Err(e) => return Err(e),
@@ -918,6 +1023,14 @@ impl Reconciler {
         let Some(a) = self.endpoints.remove(id) else {
             return;
         };
+        if let Some((sandbox, ifname)) = &a.in_sandbox {
+            // The link goes with its sandbox anyway; a disconnect removes it.
+            if let Err(e) = netns::delete_link_in(sandbox, ifname) {
+                warn!(link = %ifname, "deleting the macvlan link: {e:#}");
+            }
+            self.forget(&format!("{}{id}", model::ENDPOINTS));
+            return;
+        }
         let ip = dataplane_common::ipv4_wire(a.ip.octets());
         {
             let mut dp = self.dp();

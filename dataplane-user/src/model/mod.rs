@@ -153,6 +153,34 @@ pub struct Network {
     /// its life (`network prune` leaves it alone).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub docker: bool,
+    /// A `macvlan` network's parent interface, mode and VLAN.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub macvlan: Option<Macvlan>,
+}
+
+/// Where a `macvlan` network meets the LAN (`-o parent=`, `-o
+/// macvlan_mode=`, `-o vlan=` or Docker's `parent=IFACE.VID`).
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Macvlan {
+    /// The host interface on the LAN.
+    pub parent: String,
+    /// `bridge`, `private`, `vepa` or `passthru` (the kernel's macvlan
+    /// modes; a VLAN network switches like `bridge`).
+    pub mode: String,
+    /// The 802.1Q VID our programs push and pop on the parent (no
+    /// sub-interface): the network is then a VLAN network of veth pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vlan: Option<u16>,
+}
+
+impl Macvlan {
+    /// How the network names its segment: `eth0` or `eth0 VLAN 100`.
+    pub fn segment(&self) -> String {
+        match self.vlan {
+            Some(v) => format!("{} VLAN {v}", self.parent),
+            None => format!("{} (untagged)", self.parent),
+        }
+    }
 }
 
 fn is_zero(v: &u32) -> bool {
@@ -196,6 +224,11 @@ impl Network {
         }
     }
 
+    /// The VID of a VLAN network (`macvlan` on a tagged segment).
+    pub fn vlan(&self) -> Option<u16> {
+        self.macvlan.as_ref().and_then(|m| m.vlan)
+    }
+
     /// `--opt icc=false` (or Docker's own key for it).
     pub fn icc_disabled(&self) -> bool {
         ["icc", "com.docker.network.bridge.enable_icc"]
@@ -220,6 +253,10 @@ impl Network {
                 0
             } | if self.icc_disabled() {
                 dataplane_common::NET_ICC_DISABLED
+            } else {
+                0
+            } | if self.vlan().is_some() {
+                dataplane_common::NET_VLAN
             } else {
                 0
             },

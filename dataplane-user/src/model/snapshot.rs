@@ -622,6 +622,7 @@ mod tests {
             labels: BTreeMap::new(),
             attachable: false,
             docker: false,
+            macvlan: None,
         }
     }
 

@@ -357,3 +357,174 @@ mod service_tests {
         }
     }
 }
+
+/// The kernel's macvlan modes, as `-o macvlan_mode=` names them.
+pub const MACVLAN_MODES: [&str; 4] = ["bridge", "private", "vepa", "passthru"];
+
+/// Reads and checks the macvlan options of a network create (`parent`,
+/// `macvlan_mode`, `vlan`); they are refused on other drivers. `exists`
+/// tells whether a host interface of that name exists: Docker's
+/// `parent=eth0.100` names VLAN 100 on `eth0` unless an interface is
+/// called `eth0.100` itself.
+pub fn macvlan_options(
+    opts: &std::collections::BTreeMap<String, String>,
+    macvlan: bool,
+    exists: impl Fn(&str) -> bool,
+) -> ApiResult<Option<super::Macvlan>> {
+    const KEYS: [&str; 3] = ["parent", "macvlan_mode", "vlan"];
+    if !macvlan {
+        if let Some(k) = opts.keys().find(|k| KEYS.contains(&k.as_str())) {
+            return Err(bad(format!(
+                "--opt {k} is an option of macvlan networks (--driver macvlan)"
+            )));
+        }
+        return Ok(None);
+    }
+    let parent = opts
+        .get("parent")
+        .map(String::as_str)
+        .filter(|p| !p.is_empty())
+        .ok_or_else(|| {
+            bad("a macvlan network needs its parent interface: --opt parent=IFACE (or IFACE.VLAN)")
+        })?;
+    let parse_vid = |v: &str, what: &str| -> ApiResult<u16> {
+        v.parse::<u16>()
+            .ok()
+            .filter(|n| (1..=4094).contains(n))
+            .ok_or_else(|| bad(format!("invalid {what}: a VLAN ID is 1..=4094")))
+    };
+    let (name, mut vlan) = match parent.rsplit_once('.') {
+        Some((base, vid))
+            if !exists(parent) && !base.is_empty() && vid.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            (
+                base,
+                Some(parse_vid(vid, &format!("--opt parent={parent}"))?),
+            )
+        }
+        _ => (parent, None),
+    };
+    if !valid_ifname(name) {
+        return Err(bad(format!(
+            "invalid --opt parent={parent}: not an interface name"
+        )));
+    }
+    if let Some(v) = opts.get("vlan") {
+        let vid = parse_vid(v, &format!("--opt vlan={v}"))?;
+        if vlan.is_some_and(|p| p != vid) {
+            return Err(bad(format!(
+                "--opt vlan={v} disagrees with --opt parent={parent}: give the VLAN once"
+            )));
+        }
+        vlan = Some(vid);
+    }
+    let mode = opts
+        .get("macvlan_mode")
+        .map_or("bridge", String::as_str)
+        .to_string();
+    if !MACVLAN_MODES.contains(&mode.as_str()) {
+        return Err(bad(format!(
+            "invalid --opt macvlan_mode={mode}: expected one of {}",
+            MACVLAN_MODES.join(", ")
+        )));
+    }
+    if vlan.is_some() && mode != "bridge" {
+        return Err(bad(format!(
+            "--opt macvlan_mode={mode} is not offered on a VLAN network (the tags are ours, and its containers switch as in bridge mode)"
+        )));
+    }
+    Ok(Some(super::Macvlan {
+        parent: name.to_string(),
+        mode,
+        vlan,
+    }))
+}
+
+/// Whether `name` can be a Linux interface name (IFNAMSIZ - 1 bytes, no
+/// '/', whitespace or ':').
+pub fn valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && name != "."
+        && name != ".."
+        && !name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+}
+
+#[cfg(test)]
+mod macvlan_tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+
+    fn opts(kv: &[(&str, &str)]) -> BTreeMap<String, String> {
+        kv.iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    fn parse(kv: &[(&str, &str)]) -> ApiResult<Option<crate::model::Macvlan>> {
+        macvlan_options(&opts(kv), true, |n| n == "eth9.5")
+    }
+
+    #[test]
+    fn parents_modes_and_vlans() {
+        let m = parse(&[("parent", "eth0")]).unwrap().unwrap();
+        assert_eq!(
+            (m.parent.as_str(), m.mode.as_str(), m.vlan),
+            ("eth0", "bridge", None)
+        );
+        let m = parse(&[("parent", "eth0.100")]).unwrap().unwrap();
+        assert_eq!((m.parent.as_str(), m.vlan), ("eth0", Some(100)));
+        let m = parse(&[("parent", "eth0"), ("vlan", "200")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.vlan, Some(200));
+        let m = parse(&[("parent", "eth0.7"), ("vlan", "7")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.vlan, Some(7));
+        // An interface really called eth9.5 is a parent, untagged.
+        let m = parse(&[("parent", "eth9.5")]).unwrap().unwrap();
+        assert_eq!((m.parent.as_str(), m.vlan), ("eth9.5", None));
+        let m = parse(&[("parent", "eth0"), ("macvlan_mode", "private")])
+            .unwrap()
+            .unwrap();
+        assert_eq!(m.mode, "private");
+    }
+
+    #[test]
+    fn bad_options_are_refused_with_a_reason() {
+        for (kv, says) in [
+            (&[][..], "needs its parent"),
+            (&[("parent", "")][..], "needs its parent"),
+            (&[("parent", "eth0.0")][..], "1..=4094"),
+            (&[("parent", "eth0.4095")][..], "1..=4094"),
+            (&[("parent", "eth0"), ("vlan", "x")][..], "1..=4094"),
+            (&[("parent", "eth0.5"), ("vlan", "6")][..], "disagrees"),
+            (
+                &[("parent", "eth0"), ("macvlan_mode", "l2")][..],
+                "expected one of",
+            ),
+            (
+                &[("parent", "eth0.5"), ("macvlan_mode", "vepa")][..],
+                "not offered",
+            ),
+            (&[("parent", "a/b")][..], "not an interface name"),
+            (
+                &[("parent", "averyveryverylongname")][..],
+                "not an interface name",
+            ),
+        ] {
+            let e = parse(kv).unwrap_err().to_string();
+            assert!(e.contains(says), "{kv:?}: {e}");
+        }
+        let e = macvlan_options(&opts(&[("parent", "eth0")]), false, |_| true).unwrap_err();
+        assert!(e.to_string().contains("option of macvlan networks"), "{e}");
+        assert_eq!(
+            macvlan_options(&opts(&[("icc", "false")]), false, |_| true).unwrap(),
+            None
+        );
+    }
+}

@@ -287,6 +287,10 @@ pub enum NetworkCmd {
         /// (every network here takes them).
         #[arg(long)]
         attachable: bool,
+        /// Where addresses come from: `default` (this daemon) or `dhcp`
+        /// (the LAN's DHCP server; macvlan networks).
+        #[arg(long)]
+        ipam_driver: Option<String>,
         name: String,
     },
     /// List networks.
@@ -846,9 +850,11 @@ async fn network(c: &Client, cmd: NetworkCmd) -> Result<i32> {
             opt,
             label,
             attachable,
+            ipam_driver,
             name,
         } => {
             let body = json!({
+                "ipam_driver": ipam_driver,
                 "name": name, "driver": driver, "subnet": subnet, "gateway": gateway, "ip_range": ip_range,
                 "aux_addresses": key_values(&aux_address, "--aux-address")?,
                 "internal": internal, "options": key_values(&opt, "--opt")?,

@@ -554,6 +554,7 @@ mod tests {
             attachable: false,
             docker: false,
             macvlan: None,
+            dhcp: false,
         }
     }
 

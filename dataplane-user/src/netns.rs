@@ -240,13 +240,17 @@ fn configure_endpoint_in_sandbox(plan: &VethPlan, tmp_peer: &str) -> Result<()> 
         if !p.configure_peer {
             return Ok(());
         }
-        h.address()
-            .add(idx, IpAddr::V4(p.ip), p.prefix)
-            .execute()
-            .await
-            .with_context(|| format!("adding {}/{} to {}", p.ip, p.prefix, p.ifname))?;
+        // A DHCP endpoint gets its address once the server gave one
+        // (`sync_address`); until then its link is up without one.
+        if !p.ip.is_unspecified() {
+            h.address()
+                .add(idx, IpAddr::V4(p.ip), p.prefix)
+                .execute()
+                .await
+                .with_context(|| format!("adding {}/{} to {}", p.ip, p.prefix, p.ifname))?;
+        }
         set_up(&h, idx).await?;
-        if p.default_route {
+        if p.default_route && !p.ip.is_unspecified() {
             h.route()
                 .add(
                     RouteMessageBuilder::<Ipv4Addr>::new()
@@ -811,6 +815,80 @@ pub fn create_macvlan(plan: &VethPlan, parent: &str, mode: &str) -> Result<()> {
         let _ = delete_link_in(&plan.netns, &plan.ifname);
     }
     res
+}
+
+/// Makes `ifname` in the sandbox at `netns` hold exactly the IPv4 address
+/// `want` (none: every IPv4 address goes), with a default route via
+/// `gateway` when given: a DHCP endpoint's lease, as it comes and goes.
+pub fn sync_address(
+    netns: &Path,
+    ifname: &str,
+    want: Option<(Ipv4Addr, u8)>,
+    gateway: Option<Ipv4Addr>,
+) -> Result<()> {
+    use rtnetlink::packet_route::address::AddressAttribute;
+    let ifname = ifname.to_string();
+    with_netlink(Some(netns), move |h| async move {
+        let idx = index_of(&h, &ifname).await?;
+        let mut addrs = h.address().get().set_link_index_filter(idx).execute();
+        let mut have = Vec::new();
+        while let Some(msg) = addrs.try_next().await? {
+            let ip = msg.attributes.iter().find_map(|a| match a {
+                AddressAttribute::Local(IpAddr::V4(ip)) => Some(*ip),
+                _ => None,
+            });
+            if let Some(ip) = ip {
+                have.push((ip, msg.header.prefix_len, msg));
+            }
+        }
+        let mut present = false;
+        for (ip, prefix, msg) in have {
+            if want == Some((ip, prefix)) {
+                present = true;
+            } else {
+                h.address()
+                    .del(msg)
+                    .execute()
+                    .await
+                    .with_context(|| format!("removing {ip}/{prefix} from {ifname}"))?;
+            }
+        }
+        let Some((ip, prefix)) = want else {
+            return Ok(());
+        };
+        if !present {
+            h.address()
+                .add(idx, IpAddr::V4(ip), prefix)
+                .execute()
+                .await
+                .with_context(|| format!("adding {ip}/{prefix} to {ifname}"))?;
+        }
+        if let Some(gw) = gateway {
+            let mut routes = h
+                .route()
+                .get(RouteMessageBuilder::<Ipv4Addr>::new().build())
+                .execute();
+            let mut has_default = false;
+            while let Some(r) = routes.try_next().await? {
+                if r.header.destination_prefix_length == 0 {
+                    has_default = true;
+                }
+            }
+            if !has_default {
+                h.route()
+                    .add(
+                        RouteMessageBuilder::<Ipv4Addr>::new()
+                            .gateway(gw)
+                            .output_interface(idx)
+                            .build(),
+                    )
+                    .execute()
+                    .await
+                    .with_context(|| format!("adding the default route via {gw}"))?;
+            }
+        }
+        Ok(())
+    })
 }
 
 /// Deletes link `name` inside the sandbox at `netns` (gone already: fine).

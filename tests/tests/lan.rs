@@ -6,7 +6,7 @@
 use dataplane_tests::{
     eventually, in_subnet,
     lan::{frame, ip4, ipv4, mac, send_frame, udp, Lan, TaggedPeer, P_8021AD, P_8021Q, P_IPV4},
-    tshark, Daemon,
+    tshark, Daemon, NetNs, Proc, TempDir,
 };
 
 /// The container's MAC and sandbox on network `net`.
@@ -401,4 +401,268 @@ fn vlan_networks_share_a_parent_isolated_from_each_other_and_the_untagged_segmen
             .any(|p| p["name"] == "vlan_trunk"),
         "{stats:#}"
     );
+}
+
+/// Debian's dnsmasq as the LAN's DHCP server on `eth0` of `ns`: addresses
+/// `range` ("FIRST,LAST") of 10.80.0.0/24, 2-minute leases renewed after
+/// 4 s and rebound after 8 s, so that a test sees both.
+fn dnsmasq(ns: &NetNs, dir: &std::path::Path, range: &str) -> Proc {
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns.name(),
+        "dnsmasq",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+    ])
+    .args([
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        "--dhcp-authoritative",
+        "--no-ping",
+    ])
+    .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
+    .args([
+        "--dhcp-option=option:router,10.80.0.1",
+        "--dhcp-option=option:T1,4",
+        "--dhcp-option=option:T2,8",
+    ])
+    .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+    .arg(format!("--pid-file={}", dir.join("pid").display()));
+    Proc::spawn(c)
+}
+
+fn leases(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("leases")).unwrap_or_default()
+}
+
+fn dhcp_of(d: &Daemon, ctr: &str) -> serde_json::Value {
+    d.inspect(ctr)["NetworkSettings"]["Networks"]["dh"]["DHCP"].clone()
+}
+
+/// Waits for w's lease to be renewed after `after` (its `ObtainedAt`).
+fn renewed(d: &Daemon, after: u64) -> u64 {
+    eventually("a renewal", || {
+        let l = dhcp_of(d, "w");
+        let at = l["ObtainedAt"].as_u64().unwrap_or(0);
+        (at > after && l["State"] == "bound")
+            .then_some(at)
+            .ok_or(format!("{l:#}"))
+    })
+}
+
+#[test]
+fn dhcp_leases_are_obtained_renewed_kept_across_a_restart_released_and_lost() {
+    let mut d = Daemon::start();
+    let mut lan = Lan::new(&d);
+    let srv = lan.peer("10.80.0.1/24", None);
+    let dir = TempDir::new();
+    let server = dnsmasq(&srv, dir.path(), "10.80.0.50,10.80.0.60");
+
+    // Refusals first: they change nothing.
+    for (args, says) in [
+        (
+            &[
+                "network",
+                "create",
+                "--ipam-driver",
+                "dhcp",
+                "--subnet",
+                "10.80.0.0/24",
+                "x",
+            ][..],
+            "needs a macvlan network",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--ipam-driver",
+                "dhcp",
+                "-o",
+                "parent=lan0",
+                "x",
+            ][..],
+            "--subnet",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--ipam-driver",
+                "dhcp",
+                "--subnet",
+                "10.80.0.0/24",
+                "--ip-range",
+                "10.80.0.0/28",
+                "-o",
+                "parent=lan0",
+                "x",
+            ][..],
+            "DHCP server's business",
+        ),
+        (
+            &[
+                "network",
+                "create",
+                "-d",
+                "macvlan",
+                "--ipam-driver",
+                "nope",
+                "--subnet",
+                "10.80.0.0/24",
+                "-o",
+                "parent=lan0",
+                "x",
+            ][..],
+            "unknown IPAM driver",
+        ),
+    ] {
+        let line = d.assert_refused(args);
+        assert!(line.contains(says), "{args:?}: {line}");
+    }
+    d.network_create(&[
+        "-d",
+        "macvlan",
+        "--ipam-driver",
+        "dhcp",
+        "--subnet",
+        "10.80.0.0/24",
+        "-o",
+        "parent=lan0",
+        "dh",
+    ]);
+    assert_eq!(d.network_inspect("dh")["IPAM"]["Driver"], "dhcp");
+    let line = d.assert_refused(&[
+        "run",
+        "-d",
+        "--network",
+        "dh",
+        "--ip",
+        "10.80.0.9",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(line.contains("DHCP server"), "{line}");
+
+    d.run_sleeper("w", Some("dh"), &[]);
+    let ip = d.ip("w", "dh");
+    let (w_mac, _) = mac_and_sandbox(&d, "w", "dh");
+    let w_mac = w_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(in_subnet(&ip, "10.80.0.48/28"), "{ip}");
+    let l = dhcp_of(&d, "w");
+    assert_eq!(
+        (l["State"].as_str(), l["Server"].as_str()),
+        (Some("bound"), Some("10.80.0.1")),
+        "{l:#}"
+    );
+    assert!(
+        leases(dir.path()).contains(&w_mac),
+        "dnsmasq has no lease for {w_mac}: {}",
+        leases(dir.path())
+    );
+    d.assert_pings("w", "10.80.0.1");
+    let route = d.exec_in("w", &["ip", "route", "show", "default"]).ok();
+    assert!(route.stdout.contains("via 10.80.0.1"), "{route}");
+
+    // Renewed at T1 (4 s), again after a restart of the daemon.
+    let first = l["ObtainedAt"].as_u64().expect("ObtainedAt");
+    let second = renewed(&d, first);
+    d.stop("TERM");
+    d.restart();
+    assert_eq!(d.ip("w", "dh"), ip, "the lease survives a restart");
+    renewed(&d, second);
+    d.assert_pings("w", "10.80.0.1");
+
+    // A second container's lease is released on rm.
+    d.run_sleeper("r", Some("dh"), &[]);
+    let (r_mac, _) = mac_and_sandbox(&d, "r", "dh");
+    let r_mac = r_mac
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":");
+    assert!(leases(dir.path()).contains(&r_mac));
+    d.ok(&["rm", "-f", "r"]);
+    eventually("dnsmasq to drop r's released lease", || {
+        let l = leases(dir.path());
+        (!l.contains(&r_mac)).then_some(()).ok_or(l)
+    });
+
+    // The server comes back knowing nothing and serving other addresses:
+    // it refuses the renewal, and the address goes.
+    drop(server);
+    let _ = std::fs::remove_file(dir.path().join("leases"));
+    let _server = dnsmasq(&srv, dir.path(), "10.80.0.70,10.80.0.80");
+    let lost = eventually("the lease to be lost", || {
+        let l = dhcp_of(&d, "w");
+        (l["State"] == "lost")
+            .then_some(l.clone())
+            .ok_or(format!("{l:#}"))
+    });
+    assert!(
+        lost["Lost"].as_str().unwrap_or("").contains("refused"),
+        "{lost:#}"
+    );
+    eventually("the address to leave w", || {
+        let o = d.exec_in("w", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
+        (!o.stdout.contains(&ip)).then_some(()).ok_or(o.to_string())
+    });
+    assert!(d.log().contains("the address is taken away"));
+}
+
+#[test]
+fn a_silent_dhcp_server_fails_run_and_leaves_nothing() {
+    let d = Daemon::start();
+    let _lan = Lan::new(&d);
+    d.network_create(&[
+        "-d",
+        "macvlan",
+        "--ipam-driver",
+        "dhcp",
+        "--subnet",
+        "10.81.0.0/24",
+        "-o",
+        "parent=lan0",
+        "quiet",
+    ]);
+    let before = (dataplane_tests::netns_list(), d.snapshot());
+    let out = d.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "nobody",
+        "--network",
+        "quiet",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(!out.success(), "{out}");
+    assert!(out.stderr.contains("no DHCP server answered"), "{out}");
+    assert_eq!((dataplane_tests::netns_list(), d.snapshot()), before);
+    // The name is free again.
+    let out = d.cli(&[
+        "run",
+        "-d",
+        "--name",
+        "nobody",
+        "--network",
+        "quiet",
+        "--",
+        "sleep",
+        "60",
+    ]);
+    assert!(out.stderr.contains("no DHCP server answered"), "{out}");
 }

@@ -38,6 +38,9 @@ pub struct NetworkCreate {
     /// `--attachable`.
     #[serde(default)]
     pub attachable: bool,
+    /// `--ipam-driver`: `default` (this daemon's) or `dhcp`.
+    #[serde(default)]
+    pub ipam_driver: Option<String>,
 }
 
 #[derive(Debug, Default, Clone, Serialize, Deserialize)]

@@ -63,16 +63,32 @@ fn container_networks(snap: &Snapshot, c: &Container) -> serde_json::Map<String,
         .iter()
         .filter_map(|e| {
             let n = snap.networks.get(&e.network_id)?;
-            Some((
-                n.name.clone(),
-                json!({
-                    "NetworkID": n.id, "EndpointID": e.id, "Gateway": n.gateway.to_string(),
-                    "IPAddress": e.ip.to_string(), "IPPrefixLen": n.subnet.prefix(),
-                    "MacAddress": e.mac.to_string(), "InterfaceName": e.ifname,
-                    "HostInterfaceName": e.host_ifname,
-                    "Aliases": aliases(n, c, &e.aliases),
-                }),
-            ))
+            let mut v = json!({
+                "NetworkID": n.id, "EndpointID": e.id, "Gateway": n.gateway.to_string(),
+                "IPAddress": if e.has_address() { e.ip.to_string() } else { String::new() },
+                "IPPrefixLen": n.subnet.prefix(),
+                "MacAddress": e.mac.to_string(), "InterfaceName": e.ifname,
+                "HostInterfaceName": e.host_ifname,
+                "Aliases": aliases(n, c, &e.aliases),
+            });
+            if let Some(l) = &e.lease {
+                let d = &l.lease;
+                if let Some(r) = d.router {
+                    v["Gateway"] = json!(r.to_string());
+                }
+                if d.prefix != 0 {
+                    v["IPPrefixLen"] = json!(d.prefix);
+                }
+                v["DHCP"] = json!({
+                    "State": if l.lost.is_empty() { "bound" } else { "lost" },
+                    "Lost": l.lost, "Address": d.ip.to_string(), "Server": d.server.to_string(),
+                    "Router": d.router.map(|r| r.to_string()),
+                    "DNS": d.dns.iter().map(ToString::to_string).collect::<Vec<_>>(),
+                    "LeaseSeconds": d.lease_secs, "ObtainedAt": d.obtained_at,
+                    "RenewAt": d.renew_at(), "RebindAt": d.rebind_at(), "ExpiresAt": d.expires_at(),
+                });
+            }
+            Some((n.name.clone(), v))
         })
         .collect()
 }
@@ -352,7 +368,7 @@ pub fn inspect_network(snap: &Snapshot, status: &Status, name: &str) -> ApiResul
     Ok(json!([{
         "Name": n.name, "Id": n.id, "Created": n.created, "Scope": scope(n), "Driver": n.driver,
         "EnableIPv6": false, "Internal": n.internal, "Attachable": n.attachable,
-        "IPAM": {"Driver": "default", "Options": {}, "Config": [config]},
+        "IPAM": {"Driver": if n.dhcp { "dhcp" } else { "default" }, "Options": {}, "Config": [config]},
         "Containers": containers, "Options": options, "Labels": n.labels,
         "Problems": problems(status, &keys),
     }]))

@@ -12,6 +12,7 @@
 //! answer from the newest snapshot.
 
 pub mod attach;
+mod dhcp;
 pub mod docker;
 pub mod reconcile;
 pub mod sandbox;
@@ -308,6 +309,7 @@ impl Engine {
             made.map_err(|e| anyhow!("creating the default bridge network: {e}"))?;
         }
         engine.start_agent()?;
+        engine.start_dhcp()?;
         let snap = engine.snapshot();
         info!(
             networks = snap.networks.len(),
@@ -535,6 +537,32 @@ impl Engine {
         let macvlan = validate::macvlan_options(&req.options, driver_name == "macvlan", |n| {
             ifindex_of(n).is_some()
         })?;
+        let dhcp = match req.ipam_driver.as_deref() {
+            None | Some("default") => false,
+            Some("dhcp") => true,
+            Some(other) => {
+                return Err(bad(format!(
+                    "unknown IPAM driver {other:?}: this daemon offers default and dhcp"
+                )))
+            }
+        };
+        if dhcp {
+            if macvlan.is_none() {
+                return Err(bad(
+                    "--ipam-driver dhcp takes its addresses from a LAN's DHCP server: it needs a macvlan network (--driver macvlan -o parent=IFACE)",
+                ));
+            }
+            if subnet.is_none() {
+                return Err(bad(
+                    "--ipam-driver dhcp needs the LAN's --subnet: a lease outside it is refused",
+                ));
+            }
+            if ip_range.is_some() || !req.aux_addresses.is_empty() {
+                return Err(bad(
+                    "--ip-range and --aux-address are the DHCP server's business on an --ipam-driver dhcp network",
+                ));
+            }
+        }
         if let Some(m) = &macvlan {
             if req.internal {
                 return Err(bad(
@@ -646,6 +674,7 @@ impl Engine {
                 attachable: req.attachable,
                 docker: docker.is_some(),
                 macvlan: macvlan.clone(),
+                dhcp,
             };
             // Names and subnets are checked against this host's networks
             // and the cluster's: both sets are guarded, the network's own
@@ -947,7 +976,7 @@ impl Engine {
                 if let (Some(nid), Some(ep)) = (&nid, &endpoint) {
                     let net = &snap.networks[nid];
                     let net_key = net.key();
-                    let claim = model::ip_claim(net, ep.ip);
+                    let claim = model::endpoint_claim(net, ep);
                     t.unchanged(net_key.clone(), snap.rev_of(&net_key))
                         .absent(claim.clone())
                         .put(claim.clone(), ep.id.clone().into_bytes())
@@ -989,6 +1018,14 @@ impl Engine {
                 return fail(ApiError::Internal(anyhow!("starting {name}: {problem}")))
             }
             Err(e) => return fail(e),
+        }
+        // A DHCP network's address comes now, on the link just made.
+        for ep in self.snapshot().endpoints_of_container(&id) {
+            if ep.lease.is_none() && !ep.has_address() {
+                if let Err(e) = self.lease_endpoint(&ep.id, &pending) {
+                    return fail(e);
+                }
+            }
         }
         let snap = self.snapshot();
         let mut ctr = ctr;
@@ -1118,7 +1155,7 @@ impl Engine {
                 aliases.clone(),
                 (&c.name, &c.hostname),
             );
-            let claim = model::ip_claim(net, ip);
+            let claim = model::endpoint_claim(net, &ep);
             let pending = Pending {
                 op: ep.id.clone(),
                 container_id: cid.clone(),
@@ -1145,6 +1182,12 @@ impl Engine {
                 return Err(e);
             }
         }
+        if !ep.has_address() {
+            if let Err(e) = self.lease_endpoint(&ep.id, &pending) {
+                self.roll_back(&pending);
+                return Err(e);
+            }
+        }
         crate::fault::point("connect-before-commit");
         let mut t = Txn::default();
         t.delete(pending.key());
@@ -1154,6 +1197,17 @@ impl Engine {
     }
 
     pub fn disconnect(&self, network: &str, container: &str) -> ApiResult<()> {
+        {
+            let snap = self.snapshot();
+            if let (Ok(nid), Ok(cid)) = (snap.network_id(network), snap.container_id(container)) {
+                let eps: Vec<&Endpoint> = snap
+                    .endpoints_of_container(&cid)
+                    .into_iter()
+                    .filter(|e| e.network_id == nid)
+                    .collect();
+                self.release_leases(&snap, &eps);
+            }
+        }
         let (rev, ()) = self.commit_with(|snap| {
             let nid = snap.network_id(network)?;
             let cid = snap.container_id(container)?;
@@ -1193,6 +1247,7 @@ impl Engine {
         if let Some(pid) = ctr.pid.filter(|_| running) {
             sandbox::kill_group(pid, Duration::from_secs(3));
         }
+        self.release_leases(&snap, &snap.endpoints_of_container(&cid));
         let (rev, ()) = self.commit_with(|snap| {
             let Some(c) = snap.containers.get(&cid) else {
                 return Err(ApiError::NotFound(format!("no such container: {name}")));
@@ -1229,6 +1284,15 @@ impl Engine {
         requested: Option<Ipv4Addr>,
         t: &mut Txn,
     ) -> ApiResult<Ipv4Addr> {
+        if net.dhcp {
+            if requested.is_some() {
+                return Err(bad(format!(
+                    "--ip is not offered on network {}: its addresses come from the LAN's DHCP server",
+                    net.name
+                )));
+            }
+            return Ok(Ipv4Addr::UNSPECIFIED);
+        }
         let used = snap.used_ips(&net.id);
         if net.vlan().is_some() {
             let members = snap
@@ -1287,13 +1351,20 @@ impl Engine {
             network_id: net.id.clone(),
             container_id: cid.to_string(),
             ip,
-            mac: Mac::for_container(ip),
+            // A DHCP endpoint's MAC is the client's identity on the LAN:
+            // its own, not one derived from an address it has yet to get.
+            mac: if net.dhcp {
+                Mac::random_local()
+            } else {
+                Mac::for_container(ip)
+            },
             host_mac: Mac::random_local(),
             ifname,
             aliases,
             node: or_empty(self.node()),
             container_name: or_empty(ctr.0),
             hostname: or_empty(ctr.1),
+            lease: None,
         }
     }
 }

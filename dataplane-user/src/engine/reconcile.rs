@@ -846,6 +846,13 @@ impl Reconciler {
         // A Docker endpoint's peer waits in this namespace, under its own
         // name, for Docker to move and configure.
         let docker = c.docker().filter(|x| x.netns_path.is_empty());
+        // A DHCP endpoint's prefix and router are its lease's.
+        let lease = ep.lease.as_ref().filter(|l| l.lost.is_empty());
+        let prefix = lease
+            .map(|l| l.lease.prefix)
+            .filter(|p| *p != 0)
+            .unwrap_or(net.subnet.prefix());
+        let gateway = lease.and_then(|l| l.lease.router).unwrap_or(net.gateway);
         netns::VethPlan {
             host_ifname: ep.host_ifname.clone(),
             host_ifindex: 0,
@@ -855,8 +862,8 @@ impl Reconciler {
             ifname: docker.map_or_else(|| ep.ifname.clone(), |x| x.peer.clone()),
             mac: ep.mac,
             ip: ep.ip,
-            prefix: net.subnet.prefix(),
-            gateway: net.gateway,
+            prefix,
+            gateway,
             default_route: ep.ifname == "eth0" && !net.internal,
             mtu: if net.is_cluster() {
                 self.tunnel_mtu
@@ -894,7 +901,9 @@ impl Reconciler {
         let driver = drivers::of(net);
         let plan = self.plan(net, ep, c, &sandbox);
         if driver.sandbox_only(net) {
-            let r = self.ensure_sandbox_link(driver, net, ep, &plan);
+            let r = self
+                .ensure_sandbox_link(driver, net, ep, &plan)
+                .and_then(|()| lease_address(net, ep, &plan));
             self.outcome(&key, "endpoint", r);
             return;
         }
@@ -956,7 +965,7 @@ impl Reconciler {
                     in_sandbox: None,
                 },
             );
-            Ok(())
+            lease_address(net, ep, &plan)
         })();
         self.outcome(&key, "endpoint", r);
     }
@@ -1252,6 +1261,20 @@ impl Reconciler {
 
 /// Whether `name` has the shape of the host-side veths this daemon makes
 /// (`dp` and 12 hex digits of an endpoint id).
+/// A DHCP endpoint's address as its lease says (none before the first
+/// lease or after losing it); nothing to do on other networks.
+fn lease_address(net: &Network, ep: &Endpoint, plan: &netns::VethPlan) -> Result<()> {
+    if !net.dhcp || !plan.configure_peer {
+        return Ok(());
+    }
+    netns::sync_address(
+        &plan.netns,
+        &plan.ifname,
+        ep.has_address().then_some((ep.ip, plan.prefix)),
+        plan.default_route.then_some(plan.gateway),
+    )
+}
+
 pub fn is_host_veth_name(name: &str) -> bool {
     name.len() == 14
         && name.starts_with("dp")

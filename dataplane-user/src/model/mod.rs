@@ -59,6 +59,16 @@ pub fn ip_claim(net: &Network, ip: Ipv4Addr) -> String {
     format!("{}{CLAIMS}ips/{}/{ip}", net.scope(), net.id)
 }
 
+/// The claim an endpoint holds: its address's, or, for a DHCP endpoint
+/// without an address yet (or any more), one of its own.
+pub fn endpoint_claim(net: &Network, ep: &Endpoint) -> String {
+    if ep.has_address() {
+        ip_claim(net, ep.ip)
+    } else {
+        format!("{}{CLAIMS}dhcp/{}/{}", net.scope(), net.id, ep.id)
+    }
+}
+
 /// Rewritten by every commit that creates or removes a network, and guarded
 /// by it: network names, numbers and subnets are checked against a set that
 /// cannot change under the check.
@@ -156,6 +166,10 @@ pub struct Network {
     /// A `macvlan` network's parent interface, mode and VLAN.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub macvlan: Option<Macvlan>,
+    /// `--ipam-driver dhcp`: addresses come from the LAN's DHCP server,
+    /// one lease per endpoint, instead of this daemon's IPAM.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dhcp: bool,
 }
 
 /// Where a `macvlan` network meets the LAN (`-o parent=`, `-o
@@ -293,9 +307,31 @@ pub struct Endpoint {
     pub container_name: String,
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hostname: String,
+    /// The lease of an endpoint of a DHCP network (`ip` is its address,
+    /// or unspecified once it was lost).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<EndpointLease>,
+}
+
+/// A DHCP endpoint's lease as the store keeps it, so that a restarted
+/// daemon goes on renewing it.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EndpointLease {
+    #[serde(flatten)]
+    pub lease: crate::dhcp::Lease,
+    /// The lease ran out (or the server refused it) and the address was
+    /// taken away: why, for `inspect` and the logs.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub lost: String,
 }
 
 impl Endpoint {
+    /// Whether the endpoint has an address to configure (a DHCP endpoint
+    /// before its lease, or after losing it, has none).
+    pub fn has_address(&self) -> bool {
+        !self.ip.is_unspecified()
+    }
+
     pub fn key(&self) -> String {
         let scope = if self.node.is_empty() { "" } else { CLUSTER };
         format!("{scope}{ENDPOINTS}{}", self.id)

@@ -357,7 +357,7 @@ impl Snapshot {
     /// The claim key of an endpoint's address.
     pub fn ip_claim_of(&self, ep: &Endpoint) -> String {
         match self.networks.get(&ep.network_id) {
-            Some(n) => model::ip_claim(n, ep.ip),
+            Some(n) => model::endpoint_claim(n, ep),
             None => format!("{}ips/{}/{}", model::CLAIMS, ep.network_id, ep.ip),
         }
     }
@@ -623,6 +623,7 @@ mod tests {
             attachable: false,
             docker: false,
             macvlan: None,
+            dhcp: false,
         }
     }
 
@@ -641,6 +642,7 @@ mod tests {
             node: node.into(),
             container_name: format!("name-{id}"),
             hostname: String::new(),
+            lease: None,
         }
     }
 

@@ -220,7 +220,7 @@ fn marked(
 
 #[test]
 fn vlan_networks_share_a_parent_isolated_from_each_other_and_the_untagged_segment() {
-    let d = Daemon::start();
+    let mut d = Daemon::start();
     let mut lan = Lan::new(&d);
     // One machine on VLAN 100; one on VLAN 200 and one untagged, both with
     // addresses in VLAN 100's subnet, which must stay out of reach.
@@ -401,6 +401,27 @@ fn vlan_networks_share_a_parent_isolated_from_each_other_and_the_untagged_segmen
             .any(|p| p["name"] == "vlan_trunk"),
         "{stats:#}"
     );
+    // A restart keeps the VLANs: the maps are pinned, and the new
+    // daemon's first pass writes the same entries.
+    d.stop("TERM");
+    // Packets never wait on the daemon: a reaches VLAN 100 meanwhile.
+    let ping = dataplane_tests::sh(
+        "ip",
+        &[
+            "netns",
+            "exec",
+            &ns_name,
+            "ping",
+            "-c2",
+            "-W2",
+            "10.100.0.50",
+        ],
+    );
+    assert!(ping.success(), "with the daemon down: {ping}");
+    d.restart();
+    d.assert_pings("a", "10.100.0.50");
+    d.assert_pings("a", &b_ip);
+    d.assert_no_ping("a", "10.100.0.60");
 }
 
 /// Debian's dnsmasq as the LAN's DHCP server on `eth0` of `ns`: addresses

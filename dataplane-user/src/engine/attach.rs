@@ -315,6 +315,15 @@ impl Engine {
             }
             Err(e) => return fail(e),
         }
+        // A DHCP network's address, on the link just made in the runtime's
+        // namespace.
+        for ep in self.snapshot().endpoints_of_container(&cid) {
+            if ep.lease.is_none() && !ep.has_address() {
+                if let Err(e) = self.lease_endpoint(&ep.id, &pending) {
+                    return fail(e);
+                }
+            }
+        }
         crate::fault::point("attach-before-commit");
         let mut t = Txn::default();
         t.delete(pending.key());
@@ -349,6 +358,12 @@ impl Engine {
     /// veth (never the runtime's namespace). False when there was none.
     pub fn detach(&self, runtime: Runtime, id: &str) -> ApiResult<bool> {
         let claim_key = model::attachment_claim(runtime, id);
+        {
+            let snap = self.snapshot();
+            if let Some(c) = find(&snap, runtime, id) {
+                self.release_leases(&snap, &snap.endpoints_of_container(&c.id));
+            }
+        }
         let (rev, found) = self.commit_with(|snap| {
             let Some(c) = find(snap, runtime, id) else {
                 let mut t = Txn::default();

@@ -24,7 +24,7 @@ use serde_json::Value;
 use crate::{
     build_dataplane, clusterbench, ctlbench, dnsbench, dockerbench,
     lab::{self, addr, in_netns, Cleanup, Daemon},
-    md, natbench, overlaybench, root, servicebench, setup,
+    lanbench, md, natbench, overlaybench, root, servicebench, setup,
     sh::{self, bg, first_line, json_of},
     stats::{figure_table, spread, FigureRow, Spread},
     Format, Progress,
@@ -67,6 +67,10 @@ pub enum Kind {
     /// published-port connections/s, `docker run` until on the network
     /// (see --docker-runs, `dockerbench`).
     Docker,
+    /// Containers on an existing LAN: plain namespaces on a switch, a
+    /// macvlan container each on two hosts, a VLAN 100 container each
+    /// (our eBPF tags); see `lanbench`.
+    Lan,
 }
 
 impl Kind {
@@ -83,6 +87,7 @@ impl Kind {
             Kind::Cluster => "cluster: endpoint propagation to N hosts through etcd",
             Kind::Services => "services: eBPF routing mesh vs kube-proxy iptables",
             Kind::Docker => "docker: bridge driver vs -d dataplane",
+            Kind::Lan => "lan: macvlan and VLAN networks vs plain namespaces",
         }
     }
 
@@ -112,6 +117,7 @@ impl Kind {
             Kind::Cluster => "daemons in host namespaces sharing one etcd (see the cluster section)",
             Kind::Services => "two hosts per path and a client on an underlay (see the services section)",
             Kind::Docker => "two hosts with dockerd, an outside client each (see the Docker section)",
+            Kind::Lan => "a switch, plain namespaces and two daemon hosts (see the LAN section)",
         }
     }
 }
@@ -203,7 +209,7 @@ pub struct Args {
     dataplane_bin: Option<PathBuf>,
 }
 
-const ALL: [Kind; 11] = [
+const ALL: [Kind; 12] = [
     Kind::Floor,
     Kind::Bridge,
     Kind::Netfilter,
@@ -215,6 +221,7 @@ const ALL: [Kind; 11] = [
     Kind::Cluster,
     Kind::Services,
     Kind::Docker,
+    Kind::Lan,
 ];
 
 /// Where traffic goes: client namespace -> server namespace/address.
@@ -761,6 +768,8 @@ struct Report {
     services: Option<servicebench::Report>,
     /// Docker's bridge driver against `-d dataplane` (`--setups docker`).
     docker: Option<dockerbench::Report>,
+    /// macvlan and VLAN networks on a LAN (`--setups lan`).
+    lan: Option<lanbench::Report>,
 }
 
 fn machine() -> Machine {
@@ -843,6 +852,7 @@ pub fn bench(args: Args) -> Result<i32> {
     let want_cluster = args.setups.contains(&Kind::Cluster);
     let want_services = args.setups.contains(&Kind::Services);
     let want_docker = args.setups.contains(&Kind::Docker);
+    let want_lan = args.setups.contains(&Kind::Lan);
     // Explicit --services / --reps win over --quick.
     let services_given =
         std::env::args().any(|a| a == "--services" || a.starts_with("--services="));
@@ -885,7 +895,8 @@ pub fn bench(args: Args) -> Result<i32> {
             } else {
                 0
             }
-            + 2 * usize::from(want_docker),
+            + 2 * usize::from(want_docker)
+            + 2 * usize::from(want_lan),
     );
     setup::setup(&mut p)?;
     let bin = match &args.dataplane_bin {
@@ -952,7 +963,8 @@ pub fn bench(args: Args) -> Result<i32> {
             | Kind::Overlay
             | Kind::Cluster
             | Kind::Services
-            | Kind::Docker => Err(anyhow!("{k:?} is not a network setup")),
+            | Kind::Docker
+            | Kind::Lan => Err(anyhow!("{k:?} is not a network setup")),
         }
         .and_then(|pair| {
             lab::wait_reachable(&pair.client, &pair.server_ip, Duration::from_secs(10))?;
@@ -1096,6 +1108,21 @@ pub fn bench(args: Args) -> Result<i32> {
     } else {
         None
     };
+    let lan = if want_lan {
+        drop(daemon.take());
+        let cfg = lanbench::Config {
+            reps: args.reps,
+            seconds: args.seconds,
+            tool,
+            cores: cores.clone(),
+            dataplane: bin.clone(),
+            tag: tag.clone(),
+            dir: dir.join("lan"),
+        };
+        Some(lanbench::run(&cfg, &mut p)?)
+    } else {
+        None
+    };
     let cluster = if want_cluster {
         drop(daemon.take());
         let cfg = clusterbench::Config {
@@ -1205,6 +1232,7 @@ pub fn bench(args: Args) -> Result<i32> {
                 Kind::Cluster => "cluster",
                 Kind::Services => "services",
                 Kind::Docker => "docker",
+                Kind::Lan => "lan",
             })
             .collect();
         command += &format!(" --setups {}", names.join(","));
@@ -1310,6 +1338,11 @@ pub fn bench(args: Args) -> Result<i32> {
         c.date = date.clone();
         c
     });
+    let lan = lan.map(|mut c| {
+        c.command = command.clone();
+        c.date = date.clone();
+        c
+    });
     let cluster = cluster.map(|mut c| {
         c.command = command.clone();
         c.date = date.clone();
@@ -1387,6 +1420,7 @@ pub fn bench(args: Args) -> Result<i32> {
         cluster,
         services,
         docker,
+        lan,
     };
     // Only the measured parts of BENCHMARKS.md are rewritten: `--setups dns`
     // replaces the DNS section and keeps the network figures, and a run
@@ -1405,6 +1439,7 @@ pub fn bench(args: Args) -> Result<i32> {
         .as_ref()
         .map(|s| servicebench::markdown(s, s.svg.as_deref()));
     let docker_md = report.docker.as_ref().map(dockerbench::markdown);
+    let lan_md = report.lan.as_ref().map(lanbench::markdown);
     if args.format == Format::Json {
         println!("{}", serde_json::to_string_pretty(&report)?);
     } else {
@@ -1439,6 +1474,10 @@ pub fn bench(args: Args) -> Result<i32> {
             println!("### Docker: the bridge driver against -d dataplane\n");
             println!("{}", dockerbench::table(d));
         }
+        if let Some(l) = &report.lan {
+            println!("### LAN: macvlan and VLAN networks\n");
+            println!("{}", lanbench::table(l));
+        }
     }
     if !args.no_write {
         let existing = std::fs::read_to_string(&out).unwrap_or_default();
@@ -1451,6 +1490,7 @@ pub fn bench(args: Args) -> Result<i32> {
         let (existing, old_cluster) = clusterbench::split(&existing);
         let (existing, old_services) = servicebench::split(&existing);
         let (existing, old_docker) = dockerbench::split(&existing);
+        let (existing, old_lan) = lanbench::split(&existing);
         let md = dnsbench::splice(&existing, main_md.as_deref(), dns_md.as_deref());
         let md = natbench::append(&md, nat_md.as_deref().or(old_nat.as_deref()));
         let md = md::append_section(&md, control_md.as_deref().or(old_control.as_deref()));
@@ -1458,6 +1498,7 @@ pub fn bench(args: Args) -> Result<i32> {
         let md = md::append_section(&md, cluster_md.as_deref().or(old_cluster.as_deref()));
         let md = md::append_section(&md, services_md.as_deref().or(old_services.as_deref()));
         let md = md::append_section(&md, docker_md.as_deref().or(old_docker.as_deref()));
+        let md = md::append_section(&md, lan_md.as_deref().or(old_lan.as_deref()));
         std::fs::write(&out, md).with_context(|| format!("writing {}", out.display()))?;
         eprintln!("    wrote {}", out.display());
     }
@@ -1480,7 +1521,8 @@ pub fn bench(args: Args) -> Result<i32> {
             .services
             .as_ref()
             .is_some_and(servicebench::Report::bad)
-        || report.docker.as_ref().is_some_and(dockerbench::Report::bad);
+        || report.docker.as_ref().is_some_and(dockerbench::Report::bad)
+        || report.lan.as_ref().is_some_and(lanbench::Report::bad);
     drop(daemon);
     drop(cl);
     if bad {

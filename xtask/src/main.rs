@@ -9,6 +9,7 @@ mod demo_clients;
 mod dnsbench;
 mod dockerbench;
 mod lab;
+mod lanbench;
 mod md;
 mod natbench;
 mod overlaybench;

@@ -275,17 +275,18 @@ impl Node {
             "--bpffs".into(),
             bpffs.into(),
         ];
-        for a in [
+        // No store: a host alone (its own embedded store), as the LAN
+        // benchmark runs them.
+        let cluster = [
             "--store",
             store,
             "--node-name",
             name,
             "--advertise-addr",
             ip,
-        ]
-        .iter()
-        .chain(extra)
-        {
+        ];
+        let cluster: &[&str] = if store.is_empty() { &[] } else { &cluster };
+        for a in cluster.iter().chain(extra) {
             argv.push(a.into());
         }
         let mut n = Self {

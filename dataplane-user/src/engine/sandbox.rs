@@ -74,7 +74,10 @@ pub fn etc_files(snap: &Snapshot, c: &Container, host_conf: &str) -> (String, St
     let mut hosts =
         String::from("127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n");
     if let Some(ep) = eth0 {
-        hosts.push_str(&format!("{}\t{}\n", ep.ip, c.hostname));
+        // A DHCP endpoint has its address once it has a lease.
+        if ep.has_address() {
+            hosts.push_str(&format!("{}\t{}\n", ep.ip, c.hostname));
+        }
         for l in &c.links {
             let Some(t) = snap.containers.get(&l.container_id) else {
                 continue;

@@ -467,6 +467,8 @@ impl Snapshot {
             let entries = self
                 .endpoints_of_network(&n.id)
                 .into_iter()
+                // A DHCP endpoint without a lease has no name to answer.
+                .filter(|e| e.has_address())
                 .filter_map(|e| {
                     let c = self.containers.get(&e.container_id)?;
                     let mut all = vec![c.name.clone()];

@@ -1038,3 +1038,82 @@ fn b64(s: &str) -> String {
     }
     String::from_utf8_lossy(&out).into_owned()
 }
+
+#[test]
+fn a_macvlan_network_made_through_docker_puts_containers_on_the_lan() {
+    let s = setup();
+    let mut lan = dataplane_tests::lan::Lan::new(&s.d);
+    let peer = lan.peer("10.92.0.50/24", None);
+    s.net_create(
+        "lanmv",
+        &[
+            "--subnet",
+            "10.92.0.0/24",
+            "--ip-range",
+            "10.92.0.128/25",
+            "--gateway",
+            "10.92.0.1",
+            "-o",
+            "dataplane.driver=macvlan",
+            "-o",
+            "parent=lan0",
+        ],
+    );
+    let n = s.d.network_inspect("lanmv");
+    assert_eq!(
+        (&n["Driver"], &n["Options"]["parent"]),
+        (&Value::from("macvlan"), &Value::from("lan0")),
+        "{n:#}"
+    );
+    s.sleeper("mv1", "lanmv", &[]);
+    let ip = s.ip("mv1", "lanmv");
+    assert!(
+        ip.starts_with("10.92.0.1") || ip.starts_with("10.92.0.2"),
+        "{ip}"
+    );
+    // On the LAN itself: no veth of ours carries it (only the test's lan0).
+    let veths = s.d.ns().exec(&["ip", "-o", "link", "show", "type", "veth"]);
+    assert_eq!(veths.stdout.lines().count(), 1, "{veths}");
+    s.docker
+        .eventually_exec("mv1", &["ping", "-c", "1", "-W", "2", "10.92.0.50"]);
+    assert!(
+        (0..5).any(|_| peer.exec(&["ping", "-c1", "-W1", &ip]).success()),
+        "the LAN peer does not reach {ip}"
+    );
+    // VLAN 100 of the same parent, our tags, reached by a tagged peer.
+    let p100 = lan.port_ns();
+    let _t100 =
+        dataplane_tests::lan::TaggedPeer::start(&p100, 100, "10.93.0.50", "02:00:00:00:09:30");
+    s.net_create(
+        "lanv100",
+        &[
+            "--subnet",
+            "10.93.0.0/24",
+            "--gateway",
+            "10.93.0.1",
+            "-o",
+            "dataplane.driver=macvlan",
+            "-o",
+            "parent=lan0.100",
+        ],
+    );
+    s.sleeper("v1", "lanv100", &[]);
+    s.docker
+        .eventually_exec("v1", &["ping", "-c", "1", "-W", "2", "10.93.0.50"]);
+    s.docker.ok(&["rm", "-f", "v1"]);
+    s.docker.ok(&["network", "rm", "lanv100"]);
+    // Removal through Docker leaves no link behind on our side.
+    s.docker.ok(&["rm", "-f", "mv1"]);
+    s.docker.ok(&["network", "rm", "lanmv"]);
+    eventually("the macvlan link to go", || {
+        let links =
+            s.d.ns()
+                .exec(&["ip", "-o", "link", "show", "type", "macvlan"]);
+        links
+            .stdout
+            .trim()
+            .is_empty()
+            .then_some(())
+            .ok_or(links.to_string())
+    });
+}

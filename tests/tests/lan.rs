@@ -626,21 +626,29 @@ fn dhcp_leases_are_obtained_renewed_kept_across_a_restart_released_and_lost() {
     drop(server);
     let _ = std::fs::remove_file(dir.path().join("leases"));
     let _server = dnsmasq(&srv, dir.path(), "10.80.0.70,10.80.0.80");
-    let lost = eventually("the lease to be lost", || {
+    // Then, as a client back in INIT, w asks again and gets one of the
+    // new addresses.
+    let back = eventually("a new lease from the new range", || {
         let l = dhcp_of(&d, "w");
-        (l["State"] == "lost")
-            .then_some(l.clone())
+        let addr = l["Address"].as_str().unwrap_or("").to_string();
+        (l["State"] == "bound" && addr != ip)
+            .then_some(addr)
             .ok_or(format!("{l:#}"))
     });
+    assert!(in_subnet(&back, "10.80.0.64/27"), "{back}");
+    let log = d.log();
     assert!(
-        lost["Lost"].as_str().unwrap_or("").contains("refused"),
-        "{lost:#}"
+        log.contains("refused to extend") && log.contains("the address is taken away"),
+        "{log}"
     );
-    eventually("the address to leave w", || {
+    assert!(log.contains("obtained again"), "{log}");
+    eventually("w's address to be the new one", || {
         let o = d.exec_in("w", &["ip", "-o", "-4", "addr", "show", "dev", "eth0"]);
-        (!o.stdout.contains(&ip)).then_some(()).ok_or(o.to_string())
+        (!o.stdout.contains(&format!("{ip}/")) && o.stdout.contains(&format!("{back}/")))
+            .then_some(())
+            .ok_or(o.to_string())
     });
-    assert!(d.log().contains("the address is taken away"));
+    assert_eq!(d.ip("w", "dh"), back);
 }
 
 #[test]

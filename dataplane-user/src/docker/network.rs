@@ -108,9 +108,10 @@ pub fn network_create(
     let driver = match options.remove(DRIVER_OPTION).as_deref() {
         None | Some("bridge") | Some("local") => "bridge",
         Some("overlay") => "overlay",
+        Some("macvlan") => "macvlan",
         Some(d) => {
             return Err(bad(format!(
-                "invalid -o {DRIVER_OPTION}={d}: bridge (one host) or overlay (every host of the cluster)"
+                "invalid -o {DRIVER_OPTION}={d}: bridge (one host), overlay (every host of the cluster) or macvlan (with -o parent=IFACE[.VLAN])"
             )))
         }
     };
@@ -505,7 +506,7 @@ mod tests {
                 "one IPv4 subnet",
             ),
             (ok.replace(r#""IPv4Data""#, r#""IPv6Data":[{"Pool":"fd00::/64"}],"IPv4Data""#), "IPv6"),
-            (ok.replace(r#""IPv4Data""#, r#""Options":{"com.docker.network.generic":{"dataplane.driver":"macvlan"}},"IPv4Data""#), "dataplane.driver=macvlan"),
+            (ok.replace(r#""IPv4Data""#, r#""Options":{"com.docker.network.generic":{"dataplane.driver":"ipvlan"}},"IPv4Data""#), "dataplane.driver=ipvlan"),
             (ok.replace(r#""IPv4Data""#, r#""Options":{"com.docker.network.generic":[1]},"IPv4Data""#), "not a map"),
             (ok.replace("10.9.0.0/24", "10.9.0.0/33"), "invalid subnet"),
         ] {

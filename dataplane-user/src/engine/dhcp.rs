@@ -40,6 +40,10 @@ pub const OBTAIN_LIMIT: Duration = Duration::from_secs(10);
 const EXTEND_LIMIT: Duration = Duration::from_secs(2);
 /// How often the loop looks at the leases.
 const TICK: Duration = Duration::from_secs(1);
+/// How often an endpoint that lost its lease asks for a new one, and how
+/// long each attempt waits.
+const REACQUIRE_EVERY: u64 = 10;
+const REACQUIRE_LIMIT: Duration = Duration::from_secs(3);
 
 /// The wall clock in seconds (0 before the epoch).
 pub fn now() -> u64 {
@@ -225,6 +229,46 @@ impl Engine {
         Ok(())
     }
 
+    /// A new lease for `ep`, whose lease was lost, tried every
+    /// [`REACQUIRE_EVERY`] seconds (a DHCP client in INIT again).
+    fn reacquire(
+        &self,
+        snap: &Snapshot,
+        ep: &Endpoint,
+        retry_at: &mut HashMap<String, u64>,
+        now: u64,
+    ) {
+        if retry_at.get(&ep.id).is_some_and(|t| *t > now) {
+            return;
+        }
+        retry_at.insert(ep.id.clone(), now.saturating_add(REACQUIRE_EVERY));
+        let (Some(net), Some(c)) = (
+            snap.networks.get(&ep.network_id),
+            snap.containers.get(&ep.container_id),
+        ) else {
+            return;
+        };
+        let got = socket(ep, c)
+            .map_err(|e| DhcpError::Io(std::io::Error::other(format!("{e:#}"))))
+            .and_then(|s| dhcp::obtain(&s, &identity(ep, c), REACQUIRE_LIMIT, now));
+        match got {
+            Ok(lease) if net.subnet.contains(lease.ip) => {
+                let ip = lease.ip;
+                match self.commit_lease(snap, ep, net, lease, None) {
+                    Ok(()) => {
+                        retry_at.remove(&ep.id);
+                        info!(container = %c.name, %ip, "DHCP lease obtained again after losing the last one");
+                    }
+                    Err(e) => warn!(container = %c.name, "recording the new lease: {e}"),
+                }
+            }
+            Ok(lease) => {
+                warn!(container = %c.name, ip = %lease.ip, "the DHCP server offered an address outside {}", net.subnet)
+            }
+            Err(_) => {}
+        }
+    }
+
     /// One look at every lease at `now`: renews those past T1, rebinds
     /// those past T2, takes away those past their end. A failed attempt is
     /// tried again after half the time left before the next step (RFC
@@ -233,9 +277,13 @@ impl Engine {
         let snap = self.snapshot();
         retry_at.retain(|id, _| snap.endpoints.contains_key(id));
         for ep in snap.endpoints.values() {
-            let Some(l) = ep.lease.as_ref().filter(|l| l.lost.is_empty()) else {
+            let Some(l) = ep.lease.as_ref() else {
                 continue;
             };
+            if !l.lost.is_empty() {
+                self.reacquire(&snap, ep, retry_at, now);
+                continue;
+            }
             let due = l.lease.due(now);
             if matches!(due, Due::Bound { .. }) || retry_at.get(&ep.id).is_some_and(|t| *t > now) {
                 continue;

@@ -902,7 +902,7 @@ impl Reconciler {
         let plan = self.plan(net, ep, c, &sandbox);
         if driver.sandbox_only(net) {
             let r = self
-                .ensure_sandbox_link(driver, net, ep, &plan)
+                .ensure_sandbox_link(driver, net, ep, c, &plan)
                 .and_then(|()| lease_address(net, ep, &plan));
             self.outcome(&key, "endpoint", r);
             return;
@@ -977,8 +977,29 @@ impl Reconciler {
         driver: &dyn drivers::Driver,
         net: &Network,
         ep: &Endpoint,
+        c: &Container,
         plan: &netns::VethPlan,
     ) -> Result<()> {
+        // Docker moves and renames the link into its own sandbox (and back
+        // under its first name on Leave): once joined, the link is
+        // Docker's to keep, and ours to delete under that first name.
+        if let Some(x) = c.docker() {
+            let own = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
+            if x.netns_path.is_empty() && !netns::link_exists_in(&own, &x.peer)? {
+                driver.create_link(net, plan)?;
+            }
+            self.endpoints.insert(
+                ep.id.clone(),
+                Applied {
+                    container_id: ep.container_id.clone(),
+                    ip: ep.ip,
+                    ifindex: 0,
+                    host_ifname: ep.host_ifname.clone(),
+                    in_sandbox: Some((own, x.peer.clone())),
+                },
+            );
+            return Ok(());
+        }
         if !netns::link_exists_in(&plan.netns, &plan.ifname)? {
             if self.endpoints.contains_key(&ep.id) {
                 info!(endpoint = %ep.id, ifname = %plan.ifname, "putting back a deleted macvlan link");

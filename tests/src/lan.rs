@@ -490,3 +490,42 @@ fn answer(
         _ => None,
     }
 }
+
+// ----- a DHCP server ---------------------------------------------------------
+
+/// Debian's dnsmasq as the LAN's DHCP server on `eth0` of `ns` (which
+/// holds 10.80.0.1/24, the router it names): addresses
+/// `range` ("FIRST,LAST") of 10.80.0.0/24, 2-minute leases renewed after
+/// 4 s and rebound after 8 s, so that a test sees both.
+pub fn dnsmasq(ns: &NetNs, dir: &std::path::Path, range: &str) -> Proc {
+    let mut c = std::process::Command::new("ip");
+    c.args([
+        "netns",
+        "exec",
+        ns.name(),
+        "dnsmasq",
+        "--no-daemon",
+        "--conf-file=/dev/null",
+    ])
+    .args([
+        "--port=0",
+        "--interface=eth0",
+        "--bind-interfaces",
+        "--dhcp-authoritative",
+        "--no-ping",
+    ])
+    .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
+    .args([
+        "--dhcp-option=option:router,10.80.0.1",
+        "--dhcp-option=option:T1,4",
+        "--dhcp-option=option:T2,8",
+    ])
+    .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
+    .arg(format!("--pid-file={}", dir.join("pid").display()));
+    Proc::spawn(c)
+}
+
+/// dnsmasq's lease file as it is now.
+pub fn leases(dir: &std::path::Path) -> String {
+    std::fs::read_to_string(dir.join("leases")).unwrap_or_default()
+}

@@ -1022,3 +1022,52 @@ fn containerd_ctr_runs_containers_through_the_plugin_and_gc_takes_what_ctr_leave
     // Its address is free again.
     d.run_sleeper("again", Some("pods"), &["--ip", &web_ip]);
 }
+
+#[test]
+fn an_add_on_a_dhcp_macvlan_network_gets_a_lease_and_del_releases_it() {
+    let d = Daemon::start();
+    let mut lan = dataplane_tests::lan::Lan::new(&d);
+    let srv = lan.peer("10.80.0.1/24", None);
+    let dir = dataplane_tests::TempDir::new();
+    let _server = dataplane_tests::lan::dnsmasq(&srv, dir.path(), "10.80.0.50,10.80.0.60");
+    d.network_create(&[
+        "-d",
+        "macvlan",
+        "--ipam-driver",
+        "dhcp",
+        "--subnet",
+        "10.80.0.0/24",
+        "-o",
+        "parent=lan0",
+        "pods",
+    ]);
+    let rt = NetNs::new();
+    let ns = rt.path().display().to_string();
+    let c = conf(&d, "1.0.0", json!({}));
+    let r = call(&cmd("ADD", "dhcp0001", &ns), &c);
+    assert!(r.ok, "{r}\n{}", d.log());
+    let addr = r.out["ips"][0]["address"].as_str().unwrap().to_string();
+    let ip = addr.split('/').next().unwrap().to_string();
+    assert!(in_subnet(&ip, "10.80.0.48/28"), "{r}");
+    assert_eq!(r.out["ips"][0]["gateway"], "10.80.0.1", "{r}");
+    // The runtime's namespace has the macvlan with the leased address.
+    let shown = rt.exec(&["ip", "-d", "-o", "-4", "addr", "show", "dev", "eth0"]);
+    assert!(shown.stdout.contains(&addr), "{shown}");
+    let link = rt.exec(&["ip", "-d", "link", "show", "eth0"]).ok();
+    assert!(link.stdout.contains("macvlan"), "{link}");
+    assert!(
+        (0..5).any(|_| rt.exec(&["ping", "-c1", "-W1", "10.80.0.1"]).success()),
+        "the runtime's namespace does not reach the DHCP server"
+    );
+    let mac = r.out["interfaces"][0]["mac"].as_str().unwrap().to_string();
+    assert!(dataplane_tests::lan::leases(dir.path()).contains(&mac));
+    // DEL releases the lease and takes the link away.
+    let del = call(&cmd("DEL", "dhcp0001", &ns), &c);
+    assert!(del.ok, "{del}");
+    eventually("dnsmasq to drop the released lease", || {
+        let l = dataplane_tests::lan::leases(dir.path());
+        (!l.contains(&mac)).then_some(()).ok_or(l)
+    });
+    assert!(!has_link(&rt, "eth0"));
+    assert!(cni_attachments(&d).is_empty());
+}

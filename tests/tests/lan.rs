@@ -5,8 +5,9 @@
 
 use dataplane_tests::{
     eventually, in_subnet,
+    lan::{dnsmasq, leases},
     lan::{frame, ip4, ipv4, mac, send_frame, udp, Lan, TaggedPeer, P_8021AD, P_8021Q, P_IPV4},
-    tshark, Daemon, NetNs, Proc, TempDir,
+    tshark, Daemon, TempDir,
 };
 
 /// The container's MAC and sandbox on network `net`.
@@ -422,41 +423,6 @@ fn vlan_networks_share_a_parent_isolated_from_each_other_and_the_untagged_segmen
     d.assert_pings("a", "10.100.0.50");
     d.assert_pings("a", &b_ip);
     d.assert_no_ping("a", "10.100.0.60");
-}
-
-/// Debian's dnsmasq as the LAN's DHCP server on `eth0` of `ns`: addresses
-/// `range` ("FIRST,LAST") of 10.80.0.0/24, 2-minute leases renewed after
-/// 4 s and rebound after 8 s, so that a test sees both.
-fn dnsmasq(ns: &NetNs, dir: &std::path::Path, range: &str) -> Proc {
-    let mut c = std::process::Command::new("ip");
-    c.args([
-        "netns",
-        "exec",
-        ns.name(),
-        "dnsmasq",
-        "--no-daemon",
-        "--conf-file=/dev/null",
-    ])
-    .args([
-        "--port=0",
-        "--interface=eth0",
-        "--bind-interfaces",
-        "--dhcp-authoritative",
-        "--no-ping",
-    ])
-    .arg(format!("--dhcp-range={range},255.255.255.0,2m"))
-    .args([
-        "--dhcp-option=option:router,10.80.0.1",
-        "--dhcp-option=option:T1,4",
-        "--dhcp-option=option:T2,8",
-    ])
-    .arg(format!("--dhcp-leasefile={}", dir.join("leases").display()))
-    .arg(format!("--pid-file={}", dir.join("pid").display()));
-    Proc::spawn(c)
-}
-
-fn leases(dir: &std::path::Path) -> String {
-    std::fs::read_to_string(dir.join("leases")).unwrap_or_default()
 }
 
 fn dhcp_of(d: &Daemon, ctr: &str) -> serde_json::Value {

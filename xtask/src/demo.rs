@@ -23,7 +23,7 @@ class H(socketserver.BaseRequestHandler):
 socketserver.ThreadingTCPServer.allow_reuse_address = True
 socketserver.ThreadingTCPServer(('0.0.0.0', 8081), H).serve_forever()";
 
-fn show(cmdline: &str, out: &str) {
+pub(crate) fn show(cmdline: &str, out: &str) {
     println!("$ {cmdline}");
     let out = out.trim_end();
     if !out.is_empty() {
@@ -44,7 +44,7 @@ fn redirected(d: &Daemon) -> Result<u64> {
 }
 
 pub fn demo() -> Result<()> {
-    let mut p = Progress::new(28);
+    let mut p = Progress::new(31);
     setup::setup(&mut p)?;
     p.step("building dataplane-user and its eBPF object");
     let bin = build_dataplane(false)?;
@@ -269,7 +269,8 @@ pub fn demo() -> Result<()> {
     drop(cleanup);
     cross_host(&mut p, &bin, pid)?;
     crate::demo_clients::real_clients(&mut p, &bin, pid)?;
-    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy), two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd, a service answered on both hosts by the Maglev routing mesh with the client's own address kept), and real clients (a stock Docker engine with -d dataplane, Podman through the CNI plugin).");
+    crate::demo_lan::lan(&mut p, &bin, pid)?;
+    println!("\ndemo OK: one host (eBPF switch, NAT without iptables or a proxy), two hosts (VXLAN done by the eBPF programs, no vxlan device, no bridge, hosts agreeing through etcd, a service answered on both hosts by the Maglev routing mesh with the client's own address kept), real clients (a stock Docker engine with -d dataplane, Podman through the CNI plugin), and a LAN (macvlan with DHCP, VLAN tags in eBPF).");
     Ok(())
 }
 

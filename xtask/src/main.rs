@@ -6,6 +6,7 @@ mod connrate;
 mod ctlbench;
 mod demo;
 mod demo_clients;
+mod demo_lan;
 mod dnsbench;
 mod dockerbench;
 mod lab;

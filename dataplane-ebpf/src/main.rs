@@ -65,10 +65,13 @@ pub fn from_container(ctx: TcContext) -> i32 {
 #[classifier]
 pub fn from_uplink(ctx: TcContext) -> i32 {
     let len = ctx.len();
-    // Tagged frames of our VLAN networks first, counted apart.
-    let v = trunk(&ctx, len);
-    if v != vlan::NOT_OURS {
-        return v;
+    // Tagged frames of our VLAN networks first, counted apart. Untagged
+    // frames (nearly all of them) skip the call: two context reads decide.
+    if vlan::maybe_tagged(&ctx) {
+        let v = trunk(&ctx, len);
+        if v != vlan::NOT_OURS {
+            return v;
+        }
     }
     let r = try_from_uplink(&ctx);
     account(PROG_FROM_UPLINK, len, r)

@@ -44,6 +44,16 @@ fn tag_in_metadata(ctx: &TcContext) -> Option<(u16, u16)> {
     Some((u16::from_be(skb.vlan_proto as u16), skb.vlan_tci as u16))
 }
 
+/// Whether the frame carries a tag, in the skb's metadata or (under
+/// BPF_PROG_TEST_RUN, or from a device that does not untag) in the frame,
+/// as `skb->protocol` says: no packet read.
+#[inline(always)]
+pub(crate) fn maybe_tagged(ctx: &TcContext) -> bool {
+    // SAFETY: reading fields of the context the kernel handed us.
+    let skb = unsafe { &*ctx.skb.skb };
+    skb.vlan_present != 0 || eth::is_vlan(u16::from_be(skb.protocol as u16))
+}
+
 #[inline(always)]
 fn dst_of(hdr: &[u8; eth::HLEN]) -> [u8; 6] {
     [hdr[0], hdr[1], hdr[2], hdr[3], hdr[4], hdr[5]]

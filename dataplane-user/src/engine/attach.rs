@@ -317,12 +317,8 @@ impl Engine {
         }
         // A DHCP network's address, on the link just made in the runtime's
         // namespace.
-        for ep in self.snapshot().endpoints_of_container(&cid) {
-            if ep.lease.is_none() && !ep.has_address() {
-                if let Err(e) = self.lease_endpoint(&ep.id, &pending) {
-                    return fail(e);
-                }
-            }
+        if let Err(e) = self.lease_new_endpoints(&cid, &pending) {
+            return fail(e);
         }
         crate::fault::point("attach-before-commit");
         let mut t = Txn::default();

@@ -67,7 +67,23 @@ fn socket(ep: &Endpoint, c: &Container) -> anyhow::Result<std::net::UdpSocket> {
     dhcp::socket_in(Path::new(&c.sandbox_key()), &ep.ifname)
 }
 
+/// [`socket`], failing as an exchange does.
+fn client_socket(ep: &Endpoint, c: &Container) -> Result<std::net::UdpSocket, DhcpError> {
+    socket(ep, c).map_err(|e| DhcpError::Io(std::io::Error::other(format!("{e:#}"))))
+}
+
 impl Engine {
+    /// The first lease of each endpoint of container `cid` that has no
+    /// address yet (a run's or an attachment's, on a DHCP network).
+    pub(super) fn lease_new_endpoints(&self, cid: &str, pending: &Pending) -> ApiResult<()> {
+        for ep in self.snapshot().endpoints_of_container(cid) {
+            if ep.lease.is_none() && !ep.has_address() {
+                self.lease_endpoint(&ep.id, pending)?;
+            }
+        }
+        Ok(())
+    }
+
     /// Obtains the first lease of endpoint `ep_id` (whose link the
     /// reconciler made) and commits it, adding its address's claim to
     /// `pending` so that a failure later in the operation gives it back.
@@ -248,8 +264,7 @@ impl Engine {
         ) else {
             return;
         };
-        let got = socket(ep, c)
-            .map_err(|e| DhcpError::Io(std::io::Error::other(format!("{e:#}"))))
+        let got = client_socket(ep, c)
             .and_then(|s| dhcp::obtain(&s, &identity(ep, c), REACQUIRE_LIMIT, now));
         match got {
             Ok(lease) if net.subnet.contains(lease.ip) => {
@@ -311,11 +326,9 @@ impl Engine {
                 Due::Rebind { until } => (true, until),
                 Due::Bound { .. } => continue,
             };
-            let r = socket(ep, c)
-                .map_err(|e| DhcpError::Io(std::io::Error::other(format!("{e:#}"))))
-                .and_then(|s| {
-                    dhcp::extend(&s, &identity(ep, c), &l.lease, rebind, EXTEND_LIMIT, now)
-                });
+            let r = client_socket(ep, c).and_then(|s| {
+                dhcp::extend(&s, &identity(ep, c), &l.lease, rebind, EXTEND_LIMIT, now)
+            });
             match r {
                 Ok(new) if new.ip == l.lease.ip => {
                     retry_at.remove(&ep.id);

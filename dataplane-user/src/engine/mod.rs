@@ -1020,12 +1020,8 @@ impl Engine {
             Err(e) => return fail(e),
         }
         // A DHCP network's address comes now, on the link just made.
-        for ep in self.snapshot().endpoints_of_container(&id) {
-            if ep.lease.is_none() && !ep.has_address() {
-                if let Err(e) = self.lease_endpoint(&ep.id, &pending) {
-                    return fail(e);
-                }
-            }
+        if let Err(e) = self.lease_new_endpoints(&id, &pending) {
+            return fail(e);
         }
         let snap = self.snapshot();
         let mut ctr = ctr;

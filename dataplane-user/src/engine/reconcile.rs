@@ -980,29 +980,21 @@ impl Reconciler {
         c: &Container,
         plan: &netns::VethPlan,
     ) -> Result<()> {
+        // Where the link lives and under what name; whether to check it.
         // Docker moves and renames the link into its own sandbox (and back
         // under its first name on Leave): once joined, the link is
         // Docker's to keep, and ours to delete under that first name.
-        if let Some(x) = c.docker() {
-            let own = PathBuf::from(format!("/proc/{}/ns/net", std::process::id()));
-            if x.netns_path.is_empty() && !netns::link_exists_in(&own, &x.peer)? {
-                driver.create_link(net, plan)?;
-            }
-            self.endpoints.insert(
-                ep.id.clone(),
-                Applied {
-                    container_id: ep.container_id.clone(),
-                    ip: ep.ip,
-                    ifindex: 0,
-                    host_ifname: ep.host_ifname.clone(),
-                    in_sandbox: Some((own, x.peer.clone())),
-                },
-            );
-            return Ok(());
-        }
-        if !netns::link_exists_in(&plan.netns, &plan.ifname)? {
+        let (netns, ifname, check) = match c.docker() {
+            Some(x) => (
+                PathBuf::from(format!("/proc/{}/ns/net", std::process::id())),
+                x.peer.clone(),
+                x.netns_path.is_empty(),
+            ),
+            None => (plan.netns.clone(), plan.ifname.clone(), true),
+        };
+        if check && !netns::link_exists_in(&netns, &ifname)? {
             if self.endpoints.contains_key(&ep.id) {
-                info!(endpoint = %ep.id, ifname = %plan.ifname, "putting back a deleted macvlan link");
+                info!(endpoint = %ep.id, ifname = %ifname, "putting back a deleted macvlan link");
             }
             driver.create_link(net, plan)?;
         }
@@ -1013,7 +1005,7 @@ impl Reconciler {
                 ip: ep.ip,
                 ifindex: 0,
                 host_ifname: ep.host_ifname.clone(),
-                in_sandbox: Some((plan.netns.clone(), plan.ifname.clone())),
+                in_sandbox: Some((netns, ifname)),
             },
         );
         Ok(())
